@@ -1,0 +1,151 @@
+// Copyright the sse authors. MIT license.
+// HTTP pieces shared by every event-stream response (sseResponse, SSEChannel):
+// the response headers, and the keep-alive timer. Private: never exported from
+// mod.ts or deno.json.
+
+/** The `content-type` of every event-stream response. */
+export const SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8";
+
+/**
+ * The keep-alive frame: a comment line and a blank line. A comment dispatches
+ * nothing (§9.2.6), and the blank line ends it on a frame boundary, so it can
+ * go between any two frames. Parsers that report comments see "keep-alive".
+ */
+export const KEEP_ALIVE_FRAME = ": keep-alive\n\n";
+
+/** Default keep-alive interval, in milliseconds. */
+export const DEFAULT_KEEP_ALIVE = 15_000;
+
+// Connection-specific ("hop-by-hop") fields: RFC 9110 §7.6.1 and RFC 9113
+// §8.2.2. They describe one connection, which the runtime owns; HTTP/2 and
+// HTTP/3 treat a response carrying them as malformed. `content-length` is not
+// hop-by-hop, but an event stream has no length: a fixed one would cut the
+// stream short or make the runtime refuse the response.
+const DROPPED = new Set([
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "transfer-encoding",
+  "upgrade",
+  "te",
+  "content-length",
+]);
+
+/**
+ * The headers of an event-stream response, with the user's merged in.
+ *
+ * The rule:
+ * - `content-type` is always `text/event-stream; charset=utf-8`: the body is
+ *   exactly that, whatever the user passed;
+ * - `cache-control` (default `no-cache`) and `x-accel-buffering` (default
+ *   `no`, which stops nginx from buffering the stream) take the user's value
+ *   when given, as does every other header;
+ * - hop-by-hop fields (`connection`, `keep-alive`, `proxy-connection`,
+ *   `transfer-encoding`, `upgrade`, `te`), any field the user's `connection`
+ *   header names, and `content-length` are dropped.
+ *
+ * @param init The user's headers, if any.
+ * @returns A new `Headers`.
+ */
+export function sseHeaders(init?: HeadersInit): Headers {
+  const headers = new Headers(init);
+  // RFC 9110 §7.6.1: the fields named in `connection` are hop-by-hop too.
+  const named = headers.get("connection");
+  if (named !== null) {
+    for (const name of named.split(",")) {
+      const field = name.trim().toLowerCase();
+      if (field !== "") headers.delete(field);
+    }
+  }
+  for (const name of DROPPED) headers.delete(name);
+  headers.set("content-type", SSE_CONTENT_TYPE);
+  if (!headers.has("cache-control")) headers.set("cache-control", "no-cache");
+  if (!headers.has("x-accel-buffering")) headers.set("x-accel-buffering", "no");
+  return headers;
+}
+
+/**
+ * Checks a `keepAlive` option: a non-negative number of milliseconds, where 0
+ * (or `Infinity`) turns keep-alive off.
+ *
+ * @param value The option as given (`undefined` for the default).
+ * @returns The interval in milliseconds, 0 when off.
+ */
+export function keepAliveInterval(value: unknown): number {
+  if (value === undefined) return DEFAULT_KEEP_ALIVE;
+  if (typeof value !== "number") {
+    throw new TypeError(
+      `Invalid keepAlive: expected a number of milliseconds, got ${typeof value}`,
+    );
+  }
+  if (!(value >= 0)) {
+    throw new RangeError(
+      `Invalid keepAlive: expected a non-negative number of milliseconds, got ${value}`,
+    );
+  }
+  return value === Infinity ? 0 : value;
+}
+
+/**
+ * Calls `onIdle` whenever `interval` milliseconds have passed without a write.
+ *
+ * Writers call {@linkcode KeepAliveTimer.touch} after each write; that only
+ * records the time, so a busy stream costs one timer per interval, not one per
+ * write. When the timer fires early (the stream wrote meanwhile) it re-arms for
+ * the rest of the interval. `onIdle` counts as a write. `stop()` clears the
+ * timer for good; call it on every path that ends the stream.
+ *
+ * `onIdle` must not throw: it runs from a timer, where nobody could catch it.
+ */
+export class KeepAliveTimer {
+  #interval: number;
+  #onIdle: () => void;
+  #last: number;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #stopped = false;
+
+  /**
+   * Starts the timer (does nothing when `interval` is 0).
+   *
+   * @param interval Milliseconds of idleness before `onIdle`; 0 turns it off.
+   * @param onIdle Writes the keep-alive.
+   */
+  constructor(interval: number, onIdle: () => void) {
+    this.#interval = interval;
+    this.#onIdle = onIdle;
+    this.#last = performance.now();
+    if (interval > 0) this.#arm(interval);
+    else this.#stopped = true;
+  }
+
+  /** Records a write: the idle time starts again from now. */
+  touch(): void {
+    this.#last = performance.now();
+  }
+
+  /** Clears the timer; `onIdle` is never called again. */
+  stop(): void {
+    this.#stopped = true;
+    if (this.#timer !== undefined) {
+      clearTimeout(this.#timer);
+      this.#timer = undefined;
+    }
+  }
+
+  #arm(delay: number): void {
+    this.#timer = setTimeout(this.#fire, delay);
+  }
+
+  #fire = (): void => {
+    this.#timer = undefined;
+    if (this.#stopped) return;
+    const idle = performance.now() - this.#last;
+    if (idle >= this.#interval) {
+      this.#last = performance.now();
+      this.#onIdle();
+      if (!this.#stopped) this.#arm(this.#interval);
+    } else {
+      this.#arm(this.#interval - idle);
+    }
+  };
+}
