@@ -17,3 +17,4 @@
  */
 
 export * from "./parser.ts";
+export * from "./encoder.ts";
