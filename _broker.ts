@@ -1,0 +1,466 @@
+// Copyright the sse authors. MIT license.
+/**
+ * The broker seam of {@linkcode SSEChannel}: where event ids come from, where
+ * the history kept for resume lives, and how a published message reaches every
+ * subscriber, in this process and in others. {@linkcode MemoryBroker} is the
+ * in-process default; `redis.ts` holds the Redis Streams one.
+ *
+ * Writing a broker: implement {@linkcode SSEBroker}. The contract, which
+ * {@linkcode SSEChannel} relies on for "no gap, no duplicate":
+ *
+ * 1. A stream is named by a string (the channel's `name`); one broker serves
+ *    any number of streams, channels and (for a distributed broker) processes.
+ * 2. `publish` assigns the id. Ids are strings without CR, LF or NUL (they go
+ *    on the wire as an `id:` field), unique within a stream, ordered (a later
+ *    publish gets a later id), and never reused, even after a restart: a
+ *    client may present an id it got from an earlier incarnation.
+ * 3. `publish` resolves once the entry is stored; from then on every current
+ *    subscriber of the stream (in any process) will receive it. If it cannot
+ *    be stored it rejects and delivers it to nobody.
+ * 4. `subscribe` delivers entries to `onEntry` one at a time, in id order, each
+ *    at most once: first every kept entry after `lastEventId` (when given and
+ *    still covered by the kept history), then every entry published after,
+ *    until `unsubscribe()`. No entry between the replayed ones and the live
+ *    ones may be lost, even one published while `subscribe` is in progress.
+ * 5. `resumed` is `false` when `lastEventId` was given but is not one of this
+ *    stream's ids, or is older than the history kept (so some entries after it
+ *    are gone); the subscription then delivers live entries only.
+ * 6. Entries are shared between subscribers: subscribers treat them as
+ *    read-only. `onEntry` is called synchronously by the broker and must not
+ *    throw (a throw is reported with `reportError`, and delivery goes on).
+ *
+ * @module
+ */
+
+import type { SSEMessage } from "./encoder.ts";
+
+/** One stored message, as a broker hands it out. */
+export interface SSEBrokerEntry {
+  /** Assigned by the broker: unique and ordered within a stream. */
+  id: string;
+  /** The topic it was published to; `""` when published without a topic. */
+  topic: string;
+  /**
+   * The message as published, without `id` (the broker's id replaces it).
+   * `data`, when present, is already a string: the channel JSON-encodes other
+   * data before publishing, so entries are plain JSON-serialisable values.
+   */
+  message: SSEMessage;
+}
+
+/** A live subscription to one stream of a broker. */
+export interface SSEBrokerSubscription {
+  /**
+   * `false` when `lastEventId` was given but is unknown or older than the
+   * history kept (the channel then tells `init`, so the application can send
+   * a snapshot); `true` otherwise.
+   */
+  readonly resumed: boolean;
+  /** Stops delivery at once and releases everything the subscription holds. Idempotent. */
+  unsubscribe(): void;
+}
+
+/**
+ * Where ids, the history kept for resume, and live fan-out come from. One
+ * broker serves many channels, keyed by the channel's `name`; a distributed
+ * broker serves many processes.
+ *
+ * @example Subscribe to a stream, then publish to it
+ * ```ts
+ * import { MemoryBroker, type SSEBroker } from "@sse/sse/server";
+ * import assert from "node:assert/strict";
+ *
+ * const broker: SSEBroker = new MemoryBroker();
+ * const ids: string[] = [];
+ * const subscription = await broker.subscribe("news", {}, (entry) => {
+ *   ids.push(entry.id);
+ * });
+ * const id = await broker.publish("news", { topic: "", message: { data: "hi" } }, { replay: 100 });
+ * assert.deepEqual(ids, [id]);
+ * subscription.unsubscribe();
+ * await broker.close();
+ * ```
+ */
+export interface SSEBroker {
+  /**
+   * Stores the message in stream `name` and delivers it to that stream's
+   * subscribers, in every process.
+   *
+   * @param name The stream (a channel's `name`).
+   * @param entry The topic (`""` for none) and the message, without `id`.
+   * @param options `replay`: how many entries the stream should keep for
+   * resume (approximately, for brokers that trim lazily).
+   * @returns The assigned id, once stored. Rejects, and delivers to nobody,
+   * if the entry cannot be stored.
+   */
+  publish(
+    name: string,
+    entry: { topic: string; message: SSEMessage },
+    options: { replay: number },
+  ): Promise<string>;
+  /**
+   * Delivers to `onEntry`, in id order with no gap and no duplicate: first
+   * every kept entry after `lastEventId` (when given and known), then every
+   * entry published afterwards, until `unsubscribe()`. May call `onEntry`
+   * before the returned promise resolves.
+   *
+   * @param name The stream.
+   * @param options `lastEventId`: resume after this id.
+   * @param onEntry Called with each entry, synchronously; must not throw.
+   * @returns The subscription, once live.
+   */
+  subscribe(
+    name: string,
+    options: { lastEventId?: string },
+    onEntry: (entry: SSEBrokerEntry) => void,
+  ): Promise<SSEBrokerSubscription>;
+  /**
+   * Ends every subscription and releases connections and timers.
+   *
+   * @returns Once everything is released.
+   */
+  close(): Promise<void>;
+}
+
+/** One subscriber of a {@linkcode MemoryBroker} stream. */
+interface Subscriber {
+  onEntry: (entry: SSEBrokerEntry) => void;
+  /** Only entries with a greater sequence number are delivered live. */
+  after: number;
+  active: boolean;
+}
+
+/** One stream of a {@linkcode MemoryBroker}: a ring of kept entries. */
+interface Stream {
+  /** Ring buffer of kept entries; `seqs[i]` is the sequence of `ring[i]`. */
+  ring: (SSEBrokerEntry | undefined)[];
+  seqs: number[];
+  /** Index of the oldest kept entry in `ring`. */
+  start: number;
+  /** Number of kept entries. */
+  count: number;
+  /** Sequence of the newest entry dropped from the ring (0 if none). */
+  evicted: number;
+  subscribers: Set<Subscriber>;
+}
+
+/**
+ * The in-process {@linkcode SSEBroker}, the default of `SSEChannel`.
+ *
+ * Ids look like `"m1a2b3c4d5-42"`: a prefix chosen at random for each broker
+ * object (so an id from before a restart is never mistaken for a current one),
+ * a dash, and a sequence number shared by all the broker's streams. Each
+ * stream keeps its last `replay` entries in a ring for resume. Delivery is
+ * synchronous: when `publish` resolves, every subscriber has had `onEntry`
+ * called.
+ *
+ * @example Publish, then resume after an id
+ * ```ts
+ * import { MemoryBroker } from "@sse/sse/server";
+ * import assert from "node:assert/strict";
+ *
+ * const broker = new MemoryBroker();
+ * const first = await broker.publish("news", { topic: "", message: { data: "a" } }, { replay: 10 });
+ * await broker.publish("news", { topic: "", message: { data: "b" } }, { replay: 10 });
+ *
+ * const seen: string[] = [];
+ * const subscription = await broker.subscribe("news", { lastEventId: first }, (entry) => {
+ *   seen.push(entry.message.data as string);
+ * });
+ * assert.equal(subscription.resumed, true);
+ * assert.deepEqual(seen, ["b"]);
+ * subscription.unsubscribe();
+ * await broker.close();
+ * ```
+ */
+export class MemoryBroker implements SSEBroker {
+  #prefix: string;
+  #seq = 0;
+  #streams = new Map<string, Stream>();
+  #closed = false;
+
+  /** Creates a broker with a fresh random id prefix. */
+  constructor() {
+    const bytes = crypto.getRandomValues(new Uint8Array(8));
+    let prefix = "m";
+    for (const byte of bytes) prefix += (byte % 36).toString(36);
+    this.#prefix = prefix;
+  }
+
+  /**
+   * Stores the message and delivers it, synchronously, to every subscriber
+   * of the stream.
+   *
+   * @param name The stream.
+   * @param entry The topic (`""` for none) and the message; its `id`, if any,
+   * is left out of the stored entry.
+   * @param options `replay`: how many entries the stream keeps.
+   * @returns The assigned id.
+   */
+  publish(
+    name: string,
+    entry: { topic: string; message: SSEMessage },
+    options: { replay: number },
+  ): Promise<string> {
+    try {
+      return Promise.resolve(this.#publish(name, entry, options));
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
+  #publish(
+    name: string,
+    entry: { topic: string; message: SSEMessage },
+    options: { replay: number },
+  ): string {
+    if (this.#closed) throw new TypeError("Cannot publish: broker is closed");
+    checkName(name);
+    if (typeof entry?.topic !== "string") {
+      throw new TypeError(
+        `Invalid topic: expected a string, got ${typeof entry?.topic}`,
+      );
+    }
+    const replay = options?.replay;
+    if (!Number.isSafeInteger(replay) || replay < 0) {
+      throw new RangeError(
+        `Invalid replay: expected a non-negative integer, got ${replay}`,
+      );
+    }
+    let message = entry.message;
+    if (typeof message !== "object" || message === null) {
+      throw new TypeError(
+        `Invalid message: expected an object, got ${
+          message === null ? "null" : typeof message
+        }`,
+      );
+    }
+    if (message.data !== undefined && typeof message.data !== "string") {
+      throw new TypeError(
+        `Invalid message data: a broker stores strings, got ${typeof message
+          .data}`,
+      );
+    }
+    if (message.id !== undefined) {
+      const { id: _, ...rest } = message;
+      message = rest;
+    }
+
+    const seq = ++this.#seq;
+    const stored: SSEBrokerEntry = {
+      id: `${this.#prefix}-${seq}`,
+      topic: entry.topic,
+      message,
+    };
+    const stream = this.#stream(name);
+    keep(stream, stored, seq, replay);
+    for (const subscriber of stream.subscribers) {
+      // A subscriber added while this loop runs already got this entry by
+      // replay (it was kept before the loop), so only older ones get it here.
+      if (subscriber.after >= seq) continue;
+      try {
+        subscriber.onEntry(stored);
+      } catch (error) {
+        reportError(error);
+      }
+    }
+    return stored.id;
+  }
+
+  /**
+   * Replays the kept entries after `lastEventId` (synchronously, before the
+   * returned promise resolves), then delivers every new entry.
+   *
+   * @param name The stream.
+   * @param options `lastEventId`: resume after this id.
+   * @param onEntry Called with each entry; must not throw.
+   * @returns The subscription.
+   */
+  subscribe(
+    name: string,
+    options: { lastEventId?: string },
+    onEntry: (entry: SSEBrokerEntry) => void,
+  ): Promise<SSEBrokerSubscription> {
+    try {
+      return Promise.resolve(this.#subscribe(name, options, onEntry));
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
+  #subscribe(
+    name: string,
+    options: { lastEventId?: string },
+    onEntry: (entry: SSEBrokerEntry) => void,
+  ): SSEBrokerSubscription {
+    if (this.#closed) throw new TypeError("Cannot subscribe: broker is closed");
+    checkName(name);
+    if (typeof onEntry !== "function") {
+      throw new TypeError(
+        `Invalid onEntry: expected a function, got ${typeof onEntry}`,
+      );
+    }
+    const lastEventId = options?.lastEventId;
+    if (lastEventId !== undefined && typeof lastEventId !== "string") {
+      throw new TypeError(
+        `Invalid lastEventId: expected a string, got ${typeof lastEventId}`,
+      );
+    }
+    const stream = this.#streams.get(name);
+    const subscriber: Subscriber = { onEntry, after: this.#seq, active: true };
+    let resumed = true;
+    if (lastEventId !== undefined) {
+      const after = this.#sequenceOf(lastEventId);
+      const evicted = stream?.evicted ?? 0;
+      if (after === undefined || after < evicted) {
+        resumed = false;
+      } else if (stream !== undefined) {
+        replay(stream, after, subscriber);
+      }
+    }
+    // Delivery is synchronous, so nothing can be published between the replay
+    // above and joining the set below: no gap, no duplicate.
+    this.#stream(name).subscribers.add(subscriber);
+    return new MemorySubscription(resumed, () => {
+      subscriber.active = false;
+      const current = this.#streams.get(name);
+      current?.subscribers.delete(subscriber);
+    });
+  }
+
+  /**
+   * Ends every subscription and forgets every stream. Later calls to
+   * `publish` and `subscribe` reject. Idempotent.
+   *
+   * @returns Once done.
+   */
+  close(): Promise<void> {
+    this.#closed = true;
+    for (const stream of this.#streams.values()) {
+      for (const subscriber of stream.subscribers) subscriber.active = false;
+      stream.subscribers.clear();
+    }
+    this.#streams.clear();
+    return Promise.resolve();
+  }
+
+  /** The sequence number an id of this broker carries, if it is one. */
+  #sequenceOf(id: string): number | undefined {
+    const dash = id.lastIndexOf("-");
+    if (dash < 0 || id.slice(0, dash) !== this.#prefix) return undefined;
+    const digits = id.slice(dash + 1);
+    const seq = Number(digits);
+    // Only the canonical spelling is an id this broker gave out.
+    if (!Number.isSafeInteger(seq) || seq < 1 || String(seq) !== digits) {
+      return undefined;
+    }
+    return seq <= this.#seq ? seq : undefined;
+  }
+
+  #stream(name: string): Stream {
+    let stream = this.#streams.get(name);
+    if (stream === undefined) {
+      stream = {
+        ring: [],
+        seqs: [],
+        start: 0,
+        count: 0,
+        evicted: 0,
+        subscribers: new Set(),
+      };
+      this.#streams.set(name, stream);
+    }
+    return stream;
+  }
+}
+
+class MemorySubscription implements SSEBrokerSubscription {
+  readonly resumed: boolean;
+  #release: (() => void) | undefined;
+
+  constructor(resumed: boolean, release: () => void) {
+    this.resumed = resumed;
+    this.#release = release;
+  }
+
+  unsubscribe(): void {
+    const release = this.#release;
+    this.#release = undefined;
+    release?.();
+  }
+}
+
+function checkName(name: unknown): void {
+  if (typeof name !== "string") {
+    throw new TypeError(
+      `Invalid stream name: expected a string, got ${typeof name}`,
+    );
+  }
+}
+
+/** Appends an entry to the ring, which holds at most `capacity` entries. */
+function keep(
+  stream: Stream,
+  entry: SSEBrokerEntry,
+  seq: number,
+  capacity: number,
+): void {
+  if (stream.ring.length !== capacity) resize(stream, capacity);
+  if (capacity === 0) {
+    stream.evicted = seq;
+    return;
+  }
+  const { ring, seqs } = stream;
+  if (stream.count === capacity) {
+    stream.evicted = seqs[stream.start]!;
+    ring[stream.start] = entry;
+    seqs[stream.start] = seq;
+    stream.start = (stream.start + 1) % capacity;
+  } else {
+    const index = (stream.start + stream.count) % capacity;
+    ring[index] = entry;
+    seqs[index] = seq;
+    stream.count++;
+  }
+}
+
+/** Rebuilds the ring with a new capacity, keeping the newest entries. */
+function resize(stream: Stream, capacity: number): void {
+  const { ring, seqs, start, count } = stream;
+  const keepCount = Math.min(count, capacity);
+  const dropped = count - keepCount;
+  if (dropped > 0) stream.evicted = seqs[(start + dropped - 1) % ring.length]!;
+  const newRing = new Array<SSEBrokerEntry | undefined>(capacity);
+  const newSeqs = new Array<number>(capacity).fill(0);
+  for (let i = 0; i < keepCount; i++) {
+    const from = (start + dropped + i) % ring.length;
+    newRing[i] = ring[from];
+    newSeqs[i] = seqs[from]!;
+  }
+  stream.ring = newRing;
+  stream.seqs = newSeqs;
+  stream.start = 0;
+  stream.count = keepCount;
+}
+
+/** Delivers the kept entries with a sequence greater than `after`. */
+function replay(stream: Stream, after: number, subscriber: Subscriber): void {
+  const { ring, seqs, start, count } = stream;
+  const capacity = ring.length;
+  // Sequences in the ring increase, but other streams share the counter, so
+  // they are not contiguous: binary search for the first one after `after`.
+  let low = 0;
+  let high = count;
+  while (low < high) {
+    const middle = (low + high) >>> 1;
+    if (seqs[(start + middle) % capacity]! <= after) low = middle + 1;
+    else high = middle;
+  }
+  for (let i = low; i < count && subscriber.active; i++) {
+    try {
+      subscriber.onEntry(ring[(start + i) % capacity]!);
+    } catch (error) {
+      reportError(error);
+    }
+  }
+}
