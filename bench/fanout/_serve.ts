@@ -1,0 +1,86 @@
+// Copyright the sse authors. MIT license.
+// The control surface shared by the Deno fan-out servers, so that they differ
+// only in how they hold clients and broadcast:
+//
+//   GET  /sse                      the event stream under test
+//   POST /publish?t=<ms>&seq=<n>   broadcast `{"t":<ms>,"seq":<n>}` to every client
+//   GET  /stats                    {"rss","heapUsed","external","connected"} after a GC
+//
+// The first stdout line is {"type":"listening","port":P,"rss":R}. Every /stats
+// reading is also printed, so the RSS before and after the clients connected
+// shows in the server's own output. stderr carries errors only.
+
+/** What a fan-out server under test provides. */
+export interface FanoutServer {
+  /** Answers one `GET /sse`. */
+  connect(request: Request): Response | Promise<Response>;
+  /** Broadcasts one event whose data is `data` (JSON text) to every client. */
+  publish(data: string): unknown;
+  /** Clients currently connected. */
+  connected(): number;
+}
+
+/** Memory figures in bytes, after a full GC when `--expose-gc` is on. */
+export interface MemoryStats {
+  rss: number;
+  heapUsed: number;
+  external: number;
+  connected: number;
+}
+
+function stats(server: FanoutServer): MemoryStats {
+  (globalThis as { gc?: () => void }).gc?.();
+  const memory = Deno.memoryUsage();
+  return {
+    rss: memory.rss,
+    heapUsed: memory.heapUsed,
+    external: memory.external,
+    connected: server.connected(),
+  };
+}
+
+/**
+ * Serves `server` on 127.0.0.1, on the port given as `--port` (0 by default).
+ *
+ * @param server The server under test.
+ * @returns The running HTTP server.
+ */
+export function serveFanout(server: FanoutServer): Deno.HttpServer {
+  const index = Deno.args.indexOf("--port");
+  const port = index === -1 ? 0 : Number(Deno.args[index + 1]);
+  const before = stats(server);
+  return Deno.serve({
+    hostname: "127.0.0.1",
+    port,
+    onListen(address) {
+      console.log(
+        JSON.stringify({
+          type: "listening",
+          port: address.port,
+          rss: before.rss,
+        }),
+      );
+    },
+    onError(error) {
+      console.error("server error:", error);
+      return new Response("Internal error", { status: 500 });
+    },
+  }, async (request) => {
+    const url = new URL(request.url);
+    if (url.pathname === "/sse") return await server.connect(request);
+    if (url.pathname === "/publish" && request.method === "POST") {
+      const t = Number(
+        url.searchParams.get("t") ?? performance.timeOrigin + performance.now(),
+      );
+      const seq = Number(url.searchParams.get("seq") ?? 0);
+      await server.publish(JSON.stringify({ t, seq }));
+      return new Response(null, { status: 204 });
+    }
+    if (url.pathname === "/stats") {
+      const reading = stats(server);
+      console.log(JSON.stringify({ type: "stats", ...reading }));
+      return Response.json(reading);
+    }
+    return new Response("Not found", { status: 404 });
+  });
+}
