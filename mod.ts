@@ -18,3 +18,4 @@
 
 export * from "./parser.ts";
 export * from "./encoder.ts";
+export * from "./server.ts";
