@@ -1,0 +1,866 @@
+// Copyright the sse authors. MIT license.
+// SSEChannel: one broadcast stream served to many clients, with topics,
+// resume, hooks, keep-alive and slow-client protection. Exported from
+// server.ts.
+//
+// How an entry reaches a client (the hot path):
+// - The channel holds ONE broker subscription (`#shared`, no lastEventId) for
+//   all its clients. Each entry from it is encoded once (the `id:` line plus
+//   the frame) into one Uint8Array, and that same Uint8Array is enqueued to
+//   every matching client: `#everyone` (clients without topics) plus the
+//   clients in `#byTopic.get(entry.topic)`. Nothing is allocated per client
+//   per entry. Deno.serve copies chunks out without detaching them (tested).
+// - A client that resumes (`Last-Event-ID`) first gets its own broker
+//   subscription with that id, which replays what it missed, then live
+//   entries. As soon as that subscription and the shared one have delivered
+//   the same entry (same id) to the channel, the two are at the same point of
+//   the stream: the client's own subscription is dropped and the client joins
+//   the shared fan-out. The broker's order guarantee makes this exact: no gap,
+//   no duplicate.
+// - Until `init` has written its messages, entries for a client are held in
+//   its `held` list (after the retry hint), then flushed in order.
+//
+// Slow clients: every response stream counts the bytes enqueued but not yet
+// taken by the runtime (a byte-length queuing strategy, read back through
+// `desiredSize`). Once more than `maxQueue` bytes wait, the stream is errored,
+// which discards its queue and makes the runtime drop the connection.
+
+import type { SSEMessage } from "./encoder.ts";
+import { encodeSSE } from "./encoder.ts";
+import { KEEP_ALIVE_FRAME, keepAliveInterval, sseHeaders } from "./_http.ts";
+import {
+  MemoryBroker,
+  type SSEBroker,
+  type SSEBrokerEntry,
+  type SSEBrokerSubscription,
+} from "./_broker.ts";
+
+/** Default `maxQueue`: 1 MiB. */
+const DEFAULT_MAX_QUEUE = 1024 * 1024;
+/** Default `replay`. */
+const DEFAULT_REPLAY = 1000;
+
+const encoder = new TextEncoder();
+const KEEP_ALIVE_BYTES = encoder.encode(KEEP_ALIVE_FRAME);
+// A broker id goes on the wire as an `id:` field: §9.2.6 ignores one with
+// NUL, and CR or LF would end the field early.
+const BAD_ID = /[\r\n\0]/;
+
+/** Options of {@linkcode SSEChannel}. `C` is the context `onConnect` returns. */
+export interface SSEChannelOptions<C = undefined> {
+  /**
+   * The channel's stream in the broker. Channels (in this process or others)
+   * that share a broker and a name are one stream.
+   *
+   * @default {"default"}
+   */
+  name?: string;
+  /**
+   * How many entries the broker keeps for resume: a client that reconnects
+   * with a `Last-Event-ID` within that many entries gets exactly what it
+   * missed.
+   *
+   * @default {1000}
+   */
+  replay?: number;
+  /**
+   * Milliseconds without a write after which a client is sent a keep-alive
+   * comment (`: keep-alive`), so proxies keep the connection open. 0 or
+   * `Infinity` turns keep-alive off.
+   *
+   * @default {15000}
+   */
+  keepAlive?: number;
+  /**
+   * Reconnection delay (ms) sent first on every connection as a `retry`
+   * field; `undefined` sends none (clients keep their own default).
+   *
+   * @default {undefined}
+   */
+  retry?: number;
+  /**
+   * The most bytes that may wait to be sent to one client. A client that
+   * stops reading is dropped (its connection is cut and everything it held
+   * released) once more wait, so it neither slows others nor grows memory.
+   * The runtime and the kernel buffer some more on top (a few MiB per
+   * connection on loopback) before bytes start to wait here.
+   *
+   * @default {1048576} (1 MiB)
+   */
+  maxQueue?: number;
+  /**
+   * Where ids, the replay history and live fan-out come from. A channel that
+   * creates its own broker closes it in `close()`; a broker passed here is
+   * left open (it may serve other channels).
+   *
+   * @default {new MemoryBroker()}
+   */
+  broker?: SSEBroker;
+  /**
+   * Extra headers for every event-stream response (for example CORS). The
+   * event-stream headers (`content-type`, `cache-control: no-cache`,
+   * `x-accel-buffering: no`) are set as `sseResponse` sets them.
+   *
+   * @default {undefined}
+   */
+  headers?: HeadersInit;
+  /**
+   * Called first for every connection, with the request. Return the
+   * connection's context (anything: a user, a session), which `init`,
+   * `filter` and `onDisconnect` receive; or return a `Response` to refuse the
+   * connection with it (for example 401). May be async. A throw rejects
+   * `connect`.
+   *
+   * @default {undefined} (every connection is accepted; the context is `undefined`)
+   */
+  onConnect?: (request: Request) => C | Response | Promise<C | Response>;
+  /**
+   * Called once per connection, before any live message, with the context,
+   * the `Last-Event-ID` the client sent (`""` if none) and `{ resumed }`.
+   * `resumed` is `true` only when the client sent an id and everything it
+   * missed since is still in the replay window and follows `init`'s
+   * messages; when it is `false` (a new client, an unknown id, or one older
+   * than the window) the application should send what the client needs
+   * first, such as a snapshot of the current state.
+   *
+   * Returns (or resolves to) the messages to send, or nothing. They go out
+   * after the retry hint and before replayed and live messages; live
+   * messages published meanwhile are held and follow in order. A throw, or a
+   * message `encodeSSE` refuses, rejects `connect`.
+   *
+   * @default {undefined}
+   */
+  init?: (
+    context: C,
+    lastEventId: string,
+    info: { resumed: boolean },
+  ) =>
+    | Iterable<SSEMessage>
+    | void
+    | Promise<Iterable<SSEMessage> | void>;
+  /**
+   * Decides, per client and per message, whether the client gets it. It must
+   * be synchronous (it runs inside the fan-out loop). `message` carries the
+   * assigned `id`, and `data` as sent (a string: JSON text for non-string
+   * data). A throw drops that client (its stream errors with the throw).
+   *
+   * @default {undefined} (every subscribed client gets every message)
+   */
+  filter?: (context: C, message: SSEMessage, topic: string) => boolean;
+  /**
+   * Called once when a connection ends, for whatever reason (the client went
+   * away, it was dropped as slow, or the channel closed), after everything it
+   * held is released. Must not throw (a throw is reported with
+   * `reportError`).
+   *
+   * @default {undefined}
+   */
+  onDisconnect?: (context: C) => void;
+}
+
+const CONNECTING = 0;
+const OPEN = 1;
+const CLOSED = 2;
+
+/**
+ * One connected client: its stream's underlying source (so the stream needs
+ * no closures), and the little state the fan-out needs.
+ */
+class Client<C> implements UnderlyingDefaultSource<Uint8Array> {
+  controller!: ReadableStreamDefaultController<Uint8Array>;
+  readonly context: C;
+  /** The topics it receives; `null` for every topic. */
+  readonly topics: readonly string[] | null;
+  /** Encoded entries waiting for `init` to finish; `null` once open. */
+  held: Uint8Array[] | null = [];
+  heldBytes = 0;
+  /** Set on every write, cleared by the keep-alive tick. */
+  wrote = true;
+  state: number = CONNECTING;
+  /** While resuming: its own broker subscription (see the file comment). */
+  catchUp: SSEBrokerSubscription | undefined;
+  /** While resuming: true from the first entry of `catchUp`. */
+  catching = false;
+  /** Id of the last entry its own subscription delivered. */
+  lastId = "";
+  #onCancel: (client: Client<C>) => void;
+
+  constructor(
+    context: C,
+    topics: readonly string[] | null,
+    onCancel: (client: Client<C>) => void,
+  ) {
+    this.context = context;
+    this.topics = topics;
+    this.#onCancel = onCancel;
+  }
+
+  start(controller: ReadableStreamDefaultController<Uint8Array>): void {
+    this.controller = controller;
+  }
+
+  // The response stream's cancel is the proof of a disconnect: Deno.serve's
+  // request.signal also fires when a response completes normally.
+  cancel(): void {
+    this.#onCancel(this);
+  }
+}
+
+/**
+ * A broadcast channel of Server-Sent Events: every connected client receives
+ * every message published to the topics it asked for, in publish order, each
+ * with the id the broker assigned, and a client that reconnects with
+ * `Last-Event-ID` gets exactly the messages it missed.
+ *
+ * - `connect(request)` answers a request with the event stream; a connection
+ *   without `topics` receives every message, one with `topics` only messages
+ *   published to one of them (use the topic `""` for messages published
+ *   without a topic).
+ * - `publish(message, { topic })` validates and encodes the message, stores
+ *   it in the broker and resolves to its id. Non-string `data` is
+ *   JSON-encoded once. The message must not carry an `id`: the broker
+ *   assigns it (`TypeError`).
+ * - A client that stops reading is dropped once `maxQueue` bytes wait for it;
+ *   a client that goes away is noticed from its stream's cancel and released
+ *   at once.
+ * - Keep-alive comments come from one timer for the whole channel, not one
+ *   per client.
+ * - `close()` ends every stream and answers later connections 503.
+ *
+ * @example Serve a channel and publish to it
+ * ```ts
+ * import { SSEChannel } from "@sse/sse/server";
+ *
+ * const channel = new SSEChannel();
+ * const server = Deno.serve(
+ *   { hostname: "127.0.0.1", port: 0, onListen() {} },
+ *   (request) => channel.connect(request),
+ * );
+ * const id = await channel.publish({ event: "greet", data: { hello: "world" } });
+ * console.log(id);
+ * await channel.close();
+ * await server.shutdown();
+ * ```
+ *
+ * @example Refuse, snapshot and filter with the hooks
+ * ```ts
+ * import { SSEChannel } from "@sse/sse/server";
+ *
+ * const channel = new SSEChannel({
+ *   onConnect(request) {
+ *     const user = request.headers.get("x-user");
+ *     return user ?? new Response("Unauthorized", { status: 401 });
+ *   },
+ *   init(user, lastEventId, { resumed }) {
+ *     return resumed ? [] : [{ event: "snapshot", data: { user, lastEventId } }];
+ *   },
+ *   filter: (user, message) => message.event !== "private" || user === "admin",
+ * });
+ * const response = await channel.connect(new Request("http://localhost/events"));
+ * console.log(response.status); // 401
+ * await channel.close();
+ * ```
+ */
+export class SSEChannel<C = undefined> {
+  #name: string;
+  #replay: number;
+  #keepAlive: number;
+  #maxQueue: number;
+  #broker: SSEBroker;
+  #ownsBroker: boolean;
+  #headers: [string, string][];
+  #retryBytes: Uint8Array | undefined;
+  #strategy: QueuingStrategy<Uint8Array>;
+  #onConnect: SSEChannelOptions<C>["onConnect"];
+  #init: SSEChannelOptions<C>["init"];
+  #filter: SSEChannelOptions<C>["filter"];
+  #onDisconnect: SSEChannelOptions<C>["onDisconnect"];
+
+  /** Every client that has a stream, in any state but closed. */
+  #clients = new Set<Client<C>>();
+  /** Open clients without topics. */
+  #everyone = new Set<Client<C>>();
+  /** Open clients by topic. */
+  #byTopic = new Map<string, Set<Client<C>>>();
+  /** Resuming clients still on their own subscription. */
+  #catchingUp = new Set<Client<C>>();
+
+  #shared: Promise<SSEBrokerSubscription> | undefined;
+  /** Id of the last entry the shared subscription delivered. */
+  #lastSharedId: string | undefined;
+  /** Encoded frames (without the id line) of messages published here. */
+  #bodies = new WeakMap<SSEMessage, string>();
+  #timer: ReturnType<typeof setInterval> | undefined;
+  #closed = false;
+  #closing: Promise<void> | undefined;
+  #release = (client: Client<C>): void => this.#disconnect(client);
+
+  /**
+   * Creates a channel.
+   *
+   * @param options Name, replay window, keep-alive, retry hint, queue limit,
+   * broker, headers and hooks.
+   */
+  constructor(options: SSEChannelOptions<C> = {}) {
+    const { name = "default", replay = DEFAULT_REPLAY } = options;
+    if (typeof name !== "string") {
+      throw new TypeError(
+        `Invalid name: expected a string, got ${typeof name}`,
+      );
+    }
+    if (!Number.isSafeInteger(replay) || replay < 0) {
+      throw new RangeError(
+        `Invalid replay: expected a non-negative integer, got ${replay}`,
+      );
+    }
+    const maxQueue = options.maxQueue ?? DEFAULT_MAX_QUEUE;
+    if (typeof maxQueue !== "number" || !(maxQueue > 0)) {
+      throw new RangeError(
+        `Invalid maxQueue: expected a positive number of bytes, got ${maxQueue}`,
+      );
+    }
+    this.#name = name;
+    this.#replay = replay;
+    this.#maxQueue = maxQueue;
+    this.#keepAlive = keepAliveInterval(options.keepAlive);
+    this.#retryBytes = options.retry === undefined
+      ? undefined
+      : encoder.encode(encodeSSE({ retry: options.retry }));
+    const broker = options.broker;
+    if (broker === undefined) {
+      this.#broker = new MemoryBroker();
+      this.#ownsBroker = true;
+    } else {
+      if (
+        typeof broker?.publish !== "function" ||
+        typeof broker.subscribe !== "function" ||
+        typeof broker.close !== "function"
+      ) {
+        throw new TypeError(
+          "Invalid broker: expected an object with publish, subscribe and close methods",
+        );
+      }
+      this.#broker = broker;
+      this.#ownsBroker = false;
+    }
+    this.#headers = [...sseHeaders(options.headers)];
+    this.#strategy = { highWaterMark: maxQueue, size: byteLength };
+    this.#onConnect = hook(options, "onConnect");
+    this.#init = hook(options, "init");
+    this.#filter = hook(options, "filter");
+    this.#onDisconnect = hook(options, "onDisconnect");
+  }
+
+  /**
+   * The number of connected clients.
+   *
+   * @returns Clients whose stream is open (including those still in `init`).
+   */
+  get size(): number {
+    return this.#clients.size;
+  }
+
+  /**
+   * Answers a request with the channel's event stream (or with what
+   * `onConnect` returned, or 503 once the channel is closed).
+   *
+   * The client is subscribed before the returned promise resolves: a message
+   * published after that reaches it. On the wire it gets the retry hint (if
+   * `retry` is set), then `init`'s messages, then (when resuming from
+   * `Last-Event-ID`) the messages it missed, then live messages.
+   *
+   * @param request The request; its `Last-Event-ID` header resumes.
+   * @param options `topics`: the topics this client receives (every topic
+   * when absent; `""` is the topic of messages published without one).
+   * @returns The response.
+   */
+  async connect(
+    request: Request,
+    options: { topics?: readonly string[] } = {},
+  ): Promise<Response> {
+    if (!(request instanceof Request)) {
+      throw new TypeError(
+        `Invalid request: expected a Request, got ${describe(request)}`,
+      );
+    }
+    const topics = topicsOf(options?.topics);
+    if (this.#closed) return unavailable();
+    let context = undefined as C;
+    if (this.#onConnect !== undefined) {
+      const result = await this.#onConnect(request);
+      if (result instanceof Response) return result;
+      context = result;
+      if (this.#closed) return unavailable();
+    }
+    const lastEventId = lastEventIdOf(request);
+
+    const client = new Client<C>(context, topics, this.#release);
+    const stream = new ReadableStream<Uint8Array>(client, this.#strategy);
+    if (this.#retryBytes !== undefined) {
+      client.controller.enqueue(this.#retryBytes);
+    }
+    this.#clients.add(client);
+    if (this.#timer === undefined && this.#keepAlive > 0) {
+      // One timer for the whole channel: a tick every keepAlive / 2 writes a
+      // comment to each client that wrote nothing since the previous tick, so
+      // an idle client gets one every keepAlive ms (never later), and 10 000
+      // clients cost one timer, not 10 000.
+      this.#timer = setInterval(this.#tick, this.#keepAlive / 2);
+    }
+
+    try {
+      await this.#subscribeShared();
+      let resumed = false;
+      if (client.state === CONNECTING) {
+        if (lastEventId === "") {
+          this.#join(client);
+        } else {
+          resumed = await this.#resume(client, lastEventId);
+        }
+      }
+      let frames: Uint8Array[] = [];
+      if (this.#init !== undefined && client.state === CONNECTING) {
+        const messages = await this.#init(context, lastEventId, { resumed });
+        if (messages != null) frames = encodeAll(messages);
+      }
+      if (client.state !== CONNECTING) return unavailable();
+      this.#open(client, frames);
+    } catch (error) {
+      this.#disconnect(client);
+      throw error;
+    }
+    return new Response(stream, { headers: this.#headers });
+  }
+
+  /**
+   * Publishes a message to every subscribed client, through the broker.
+   *
+   * The message is validated and encoded first: one `encodeSSE` refuses
+   * (`TypeError`, `RangeError`) is rejected before anything is stored or
+   * sent. Non-string `data` is JSON-encoded here, once.
+   *
+   * @param message The message, without `id` (the broker assigns it).
+   * @param options `topic`: only clients subscribed to it (or to every
+   * topic) receive the message. Default `""`.
+   * @returns The id the broker assigned.
+   */
+  async publish(
+    message: SSEMessage,
+    options: { topic?: string } = {},
+  ): Promise<string> {
+    if (this.#closed) {
+      throw new TypeError("Cannot publish: the channel is closed");
+    }
+    const topic = options?.topic ?? "";
+    if (typeof topic !== "string") {
+      throw new TypeError(
+        `Invalid topic: expected a string, got ${describe(topic)}`,
+      );
+    }
+    if (typeof message !== "object" || message === null) {
+      throw new TypeError(
+        `Invalid SSE message: expected an object, got ${describe(message)}`,
+      );
+    }
+    if (message.id !== undefined) {
+      throw new TypeError(
+        "Invalid id: the broker assigns ids to published messages: remove the id field",
+      );
+    }
+    // Only the fields the encoder writes, with data as the string sent: what
+    // brokers store must be plain JSON.
+    const stored: SSEMessage = {};
+    if (message.comment !== undefined) stored.comment = message.comment;
+    if (message.event !== undefined) stored.event = message.event;
+    if (message.retry !== undefined) stored.retry = message.retry;
+    const { data } = message;
+    if (data !== undefined) {
+      stored.data = typeof data === "string" ? data : json(data);
+    }
+    const body = encodeSSE(stored);
+    this.#bodies.set(stored, body);
+    return await this.#broker.publish(this.#name, { topic, message: stored }, {
+      replay: this.#replay,
+    });
+  }
+
+  /**
+   * Closes the channel: every open stream ends (after what was already
+   * queued for it), nothing more is sent, subscriptions and timers are
+   * released, and later connections are answered 503. A broker the channel
+   * created is closed too. Idempotent.
+   *
+   * @returns Once everything is released.
+   */
+  close(): Promise<void> {
+    this.#closing ??= this.#close();
+    return this.#closing;
+  }
+
+  async #close(): Promise<void> {
+    this.#closed = true;
+    for (const client of this.#clients) {
+      const wasOpen = client.state === OPEN;
+      this.#disconnect(client);
+      if (wasOpen) {
+        try {
+          client.controller.close();
+        } catch {
+          // Already errored or closed by the runtime.
+        }
+      }
+    }
+    const shared = this.#shared;
+    this.#shared = undefined;
+    if (shared !== undefined) {
+      try {
+        (await shared).unsubscribe();
+      } catch {
+        // It never subscribed: nothing to release.
+      }
+    }
+    if (this.#ownsBroker) await this.#broker.close();
+  }
+
+  /** Subscribes the channel to its stream once, for all its clients. */
+  #subscribeShared(): Promise<SSEBrokerSubscription> {
+    if (this.#shared === undefined) {
+      const shared = this.#broker.subscribe(
+        this.#name,
+        {},
+        (entry) => this.#deliver(entry),
+      );
+      this.#shared = shared;
+      // A failed subscribe is retried by the next connection.
+      shared.catch(() => {
+        if (this.#shared === shared) this.#shared = undefined;
+      });
+    }
+    return this.#shared;
+  }
+
+  /** Puts an open or held client into the shared fan-out. */
+  #join(client: Client<C>): void {
+    const { topics } = client;
+    if (topics === null) {
+      this.#everyone.add(client);
+      return;
+    }
+    for (const topic of topics) {
+      let set = this.#byTopic.get(topic);
+      if (set === undefined) this.#byTopic.set(topic, set = new Set());
+      set.add(client);
+    }
+  }
+
+  /** Subscribes a resuming client on its own; resolves to `resumed`. */
+  async #resume(client: Client<C>, lastEventId: string): Promise<boolean> {
+    client.catching = true;
+    this.#catchingUp.add(client);
+    const subscription = await this.#broker.subscribe(
+      this.#name,
+      { lastEventId },
+      (entry) => this.#deliverCatchUp(client, entry),
+    );
+    if (client.catching && client.state !== CLOSED) {
+      client.catchUp = subscription;
+    } else {
+      // Already caught up (or gone) while the broker replayed.
+      subscription.unsubscribe();
+    }
+    return subscription.resumed;
+  }
+
+  /** Fan-out of one entry from the shared subscription. */
+  #deliver(entry: SSEBrokerEntry): void {
+    const bytes = this.#encodeEntry(entry);
+    if (bytes !== undefined) {
+      const topicSet = this.#byTopic.get(entry.topic);
+      if (this.#filter === undefined) {
+        for (const client of this.#everyone) this.#send(client, bytes);
+        if (topicSet !== undefined) {
+          for (const client of topicSet) this.#send(client, bytes);
+        }
+      } else {
+        const message = { ...entry.message, id: entry.id };
+        for (const client of this.#everyone) {
+          this.#sendFiltered(client, bytes, message, entry.topic);
+        }
+        if (topicSet !== undefined) {
+          for (const client of topicSet) {
+            this.#sendFiltered(client, bytes, message, entry.topic);
+          }
+        }
+      }
+    }
+    this.#lastSharedId = entry.id;
+    if (this.#catchingUp.size !== 0) {
+      // A resuming client whose own subscription already delivered this entry
+      // is now level with the shared one: it switches over, and gets the next
+      // entry from the shared subscription only.
+      for (const client of this.#catchingUp) {
+        if (client.lastId === entry.id) this.#caughtUp(client);
+      }
+    }
+  }
+
+  /** One entry from a resuming client's own subscription. */
+  #deliverCatchUp(client: Client<C>, entry: SSEBrokerEntry): void {
+    if (!client.catching || client.state === CLOSED) return;
+    client.lastId = entry.id;
+    const { topics } = client;
+    if (topics === null || topics.includes(entry.topic)) {
+      const bytes = this.#encodeEntry(entry);
+      if (bytes !== undefined) {
+        if (this.#filter === undefined) this.#send(client, bytes);
+        else {
+          const message = { ...entry.message, id: entry.id };
+          this.#sendFiltered(client, bytes, message, entry.topic);
+        }
+      }
+    }
+    // The shared subscription has delivered exactly up to this entry: from
+    // the next entry on, it serves this client.
+    if (entry.id === this.#lastSharedId && client.state !== CLOSED) {
+      this.#caughtUp(client);
+    }
+  }
+
+  #caughtUp(client: Client<C>): void {
+    client.catching = false;
+    this.#catchingUp.delete(client);
+    client.catchUp?.unsubscribe();
+    client.catchUp = undefined;
+    this.#join(client);
+  }
+
+  #sendFiltered(
+    client: Client<C>,
+    bytes: Uint8Array,
+    message: SSEMessage,
+    topic: string,
+  ): void {
+    let wanted: boolean;
+    try {
+      wanted = this.#filter!(client.context, message, topic);
+    } catch (error) {
+      this.#drop(client, error);
+      return;
+    }
+    if (wanted) this.#send(client, bytes);
+  }
+
+  /** Enqueues one frame; drops the client once too much waits. */
+  #send(client: Client<C>, bytes: Uint8Array): void {
+    const { held } = client;
+    if (held !== null) {
+      held.push(bytes);
+      client.heldBytes += bytes.byteLength;
+      if (client.heldBytes > this.#maxQueue) this.#dropSlow(client);
+      return;
+    }
+    const { controller } = client;
+    controller.enqueue(bytes);
+    client.wrote = true;
+    if (controller.desiredSize! < 0) this.#dropSlow(client);
+  }
+
+  /** Writes `init`'s frames, then what was held meanwhile; then live. */
+  #open(client: Client<C>, frames: Uint8Array[]): void {
+    const held = client.held!;
+    client.held = null;
+    client.state = OPEN;
+    const { controller } = client;
+    for (const frame of frames) controller.enqueue(frame);
+    for (const frame of held) controller.enqueue(frame);
+    if (controller.desiredSize! < 0) this.#dropSlow(client);
+  }
+
+  #encodeEntry(entry: SSEBrokerEntry): Uint8Array | undefined {
+    const { id, message } = entry;
+    let body = this.#bodies.get(message);
+    try {
+      if (typeof id !== "string" || BAD_ID.test(id)) {
+        throw new TypeError(
+          `Invalid broker entry: id must be a string without CR, LF or NUL: got ${
+            JSON.stringify(id)
+          }`,
+        );
+      }
+      if (body === undefined) body = encodeSSE(message);
+      else this.#bodies.delete(message);
+    } catch (error) {
+      // A broker handed out an entry that cannot be framed: skip it rather
+      // than break every client's stream.
+      reportError(error);
+      return undefined;
+    }
+    return encoder.encode("id: " + id + "\n" + body);
+  }
+
+  #dropSlow(client: Client<C>): void {
+    this.#drop(
+      client,
+      new RangeError(
+        `Slow client dropped: more than ${this.#maxQueue} bytes (maxQueue) waited to be sent`,
+      ),
+    );
+  }
+
+  /** Cuts a client off: its stream errors, which discards what it queued. */
+  #drop(client: Client<C>, reason: unknown): void {
+    if (client.state === CLOSED) return;
+    this.#disconnect(client);
+    client.controller.error(reason);
+  }
+
+  /** Releases everything a client holds. Idempotent. */
+  #disconnect(client: Client<C>): void {
+    if (client.state === CLOSED) return;
+    client.state = CLOSED;
+    this.#clients.delete(client);
+    const { topics } = client;
+    if (topics === null) {
+      this.#everyone.delete(client);
+    } else {
+      for (const topic of topics) {
+        const set = this.#byTopic.get(topic);
+        if (set !== undefined && set.delete(client) && set.size === 0) {
+          this.#byTopic.delete(topic);
+        }
+      }
+    }
+    if (client.catching) {
+      client.catching = false;
+      this.#catchingUp.delete(client);
+      client.catchUp?.unsubscribe();
+      client.catchUp = undefined;
+    }
+    client.held = null;
+    if (this.#clients.size === 0 && this.#timer !== undefined) {
+      clearInterval(this.#timer);
+      this.#timer = undefined;
+    }
+    if (this.#onDisconnect !== undefined) {
+      try {
+        this.#onDisconnect(client.context);
+      } catch (error) {
+        reportError(error);
+      }
+    }
+  }
+
+  #tick = (): void => {
+    for (const client of this.#clients) {
+      if (client.state !== OPEN) continue;
+      if (client.wrote) {
+        client.wrote = false;
+      } else {
+        this.#send(client, KEEP_ALIVE_BYTES);
+      }
+    }
+  };
+}
+
+function byteLength(chunk: Uint8Array): number {
+  return chunk.byteLength;
+}
+
+function hook<C, K extends keyof SSEChannelOptions<C>>(
+  options: SSEChannelOptions<C>,
+  key: K,
+): SSEChannelOptions<C>[K] {
+  const value = options[key];
+  if (value !== undefined && typeof value !== "function") {
+    throw new TypeError(
+      `Invalid ${key}: expected a function, got ${describe(value)}`,
+    );
+  }
+  return value;
+}
+
+function topicsOf(topics: unknown): readonly string[] | null {
+  if (topics === undefined) return null;
+  if (!Array.isArray(topics)) {
+    throw new TypeError(
+      `Invalid topics: expected an array of strings, got ${describe(topics)}`,
+    );
+  }
+  for (const topic of topics) {
+    if (typeof topic !== "string") {
+      throw new TypeError(
+        `Invalid topics: expected an array of strings, found ${
+          describe(topic)
+        }`,
+      );
+    }
+  }
+  return [...new Set<string>(topics)];
+}
+
+/**
+ * The `Last-Event-ID` header, `""` if none. Header values are ByteStrings:
+ * browsers send a non-ASCII id as its UTF-8 bytes, which arrive one character
+ * per byte, so they are decoded back here.
+ */
+function lastEventIdOf(request: Request): string {
+  const value = request.headers.get("last-event-id");
+  if (value === null) return "";
+  // deno-lint-ignore no-control-regex
+  if (/^[\x00-\x7f]*$/.test(value)) return value;
+  const bytes = new Uint8Array(value.length);
+  for (let i = 0; i < value.length; i++) bytes[i] = value.charCodeAt(i);
+  return new TextDecoder().decode(bytes);
+}
+
+function encodeAll(messages: Iterable<SSEMessage>): Uint8Array[] {
+  if (typeof messages !== "object" || !(Symbol.iterator in messages)) {
+    throw new TypeError(
+      `Invalid init result: expected an iterable of messages, got ${
+        describe(messages)
+      }`,
+    );
+  }
+  const frames: Uint8Array[] = [];
+  for (const message of messages) {
+    frames.push(encoder.encode(encodeSSE(message)));
+  }
+  return frames;
+}
+
+function json(data: unknown): string {
+  let text: string | undefined;
+  try {
+    text = JSON.stringify(data);
+  } catch (cause) {
+    throw new TypeError(
+      `Invalid data: cannot be encoded as JSON: ${
+        cause instanceof Error ? cause.message : String(cause)
+      }`,
+      { cause },
+    );
+  }
+  if (text === undefined) {
+    throw new TypeError(
+      `Invalid data: cannot be encoded as JSON: ${describe(data)}`,
+    );
+  }
+  return text;
+}
+
+function unavailable(): Response {
+  return new Response("The event channel is closed", {
+    status: 503,
+    headers: { "content-type": "text/plain; charset=utf-8" },
+  });
+}
+
+function describe(value: unknown): string {
+  if (value === null) return "null";
+  if (Array.isArray(value)) return "array";
+  if (typeof value === "object") {
+    return (value as { constructor?: { name?: string } }).constructor?.name ??
+      "object";
+  }
+  return typeof value;
+}
