@@ -294,3 +294,12 @@ function open(
 function logError(error: unknown): void {
   console.error("sseResponse: the source failed, so the stream ended", error);
 }
+
+export { SSEChannel } from "./_channel.ts";
+export type { SSEChannelOptions } from "./_channel.ts";
+export { MemoryBroker } from "./_broker.ts";
+export type {
+  SSEBroker,
+  SSEBrokerEntry,
+  SSEBrokerSubscription,
+} from "./_broker.ts";
