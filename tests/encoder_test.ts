@@ -7,6 +7,10 @@ import { type SSEEvent, SSEParserStream } from "../parser.ts";
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
+// Deno 2.9 runs tests with the op and resource sanitizers off unless asked:
+// every test here asks, so leaked timers, reads and sockets fail the test.
+const SANITIZED = { sanitizeOps: true, sanitizeResources: true } as const;
+
 interface Parsed {
   events: SSEEvent[];
   retries: number[];
@@ -114,36 +118,48 @@ const validMessage: fc.Arbitrary<SSEMessage> = fc.record({
   )
   .filter((m) => Object.keys(m).length > 0);
 
-Deno.test("encodeSSE writes each field as `name: value` in a fixed order", () => {
-  assert.equal(
-    encodeSSE({ data: "d", event: "e", id: "i", retry: 5, comment: "c" }),
-    ": c\nevent: e\nid: i\nretry: 5\ndata: d\n\n",
-  );
-});
+Deno.test(
+  "encodeSSE writes each field as `name: value` in a fixed order",
+  SANITIZED,
+  () => {
+    assert.equal(
+      encodeSSE({ data: "d", event: "e", id: "i", retry: 5, comment: "c" }),
+      ": c\nevent: e\nid: i\nretry: 5\ndata: d\n\n",
+    );
+  },
+);
 
-Deno.test("encodeSSE splits data at CRLF, CR and LF into data lines", () => {
-  assert.equal(
-    encodeSSE({ data: "a\r\nb\rc\nd" }),
-    "data: a\ndata: b\ndata: c\ndata: d\n\n",
-  );
-  assert.equal(encodeSSE({ data: "\n" }), "data: \ndata: \n\n");
-  assert.equal(encodeSSE({ data: "x\r" }), "data: x\ndata: \n\n");
-  assert.equal(
-    encodeSSE({ data: "\r\r\n\n" }),
-    "data: \ndata: \ndata: \ndata: \n\n",
-  );
-});
+Deno.test(
+  "encodeSSE splits data at CRLF, CR and LF into data lines",
+  SANITIZED,
+  () => {
+    assert.equal(
+      encodeSSE({ data: "a\r\nb\rc\nd" }),
+      "data: a\ndata: b\ndata: c\ndata: d\n\n",
+    );
+    assert.equal(encodeSSE({ data: "\n" }), "data: \ndata: \n\n");
+    assert.equal(encodeSSE({ data: "x\r" }), "data: x\ndata: \n\n");
+    assert.equal(
+      encodeSSE({ data: "\r\r\n\n" }),
+      "data: \ndata: \ndata: \ndata: \n\n",
+    );
+  },
+);
 
-Deno.test("encodeSSE keeps values that begin with a space or a colon", async () => {
-  const bytes = encoder.encode(
-    encodeSSE({ event: " e", id: " 1", data: " a\n:b\n  c" }),
-  );
-  assert.deepEqual((await parse(bytes)).events, [
-    { type: " e", data: " a\n:b\n  c", id: " 1" },
-  ]);
-});
+Deno.test(
+  "encodeSSE keeps values that begin with a space or a colon",
+  SANITIZED,
+  async () => {
+    const bytes = encoder.encode(
+      encodeSSE({ event: " e", id: " 1", data: " a\n:b\n  c" }),
+    );
+    assert.deepEqual((await parse(bytes)).events, [
+      { type: " e", data: " a\n:b\n  c", id: " 1" },
+    ]);
+  },
+);
 
-Deno.test("encodeSSE JSON-encodes data that is not a string", () => {
+Deno.test("encodeSSE JSON-encodes data that is not a string", SANITIZED, () => {
   assert.equal(encodeSSE({ data: { a: "x\ny" } }), 'data: {"a":"x\\ny"}\n\n');
   assert.equal(encodeSSE({ data: [1, "2"] }), 'data: [1,"2"]\n\n');
   assert.equal(encodeSSE({ data: 0 }), "data: 0\n\n");
@@ -157,13 +173,17 @@ Deno.test("encodeSSE JSON-encodes data that is not a string", () => {
   assert.equal(encodeSSE({ data: ["\uD800"] }), 'data: ["\\ud800"]\n\n');
 });
 
-Deno.test("encodeSSE writes an empty data line for empty data, which dispatches", async () => {
-  assert.equal(encodeSSE({ data: "" }), "data: \n\n");
-  const { events } = await parse(encoder.encode(encodeSSE({ data: "" })));
-  assert.deepEqual(events, [{ type: "message", data: "", id: "" }]);
-});
+Deno.test(
+  "encodeSSE writes an empty data line for empty data, which dispatches",
+  SANITIZED,
+  async () => {
+    assert.equal(encodeSSE({ data: "" }), "data: \n\n");
+    const { events } = await parse(encoder.encode(encodeSSE({ data: "" })));
+    assert.deepEqual(events, [{ type: "message", data: "", id: "" }]);
+  },
+);
 
-Deno.test("encodeSSE treats undefined fields as absent", () => {
+Deno.test("encodeSSE treats undefined fields as absent", SANITIZED, () => {
   assert.equal(
     encodeSSE({ data: "x", event: undefined, id: undefined, retry: undefined }),
     "data: x\n\n",
@@ -171,21 +191,25 @@ Deno.test("encodeSSE treats undefined fields as absent", () => {
   assert.equal(encodeSSE({ data: undefined, id: "7" }), "id: 7\n\n");
 });
 
-Deno.test("encodeSSE ignores properties that are not fields", () => {
+Deno.test("encodeSSE ignores properties that are not fields", SANITIZED, () => {
   const message = { data: "x", topic: "news", date: 1 } as SSEMessage;
   assert.equal(encodeSSE(message), "data: x\n\n");
 });
 
-Deno.test("encodeSSE writes a comment on one line per line, with every line break form", () => {
-  assert.equal(encodeSSE({ comment: "" }), ": \n\n");
-  assert.equal(encodeSSE({ comment: "ping" }), ": ping\n\n");
-  assert.equal(
-    encodeSSE({ comment: "a\r\nb\rc\nd" }),
-    ": a\n: b\n: c\n: d\n\n",
-  );
-});
+Deno.test(
+  "encodeSSE writes a comment on one line per line, with every line break form",
+  SANITIZED,
+  () => {
+    assert.equal(encodeSSE({ comment: "" }), ": \n\n");
+    assert.equal(encodeSSE({ comment: "ping" }), ": ping\n\n");
+    assert.equal(
+      encodeSSE({ comment: "a\r\nb\rc\nd" }),
+      ": a\n: b\n: c\n: d\n\n",
+    );
+  },
+);
 
-Deno.test("a comment-only message dispatches nothing", async () => {
+Deno.test("a comment-only message dispatches nothing", SANITIZED, async () => {
   const parsed = await parse(
     encoder.encode(
       encodeSSE({ comment: "one\ntwo" }) + encodeSSE({ data: "x" }),
@@ -195,38 +219,54 @@ Deno.test("a comment-only message dispatches nothing", async () => {
   assert.deepEqual(parsed.events, [{ type: "message", data: "x", id: "" }]);
 });
 
-Deno.test("an id-only message commits the id without dispatching", async () => {
-  const parsed = await parse(
-    encoder.encode(encodeSSE({ id: "5" }) + encodeSSE({ data: "x" })),
-  );
-  assert.deepEqual(parsed.events, [{ type: "message", data: "x", id: "5" }]);
-  assert.equal(parsed.lastEventId, "5");
-});
+Deno.test(
+  "an id-only message commits the id without dispatching",
+  SANITIZED,
+  async () => {
+    const parsed = await parse(
+      encoder.encode(encodeSSE({ id: "5" }) + encodeSSE({ data: "x" })),
+    );
+    assert.deepEqual(parsed.events, [{ type: "message", data: "x", id: "5" }]);
+    assert.equal(parsed.lastEventId, "5");
+  },
+);
 
-Deno.test("an empty id resets the client's last event ID", async () => {
-  assert.equal(encodeSSE({ id: "" }), "id: \n\n");
-  const parsed = await parse(encoder.encode(
-    encodeSSE({ id: "5", data: "a" }) + encodeSSE({ id: "", data: "b" }),
-  ));
-  assert.deepEqual(parsed.events, [
-    { type: "message", data: "a", id: "5" },
-    { type: "message", data: "b", id: "" },
-  ]);
-});
+Deno.test(
+  "an empty id resets the client's last event ID",
+  SANITIZED,
+  async () => {
+    assert.equal(encodeSSE({ id: "" }), "id: \n\n");
+    const parsed = await parse(encoder.encode(
+      encodeSSE({ id: "5", data: "a" }) + encodeSSE({ id: "", data: "b" }),
+    ));
+    assert.deepEqual(parsed.events, [
+      { type: "message", data: "a", id: "5" },
+      { type: "message", data: "b", id: "" },
+    ]);
+  },
+);
 
-Deno.test("encodeSSE writes a numeric id in its shortest decimal form", () => {
-  assert.equal(encodeSSE({ id: 42 }), "id: 42\n\n");
-  assert.equal(encodeSSE({ id: -0 }), "id: 0\n\n");
-  assert.equal(encodeSSE({ id: 1.5 }), "id: 1.5\n\n");
-});
+Deno.test(
+  "encodeSSE writes a numeric id in its shortest decimal form",
+  SANITIZED,
+  () => {
+    assert.equal(encodeSSE({ id: 42 }), "id: 42\n\n");
+    assert.equal(encodeSSE({ id: -0 }), "id: 0\n\n");
+    assert.equal(encodeSSE({ id: 1.5 }), "id: 1.5\n\n");
+  },
+);
 
-Deno.test("encodeSSE accepts every non-negative safe integer as retry", () => {
-  assert.equal(encodeSSE({ retry: 0 }), "retry: 0\n\n");
-  assert.equal(
-    encodeSSE({ retry: Number.MAX_SAFE_INTEGER }),
-    `retry: ${Number.MAX_SAFE_INTEGER}\n\n`,
-  );
-});
+Deno.test(
+  "encodeSSE accepts every non-negative safe integer as retry",
+  SANITIZED,
+  () => {
+    assert.equal(encodeSSE({ retry: 0 }), "retry: 0\n\n");
+    assert.equal(
+      encodeSSE({ retry: Number.MAX_SAFE_INTEGER }),
+      `retry: ${Number.MAX_SAFE_INTEGER}\n\n`,
+    );
+  },
+);
 
 // [message, error class, message pattern]
 const refused: [unknown, typeof TypeError | typeof RangeError, RegExp][] = [
@@ -356,20 +396,27 @@ const refused: [unknown, typeof TypeError | typeof RangeError, RegExp][] = [
   ],
 ];
 
-Deno.test("encodeSSE refuses what it cannot frame, naming the field and the problem", () => {
-  for (const [message, type, pattern] of refused) {
-    assert.throws(
-      () => encodeSSE(message as SSEMessage),
-      (error: unknown) => {
-        assert.ok(error instanceof type, `${Deno.inspect(message)}: ${error}`);
-        assert.match(error.message, pattern, Deno.inspect(message));
-        return true;
-      },
-    );
-  }
-});
+Deno.test(
+  "encodeSSE refuses what it cannot frame, naming the field and the problem",
+  SANITIZED,
+  () => {
+    for (const [message, type, pattern] of refused) {
+      assert.throws(
+        () => encodeSSE(message as SSEMessage),
+        (error: unknown) => {
+          assert.ok(
+            error instanceof type,
+            `${Deno.inspect(message)}: ${error}`,
+          );
+          assert.match(error.message, pattern, Deno.inspect(message));
+          return true;
+        },
+      );
+    }
+  },
+);
 
-Deno.test("encodeSSE keeps the JSON error as the cause", () => {
+Deno.test("encodeSSE keeps the JSON error as the cause", SANITIZED, () => {
   const cyclic: Record<string, unknown> = {};
   cyclic.self = cyclic;
   assert.throws(
@@ -380,151 +427,171 @@ Deno.test("encodeSSE keeps the JSON error as the cause", () => {
   );
 });
 
-Deno.test("SSEEncoderStream writes one UTF-8 chunk per message", async () => {
-  const chunks = await Array.fromAsync(
-    ReadableStream.from<SSEMessage>([{ data: "é" }, { id: 1 }])
-      .pipeThrough(new SSEEncoderStream()),
-  );
-  assert.equal(chunks.length, 2);
-  assert.ok(chunks.every((chunk) => chunk instanceof Uint8Array));
-  assert.deepEqual(chunks.map((chunk) => decoder.decode(chunk)), [
-    "data: é\n\n",
-    "id: 1\n\n",
-  ]);
-});
+Deno.test(
+  "SSEEncoderStream writes one UTF-8 chunk per message",
+  SANITIZED,
+  async () => {
+    const chunks = await Array.fromAsync(
+      ReadableStream.from<SSEMessage>([{ data: "é" }, { id: 1 }])
+        .pipeThrough(new SSEEncoderStream()),
+    );
+    assert.equal(chunks.length, 2);
+    assert.ok(chunks.every((chunk) => chunk instanceof Uint8Array));
+    assert.deepEqual(chunks.map((chunk) => decoder.decode(chunk)), [
+      "data: é\n\n",
+      "id: 1\n\n",
+    ]);
+  },
+);
 
-Deno.test("SSEEncoderStream errors on a refused message without writing any part of its frame", async () => {
-  const stream = new SSEEncoderStream();
-  const writer = stream.writable.getWriter();
-  const reader = stream.readable.getReader();
-  const written = writer.write({ comment: "before", data: "ok" });
-  assert.equal(
-    decoder.decode((await reader.read()).value),
-    ": before\ndata: ok\n\n",
-  );
-  await written;
-  // The comment and event are valid and come first in the frame; the id is
-  // not. Nothing of this frame may come out.
-  const refusedWrite = writer.write({
-    comment: "c",
-    event: "e",
-    data: "d",
-    id: "1\n2",
-  });
-  await assert.rejects(
-    reader.read(),
-    /^TypeError: Invalid id: must not contain LF/,
-  );
-  await assert.rejects(refusedWrite, TypeError);
-  await assert.rejects(writer.closed, TypeError);
-});
+Deno.test(
+  "SSEEncoderStream errors on a refused message without writing any part of its frame",
+  SANITIZED,
+  async () => {
+    const stream = new SSEEncoderStream();
+    const writer = stream.writable.getWriter();
+    const reader = stream.readable.getReader();
+    const written = writer.write({ comment: "before", data: "ok" });
+    assert.equal(
+      decoder.decode((await reader.read()).value),
+      ": before\ndata: ok\n\n",
+    );
+    await written;
+    // The comment and event are valid and come first in the frame; the id is
+    // not. Nothing of this frame may come out.
+    const refusedWrite = writer.write({
+      comment: "c",
+      event: "e",
+      data: "d",
+      id: "1\n2",
+    });
+    await assert.rejects(
+      reader.read(),
+      /^TypeError: Invalid id: must not contain LF/,
+    );
+    await assert.rejects(refusedWrite, TypeError);
+    await assert.rejects(writer.closed, TypeError);
+  },
+);
 
-Deno.test("any messages survive SSEEncoderStream then SSEParserStream at any chunking", async () => {
-  await fc.assert(
-    fc.asyncProperty(
-      fc.array(validMessage, { maxLength: 8 }),
-      fc.array(fc.nat(), { maxLength: 10 }),
-      async (messages, cuts) => {
-        const bytes = await encodeAll(messages);
-        assert.deepEqual(await parse(bytes, cuts), expected(messages));
-      },
-    ),
-    { numRuns: 300 },
-  );
-});
-
-Deno.test("encodeSSE either refuses a message or writes one that parses back exactly", async () => {
-  // Any shape at all: wrong types, forbidden characters, lone surrogates.
-  const anyString = fc.string({ unit: "binary", maxLength: 6 });
-  const anything = fc.oneof(
-    anyString,
-    tricky,
-    fc.integer(),
-    fc.double(),
-    fc.constant(undefined),
-    fc.constant(null),
-    fc.jsonValue({ maxDepth: 1 }),
-  );
-  const message = fc.oneof(
-    fc.record({
-      data: anything,
-      event: anything,
-      id: anything,
-      retry: anything,
-      comment: anything,
-    }, { requiredKeys: [] }),
-    anything,
-  );
-  await fc.assert(
-    fc.asyncProperty(message, async (message) => {
-      let frame: string;
-      try {
-        frame = encodeSSE(message as SSEMessage);
-      } catch (error) {
-        assert.ok(
-          error instanceof TypeError || error instanceof RangeError,
-          String(error),
-        );
-        return;
-      }
-      const m = message as SSEMessage;
-      assert.deepEqual(await parse(encoder.encode(frame)), expected([m]));
-      assert.ok(frame.endsWith("\n\n"));
-    }),
-    { numRuns: 1000 },
-  );
-});
-
-Deno.test("Deno's EventSource reads the same events from the encoded bytes", async () => {
-  let body = new Uint8Array(0);
-  const server = Deno.serve({
-    hostname: "127.0.0.1",
-    port: 0,
-    onListen() {},
-  }, () =>
-    new Response(body, {
-      headers: { "content-type": "text/event-stream" },
-    }));
-  const url = `http://127.0.0.1:${server.addr.port}/`;
-  // EventSource fires its own "open" and "error" events: keep those names out.
-  const message = validMessage.filter((m) =>
-    m.event !== "open" && m.event !== "error"
-  );
-  try {
+Deno.test(
+  "any messages survive SSEEncoderStream then SSEParserStream at any chunking",
+  SANITIZED,
+  async () => {
     await fc.assert(
       fc.asyncProperty(
-        fc.array(message, { maxLength: 6 }),
-        async (messages) => {
-          // A last event that tells the client the stream is done.
-          const sentinel: SSEMessage = { event: "open", data: "end" };
-          body = await encodeAll([...messages, sentinel]);
-          const want = expected(messages).events;
-          const got: SSEEvent[] = [];
-          const source = new EventSource(url);
-          try {
-            await new Promise<void>((resolve, reject) => {
-              const listener = (event: Event) => {
-                const { data, lastEventId } = event as MessageEvent<string>;
-                got.push({ type: event.type, data, id: lastEventId });
-              };
-              for (const type of new Set(want.map((event) => event.type))) {
-                source.addEventListener(type, listener);
-              }
-              source.addEventListener("open", (event) => {
-                // The connection's own open event is not a MessageEvent.
-                if (event instanceof MessageEvent) resolve();
-              });
-              source.onerror = () => reject(new Error("EventSource error"));
-            });
-          } finally {
-            source.close();
-          }
-          assert.deepEqual(got, want);
+        fc.array(validMessage, { maxLength: 8 }),
+        fc.array(fc.nat(), { maxLength: 10 }),
+        async (messages, cuts) => {
+          const bytes = await encodeAll(messages);
+          assert.deepEqual(await parse(bytes, cuts), expected(messages));
         },
       ),
-      { numRuns: 20 },
+      { numRuns: 300 },
     );
-  } finally {
-    await server.shutdown();
-  }
-});
+  },
+);
+
+Deno.test(
+  "encodeSSE either refuses a message or writes one that parses back exactly",
+  SANITIZED,
+  async () => {
+    // Any shape at all: wrong types, forbidden characters, lone surrogates.
+    const anyString = fc.string({ unit: "binary", maxLength: 6 });
+    const anything = fc.oneof(
+      anyString,
+      tricky,
+      fc.integer(),
+      fc.double(),
+      fc.constant(undefined),
+      fc.constant(null),
+      fc.jsonValue({ maxDepth: 1 }),
+    );
+    const message = fc.oneof(
+      fc.record({
+        data: anything,
+        event: anything,
+        id: anything,
+        retry: anything,
+        comment: anything,
+      }, { requiredKeys: [] }),
+      anything,
+    );
+    await fc.assert(
+      fc.asyncProperty(message, async (message) => {
+        let frame: string;
+        try {
+          frame = encodeSSE(message as SSEMessage);
+        } catch (error) {
+          assert.ok(
+            error instanceof TypeError || error instanceof RangeError,
+            String(error),
+          );
+          return;
+        }
+        const m = message as SSEMessage;
+        assert.deepEqual(await parse(encoder.encode(frame)), expected([m]));
+        assert.ok(frame.endsWith("\n\n"));
+      }),
+      { numRuns: 1000 },
+    );
+  },
+);
+
+Deno.test(
+  "Deno's EventSource reads the same events from the encoded bytes",
+  SANITIZED,
+  async () => {
+    let body = new Uint8Array(0);
+    const server = Deno.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      onListen() {},
+    }, () =>
+      new Response(body, {
+        headers: { "content-type": "text/event-stream" },
+      }));
+    const url = `http://127.0.0.1:${server.addr.port}/`;
+    // EventSource fires its own "open" and "error" events: keep those names out.
+    const message = validMessage.filter((m) =>
+      m.event !== "open" && m.event !== "error"
+    );
+    try {
+      await fc.assert(
+        fc.asyncProperty(
+          fc.array(message, { maxLength: 6 }),
+          async (messages) => {
+            // A last event that tells the client the stream is done.
+            const sentinel: SSEMessage = { event: "open", data: "end" };
+            body = await encodeAll([...messages, sentinel]);
+            const want = expected(messages).events;
+            const got: SSEEvent[] = [];
+            const source = new EventSource(url);
+            try {
+              await new Promise<void>((resolve, reject) => {
+                const listener = (event: Event) => {
+                  const { data, lastEventId } = event as MessageEvent<string>;
+                  got.push({ type: event.type, data, id: lastEventId });
+                };
+                for (const type of new Set(want.map((event) => event.type))) {
+                  source.addEventListener(type, listener);
+                }
+                source.addEventListener("open", (event) => {
+                  // The connection's own open event is not a MessageEvent.
+                  if (event instanceof MessageEvent) resolve();
+                });
+                source.onerror = () => reject(new Error("EventSource error"));
+              });
+            } finally {
+              source.close();
+            }
+            assert.deepEqual(got, want);
+          },
+        ),
+        { numRuns: 20 },
+      );
+    } finally {
+      await server.shutdown();
+    }
+  },
+);
