@@ -1,0 +1,219 @@
+// Copyright the sse authors. MIT license.
+/**
+ * Test helper: a real `redis-server` (the Debian package; `.ci/setup` installs
+ * it) on 127.0.0.1 with a random free port, in its own temporary directory.
+ *
+ * Outside CI a missing `redis-server` makes the Redis tests skip with a clear
+ * message ({@linkcode REDIS_SKIP}); in CI (`CI=true`) it is a failure.
+ *
+ * @module
+ */
+
+/** Why the Redis tests are skipped, or `undefined` when they can run. */
+export const REDIS_SKIP: string | undefined = await findRedisServer();
+
+async function findRedisServer(): Promise<string | undefined> {
+  try {
+    const { success } = await new Deno.Command("redis-server", {
+      args: ["--version"],
+      stdin: "null",
+      stdout: "null",
+      stderr: "null",
+    }).output();
+    if (success) return undefined;
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
+  }
+  if (Deno.env.get("CI") === "true") {
+    throw new Error(
+      "redis-server not found: CI must install it (.ci/setup does)",
+    );
+  }
+  const message =
+    "redis-server not found: Redis tests skipped (run .ci/setup or apt-get install redis-server)";
+  console.warn(`%c${message}`, "color: yellow");
+  return message;
+}
+
+/** Options of {@linkcode startRedis}. */
+export interface RedisServerOptions {
+  /**
+   * Persist every write before replying (`--appendonly yes --appendfsync
+   * always`), so that {@linkcode RedisServer.restart} loses nothing.
+   * @default {false}
+   */
+  persistent?: boolean;
+}
+
+/** A running `redis-server` owned by a test. */
+export interface RedisServer {
+  /** `redis://127.0.0.1:<port>` */
+  readonly url: string;
+  readonly port: number;
+  /** Whether the process is currently running. */
+  readonly running: boolean;
+  /** Stops the process (SIGTERM, so an append-only file is flushed), keeping the data directory. */
+  stop(): Promise<void>;
+  /** Starts it again on the same port and data directory. */
+  start(): Promise<void>;
+  /** `stop()` then `start()`. */
+  restart(): Promise<void>;
+  /** Stops the process and removes its directory. Idempotent. */
+  close(): Promise<void>;
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+/**
+ * Starts a `redis-server` on 127.0.0.1 with a free port, no RDB snapshots and
+ * (unless `persistent`) no append-only file, in a fresh temporary directory.
+ *
+ * @param options Persistence.
+ * @returns The running server; `close()` it (or `await using`) at the end.
+ */
+export async function startRedis(
+  options: RedisServerOptions = {},
+): Promise<RedisServer> {
+  if (REDIS_SKIP !== undefined) throw new Error(REDIS_SKIP);
+  const dir = await Deno.makeTempDir({ prefix: "sse-redis-" });
+  try {
+    for (let attempt = 1;; attempt++) {
+      const port = freePort();
+      try {
+        const process = await spawnRedis(port, dir, options);
+        return new Server(port, dir, options, process);
+      } catch (error) {
+        // Another process may take the port between freePort() and bind.
+        if (attempt >= 5 || !String(error).includes("in use")) throw error;
+      }
+    }
+  } catch (error) {
+    await Deno.remove(dir, { recursive: true });
+    throw error;
+  }
+}
+
+function freePort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const { port } = listener.addr;
+  listener.close();
+  return port;
+}
+
+interface RedisProcess {
+  child: Deno.ChildProcess;
+  /** Resolves when the output is fully read, i.e. the process has exited. */
+  drained: Promise<void>;
+}
+
+async function spawnRedis(
+  port: number,
+  dir: string,
+  options: RedisServerOptions,
+): Promise<RedisProcess> {
+  const args = [
+    "--port",
+    String(port),
+    "--bind",
+    "127.0.0.1",
+    "--dir",
+    dir,
+    "--save",
+    "",
+    "--logfile",
+    "",
+    "--daemonize",
+    "no",
+  ];
+  if (options.persistent) {
+    args.push("--appendonly", "yes", "--appendfsync", "always");
+  } else {
+    args.push("--appendonly", "no");
+  }
+  const child = new Deno.Command("redis-server", {
+    args,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+
+  // Redis logs to stdout and reports fatal configuration errors on stderr;
+  // both are read to the end (so the pipes never fill), and the log is kept
+  // for the error message if the server does not become ready.
+  let log = "";
+  let onReady: () => void = () => {};
+  const ready = new Promise<void>((resolve) => onReady = resolve);
+  const read = async (stream: ReadableStream<Uint8Array>) => {
+    for await (const text of stream.pipeThrough(new TextDecoderStream())) {
+      log += text;
+      if (log.includes("Ready to accept connections")) onReady();
+      if (log.length > 64_000) log = log.slice(-32_000);
+    }
+  };
+  const drained = Promise.all([read(child.stdout), read(child.stderr)])
+    .then(() => {});
+  const exited = drained.then(() => child.status);
+  const first = await Promise.race([ready.then(() => undefined), exited]);
+  if (first !== undefined) {
+    throw new Error(
+      `redis-server exited with code ${first.code} before it was ready: ${log.trim()}`,
+    );
+  }
+  return { child, drained };
+}
+
+class Server implements RedisServer {
+  readonly url: string;
+  readonly port: number;
+  #dir: string;
+  #options: RedisServerOptions;
+  #process: RedisProcess | undefined;
+  #closed = false;
+
+  constructor(
+    port: number,
+    dir: string,
+    options: RedisServerOptions,
+    process: RedisProcess,
+  ) {
+    this.port = port;
+    this.url = `redis://127.0.0.1:${port}`;
+    this.#dir = dir;
+    this.#options = options;
+    this.#process = process;
+  }
+
+  get running(): boolean {
+    return this.#process !== undefined;
+  }
+
+  async stop(): Promise<void> {
+    const process = this.#process;
+    if (process === undefined) return;
+    this.#process = undefined;
+    process.child.kill("SIGTERM");
+    await process.child.status;
+    await process.drained;
+  }
+
+  async start(): Promise<void> {
+    if (this.#closed) throw new Error("Cannot start: the server is closed");
+    if (this.#process !== undefined) return;
+    this.#process = await spawnRedis(this.port, this.#dir, this.#options);
+  }
+
+  async restart(): Promise<void> {
+    await this.stop();
+    await this.start();
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.stop();
+    await Deno.remove(this.#dir, { recursive: true });
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}
