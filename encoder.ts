@@ -68,7 +68,11 @@ export interface SSEMessage {
 
 // Line breaks as §9.2.5 defines them: CRLF, then a lone CR or LF.
 const LINE_BREAK = /\r\n|\r|\n/g;
-const HAS_LINE_BREAK = /[\r\n]/;
+
+// Two native scans beat a /[\r\n]/ test on long strings, and tie on short ones.
+function hasLineBreak(text: string): boolean {
+  return text.indexOf("\n") !== -1 || text.indexOf("\r") !== -1;
+}
 
 /**
  * Encodes one message as an event-stream frame.
@@ -114,7 +118,7 @@ export function encodeSSE(message: SSEMessage): string {
       );
     }
     wellFormed("comment", comment);
-    frame = HAS_LINE_BREAK.test(comment)
+    frame = hasLineBreak(comment)
       ? ": " + comment.replace(LINE_BREAK, "\n: ") + "\n"
       : ": " + comment + "\n";
   }
@@ -189,7 +193,7 @@ export function encodeSSE(message: SSEMessage): string {
   if (data !== undefined) {
     if (typeof data === "string") {
       // Hot path: one native scan decides; most payloads are one line.
-      if (HAS_LINE_BREAK.test(data)) {
+      if (hasLineBreak(data)) {
         wellFormed("data", data);
         return frame + "data: " + data.replace(LINE_BREAK, "\ndata: ") +
           "\n\n";

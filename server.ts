@@ -232,15 +232,23 @@ export function sseResponse(
         return;
       }
       if (done) return; // cancelled or aborted while waiting
-      if (result.done) {
-        finish();
-        c.close();
-        return;
-      }
       let frame: string;
       try {
+        if (typeof result !== "object" || result === null) {
+          throw new TypeError(
+            `Invalid source: next() resolved to ${
+              result === null ? "null" : typeof result
+            }, not an iterator result`,
+          );
+        }
+        if (result.done) {
+          finish();
+          c.close();
+          return;
+        }
         frame = encodeSSE(result.value);
       } catch (error) {
+        // A message the encoder refuses: the source is still open.
         finish();
         c.close();
         report(error);

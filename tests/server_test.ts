@@ -496,6 +496,34 @@ Deno.test(
 );
 
 Deno.test(
+  "sseResponse ends cleanly when an iterator breaks its protocol, and closes it",
+  SANITIZED,
+  async () => {
+    const errors: unknown[] = [];
+    let returns = 0;
+    const broken = {
+      [Symbol.asyncIterator]: () => ({
+        next: () =>
+          Promise.resolve(undefined as unknown as IteratorResult<SSEMessage>),
+        return: () => {
+          returns++;
+          return Promise.resolve({ done: true as const, value: undefined });
+        },
+      }),
+    };
+    const response = sseResponse(broken, { onError: (e) => errors.push(e) });
+    assert.equal(await response.text(), "");
+    assert.equal(errors.length, 1);
+    assert.ok(errors[0] instanceof TypeError);
+    assert.equal(
+      errors[0].message,
+      "Invalid source: next() resolved to undefined, not an iterator result",
+    );
+    assert.equal(returns, 1);
+  },
+);
+
+Deno.test(
   "sseResponse reports an error from closing the source",
   SANITIZED,
   async () => {
