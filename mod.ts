@@ -18,4 +18,5 @@
 
 export * from "./parser.ts";
 export * from "./encoder.ts";
+export * from "./client.ts";
 export * from "./server.ts";

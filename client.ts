@@ -1,0 +1,693 @@
+// Copyright the sse authors. MIT license.
+/**
+ * {@linkcode SSEClient} consumes an event stream as an async iterable of
+ * {@linkcode SSEEvent}s, and keeps it going: it reconnects when the stream
+ * ends or the network fails, resumes with `Last-Event-ID`, follows the
+ * server's `retry:` field, and backs off exponentially, with jitter, while a
+ * server keeps failing. Any `fetch` request works, `POST` included.
+ *
+ * @example Follow a stream, resuming where it left off
+ * ```ts ignore
+ * import { SSEClient } from "@sse/sse/client";
+ *
+ * const client = new SSEClient("https://example.com/events", {
+ *   lastEventId: localStorage.getItem("last-id") ?? "",
+ * });
+ * for await (const event of client) {
+ *   console.log(event.type, event.data);
+ *   localStorage.setItem("last-id", event.id);
+ * }
+ * ```
+ *
+ * @module
+ */
+
+import { DEFAULT_MAX_EVENT_SIZE, EventParser } from "./_event_parser.ts";
+import type { SSEEvent } from "./parser.ts";
+import {
+  CLOSED,
+  CONNECTING,
+  Connection,
+  type FetchLike,
+  type HeadersSource,
+  isEventStream,
+  messageOf,
+  OPEN,
+  parseRetryAfter,
+  Pause,
+  type ReadyState,
+  requestHeaders,
+  resolveURL,
+} from "./_connection.ts";
+
+export type { SSEEvent } from "./parser.ts";
+
+const DEFAULT_RETRY = 3000;
+const DEFAULT_MAX_RETRY = 30_000;
+const DEFAULT_BACKOFF_FACTOR = 2;
+// Backoff grows from the reconnection time, but from at least this much, so
+// that a server sending `retry: 0` and then failing cannot cause a storm.
+const MIN_BACKOFF_BASE = 100;
+
+/** Options of {@linkcode SSEError}. */
+export interface SSEErrorOptions {
+  /** The HTTP status of the response that caused the error. */
+  status?: number;
+  /** The underlying error. */
+  cause?: unknown;
+}
+
+/**
+ * An error of an {@linkcode SSEClient} connection. `status` is set when an
+ * HTTP response caused it.
+ *
+ * @example Tell an authentication failure apart
+ * ```ts
+ * import { SSEError } from "@sse/sse/client";
+ * import assert from "node:assert/strict";
+ *
+ * const error = new SSEError("Unexpected status 401", { status: 401 });
+ * assert.equal(error.name, "SSEError");
+ * assert.equal(error.status, 401);
+ * ```
+ */
+export class SSEError extends Error {
+  /** The HTTP status of the response that caused the error, if one did. */
+  readonly status?: number;
+
+  /**
+   * Creates an error.
+   *
+   * @param message What went wrong.
+   * @param options The HTTP status and the cause, if any.
+   */
+  constructor(message: string, options: SSEErrorOptions = {}) {
+    super(
+      message,
+      options.cause === undefined ? undefined : { cause: options.cause },
+    );
+    this.name = "SSEError";
+    if (options.status !== undefined) this.status = options.status;
+  }
+}
+
+/** Options of {@linkcode SSEClient}. */
+export interface SSEClientOptions {
+  /**
+   * The request method.
+   *
+   * @default {"GET"}
+   */
+  method?: string;
+  /**
+   * Request headers: a value, or a function called (and awaited) before every
+   * attempt, to refresh a token for instance. `Accept: text/event-stream` is
+   * added unless present, and `Last-Event-ID` whenever an ID is known.
+   *
+   * @default {undefined}
+   */
+  headers?: HeadersInit | (() => HeadersInit | Promise<HeadersInit>);
+  /**
+   * The request body, sent again on every attempt (so it cannot be a stream).
+   * Not allowed with `GET` or `HEAD`.
+   *
+   * @default {null}
+   */
+  body?: string | Blob | BufferSource | FormData | URLSearchParams | null;
+  /**
+   * The `fetch` to use, for instance one that adds credentials or goes
+   * through a proxy.
+   *
+   * @default {globalThis.fetch}
+   */
+  fetch?: (input: string | URL | Request, init?: RequestInit) => Promise<
+    Response
+  >;
+  /**
+   * Closes the client when aborted: iteration ends and no request is made
+   * after it.
+   *
+   * @default {undefined}
+   */
+  signal?: AbortSignal;
+  /**
+   * The last event ID to resume from: sent as `Last-Event-ID` on the first
+   * request, and carried by events without an `id` until the stream sets one.
+   *
+   * @default {""}
+   */
+  lastEventId?: string;
+  /**
+   * The initial reconnection time in milliseconds: how long to wait after a
+   * stream ends or drops. The server's `retry:` field replaces it.
+   *
+   * @default {3000}
+   */
+  retry?: number;
+  /**
+   * The longest wait, in milliseconds, that backoff and `Retry-After` may
+   * reach. A server's `retry:` field may still ask for longer.
+   *
+   * @default {30000}
+   */
+  maxRetry?: number;
+  /**
+   * How much the wait grows with each consecutive failed attempt.
+   *
+   * @default {2}
+   */
+  backoffFactor?: number;
+  /**
+   * Milliseconds without receiving a single byte (comments count) while
+   * waiting for the response or for more of the stream, after which the
+   * connection is replaced by a new one. Servers that send keep-alive
+   * comments make this a dead-connection detector.
+   *
+   * @default {undefined} (off)
+   */
+  idleTimeout?: number;
+  /**
+   * The most bytes one line or one event may hold; beyond it iteration throws
+   * a `RangeError`, so a broken server cannot exhaust memory.
+   *
+   * @default {16777216} (16 MiB)
+   */
+  maxEventSize?: number;
+  /**
+   * Called with the response each time a connection opens (`readyState` is
+   * then `1`, OPEN).
+   *
+   * @default {undefined}
+   */
+  onOpen?: (response: Response) => void;
+  /**
+   * Called with every failure: a network error, a dropped or idle stream, a
+   * retryable status (`readyState` `0`: a retry follows), or the error that
+   * ends the iteration (`readyState` `2`).
+   *
+   * @default {undefined}
+   */
+  onError?: (error: Error) => void;
+  /**
+   * Called with the wait, in milliseconds, each time a reconnection is
+   * scheduled (`readyState` is `0`, CONNECTING).
+   *
+   * @default {undefined}
+   */
+  onRetry?: (delay: number) => void;
+  /**
+   * Called with each comment line the server sends (keep-alives, usually):
+   * the text after the `:`, one leading space removed.
+   *
+   * @default {undefined}
+   */
+  onComment?: (text: string) => void;
+}
+
+/**
+ * A resumable event-stream consumer: an async iterable of
+ * {@linkcode SSEEvent}s over any `fetch` request.
+ *
+ * It connects as soon as it is created and reads the body only as fast as
+ * it is iterated. On every request it sends `Accept: text/event-stream` and,
+ * once an ID is known, `Last-Event-ID` (UTF-8 bytes, as browsers send it).
+ *
+ * Reconnection follows the standard and adds what a robust client needs:
+ * - a stream that ends or drops is reopened after the reconnection time
+ *   (`retry`, or the server's `retry:` field); an event cut off by the drop is
+ *   never delivered;
+ * - consecutive failed attempts (network errors, 5xx, 429, 408) wait
+ *   exponentially longer, `backoffFactor` times per failure up to `maxRetry`,
+ *   randomised between half and all of that ("equal jitter") but never less
+ *   than the reconnection time; `Retry-After` is honoured up to `maxRetry`;
+ *   a successful open resets it;
+ * - `204 No Content` ends the iteration normally;
+ * - any other status, or a `Content-Type` that is not `text/event-stream`,
+ *   makes iteration throw an {@linkcode SSEError} with its `status`, without
+ *   retrying.
+ *
+ * `close()`, the `signal` option, or leaving a `for await` loop ends
+ * iteration at once, whatever the client is doing, and releases everything.
+ * Connection state is observable through `readyState` and the `onOpen`,
+ * `onError` and `onRetry` callbacks. A callback that throws ends the
+ * iteration with its error.
+ *
+ * @example Stream a language model's answer from a POST request
+ * ```ts ignore
+ * import { SSEClient } from "@sse/sse/client";
+ *
+ * const controller = new AbortController();
+ * const client = new SSEClient("https://api.example.com/v1/chat/completions", {
+ *   method: "POST",
+ *   headers: { "content-type": "application/json" },
+ *   body: JSON.stringify({ stream: true, messages: [] }),
+ *   signal: controller.signal,
+ * });
+ * for await (const { data } of client) {
+ *   if (data === "[DONE]") break; // leaving the loop closes the client
+ *   console.log(JSON.parse(data).choices[0].delta.content);
+ * }
+ * ```
+ *
+ * @example Read events from a server
+ * ```ts
+ * import { SSEClient } from "@sse/sse/client";
+ * import assert from "node:assert/strict";
+ *
+ * // An in-process server, through the `fetch` option.
+ * const fetch = () =>
+ *   Promise.resolve(
+ *     new Response("id: 1\ndata: hello\n\n", {
+ *       headers: { "content-type": "text/event-stream" },
+ *     }),
+ *   );
+ * const client = new SSEClient("https://example.com/events", { fetch });
+ * for await (const event of client) {
+ *   assert.deepEqual(event, { type: "message", data: "hello", id: "1" });
+ *   break;
+ * }
+ * assert.equal(client.readyState, 2);
+ * ```
+ */
+export class SSEClient implements AsyncIterable<SSEEvent> {
+  /** The URL requested, absolute. */
+  readonly url: string;
+
+  #fetch: FetchLike;
+  #method: string;
+  #body: BodyInit | null;
+  #headers: HeadersSource | undefined;
+  #retry: number;
+  #maxRetry: number;
+  #backoffFactor: number;
+  #idleTimeout: number;
+  #signal: AbortSignal | undefined;
+  #onOpen: ((response: Response) => void) | undefined;
+  #onError: ((error: Error) => void) | undefined;
+  #onRetry: ((delay: number) => void) | undefined;
+
+  #parser: EventParser;
+  // Events parsed from the last chunk and not yet handed out: #batch[#head..].
+  #batch: SSEEvent[] = [];
+  #head = 0;
+
+  #state: ReadyState = CONNECTING;
+  // The current attempt or open stream.
+  #connection: Connection | undefined = undefined;
+  // While CONNECTING: the attempt loop, which settles when OPEN or CLOSED.
+  #connecting: Promise<void> | undefined = undefined;
+  #pause = new Pause();
+  // Consecutive failed attempts since the last successful open.
+  #failures = 0;
+  // The error that ends the iteration, until it has been thrown.
+  #error: Error | undefined = undefined;
+  // A next() in progress: later calls wait for it, so results stay in order.
+  #pulling: Promise<IteratorResult<SSEEvent>> | undefined = undefined;
+
+  /**
+   * Creates a client and starts connecting.
+   *
+   * @param url The event stream's URL.
+   * @param options Request, reconnection and callback options.
+   */
+  constructor(url: string | URL, options: SSEClientOptions = {}) {
+    let resolved: URL;
+    try {
+      resolved = resolveURL(url);
+    } catch {
+      throw new TypeError(`Invalid URL: ${String(url)}`);
+    }
+    if (resolved.protocol !== "http:" && resolved.protocol !== "https:") {
+      throw new TypeError(
+        `Invalid URL: expected http: or https:, got ${resolved.protocol}`,
+      );
+    }
+    this.url = resolved.href;
+
+    const fetchOption = options.fetch ?? globalThis.fetch;
+    if (typeof fetchOption !== "function") {
+      throw new TypeError(
+        `Invalid fetch: expected a function, got ${typeof fetchOption}`,
+      );
+    }
+    this.#fetch = fetchOption;
+    this.#method = (options.method ?? "GET").toUpperCase();
+    const body = options.body ?? null;
+    if (body !== null) {
+      if (this.#method === "GET" || this.#method === "HEAD") {
+        throw new TypeError(
+          `Invalid body: a ${this.#method} request cannot have one`,
+        );
+      }
+      if (body instanceof ReadableStream) {
+        throw new TypeError(
+          "Invalid body: a stream cannot be sent again on every attempt",
+        );
+      }
+    }
+    this.#body = body;
+    const headers = options.headers;
+    if (headers !== undefined && typeof headers !== "function") {
+      new Headers(headers); // a TypeError now rather than at every attempt
+    }
+    this.#headers = headers;
+    this.#retry = milliseconds("retry", options.retry, DEFAULT_RETRY);
+    this.#maxRetry = milliseconds(
+      "maxRetry",
+      options.maxRetry,
+      DEFAULT_MAX_RETRY,
+    );
+    const factor = options.backoffFactor ?? DEFAULT_BACKOFF_FACTOR;
+    if (!(factor >= 1 && factor < Infinity)) {
+      throw new RangeError(
+        `Invalid backoffFactor: expected a finite number of at least 1, got ${factor}`,
+      );
+    }
+    this.#backoffFactor = factor;
+    const idle = options.idleTimeout ?? Infinity;
+    if (!(idle > 0)) {
+      throw new RangeError(
+        `Invalid idleTimeout: expected a positive number of milliseconds, got ${idle}`,
+      );
+    }
+    this.#idleTimeout = idle;
+    const lastEventId = options.lastEventId ?? "";
+    if (typeof lastEventId === "string" && /[\0\n\r]/.test(lastEventId)) {
+      throw new TypeError(
+        `Invalid lastEventId: an ID cannot contain NUL, CR or LF, got ${
+          JSON.stringify(lastEventId)
+        }`,
+      );
+    }
+    this.#onOpen = options.onOpen;
+    this.#onError = options.onError;
+    this.#onRetry = options.onRetry;
+    const batch = this.#batch;
+    this.#parser = new EventParser((event) => {
+      batch.push(event);
+    }, {
+      lastEventId,
+      onComment: options.onComment,
+      maxEventSize: options.maxEventSize ?? DEFAULT_MAX_EVENT_SIZE,
+    });
+
+    const signal = options.signal;
+    if (signal?.aborted) {
+      this.#state = CLOSED;
+      return;
+    }
+    this.#signal = signal;
+    signal?.addEventListener("abort", this.#onAbort);
+    this.#connecting = this.#connect(undefined);
+  }
+
+  /**
+   * The connection state, as `EventSource.readyState`.
+   *
+   * @returns `0` (CONNECTING, or waiting to retry), `1` (OPEN) or `2`
+   * (CLOSED: closed, ended or failed).
+   */
+  get readyState(): 0 | 1 | 2 {
+    return this.#state;
+  }
+
+  /**
+   * The last event ID: the `lastEventId` option at first, then the ID each
+   * event block commits. Sent as `Last-Event-ID` when reconnecting.
+   *
+   * @returns The last event ID, `""` if none.
+   */
+  get lastEventId(): string {
+    return this.#parser.lastEventId;
+  }
+
+  /**
+   * Stops the client: a pending `next()` resolves as done, the current
+   * request or stream is cancelled, a scheduled retry is cleared, and no
+   * request is made after it. Calling it again does nothing.
+   */
+  close(): void {
+    if (this.#isClosed()) return;
+    this.#batch.length = 0;
+    this.#head = 0;
+    this.#shutdown();
+  }
+
+  /**
+   * Iterates over the events. Leaving the loop (`break`, `return`, a thrown
+   * error) closes the client.
+   *
+   * @returns An async iterator of events.
+   */
+  [Symbol.asyncIterator](): AsyncIterator<SSEEvent> {
+    const iterator: AsyncIterableIterator<SSEEvent> = {
+      next: () => this.#next(),
+      return: () => {
+        this.close();
+        return Promise.resolve({ done: true, value: undefined });
+      },
+      [Symbol.asyncIterator]: () => iterator,
+    };
+    return iterator;
+  }
+
+  // A method, not a field comparison: TypeScript would narrow the field
+  // across awaits, but close() may run while any of them is pending.
+  #isClosed(): boolean {
+    return this.#state === CLOSED;
+  }
+
+  #onAbort = (): void => {
+    this.close();
+  };
+
+  #take(): SSEEvent {
+    const batch = this.#batch;
+    const event = batch[this.#head++]!;
+    if (this.#head === batch.length) {
+      batch.length = 0;
+      this.#head = 0;
+    }
+    return event;
+  }
+
+  #next(): Promise<IteratorResult<SSEEvent>> {
+    // Hot path: hand out what the last chunk already produced.
+    if (this.#head < this.#batch.length) {
+      return Promise.resolve({ value: this.#take(), done: false });
+    }
+    const previous = this.#pulling;
+    if (previous !== undefined) {
+      const again = () => this.#next();
+      return previous.then(again, again);
+    }
+    const pull = this.#pull();
+    this.#pulling = pull;
+    const settled = () => {
+      if (this.#pulling === pull) this.#pulling = undefined;
+    };
+    pull.then(settled, settled);
+    return pull;
+  }
+
+  // Reads chunks until one yields an event, reconnecting as needed.
+  async #pull(): Promise<IteratorResult<SSEEvent>> {
+    while (true) {
+      if (this.#head < this.#batch.length) {
+        return { value: this.#take(), done: false };
+      }
+      if (this.#isClosed()) {
+        const error = this.#error;
+        if (error !== undefined) {
+          this.#error = undefined;
+          throw error;
+        }
+        return { done: true, value: undefined };
+      }
+      if (this.#state === CONNECTING) {
+        await this.#connecting;
+        continue;
+      }
+      const connection = this.#connection!;
+      let result: ReadableStreamReadResult<Uint8Array> | undefined;
+      let failure: unknown = undefined;
+      try {
+        result = await connection.read();
+      } catch (error) {
+        failure = error;
+      }
+      // Closed (or failed) while reading: the loop reports it.
+      if (this.#connection !== connection) continue;
+      try {
+        if (result === undefined) {
+          this.#drop(
+            new SSEError(`Connection lost: ${messageOf(failure)}`, {
+              cause: failure,
+            }),
+          );
+        } else if (result.done) {
+          this.#drop(undefined);
+        } else {
+          this.#parser.push(result.value);
+        }
+      } catch (error) {
+        this.#fail(error);
+      }
+    }
+  }
+
+  // An open stream ended or broke: reconnect after the reconnection time.
+  #drop(error: SSEError | undefined): void {
+    this.#connection!.close();
+    this.#connection = undefined;
+    // §9.2.5: an event cut off by the end of the stream is discarded; the
+    // last event ID and the reconnection time carry over.
+    this.#parser.reset();
+    this.#state = CONNECTING;
+    if (error !== undefined) this.#onError?.(error);
+    if (this.#isClosed()) return; // closed by the callback
+    this.#connecting = this.#connect(this.#reconnectionTime());
+  }
+
+  #reconnectionTime(): number {
+    return this.#parser.retry ?? this.#retry;
+  }
+
+  // Attempts until a stream opens, the client closes, or an error is final.
+  // Never rejects.
+  // `wait` is undefined for the very first attempt.
+  async #connect(wait: number | undefined): Promise<void> {
+    try {
+      while (true) {
+        if (this.#isClosed()) return;
+        if (wait !== undefined) {
+          this.#onRetry?.(wait);
+          if (this.#isClosed()) return;
+          if (wait > 0) await this.#pause.wait(wait);
+          if (this.#isClosed()) return;
+        }
+        const connection = new Connection(this.#idleTimeout);
+        this.#connection = connection;
+        let init = this.#headers;
+        if (typeof init === "function") {
+          init = await connection.until(init());
+          if (this.#isClosed()) return;
+        }
+        const headers = requestHeaders(init, this.#parser.lastEventId, false);
+        let response: Response;
+        try {
+          response = await connection.open(this.#fetch, this.url, {
+            method: this.#method,
+            headers,
+            body: this.#body,
+            redirect: "follow",
+          });
+        } catch (cause) {
+          if (this.#isClosed()) return;
+          connection.close();
+          this.#connection = undefined;
+          wait = this.#backoff(undefined);
+          this.#onError?.(
+            new SSEError(`Connection failed: ${messageOf(cause)}`, { cause }),
+          );
+          continue;
+        }
+        if (this.#isClosed()) return;
+        const status = response.status;
+        if (status === 200 && isEventStream(response)) {
+          this.#state = OPEN;
+          this.#failures = 0;
+          this.#onOpen?.(response);
+          return;
+        }
+        connection.close();
+        this.#connection = undefined;
+        if (status === 204) {
+          // No Content: the server has nothing more to send, ever.
+          this.#shutdown();
+          return;
+        }
+        if (status === 408 || status === 429 || status >= 500) {
+          wait = this.#backoff(
+            parseRetryAfter(response.headers.get("retry-after"), Date.now()),
+          );
+          this.#onError?.(
+            new SSEError(`Unexpected status ${status}: retrying`, { status }),
+          );
+          continue;
+        }
+        if (status !== 200) {
+          throw new SSEError(
+            `Unexpected status ${status}: expected 200 with text/event-stream`,
+            { status },
+          );
+        }
+        const type = response.headers.get("content-type");
+        throw new SSEError(
+          `Unexpected content type ${
+            type === null ? "(none)" : JSON.stringify(type)
+          }: expected text/event-stream`,
+          { status },
+        );
+      }
+    } catch (error) {
+      this.#fail(error);
+    }
+  }
+
+  // The wait before the next attempt after a failed one.
+  #backoff(retryAfter: number | undefined): number {
+    const failures = ++this.#failures;
+    const base = this.#reconnectionTime();
+    const grown = Math.max(base, MIN_BACKOFF_BASE) *
+      this.#backoffFactor ** failures;
+    const ceiling = Math.min(this.#maxRetry, grown);
+    // Equal jitter: between half and all of the ceiling, so clients that
+    // failed together spread out, yet the wait still grows for each of them.
+    let wait = Math.max(base, ceiling * (0.5 + Math.random() / 2));
+    if (retryAfter !== undefined) {
+      wait = Math.max(wait, Math.min(retryAfter, this.#maxRetry));
+    }
+    return Math.round(wait);
+  }
+
+  // The end: the error is thrown once by the iteration.
+  #fail(error: unknown): void {
+    if (this.#isClosed()) return;
+    const final = error instanceof Error
+      ? error
+      : new SSEError(`Unexpected error: ${messageOf(error)}`, {
+        cause: error,
+      });
+    this.#error = final;
+    this.#shutdown();
+    try {
+      this.#onError?.(final);
+    } catch {
+      // The iteration already ends with `final`; it cannot end twice.
+    }
+  }
+
+  #shutdown(): void {
+    this.#state = CLOSED;
+    this.#connection?.close();
+    this.#connection = undefined;
+    this.#pause.cancel();
+    this.#signal?.removeEventListener("abort", this.#onAbort);
+    this.#signal = undefined;
+  }
+}
+
+function milliseconds(
+  name: string,
+  value: number | undefined,
+  fallback: number,
+): number {
+  if (value === undefined) return fallback;
+  if (!(value >= 0)) {
+    throw new RangeError(
+      `Invalid ${name}: expected a non-negative number of milliseconds, got ${value}`,
+    );
+  }
+  return value;
+}

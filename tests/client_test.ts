@@ -1,0 +1,1008 @@
+// Copyright the sse authors. MIT license.
+import assert from "node:assert/strict";
+import FakeTimers from "@sinonjs/fake-timers";
+import { SSEClient, type SSEClientOptions, SSEError } from "../client.ts";
+import type { SSEEvent } from "../parser.ts";
+import { eventStreamResponse, test, TestServer } from "./_sse_server.ts";
+
+// --- helpers ---------------------------------------------------------------
+
+/** Values pushed by callbacks, awaited one at a time by the test. */
+class Queue<T> {
+  #items: T[] = [];
+  #waiters: ((value: T) => void)[] = [];
+  readonly all: T[] = [];
+
+  push = (value: T): void => {
+    this.all.push(value);
+    const waiter = this.#waiters.shift();
+    if (waiter !== undefined) waiter(value);
+    else this.#items.push(value);
+  };
+
+  shift(): Promise<T> {
+    if (this.#items.length > 0) return Promise.resolve(this.#items.shift()!);
+    return new Promise((resolve) => this.#waiters.push(resolve));
+  }
+}
+
+function fakeClock(): FakeTimers.Clock {
+  return FakeTimers.withGlobal(globalThis).install({
+    toFake: ["setTimeout", "clearTimeout", "Date"],
+  });
+}
+
+/** A client with every callback recorded. */
+function observedClient(url: URL | string, options: SSEClientOptions = {}) {
+  const opens = new Queue<Response>();
+  const errors = new Queue<Error>();
+  const retries = new Queue<number>();
+  const client = new SSEClient(url, {
+    onOpen: opens.push,
+    onError: errors.push,
+    onRetry: retries.push,
+    ...options,
+  });
+  return {
+    client,
+    iterator: client[Symbol.asyncIterator](),
+    opens,
+    errors,
+    retries,
+  };
+}
+
+async function take(
+  iterator: AsyncIterator<SSEEvent>,
+  count: number,
+): Promise<SSEEvent[]> {
+  const events: SSEEvent[] = [];
+  while (events.length < count) {
+    const result = await iterator.next();
+    if (result.done) break;
+    events.push(result.value);
+  }
+  return events;
+}
+
+const DONE = { done: true, value: undefined };
+
+function message(data: string, id = ""): SSEEvent {
+  return { type: "message", data, id };
+}
+
+function latin1ToUtf8(value: string): string {
+  return new TextDecoder().decode(
+    Uint8Array.from(value, (c) => c.charCodeAt(0)),
+  );
+}
+
+// --- requests --------------------------------------------------------------
+
+test("SSEClient reads events and sends Accept: text/event-stream", async () => {
+  await using server = new TestServer(() =>
+    eventStreamResponse("event: greet\ndata: hello\ndata: world\n\n")
+  );
+  const client = new SSEClient(server.url);
+  const [event] = await take(client[Symbol.asyncIterator](), 1);
+  assert.deepEqual(event, {
+    type: "greet",
+    data: "hello\nworld",
+    id: "",
+  });
+  assert.equal(client.readyState, 1);
+  client.close();
+  const exchange = await server.request(0);
+  assert.equal(exchange.method, "GET");
+  assert.equal(exchange.headers.get("accept"), "text/event-stream");
+  assert.equal(exchange.headers.get("last-event-id"), null);
+});
+
+test("SSEClient exposes an absolute url and starts CONNECTING", async () => {
+  await using server = new TestServer(() => eventStreamResponse(""));
+  const client = new SSEClient(new URL("/events?x=1", server.url));
+  assert.equal(client.url, `${server.url.origin}/events?x=1`);
+  assert.equal(client.readyState, 0);
+  client.close();
+  assert.equal(client.readyState, 2);
+});
+
+test("SSEClient sends the lastEventId option as Last-Event-ID, non-ASCII as UTF-8 bytes", async () => {
+  await using server = new TestServer(() => eventStreamResponse("data: x\n\n"));
+  const seed = "…€ id";
+  const client = new SSEClient(server.url, { lastEventId: seed });
+  assert.equal(client.lastEventId, seed);
+  const [event] = await take(client[Symbol.asyncIterator](), 1);
+  client.close();
+  // An event without `id` carries the seed.
+  assert.deepEqual(event, message("x", seed));
+  const header = (await server.request(0)).headers.get("last-event-id");
+  assert.ok(header !== null);
+  assert.equal(latin1ToUtf8(header), seed);
+});
+
+test("SSEClient keeps the user's Accept header when one is given", async () => {
+  await using server = new TestServer(() => eventStreamResponse("data: x\n\n"));
+  const client = new SSEClient(server.url, {
+    headers: { accept: "text/event-stream, application/json;q=0.5" },
+  });
+  await take(client[Symbol.asyncIterator](), 1);
+  client.close();
+  assert.equal(
+    (await server.request(0)).headers.get("accept"),
+    "text/event-stream, application/json;q=0.5",
+  );
+});
+
+// --- last event ID across connections --------------------------------------
+
+test("SSEClient resumes from the last committed ID after the stream ends", async () => {
+  await using server = new TestServer(({ index }) =>
+    eventStreamResponse(
+      index === 0
+        ? "retry: 0\nid: 1\ndata: a\n\ndata: b\n\nid: 2\ndata: partial"
+        : "data: c\n\n",
+    )
+  );
+  const client = new SSEClient(server.url);
+  const events = await take(client[Symbol.asyncIterator](), 3);
+  client.close();
+  // The event without `id` after the reconnect carries the previous ID, and
+  // the ID inside the event cut off by the end was never committed.
+  assert.deepEqual(events, [
+    message("a", "1"),
+    message("b", "1"),
+    message("c", "1"),
+  ]);
+  assert.equal(
+    (await server.request(1)).headers.get("last-event-id"),
+    "1",
+  );
+});
+
+test("SSEClient keeps the last event ID through a connection that commits nothing", async () => {
+  await using server = new TestServer(({ index }) => {
+    if (index === 0) return eventStreamResponse("retry: 0\nid: …\ndata: a\n\n");
+    if (index === 1) return eventStreamResponse(": nothing here\n");
+    return eventStreamResponse("data: b\n\n");
+  });
+  const client = new SSEClient(server.url);
+  const events = await take(client[Symbol.asyncIterator](), 2);
+  client.close();
+  assert.deepEqual(events, [message("a", "…"), message("b", "…")]);
+  for (const index of [1, 2]) {
+    const header = (await server.request(index)).headers.get(
+      "last-event-id",
+    );
+    assert.equal(latin1ToUtf8(header!), "…");
+  }
+  assert.equal(client.lastEventId, "…");
+});
+
+test("SSEClient stops sending Last-Event-ID once the stream resets the ID", async () => {
+  await using server = new TestServer(({ index }) =>
+    eventStreamResponse(
+      index === 0
+        ? "retry: 0\nid: 1\ndata: a\n\nid\ndata: b\n\n"
+        : "data: c\n\n",
+    )
+  );
+  const client = new SSEClient(server.url, { lastEventId: "0" });
+  const events = await take(client[Symbol.asyncIterator](), 3);
+  client.close();
+  assert.deepEqual(events, [message("a", "1"), message("b"), message("c")]);
+  assert.equal(
+    (await server.request(0)).headers.get("last-event-id"),
+    "0",
+  );
+  assert.equal(
+    (await server.request(1)).headers.get("last-event-id"),
+    null,
+  );
+});
+
+// --- reconnection timing ---------------------------------------------------
+
+test("SSEClient waits 3000 ms by default before reconnecting", async () => {
+  const clock = fakeClock();
+  try {
+    await using server = new TestServer(({ index }) =>
+      eventStreamResponse(`data: ${index}\n\n`)
+    );
+    const { client, iterator, retries } = observedClient(server.url);
+    assert.deepEqual(await take(iterator, 1), [message("0")]);
+    const next = iterator.next();
+    assert.equal(await retries.shift(), 3000);
+    assert.equal(client.readyState, 0);
+    await clock.tickAsync(2999);
+    assert.equal(server.requests.length, 1);
+    await clock.tickAsync(1);
+    assert.deepEqual(await next, { done: false, value: message("1") });
+    assert.equal(server.requests.length, 2);
+    client.close();
+  } finally {
+    clock.uninstall();
+  }
+});
+
+test("SSEClient takes its initial reconnection time from the retry option, then from the server", async () => {
+  const clock = fakeClock();
+  try {
+    await using server = new TestServer(({ index }) =>
+      eventStreamResponse(
+        index === 0 ? "data: 0\n\n" : `retry: 05000\ndata: ${index}\n\n`,
+      )
+    );
+    const { client, iterator, retries } = observedClient(server.url, {
+      retry: 250,
+    });
+    await take(iterator, 1);
+    let next = iterator.next();
+    assert.equal(await retries.shift(), 250);
+    await clock.tickAsync(250);
+    assert.deepEqual(await next, { done: false, value: message("1") });
+    // The server asked for 5000 ms ("05000" is decimal, not octal).
+    next = iterator.next();
+    assert.equal(await retries.shift(), 5000);
+    await clock.tickAsync(4999);
+    assert.equal(server.requests.length, 2);
+    await clock.tickAsync(1);
+    assert.deepEqual(await next, { done: false, value: message("2") });
+    client.close();
+  } finally {
+    clock.uninstall();
+  }
+});
+
+test("SSEClient ignores a bogus retry field", async () => {
+  const clock = fakeClock();
+  try {
+    await using server = new TestServer(({ index }) =>
+      eventStreamResponse(
+        `retry: 2000\nretry: 1000x\nretry\ndata: ${index}\n\n`,
+      )
+    );
+    const { client, iterator, retries } = observedClient(server.url);
+    await take(iterator, 1);
+    const next = iterator.next();
+    assert.equal(await retries.shift(), 2000);
+    await clock.tickAsync(2000);
+    assert.deepEqual(await next, { done: false, value: message("1") });
+    client.close();
+  } finally {
+    clock.uninstall();
+  }
+});
+
+// --- drops -----------------------------------------------------------------
+
+test("SSEClient never delivers an event cut off by a dropped connection", async () => {
+  await using server = new TestServer();
+  const { client, iterator, errors } = observedClient(server.url, {
+    retry: 0,
+  });
+  const first = server.stream();
+  (await server.request(0)).respond(first.response);
+  first.send("data: whole\n\ndata: cut");
+  assert.deepEqual(await take(iterator, 1), [message("whole")]);
+  const next = iterator.next();
+  first.send(" off\nid: 7\n");
+  first.drop();
+  const error = await errors.shift();
+  assert.ok(error instanceof SSEError);
+  assert.match(error.message, /^Connection lost: /);
+  const second = server.stream();
+  const exchange = await server.request(1);
+  assert.equal(exchange.headers.get("last-event-id"), null);
+  exchange.respond(second.response);
+  second.send("data: after\n\n");
+  assert.deepEqual(await next, { done: false, value: message("after") });
+  client.close();
+  await second.cancelled;
+});
+
+test("SSEClient reconnects when the server ends the stream, without reporting an error", async () => {
+  await using server = new TestServer(({ index }) =>
+    eventStreamResponse(`retry: 0\ndata: ${index}\n\n`)
+  );
+  const { client, iterator, errors, opens } = observedClient(server.url);
+  assert.deepEqual(await take(iterator, 3), [
+    message("0"),
+    message("1"),
+    message("2"),
+  ]);
+  client.close();
+  assert.equal(opens.all.length, 3);
+  assert.equal(errors.all.length, 0);
+});
+
+test("SSEClient retries a refused connection with backoff", async () => {
+  const clock = fakeClock();
+  try {
+    // A port nobody listens on any more.
+    const closed = new TestServer(() => new Response(null));
+    const url = closed.url;
+    await closed.close();
+    const { client, iterator, errors, retries } = observedClient(url, {
+      retry: 1000,
+    });
+    const next = iterator.next();
+    const error = await errors.shift();
+    assert.ok(error instanceof SSEError);
+    assert.match(error.message, /^Connection failed: /);
+    assert.equal(error.status, undefined);
+    const delay = await retries.shift();
+    assert.ok(delay >= 1000 && delay <= 2000, `delay ${delay}`);
+    assert.equal(client.readyState, 0);
+    client.close();
+    assert.deepEqual(await next, DONE);
+  } finally {
+    clock.uninstall();
+  }
+});
+
+// --- backoff ---------------------------------------------------------------
+
+test("SSEClient backs off exponentially with jitter from a server failing constantly", async () => {
+  const clock = fakeClock();
+  try {
+    await using server = new TestServer(() =>
+      new Response("down", { status: 503 })
+    );
+    const { client, iterator, errors, retries } = observedClient(server.url, {
+      retry: 1000,
+      maxRetry: 20_000,
+    });
+    const next = iterator.next();
+    const delays: number[] = [];
+    for (let failures = 1; failures <= 8; failures++) {
+      const error = await errors.shift();
+      assert.ok(error instanceof SSEError);
+      assert.equal(error.status, 503);
+      const delay = await retries.shift();
+      const ceiling = Math.min(20_000, 1000 * 2 ** failures);
+      assert.ok(
+        delay >= ceiling / 2 && delay <= ceiling,
+        `failure ${failures}: ${delay} outside [${ceiling / 2}, ${ceiling}]`,
+      );
+      delays.push(delay);
+      // Not one request before the wait is over.
+      await clock.tickAsync(delay - 1);
+      assert.equal(server.requests.length, failures);
+      await clock.tickAsync(1);
+      await server.request(failures);
+    }
+    // 9 requests in all, spread over more than the sum of the lower bounds.
+    const lowerBounds = [1, 2, 4, 8, 10, 10, 10, 10].map((s) => s * 1000);
+    const elapsed = delays.reduce((a, b) => a + b, 0);
+    assert.ok(elapsed >= lowerBounds.reduce((a, b) => a + b, 0));
+    assert.equal(server.requests.length, 9);
+    client.close();
+    assert.deepEqual(await next, DONE);
+  } finally {
+    clock.uninstall();
+  }
+});
+
+test("SSEClient resets the backoff after a successful open", async () => {
+  const clock = fakeClock();
+  try {
+    await using server = new TestServer(({ index }) =>
+      index < 3
+        ? new Response(null, { status: 500 })
+        : eventStreamResponse(`data: ${index}\n\n`)
+    );
+    const { client, iterator, retries } = observedClient(server.url, {
+      retry: 1000,
+    });
+    const first = iterator.next();
+    for (let failures = 1; failures <= 3; failures++) {
+      const delay = await retries.shift();
+      assert.ok(delay >= 2 ** (failures - 1) * 1000, `delay ${delay}`);
+      await clock.tickAsync(delay);
+    }
+    assert.deepEqual(await first, { done: false, value: message("3") });
+    // The stream ends: back to the plain reconnection time.
+    const second = iterator.next();
+    assert.equal(await retries.shift(), 1000);
+    await clock.tickAsync(1000);
+    assert.deepEqual(await second, { done: false, value: message("4") });
+    client.close();
+  } finally {
+    clock.uninstall();
+  }
+});
+
+test("SSEClient grows the backoff from at least 100 ms when the server asks for retry: 0", async () => {
+  const clock = fakeClock();
+  try {
+    await using server = new TestServer(({ index }) =>
+      index === 0
+        ? eventStreamResponse("retry: 0\ndata: x\n\n")
+        : new Response(null, { status: 502 })
+    );
+    const { client, iterator, retries } = observedClient(server.url);
+    await take(iterator, 1);
+    const next = iterator.next();
+    assert.equal(await retries.shift(), 0);
+    for (let failures = 1; failures <= 4; failures++) {
+      const delay = await retries.shift();
+      const ceiling = 100 * 2 ** failures;
+      assert.ok(delay >= ceiling / 2 && delay <= ceiling, `delay ${delay}`);
+      await clock.tickAsync(delay);
+    }
+    client.close();
+    assert.deepEqual(await next, DONE);
+  } finally {
+    clock.uninstall();
+  }
+});
+
+test("SSEClient retries 5xx, 429 and 408 and reports each with its status", async () => {
+  const clock = fakeClock();
+  try {
+    const statuses = [500, 502, 503, 504, 429, 408];
+    await using server = new TestServer(({ index }) =>
+      index < statuses.length
+        ? new Response("no", { status: statuses[index]! })
+        : eventStreamResponse("data: finally\n\n")
+    );
+    const { client, iterator, errors, retries } = observedClient(server.url, {
+      retry: 10,
+      maxRetry: 10,
+    });
+    const next = iterator.next();
+    for (const status of statuses) {
+      const error = await errors.shift();
+      assert.ok(error instanceof SSEError);
+      assert.equal(error.status, status);
+      assert.equal(error.message, `Unexpected status ${status}: retrying`);
+      await clock.tickAsync(await retries.shift());
+    }
+    assert.deepEqual(await next, { done: false, value: message("finally") });
+    client.close();
+  } finally {
+    clock.uninstall();
+  }
+});
+
+test("SSEClient honours Retry-After in seconds and as an HTTP date, up to maxRetry", async () => {
+  const clock = fakeClock();
+  try {
+    const start = Date.now();
+    const retryAfter = [
+      "12",
+      new Date(start + 20_000).toUTCString(),
+      "3600",
+      "not a date",
+    ];
+    await using server = new TestServer(({ index }) =>
+      index < retryAfter.length
+        ? new Response(null, {
+          status: 503,
+          headers: { "retry-after": retryAfter[index]! },
+        })
+        : eventStreamResponse("data: ok\n\n")
+    );
+    const { client, iterator, retries } = observedClient(server.url, {
+      retry: 100,
+      maxRetry: 30_000,
+    });
+    const next = iterator.next();
+    assert.equal(await retries.shift(), 12_000);
+    await clock.tickAsync(12_000);
+    // The date is 20 s after the start, and 12 s have passed.
+    assert.equal(await retries.shift(), 8_000);
+    await clock.tickAsync(8_000);
+    // An hour is more than maxRetry allows.
+    assert.equal(await retries.shift(), 30_000);
+    await clock.tickAsync(30_000);
+    // Unreadable: plain backoff (4th failure: ceiling 100 * 2^4).
+    const delay = await retries.shift();
+    assert.ok(delay >= 800 && delay <= 1600, `delay ${delay}`);
+    await clock.tickAsync(delay);
+    assert.deepEqual(await next, { done: false, value: message("ok") });
+    client.close();
+  } finally {
+    clock.uninstall();
+  }
+});
+
+// --- final outcomes ----------------------------------------------------------
+
+test("SSEClient ends the iteration normally on 204 and does not reconnect", async () => {
+  await using server = new TestServer(() =>
+    new Response(null, { status: 204 })
+  );
+  const { client, iterator, errors } = observedClient(server.url, {
+    retry: 0,
+  });
+  assert.deepEqual(await iterator.next(), DONE);
+  assert.deepEqual(await iterator.next(), DONE);
+  assert.equal(client.readyState, 2);
+  assert.equal(server.requests.length, 1);
+  assert.equal(errors.all.length, 0);
+});
+
+for (const status of [201, 301, 304, 400, 401, 403, 404, 410]) {
+  test(`SSEClient throws an SSEError with status ${status} and does not reconnect`, async () => {
+    await using server = new TestServer(() =>
+      new Response(status === 304 ? null : "nope", {
+        status,
+        headers: status === 301 ? {} : { "content-type": "text/event-stream" },
+      })
+    );
+    const { client, iterator, errors } = observedClient(server.url, {
+      retry: 0,
+    });
+    const error = await iterator.next().then(
+      () => assert.fail("iteration did not throw"),
+      (error) => error,
+    );
+    assert.ok(error instanceof SSEError);
+    assert.equal(error.status, status);
+    assert.equal(
+      error.message,
+      `Unexpected status ${status}: expected 200 with text/event-stream`,
+    );
+    assert.equal(client.readyState, 2);
+    // Thrown once; the iteration is over.
+    assert.deepEqual(await iterator.next(), DONE);
+    assert.equal(server.requests.length, 1);
+    assert.deepEqual(errors.all, [error]);
+  });
+}
+
+test("SSEClient throws an SSEError naming a content type that is not text/event-stream", async () => {
+  for (const type of ["text/plain", "text/x-bogus", "text/event-stream2"]) {
+    await using server = new TestServer(() =>
+      new Response("data: x\n\n", { headers: { "content-type": type } })
+    );
+    const client = new SSEClient(server.url, { retry: 0 });
+    await assert.rejects(
+      client[Symbol.asyncIterator]().next(),
+      (error: unknown) => {
+        assert.ok(error instanceof SSEError);
+        assert.equal(error.status, 200);
+        assert.equal(
+          error.message,
+          `Unexpected content type "${type}": expected text/event-stream`,
+        );
+        return true;
+      },
+    );
+    assert.equal(server.requests.length, 1);
+  }
+  await using server = new TestServer(() =>
+    new Response(new Blob(["data: x\n\n"]).stream())
+  );
+  await assert.rejects(
+    new SSEClient(server.url)[Symbol.asyncIterator]().next(),
+    { name: "SSEError", message: /^Unexpected content type \(none\)/ },
+  );
+});
+
+test("SSEClient accepts content-type parameters and any case", async () => {
+  for (
+    const type of [
+      "text/event-stream; charset=utf-8",
+      "Text/Event-Stream",
+      "text/event-stream;",
+      " TEXT/EVENT-STREAM ;charset=UTF-8",
+    ]
+  ) {
+    await using server = new TestServer(() =>
+      new Response("data: x\n\n", { headers: { "content-type": type } })
+    );
+    const client = new SSEClient(server.url);
+    assert.deepEqual(await take(client[Symbol.asyncIterator](), 1), [
+      message("x"),
+    ]);
+    client.close();
+  }
+});
+
+// --- options ---------------------------------------------------------------
+
+test("SSEClient sends method and body again on every attempt", async () => {
+  await using server = new TestServer(({ index }) =>
+    eventStreamResponse(`retry: 0\ndata: ${index}\n\n`)
+  );
+  const body = JSON.stringify({ prompt: "hi", stream: true });
+  const client = new SSEClient(server.url, {
+    method: "post",
+    headers: { "content-type": "application/json" },
+    body,
+  });
+  await take(client[Symbol.asyncIterator](), 3);
+  client.close();
+  for (const exchange of server.requests.slice(0, 3)) {
+    assert.equal(exchange.method, "POST");
+    assert.equal(
+      exchange.headers.get("content-type"),
+      "application/json",
+    );
+    assert.equal(exchange.body, body);
+  }
+});
+
+test("SSEClient awaits a headers function before every attempt", async () => {
+  await using server = new TestServer(({ index }) =>
+    eventStreamResponse(`retry: 0\ndata: ${index}\n\n`)
+  );
+  let calls = 0;
+  const client = new SSEClient(server.url, {
+    headers: async () => {
+      await Promise.resolve();
+      calls++;
+      return { authorization: `Bearer token-${calls}` };
+    },
+  });
+  await take(client[Symbol.asyncIterator](), 3);
+  client.close();
+  assert.deepEqual(
+    server.requests.slice(0, 3).map((exchange) =>
+      exchange.headers.get("authorization")
+    ),
+    ["Bearer token-1", "Bearer token-2", "Bearer token-3"],
+  );
+});
+
+test("SSEClient ends the iteration with the error a headers function throws", async () => {
+  await using server = new TestServer(() => eventStreamResponse("data: x\n\n"));
+  const client = new SSEClient(server.url, {
+    headers: () => Promise.reject(new Error("no token")),
+  });
+  await assert.rejects(client[Symbol.asyncIterator]().next(), {
+    message: "no token",
+  });
+  assert.equal(client.readyState, 2);
+  assert.equal(server.requests.length, 0);
+});
+
+test("SSEClient uses an injected fetch", async () => {
+  await using server = new TestServer(() => eventStreamResponse("data: x\n\n"));
+  const seen: { url: string; init: RequestInit | undefined }[] = [];
+  const client = new SSEClient(server.url, {
+    fetch: (input, init) => {
+      seen.push({ url: String(input), init });
+      return fetch(input, init);
+    },
+  });
+  await take(client[Symbol.asyncIterator](), 1);
+  client.close();
+  assert.equal(seen.length, 1);
+  assert.equal(seen[0]!.url, server.url.href);
+  assert.ok(seen[0]!.init?.signal instanceof AbortSignal);
+  assert.equal(seen[0]!.init?.signal?.aborted, true);
+});
+
+test("SSEClient replaces a connection idle for idleTimeout; comments count as activity", async () => {
+  const clock = fakeClock();
+  try {
+    await using server = new TestServer();
+    const comments = new Queue<string>();
+    const { client, iterator, errors, retries } = observedClient(server.url, {
+      idleTimeout: 1000,
+      retry: 500,
+      onComment: comments.push,
+    });
+    const first = server.stream();
+    (await server.request(0)).respond(first.response);
+    first.send("data: a\n\n");
+    assert.deepEqual(await take(iterator, 1), [message("a")]);
+    const next = iterator.next();
+    await clock.tickAsync(900);
+    first.send(": keep-alive\n");
+    assert.equal(await comments.shift(), "keep-alive");
+    await clock.tickAsync(999);
+    assert.equal(errors.all.length, 0);
+    await clock.tickAsync(1);
+    const error = await errors.shift();
+    assert.ok(error instanceof SSEError);
+    assert.equal(
+      error.message,
+      "Connection lost: No bytes received for 1000 ms",
+    );
+    await first.cancelled;
+    assert.equal(await retries.shift(), 500);
+    await clock.tickAsync(500);
+    const second = server.stream();
+    (await server.request(1)).respond(second.response);
+    second.send("data: b\n\n");
+    assert.deepEqual(await next, { done: false, value: message("b") });
+    client.close();
+    await second.cancelled;
+  } finally {
+    clock.uninstall();
+  }
+});
+
+test("SSEClient applies idleTimeout to a server that never answers", async () => {
+  const clock = fakeClock();
+  try {
+    await using server = new TestServer();
+    const { client, iterator, errors } = observedClient(server.url, {
+      idleTimeout: 5000,
+    });
+    const next = iterator.next();
+    await server.request(0);
+    await clock.tickAsync(5000);
+    const error = await errors.shift();
+    assert.equal(
+      error.message,
+      "Connection failed: No bytes received for 5000 ms",
+    );
+    client.close();
+    assert.deepEqual(await next, DONE);
+  } finally {
+    clock.uninstall();
+  }
+});
+
+test("SSEClient throws a RangeError for an event larger than maxEventSize", async () => {
+  await using server = new TestServer(() =>
+    eventStreamResponse(`data: ok\n\ndata: ${"x".repeat(2000)}\n\n`)
+  );
+  const client = new SSEClient(server.url, { maxEventSize: 1000, retry: 0 });
+  const iterator = client[Symbol.asyncIterator]();
+  // Events parsed before the limit was hit are still delivered.
+  assert.deepEqual(await iterator.next(), {
+    done: false,
+    value: message("ok"),
+  });
+  await assert.rejects(iterator.next(), RangeError);
+  assert.equal(client.readyState, 2);
+  assert.equal(server.requests.length, 1);
+});
+
+// --- closing ----------------------------------------------------------------
+
+test("SSEClient close() ends a pending next() while connecting", async () => {
+  await using server = new TestServer();
+  const { client, iterator, errors } = observedClient(server.url);
+  const next = iterator.next();
+  await server.request(0);
+  client.close();
+  assert.deepEqual(await next, DONE);
+  assert.equal(client.readyState, 2);
+  assert.equal(errors.all.length, 0);
+});
+
+test("SSEClient close() ends a pending next() on an open stream and cancels the body", async () => {
+  await using server = new TestServer();
+  const { client, iterator, opens } = observedClient(server.url);
+  const stream = server.stream();
+  (await server.request(0)).respond(stream.response);
+  stream.send(": hello\n");
+  const next = iterator.next();
+  await opens.shift();
+  assert.equal(client.readyState, 1);
+  client.close();
+  assert.deepEqual(await next, DONE);
+  await stream.cancelled;
+});
+
+test("SSEClient close() ends a pending next() while waiting to retry, and no request follows", async () => {
+  const clock = fakeClock();
+  try {
+    await using server = new TestServer(() =>
+      new Response(null, { status: 503 })
+    );
+    const { client, iterator, retries } = observedClient(server.url);
+    const next = iterator.next();
+    await retries.shift();
+    client.close();
+    assert.deepEqual(await next, DONE);
+    await clock.runAllAsync();
+    assert.equal(clock.countTimers(), 0);
+    assert.equal(server.requests.length, 1);
+  } finally {
+    clock.uninstall();
+  }
+});
+
+test("SSEClient close() ends a pending next() while a headers function is pending", async () => {
+  let calls = 0;
+  const client = new SSEClient("http://127.0.0.1:9/", {
+    headers: () => {
+      calls++;
+      return new Promise<HeadersInit>(() => {});
+    },
+    fetch: () => assert.fail("no request may be made"),
+  });
+  const next = client[Symbol.asyncIterator]().next();
+  client.close();
+  assert.deepEqual(await next, DONE);
+  assert.equal(calls, 1);
+});
+
+test("SSEClient close() ends a pending next() even if an injected fetch ignores its signal", async () => {
+  await using server = new TestServer();
+  let release!: () => void;
+  const released = new Promise<void>((resolve) => release = resolve);
+  const client = new SSEClient(server.url, {
+    fetch: async (input) => {
+      await released;
+      return fetch(input); // no signal
+    },
+  });
+  const next = client[Symbol.asyncIterator]().next();
+  client.close();
+  assert.deepEqual(await next, DONE);
+  release();
+  // The response that arrives after close() is released unread.
+  const stream = server.stream();
+  (await server.request(0)).respond(stream.response);
+  await stream.cancelled;
+});
+
+test("SSEClient discards events already received when closed", async () => {
+  await using server = new TestServer(() =>
+    eventStreamResponse("data: 1\n\ndata: 2\n\ndata: 3\n\n")
+  );
+  const client = new SSEClient(server.url);
+  const seen: string[] = [];
+  for await (const event of client) {
+    seen.push(event.data);
+    client.close();
+  }
+  assert.deepEqual(seen, ["1"]);
+});
+
+test("SSEClient closes when a for await loop is left", async () => {
+  await using server = new TestServer();
+  const client = new SSEClient(server.url);
+  const stream = server.stream();
+  (await server.request(0)).respond(stream.response);
+  stream.send("data: 1\n\ndata: 2\n\n");
+  for await (const event of client) {
+    assert.equal(event.data, "1");
+    break;
+  }
+  assert.equal(client.readyState, 2);
+  await stream.cancelled;
+});
+
+test("SSEClient stops when its signal aborts, in any state", async () => {
+  await using server = new TestServer();
+  const controller = new AbortController();
+  const client = new SSEClient(server.url, { signal: controller.signal });
+  const stream = server.stream();
+  (await server.request(0)).respond(stream.response);
+  stream.send("data: 1\n\n");
+  const iterator = client[Symbol.asyncIterator]();
+  assert.deepEqual(await take(iterator, 1), [message("1")]);
+  const next = iterator.next();
+  controller.abort();
+  assert.deepEqual(await next, DONE);
+  assert.equal(client.readyState, 2);
+  await stream.cancelled;
+});
+
+test("SSEClient makes no request when its signal is already aborted", async () => {
+  let calls = 0;
+  const client = new SSEClient("http://127.0.0.1:9/", {
+    signal: AbortSignal.abort(),
+    fetch: () => {
+      calls++;
+      return Promise.reject(new Error("unreachable"));
+    },
+  });
+  assert.equal(client.readyState, 2);
+  assert.deepEqual(await client[Symbol.asyncIterator]().next(), DONE);
+  assert.equal(calls, 0);
+});
+
+// --- observing state -------------------------------------------------------
+
+test("SSEClient reports open, error and retry through its callbacks", async () => {
+  const clock = fakeClock();
+  try {
+    await using server = new TestServer(({ index }) =>
+      index === 1
+        ? new Response(null, { status: 500 })
+        : eventStreamResponse(`data: ${index}\n\n`)
+    );
+    const log: string[] = [];
+    const retries = new Queue<number>();
+    const client: SSEClient = new SSEClient(server.url, {
+      retry: 100,
+      onOpen: (response) =>
+        log.push(`open ${response.status} ${client.readyState}`),
+      onError: (error) =>
+        log.push(`error ${error.message} ${client.readyState}`),
+      onRetry: (delay) => {
+        log.push(`retry ${client.readyState}`);
+        retries.push(delay);
+      },
+    });
+    const iterator = client[Symbol.asyncIterator]();
+    await take(iterator, 1);
+    const next = iterator.next();
+    assert.equal(client.readyState, 1);
+    await clock.tickAsync(await retries.shift()); // the stream ended
+    await clock.tickAsync(await retries.shift()); // the 500
+    assert.deepEqual(await next, { done: false, value: message("2") });
+    client.close();
+    assert.deepEqual(log, [
+      "open 200 1",
+      "retry 0",
+      "error Unexpected status 500: retrying 0",
+      "retry 0",
+      "open 200 1",
+    ]);
+  } finally {
+    clock.uninstall();
+  }
+});
+
+test("SSEClient ends the iteration with the error a callback throws", async () => {
+  await using server = new TestServer(() => eventStreamResponse("data: x\n\n"));
+  const client = new SSEClient(server.url, {
+    onOpen: () => {
+      throw new Error("callback failed");
+    },
+  });
+  await assert.rejects(client[Symbol.asyncIterator]().next(), {
+    message: "callback failed",
+  });
+  assert.equal(client.readyState, 2);
+});
+
+test("SSEClient resolves concurrent next() calls in order", async () => {
+  await using server = new TestServer();
+  const client = new SSEClient(server.url);
+  const iterator = client[Symbol.asyncIterator]();
+  const stream = server.stream();
+  (await server.request(0)).respond(stream.response);
+  const results = [iterator.next(), iterator.next(), iterator.next()];
+  stream.send("data: 1\n\n");
+  stream.send(": just a comment\n");
+  stream.send("data: 2\n\ndata: 3\n\n");
+  assert.deepEqual(
+    (await Promise.all(results)).map((result) => result.value?.data),
+    ["1", "2", "3"],
+  );
+  client.close();
+});
+
+// --- input validation ------------------------------------------------------
+
+test("SSEClient rejects invalid options at once", () => {
+  const url = "http://127.0.0.1:9/";
+  assert.throws(() => new SSEClient("http://exa mple.com/"), {
+    name: "TypeError",
+    message: "Invalid URL: http://exa mple.com/",
+  });
+  assert.throws(() => new SSEClient("ftp://example.com/"), {
+    name: "TypeError",
+    message: "Invalid URL: expected http: or https:, got ftp:",
+  });
+  assert.throws(() => new SSEClient(url, { retry: -1 }), {
+    name: "RangeError",
+    message:
+      "Invalid retry: expected a non-negative number of milliseconds, got -1",
+  });
+  assert.throws(() => new SSEClient(url, { maxRetry: NaN }), RangeError);
+  assert.throws(() => new SSEClient(url, { backoffFactor: 0.5 }), RangeError);
+  assert.throws(() => new SSEClient(url, { idleTimeout: 0 }), RangeError);
+  assert.throws(() => new SSEClient(url, { maxEventSize: 0 }), RangeError);
+  assert.throws(() => new SSEClient(url, { body: "x" }), {
+    name: "TypeError",
+    message: "Invalid body: a GET request cannot have one",
+  });
+  assert.throws(
+    () =>
+      new SSEClient(url, {
+        method: "POST",
+        body: new Blob([]).stream() as unknown as Blob,
+      }),
+    TypeError,
+  );
+  assert.throws(() => new SSEClient(url, { lastEventId: "a\nb" }), TypeError);
+  assert.throws(
+    () => new SSEClient(url, { headers: { "bad header": "x" } }),
+    TypeError,
+  );
+});
