@@ -9,17 +9,21 @@
  * client goes away.
  *
  * @example Stream an LLM's tokens from `Deno.serve`
- * ```ts ignore
+ * ```ts
  * import { sseResponse } from "@sse/sse/server";
  *
  * async function* tokens() {
- *   for (const token of ["Hello", ",", " world"]) {
- *     yield { data: { token } };
- *   }
+ *   for (const token of ["Hel", "lo", "!"]) yield { data: { token } };
  *   yield { event: "done", data: "" };
  * }
  *
- * Deno.serve(() => sseResponse(tokens()));
+ * const server = Deno.serve(
+ *   { hostname: "127.0.0.1", port: 0, onListen() {} },
+ *   () => sseResponse(tokens()),
+ * );
+ * const response = await fetch(`http://127.0.0.1:${server.addr.port}/`);
+ * console.log(await response.text()); // data: {"token":"Hel"}\n\n…
+ * await server.shutdown();
  * ```
  *
  * @module
@@ -125,17 +129,23 @@ interface Source {
  * );
  * ```
  *
- * @example Stop when the server shuts down, and report source errors
- * ```ts ignore
- * import { sseResponse } from "@sse/sse/server";
+ * @example End every stream on shutdown, and report source errors
+ * ```ts
+ * import { type SSEMessage, sseResponse } from "@sse/sse/server";
+ * import assert from "node:assert/strict";
  *
+ * async function* prices(): AsyncGenerator<SSEMessage> {
+ *   for (let i = 0;; i++) yield { id: i, data: { price: 100 + i } };
+ * }
  * const shutdown = new AbortController();
- * Deno.serve((request) =>
- *   sseResponse(watchOrders(request), {
- *     signal: shutdown.signal,
- *     onError: (error) => console.error("order feed failed", error),
- *   })
- * );
+ * const response = sseResponse(prices(), {
+ *   signal: shutdown.signal,
+ *   onError: (error) => console.error("price feed failed", error),
+ * });
+ * const reader = response.body!.getReader();
+ * await reader.read(); // id: 0, data: {"price":100}
+ * shutdown.abort(); // the generator is closed and the response ends
+ * assert.equal((await reader.read()).done, true);
  * ```
  *
  * @param source An async iterable (such as an async generator) or a
