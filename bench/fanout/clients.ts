@@ -61,6 +61,9 @@ const n = positiveInt(args, "n");
 const events = positiveInt(args, "events");
 const batch = positiveInt(args, "batch", 250);
 const path = args.get("path") ?? "/sse";
+// Sent as `accept-encoding`, to see what a browser's request costs the server.
+// A compressed body is only counted, not parsed.
+const acceptEncoding = args.get("accept-encoding");
 
 // Latencies of measured events, all clients together.
 const latencies = new Float64Array(n * events);
@@ -74,6 +77,7 @@ let lastReceive = 0;
 let warmReported = false;
 let resultReported = false;
 let connectPhaseDone = false;
+let compressed = 0;
 
 function emit(message: Record<string, unknown>): void {
   console.log(JSON.stringify(message));
@@ -124,6 +128,7 @@ const CHUNK_DATA_CR = 5;
 const CHUNK_DATA_LF = 6;
 const PLAIN = 7;
 const DONE = 8;
+const DISCARD = 9;
 
 /** One connection: HTTP head, chunked decoding, and just enough SSE parsing. */
 class Client {
@@ -188,11 +193,15 @@ class Client {
         this.#onHead(false);
         return;
       }
-      this.#state = /\r\ntransfer-encoding:[^\r]*chunked/.test(head)
+      this.#state = /\r\ncontent-encoding:/.test(head)
+        ? DISCARD
+        : /\r\ntransfer-encoding:[^\r]*chunked/.test(head)
         ? CHUNK_SIZE
         : PLAIN;
+      if (this.#state === DISCARD) compressed++;
       this.#onHead(true);
     }
+    if (this.#state === DISCARD) return;
     if (this.#state === PLAIN) {
       this.#sse(bytes.subarray(offset), time);
       return;
@@ -301,7 +310,11 @@ function hexValue(byte: number): number {
 const clients: Client[] = [];
 const runs: Promise<void>[] = [];
 const request = new TextEncoder().encode(
-  `GET ${path} HTTP/1.1\r\nhost: 127.0.0.1:${port}\r\naccept: text/event-stream\r\n\r\n`,
+  `GET ${path} HTTP/1.1\r\nhost: 127.0.0.1:${port}\r\naccept: text/event-stream\r\n` +
+    (acceptEncoding === undefined
+      ? ""
+      : `accept-encoding: ${acceptEncoding}\r\n`) +
+    "\r\n",
 );
 
 async function open(): Promise<void> {
@@ -331,6 +344,7 @@ emit({
   type: "connected",
   connected,
   failed,
+  compressed,
   ms: Math.round(performance.now() - started),
 });
 checkProgress();
