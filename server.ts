@@ -321,3 +321,5 @@ export type {
   SSEBrokerEntry,
   SSEBrokerSubscription,
 } from "./_broker.ts";
+export { BroadcastChannelBroker } from "./_broadcast_broker.ts";
+export type { BroadcastChannelBrokerOptions } from "./_broadcast_broker.ts";

@@ -45,6 +45,15 @@ export interface BrokerContractOptions {
   ignore?: boolean;
 }
 
+/**
+ * Deno 2.9 runs tests with the op and resource sanitizers off unless asked:
+ * every broker must release its timers, sockets and reads by `close()`.
+ */
+export const SANITIZED = {
+  sanitizeOps: true,
+  sanitizeResources: true,
+} as const;
+
 /** How long a test waits for entries it expects before failing. */
 const WAIT_MS = 10_000;
 
@@ -134,6 +143,7 @@ export function testBrokerContract(options: BrokerContractOptions): void {
     Deno.test({
       name: `${name} ${title}`,
       ignore: options.ignore ?? false,
+      ...SANITIZED,
       async fn() {
         const fixture = await open();
         try {

@@ -1,0 +1,415 @@
+// Copyright the sse authors. MIT license.
+/**
+ * {@linkcode BroadcastChannelBroker}: an {@linkcode SSEBroker} that fans
+ * events out across isolates with the platform's own `BroadcastChannel`
+ * (Deno Deploy, workers, browsers' workers), with no server to run. Exported
+ * from `server.ts`.
+ *
+ * @module
+ */
+
+import type {
+  SSEBroker,
+  SSEBrokerEntry,
+  SSEBrokerSubscription,
+} from "./_broker.ts";
+import type { SSEMessage } from "./encoder.ts";
+
+/** Options of {@linkcode BroadcastChannelBroker}. */
+export interface BroadcastChannelBrokerOptions {
+  /**
+   * Prefix of the `BroadcastChannel` names: the stream `name` travels on the
+   * channel named `prefix + name`. Brokers (in any isolate) with the same
+   * prefix share streams.
+   * @default {"sse:"}
+   */
+  prefix?: string;
+}
+
+/** What one broker posts to the others: an entry and how many to keep. */
+interface Envelope {
+  sse: 1;
+  entry: SSEBrokerEntry;
+  replay: number;
+}
+
+/** One subscriber of a stream. */
+interface Subscriber {
+  onEntry: (entry: SSEBrokerEntry) => void;
+  active: boolean;
+}
+
+/** One stream as this instance has seen it. */
+interface Stream {
+  channel: BroadcastChannel;
+  /** Kept entries, oldest first, in the order they reached this instance. */
+  kept: SSEBrokerEntry[];
+  /** Index of the oldest kept entry in `kept` (dropped lazily). */
+  start: number;
+  /** Id of the newest entry dropped from `kept`; nothing after it is gone. */
+  evicted: string | undefined;
+  subscribers: Set<Subscriber>;
+}
+
+const DEFAULT_PREFIX = "sse:";
+
+/**
+ * An {@linkcode SSEBroker} for Deno Deploy and other multi-isolate runtimes:
+ * each published entry is delivered to this isolate's subscribers at once and
+ * posted on a `BroadcastChannel`, which the runtime delivers to every other
+ * isolate of the application, where the brokers deliver it to theirs.
+ *
+ * What the platform primitive gives, and what it does not:
+ *
+ * - **Replay is per instance.** Each broker keeps the last `replay` entries of
+ *   each stream it has seen (those published here and those that arrived from
+ *   other isolates since it started listening), in the order they reached it.
+ *   A client that reconnects to the same isolate resumes exactly; one that
+ *   lands on another isolate resumes there only if that isolate has its
+ *   `Last-Event-ID` (otherwise `resumed` is `false` and the application sends
+ *   a snapshot), and entries published concurrently on two isolates may reach
+ *   each in a different order. An isolate that starts later has no history.
+ * - **Ordering is per publisher.** Entries from one isolate reach every other
+ *   isolate in publish order. Ids are `<ms>-<seq>-<origin>`: a hybrid logical
+ *   clock (never behind any id this isolate has seen, so an entry published
+ *   in reaction to another gets a later id), then a random id of the
+ *   publishing broker, which keeps ids unique and never valid across a
+ *   restart. Entries from different isolates published within the broadcast
+ *   delay have no agreed order.
+ * - **No acknowledgement.** `publish` resolves once the entry is delivered
+ *   here and handed to the runtime; delivery to other isolates is as reliable
+ *   as the platform's `BroadcastChannel`. Use `RedisBroker` (from
+ *   `@sse/sse/redis`) when every instance must see every event, in one order,
+ *   and resume anywhere.
+ *
+ * A stream is listened to from its first `publish` or `subscribe` until
+ * `close()`, so that its history keeps growing while no client is connected.
+ *
+ * @example One broker per isolate; here two in one process
+ * ```ts
+ * import { BroadcastChannelBroker } from "@sse/sse/server";
+ * import assert from "node:assert/strict";
+ *
+ * const here = new BroadcastChannelBroker();
+ * const there = new BroadcastChannelBroker();
+ * const { promise, resolve } = Promise.withResolvers<string>();
+ * const subscription = await there.subscribe("news", {}, (entry) => {
+ *   resolve(entry.message.data as string);
+ * });
+ * await here.publish("news", { topic: "", message: { data: "hello" } }, { replay: 100 });
+ * assert.equal(await promise, "hello");
+ * subscription.unsubscribe();
+ * await Promise.all([here.close(), there.close()]);
+ * ```
+ */
+export class BroadcastChannelBroker implements SSEBroker {
+  #prefix: string;
+  #origin: string;
+  /** The hybrid logical clock: the newest time part seen, and its counter. */
+  #time = 0;
+  #seq = 0;
+  #streams = new Map<string, Stream>();
+  #closed = false;
+
+  /**
+   * Creates a broker with a fresh random origin id.
+   *
+   * @param options The `BroadcastChannel` name `prefix`.
+   */
+  constructor(options: BroadcastChannelBrokerOptions = {}) {
+    const { prefix = DEFAULT_PREFIX } = options;
+    if (typeof prefix !== "string") {
+      throw new TypeError(
+        `Invalid prefix: expected a string, got ${typeof prefix}`,
+      );
+    }
+    this.#prefix = prefix;
+    const bytes = crypto.getRandomValues(new Uint8Array(8));
+    let origin = "";
+    for (const byte of bytes) origin += (byte % 36).toString(36);
+    this.#origin = origin;
+  }
+
+  /**
+   * Delivers the message to this isolate's subscribers, keeps it for replay,
+   * and posts it to the other isolates.
+   *
+   * @param name The stream.
+   * @param entry The topic (`""` for none) and the message; its `id`, if any,
+   * is left out of the stored entry.
+   * @param options `replay`: how many entries each isolate keeps.
+   * @returns The assigned id.
+   */
+  publish(
+    name: string,
+    entry: { topic: string; message: SSEMessage },
+    options: { replay: number },
+  ): Promise<string> {
+    try {
+      return Promise.resolve(this.#publish(name, entry, options));
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
+  #publish(
+    name: string,
+    entry: { topic: string; message: SSEMessage },
+    options: { replay: number },
+  ): string {
+    if (this.#closed) throw new TypeError("Cannot publish: broker is closed");
+    checkName(name);
+    if (typeof entry?.topic !== "string") {
+      throw new TypeError(
+        `Invalid topic: expected a string, got ${typeof entry?.topic}`,
+      );
+    }
+    const replay = options?.replay;
+    if (!Number.isSafeInteger(replay) || replay < 0) {
+      throw new RangeError(
+        `Invalid replay: expected a non-negative integer, got ${replay}`,
+      );
+    }
+    let message = entry.message;
+    if (typeof message !== "object" || message === null) {
+      throw new TypeError(
+        `Invalid message: expected an object, got ${
+          message === null ? "null" : typeof message
+        }`,
+      );
+    }
+    if (message.data !== undefined && typeof message.data !== "string") {
+      throw new TypeError(
+        `Invalid message data: a broker stores strings, got ${typeof message
+          .data}`,
+      );
+    }
+    if (message.id !== undefined) {
+      const { id: _, ...rest } = message;
+      message = rest;
+    }
+    const stream = this.#stream(name);
+    const stored: SSEBrokerEntry = {
+      id: this.#nextId(),
+      topic: entry.topic,
+      message,
+    };
+    // Structured clone: the other isolates get their own copy, and a
+    // message that cannot be cloned throws here, before anything happens.
+    const envelope: Envelope = { sse: 1, entry: stored, replay };
+    stream.channel.postMessage(envelope);
+    this.#receive(stream, stored, replay);
+    return stored.id;
+  }
+
+  /**
+   * Replays the entries this instance keeps after `lastEventId`
+   * (synchronously, before the returned promise resolves), then delivers
+   * every new one, from this isolate or another.
+   *
+   * @param name The stream.
+   * @param options `lastEventId`: resume after this id; `resumed` is `false`
+   * when this instance does not have it (see the class notes).
+   * @param onEntry Called with each entry; must not throw (a throw is
+   * reported with `reportError`).
+   * @returns The subscription.
+   */
+  subscribe(
+    name: string,
+    options: { lastEventId?: string },
+    onEntry: (entry: SSEBrokerEntry) => void,
+  ): Promise<SSEBrokerSubscription> {
+    try {
+      return Promise.resolve(this.#subscribe(name, options, onEntry));
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
+  #subscribe(
+    name: string,
+    options: { lastEventId?: string },
+    onEntry: (entry: SSEBrokerEntry) => void,
+  ): SSEBrokerSubscription {
+    if (this.#closed) throw new TypeError("Cannot subscribe: broker is closed");
+    checkName(name);
+    if (typeof onEntry !== "function") {
+      throw new TypeError(
+        `Invalid onEntry: expected a function, got ${typeof onEntry}`,
+      );
+    }
+    const lastEventId = options?.lastEventId;
+    if (lastEventId !== undefined && typeof lastEventId !== "string") {
+      throw new TypeError(
+        `Invalid lastEventId: expected a string, got ${typeof lastEventId}`,
+      );
+    }
+    const stream = this.#stream(name);
+    const subscriber: Subscriber = { onEntry, active: true };
+    let resumed = true;
+    if (lastEventId !== undefined) {
+      const from = replayStart(stream, lastEventId);
+      if (from === undefined) {
+        resumed = false;
+      } else {
+        for (let i = from; i < stream.kept.length && subscriber.active; i++) {
+          deliver(subscriber, stream.kept[i]!);
+        }
+      }
+    }
+    // Delivery is synchronous (messages from other isolates arrive as tasks),
+    // so nothing reaches the stream between the replay and this line.
+    stream.subscribers.add(subscriber);
+    return new BroadcastSubscription(resumed, () => {
+      subscriber.active = false;
+      stream.subscribers.delete(subscriber);
+    });
+  }
+
+  /**
+   * Ends every subscription, closes every `BroadcastChannel` and forgets the
+   * history. Later calls to `publish` and `subscribe` reject. Idempotent.
+   *
+   * @returns Once done.
+   */
+  close(): Promise<void> {
+    this.#closed = true;
+    for (const stream of this.#streams.values()) {
+      for (const subscriber of stream.subscribers) subscriber.active = false;
+      stream.subscribers.clear();
+      stream.channel.close();
+    }
+    this.#streams.clear();
+    return Promise.resolve();
+  }
+
+  /** The next id: hybrid logical clock time, counter, origin. */
+  #nextId(): string {
+    const now = Date.now();
+    if (now > this.#time) {
+      this.#time = now;
+      this.#seq = 0;
+    } else {
+      this.#seq++;
+    }
+    return `${this.#time}-${this.#seq}-${this.#origin}`;
+  }
+
+  /** Moves the clock past a received id, so later ids here sort after it. */
+  #observe(id: string): void {
+    const [time, seq] = id.split("-", 2).map(Number);
+    if (time === undefined || seq === undefined) return;
+    if (time > this.#time || (time === this.#time && seq > this.#seq)) {
+      this.#time = time;
+      this.#seq = seq;
+    }
+  }
+
+  #stream(name: string): Stream {
+    let stream = this.#streams.get(name);
+    if (stream !== undefined) return stream;
+    const channel = new BroadcastChannel(this.#prefix + name);
+    const created: Stream = {
+      channel,
+      kept: [],
+      start: 0,
+      evicted: undefined,
+      subscribers: new Set(),
+    };
+    channel.onmessage = (event: MessageEvent) => {
+      if (this.#closed) return;
+      const envelope = parseEnvelope(event.data);
+      // Messages that are not ours (same name, other code) are ignored.
+      if (envelope === undefined) return;
+      this.#observe(envelope.entry.id);
+      this.#receive(created, envelope.entry, envelope.replay);
+    };
+    this.#streams.set(name, created);
+    stream = created;
+    return stream;
+  }
+
+  /** Keeps an entry and delivers it to this instance's subscribers. */
+  #receive(stream: Stream, entry: SSEBrokerEntry, replay: number): void {
+    stream.kept.push(entry);
+    trim(stream, replay);
+    for (const subscriber of stream.subscribers) deliver(subscriber, entry);
+  }
+}
+
+class BroadcastSubscription implements SSEBrokerSubscription {
+  readonly resumed: boolean;
+  #release: (() => void) | undefined;
+
+  constructor(resumed: boolean, release: () => void) {
+    this.resumed = resumed;
+    this.#release = release;
+  }
+
+  unsubscribe(): void {
+    const release = this.#release;
+    this.#release = undefined;
+    release?.();
+  }
+}
+
+function deliver(subscriber: Subscriber, entry: SSEBrokerEntry): void {
+  if (!subscriber.active) return;
+  try {
+    subscriber.onEntry(entry);
+  } catch (error) {
+    reportError(error);
+  }
+}
+
+/** Drops the oldest entries beyond `replay`, compacting now and then. */
+function trim(stream: Stream, replay: number): void {
+  const { kept } = stream;
+  while (kept.length - stream.start > replay) {
+    stream.evicted = kept[stream.start]!.id;
+    stream.start++;
+  }
+  // Compact once the dead prefix is as long as what is kept: amortised O(1).
+  if (stream.start > 0 && stream.start >= kept.length - stream.start) {
+    stream.kept = kept.slice(stream.start);
+    stream.start = 0;
+  }
+}
+
+/**
+ * Index in `kept` of the first entry after `lastEventId`, or `undefined`
+ * when this instance does not know that id or has dropped entries after it.
+ */
+function replayStart(stream: Stream, lastEventId: string): number | undefined {
+  if (lastEventId === stream.evicted) return stream.start;
+  const { kept } = stream;
+  // Newest first: a reconnecting client usually missed only a few.
+  for (let i = kept.length - 1; i >= stream.start; i--) {
+    if (kept[i]!.id === lastEventId) return i + 1;
+  }
+  return undefined;
+}
+
+function parseEnvelope(data: unknown): Envelope | undefined {
+  if (typeof data !== "object" || data === null) return undefined;
+  const { sse, entry, replay } = data as Partial<Envelope>;
+  if (sse !== 1 || !Number.isSafeInteger(replay) || replay! < 0) {
+    return undefined;
+  }
+  if (
+    typeof entry !== "object" || entry === null ||
+    typeof entry.id !== "string" || typeof entry.topic !== "string" ||
+    typeof entry.message !== "object" || entry.message === null
+  ) {
+    return undefined;
+  }
+  return data as Envelope;
+}
+
+function checkName(name: unknown): void {
+  if (typeof name !== "string") {
+    throw new TypeError(
+      `Invalid stream name: expected a string, got ${typeof name}`,
+    );
+  }
+}
