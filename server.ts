@@ -106,6 +106,15 @@ interface Source {
  * message `encodeSSE` refuses, ends the stream cleanly and the error goes to
  * `onError`.
  *
+ * An async generator that is suspended in an `await` (for a model's next
+ * token, say) runs its `finally` blocks when that `await` settles: JavaScript
+ * queues `return()` behind the step in progress. To stop upstream work at
+ * once, give it an `AbortSignal` and abort it in the generator's `finally`,
+ * or pass the same `signal` to both.
+ *
+ * On `Deno.serve` there is no need for the request's signal: a disconnect
+ * cancels the body, which is what closes the source.
+ *
  * Frames are written exactly as {@linkcode encodeSSE} writes them, one chunk
  * per message.
  *
