@@ -108,9 +108,9 @@ interface Source {
  *
  * An async generator that is suspended in an `await` (for a model's next
  * token, say) runs its `finally` blocks when that `await` settles: JavaScript
- * queues `return()` behind the step in progress. To stop upstream work at
- * once, give it an `AbortSignal` and abort it in the generator's `finally`,
- * or pass the same `signal` to both.
+ * queues `return()` behind the step in progress. Abort upstream work (a
+ * `fetch` to the model) in that `finally`, and pass `signal` to it as well
+ * when the server may end streams itself.
  *
  * On `Deno.serve` there is no need for the request's signal: a disconnect
  * cancels the body, which is what closes the source.
