@@ -67,6 +67,8 @@ interface Measurement {
   eventsPerSecond: number;
   kibPerConnection: number;
   heapKibPerConnection: number;
+  /** RSS growth from server start to N idle clients, / N. */
+  growthPerConnection: number;
   delivered: number;
   notes: string[];
 }
@@ -160,12 +162,18 @@ async function measure(
   options: Options,
 ): Promise<Measurement> {
   const notes: string[] = [];
+  let growthPerConnection = NaN;
   const server = new Child(spec.name, spec.argv);
   let clients: Child | undefined;
   try {
     const listening = await server.message("listening", 30_000);
     const port = listening.port as number;
-    const before = await getStats(port);
+    const start = await getStats(port);
+    // Memory is read at N/10 clients and at N: the growth between, divided by
+    // the clients added, is what one more idle connection costs, without the
+    // one-time costs of the first connections (JIT, pools) that dominate at
+    // small N. Growth from startup / N is logged per run as well.
+    const pauseAt = Math.floor(n / 10);
     clients = new Child("clients", [
       Deno.execPath(),
       "run",
@@ -173,7 +181,14 @@ async function measure(
       new URL("clients.ts", FANOUT).pathname,
       ...["--port", String(port), "--n", String(n)],
       ...["--events", String(options.events), "--batch", String(options.batch)],
+      ...["--pause-at", String(pauseAt)],
     ]);
+    const paused = await clients.message("paused", 120_000);
+    const partial = paused.connected as number;
+    await waitForConnected(port, partial, 30_000);
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    const before = await getStats(port);
+    await clients.send("continue");
     const opened = await clients.message("connected", 120_000);
     const connected = opened.connected as number;
     if (connected < n) notes.push(`${n - connected} connections failed`);
@@ -183,6 +198,8 @@ async function measure(
     }
     await new Promise((resolve) => setTimeout(resolve, 1000));
     const idle = await getStats(port);
+    const added = Math.max(1, idle.connected - before.connected);
+    growthPerConnection = (idle.rss - start.rss) / connected / 1024;
 
     await publish(port, -1);
     await clients.message("warm", 30_000).catch((error) => {
@@ -191,10 +208,10 @@ async function measure(
 
     // Open loop: each publish leaves on schedule, whatever the last one did.
     const interval = 1000 / options.rate;
-    const start = now() + 20;
+    const first = now() + 20;
     const publishes: Promise<void>[] = [];
     for (let seq = 0; seq < options.events; seq++) {
-      const wait = start + seq * interval - now();
+      const wait = first + seq * interval - now();
       if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
       publishes.push(publish(port, seq));
     }
@@ -221,10 +238,10 @@ async function measure(
       connected,
       p50: result.p50,
       p99: result.p99,
-      eventsPerSecond: result.received / ((result.lastReceive - start) / 1000),
-      kibPerConnection: (idle.rss - before.rss) / connected / 1024,
-      heapKibPerConnection: (idle.heapUsed - before.heapUsed) / connected /
-        1024,
+      eventsPerSecond: result.received / ((result.lastReceive - first) / 1000),
+      kibPerConnection: (idle.rss - before.rss) / added / 1024,
+      heapKibPerConnection: (idle.heapUsed - before.heapUsed) / added / 1024,
+      growthPerConnection,
       delivered: result.received / Math.max(1, result.expected),
       notes,
     };
@@ -383,6 +400,7 @@ async function run(options: Options): Promise<void> {
             eventsPerSecond: NaN,
             kibPerConnection: NaN,
             heapKibPerConnection: NaN,
+            growthPerConnection: NaN,
             delivered: 0,
             notes: [`failed: ${(error as Error).message}`],
           };
@@ -390,7 +408,9 @@ async function run(options: Options): Promise<void> {
         console.error(
           `  ${spec.name}, N = ${n}, rep ${rep + 1}: p99 ${
             format(measurement.p99)
-          } ms, ${format(measurement.kibPerConnection)} KiB/conn` +
+          } ms, ${format(measurement.kibPerConnection)} KiB/conn (${
+            format(measurement.growthPerConnection)
+          } KiB/conn from startup)` +
             (measurement.notes.length > 0
               ? ` (${measurement.notes.join("; ")})`
               : ""),
@@ -409,6 +429,7 @@ async function run(options: Options): Promise<void> {
     eventsPerSecond: median(runs.map((run) => run.eventsPerSecond)),
     kibPerConnection: median(runs.map((run) => run.kibPerConnection)),
     heapKibPerConnection: median(runs.map((run) => run.heapKibPerConnection)),
+    growthPerConnection: median(runs.map((run) => run.growthPerConnection)),
     delivered: Math.min(...runs.map((run) => run.delivered)),
     notes: [...new Set(runs.flatMap((run) => run.notes))],
   }));
@@ -451,8 +472,9 @@ async function run(options: Options): Promise<void> {
   console.log();
   console.log(
     `Latency: publish request sent → client read returned the event, over ` +
-      `every client and event. KiB/conn: server RSS growth / N with N idle ` +
-      `clients, after a GC. ${
+      `every client and event (median of the repetitions). KiB/conn: server ` +
+      `RSS growth from N/10 to N idle clients, per client added, after a GC; ` +
+      `JS heap: the same for V8's used heap. ${
         format((performance.now() - started) / 1000, 0)
       } s in all.`,
   );

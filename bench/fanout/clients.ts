@@ -20,7 +20,8 @@
 //   {"type":"warm","received":W}      every client got the warm-up (seq < 0)
 //   {"type":"result",...}             every client got every measured event,
 //                                     or "stop" arrived on stdin
-// stdin lines: "stop" (report what arrived so far), "exit".
+//   {"type":"paused",...}             --pause-at reached; waits for "continue"
+// stdin lines: "stop" (report what arrived so far), "continue", "exit".
 
 const decoder = new TextDecoder();
 
@@ -61,6 +62,9 @@ const n = positiveInt(args, "n");
 const events = positiveInt(args, "events");
 const batch = positiveInt(args, "batch", 250);
 const path = args.get("path") ?? "/sse";
+// Pause once this many connections are open (at a batch boundary), report
+// "paused", and go on at the "continue" command. 0: never pause.
+const pauseAt = positiveInt(args, "pause-at", 0);
 // Sent as `accept-encoding`, to see what a browser's request costs the server.
 // A compressed body is only counted, not parsed.
 const acceptEncoding = args.get("accept-encoding");
@@ -334,10 +338,47 @@ async function open(): Promise<void> {
   else failed++;
 }
 
+// Commands from the driver, one per line, read from the start so that a
+// paused connect phase can be resumed.
+let resume: (() => void) | undefined;
+let stdinEnded = false;
+const { promise: exited, resolve: exit } = Promise.withResolvers<void>();
+(async () => {
+  const lines = Deno.stdin.readable.pipeThrough(new TextDecoderStream());
+  let pending = "";
+  for await (const text of lines) {
+    pending += text;
+    let newline: number;
+    while ((newline = pending.indexOf("\n")) !== -1) {
+      const command = pending.slice(0, newline).trim();
+      pending = pending.slice(newline + 1);
+      if (command === "stop") report();
+      if (command === "continue") resume?.();
+      if (command === "exit") exit();
+    }
+  }
+  // The driver closed stdin (or went away): nothing more will come.
+  stdinEnded = true;
+  resume?.();
+  exit();
+})();
+
 const started = performance.now();
-for (let i = 0; i < n; i += batch) {
-  const size = Math.min(batch, n - i);
+let paused = pauseAt === 0;
+for (let i = 0; i < n;) {
+  if (!paused && i >= pauseAt && !stdinEnded) {
+    // The driver reads the server's memory with `pauseAt` clients connected,
+    // so that growth from here on is per connection, without one-time costs.
+    paused = true;
+    const { promise, resolve } = Promise.withResolvers<void>();
+    resume = resolve;
+    emit({ type: "paused", connected, failed });
+    await promise;
+  }
+  let size = Math.min(batch, n - i);
+  if (!paused) size = Math.min(size, pauseAt - i);
   await Promise.all(Array.from({ length: size }, open));
+  i += size;
 }
 connectPhaseDone = true;
 emit({
@@ -349,18 +390,8 @@ emit({
 });
 checkProgress();
 
-// Commands from the driver, one per line.
-const lines = Deno.stdin.readable.pipeThrough(new TextDecoderStream());
-let pending = "";
-commands: for await (const text of lines) {
-  pending += text;
-  let newline: number;
-  while ((newline = pending.indexOf("\n")) !== -1) {
-    const command = pending.slice(0, newline).trim();
-    pending = pending.slice(newline + 1);
-    if (command === "stop") report();
-    if (command === "exit") break commands;
-  }
-}
+await exited;
 for (const client of clients) client.close();
 await Promise.allSettled(runs);
+// stdin stays open until the driver closes it; do not wait for that.
+Deno.exit(0);

@@ -1,0 +1,120 @@
+// Copyright the sse authors. MIT license.
+// Memory per idle streaming connection on Deno, variant by variant (see
+// probe_server.ts): RSS, JS heap and V8 external growth divided by N.
+//
+//   deno run -A bench/fanout/memory_probe.ts [--n 10000] [--variants tcp,stream,...]
+//     [--accept-encoding "gzip, deflate, br, zstd"] [--publish 3]
+//
+// "idle" is measured once N clients are connected and have idled 1 s; "after
+// events" once `--publish` small events have gone to every client.
+
+import { Child, live } from "./_child.ts";
+
+const FANOUT = new URL("./", import.meta.url);
+const ALL = [
+  "tcp",
+  "pending",
+  "stream",
+  "hwm0",
+  "bytes",
+  "signal",
+  "headers",
+  "timer",
+  "transform",
+  "encoder",
+  "closures",
+  "notransform",
+];
+
+function option(name: string): string | undefined {
+  const index = Deno.args.indexOf(`--${name}`);
+  return index === -1 ? undefined : Deno.args[index + 1];
+}
+
+const n = Number(option("n") ?? 10000);
+const variants = option("variants")?.split(",") ?? ALL;
+const acceptEncoding = option("accept-encoding");
+const publishes = Number(option("publish") ?? 3);
+const extraFlags = option("deno-flags")?.split(" ").filter(Boolean) ?? [];
+
+interface Reading {
+  rss: number;
+  heapUsed: number;
+  external: number;
+  connected: number;
+}
+
+async function probe(variant: string): Promise<string> {
+  const server = new Child(variant, [
+    Deno.execPath(),
+    "run",
+    "--allow-net=127.0.0.1",
+    "--v8-flags=--expose-gc",
+    ...extraFlags,
+    new URL("probe_server.ts", FANOUT).pathname,
+    "--variant",
+    variant,
+  ]);
+  let clients: Child | undefined;
+  try {
+    const { port } = await server.message("listening", 30_000);
+    await server.send("stats");
+    const before = await server.message("stats", 10_000) as unknown as Reading;
+    clients = new Child("clients", [
+      Deno.execPath(),
+      "run",
+      "--allow-net=127.0.0.1",
+      new URL("clients.ts", FANOUT).pathname,
+      ...["--port", String(port), "--n", String(n), "--events", "0"],
+      ...(acceptEncoding === undefined
+        ? []
+        : ["--accept-encoding", acceptEncoding]),
+    ]);
+    const opened = await clients.message("connected", 120_000);
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    await server.send("stats");
+    const idle = await server.message("stats", 10_000) as unknown as Reading;
+    for (let i = 0; i < publishes; i++) {
+      await server.send("publish");
+      await new Promise((resolve) => setTimeout(resolve, 300));
+    }
+    await new Promise((resolve) => setTimeout(resolve, 700));
+    await server.send("stats");
+    const after = await server.message("stats", 10_000) as unknown as Reading;
+    const per = (reading: Reading, key: keyof Reading) =>
+      ((reading[key] - before[key]) / n / 1024).toFixed(1);
+    return `| ${variant} | ${opened.connected}/${idle.connected} | ${opened.compressed} | ${
+      per(idle, "rss")
+    } | ${per(idle, "heapUsed")} | ${per(after, "rss")} | ${
+      per(after, "heapUsed")
+    } |`;
+  } finally {
+    await clients?.stop(0);
+    await server.stop(0);
+    if (server.stderr.trim()) {
+      console.error(`${variant}: ${server.stderr.trim()}`);
+    }
+  }
+}
+
+console.log(
+  `N = ${n}, accept-encoding ${acceptEncoding ?? "(none)"}, load average ${
+    Deno.loadavg().map((value) => value.toFixed(2)).join(", ")
+  }`,
+);
+console.log(
+  "| variant | clients/held | compressed | idle RSS KiB/conn | " +
+    "idle JS heap KiB/conn | RSS KiB/conn after events | " +
+    "JS heap KiB/conn after |",
+);
+console.log("|" + " --- |".repeat(7));
+for (const variant of variants) {
+  try {
+    console.log(await probe(variant));
+  } catch (error) {
+    console.log(
+      `| ${variant} | failed: ${(error as Error).message} | | | | | |`,
+    );
+  }
+}
+if (live.size > 0) await Promise.all([...live].map((child) => child.stop(0)));
