@@ -3,7 +3,9 @@
 // runtime has (Node 20 lacks ReadableStream.from and Array.fromAsync).
 
 /** Bytes of UTF-8 text and raw byte values, joined. */
-export function bytes(...parts: (string | number[])[]): Uint8Array {
+export function bytes(
+  ...parts: (string | number[])[]
+): Uint8Array<ArrayBuffer> {
   const encoder = new TextEncoder();
   const arrays = parts.map((part) =>
     typeof part === "string" ? encoder.encode(part) : Uint8Array.from(part)

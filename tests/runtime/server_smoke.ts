@@ -1,15 +1,43 @@
 // Copyright the sse authors. MIT license.
 // server.ts on every runtime: sseResponse's headers and frames, a
-// ReadableStream source, keep-alive comments, and an abort that closes the
-// source. serve() is also sent by the runtime's own HTTP server.
+// ReadableStream source, keep-alive comments, an abort that closes the
+// source, and an SSEChannel with live fan-out, resume and close. serve() is
+// also sent by the runtime's own HTTP server.
 
-import { sseResponse } from "../../server.ts";
+import { SSEChannel, sseResponse } from "../../server.ts";
 import { SSEParserStream } from "../../parser.ts";
 import type { Smoke } from "./smoke.ts";
 import { collect } from "./_streams.ts";
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** A channel: a live client, a resuming one, then close(). */
+async function channel() {
+  const channel = new SSEChannel({ keepAlive: 0 });
+  const before = await channel.publish({ data: "before" });
+  const live = (await channel.connect(new Request("https://example.com/")))
+    .body!.pipeThrough(new SSEParserStream()).getReader();
+  const news = await channel.publish({ event: "news", data: "hello" });
+  const liveEvent = (await live.read()).value;
+  const resuming = (await channel.connect(
+    new Request("https://example.com/", {
+      headers: { "last-event-id": before },
+    }),
+  )).body!.pipeThrough(new SSEParserStream()).getReader();
+  const replayed = (await resuming.read()).value;
+  const size = channel.size;
+  await channel.close();
+  // close() ends every stream.
+  const ended = (await live.read()).done && (await resuming.read()).done;
+  return {
+    live: [liveEvent?.type, liveEvent?.data, liveEvent?.id === news],
+    replayed: [replayed?.type, replayed?.data, replayed?.id === news],
+    size,
+    ended,
+    sizeAfterClose: channel.size,
+  };
 }
 
 async function* greetings() {
@@ -86,6 +114,7 @@ export const serverSmoke: Smoke = {
     await closed;
 
     return {
+      channel: await channel(),
       status: response.status,
       headers,
       text,
@@ -100,6 +129,13 @@ export const serverSmoke: Smoke = {
     };
   },
   expected: {
+    channel: {
+      live: ["news", "hello", true],
+      replayed: ["news", "hello", true],
+      size: 2,
+      ended: true,
+      sizeAfterClose: 0,
+    },
     status: 200,
     headers: [
       ["content-type", "text/event-stream; charset=utf-8"],

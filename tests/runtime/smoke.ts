@@ -7,6 +7,7 @@
 import { parserSmoke } from "./parser_smoke.ts";
 import { encoderSmoke } from "./encoder_smoke.ts";
 import { serverSmoke } from "./server_smoke.ts";
+import { clientSmoke } from "./client_smoke.ts";
 
 /** What a client reads from a response served by the runtime's own server. */
 export interface ServedExpectation {
@@ -36,6 +37,7 @@ export const SMOKES: Smoke[] = [
   parserSmoke,
   encoderSmoke,
   serverSmoke,
+  clientSmoke,
 ];
 
 /** Runs every check; a check that throws reports the error instead. */
