@@ -1,7 +1,7 @@
 // Copyright the sse authors. MIT license.
 // The library runs unchanged on Bun, Node (20 and 22) and Cloudflare Workers
 // (workerd): the smoke checks of tests/runtime/ run on each, and what they
-// return must equal what they return on Deno, which must equal `expected`.
+// return must equal their `expected` values, as it does on Deno.
 //
 // - Bun runs the TypeScript sources as they are.
 // - Node 22 runs them with type stripping, and runs the bundle.
@@ -27,6 +27,10 @@ const TIMEOUT = 30_000;
 const BUN = new URL("node_modules/.bin/bun", RUNTIMES);
 const NODE22 = new URL("node_modules/.bin/node", RUNTIMES);
 const NODE20 = new URL("node20/node_modules/.bin/node", RUNTIMES);
+const MINIFLARE_PACKAGE = new URL(
+  "node_modules/miniflare/package.json",
+  RUNTIMES,
+);
 
 const MAIN = "tests/runtime/main.ts";
 const WORKER = "tests/runtime/worker.ts";
@@ -134,32 +138,35 @@ async function withBundle<T>(
 
 const TARGETS: Target[] = [
   {
-    name: "Bun runs the TypeScript sources",
+    name:
+      "the library runs on Bun from its TypeScript sources, and Bun.serve sends its responses",
     needs: [BUN],
     serves: true,
     run: () => runJson(BUN, [MAIN]),
   },
   {
-    name: "Node 22 runs the TypeScript sources with type stripping",
+    name:
+      "the library runs on Node 22 from its TypeScript sources (type stripping)",
     needs: [NODE22],
     serves: false,
     run: () => runJson(NODE22, ["--experimental-strip-types", MAIN]),
   },
   {
-    name: "Node 22 runs the bundle",
+    name: "the library runs on Node 22 as one bundled ESM file",
     needs: [NODE22],
     serves: false,
     run: () => withBundle(MAIN, "main.mjs", (js) => runJson(NODE22, [js])),
   },
   {
-    name: "Node 20 runs the bundle",
+    name: "the library runs on Node 20 as one bundled ESM file",
     needs: [NODE20],
     serves: false,
     run: () => withBundle(MAIN, "main.mjs", (js) => runJson(NODE20, [js])),
   },
   {
-    name: "workerd runs the bundled Worker through Miniflare",
-    needs: [NODE22],
+    name:
+      "the library runs on workerd in a bundled Worker, and workerd sends its responses",
+    needs: [NODE22, MINIFLARE_PACKAGE],
     serves: true,
     run: () =>
       withBundle(WORKER, "worker.js", (js) =>
