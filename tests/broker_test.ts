@@ -5,7 +5,25 @@ import {
   MemoryBroker,
   type SSEBrokerEntry,
   type SSEBrokerSubscription,
-} from "../_broker.ts";
+} from "../server.ts";
+import { SANITIZED, testBrokerContract } from "./_broker_contract.ts";
+
+testBrokerContract({
+  name: "MemoryBroker",
+  open() {
+    const broker = new MemoryBroker();
+    return Promise.resolve({
+      broker,
+      peer: broker,
+      close: () => broker.close(),
+    });
+  },
+});
+
+/** A test with the op and resource sanitizers on (Deno 2.9 leaves them off). */
+function test(name: string, fn: () => Promise<void>): void {
+  Deno.test({ name, ...SANITIZED, fn });
+}
 
 const KEEP = { replay: 100 };
 
@@ -39,7 +57,7 @@ function dataOf(entries: SSEBrokerEntry[]): unknown[] {
   return entries.map((entry) => entry.message.data);
 }
 
-Deno.test("MemoryBroker assigns unique ids, ordered by their sequence, and resolves once delivered", async () => {
+test("MemoryBroker assigns unique ids, ordered by their sequence, and resolves once delivered", async () => {
   const broker = new MemoryBroker();
   const { entries, subscription } = await collect(broker, "s");
   const ids: string[] = [];
@@ -60,7 +78,7 @@ Deno.test("MemoryBroker assigns unique ids, ordered by their sequence, and resol
   await broker.close();
 });
 
-Deno.test("MemoryBroker ids of one broker are never valid in another, as after a restart", async () => {
+test("MemoryBroker ids of one broker are never valid in another, as after a restart", async () => {
   const before = new MemoryBroker();
   const after = new MemoryBroker();
   const old = await publish(before, "a");
@@ -74,7 +92,7 @@ Deno.test("MemoryBroker ids of one broker are never valid in another, as after a
   await after.close();
 });
 
-Deno.test("MemoryBroker replays exactly the kept entries after lastEventId, then live ones", async () => {
+test("MemoryBroker replays exactly the kept entries after lastEventId, then live ones", async () => {
   const broker = new MemoryBroker();
   const ids: string[] = [];
   for (let i = 0; i < 5; i++) ids.push(await publish(broker, String(i)));
@@ -88,7 +106,7 @@ Deno.test("MemoryBroker replays exactly the kept entries after lastEventId, then
   await broker.close();
 });
 
-Deno.test("MemoryBroker reports resumed false for an unknown id or one older than the replay window", async () => {
+test("MemoryBroker reports resumed false for an unknown id or one older than the replay window", async () => {
   const broker = new MemoryBroker();
   const ids: string[] = [];
   for (let i = 0; i < 6; i++) {
@@ -116,7 +134,7 @@ Deno.test("MemoryBroker reports resumed false for an unknown id or one older tha
   await broker.close();
 });
 
-Deno.test("MemoryBroker keeps nothing with replay 0, yet the newest id still resumes", async () => {
+test("MemoryBroker keeps nothing with replay 0, yet the newest id still resumes", async () => {
   const broker = new MemoryBroker();
   const first = await publish(broker, "a", { replay: 0 });
   const second = await publish(broker, "b", { replay: 0 });
@@ -130,7 +148,7 @@ Deno.test("MemoryBroker keeps nothing with replay 0, yet the newest id still res
   await broker.close();
 });
 
-Deno.test("MemoryBroker shrinks and grows a stream's window when replay changes", async () => {
+test("MemoryBroker shrinks and grows a stream's window when replay changes", async () => {
   const broker = new MemoryBroker();
   const ids: string[] = [];
   for (let i = 0; i < 10; i++) {
@@ -151,7 +169,7 @@ Deno.test("MemoryBroker shrinks and grows a stream's window when replay changes"
   await broker.close();
 });
 
-Deno.test("MemoryBroker keeps streams apart, each with its own window", async () => {
+test("MemoryBroker keeps streams apart, each with its own window", async () => {
   const broker = new MemoryBroker();
   const a = await collect(broker, "a");
   const b = await collect(broker, "b");
@@ -168,7 +186,7 @@ Deno.test("MemoryBroker keeps streams apart, each with its own window", async ()
   await broker.close();
 });
 
-Deno.test("MemoryBroker stops delivering at unsubscribe, which is idempotent", async () => {
+test("MemoryBroker stops delivering at unsubscribe, which is idempotent", async () => {
   const broker = new MemoryBroker();
   const { entries, subscription } = await collect(broker, "s");
   await publish(broker, "a");
@@ -179,7 +197,7 @@ Deno.test("MemoryBroker stops delivering at unsubscribe, which is idempotent", a
   await broker.close();
 });
 
-Deno.test("MemoryBroker delivers an entry once to a subscriber added while it is delivered", async () => {
+test("MemoryBroker delivers an entry once to a subscriber added while it is delivered", async () => {
   const broker = new MemoryBroker();
   const late: SSEBrokerEntry[] = [];
   const subscriptions: Promise<SSEBrokerSubscription>[] = [];
@@ -202,7 +220,7 @@ Deno.test("MemoryBroker delivers an entry once to a subscriber added while it is
   await broker.close();
 });
 
-Deno.test("MemoryBroker reports a throwing subscriber and still delivers to the others", async () => {
+test("MemoryBroker reports a throwing subscriber and still delivers to the others", async () => {
   const broker = new MemoryBroker();
   const reported: unknown[] = [];
   const onError = (event: ErrorEvent) => {
@@ -226,7 +244,7 @@ Deno.test("MemoryBroker reports a throwing subscriber and still delivers to the 
   }
 });
 
-Deno.test("MemoryBroker stores the message without its id, and refuses what is not plain", async () => {
+test("MemoryBroker stores the message without its id, and refuses what is not plain", async () => {
   const broker = new MemoryBroker();
   const { entries, subscription } = await collect(broker, "s");
   const id = await broker.publish("s", {
@@ -257,7 +275,7 @@ Deno.test("MemoryBroker stores the message without its id, and refuses what is n
   await broker.close();
 });
 
-Deno.test("MemoryBroker close ends every subscription and refuses later calls", async () => {
+test("MemoryBroker close ends every subscription and refuses later calls", async () => {
   const broker = new MemoryBroker();
   const { entries } = await collect(broker, "s");
   await broker.close();
@@ -267,7 +285,7 @@ Deno.test("MemoryBroker close ends every subscription and refuses later calls", 
   assert.deepEqual(entries, []);
 });
 
-Deno.test("MemoryBroker resume matches a model for any publishes, windows and resume points", async () => {
+test("MemoryBroker resume matches a model for any publishes, windows and resume points", async () => {
   await fc.assert(
     fc.asyncProperty(
       fc.array(fc.integer({ min: 0, max: 6 }), { minLength: 1, maxLength: 40 }),
