@@ -63,11 +63,7 @@ export interface RedisClientTemplate {
    * @param overrides Settings that differ from this client's.
    * @returns The new client.
    */
-  duplicate(overrides: {
-    RESP: 2;
-    disableOfflineQueue: boolean;
-    commandOptions: undefined;
-  }): unknown;
+  duplicate(overrides: { RESP: 2; disableOfflineQueue: boolean }): unknown;
 }
 
 /** Options of {@linkcode RedisBroker}. */
@@ -112,7 +108,6 @@ interface Connection {
   sendCommand(args: string[]): Promise<unknown>;
   close(): Promise<void>;
   destroy(): void;
-  duplicate(overrides: { disableOfflineQueue: boolean }): unknown;
   on(event: string, listener: (value: unknown) => void): unknown;
 }
 
@@ -149,8 +144,9 @@ const RETRY_MAX_MS = 2_000;
  * instance reach the clients of every instance, with ids ordered across all
  * of them, and a client resumes on any instance with `Last-Event-ID`.
  *
- * Connections are opened on first use (two per broker: one for `publish` and
- * queries, one for the blocking read) and re-opened after a failure.
+ * Connections are opened on first use (one for `publish` and queries, and
+ * one for the blocking read once something is subscribed) and re-opened
+ * after a failure.
  *
  * Delivery guarantee: `publish` resolves once Redis has stored the entry
  * (persisted as your Redis configuration says: use `appendonly yes` if a
@@ -194,6 +190,9 @@ export class RedisBroker implements SSEBroker {
   #wakeCursor = "0-0";
   #loop: Promise<void> | undefined;
   #retryTimer: ReturnType<typeof setTimeout> | undefined;
+  #reconnectTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Failed reconnection attempts in a row, for the backoff. */
+  #reconnects = 0;
   #retryResolve: (() => void) | undefined;
   #healthy = true;
   #closed = false;
@@ -302,7 +301,6 @@ export class RedisBroker implements SSEBroker {
       if (this.#closed) {
         throw new TypeError("Cannot publish: broker is closed");
       }
-      this.#revive();
       throw new Error(
         `Cannot publish to ${JSON.stringify(name)}: ${errorMessage(error)}`,
         { cause: error },
@@ -400,11 +398,10 @@ export class RedisBroker implements SSEBroker {
   }
 
   async #shutDown(): Promise<void> {
-    const reader = this.#reader;
     const writer = this.#writer;
-    if (reader === undefined || writer === undefined) return;
+    if (writer === undefined) return;
     // Ends the blocking read at once (close() would wait for its reply).
-    reader.destroy();
+    this.#reader?.destroy();
     if (writer.isReady) {
       try {
         await writer.sendCommand(["DEL", this.#wakeKey]);
@@ -420,28 +417,16 @@ export class RedisBroker implements SSEBroker {
   }
 
   /**
-   * Creates the connections on first use and waits for the first attempt to
-   * connect. Later calls do not wait: while Redis is unreachable, commands on
-   * the writer reject at once.
+   * Creates the writer connection on first use and waits for its first
+   * attempt to connect. Later calls do not wait: while Redis is unreachable,
+   * commands on the writer reject at once. (The reader is created with the
+   * read loop, so a process that only publishes holds one connection.)
    */
   async #open(): Promise<Connection> {
     if (this.#opened === undefined) {
-      const writer = (this.#template === undefined
-        ? createClient({ url: this.#url, RESP: 2, disableOfflineQueue: true })
-        : this.#template.duplicate({
-          RESP: 2,
-          disableOfflineQueue: true,
-          commandOptions: undefined,
-        })) as Connection;
-      const reader = writer.duplicate({
-        disableOfflineQueue: false,
-      }) as Connection;
+      const writer = this.#connection(false);
       this.#writer = writer;
-      this.#reader = reader;
-      this.#opened = Promise.all([
-        this.#connect(writer),
-        this.#connect(reader),
-      ]).then(() => {}).finally(() =>
+      this.#opened = this.#connect(writer).finally(() =>
         this.#openedSettled = true
       );
     }
@@ -450,48 +435,75 @@ export class RedisBroker implements SSEBroker {
     return this.#writer!;
   }
 
-  /** Connects a client; settles with its first attempt (node-redis retries on). */
-  #connect(client: Connection): Promise<void> {
-    return new Promise((resolve, reject) => {
-      let first = true;
-      client.on("error", (error) => {
-        if (first) {
-          first = false;
-          reject(error);
-        }
-        this.#fault(error, "Redis connection failed");
-      });
-      client.on("ready", () => {
-        if (first) {
-          first = false;
-          resolve();
-        }
-        if (this.#writer?.isReady && this.#reader?.isReady) {
-          this.#healthy = true;
-        }
-      });
-      // Resolves once connected, possibly after retries; rejects when the
-      // client is destroyed first, maybe without an "error" event.
-      client.connect().catch((error) => {
-        if (first) {
-          first = false;
-          reject(error);
-        }
-      });
+  /**
+   * A new connection with the broker's settings. It does not reconnect by
+   * itself (`reconnectStrategy: false`): the broker does, on its own timer,
+   * so that `close()` can cancel a pending attempt (node-redis's own retry
+   * delay cannot be cancelled, and would outlive the broker).
+   */
+  #connection(offlineQueue: boolean): Connection {
+    const template = this.#template as
+      | (RedisClientTemplate & { options?: { socket?: object } })
+      | undefined;
+    const settings = {
+      RESP: 2,
+      disableOfflineQueue: !offlineQueue,
+      // No per-command timer: a command waits in the queue only while a
+      // connection attempt runs, and fails with it.
+      commandOptions: { timeout: 0 },
+      maintNotifications: "disabled",
+    } as const;
+    const client = (template === undefined
+      ? createClient({
+        url: this.#url,
+        ...settings,
+        socket: { reconnectStrategy: false },
+      })
+      : template.duplicate({
+        ...settings,
+        // Settings of a template that RESP2 or raw replies cannot take.
+        clientSideCache: undefined,
+        emitInvalidate: undefined,
+        keyPrefix: undefined,
+        socket: { ...template.options?.socket, reconnectStrategy: false },
+      } as unknown as { RESP: 2; disableOfflineQueue: boolean })) as Connection;
+    client.on(
+      "error",
+      (error) => this.#fault(error, "Redis connection failed"),
+    );
+    client.on("ready", () => {
+      this.#reconnects = 0;
+      if (this.#writer?.isReady && (this.#reader?.isReady ?? true)) {
+        this.#healthy = true;
+      }
     });
+    // The connection closed for good: reconnect it (and any other) later.
+    client.on("terminated", () => this.#reconnectLater());
+    return client;
   }
 
-  /**
-   * Reconnects a connection node-redis gave up on (a `client` template may
-   * say `reconnectStrategy: false`): the broker always tries again.
-   */
-  #revive(): void {
-    if (this.#closed) return;
-    for (const client of [this.#writer, this.#reader]) {
-      if (client !== undefined && !client.isOpen) {
-        client.connect().catch(() => {});
+  /** Connects a client; settles with the outcome of this one attempt. */
+  #connect(client: Connection): Promise<void> {
+    return client.connect().then(() => {});
+  }
+
+  /** Reconnects every closed connection after a backoff, until close(). */
+  #reconnectLater(): void {
+    if (this.#closed || this.#reconnectTimer !== undefined) return;
+    const delay = Math.min(
+      RETRY_MIN_MS * 2 ** this.#reconnects++,
+      RETRY_MAX_MS,
+    );
+    this.#reconnectTimer = setTimeout(() => {
+      this.#reconnectTimer = undefined;
+      if (this.#closed) return;
+      for (const client of [this.#writer, this.#reader]) {
+        // A failed attempt emits "terminated" again, which schedules the next.
+        if (client !== undefined && !client.isOpen) {
+          client.connect().catch(() => {});
+        }
       }
-    }
+    }, delay + Math.random() * delay / 4);
   }
 
   /** Reports an error once per outage. */
@@ -583,9 +595,12 @@ export class RedisBroker implements SSEBroker {
   }
 
   /**
-   * `XRANGE` from `after` inclusive: `after` is known and covered when it is
-   * still the first entry returned. Returns the entries after it, or
-   * `undefined` when it is unknown or older than the history kept.
+   * `XRANGE` from `after` inclusive, in one command (so trimming cannot slip
+   * in between): `after` is known and nothing after it is gone exactly when
+   * it is still the first entry returned. Returns the entries after it, or
+   * `undefined` when it is unknown or older than the history kept. (An id
+   * trimmed just now, whose successors are all kept, also counts as too old:
+   * Redis does not record which ids trimming removed.)
    */
   async #replay(
     writer: Connection,
@@ -595,23 +610,8 @@ export class RedisBroker implements SSEBroker {
     const raw = await writer.sendCommand(["XRANGE", key, after, "+"]) as
       | RawEntry[]
       | null;
-    const entries = raw ?? [];
-    if (entries[0]?.[0] === after) {
-      return this.#entries(entries.slice(1));
-    }
-    // Not kept, but maybe the newest entry trimmed so far, so that nothing
-    // after it is gone (Redis 7 reports it; older versions do not).
-    if (after === "0-0") return undefined;
-    let info: unknown[];
-    try {
-      info = await writer.sendCommand(["XINFO", "STREAM", key]) as unknown[];
-    } catch {
-      return undefined; // no such stream
-    }
-    const at = info.indexOf("max-deleted-entry-id");
-    if (at < 0 || info[at + 1] !== after) return undefined;
-    // The XRANGE ran before XINFO, so nothing it missed was trimmed.
-    return this.#entries(entries);
+    if (raw?.[0]?.[0] !== after) return undefined;
+    return this.#entries(raw.slice(1));
   }
 
   #entries(raw: RawEntry[]): SSEBrokerEntry[] {
@@ -656,6 +656,11 @@ export class RedisBroker implements SSEBroker {
    * from the same cursors, so nothing Redis stored meanwhile is missed.
    */
   async #read(): Promise<void> {
+    // Its own connection, as XREAD BLOCK holds it; with an offline queue, so
+    // a read issued while Redis is unreachable waits for the reconnection.
+    const reader = this.#connection(true);
+    this.#reader = reader;
+    this.#connect(reader).catch(() => {}); // reported through #fault
     let failures = 0;
     while (!this.#closed) {
       const streams: Stream[] = [];
@@ -677,11 +682,10 @@ export class RedisBroker implements SSEBroker {
 
       let reply: [string, RawEntry[]][] | null;
       try {
-        reply = await this.#reader!.sendCommand(args) as typeof reply;
+        reply = await reader.sendCommand(args) as typeof reply;
       } catch (error) {
         if (this.#closed) return;
         this.#fault(error, "Reading streams failed");
-        this.#revive();
         await this.#retryAfter(
           Math.min(RETRY_MIN_MS * 2 ** failures++, RETRY_MAX_MS),
         );
@@ -725,6 +729,8 @@ export class RedisBroker implements SSEBroker {
   }
 
   #cancelRetry(): void {
+    clearTimeout(this.#reconnectTimer);
+    this.#reconnectTimer = undefined;
     clearTimeout(this.#retryTimer);
     this.#retryTimer = undefined;
     this.#retryResolve?.();

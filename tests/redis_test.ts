@@ -1,6 +1,17 @@
 // Copyright the sse authors. MIT license.
-import { RedisBroker } from "../redis.ts";
-import { testBrokerContract } from "./_broker_contract.ts";
+import assert from "node:assert/strict";
+import { createClient } from "redis";
+import {
+  RedisBroker,
+  type RedisClientTemplate,
+  type SSEBrokerSubscription,
+  type SSEMessage,
+} from "../redis.ts";
+import {
+  Collector,
+  SANITIZED,
+  testBrokerContract,
+} from "./_broker_contract.ts";
 import { REDIS_SKIP, startRedis } from "./_redis.ts";
 
 testBrokerContract({
@@ -23,3 +34,486 @@ testBrokerContract({
     };
   },
 });
+
+const ignore = REDIS_SKIP !== undefined;
+
+/** A raw node-redis connection for looking at what the broker stored. */
+async function rawClient(url: string): Promise<RawClient> {
+  const client = createClient({ url, RESP: 2 });
+  client.on("error", () => {}); // the tests restart Redis under it
+  await client.connect();
+  return {
+    send: (args) => client.sendCommand(args),
+    close: () => client.close(),
+  };
+}
+
+interface RawClient {
+  send(args: string[]): Promise<unknown>;
+  close(): Promise<void>;
+}
+
+function redisTest(
+  name: string,
+  fn: () => Promise<void>,
+): void {
+  Deno.test({ name, ignore, ...SANITIZED, fn });
+}
+
+function message(data: string): { topic: string; message: SSEMessage } {
+  return { topic: "", message: { data } };
+}
+
+/** Orders Redis stream ids numerically, as two unsigned integers. */
+function byStreamId(a: string, b: string): number {
+  const [aMs, aSeq] = a.split("-").map(BigInt);
+  const [bMs, bSeq] = b.split("-").map(BigInt);
+  return aMs! < bMs!
+    ? -1
+    : aMs! > bMs!
+    ? 1
+    : aSeq! < bSeq!
+    ? -1
+    : aSeq! > bSeq!
+    ? 1
+    : 0;
+}
+
+/**
+ * Publishes, retrying while Redis is still coming back: publish rejects at
+ * once while it is unreachable, and retrying is the application's call.
+ */
+async function publishWhenUp(
+  publish: () => Promise<string>,
+): Promise<string> {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    try {
+      return await publish();
+    } catch (error) {
+      if (Date.now() > deadline) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+  }
+}
+
+redisTest(
+  "RedisBroker ids are the Redis entry ids, ordered across instances, and entries are topic and message fields",
+  async () => {
+    await using redis = await startRedis();
+    const a = new RedisBroker({ url: redis.url, prefix: "app:" });
+    const b = new RedisBroker({ url: redis.url, prefix: "app:" });
+    const raw = await rawClient(redis.url);
+    try {
+      const ids: string[] = [];
+      for (let i = 0; i < 20; i++) {
+        const broker = i % 2 ? a : b;
+        ids.push(
+          await broker.publish("s", {
+            topic: i % 3 ? "t" : "",
+            message: { event: "e", data: `d${i}`, retry: i },
+          }, { replay: 100 }),
+        );
+      }
+      for (const id of ids) assert.match(id, /^\d+-\d+$/);
+      assert.deepEqual([...ids].sort(byStreamId), ids);
+      assert.equal(new Set(ids).size, ids.length);
+      const stored = await raw.send(["XRANGE", "app:s", "-", "+"]) as [
+        string,
+        string[],
+      ][];
+      assert.deepEqual(stored.map(([id]) => id), ids);
+      for (const [i, [, fields]] of stored.entries()) {
+        assert.deepEqual(fields.filter((_, j) => j % 2 === 0), [
+          "topic",
+          "message",
+        ]);
+        assert.equal(fields[1], i % 3 ? "t" : "");
+        assert.deepEqual(JSON.parse(fields[3]!), {
+          event: "e",
+          data: `d${i}`,
+          retry: i,
+        });
+      }
+    } finally {
+      await raw.close();
+      await Promise.all([a.close(), b.close()]);
+    }
+  },
+);
+
+redisTest(
+  "RedisBroker trims a stream to about replay entries (XADD MAXLEN ~)",
+  async () => {
+    await using redis = await startRedis();
+    const broker = new RedisBroker({ url: redis.url });
+    const raw = await rawClient(redis.url);
+    try {
+      await Promise.all(
+        Array.from(
+          { length: 600 },
+          (_, i) => broker.publish("s", message(String(i)), { replay: 50 }),
+        ),
+      );
+      const length = await raw.send(["XLEN", "sse:s"]) as number;
+      // At least replay, plus at most a radix-tree node or two (100 each).
+      assert.ok(length >= 50 && length <= 250, `XLEN ${length}`);
+    } finally {
+      await raw.close();
+      await broker.close();
+    }
+  },
+);
+
+redisTest(
+  "RedisBroker reads every stream of a process on one blocking connection, and a new stream joins it at once",
+  async () => {
+    await using redis = await startRedis();
+    const broker = new RedisBroker({ url: redis.url });
+    const publisher = new RedisBroker({ url: redis.url });
+    const raw = await rawClient(redis.url);
+    const subscriptions: SSEBrokerSubscription[] = [];
+    try {
+      const collectors: Collector[] = [];
+      for (let stream = 0; stream < 10; stream++) {
+        for (let i = 0; i < 5; i++) {
+          const collector = new Collector();
+          collectors.push(collector);
+          subscriptions.push(
+            await broker.subscribe(`s${stream}`, {}, collector.onEntry),
+          );
+        }
+      }
+      const ids: string[] = [];
+      for (let stream = 0; stream < 10; stream++) {
+        ids.push(
+          await publisher.publish(`s${stream}`, message("x"), {
+            replay: 10,
+          }),
+        );
+      }
+      for (const [i, collector] of collectors.entries()) {
+        await collector.until(1);
+        assert.deepEqual(collector.ids, [ids[Math.floor(i / 5)]]);
+      }
+      // The broker: one connection to publish and query, one to read; the
+      // publisher never subscribed: one; and this raw client.
+      const clients = (await raw.send(["CLIENT", "LIST"]) as string)
+        .trim().split("\n");
+      assert.equal(clients.length, 4, clients.join("\n"));
+
+      // The read in flight blocks for up to 10 s; a new stream must not wait
+      // for it to time out.
+      const late = new Collector();
+      const started = performance.now();
+      subscriptions.push(await broker.subscribe("late", {}, late.onEntry));
+      const id = await publisher.publish("late", message("y"), { replay: 10 });
+      await late.until(1);
+      assert.deepEqual(late.ids, [id]);
+      const elapsed = performance.now() - started;
+      assert.ok(elapsed < 2_000, `took ${elapsed} ms`);
+    } finally {
+      for (const subscription of subscriptions) subscription.unsubscribe();
+      await raw.close();
+      await Promise.all([broker.close(), publisher.close()]);
+    }
+  },
+);
+
+redisTest(
+  "RedisBroker takes a node-redis client as a template and never uses or closes it",
+  async () => {
+    await using redis = await startRedis();
+    // RESP3 and a type mapping on the template do not change what the broker
+    // reads: its own connections use RESP2 and no mapping.
+    const client = createClient({ url: redis.url, RESP: 3 });
+    const broker = new RedisBroker({ client });
+    try {
+      const received = new Collector();
+      const subscription = await broker.subscribe("s", {}, received.onEntry);
+      const ids = [
+        await broker.publish("s", message("a"), { replay: 10 }),
+        await broker.publish("s", message("b"), { replay: 10 }),
+      ];
+      await received.until(2);
+      assert.deepEqual(received.ids, ids);
+      const resumed = new Collector();
+      const again = await broker.subscribe(
+        "s",
+        { lastEventId: ids[0]! },
+        resumed.onEntry,
+      );
+      assert.equal(again.resumed, true);
+      assert.deepEqual(resumed.entries.map((e) => e.message.data), ["b"]);
+      subscription.unsubscribe();
+      again.unsubscribe();
+      assert.equal(client.isOpen, false);
+    } finally {
+      await broker.close();
+    }
+    assert.equal(client.isOpen, false);
+    assert.throws(
+      () => new RedisBroker({ client: {} as RedisClientTemplate }),
+      TypeError,
+    );
+    assert.throws(
+      () => new RedisBroker({ prefix: 1 as unknown as string }),
+      /Invalid prefix/,
+    );
+  },
+);
+
+redisTest(
+  "RedisBroker compares stream ids as integers, not as strings",
+  async () => {
+    await using redis = await startRedis();
+    const broker = new RedisBroker({ url: redis.url });
+    const raw = await rawClient(redis.url);
+    const add = (id: string, data: string) =>
+      raw.send([
+        "XADD",
+        "sse:s",
+        id,
+        "topic",
+        "",
+        "message",
+        JSON.stringify({ data }),
+      ]);
+    try {
+      for (let seq = 1; seq <= 5; seq++) await add(`9-${seq}`, `9.${seq}`);
+      // The shared subscription's read loop is already at 9-5 when the
+      // resuming one replays up to 9-5; 10-0 must then still reach it, though
+      // "10-0" < "9-5" as strings.
+      const shared = new Collector();
+      const sharedSubscription = await broker.subscribe(
+        "s",
+        {},
+        shared.onEntry,
+      );
+      const resumed = new Collector();
+      const subscription = await broker.subscribe(
+        "s",
+        { lastEventId: "9-1" },
+        resumed.onEntry,
+      );
+      assert.equal(subscription.resumed, true);
+      await add("10-0", "10");
+      await Promise.all([shared.until(1), resumed.until(5)]);
+      assert.deepEqual(resumed.ids, ["9-2", "9-3", "9-4", "9-5", "10-0"]);
+      assert.deepEqual(shared.ids, ["10-0"]);
+      subscription.unsubscribe();
+      sharedSubscription.unsubscribe();
+    } finally {
+      await raw.close();
+      await broker.close();
+    }
+  },
+);
+
+redisTest(
+  "RedisBroker resumes from an id still kept, not from a trimmed one",
+  async () => {
+    await using redis = await startRedis();
+    const broker = new RedisBroker({ url: redis.url });
+    const raw = await rawClient(redis.url);
+    try {
+      for (let seq = 1; seq <= 5; seq++) {
+        await raw.send([
+          "XADD",
+          "sse:s",
+          `1-${seq}`,
+          "topic",
+          "",
+          "message",
+          JSON.stringify({ data: String(seq) }),
+        ]);
+      }
+      await raw.send(["XTRIM", "sse:s", "MAXLEN", "3"]); // drops 1-1 and 1-2
+      const kept = new Collector();
+      const first = await broker.subscribe(
+        "s",
+        { lastEventId: "1-3" },
+        kept.onEntry,
+      );
+      assert.equal(first.resumed, true);
+      assert.deepEqual(kept.ids, ["1-4", "1-5"]);
+      // Redis does not record which ids trimming removed, so even the newest
+      // trimmed one cannot be told from one whose successors are gone.
+      for (const lastEventId of ["1-2", "1-1", "0-1"]) {
+        const gone = new Collector();
+        const subscription = await broker.subscribe(
+          "s",
+          { lastEventId },
+          gone.onEntry,
+        );
+        assert.equal(subscription.resumed, false, lastEventId);
+        assert.deepEqual(gone.ids, []);
+        subscription.unsubscribe();
+      }
+      first.unsubscribe();
+    } finally {
+      await raw.close();
+      await broker.close();
+    }
+  },
+);
+
+redisTest(
+  "RedisBroker reports and skips a stream entry it did not write",
+  async () => {
+    await using redis = await startRedis();
+    const errors: Error[] = [];
+    const broker = new RedisBroker({
+      url: redis.url,
+      onError: (error) => errors.push(error),
+    });
+    const raw = await rawClient(redis.url);
+    try {
+      const received = new Collector();
+      const subscription = await broker.subscribe("s", {}, received.onEntry);
+      await raw.send(["XADD", "sse:s", "*", "foreign", "field"]);
+      await raw.send(["XADD", "sse:s", "*", "topic", "", "message", "{nope"]);
+      const id = await broker.publish("s", message("ours"), { replay: 10 });
+      await received.until(1);
+      assert.deepEqual(received.ids, [id]);
+      assert.equal(errors.length, 2);
+      for (const error of errors) {
+        assert.ok(error instanceof SyntaxError);
+        assert.match(error.message, /^Invalid stream entry \d+-\d+: expected/);
+      }
+      subscription.unsubscribe();
+    } finally {
+      await raw.close();
+      await broker.close();
+    }
+  },
+);
+
+redisTest(
+  "RedisBroker publish rejects at once while Redis is unreachable, and subscribe too",
+  async () => {
+    const redis = await startRedis();
+    const url = redis.url;
+    await redis.close(); // nothing listens on the port now
+    const errors: Error[] = [];
+    const broker = new RedisBroker({ url, onError: (e) => errors.push(e) });
+    try {
+      const started = performance.now();
+      await assert.rejects(broker.publish("s", message("x"), { replay: 1 }), {
+        message: /^Cannot publish to "s": .*ECONNREFUSED/,
+      });
+      await assert.rejects(broker.publish("s", message("x"), { replay: 1 }), {
+        message: /^Cannot publish to "s": /,
+      });
+      await assert.rejects(broker.subscribe("s", {}, () => {}), Error);
+      assert.ok(performance.now() - started < 1_000);
+      assert.equal(errors.length, 1);
+      assert.match(errors[0]!.message, /^Redis connection failed: /);
+    } finally {
+      await broker.close();
+    }
+  },
+);
+
+redisTest(
+  "RedisBroker loses nothing across a Redis restart: publish rejects while it is down, and every entry stored reaches subscribers once",
+  async () => {
+    await using redis = await startRedis({ persistent: true });
+    const errors = { a: [] as Error[], b: [] as Error[] };
+    const a = new RedisBroker({
+      url: redis.url,
+      onError: (e) => errors.a.push(e),
+    });
+    const b = new RedisBroker({
+      url: redis.url,
+      onError: (e) => errors.b.push(e),
+    });
+    let c: RedisBroker | undefined;
+    try {
+      const received = new Collector();
+      const subscription = await b.subscribe("s", {}, received.onEntry);
+      const ids: string[] = [];
+      for (let i = 0; i < 10; i++) {
+        ids.push(await a.publish("s", message(`before ${i}`), { replay: 100 }));
+      }
+      await received.until(10);
+
+      await redis.stop();
+      await assert.rejects(
+        a.publish("s", message("while down"), { replay: 100 }),
+        /^Error: Cannot publish to "s"/,
+      );
+      await redis.start();
+      // Published by a fresh instance as soon as Redis is back, most likely
+      // before b's reader has reconnected: b reads on from its cursor.
+      c = new RedisBroker({ url: redis.url });
+      for (let i = 0; i < 5; i++) {
+        ids.push(
+          await c.publish("s", message(`meanwhile ${i}`), { replay: 100 }),
+        );
+      }
+      for (let i = 0; i < 5; i++) {
+        ids.push(
+          await publishWhenUp(() =>
+            a.publish("s", message(`after ${i}`), { replay: 100 })
+          ),
+        );
+      }
+      await received.until(20);
+      assert.deepEqual(received.ids, ids);
+      // A client that saw only the first entries resumes from Redis's
+      // persisted history.
+      const resumed = new Collector();
+      const again = await b.subscribe(
+        "s",
+        { lastEventId: ids[4]! },
+        resumed.onEntry,
+      );
+      assert.equal(again.resumed, true);
+      assert.deepEqual(resumed.ids, ids.slice(5));
+      // One report per outage, not one per reconnection attempt.
+      assert.equal(errors.a.length, 1, errors.a.join("\n"));
+      assert.equal(errors.b.length, 1, errors.b.join("\n"));
+      subscription.unsubscribe();
+      again.unsubscribe();
+    } finally {
+      await Promise.all([a.close(), b.close(), c?.close()]);
+    }
+  },
+);
+
+redisTest(
+  "RedisBroker reconnects a template client's connections even with reconnectStrategy false",
+  async () => {
+    await using redis = await startRedis({ persistent: true });
+    const client = createClient({
+      url: redis.url,
+      socket: { reconnectStrategy: false },
+    });
+    const broker = new RedisBroker({ client, onError: () => {} });
+    const publisher = new RedisBroker({ url: redis.url, onError: () => {} });
+    try {
+      const received = new Collector();
+      const subscription = await broker.subscribe("s", {}, received.onEntry);
+      const ids = [await publisher.publish("s", message("1"), { replay: 10 })];
+      await received.until(1);
+      await redis.restart();
+      ids.push(
+        await publishWhenUp(() =>
+          publisher.publish("s", message("2"), { replay: 10 })
+        ),
+      );
+      await received.until(2);
+      ids.push(
+        await publishWhenUp(() =>
+          broker.publish("s", message("3"), { replay: 10 })
+        ),
+      );
+      await received.until(3);
+      assert.deepEqual(received.ids, ids);
+      subscription.unsubscribe();
+    } finally {
+      await Promise.all([broker.close(), publisher.close()]);
+    }
+  },
+);
