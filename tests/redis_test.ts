@@ -12,6 +12,7 @@ import {
   SANITIZED,
   testBrokerContract,
 } from "./_broker_contract.ts";
+import { EventReader, type Instance, startInstance } from "./_instance.ts";
 import { REDIS_SKIP, startRedis } from "./_redis.ts";
 
 testBrokerContract({
@@ -514,6 +515,134 @@ redisTest(
       subscription.unsubscribe();
     } finally {
       await Promise.all([broker.close(), publisher.close()]);
+    }
+  },
+);
+
+// Two server processes (tests/fixtures/instance_server.ts) on one Redis, with
+// real HTTP clients: what a deployment behind a load balancer does.
+
+async function publishVia(instance: Instance, data: string): Promise<string> {
+  const response = await instance.publish({ data });
+  const text = await response.text();
+  assert.equal(response.status, 200, text);
+  return JSON.parse(text).id;
+}
+
+redisTest(
+  "Two instances on one Redis deliver every event to the clients of both, in one order",
+  async () => {
+    await using redis = await startRedis();
+    await using a = await startInstance({ redisUrl: redis.url });
+    await using b = await startInstance({ redisUrl: redis.url });
+    const readers = await Promise.all([
+      EventReader.open(a.url),
+      EventReader.open(a.url),
+      EventReader.open(b.url),
+      EventReader.open(b.url),
+    ]);
+    try {
+      const ids: string[] = [];
+      for (let i = 0; i < 20; i++) {
+        ids.push(await publishVia(i % 2 ? a : b, `event ${i}`));
+      }
+      assert.deepEqual([...ids].sort(byStreamId), ids);
+      for (const reader of readers) {
+        await reader.until(20);
+        assert.deepEqual(reader.ids, ids);
+        assert.deepEqual(
+          reader.data,
+          ids.map((_, i) => `event ${i}`),
+        );
+      }
+    } finally {
+      await Promise.all(readers.map((reader) => reader.close()));
+    }
+  },
+);
+
+redisTest(
+  "A client resumes on the other instance after the first is killed with SIGKILL, losing nothing",
+  async () => {
+    await using redis = await startRedis();
+    const a = await startInstance({ redisUrl: redis.url });
+    await using b = await startInstance({ redisUrl: redis.url });
+    const first = await EventReader.open(a.url);
+    let second: EventReader | undefined;
+    try {
+      const ids: string[] = [];
+      // Some events through the instance about to die: once acknowledged,
+      // they are in Redis.
+      for (let i = 0; i < 5; i++) ids.push(await publishVia(a, `a ${i}`));
+      // The rest through the other one, while the first is killed mid-stream.
+      const publishing = (async () => {
+        for (let i = 0; i < 40; i++) ids.push(await publishVia(b, `b ${i}`));
+      })();
+      await first.until(12);
+      await a.stop("SIGKILL");
+      await first.ended;
+      await publishing;
+
+      // The client reconnects (through the load balancer) to the survivor.
+      const lastEventId = first.ids.at(-1)!;
+      second = await EventReader.open(b.url, lastEventId);
+      ids.push(await publishVia(b, "after"));
+      const missed = ids.length - first.events.length;
+      await second.until(missed);
+      assert.deepEqual([...first.ids, ...second.ids], ids);
+      assert.equal(new Set([...first.ids, ...second.ids]).size, ids.length);
+    } finally {
+      await first.close();
+      await second?.close();
+      await a.stop("SIGKILL");
+    }
+  },
+);
+
+redisTest(
+  "Instances keep their clients across a Redis restart: publishing fails while it is down, every later event arrives once",
+  async () => {
+    await using redis = await startRedis({ persistent: true });
+    await using a = await startInstance({ redisUrl: redis.url });
+    await using b = await startInstance({ redisUrl: redis.url });
+    const reader = await EventReader.open(a.url);
+    try {
+      const ids: string[] = [];
+      for (let i = 0; i < 5; i++) ids.push(await publishVia(b, `before ${i}`));
+      await reader.until(5);
+
+      await redis.stop();
+      const refused = await b.publish({ data: "while down" });
+      assert.equal(refused.status, 503);
+      assert.match(await refused.text(), /Cannot publish to "news"/);
+      await redis.start();
+      for (let i = 0; i < 5; i++) {
+        ids.push(
+          await publishWhenUp(async () => {
+            const response = await b.publish({ data: `after ${i}` });
+            const text = await response.text();
+            if (response.status !== 200) throw new Error(text);
+            return JSON.parse(text).id;
+          }),
+        );
+      }
+      await reader.until(10);
+      assert.deepEqual(reader.ids, ids);
+      assert.deepEqual(
+        reader.data.slice(5),
+        ids.slice(5).map((_, i) => `after ${i}`),
+      );
+    } finally {
+      await reader.close();
+    }
+    // Each instance logged the outage once, not once per reconnection attempt.
+    await a.stop();
+    await b.stop();
+    for (const instance of [a, b]) {
+      const lines = instance.stderr.split("\n").filter((line) =>
+        line.startsWith("RedisBroker:")
+      );
+      assert.equal(lines.length, 1, instance.stderr);
     }
   },
 );
