@@ -1,0 +1,209 @@
+// Copyright the sse authors. MIT license.
+// Events through Redis to 1 000 clients split over two instances, against the
+// in-memory broker with one instance holding all 1 000, in one run.
+//
+//   deno run -A bench/redis_bench.ts [--clients 1000] [--events 1000] [--size 100]
+//
+// What runs (every piece its own process, on 127.0.0.1):
+// - redis-server (from tests/_redis.ts: random port, no persistence);
+// - instances: tests/fixtures/instance_server.ts, an SSEChannel on Deno.serve
+//   with a RedisBroker (two instances) or a MemoryBroker (one instance);
+// - clients: two bench/fanout/clients.ts processes (raw TCP, minimal SSE
+//   parsing), half the clients each, so the load never shares an event loop
+//   with a server. With Redis, each client process talks to its own instance.
+//
+// Each setup is measured twice:
+// - burst: `events` events published as fast as the instances accept them
+//   (16 publishes in flight per publishing instance; with Redis both
+//   instances publish half). Throughput = deliveries (events × clients) per
+//   second, from the first publish to the last delivery.
+// - paced: `events / 2` events at 500 events/s. Latency = delivery time minus
+//   the time in the event, both `performance.timeOrigin + now()`; p50 and p99
+//   are the worse of the two client processes' (each holds half the clients).
+//
+// Bounded: a few seconds per phase, under 2 minutes in all.
+
+import { Child } from "./fanout/_child.ts";
+import { startRedis } from "../tests/_redis.ts";
+import { type Instance, startInstance } from "../tests/_instance.ts";
+
+function option(name: string, fallback: number): number {
+  const at = Deno.args.indexOf(`--${name}`);
+  if (at < 0) return fallback;
+  const value = Number(Deno.args[at + 1]);
+  if (!Number.isSafeInteger(value) || value <= 0) {
+    throw new RangeError(`Invalid --${name}: ${Deno.args[at + 1]}`);
+  }
+  return value;
+}
+
+const CLIENTS = option("clients", 1000);
+const EVENTS = option("events", 1000);
+const SIZE = option("size", 100);
+const PACED_RATE = 500;
+const CLIENTS_TS = new URL("./fanout/clients.ts", import.meta.url).pathname;
+
+interface Phase {
+  deliveriesPerSecond: number;
+  p50: number;
+  p99: number;
+  received: number;
+  expected: number;
+}
+
+function now(): number {
+  return performance.timeOrigin + performance.now();
+}
+
+async function post(instance: Instance, path: string, body: unknown) {
+  const response = await fetch(`${instance.url}${path}`, {
+    method: "POST",
+    body: JSON.stringify(body),
+  });
+  const text = await response.text();
+  if (response.status !== 200) throw new Error(`${path}: ${text}`);
+  return JSON.parse(text);
+}
+
+/**
+ * Connects the client processes (one per target instance), warms up, then
+ * publishes `events` events from the publishing instances and collects the
+ * result.
+ */
+async function phase(
+  targets: Instance[],
+  publishers: Instance[],
+  events: number,
+  load: { concurrency?: number; rate?: number },
+): Promise<Phase> {
+  const perProcess = CLIENTS / 2;
+  const clientTargets = targets.length === 1
+    ? [targets[0]!, targets[0]!]
+    : targets;
+  const processes = clientTargets.map((target, i) =>
+    new Child(`clients ${i}`, [
+      Deno.execPath(),
+      "run",
+      "--allow-net=127.0.0.1",
+      "--allow-read=/dev/stdin",
+      CLIENTS_TS,
+      ...["--port", new URL(target.url).port, "--n", String(perProcess)],
+      ...["--events", String(events), "--path", "/events"],
+    ])
+  );
+  try {
+    for (const process of processes) {
+      const connected = await process.message("connected", 60_000);
+      if (connected.connected !== perProcess) {
+        throw new Error(`${process.name}: ${JSON.stringify(connected)}`);
+      }
+    }
+    // Warm-up: one event (seq -1) that every client must get first.
+    await post(publishers[0]!, "/publish", {
+      data: JSON.stringify({ t: now(), seq: -1 }),
+    });
+    for (const process of processes) await process.message("warm", 30_000);
+
+    const share = Math.ceil(events / publishers.length);
+    const started = now();
+    await Promise.all(
+      publishers.map((publisher, i) =>
+        post(publisher, "/publish-batch", {
+          count: Math.min(share, events - i * share),
+          from: i * share,
+          size: SIZE,
+          ...load,
+        })
+      ),
+    );
+    const results = [];
+    for (const process of processes) {
+      results.push(await process.message("result", 60_000));
+    }
+    const last = Math.max(...results.map((r) => r.lastReceive as number));
+    const received = results.reduce((n, r) => n + (r.received as number), 0);
+    return {
+      deliveriesPerSecond: received / ((last - started) / 1000),
+      p50: Math.max(...results.map((r) => r.p50 as number)),
+      p99: Math.max(...results.map((r) => r.p99 as number)),
+      received,
+      expected: CLIENTS * events,
+    };
+  } finally {
+    for (const process of processes) await process.send("exit");
+    await Promise.all(processes.map((process) => process.stop(5000)));
+  }
+}
+
+async function measure(
+  name: string,
+  targets: Instance[],
+  publishers: Instance[],
+): Promise<{ name: string; burst: Phase; paced: Phase }> {
+  const burst = await phase(targets, publishers, EVENTS, { concurrency: 16 });
+  const paced = await phase(targets, publishers, EVENTS / 2, {
+    rate: PACED_RATE,
+  });
+  return { name, burst, paced };
+}
+
+async function main(): Promise<void> {
+  const started = performance.now();
+  const redis = await startRedis();
+  const rows = [];
+  try {
+    {
+      await using a = await startInstance({ broker: "memory" });
+      rows.push(await measure("MemoryBroker, 1 instance", [a], [a]));
+    }
+    {
+      await using a = await startInstance({ redisUrl: redis.url });
+      await using b = await startInstance({ redisUrl: redis.url });
+      rows.push(
+        await measure("RedisBroker, 2 instances", [a, b], [a, b]),
+      );
+    }
+  } finally {
+    await redis.close();
+  }
+
+  const format = (n: number) => Math.round(n).toLocaleString("en-US");
+  const ms = (n: number) => n.toFixed(1);
+  console.log(
+    `\n${CLIENTS} clients, ${EVENTS} events of ~${SIZE} B (burst), ${
+      EVENTS / 2
+    } at ${PACED_RATE}/s (paced); Deno ${Deno.version.deno}, redis-server on 127.0.0.1\n`,
+  );
+  console.log(
+    "| Broker | burst: deliveries/s | burst: p50 / p99 ms | paced: p50 / p99 ms | received |",
+  );
+  console.log("| --- | ---: | ---: | ---: | ---: |");
+  for (const { name, burst, paced } of rows) {
+    console.log(
+      `| ${name} | ${format(burst.deliveriesPerSecond)} | ${ms(burst.p50)} / ${
+        ms(burst.p99)
+      } | ${ms(paced.p50)} / ${ms(paced.p99)} | ${
+        burst.received + paced.received
+      } of ${burst.expected + paced.expected} |`,
+    );
+  }
+  const [memory, viaRedis] = rows;
+  if (memory && viaRedis) {
+    console.log(
+      `\nRedis / memory, burst throughput: ${
+        (viaRedis.burst.deliveriesPerSecond / memory.burst.deliveriesPerSecond)
+          .toFixed(2)
+      }×; paced p50 latency: ${
+        (viaRedis.paced.p50 / memory.paced.p50).toFixed(2)
+      }×`,
+    );
+  }
+  console.log(
+    `${((performance.now() - started) / 1000).toFixed(0)} s in all.`,
+  );
+}
+
+// `deno bench bench/` loads every *_bench.ts: this one runs only as a program.
+if (import.meta.main) {
+  await main();
+}
