@@ -20,6 +20,9 @@
  *   so nothing stored in Redis is missed. `publish` rejects while Redis is
  *   unreachable instead of queueing.
  *
+ * It needs one Redis server (5.0 or later; the one primary of a replicated
+ * setup): Redis Cluster is not supported, as one `XREAD` spans every stream.
+ *
  * This is the only module with a dependency: the npm `redis` client (v6).
  * It is not re-exported from the package root.
  *
@@ -156,21 +159,21 @@ const RETRY_MAX_MS = 2_000;
  * connection breaks after the command was sent, it rejects although Redis may
  * have stored the entry, in which case it is delivered as usual.
  *
- * @example Publish on one broker, receive on another
- * ```ts ignore
+ * @example One broker per process, shared by its channels
+ * ```ts
  * import { RedisBroker } from "@sse/sse/redis";
+ * import { SSEChannel } from "@sse/sse/server";
  *
- * // Two instances (here in one process) sharing one Redis.
- * const a = new RedisBroker({ url: "redis://127.0.0.1:6379" });
- * const b = new RedisBroker({ url: "redis://127.0.0.1:6379" });
+ * // Every instance behind the load balancer runs this, with the same Redis.
+ * const broker = new RedisBroker({ url: "redis://127.0.0.1:6379" });
+ * const news = new SSEChannel({ name: "news", broker, replay: 1000 });
  *
- * const subscription = await b.subscribe("news", {}, (entry) => {
- *   console.log(entry.id, entry.message.data); // "1718000000000-0 hello"
- * });
- * await a.publish("news", { topic: "", message: { data: "hello" } }, { replay: 1000 });
+ * // Serve it with Deno.serve((request) => news.connect(request)), and publish
+ * // from any instance: await news.publish({ data: "hello" });
  *
- * subscription.unsubscribe();
- * await Promise.all([a.close(), b.close()]);
+ * // On shutdown (nothing has connected to Redis yet in this example):
+ * await news.close();
+ * await broker.close();
  * ```
  */
 export class RedisBroker implements SSEBroker {
@@ -182,7 +185,7 @@ export class RedisBroker implements SSEBroker {
   #writer: Connection | undefined;
   /** For the blocking `XREAD` only; queues while offline, so the loop waits. */
   #reader: Connection | undefined;
-  /** Settles with the first connection attempt of both connections. */
+  /** Settles with the writer's first connection attempt. */
   #opened: Promise<void> | undefined;
   #openedSettled = false;
   #streams = new Map<string, Stream>();
@@ -351,7 +354,16 @@ export class RedisBroker implements SSEBroker {
     // live entries the loop brings from now on are buffered while the replay
     // is fetched, and the replay reaches at least as far as the loop's cursor
     // did when we joined, so together they leave no gap.
-    const writer = await this.#open();
+    let writer: Connection;
+    try {
+      writer = await this.#open();
+    } catch (error) {
+      if (this.#closed) throw error;
+      throw new Error(
+        `Cannot subscribe to ${JSON.stringify(name)}: ${errorMessage(error)}`,
+        { cause: error },
+      );
+    }
     const stream = this.#watch(name);
     const subscriber = new Subscriber(onEntry, after);
     stream.subscribers.add(subscriber);
