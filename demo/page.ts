@@ -206,6 +206,8 @@ function addChat(message, fromSnapshot) {
 }
 
 function showTick(tick) {
+  // One the snapshot already showed: the same tick, not a gap.
+  if (state.lastTick !== null && tick.n <= state.lastTick) return;
   if (state.lastTick !== null && tick.n !== state.lastTick + 1) {
     state.gaps++;
     log("gap in the ticker: " + state.lastTick + " then " + tick.n, true);
@@ -267,7 +269,8 @@ function connect() {
     const snapshot = JSON.parse(event.data);
     state.session = "snapshot";
     $("session").className = "pill snapshot";
-    $("session").textContent = "snapshot: " + snapshot.messages.length + " messages of #" + snapshot.room;
+    $("session").textContent = "snapshot: " + snapshot.messages.length + " messages of #" + snapshot.room +
+      (snapshot.lastEventId ? " (id " + snapshot.lastEventId + " not resumable)" : "");
     $("messages").replaceChildren();
     if (snapshot.messages.length === 0) {
       const empty = document.createElement("li");
