@@ -65,6 +65,9 @@ const path = args.get("path") ?? "/sse";
 // Pause once this many connections are open (at a batch boundary), report
 // "paused", and go on at the "continue" command. 0: never pause.
 const pauseAt = positiveInt(args, "pause-at", 0);
+// "--no-head 1": count a connection once its request is written, without
+// waiting for a response head (for a server that holds requests unanswered).
+const noHead = positiveInt(args, "no-head", 0) === 1;
 // Sent as `accept-encoding`, to see what a browser's request costs the server.
 // A compressed body is only counted, not parsed.
 const acceptEncoding = args.get("accept-encoding");
@@ -334,7 +337,8 @@ async function open(): Promise<void> {
   const client = new Client(conn, resolve);
   clients.push(client);
   runs.push(client.run());
-  if (await promise) connected++;
+  // --no-head: a server that never answers still counts once asked.
+  if (noHead || await promise) connected++;
   else failed++;
 }
 

@@ -5,8 +5,10 @@
 //   deno run -A bench/fanout/memory_probe.ts [--n 10000] [--variants tcp,stream,...]
 //     [--accept-encoding "gzip, deflate, br, zstd"] [--publish 3]
 //
-// "idle" is measured once N clients are connected and have idled 1 s; "after
-// events" once `--publish` small events have gone to every client.
+// Every figure is growth per connection, in KiB, between N/10 and N clients
+// (so one-time costs of the first connections are left out): "idle" once the
+// N clients have idled 1 s, "after events" once `--publish` small events have
+// gone to every client. A GC runs before each reading.
 
 import { Child, live } from "./_child.ts";
 
@@ -24,6 +26,7 @@ const ALL = [
   "encoder",
   "closures",
   "notransform",
+  "channel",
 ];
 
 function option(name: string): string | undefined {
@@ -40,6 +43,7 @@ const extraFlags = option("deno-flags")?.split(" ").filter(Boolean) ?? [];
 interface Reading {
   rss: number;
   heapUsed: number;
+  heapTotal: number;
   external: number;
   connected: number;
 }
@@ -56,38 +60,49 @@ async function probe(variant: string): Promise<string> {
     variant,
   ]);
   let clients: Child | undefined;
+  const stats = async () => {
+    await server.send("stats");
+    return await server.message("stats", 10_000) as unknown as Reading;
+  };
+  const settle = (ms: number) =>
+    new Promise((resolve) => setTimeout(resolve, ms));
   try {
     const { port } = await server.message("listening", 30_000);
-    await server.send("stats");
-    const before = await server.message("stats", 10_000) as unknown as Reading;
     clients = new Child("clients", [
       Deno.execPath(),
       "run",
       "--allow-net=127.0.0.1",
       new URL("clients.ts", FANOUT).pathname,
       ...["--port", String(port), "--n", String(n), "--events", "0"],
+      ...["--pause-at", String(Math.floor(n / 10))],
       ...(acceptEncoding === undefined
         ? []
         : ["--accept-encoding", acceptEncoding]),
+      ...(variant === "pending" ? ["--no-head", "1"] : []),
     ]);
+    // From N/10 to N clients: the cost of one more, without one-time costs.
+    const paused = await clients.message("paused", 120_000);
+    await settle(1000);
+    const before = await stats();
+    await clients.send("continue");
     const opened = await clients.message("connected", 120_000);
-    await new Promise((resolve) => setTimeout(resolve, 1000));
-    await server.send("stats");
-    const idle = await server.message("stats", 10_000) as unknown as Reading;
+    await settle(1000);
+    const idle = await stats();
     for (let i = 0; i < publishes; i++) {
       await server.send("publish");
-      await new Promise((resolve) => setTimeout(resolve, 300));
+      await settle(300);
     }
-    await new Promise((resolve) => setTimeout(resolve, 700));
-    await server.send("stats");
-    const after = await server.message("stats", 10_000) as unknown as Reading;
+    await settle(700);
+    const after = await stats();
+    const added = (opened.connected as number) - (paused.connected as number);
     const per = (reading: Reading, key: keyof Reading) =>
-      ((reading[key] - before[key]) / n / 1024).toFixed(1);
-    return `| ${variant} | ${opened.connected}/${idle.connected} | ${opened.compressed} | ${
-      per(idle, "rss")
-    } | ${per(idle, "heapUsed")} | ${per(after, "rss")} | ${
-      per(after, "heapUsed")
-    } |`;
+      ((reading[key] - before[key]) / added / 1024).toFixed(1);
+    const compressed = opened.compressed as number;
+    return `| ${variant} | ${opened.connected}/${idle.connected}${
+      compressed > 0 ? ` (${compressed} compressed)` : ""
+    } | ${per(idle, "rss")} | ${per(idle, "heapUsed")} | ${
+      per(idle, "heapTotal")
+    } | ${per(after, "rss")} | ${per(after, "heapUsed")} |`;
   } finally {
     await clients?.stop(0);
     await server.stop(0);
@@ -103,9 +118,8 @@ console.log(
   }`,
 );
 console.log(
-  "| variant | clients/held | compressed | idle RSS KiB/conn | " +
-    "idle JS heap KiB/conn | RSS KiB/conn after events | " +
-    "JS heap KiB/conn after |",
+  "| variant | clients/held | idle RSS KiB/conn | idle JS heap used | " +
+    "idle JS heap committed | RSS after events | JS heap used after |",
 );
 console.log("|" + " --- |".repeat(7));
 for (const variant of variants) {

@@ -21,12 +21,16 @@
 //   encoder    a string stream piped through a TextEncoderStream per client
 //   closures   stream + a per-client object holding five closures
 //   notransform  stream with `cache-control: no-cache, no-transform`
+//   channel    SSEChannel from server.ts with its defaults
 //
 // Command "publish" sends one small event to every client, so that what a
 // connection holds after it has carried data (write buffers, a compressor
 // when the client sent `accept-encoding`) is counted too.
 
+import { SSEChannel } from "../../server.ts";
+
 const encoder = new TextEncoder();
+const channel = new SSEChannel();
 const HEADERS = {
   "content-type": "text/event-stream; charset=utf-8",
   "cache-control": "no-cache",
@@ -48,8 +52,9 @@ function stats(): Record<string, unknown> {
     type: "stats",
     rss: memory.rss,
     heapUsed: memory.heapUsed,
+    heapTotal: memory.heapTotal,
     external: memory.external,
-    connected: held.size,
+    connected: variant === "channel" ? channel.size : held.size,
   };
 }
 
@@ -141,6 +146,8 @@ function handle(request: Request): Response | Promise<Response> {
       }).pipeThrough(new TextEncoderStream());
       return new Response(body, { headers: HEADERS });
     }
+    case "channel":
+      return channel.connect(request);
     case "notransform":
       return streamResponse(undefined, undefined, {
         ...HEADERS,
@@ -194,6 +201,10 @@ function serveTcp(): number {
 let sequence = 0;
 
 function publish(): void {
+  if (variant === "channel") {
+    channel.publish({ data: { t: Date.now(), seq: ++sequence } });
+    return;
+  }
   const bytes = encoder.encode(
     `id: ${++sequence}\ndata: {"t":${Date.now()},"seq":${sequence}}\n\n`,
   );
@@ -249,4 +260,5 @@ for await (
   }
 }
 for (const timer of timers) clearInterval(timer);
+await channel.close();
 Deno.exit(0);
