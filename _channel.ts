@@ -12,11 +12,11 @@
 //   per entry. Deno.serve copies chunks out without detaching them (tested).
 // - A client that resumes (`Last-Event-ID`) first gets its own broker
 //   subscription with that id, which replays what it missed, then live
-//   entries. As soon as that subscription and the shared one have delivered
-//   the same entry (same id) to the channel, the two are at the same point of
-//   the stream: the client's own subscription is dropped and the client joins
-//   the shared fan-out. The broker's order guarantee makes this exact: no gap,
-//   no duplicate.
+//   entries. As soon as the positions of that subscription and the shared
+//   one are known relative to each other (by ids both delivered: ids can be
+//   matched, not compared), the client is handed over to the shared fan-out
+//   and its own subscription dropped (see CatchUp). The broker's order
+//   guarantee makes this exact: no gap, no duplicate, whatever the timing.
 // - Until `init` has written its messages, entries for a client are held in
 //   its `held` list (after the retry hint), then flushed in order.
 //
@@ -177,12 +177,8 @@ class Client<C> implements UnderlyingDefaultSource<Uint8Array> {
   /** Set on every write, cleared by the keep-alive tick. */
   wrote = true;
   state: number = CONNECTING;
-  /** While resuming: its own broker subscription (see the file comment). */
-  catchUp: SSEBrokerSubscription | undefined;
-  /** While resuming: true from the first entry of `catchUp`. */
-  catching = false;
-  /** Id of the last entry its own subscription delivered. */
-  lastId = "";
+  /** While resuming on its own subscription: the hand-over's state. */
+  catchUp: CatchUp | undefined;
   #onCancel: (client: Client<C>) => void;
 
   constructor(
@@ -203,6 +199,62 @@ class Client<C> implements UnderlyingDefaultSource<Uint8Array> {
   // request.signal also fires when a response completes normally.
   cancel(): void {
     this.#onCancel(this);
+  }
+}
+
+// Phases of a resuming client's hand-over (see CatchUp).
+const OWN = 0;
+const MERGE = 1;
+const SKIP = 2;
+/** How many ids of the shared subscription's last entries a channel keeps. */
+const RECENT = 256;
+/** At most this many ids of a client's own entries are remembered. */
+const SEEN = 256;
+
+/**
+ * A resuming client's hand-over from its own subscription to the shared one.
+ * Ids cannot be compared, only matched, so the position of each subscription
+ * is known by the ids it delivered:
+ *
+ * - OWN: the own subscription feeds the client. If it delivers an entry the
+ *   shared one already delivered (one of the channel's recent ids), it is
+ *   behind or level: level, the client switches now; behind, MERGE.
+ *   If the shared one delivers an entry the own one delivered already (one
+ *   of `seen`), the shared one is behind: SKIP. If the shared one delivers
+ *   exactly `lastId`, they are level: switch.
+ * - MERGE: the own subscription still feeds the client up to `until` (the
+ *   shared one's position when MERGE began), while the shared one's entries
+ *   after it are collected in `pending`; at `until`, `pending` is written and
+ *   the client switches.
+ * - SKIP: the own subscription is dropped; the shared one's entries are
+ *   skipped up to `until` (the last one the client got), then it switches.
+ *
+ * Each step waits only for entries already published, so the hand-over ends
+ * after finitely many entries whatever the brokers' timing.
+ */
+class CatchUp {
+  phase = OWN;
+  subscription: SSEBrokerSubscription | undefined;
+  /** The own subscription is no longer wanted. */
+  done = false;
+  /** The id of the last entry the client has. */
+  lastId: string;
+  /** Ids the own subscription delivered (newest `SEEN`), and `lastEventId`. */
+  seen = new Set<string>();
+  until = "";
+  pending: Uint8Array[] = [];
+
+  constructor(lastEventId: string) {
+    this.lastId = lastEventId;
+    this.seen.add(lastEventId);
+  }
+
+  /** Drops the own subscription, now or as soon as `subscribe` resolves. */
+  release(): void {
+    this.done = true;
+    this.subscription?.unsubscribe();
+    this.subscription = undefined;
+    this.pending = [];
   }
 }
 
@@ -288,6 +340,10 @@ export class SSEChannel<C = undefined> {
   #shared: Promise<SSEBrokerSubscription> | undefined;
   /** Id of the last entry the shared subscription delivered. */
   #lastSharedId: string | undefined;
+  /** Ids of the last `RECENT` entries it delivered, as a set and a ring. */
+  #recent = new Set<string>();
+  #recentRing: (string | undefined)[] = new Array(RECENT);
+  #recentAt = 0;
   /** Encoded frames (without the id line) of messages published here. */
   #bodies = new WeakMap<SSEMessage, string>();
   #timer: ReturnType<typeof setInterval> | undefined;
@@ -555,25 +611,24 @@ export class SSEChannel<C = undefined> {
 
   /** Subscribes a resuming client on its own; resolves to `resumed`. */
   async #resume(client: Client<C>, lastEventId: string): Promise<boolean> {
-    client.catching = true;
+    const catchUp = new CatchUp(lastEventId);
+    client.catchUp = catchUp;
     this.#catchingUp.add(client);
     const subscription = await this.#broker.subscribe(
       this.#name,
       { lastEventId },
-      (entry) => this.#deliverCatchUp(client, entry),
+      (entry) => this.#deliverOwn(client, catchUp, entry),
     );
-    if (client.catching && client.state !== CLOSED) {
-      client.catchUp = subscription;
-    } else {
-      // Already caught up (or gone) while the broker replayed.
-      subscription.unsubscribe();
-    }
+    // Handed over (or gone) already while the broker replayed?
+    if (catchUp.done) subscription.unsubscribe();
+    else catchUp.subscription = subscription;
     return subscription.resumed;
   }
 
   /** Fan-out of one entry from the shared subscription. */
   #deliver(entry: SSEBrokerEntry): void {
     const bytes = this.#encodeEntry(entry);
+    let message: SSEMessage | undefined;
     if (bytes !== undefined) {
       const topicSet = this.#byTopic.get(entry.topic);
       if (this.#filter === undefined) {
@@ -582,7 +637,7 @@ export class SSEChannel<C = undefined> {
           for (const client of topicSet) this.#send(client, bytes);
         }
       } else {
-        const message = { ...entry.message, id: entry.id };
+        message = { ...entry.message, id: entry.id };
         for (const client of this.#everyone) {
           this.#sendFiltered(client, bytes, message, entry.topic);
         }
@@ -593,45 +648,109 @@ export class SSEChannel<C = undefined> {
         }
       }
     }
-    this.#lastSharedId = entry.id;
-    if (this.#catchingUp.size !== 0) {
-      // A resuming client whose own subscription already delivered this entry
-      // is now level with the shared one: it switches over, and gets the next
-      // entry from the shared subscription only.
-      for (const client of this.#catchingUp) {
-        if (client.lastId === entry.id) this.#caughtUp(client);
+    const { id } = entry;
+    const old = this.#recentRing[this.#recentAt];
+    if (old !== undefined) this.#recent.delete(old);
+    this.#recentRing[this.#recentAt] = id;
+    this.#recentAt = (this.#recentAt + 1) % RECENT;
+    this.#recent.add(id);
+    this.#lastSharedId = id;
+    if (this.#catchingUp.size === 0) return;
+    // After the fan-out: a client that switches here gets the next entry.
+    for (const client of this.#catchingUp) {
+      const catchUp = client.catchUp!;
+      if (catchUp.phase === OWN) {
+        if (id === catchUp.lastId) {
+          this.#handOver(client);
+        } else if (catchUp.seen.has(id)) {
+          catchUp.release();
+          catchUp.phase = SKIP;
+          catchUp.until = catchUp.lastId;
+        }
+      } else if (catchUp.phase === MERGE) {
+        if (bytes !== undefined && this.#wants(client, entry, message)) {
+          catchUp.pending.push(bytes);
+        }
+      } else if (id === catchUp.until) {
+        this.#handOver(client);
       }
     }
   }
 
   /** One entry from a resuming client's own subscription. */
-  #deliverCatchUp(client: Client<C>, entry: SSEBrokerEntry): void {
-    if (!client.catching || client.state === CLOSED) return;
-    client.lastId = entry.id;
-    const { topics } = client;
-    if (topics === null || topics.includes(entry.topic)) {
-      const bytes = this.#encodeEntry(entry);
-      if (bytes !== undefined) {
-        if (this.#filter === undefined) this.#send(client, bytes);
-        else {
-          const message = { ...entry.message, id: entry.id };
-          this.#sendFiltered(client, bytes, message, entry.topic);
+  #deliverOwn(
+    client: Client<C>,
+    catchUp: CatchUp,
+    entry: SSEBrokerEntry,
+  ): void {
+    if (catchUp.done) return;
+    const { id } = entry;
+    if (catchUp.phase === OWN) {
+      if (this.#recent.has(id)) {
+        this.#offer(client, entry);
+        if (client.state === CLOSED) return;
+        if (id === this.#lastSharedId) {
+          this.#handOver(client);
+        } else {
+          catchUp.phase = MERGE;
+          catchUp.until = this.#lastSharedId!;
+          catchUp.seen.clear();
         }
+        return;
       }
+      catchUp.lastId = id;
+      if (catchUp.seen.size >= SEEN) catchUp.seen.clear();
+      catchUp.seen.add(id);
+      this.#offer(client, entry);
+      return;
     }
-    // The shared subscription has delivered exactly up to this entry: from
-    // the next entry on, it serves this client.
-    if (entry.id === this.#lastSharedId && client.state !== CLOSED) {
-      this.#caughtUp(client);
+    // MERGE
+    this.#offer(client, entry);
+    if (id === catchUp.until && client.state !== CLOSED) {
+      for (const bytes of catchUp.pending) {
+        if (client.state === CLOSED) return;
+        this.#send(client, bytes);
+      }
+      if (client.state !== CLOSED) this.#handOver(client);
     }
   }
 
-  #caughtUp(client: Client<C>): void {
-    client.catching = false;
-    this.#catchingUp.delete(client);
-    client.catchUp?.unsubscribe();
+  /** The client leaves its own subscription for the shared fan-out. */
+  #handOver(client: Client<C>): void {
+    client.catchUp!.release();
     client.catchUp = undefined;
+    this.#catchingUp.delete(client);
     this.#join(client);
+  }
+
+  /** Sends an entry of a client's own subscription, if it selects it. */
+  #offer(client: Client<C>, entry: SSEBrokerEntry): void {
+    const { topics } = client;
+    if (topics !== null && !topics.includes(entry.topic)) return;
+    const bytes = this.#encodeEntry(entry);
+    if (bytes === undefined) return;
+    if (this.#filter === undefined) this.#send(client, bytes);
+    else {
+      const message = { ...entry.message, id: entry.id };
+      this.#sendFiltered(client, bytes, message, entry.topic);
+    }
+  }
+
+  /** Whether a client selects an entry (its topics, then `filter`). */
+  #wants(
+    client: Client<C>,
+    entry: SSEBrokerEntry,
+    message: SSEMessage | undefined,
+  ): boolean {
+    const { topics } = client;
+    if (topics !== null && !topics.includes(entry.topic)) return false;
+    if (this.#filter === undefined) return true;
+    try {
+      return this.#filter(client.context, message!, entry.topic);
+    } catch (error) {
+      this.#drop(client, error);
+      return false;
+    }
   }
 
   #sendFiltered(
@@ -730,11 +849,10 @@ export class SSEChannel<C = undefined> {
         }
       }
     }
-    if (client.catching) {
-      client.catching = false;
-      this.#catchingUp.delete(client);
-      client.catchUp?.unsubscribe();
+    if (client.catchUp !== undefined) {
+      client.catchUp.release();
       client.catchUp = undefined;
+      this.#catchingUp.delete(client);
     }
     client.held = null;
     if (this.#clients.size === 0 && this.#timer !== undefined) {

@@ -1,0 +1,1234 @@
+// Copyright the sse authors. MIT license.
+import assert from "node:assert/strict";
+import FakeTimers from "@sinonjs/fake-timers";
+import { Hono } from "hono";
+import {
+  MemoryBroker,
+  type SSEBroker,
+  type SSEBrokerEntry,
+  type SSEBrokerSubscription,
+  SSEChannel,
+  type SSEMessage,
+} from "../server.ts";
+import { type SSEEvent, SSEParserStream } from "../parser.ts";
+
+// Deno 2.9 runs tests with the op and resource sanitizers off unless asked:
+// every test here asks, so leaked timers, reads and sockets fail the test.
+const SANITIZED = { sanitizeOps: true, sanitizeResources: true } as const;
+
+/** How long a test waits for something it expects before failing. */
+const WAIT_MS = 10_000;
+
+function test(name: string, fn: () => Promise<void>): void {
+  Deno.test({ name, ...SANITIZED, fn });
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/** Rejects if `promise` has not settled within `ms`; clears its timer. */
+async function within<T>(promise: Promise<T>, ms: number, what: string) {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new Error(`Timed out after ${ms} ms: ${what}`)),
+      ms,
+    );
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** A `Deno.serve` on 127.0.0.1, port 0, that records `onError` calls. */
+function serve(
+  handler: (request: Request) => Response | Promise<Response>,
+): { url: string; errors: unknown[]; shutdown(): Promise<void> } {
+  const errors: unknown[] = [];
+  const server = Deno.serve({
+    hostname: "127.0.0.1",
+    port: 0,
+    onListen() {},
+    onError(error) {
+      errors.push(error);
+      return new Response("Internal Server Error", { status: 500 });
+    },
+  }, handler);
+  return {
+    url: `http://127.0.0.1:${server.addr.port}`,
+    errors,
+    shutdown: () => server.shutdown(),
+  };
+}
+
+/** What a client read, in order. */
+type Item =
+  | { kind: "event"; event: SSEEvent }
+  | { kind: "comment"; text: string }
+  | { kind: "retry"; ms: number };
+
+/**
+ * A real client: `fetch`, then `SSEParserStream`, read continuously in the
+ * background into `log`.
+ */
+class Client {
+  readonly response: Response;
+  readonly log: Item[] = [];
+  ended = false;
+  error: unknown;
+  #reader: ReadableStreamDefaultReader<SSEEvent>;
+  #pump: Promise<void>;
+  #wake: (() => void) | undefined;
+
+  static async open(
+    url: string,
+    headers: Record<string, string> = {},
+  ): Promise<Client> {
+    const response = await fetch(url, { headers });
+    assert.equal(response.status, 200, await peek(response));
+    return new Client(response);
+  }
+
+  constructor(response: Response) {
+    this.response = response;
+    const parser = new SSEParserStream({
+      onComment: (text) => this.#push({ kind: "comment", text }),
+      onRetry: (ms) => this.#push({ kind: "retry", ms }),
+    });
+    this.#reader = response.body!.pipeThrough(parser).getReader();
+    this.#pump = this.#run();
+  }
+
+  get events(): SSEEvent[] {
+    return this.log.flatMap((item) =>
+      item.kind === "event" ? [item.event] : []
+    );
+  }
+
+  get data(): string[] {
+    return this.events.map((event) => event.data);
+  }
+
+  /** Resolves once `done()` holds; fails if the stream ends first. */
+  async until(done: () => boolean, what: string): Promise<void> {
+    const wait = async () => {
+      while (!done()) {
+        if (this.ended) {
+          throw new Error(
+            `Stream ended (${String(this.error ?? "normally")}) before ${what}`,
+          );
+        }
+        await new Promise<void>((resolve) => this.#wake = resolve);
+      }
+    };
+    await within(wait(), WAIT_MS, what);
+  }
+
+  /** The first `count` events, once they have arrived. */
+  async take(count: number): Promise<SSEEvent[]> {
+    await this.until(() => this.events.length >= count, `${count} events`);
+    return this.events.slice(0, count);
+  }
+
+  /** Resolves once the server has ended the stream. */
+  async closed(): Promise<void> {
+    await within(this.#pump, WAIT_MS, "the end of the stream");
+    assert.equal(this.ended, true);
+  }
+
+  /** Goes away: cancels the body, which closes the connection. */
+  async close(): Promise<void> {
+    await this.#reader.cancel().catch(() => {});
+    await this.#pump;
+  }
+
+  #push(item: Item): void {
+    this.log.push(item);
+    this.#wake?.();
+  }
+
+  async #run(): Promise<void> {
+    try {
+      for (;;) {
+        const { done, value } = await this.#reader.read();
+        if (done) break;
+        this.#push({ kind: "event", event: value });
+      }
+    } catch (error) {
+      this.error = error;
+    } finally {
+      this.ended = true;
+      this.#wake?.();
+    }
+  }
+}
+
+async function peek(response: Response): Promise<string> {
+  if (response.status === 200) return "";
+  return `status ${response.status}: ${await response.text()}`;
+}
+
+/** A small deterministic generator, so a failure replays the same way. */
+function randomFrom(seed: number): (n: number) => number {
+  return (n) => {
+    seed = (seed * 1103515245 + 12345) % 2147483648;
+    return seed % n;
+  };
+}
+
+/**
+ * A broker that counts the subscriptions open on it. With `lag: "all"`, it
+ * behaves like a remote broker: each subscription gets its entries late, from
+ * its own timer, so subscriptions see an entry at different moments, and
+ * `subscribe` itself takes a while. With `lag: "first"`, only the first
+ * subscription (a channel's shared one) lags, behind all the others.
+ */
+class CountingBroker implements SSEBroker {
+  readonly inner = new MemoryBroker();
+  active = 0;
+  opened = 0;
+  #random: ((n: number) => number) | undefined;
+
+  #lag: "all" | "first" | undefined;
+
+  constructor(options: { lag?: "all" | "first" } = {}) {
+    this.#lag = options.lag;
+    if (options.lag) this.#random = randomFrom(7);
+  }
+
+  publish(
+    name: string,
+    entry: { topic: string; message: SSEMessage },
+    options: { replay: number },
+  ): Promise<string> {
+    return this.inner.publish(name, entry, options);
+  }
+
+  async subscribe(
+    name: string,
+    options: { lastEventId?: string },
+    onEntry: (entry: SSEBrokerEntry) => void,
+  ): Promise<SSEBrokerSubscription> {
+    const random = this.#random;
+    let deliver = onEntry;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    if (
+      random !== undefined && (this.#lag === "all" || this.opened === 0)
+    ) {
+      await new Promise((resolve) => setTimeout(resolve, random(3)));
+      const queue: SSEBrokerEntry[] = [];
+      const flush = () => {
+        timer = undefined;
+        // Some now, the rest later: order is kept, timing is not.
+        for (let n = 1 + random(3); n > 0 && queue.length > 0; n--) {
+          onEntry(queue.shift()!);
+        }
+        if (queue.length > 0) timer = setTimeout(flush, random(2));
+      };
+      deliver = (entry) => {
+        queue.push(entry);
+        timer ??= setTimeout(flush, random(2));
+      };
+    }
+    const subscription = await this.inner.subscribe(name, options, deliver);
+    this.active++;
+    this.opened++;
+    let open = true;
+    return {
+      resumed: subscription.resumed,
+      unsubscribe: () => {
+        if (!open) return;
+        open = false;
+        this.active--;
+        clearTimeout(timer);
+        timer = undefined;
+        subscription.unsubscribe();
+      },
+    };
+  }
+
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+}
+
+/**
+ * A broker whose subscriptions get entries only when the test says so:
+ * `flush(i, n)` delivers the next `n` entries queued for the i-th
+ * subscription opened.
+ */
+class ManualBroker implements SSEBroker {
+  readonly inner = new MemoryBroker();
+  readonly queues: SSEBrokerEntry[][] = [];
+  readonly targets: ((entry: SSEBrokerEntry) => void)[] = [];
+  readonly open: boolean[] = [];
+
+  publish(
+    name: string,
+    entry: { topic: string; message: SSEMessage },
+    options: { replay: number },
+  ): Promise<string> {
+    return this.inner.publish(name, entry, options);
+  }
+
+  async subscribe(
+    name: string,
+    options: { lastEventId?: string },
+    onEntry: (entry: SSEBrokerEntry) => void,
+  ): Promise<SSEBrokerSubscription> {
+    const index = this.queues.length;
+    const queue: SSEBrokerEntry[] = [];
+    this.queues.push(queue);
+    this.targets.push(onEntry);
+    this.open.push(true);
+    const subscription = await this.inner.subscribe(
+      name,
+      options,
+      (entry) => queue.push(entry),
+    );
+    return {
+      resumed: subscription.resumed,
+      unsubscribe: () => {
+        this.open[index] = false;
+        subscription.unsubscribe();
+      },
+    };
+  }
+
+  flush(index: number, count = Infinity): void {
+    const queue = this.queues[index]!;
+    for (; count > 0 && queue.length > 0; count--) {
+      const entry = queue.shift()!;
+      if (this.open[index]) this.targets[index]!(entry);
+    }
+  }
+
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+}
+
+/** Counts calls and lets a test wait for the n-th. */
+class Counter {
+  count = 0;
+  #waiters: { n: number; resolve: () => void }[] = [];
+
+  readonly hit = (): void => {
+    this.count++;
+    this.#waiters = this.#waiters.filter((waiter) => {
+      if (this.count < waiter.n) return true;
+      waiter.resolve();
+      return false;
+    });
+  };
+
+  reach(n: number, what: string): Promise<void> {
+    if (this.count >= n) return Promise.resolve();
+    const { promise, resolve } = Promise.withResolvers<void>();
+    this.#waiters.push({ n, resolve });
+    return within(promise, WAIT_MS, what);
+  }
+}
+
+function topicsOf(request: Request): { topics?: string[] } {
+  const topics = new URL(request.url).searchParams.getAll("topic");
+  return topics.length === 0 ? {} : { topics };
+}
+
+function frame(id: string, body: string): string {
+  return `id: ${id}\n${body}`;
+}
+
+/** A Last-Event-ID header value: UTF-8 bytes, one character per byte. */
+function byteString(text: string): string {
+  return String.fromCharCode(...encoder.encode(text));
+}
+
+test("SSEChannel delivers every message to every client, in publish order, with the id publish resolved to", async () => {
+  const channel = new SSEChannel();
+  const server = serve((request) => channel.connect(request));
+  const clients = await Promise.all(
+    [1, 2, 3].map(() => Client.open(server.url)),
+  );
+  try {
+    assert.equal(channel.size, 3);
+    const messages: SSEMessage[] = [];
+    for (let i = 0; i < 50; i++) {
+      messages.push(
+        i % 3 === 0
+          ? { data: { i, text: "jsön" } }
+          : i % 3 === 1
+          ? { event: "line", data: `line ${i}\nsecond\r\nthird` }
+          : { data: "", comment: "comment" },
+      );
+    }
+    const ids: string[] = [];
+    for (const message of messages) ids.push(await channel.publish(message));
+    assert.equal(new Set(ids).size, ids.length);
+    const expected = messages.map((message, i) => ({
+      type: message.event ?? "message",
+      data: typeof message.data === "string"
+        ? message.data.replace(/\r\n|\r/g, "\n")
+        : JSON.stringify(message.data),
+      id: ids[i],
+    }));
+    for (const client of clients) {
+      assert.deepEqual(await client.take(50), expected);
+      assert.equal(
+        client.response.headers.get("content-type"),
+        "text/event-stream; charset=utf-8",
+      );
+      assert.equal(client.response.headers.get("cache-control"), "no-cache");
+      assert.equal(client.response.headers.get("x-accel-buffering"), "no");
+    }
+  } finally {
+    await Promise.all(clients.map((client) => client.close()));
+    await channel.close();
+    await server.shutdown();
+  }
+});
+
+test("SSEChannel enqueues one encoded chunk that reaches two clients byte for byte", async () => {
+  const channel = new SSEChannel({ keepAlive: 0 });
+  const server = serve((request) => channel.connect(request));
+  const responses = await Promise.all(
+    [1, 2].map(() => fetch(server.url)),
+  );
+  try {
+    const first = await channel.publish({ event: "ü", data: "😀\nline" });
+    const second = await channel.publish({ data: { n: 1 } });
+    const expected = frame(first, "event: ü\ndata: 😀\ndata: line\n\n") +
+      frame(second, 'data: {"n":1}\n\n');
+    const bodies = await Promise.all(responses.map(async (response) => {
+      const reader = response.body!.getReader();
+      let bytes = new Uint8Array(0);
+      while (bytes.length < encoder.encode(expected).length) {
+        const { done, value } = await within(reader.read(), WAIT_MS, "body");
+        if (done) break;
+        bytes = new Uint8Array([...bytes, ...value]);
+      }
+      await reader.cancel();
+      return bytes;
+    }));
+    assert.deepEqual(bodies[0], bodies[1]);
+    assert.equal(decoder.decode(bodies[0]), expected);
+  } finally {
+    await Promise.all(responses.map((r) => r.body?.cancel().catch(() => {})));
+    await channel.close();
+    await server.shutdown();
+  }
+});
+
+test("SSEChannel sends a client only its topics, several per connection, and every topic without topics", async () => {
+  const channel = new SSEChannel();
+  const server = serve((request) =>
+    channel.connect(request, topicsOf(request))
+  );
+  const everything = await Client.open(server.url);
+  const a = await Client.open(`${server.url}/?topic=a`);
+  const ab = await Client.open(`${server.url}/?topic=a&topic=b&topic=a`);
+  const none = await Client.open(`${server.url}/?topic=`);
+  try {
+    await channel.publish({ data: "to a" }, { topic: "a" });
+    await channel.publish({ data: "to b" }, { topic: "b" });
+    await channel.publish({ data: "to c" }, { topic: "c" });
+    await channel.publish({ data: "to none" });
+    await channel.publish({ data: "end" }, { topic: "a" });
+    await channel.publish({ data: "end" }, { topic: "" });
+    await channel.publish({ data: "end" }, { topic: "b" });
+    assert.deepEqual((await everything.take(7)).map((e) => e.data), [
+      "to a",
+      "to b",
+      "to c",
+      "to none",
+      "end",
+      "end",
+      "end",
+    ]);
+    assert.deepEqual((await a.take(2)).map((e) => e.data), ["to a", "end"]);
+    assert.deepEqual((await ab.take(4)).map((e) => e.data), [
+      "to a",
+      "to b",
+      "end",
+      "end",
+    ]);
+    assert.deepEqual((await none.take(2)).map((e) => e.data), [
+      "to none",
+      "end",
+    ]);
+    // Nothing more arrived after each client's last "end".
+    assert.equal(a.events.length, 2);
+    assert.equal(none.events.length, 2);
+  } finally {
+    await Promise.all([everything, a, ab, none].map((c) => c.close()));
+    await channel.close();
+    await server.shutdown();
+  }
+});
+
+test("SSEChannel resumes from Last-Event-ID with exactly the events missed, then live ones, and hands the client to the shared subscription", async () => {
+  const broker = new CountingBroker();
+  const inits: [string, boolean][] = [];
+  const channel = new SSEChannel({
+    broker,
+    init(_context, lastEventId, { resumed }) {
+      inits.push([lastEventId, resumed]);
+    },
+  });
+  const server = serve((request) => channel.connect(request));
+  const first = await Client.open(server.url);
+  let second: Client | undefined;
+  try {
+    const ids: string[] = [];
+    for (let i = 0; i < 5; i++) {
+      ids.push(await channel.publish({ data: String(i) }));
+    }
+    await first.take(5);
+    await first.close();
+    for (let i = 5; i < 7; i++) {
+      ids.push(await channel.publish({ data: String(i) }));
+    }
+    second = await Client.open(server.url, { "last-event-id": ids[2]! });
+    ids.push(await channel.publish({ data: "7" }));
+    assert.deepEqual(await second.take(5), [
+      { type: "message", data: "3", id: ids[3] },
+      { type: "message", data: "4", id: ids[4] },
+      { type: "message", data: "5", id: ids[5] },
+      { type: "message", data: "6", id: ids[6] },
+      { type: "message", data: "7", id: ids[7] },
+    ]);
+    assert.deepEqual(inits, [["", false], [ids[2], true]]);
+    // Level with the shared subscription: its own one is gone.
+    assert.equal(broker.active, 1);
+    ids.push(await channel.publish({ data: "8" }));
+    assert.deepEqual((await second.take(6)).at(-1)?.data, "8");
+    assert.equal(second.events.length, 6);
+  } finally {
+    await first.close();
+    await second?.close();
+    await channel.close();
+    await server.shutdown();
+    await broker.close();
+  }
+  assert.equal(broker.active, 0);
+});
+
+test("SSEChannel tells init when a Last-Event-ID is unknown or older than the replay window, so it can send a snapshot", async () => {
+  const seen: [string, boolean][] = [];
+  const channel = new SSEChannel({
+    replay: 3,
+    init(_context, lastEventId, { resumed }) {
+      seen.push([lastEventId, resumed]);
+      return resumed ? [] : [{ event: "snapshot", data: "state" }];
+    },
+  });
+  const server = serve((request) => channel.connect(request));
+  const clients: Client[] = [];
+  try {
+    const ids: string[] = [];
+    for (let i = 0; i < 10; i++) {
+      ids.push(await channel.publish({ data: String(i) }));
+    }
+    for (const lastEventId of [ids[5]!, "unknown", ids[6]!, ids[9]!]) {
+      clients.push(
+        await Client.open(server.url, { "last-event-id": lastEventId }),
+      );
+    }
+    const live = await channel.publish({ data: "live" });
+    const data = await Promise.all(clients.map(async (client, i) => {
+      await client.until(
+        () => client.events.at(-1)?.id === live,
+        `client ${i} to get the live event`,
+      );
+      return client.data;
+    }));
+    assert.deepEqual(data, [
+      ["state", "live"], // entry 6 was dropped: snapshot, no replay
+      ["state", "live"],
+      ["7", "8", "9", "live"], // everything after 6 is kept
+      ["live"],
+    ]);
+    assert.deepEqual(seen, [
+      [ids[5], false],
+      ["unknown", false],
+      [ids[6], true],
+      [ids[9], true],
+    ]);
+  } finally {
+    await Promise.all(clients.map((client) => client.close()));
+    await channel.close();
+    await server.shutdown();
+  }
+});
+
+test("SSEChannel decodes a UTF-8 Last-Event-ID sent as bytes before it calls init", async () => {
+  const seen: string[] = [];
+  const channel = new SSEChannel({
+    init(_context, lastEventId) {
+      seen.push(lastEventId);
+      return [{ data: "hello" }];
+    },
+  });
+  const server = serve((request) => channel.connect(request));
+  const client = await Client.open(server.url, {
+    "last-event-id": byteString("évé 😀"),
+  });
+  try {
+    await client.take(1);
+    assert.deepEqual(seen, ["évé 😀"]);
+  } finally {
+    await client.close();
+    await channel.close();
+    await server.shutdown();
+  }
+});
+
+test("SSEChannel writes the retry hint, then init's messages, then replayed, then live ones, holding what is published during init", async () => {
+  const gate = Promise.withResolvers<void>();
+  const initCalled = Promise.withResolvers<void>();
+  const channel = new SSEChannel({
+    retry: 1234,
+    async init(_context, lastEventId) {
+      if (lastEventId === "") return;
+      initCalled.resolve();
+      await gate.promise;
+      return [{ event: "snapshot", data: "s1" }, { comment: "c" }];
+    },
+  });
+  const server = serve((request) => channel.connect(request));
+  let client: Client | undefined;
+  try {
+    const ids = [
+      await channel.publish({ data: "1" }),
+      await channel.publish({ data: "2" }),
+      await channel.publish({ data: "3" }),
+    ];
+    const opening = Client.open(server.url, { "last-event-id": ids[0]! });
+    await within(initCalled.promise, WAIT_MS, "init");
+    ids.push(await channel.publish({ data: "4" }));
+    gate.resolve();
+    client = await opening;
+    ids.push(await channel.publish({ data: "5" }));
+    await client.take(5);
+    assert.deepEqual(client.log, [
+      { kind: "retry", ms: 1234 },
+      { kind: "comment", text: "c" },
+      { kind: "event", event: { type: "snapshot", data: "s1", id: "" } },
+      { kind: "event", event: { type: "message", data: "2", id: ids[1] } },
+      { kind: "event", event: { type: "message", data: "3", id: ids[2] } },
+      { kind: "event", event: { type: "message", data: "4", id: ids[3] } },
+      { kind: "event", event: { type: "message", data: "5", id: ids[4] } },
+    ]);
+  } finally {
+    await client?.close();
+    await channel.close();
+    await server.shutdown();
+  }
+});
+
+test("SSEChannel refuses a connection with the Response onConnect returns, and passes its context to the other hooks", async () => {
+  const disconnected = new Counter();
+  const contexts: string[] = [];
+  const channel = new SSEChannel({
+    async onConnect(request) {
+      await Promise.resolve();
+      const user = request.headers.get("x-user");
+      if (user === null) {
+        return new Response("Unauthorized", {
+          status: 401,
+          headers: { "www-authenticate": "Bearer" },
+        });
+      }
+      return { user };
+    },
+    init: (context) => [{ event: "hello", data: context.user }],
+    filter: (context, message) =>
+      message.event !== "secret" || context.user === "admin",
+    onDisconnect(context) {
+      contexts.push(context.user);
+      disconnected.hit();
+    },
+  });
+  const server = serve((request) => channel.connect(request));
+  const refused = await fetch(server.url);
+  assert.equal(refused.status, 401);
+  assert.equal(refused.headers.get("www-authenticate"), "Bearer");
+  assert.equal(await refused.text(), "Unauthorized");
+  assert.equal(channel.size, 0);
+  const admin = await Client.open(server.url, { "x-user": "admin" });
+  const guest = await Client.open(server.url, { "x-user": "guest" });
+  try {
+    await channel.publish({ event: "secret", data: "s" });
+    await channel.publish({ data: "public" });
+    assert.deepEqual((await admin.take(3)).map((e) => e.data), [
+      "admin",
+      "s",
+      "public",
+    ]);
+    assert.deepEqual((await guest.take(2)).map((e) => e.data), [
+      "guest",
+      "public",
+    ]);
+  } finally {
+    await admin.close();
+    await guest.close();
+    await disconnected.reach(2, "both disconnects");
+    await channel.close();
+    await server.shutdown();
+  }
+  assert.deepEqual(contexts.sort(), ["admin", "guest"]);
+});
+
+test("SSEChannel rejects connect when a hook throws or init returns an unframeable message, and releases the client", async () => {
+  const disconnected = new Counter();
+  const channel = new SSEChannel<string>({
+    onConnect: (request) => new URL(request.url).pathname,
+    init(path) {
+      if (path === "/throw") throw new Error("init failed");
+      if (path === "/bad") return [{ event: "a\nb", data: "x" }];
+      return [{ data: "ok" }];
+    },
+    onDisconnect: disconnected.hit,
+  });
+  const server = serve((request) => channel.connect(request));
+  try {
+    const failed = await fetch(`${server.url}/throw`);
+    assert.equal(failed.status, 500);
+    await failed.body?.cancel();
+    const bad = await fetch(`${server.url}/bad`);
+    assert.equal(bad.status, 500);
+    await bad.body?.cancel();
+    assert.equal(channel.size, 0);
+    assert.equal(disconnected.count, 2);
+    assert.equal((server.errors[0] as Error).message, "init failed");
+    assert.ok(server.errors[1] instanceof TypeError);
+    await assert.rejects(
+      channel.connect(new Request("http://localhost/"), {
+        topics: "a" as unknown as string[],
+      }),
+      { name: "TypeError", message: /topics/ },
+    );
+    await assert.rejects(
+      channel.connect(new Request("http://localhost/"), {
+        topics: ["a", 1 as unknown as string],
+      }),
+      TypeError,
+    );
+    await assert.rejects(
+      channel.connect("http://localhost/" as unknown as Request),
+      { name: "TypeError", message: /Request/ },
+    );
+  } finally {
+    await channel.close();
+    await server.shutdown();
+  }
+});
+
+test("SSEChannel drops a client whose filter throws, and no one else", async () => {
+  const disconnected = new Counter();
+  const reported: unknown[] = [];
+  const channel = new SSEChannel<string>({
+    onConnect: (request) => request.headers.get("x-user") ?? "",
+    filter(user) {
+      if (user === "buggy") throw new Error("filter bug");
+      return true;
+    },
+    onDisconnect: disconnected.hit,
+  });
+  const server = serve((request) => channel.connect(request));
+  const buggy = await Client.open(server.url, { "x-user": "buggy" });
+  const fine = await Client.open(server.url, { "x-user": "fine" });
+  const onError = (event: ErrorEvent) => {
+    event.preventDefault();
+    reported.push(event.error);
+  };
+  globalThis.addEventListener("error", onError);
+  try {
+    await channel.publish({ data: "a" });
+    await disconnected.reach(1, "the buggy client to be dropped");
+    await buggy.closed();
+    assert.ok(buggy.error !== undefined, "the stream ended with an error");
+    await channel.publish({ data: "b" });
+    assert.deepEqual((await fine.take(2)).map((e) => e.data), ["a", "b"]);
+    assert.equal(channel.size, 1);
+  } finally {
+    globalThis.removeEventListener("error", onError);
+    await buggy.close();
+    await fine.close();
+    await channel.close();
+    await server.shutdown();
+  }
+});
+
+test("SSEChannel publish refuses an unframeable message before anything is stored or sent", async () => {
+  const broker = new MemoryBroker();
+  const stored: SSEBrokerEntry[] = [];
+  const watcher = await broker.subscribe("default", {}, (e) => stored.push(e));
+  const channel = new SSEChannel({ broker });
+  const server = serve((request) => channel.connect(request));
+  const client = await Client.open(server.url);
+  try {
+    const refusals: [SSEMessage, unknown, { topic?: string }?][] = [
+      [{ event: "a\nb", data: "x" }, { name: "TypeError", message: /event/ }],
+      [{ data: "x", id: "mine" }, { name: "TypeError", message: /id/ }],
+      [{ data: "x", id: 7 }, TypeError],
+      [{ data: "x", retry: -1 }, RangeError],
+      [{ data: "x", retry: 1.5 }, RangeError],
+      [{ data: 1n }, { name: "TypeError", message: /JSON/ }],
+      [{ data: () => {} }, { name: "TypeError", message: /JSON/ }],
+      [{ data: "\ud800" }, { name: "TypeError", message: /surrogate/ }],
+      [{ comment: "a", event: "e" }, TypeError],
+      [{}, TypeError],
+      [null as unknown as SSEMessage, TypeError],
+      [{ data: "x" }, TypeError, { topic: 1 as unknown as string }],
+    ];
+    for (const [message, error, options] of refusals) {
+      await assert.rejects(channel.publish(message, options), error as Error);
+    }
+    const id = await channel.publish({ data: "valid" });
+    assert.deepEqual(await client.take(1), [
+      { type: "message", data: "valid", id },
+    ]);
+    assert.deepEqual(stored.map((entry) => entry.id), [id]);
+  } finally {
+    watcher.unsubscribe();
+    await client.close();
+    await channel.close();
+    await server.shutdown();
+    await broker.close();
+  }
+});
+
+test("SSEChannel close ends every stream, answers new connections 503, refuses publish and is idempotent", async () => {
+  const disconnected = new Counter();
+  const broker = new CountingBroker();
+  const channel = new SSEChannel({ broker, onDisconnect: disconnected.hit });
+  const server = serve((request) => channel.connect(request));
+  const clients = [
+    await Client.open(server.url),
+    await Client.open(server.url),
+  ];
+  try {
+    await channel.publish({ data: "last" });
+    await Promise.all(clients.map((client) => client.take(1)));
+    const closing = [channel.close(), channel.close()];
+    assert.equal(closing[0], closing[1]);
+    await Promise.all(closing);
+    for (const client of clients) {
+      await client.closed();
+      assert.equal(client.error, undefined);
+      assert.deepEqual(client.data, ["last"]);
+    }
+    assert.equal(channel.size, 0);
+    assert.equal(disconnected.count, 2);
+    assert.equal(broker.active, 0);
+    const refused = await fetch(server.url);
+    assert.equal(refused.status, 503);
+    await refused.body?.cancel();
+    await assert.rejects(channel.publish({ data: "late" }), {
+      name: "TypeError",
+      message: /closed/,
+    });
+    // A broker passed in may serve others: the channel leaves it open.
+    const id = await broker.publish("other", {
+      topic: "",
+      message: { data: "x" },
+    }, { replay: 1 });
+    assert.match(id, /-/);
+  } finally {
+    await Promise.all(clients.map((client) => client.close()));
+    await channel.close();
+    await server.shutdown();
+    await broker.close();
+  }
+});
+
+test("SSEChannel notices a disconnect at once and releases the subscription and the timer", async () => {
+  const disconnected = new Counter();
+  const broker = new CountingBroker();
+  const channel = new SSEChannel({
+    broker,
+    keepAlive: 60_000,
+    onDisconnect: disconnected.hit,
+  });
+  const server = serve((request) => channel.connect(request));
+  try {
+    const id = await channel.publish({ data: "a" });
+    // A resuming client holds its own subscription until it catches up.
+    const resuming = await Client.open(server.url, { "last-event-id": id });
+    assert.equal(broker.active, 2);
+    const plain = await Client.open(server.url);
+    assert.equal(channel.size, 2);
+    const started = performance.now();
+    await resuming.close();
+    await plain.close();
+    await disconnected.reach(2, "both disconnects");
+    assert.ok(performance.now() - started < 2000);
+    assert.equal(channel.size, 0);
+    assert.equal(broker.active, 1); // the channel's shared one
+    // The sanitizer fails this test if the keep-alive interval outlived them.
+  } finally {
+    await channel.close();
+    await server.shutdown();
+    await broker.close();
+  }
+});
+
+test("SSEChannel is back to size 0 with nothing leaked after 2000 connect, read, disconnect cycles", async () => {
+  const disconnected = new Counter();
+  const broker = new CountingBroker();
+  const channel = new SSEChannel({
+    broker,
+    init: () => [{ data: "hello" }],
+    onDisconnect: disconnected.hit,
+  });
+  const server = serve((request) => channel.connect(request));
+  const CYCLES = 2000;
+  const WORKERS = 20;
+  let lastId = await channel.publish({ data: "first" });
+  try {
+    const started = performance.now();
+    await Promise.all(
+      Array.from({ length: WORKERS }, async (_, worker) => {
+        for (let i = worker; i < CYCLES; i += WORKERS) {
+          // Every fourth connection resumes, to cycle those subscriptions too.
+          const headers: Record<string, string> = i % 4 === 0
+            ? { "last-event-id": lastId }
+            : {};
+          const client = await Client.open(server.url, headers);
+          await client.take(1);
+          await client.close();
+          if (i % 100 === 0) lastId = await channel.publish({ data: "more" });
+        }
+      }),
+    );
+    await disconnected.reach(CYCLES, "every disconnect");
+    const seconds = (performance.now() - started) / 1000;
+    assert.ok(seconds < 60, `took ${seconds} s`);
+    assert.equal(channel.size, 0);
+    assert.equal(broker.active, 1);
+  } finally {
+    await channel.close();
+    await server.shutdown();
+    await broker.close();
+  }
+  assert.equal(broker.active, 0);
+});
+
+/**
+ * Clients that follow a channel by reconnecting with Last-Event-ID over and
+ * over, while messages are published, must see every message of their topics
+ * exactly once, in order.
+ */
+async function reconnectRace(broker: CountingBroker): Promise<void> {
+  const disconnected = new Counter();
+  const channel = new SSEChannel({
+    broker,
+    keepAlive: 0,
+    onDisconnect: disconnected.hit,
+  });
+  const server = serve((request) =>
+    channel.connect(request, topicsOf(request))
+  );
+  const TOTAL = 300;
+  let connections = 0;
+  let published = 0;
+  const random = randomFrom(42);
+  const publisher = (async () => {
+    for (; published < TOTAL; published++) {
+      await channel.publish({ data: String(published) }, {
+        topic: published % 2 ? "odd" : "even",
+      });
+      // Let connections, reads and disconnects interleave with publishes.
+      if (random(3) === 0) await new Promise((r) => setTimeout(r, 0));
+    }
+  })();
+  const follow = async (query: string, keep: (n: number) => boolean) => {
+    const seen: number[] = [];
+    let lastEventId = "";
+    let attempts = 0;
+    while (seen.length === 0 || seen.at(-1)! < TOTAL - 2) {
+      attempts++;
+      connections++;
+      const client = await Client.open(
+        server.url + query,
+        lastEventId === "" ? {} : { "last-event-id": lastEventId },
+      );
+      const want = 1 + random(12);
+      try {
+        await client.until(
+          () =>
+            client.events.length >= want ||
+            Number(client.events.at(-1)?.data) >= TOTAL - 2,
+          `${want} events`,
+        );
+      } finally {
+        await client.close();
+      }
+      for (const event of client.events) {
+        seen.push(Number(event.data));
+        lastEventId = event.id;
+      }
+    }
+    const expected = [];
+    for (let n = seen[0]!; n < TOTAL; n++) if (keep(n)) expected.push(n);
+    assert.deepEqual(seen, expected.slice(0, seen.length));
+    assert.ok(attempts > 3, `only ${attempts} connections`);
+  };
+  try {
+    await Promise.all([
+      publisher,
+      follow("/", () => true),
+      follow("/", () => true),
+      follow("/?topic=odd", (n) => n % 2 === 1),
+      follow("/?topic=even&topic=odd", () => true),
+    ]);
+    // Resuming connections went through their own subscription.
+    assert.ok(broker.opened > 10, `only ${broker.opened} subscriptions`);
+    await disconnected.reach(connections, "every disconnect");
+    assert.equal(channel.size, 0);
+    assert.equal(broker.active, 1);
+  } finally {
+    await channel.close();
+    await server.shutdown();
+    await broker.close();
+  }
+}
+
+test("SSEChannel leaves no gap and no duplicate for clients that reconnect while messages are published", async () => {
+  await reconnectRace(new CountingBroker());
+});
+
+test("SSEChannel leaves no gap and no duplicate on a broker whose subscriptions see entries at different moments", async () => {
+  await reconnectRace(new CountingBroker({ lag: "all" }));
+});
+
+test("SSEChannel leaves no gap and no duplicate when its shared subscription lags behind a client's own", async () => {
+  await reconnectRace(new CountingBroker({ lag: "first" }));
+});
+
+test("SSEChannel hands a resuming client over to the shared subscription whichever of the two is ahead", async () => {
+  const SHARED = 0;
+  const OWN = 1;
+  // Each scenario: the steps after a first publish, with the shared
+  // subscription and the resuming client's own one fed by hand.
+  const scenarios: Record<
+    string,
+    (step: {
+      broker: ManualBroker;
+      publish: (data: string) => Promise<string>;
+    }) => Promise<void>
+  > = {
+    async "own one ahead by one"({ broker, publish }) {
+      await publish("2");
+      broker.flush(OWN); // the client gets 2 from its own
+      broker.flush(SHARED); // the shared one delivers 2: level
+    },
+    async "own one ahead by several"({ broker, publish }) {
+      await publish("2");
+      await publish("3");
+      await publish("4");
+      broker.flush(OWN);
+      broker.flush(SHARED, 1); // shared at 2: behind, skip up to 4
+      assert.equal(broker.open[OWN], false);
+      broker.flush(SHARED);
+    },
+    "shared one behind the Last-Event-ID"({ broker }) {
+      // It has not delivered 1 yet, which the client resumes from.
+      broker.flush(SHARED);
+      return Promise.resolve();
+    },
+    async "own one behind"({ broker, publish }) {
+      await publish("2");
+      await publish("3");
+      broker.flush(SHARED); // shared at 3
+      broker.flush(OWN, 1); // own at 2, shared already passed it: merge
+      await publish("4");
+      broker.flush(SHARED); // 4 is collected for the client
+      broker.flush(OWN); // own reaches 3: the collected 4 follows
+    },
+  };
+  for (const [name, scenario] of Object.entries(scenarios)) {
+    const broker = new ManualBroker();
+    const channel = new SSEChannel({ broker, keepAlive: 0 });
+    const server = serve((request) => channel.connect(request));
+    const watcher = await Client.open(server.url);
+    let resuming: Client | undefined;
+    try {
+      const first = await channel.publish({ data: "1" });
+      if (!name.startsWith("shared one behind")) {
+        broker.flush(SHARED);
+        await watcher.take(1);
+      }
+      resuming = await Client.open(server.url, { "last-event-id": first });
+      const ids = [first];
+      const publish = async (data: string) => {
+        const id = await channel.publish({ data });
+        ids.push(id);
+        return id;
+      };
+      await scenario({ broker, publish });
+      assert.equal(broker.open[OWN], false, `${name}: handed over`);
+      await publish("live");
+      broker.flush(SHARED);
+      const events = await resuming.take(ids.length - 1);
+      assert.deepEqual(
+        events,
+        ids.slice(1).map((id, i) => ({
+          type: "message",
+          data: i === ids.length - 2 ? "live" : String(i + 2),
+          id,
+        })),
+        name,
+      );
+      await watcher.take(ids.length);
+      assert.equal(resuming.events.length, ids.length - 1, name);
+    } finally {
+      await watcher.close();
+      await resuming?.close();
+      await channel.close();
+      await server.shutdown();
+      await broker.close();
+    }
+  }
+});
+
+test("SSEChannel channels sharing a broker and a name are one stream, as processes sharing a broker are", async () => {
+  const broker = new MemoryBroker();
+  const one = new SSEChannel({ broker, name: "news" });
+  const two = new SSEChannel({ broker, name: "news" });
+  const other = new SSEChannel({ broker, name: "other" });
+  const servers = [one, two, other].map((channel) =>
+    serve((request) => channel.connect(request))
+  );
+  const clients = await Promise.all(servers.map((s) => Client.open(s.url)));
+  let resumed: Client | undefined;
+  try {
+    const a = await one.publish({ data: "a" });
+    const b = await two.publish({ data: "b" });
+    await other.publish({ data: "elsewhere" });
+    for (const client of clients.slice(0, 2)) {
+      assert.deepEqual(await client.take(2), [
+        { type: "message", data: "a", id: a },
+        { type: "message", data: "b", id: b },
+      ]);
+    }
+    assert.deepEqual((await clients[2]!.take(1)).map((e) => e.data), [
+      "elsewhere",
+    ]);
+    // An id assigned through one channel resumes on the other.
+    resumed = await Client.open(servers[1]!.url, { "last-event-id": a });
+    assert.deepEqual(await resumed.take(1), [
+      { type: "message", data: "b", id: b },
+    ]);
+  } finally {
+    await Promise.all([...clients, resumed].map((client) => client?.close()));
+    for (const channel of [one, two, other]) await channel.close();
+    for (const server of servers) await server.shutdown();
+    await broker.close();
+  }
+});
+
+test("SSEChannel sends keep-alive comments only to idle clients, from one timer", async () => {
+  const clock = FakeTimers.install({
+    toFake: ["setInterval", "clearInterval"],
+  });
+  const channel = new SSEChannel<string>({
+    keepAlive: 1000,
+    onConnect: (request) => request.headers.get("x-name") ?? "",
+    filter: (name) => name === "busy",
+  });
+  const server = serve((request) => channel.connect(request));
+  const idle = await Client.open(server.url, { "x-name": "idle" });
+  const busy = await Client.open(server.url, { "x-name": "busy" });
+  try {
+    assert.equal(clock.countTimers(), 1);
+    const comments = (client: Client) =>
+      client.log.filter((item) => item.kind === "comment").length;
+    clock.tick(500); // first tick: both were just written to (connected)
+    clock.tick(500); // second tick: nothing written since the first
+    await idle.until(() => comments(idle) === 1, "a keep-alive");
+    await busy.until(() => comments(busy) === 1, "a keep-alive");
+    assert.deepEqual(idle.log, [{ kind: "comment", text: "keep-alive" }]);
+    // From now on busy gets a message every 500 ms and needs no keep-alive,
+    // while idle still gets one every 1000 ms.
+    for (let i = 0; i < 6; i++) {
+      await channel.publish({ data: String(i) });
+      clock.tick(500);
+    }
+    await busy.take(6);
+    await idle.until(() => comments(idle) === 4, "three more keep-alives");
+    assert.equal(comments(busy), 1);
+    assert.equal(busy.log[0]?.kind, "comment");
+  } finally {
+    await idle.close();
+    await busy.close();
+    await channel.close();
+    await server.shutdown();
+    assert.equal(clock.countTimers(), 0);
+    clock.uninstall();
+  }
+});
+
+test("SSEChannel serves from Hono with c.req.raw", async () => {
+  const channel = new SSEChannel({
+    onConnect: (request) =>
+      request.headers.has("authorization")
+        ? undefined
+        : new Response("Unauthorized", { status: 401 }),
+  });
+  const app = new Hono();
+  app.get("/events", (c) => {
+    const topics = c.req.queries("topic");
+    return channel.connect(c.req.raw, topics ? { topics } : {});
+  });
+  const server = serve(app.fetch);
+  const refused = await fetch(`${server.url}/events`);
+  assert.equal(refused.status, 401);
+  await refused.body?.cancel();
+  const auth = { authorization: "Bearer t" };
+  const all = await Client.open(`${server.url}/events`, auth);
+  const b = await Client.open(`${server.url}/events?topic=b`, auth);
+  try {
+    const a = await channel.publish({ data: "to a" }, { topic: "a" });
+    const toB = await channel.publish({ data: { to: "b" } }, { topic: "b" });
+    assert.deepEqual(await all.take(2), [
+      { type: "message", data: "to a", id: a },
+      { type: "message", data: '{"to":"b"}', id: toB },
+    ]);
+    assert.deepEqual(await b.take(1), [
+      { type: "message", data: '{"to":"b"}', id: toB },
+    ]);
+  } finally {
+    await all.close();
+    await b.close();
+    await channel.close();
+    await server.shutdown();
+  }
+});
+
+test("SSEChannel validates its options", () => {
+  const cases: [unknown, unknown][] = [
+    [{ name: 1 }, TypeError],
+    [{ replay: -1 }, RangeError],
+    [{ replay: 1.5 }, RangeError],
+    [{ maxQueue: 0 }, RangeError],
+    [{ keepAlive: -1 }, RangeError],
+    [{ keepAlive: "1" }, TypeError],
+    [{ retry: -1 }, RangeError],
+    [{ broker: {} }, { name: "TypeError", message: /broker/ }],
+    [{ onConnect: "x" }, { name: "TypeError", message: /onConnect/ }],
+    [{ filter: 1 }, TypeError],
+  ];
+  for (const [options, error] of cases) {
+    assert.throws(
+      () =>
+        new SSEChannel(options as ConstructorParameters<typeof SSEChannel>[0]),
+      error as Error,
+      JSON.stringify(options),
+    );
+  }
+  return Promise.resolve();
+});
