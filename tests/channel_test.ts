@@ -27,7 +27,11 @@ const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
 /** Rejects if `promise` has not settled within `ms`; clears its timer. */
-async function within<T>(promise: Promise<T>, ms: number, what: string) {
+async function within<T>(
+  promise: Promise<T>,
+  ms: number,
+  what: string,
+): Promise<T> {
   let timer: ReturnType<typeof setTimeout> | undefined;
   const timeout = new Promise<never>((_, reject) => {
     timer = setTimeout(
@@ -1169,6 +1173,181 @@ test("SSEChannel sends keep-alive comments only to idle clients, from one timer"
     await server.shutdown();
     assert.equal(clock.countTimers(), 0);
     clock.uninstall();
+  }
+});
+
+// The slow-client test: 64 MiB published (1024 messages of 64 KiB) while
+// one client stalls on a raw socket and another reads everything. The server
+// runs in a process of its own, started with --expose-gc, so that its memory
+// can be measured after a full garbage collection, apart from the clients'.
+const STALL_COUNT = 1024;
+const STALL_SIZE = 64 * 1024;
+/** Messages published ahead of the reading client's acknowledgements. */
+const STALL_WINDOW = 8;
+const MiB = 1024 * 1024;
+
+/** Reads a stream of text lines, one `next()` at a time. */
+class Lines {
+  #reader: ReadableStreamDefaultReader<string>;
+  #buffer = "";
+
+  constructor(stream: ReadableStream<Uint8Array>) {
+    this.#reader = stream.pipeThrough(new TextDecoderStream()).getReader();
+  }
+
+  /** The next line, or `null` at the end of the stream. */
+  async next(): Promise<string | null> {
+    for (;;) {
+      const end = this.#buffer.indexOf("\n");
+      if (end >= 0) {
+        const line = this.#buffer.slice(0, end);
+        this.#buffer = this.#buffer.slice(end + 1);
+        return line;
+      }
+      const { done, value } = await this.#reader.read();
+      if (done) return null;
+      this.#buffer += value;
+    }
+  }
+
+  /** Reads to the end. */
+  async drain(): Promise<void> {
+    while (await this.next() !== null) { /* discard */ }
+  }
+}
+
+/** The server side of the slow-client test (see above). */
+async function stallServer(): Promise<void> {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  assert.ok(gc, "run with --v8-flags=--expose-gc");
+  const input = new Lines(Deno.stdin.readable);
+  const print = (value: unknown) => console.log(JSON.stringify(value));
+  const dropped: string[] = [];
+  const connected = new Counter();
+  const channel = new SSEChannel<string>({
+    maxQueue: MiB,
+    replay: 4,
+    keepAlive: 0,
+    onConnect: (request) => request.headers.get("x-client") ?? "",
+    onDisconnect: (client) => dropped.push(client),
+  });
+  const server = serve(async (request) => {
+    const response = await channel.connect(request);
+    connected.hit();
+    return response;
+  });
+  print({ url: server.url });
+  await connected.reach(2, "both clients");
+  gc();
+  const before = Deno.memoryUsage();
+  const filler = "x".repeat(STALL_SIZE - 8);
+  let acknowledged = 0;
+  for (let i = 0; i < STALL_COUNT; i++) {
+    while (i - acknowledged >= STALL_WINDOW) {
+      acknowledged = Number(await input.next());
+    }
+    await channel.publish({ data: String(i).padStart(8, "0") + filler });
+  }
+  while (acknowledged < STALL_COUNT) acknowledged = Number(await input.next());
+  gc();
+  const after = Deno.memoryUsage();
+  print({
+    size: channel.size,
+    dropped,
+    errors: server.errors.map(String),
+    heapAndExternal: after.heapUsed + after.external -
+      (before.heapUsed + before.external),
+    rss: after.rss - before.rss,
+  });
+  await input.drain();
+  await channel.close();
+  await server.shutdown();
+}
+
+if (import.meta.main && Deno.args[0] === "--stall-server") await stallServer();
+
+test("SSEChannel drops a client that stops reading once maxQueue bytes wait for it, without slowing others, and memory stays bounded", async () => {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--v8-flags=--expose-gc",
+      "--allow-net=127.0.0.1",
+      `--config=${new URL("../deno.json", import.meta.url).pathname}`,
+      new URL(import.meta.url).pathname,
+      "--stall-server",
+    ],
+    stdin: "piped",
+    stdout: "piped",
+  }).spawn();
+  const output = new Lines(child.stdout);
+  const acknowledge = child.stdin.getWriter();
+  let stalled: Deno.TcpConn | undefined;
+  let reader: ReadableStreamDefaultReader<SSEEvent> | undefined;
+  try {
+    const { url } = JSON.parse((await within(output.next(), WAIT_MS, "url"))!);
+    const { hostname, port } = new URL(url);
+    // Sends its request, then never reads.
+    stalled = await Deno.connect({ hostname, port: Number(port) });
+    await stalled.write(encoder.encode(
+      `GET / HTTP/1.1\r\nhost: ${hostname}\r\nx-client: stalled\r\n\r\n`,
+    ));
+    const response = await fetch(url, { headers: { "x-client": "normal" } });
+    const events = response.body!.pipeThrough(new SSEParserStream())
+      .getReader();
+    reader = events;
+    const ids = new Set<string>();
+    for (let i = 0; i < STALL_COUNT; i++) {
+      const { done, value } = await within(
+        events.read(),
+        WAIT_MS,
+        `event ${i}`,
+      );
+      assert.equal(done, false, `the stream ended after ${i} events`);
+      assert.equal(value!.data.length, STALL_SIZE);
+      assert.equal(value!.data.slice(0, 8), String(i).padStart(8, "0"));
+      ids.add(value!.id);
+      await acknowledge.write(encoder.encode(`${i + 1}\n`));
+    }
+    assert.equal(ids.size, STALL_COUNT);
+    const result = JSON.parse(
+      (await within(output.next(), WAIT_MS, "result"))!,
+    );
+    assert.equal(result.size, 1);
+    assert.deepEqual(result.dropped, ["stalled"]);
+    assert.deepEqual(result.errors, []);
+    // Had the stalled client's queue been kept, about 60 MiB would remain.
+    assert.ok(
+      result.heapAndExternal < 16 * MiB,
+      `JS heap and buffers grew by ${
+        (result.heapAndExternal / MiB).toFixed(1)
+      } MiB`,
+    );
+    // The process as a whole (the runtime's buffers and the allocator's
+    // retention included) stays well below the 64 MiB a kept queue needs.
+    assert.ok(
+      result.rss < 48 * MiB,
+      `the process grew by ${(result.rss / MiB).toFixed(1)} MiB`,
+    );
+    // The stalled socket got what the kernel buffered, then was cut off.
+    let cut = 0;
+    const buffer = new Uint8Array(64 * 1024);
+    try {
+      for (;;) {
+        const n = await within(stalled.read(buffer), WAIT_MS, "the cut");
+        if (n === null) break;
+        cut += n;
+      }
+    } catch (error) {
+      if (!(error instanceof Deno.errors.ConnectionReset)) throw error;
+    }
+    assert.ok(cut < 16 * MiB, `the stalled client got ${cut} bytes`);
+  } finally {
+    stalled?.close();
+    await reader?.cancel();
+    await acknowledge.close();
+    await output.drain();
+    const status = await child.status;
+    assert.equal(status.code, 0);
   }
 });
 
