@@ -483,6 +483,8 @@ export class SSEChannel<C = undefined> {
       this.#open(client, frames);
     } catch (error) {
       this.#disconnect(client);
+      // A broker closed along with the channel is no error of this request.
+      if (this.#closed) return unavailable();
       throw error;
     }
     return new Response(stream, { headers: this.#headers });

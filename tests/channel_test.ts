@@ -849,6 +849,49 @@ test("SSEChannel close ends every stream, answers new connections 503, refuses p
   }
 });
 
+test("SSEChannel answers 503 to connections still in onConnect or init when it closes", async () => {
+  const gate = Promise.withResolvers<void>();
+  const waiting = new Counter();
+  const disconnected = new Counter();
+  const channel = new SSEChannel<string>({
+    async onConnect(request) {
+      const path = new URL(request.url).pathname;
+      if (path === "/on-connect") {
+        waiting.hit();
+        await gate.promise;
+      }
+      return path;
+    },
+    async init(path) {
+      if (path === "/init") {
+        waiting.hit();
+        await gate.promise;
+      }
+    },
+    onDisconnect: disconnected.hit,
+  });
+  const server = serve((request) => channel.connect(request));
+  try {
+    const pending = ["/on-connect", "/init"].map((path) =>
+      fetch(server.url + path)
+    );
+    await waiting.reach(2, "both connections to wait");
+    assert.equal(channel.size, 1); // the one in init is counted
+    await channel.close();
+    assert.equal(disconnected.count, 1);
+    gate.resolve();
+    for (const response of await Promise.all(pending)) {
+      assert.equal(response.status, 503);
+      await response.body?.cancel();
+    }
+    assert.equal(channel.size, 0);
+  } finally {
+    gate.resolve();
+    await channel.close();
+    await server.shutdown();
+  }
+});
+
 test("SSEChannel notices a disconnect at once and releases the subscription and the timer", async () => {
   const disconnected = new Counter();
   const broker = new CountingBroker();
