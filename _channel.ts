@@ -124,9 +124,10 @@ export interface SSEChannelOptions<C = undefined> {
    * first, such as a snapshot of the current state.
    *
    * Returns (or resolves to) the messages to send, or nothing. They go out
-   * after the retry hint and before replayed and live messages; live
-   * messages published meanwhile are held and follow in order. A throw, or a
-   * message `encodeSSE` refuses, rejects `connect`.
+   * after the retry hint and before replayed and live messages. `init` runs
+   * once the client is subscribed, so a snapshot taken here misses nothing:
+   * every message published from then on follows it (held until `init` is
+   * done). A throw, or a message `encodeSSE` refuses, rejects `connect`.
    *
    * @default {undefined}
    */
@@ -229,8 +230,11 @@ const SEEN = 256;
  * - SKIP: the own subscription is dropped; the shared one's entries are
  *   skipped up to `until` (the last one the client got), then it switches.
  *
- * Each step waits only for entries already published, so the hand-over ends
- * after finitely many entries whatever the brokers' timing.
+ * MERGE and SKIP wait only for entries already published, so once the two
+ * subscriptions are within `RECENT` (or `SEEN`) entries of each other, the
+ * hand-over ends after finitely many entries, whatever the broker's timing.
+ * Until then the client simply stays on its own subscription, which is
+ * correct, only costlier.
  */
 class CatchUp {
   phase = OWN;
@@ -493,11 +497,13 @@ export class SSEChannel<C = undefined> {
   /**
    * Publishes a message to every subscribed client, through the broker.
    *
-   * The message is validated and encoded first: one `encodeSSE` refuses
-   * (`TypeError`, `RangeError`) is rejected before anything is stored or
-   * sent. Non-string `data` is JSON-encoded here, once.
+   * The message is validated and encoded first: a message that `encodeSSE`
+   * refuses (`TypeError`, `RangeError`) is rejected before anything is
+   * stored or sent, and so is one with an `id` (`TypeError`: the broker
+   * assigns ids, so that resume works). Non-string `data` is JSON-encoded
+   * here, once.
    *
-   * @param message The message, without `id` (the broker assigns it).
+   * @param message The message, without `id`.
    * @param options `topic`: only clients subscribed to it (or to every
    * topic) receive the message. Default `""`.
    * @returns The id the broker assigned.
