@@ -19,4 +19,5 @@
 export * from "./parser.ts";
 export * from "./encoder.ts";
 export * from "./client.ts";
+export * from "./event_source.ts";
 export * from "./server.ts";

@@ -1,0 +1,530 @@
+// Copyright the sse authors. MIT license.
+/**
+ * {@linkcode EventSource}: the WHATWG `EventSource`, following the HTML
+ * standard (§9.2) to the letter, for the runtimes that lack one (Bun, Node
+ * before 22, Cloudflare Workers) or whose own differs from the standard. Code
+ * written for browsers runs unchanged.
+ *
+ * @example Listen to a stream in a runtime without EventSource
+ * ```ts ignore
+ * import { EventSource } from "@sse/sse/event-source";
+ *
+ * const source = new EventSource("https://example.com/events");
+ * source.onmessage = (event) => console.log(event.data, event.lastEventId);
+ * source.addEventListener("update", (event) => console.log(event.data));
+ * source.onerror = () => {
+ *   if (source.readyState === EventSource.CLOSED) console.log("gave up");
+ * };
+ * ```
+ *
+ * @module
+ */
+
+import { EventParser } from "./_event_parser.ts";
+import type { SSEEvent } from "./parser.ts";
+import {
+  CLOSED,
+  CONNECTING,
+  Connection,
+  type FetchLike,
+  type HeadersSource,
+  isEventStream,
+  OPEN,
+  Pause,
+  type ReadyState,
+  requestHeaders,
+  resolveURL,
+} from "./_connection.ts";
+
+// §9.2.3: "initially an implementation-defined value, probably in the region
+// of a few seconds". Chromium's.
+const DEFAULT_RECONNECTION_TIME = 3000;
+
+/**
+ * The second argument of the {@linkcode EventSource} constructor: the
+ * standard `EventSourceInit`, plus extras that standard code never passes.
+ */
+export interface EventSourceInit {
+  /**
+   * Whether cross-origin requests carry credentials (`credentials:
+   * "include"`).
+   *
+   * @default {false}
+   */
+  withCredentials?: boolean;
+  /**
+   * Non-standard: the `fetch` to use.
+   *
+   * @default {globalThis.fetch}
+   */
+  fetch?: (input: string | URL | Request, init?: RequestInit) => Promise<
+    Response
+  >;
+  /**
+   * Non-standard: extra request headers, or a function called (and awaited)
+   * before every connection, to refresh a token for instance. `Accept`,
+   * `Cache-Control` and `Last-Event-ID` are always the standard's.
+   *
+   * @default {undefined}
+   */
+  headers?: HeadersInit | (() => HeadersInit | Promise<HeadersInit>);
+}
+
+/** The events an {@linkcode EventSource} fires, by type. */
+export interface EventSourceEventMap {
+  /** The connection failed, or was lost and is being reestablished. */
+  error: Event;
+  /** A message without an `event` field. */
+  message: MessageEvent;
+  /** The connection opened. */
+  open: Event;
+}
+
+type Handler<E extends Event> = (this: EventSource, event: E) => unknown;
+
+interface HandlerSlot {
+  handler: Handler<Event>;
+  listener: (event: Event) => void;
+}
+
+/**
+ * The WHATWG `EventSource`: an `EventTarget` that connects to an event
+ * stream and dispatches its events as `MessageEvent`s.
+ *
+ * It behaves as the HTML standard's processing model (§9.2.3) says:
+ * - the request carries `Accept: text/event-stream`, `Cache-Control:
+ *   no-cache` and, once an ID is known, `Last-Event-ID` (UTF-8 bytes);
+ *   redirects are followed;
+ * - a `200` response with a `text/event-stream` content type opens the
+ *   connection (`open`); any other status, `204` included, or any other
+ *   content type fails it: `error` with `readyState` CLOSED, and no retry;
+ * - when an open stream ends, or the network fails, the connection is
+ *   reestablished: `error` with `readyState` CONNECTING, a wait of the
+ *   reconnection time (3 s, or the stream's `retry:`), then a new request;
+ * - each message is a `MessageEvent` with `data`, `lastEventId` and `origin`
+ *   (the origin of the final URL, after redirects); events with an `event`
+ *   field reach only `addEventListener` listeners for that type;
+ * - after `close()` nothing is dispatched, not even the rest of a chunk
+ *   already received.
+ *
+ * One limit the standard does not have: an event or line above 16 MiB fails
+ * the connection, so that a broken server cannot exhaust memory.
+ *
+ * @example Receive messages from a server
+ * ```ts
+ * import { EventSource } from "@sse/sse/event-source";
+ * import assert from "node:assert/strict";
+ *
+ * // An in-process server, through the non-standard `fetch` option.
+ * const fetch = () =>
+ *   Promise.resolve(
+ *     new Response("id: 7\ndata: hello\n\n", {
+ *       headers: { "content-type": "text/event-stream" },
+ *     }),
+ *   );
+ * const source = new EventSource("https://example.com/events", { fetch });
+ * const event = await new Promise<MessageEvent>((resolve) => {
+ *   source.onmessage = resolve;
+ * });
+ * source.close();
+ * assert.equal(event.data, "hello");
+ * assert.equal(event.lastEventId, "7");
+ * assert.equal(event.origin, "https://example.com");
+ * assert.equal(source.readyState, EventSource.CLOSED);
+ * ```
+ */
+export class EventSource extends EventTarget {
+  /** The connection has not been established yet, or is being reestablished. */
+  declare static readonly CONNECTING: 0;
+  /** The connection is open and dispatching events. */
+  declare static readonly OPEN: 1;
+  /** The connection is closed and will not be reestablished. */
+  declare static readonly CLOSED: 2;
+  /** `0`: connecting or reconnecting. */
+  declare readonly CONNECTING: 0;
+  /** `1`: open. */
+  declare readonly OPEN: 1;
+  /** `2`: closed. */
+  declare readonly CLOSED: 2;
+
+  #url: string;
+  #withCredentials: boolean;
+  #readyState: ReadyState = CONNECTING;
+  #fetch: FetchLike;
+  #headers: HeadersSource | undefined;
+  #parser: EventParser;
+  // The serialization of the origin of the final URL (§9.2.6 dispatch).
+  #origin = "";
+  #connection: Connection | undefined = undefined;
+  #pause = new Pause();
+  #handlers = new Map<string, HandlerSlot>();
+
+  /**
+   * Creates an event source and starts connecting.
+   *
+   * @param url The event stream's URL, resolved against the location when
+   * there is one. A URL that cannot be parsed throws a `SyntaxError`
+   * `DOMException`.
+   * @param eventSourceInitDict `withCredentials`, and the non-standard
+   * `fetch` and `headers`.
+   */
+  constructor(url: string | URL, eventSourceInitDict: EventSourceInit = {}) {
+    super();
+    let record: URL;
+    try {
+      record = resolveURL(url);
+    } catch {
+      // §9.2.2 constructor step 5.
+      throw new DOMException(`Invalid URL: ${String(url)}`, "SyntaxError");
+    }
+    this.#url = record.href;
+    this.#withCredentials = Boolean(eventSourceInitDict.withCredentials);
+    const fetch = eventSourceInitDict.fetch ?? globalThis.fetch;
+    if (typeof fetch !== "function") {
+      throw new TypeError(
+        `Invalid fetch: expected a function, got ${typeof fetch}`,
+      );
+    }
+    this.#fetch = fetch;
+    const headers = eventSourceInitDict.headers;
+    if (headers !== undefined && typeof headers !== "function") {
+      new Headers(headers); // a TypeError now rather than at every attempt
+    }
+    this.#headers = headers;
+    this.#parser = new EventParser(this.#dispatchMessage);
+    this.#run();
+  }
+
+  /**
+   * The URL of the event stream, absolute.
+   *
+   * @returns The serialized URL.
+   */
+  get url(): string {
+    return this.#url;
+  }
+
+  /**
+   * Whether the requests carry credentials cross-origin.
+   *
+   * @returns The `withCredentials` the source was created with.
+   */
+  get withCredentials(): boolean {
+    return this.#withCredentials;
+  }
+
+  /**
+   * The state of the connection.
+   *
+   * @returns `0` (CONNECTING), `1` (OPEN) or `2` (CLOSED).
+   */
+  get readyState(): 0 | 1 | 2 {
+    return this.#readyState;
+  }
+
+  /**
+   * The `open` event handler.
+   *
+   * @returns The handler, or `null`.
+   */
+  get onopen(): ((this: EventSource, event: Event) => unknown) | null {
+    return this.#getHandler("open");
+  }
+  set onopen(handler: ((this: EventSource, event: Event) => unknown) | null) {
+    this.#setHandler("open", handler);
+  }
+
+  /**
+   * The `message` event handler (events without an `event` field).
+   *
+   * @returns The handler, or `null`.
+   */
+  get onmessage():
+    | ((this: EventSource, event: MessageEvent) => unknown)
+    | null {
+    return this.#getHandler("message");
+  }
+  set onmessage(
+    handler: ((this: EventSource, event: MessageEvent) => unknown) | null,
+  ) {
+    this.#setHandler("message", handler as Handler<Event> | null);
+  }
+
+  /**
+   * The `error` event handler.
+   *
+   * @returns The handler, or `null`.
+   */
+  get onerror(): ((this: EventSource, event: Event) => unknown) | null {
+    return this.#getHandler("error");
+  }
+  set onerror(handler: ((this: EventSource, event: Event) => unknown) | null) {
+    this.#setHandler("error", handler);
+  }
+
+  /**
+   * Closes the connection for good: the request or stream is aborted, a
+   * pending reconnection is cancelled, `readyState` becomes CLOSED, and no
+   * event is dispatched after it.
+   */
+  close(): void {
+    // §9.2.2: abort any instances of fetch for this source; set CLOSED.
+    this.#readyState = CLOSED;
+    this.#connection?.close();
+    this.#connection = undefined;
+    this.#pause.cancel();
+  }
+
+  /**
+   * Adds a listener: `open`, `message` and `error`, or any event type the
+   * stream names in its `event` field.
+   *
+   * @param type The event type.
+   * @param listener The listener.
+   * @param options As `EventTarget.addEventListener`.
+   */
+  override addEventListener<K extends keyof EventSourceEventMap>(
+    type: K,
+    listener: (this: EventSource, event: EventSourceEventMap[K]) => unknown,
+    options?: boolean | AddEventListenerOptions,
+  ): void;
+  /**
+   * Adds a listener for an event type the stream names in its `event` field.
+   *
+   * @param type The event type.
+   * @param listener The listener, called with `MessageEvent`s.
+   * @param options As `EventTarget.addEventListener`.
+   */
+  override addEventListener(
+    type: string,
+    listener: (this: EventSource, event: MessageEvent) => unknown,
+    options?: boolean | AddEventListenerOptions,
+  ): void;
+  /**
+   * Adds a listener, as `EventTarget.addEventListener`.
+   *
+   * @param type The event type.
+   * @param listener The listener.
+   * @param options As `EventTarget.addEventListener`.
+   */
+  override addEventListener(
+    type: string,
+    listener: EventListenerOrEventListenerObject | null,
+    options?: boolean | AddEventListenerOptions,
+  ): void;
+  override addEventListener(
+    type: string,
+    listener:
+      | EventListenerOrEventListenerObject
+      | ((event: MessageEvent) => unknown)
+      | null,
+    options?: boolean | AddEventListenerOptions,
+  ): void {
+    super.addEventListener(
+      type,
+      listener as EventListenerOrEventListenerObject | null,
+      options,
+    );
+  }
+
+  /**
+   * Removes a listener added with `addEventListener`.
+   *
+   * @param type The event type.
+   * @param listener The listener.
+   * @param options As `EventTarget.removeEventListener`.
+   */
+  override removeEventListener<K extends keyof EventSourceEventMap>(
+    type: K,
+    listener: (this: EventSource, event: EventSourceEventMap[K]) => unknown,
+    options?: boolean | EventListenerOptions,
+  ): void;
+  /**
+   * Removes a listener for an event type the stream names.
+   *
+   * @param type The event type.
+   * @param listener The listener.
+   * @param options As `EventTarget.removeEventListener`.
+   */
+  override removeEventListener(
+    type: string,
+    listener: (this: EventSource, event: MessageEvent) => unknown,
+    options?: boolean | EventListenerOptions,
+  ): void;
+  /**
+   * Removes a listener, as `EventTarget.removeEventListener`.
+   *
+   * @param type The event type.
+   * @param listener The listener.
+   * @param options As `EventTarget.removeEventListener`.
+   */
+  override removeEventListener(
+    type: string,
+    listener: EventListenerOrEventListenerObject | null,
+    options?: boolean | EventListenerOptions,
+  ): void;
+  override removeEventListener(
+    type: string,
+    listener:
+      | EventListenerOrEventListenerObject
+      | ((event: MessageEvent) => unknown)
+      | null,
+    options?: boolean | EventListenerOptions,
+  ): void {
+    super.removeEventListener(
+      type,
+      listener as EventListenerOrEventListenerObject | null,
+      options,
+    );
+  }
+
+  // A method, not a field comparison: TypeScript would narrow the field
+  // across awaits and dispatches, but close() may run during any of them.
+  #isClosed(): boolean {
+    return this.#readyState === CLOSED;
+  }
+
+  #getHandler(type: string): Handler<Event> | null {
+    return this.#handlers.get(type)?.handler ?? null;
+  }
+
+  // Event handler attributes (HTML §8.1.8.1): one listener per type, added
+  // when a handler is first set, kept in place when it is replaced, removed
+  // when it is set to null.
+  #setHandler(type: string, handler: Handler<Event> | null): void {
+    const slot = this.#handlers.get(type);
+    if (typeof handler !== "function") {
+      if (slot !== undefined) {
+        this.#handlers.delete(type);
+        super.removeEventListener(type, slot.listener);
+      }
+      return;
+    }
+    if (slot !== undefined) {
+      slot.handler = handler;
+      return;
+    }
+    const created: HandlerSlot = {
+      handler,
+      listener: (event) => {
+        if (created.handler.call(this, event) === false) event.preventDefault();
+      },
+    };
+    this.#handlers.set(type, created);
+    super.addEventListener(type, created.listener);
+  }
+
+  // §9.2.6 "dispatch the event", for each event the parser completes.
+  #dispatchMessage = (event: SSEEvent): void => {
+    // Nothing after close(), even from the chunk being parsed (§9.2.6: the
+    // queued task checks readyState).
+    if (this.#isClosed()) return;
+    this.dispatchEvent(
+      new MessageEvent(event.type, {
+        data: event.data,
+        lastEventId: event.id,
+        origin: this.#origin,
+      }),
+    );
+  };
+
+  // §9.2.3 processing model: fetch, then announce and read, or fail, or
+  // reestablish. Never rejects.
+  async #run(): Promise<void> {
+    // The constructor returns before anything happens: events are queued as
+    // tasks in the standard, so none may be dispatched synchronously.
+    await undefined;
+    while (true) {
+      const connection = new Connection(Infinity);
+      this.#connection = connection;
+      let headers: Headers;
+      try {
+        let init = this.#headers;
+        if (typeof init === "function") {
+          init = await connection.until(init());
+          if (this.#isClosed()) return;
+        }
+        headers = requestHeaders(init, this.#parser.lastEventId, true);
+        headers.set("cache-control", "no-cache");
+      } catch {
+        // The non-standard headers option failed: nothing to retry.
+        this.#fail(connection);
+        return;
+      }
+      const init: RequestInit = { headers, redirect: "follow" };
+      // Only when asked: some runtimes refuse a `credentials` member.
+      if (this.#withCredentials) init.credentials = "include";
+      let response: Response;
+      try {
+        response = await connection.open(this.#fetch, this.#url, init);
+      } catch {
+        if (this.#isClosed()) return;
+        // A network error: reestablish the connection.
+        if (await this.#reestablish(connection)) continue;
+        return;
+      }
+      if (this.#isClosed()) return;
+      if (response.status !== 200 || !isEventStream(response)) {
+        this.#fail(connection);
+        return;
+      }
+      this.#origin = new URL(response.url || this.#url).origin;
+      // Announce the connection.
+      this.#readyState = OPEN;
+      this.dispatchEvent(new Event("open"));
+      while (!this.#isClosed()) {
+        let result: ReadableStreamReadResult<Uint8Array>;
+        try {
+          result = await connection.read();
+        } catch {
+          break; // the network failed mid-stream
+        }
+        if (this.#isClosed()) return;
+        if (result.done) break;
+        try {
+          this.#parser.push(result.value);
+        } catch {
+          // Only the size limit throws: this stream cannot be read.
+          this.#fail(connection);
+          return;
+        }
+      }
+      if (this.#isClosed()) return;
+      if (!(await this.#reestablish(connection))) return;
+    }
+  }
+
+  // §9.2.3 "fail the connection".
+  #fail(connection: Connection): void {
+    connection.close();
+    this.#connection = undefined;
+    if (this.#isClosed()) return;
+    this.#readyState = CLOSED;
+    this.dispatchEvent(new Event("error"));
+  }
+
+  // §9.2.3 "reestablish the connection". Resolves to whether to reconnect.
+  async #reestablish(connection: Connection): Promise<boolean> {
+    connection.close();
+    this.#connection = undefined;
+    if (this.#isClosed()) return false;
+    // §9.2.5: an event cut off by the end of the stream is discarded; the
+    // last event ID and the reconnection time carry over.
+    this.#parser.reset();
+    this.#readyState = CONNECTING;
+    this.dispatchEvent(new Event("error"));
+    if (this.#isClosed()) return false;
+    await this.#pause.wait(this.#parser.retry ?? DEFAULT_RECONNECTION_TIME);
+    return !this.#isClosed();
+  }
+}
+
+// Constants on the interface object and its prototype, as WebIDL defines
+// them: enumerable, neither writable nor configurable.
+for (const target of [EventSource, EventSource.prototype]) {
+  Object.defineProperties(target, {
+    CONNECTING: { value: CONNECTING, enumerable: true },
+    OPEN: { value: OPEN, enumerable: true },
+    CLOSED: { value: CLOSED, enumerable: true },
+  });
+}
