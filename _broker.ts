@@ -27,7 +27,8 @@
  *    are gone); the subscription then delivers live entries only.
  * 6. Entries are shared between subscribers: subscribers treat them as
  *    read-only. `onEntry` is called synchronously by the broker and must not
- *    throw (a throw is reported with `reportError`, and delivery goes on).
+ *    throw (a throw is reported, with `reportError` where the runtime has it,
+ *    and delivery goes on).
  *
  * @module
  */
@@ -261,7 +262,7 @@ export class MemoryBroker implements SSEBroker {
       try {
         subscriber.onEntry(stored);
       } catch (error) {
-        reportError(error);
+        reportUncaught(error);
       }
     }
     return stored.id;
@@ -460,7 +461,23 @@ function replay(stream: Stream, after: number, subscriber: Subscriber): void {
     try {
       subscriber.onEntry(ring[(start + i) % capacity]!);
     } catch (error) {
-      reportError(error);
+      reportUncaught(error);
     }
   }
+}
+
+/**
+ * Reports an error that no caller can catch (a throw from a callback): with
+ * `reportError` where the runtime has it (Deno, Bun, Workers, browsers), so
+ * it surfaces as an uncaught error, else (Node) with `console.error`.
+ * Internal: shared with `_channel.ts`, not exported from `server.ts`.
+ *
+ * @param error What was thrown.
+ */
+export function reportUncaught(error: unknown): void {
+  const report = (globalThis as { reportError?: (error: unknown) => void })
+    .reportError;
+  if (typeof report === "function") report(error);
+  // deno-lint-ignore no-console
+  else console.error(error);
 }

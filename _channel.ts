@@ -30,6 +30,7 @@ import { encodeSSE } from "./encoder.ts";
 import { KEEP_ALIVE_FRAME, keepAliveInterval, sseHeaders } from "./_http.ts";
 import {
   MemoryBroker,
+  reportUncaught,
   type SSEBroker,
   type SSEBrokerEntry,
   type SSEBrokerSubscription,
@@ -152,7 +153,7 @@ export interface SSEChannelOptions<C = undefined> {
    * Called once when a connection ends, for whatever reason (the client went
    * away, it was dropped as slow, or the channel closed), after everything it
    * held is released. Must not throw (a throw is reported with
-   * `reportError`).
+   * `reportError`, or `console.error` where the runtime has none).
    *
    * @default {undefined}
    */
@@ -819,7 +820,7 @@ export class SSEChannel<C = undefined> {
     } catch (error) {
       // A broker handed out an entry that cannot be framed: skip it rather
       // than break every client's stream.
-      reportError(error);
+      reportUncaught(error);
       return undefined;
     }
     return encoder.encode("id: " + id + "\n" + body);
@@ -871,7 +872,7 @@ export class SSEChannel<C = undefined> {
       try {
         this.#onDisconnect(client.context);
       } catch (error) {
-        reportError(error);
+        reportUncaught(error);
       }
     }
   }
