@@ -26,9 +26,18 @@
  *    stream's ids, or is older than the history kept (so some entries after it
  *    are gone); the subscription then delivers live entries only.
  * 6. Entries are shared between subscribers: subscribers treat them as
- *    read-only. `onEntry` is called synchronously by the broker and must not
- *    throw (a throw is reported, with `reportError` where the runtime has it,
- *    and delivery goes on).
+ *    read-only. `onEntry` is a synchronous callback that must not throw (a
+ *    broker reports a throw, with `reportError` where the runtime has it, and
+ *    goes on delivering).
+ * 7. Every subscription of a stream sees an entry under the same id string:
+ *    `SSEChannel` matches ids across subscriptions. It holds one subscription
+ *    (without `lastEventId`) per channel for all its clients, plus one per
+ *    resuming client, with its `Last-Event-ID`, which it drops as soon as that
+ *    client has caught up with the shared one: `subscribe` and `unsubscribe`
+ *    should be cheap, for example by sharing one reader per stream between a
+ *    process's subscriptions.
+ *
+ * `tests/_broker_contract.ts` checks these rules against any broker.
  *
  * @module
  */
