@@ -874,6 +874,41 @@ test("EventSource resolves its origin from the request URL when an injected fetc
   assert.equal(event.origin, "https://example.com:8443");
 });
 
+test("EventSource sets lastEventId and origin where MessageEvent ignores them in its init, as on Cloudflare Workers", async () => {
+  const Native = globalThis.MessageEvent;
+  // A MessageEvent like workerd's: `data` honoured, the rest left empty.
+  class WorkerdMessageEvent<T> extends Event {
+    data: T | null;
+    lastEventId = "";
+    origin: string | null = null;
+    constructor(type: string, init: MessageEventInit<T> = {}) {
+      super(type);
+      this.data = init.data ?? null;
+    }
+  }
+  globalThis.MessageEvent = WorkerdMessageEvent as unknown as typeof Native;
+  try {
+    const source = new OurEventSource("https://example.com/events", {
+      fetch: () =>
+        Promise.resolve(
+          new Response("id: 5\ndata: x\n\n", {
+            headers: { "content-type": "text/event-stream" },
+          }),
+        ),
+    });
+    const event = await new Promise<MessageEvent>((resolve) => {
+      source.onmessage = resolve;
+    });
+    source.close();
+    assert.ok(event instanceof WorkerdMessageEvent);
+    assert.equal(event.data, "x");
+    assert.equal(event.lastEventId, "5");
+    assert.equal(event.origin, "https://example.com");
+  } finally {
+    globalThis.MessageEvent = Native;
+  }
+});
+
 test("EventSource rejects a fetch option that is not a function", () => {
   assert.throws(
     () =>
