@@ -43,7 +43,7 @@ import {
 export type { SSEEvent } from "./parser.ts";
 
 const DEFAULT_RETRY = 3000;
-const DEFAULT_MAX_RETRY = 30_000;
+const DEFAULT_MAX_RETRY_DELAY = 30_000;
 const DEFAULT_BACKOFF_FACTOR = 2;
 // Backoff grows from the reconnection time, but from at least this much, so
 // that a server sending `retry: 0` and then failing cannot cause a storm.
@@ -150,7 +150,17 @@ export interface SSEClientOptions {
    *
    * @default {30000}
    */
-  maxRetry?: number;
+  maxRetryDelay?: number;
+  /**
+   * How many reconnection attempts in a row may follow the last successful
+   * open. When they are used up, iteration throws the last error (a stream
+   * that merely ended just ends the iteration). `0` never reconnects: right
+   * for a `POST` that must not be sent twice, such as a language model's
+   * answer.
+   *
+   * @default {Infinity}
+   */
+  maxRetries?: number;
   /**
    * How much the wait grows with each consecutive failed attempt.
    *
@@ -217,9 +227,11 @@ export interface SSEClientOptions {
  *   (`retry`, or the server's `retry:` field); an event cut off by the drop is
  *   never delivered;
  * - consecutive failed attempts (network errors, 5xx, 429, 408) wait
- *   exponentially longer, `backoffFactor` times per failure up to `maxRetry`,
+ *   exponentially longer, `backoffFactor` times per failure up to
+ *   `maxRetryDelay`,
  *   randomised between half and all of that ("equal jitter") but never less
- *   than the reconnection time; `Retry-After` is honoured up to `maxRetry`;
+ *   than the reconnection time; `Retry-After` is honoured up to
+ *   `maxRetryDelay`;
  *   a successful open resets it;
  * - `204 No Content` ends the iteration normally;
  * - any other status, or a `Content-Type` that is not `text/event-stream`,
@@ -236,12 +248,12 @@ export interface SSEClientOptions {
  * ```ts ignore
  * import { SSEClient } from "@sse/sse/client";
  *
- * const controller = new AbortController();
  * const client = new SSEClient("https://api.example.com/v1/chat/completions", {
  *   method: "POST",
  *   headers: { "content-type": "application/json" },
  *   body: JSON.stringify({ stream: true, messages: [] }),
- *   signal: controller.signal,
+ *   maxRetries: 0, // never send the prompt twice
+ *   signal: AbortSignal.timeout(60_000),
  * });
  * for await (const { data } of client) {
  *   if (data === "[DONE]") break; // leaving the loop closes the client
@@ -278,7 +290,8 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
   #body: BodyInit | null;
   #headers: HeadersSource | undefined;
   #retry: number;
-  #maxRetry: number;
+  #maxRetryDelay: number;
+  #maxRetries: number;
   #backoffFactor: number;
   #idleTimeout: number;
   #signal: AbortSignal | undefined;
@@ -299,6 +312,8 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
   #pause = new Pause();
   // Consecutive failed attempts since the last successful open.
   #failures = 0;
+  // Reconnection attempts since the last successful open.
+  #retries = 0;
   // The error that ends the iteration, until it has been thrown.
   #error: Error | undefined = undefined;
   // A next() in progress: later calls wait for it, so results stay in order.
@@ -352,11 +367,21 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
     }
     this.#headers = headers;
     this.#retry = milliseconds("retry", options.retry, DEFAULT_RETRY);
-    this.#maxRetry = milliseconds(
-      "maxRetry",
-      options.maxRetry,
-      DEFAULT_MAX_RETRY,
+    this.#maxRetryDelay = milliseconds(
+      "maxRetryDelay",
+      options.maxRetryDelay,
+      DEFAULT_MAX_RETRY_DELAY,
     );
+    const maxRetries = options.maxRetries ?? Infinity;
+    if (
+      !(maxRetries >= 0 &&
+        (Number.isInteger(maxRetries) || maxRetries === Infinity))
+    ) {
+      throw new RangeError(
+        `Invalid maxRetries: expected a non-negative integer or Infinity, got ${maxRetries}`,
+      );
+    }
+    this.#maxRetries = maxRetries;
     const factor = options.backoffFactor ?? DEFAULT_BACKOFF_FACTOR;
     if (!(factor >= 1 && factor < Infinity)) {
       throw new RangeError(
@@ -543,9 +568,15 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
     // §9.2.5: an event cut off by the end of the stream is discarded; the
     // last event ID and the reconnection time carry over.
     this.#parser.reset();
+    if (this.#maxRetries === 0) {
+      if (error === undefined) this.#shutdown();
+      else this.#fail(error);
+      return;
+    }
     this.#state = CONNECTING;
     if (error !== undefined) this.#onError?.(error);
     if (this.#isClosed()) return; // closed by the callback
+    this.#retries = 1;
     this.#connecting = this.#connect(this.#reconnectionTime());
   }
 
@@ -586,10 +617,12 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
           if (this.#isClosed()) return;
           connection.close();
           this.#connection = undefined;
+          const reason = `Connection failed: ${messageOf(cause)}`;
+          if (++this.#retries > this.#maxRetries) {
+            throw new SSEError(`${reason}: no retries left`, { cause });
+          }
           wait = this.#backoff(undefined);
-          this.#onError?.(
-            new SSEError(`Connection failed: ${messageOf(cause)}`, { cause }),
-          );
+          this.#onError?.(new SSEError(reason, { cause }));
           continue;
         }
         if (this.#isClosed()) return;
@@ -597,6 +630,7 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
         if (status === 200 && isEventStream(response)) {
           this.#state = OPEN;
           this.#failures = 0;
+          this.#retries = 0;
           this.#onOpen?.(response);
           return;
         }
@@ -608,6 +642,12 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
           return;
         }
         if (status === 408 || status === 429 || status >= 500) {
+          if (++this.#retries > this.#maxRetries) {
+            throw new SSEError(
+              `Unexpected status ${status}: no retries left`,
+              { status },
+            );
+          }
           wait = this.#backoff(
             parseRetryAfter(response.headers.get("retry-after"), Date.now()),
           );
@@ -641,12 +681,12 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
     const base = this.#reconnectionTime();
     const grown = Math.max(base, MIN_BACKOFF_BASE) *
       this.#backoffFactor ** failures;
-    const ceiling = Math.min(this.#maxRetry, grown);
+    const ceiling = Math.min(this.#maxRetryDelay, grown);
     // Equal jitter: between half and all of the ceiling, so clients that
     // failed together spread out, yet the wait still grows for each of them.
     let wait = Math.max(base, ceiling * (0.5 + Math.random() / 2));
     if (retryAfter !== undefined) {
-      wait = Math.max(wait, Math.min(retryAfter, this.#maxRetry));
+      wait = Math.max(wait, Math.min(retryAfter, this.#maxRetryDelay));
     }
     return Math.round(wait);
   }

@@ -351,7 +351,7 @@ test("SSEClient backs off exponentially with jitter from a server failing consta
     );
     const { client, iterator, errors, retries } = observedClient(server.url, {
       retry: 1000,
-      maxRetry: 20_000,
+      maxRetryDelay: 20_000,
     });
     const next = iterator.next();
     const delays: number[] = [];
@@ -449,7 +449,7 @@ test("SSEClient retries 5xx, 429 and 408 and reports each with its status", asyn
     );
     const { client, iterator, errors, retries } = observedClient(server.url, {
       retry: 10,
-      maxRetry: 10,
+      maxRetryDelay: 10,
     });
     const next = iterator.next();
     for (const status of statuses) {
@@ -466,7 +466,7 @@ test("SSEClient retries 5xx, 429 and 408 and reports each with its status", asyn
   }
 });
 
-test("SSEClient honours Retry-After in seconds and as an HTTP date, up to maxRetry", async () => {
+test("SSEClient honours Retry-After in seconds and as an HTTP date, up to maxRetryDelay", async () => {
   const clock = fakeClock();
   try {
     const start = Date.now();
@@ -486,7 +486,7 @@ test("SSEClient honours Retry-After in seconds and as an HTTP date, up to maxRet
     );
     const { client, iterator, retries } = observedClient(server.url, {
       retry: 100,
-      maxRetry: 30_000,
+      maxRetryDelay: 30_000,
     });
     const next = iterator.next();
     assert.equal(await retries.shift(), 12_000);
@@ -494,7 +494,7 @@ test("SSEClient honours Retry-After in seconds and as an HTTP date, up to maxRet
     // The date is 20 s after the start, and 12 s have passed.
     assert.equal(await retries.shift(), 8_000);
     await clock.tickAsync(8_000);
-    // An hour is more than maxRetry allows.
+    // An hour is more than maxRetryDelay allows.
     assert.equal(await retries.shift(), 30_000);
     await clock.tickAsync(30_000);
     // Unreadable: plain backoff (4th failure: ceiling 100 * 2^4).
@@ -506,6 +506,102 @@ test("SSEClient honours Retry-After in seconds and as an HTTP date, up to maxRet
   } finally {
     clock.uninstall();
   }
+});
+
+// --- maxRetries ----------------------------------------------------------------
+
+test("SSEClient with maxRetries 0 ends the iteration when the stream ends, without a second request", async () => {
+  await using server = new TestServer(() =>
+    eventStreamResponse("retry: 0\ndata: done\n\n")
+  );
+  const { client, iterator, retries } = observedClient(server.url, {
+    method: "POST",
+    body: "prompt",
+    maxRetries: 0,
+  });
+  assert.deepEqual(await take(iterator, 2), [message("done")]);
+  assert.equal(client.readyState, 2);
+  assert.equal(server.requests.length, 1);
+  assert.equal(retries.all.length, 0);
+});
+
+test("SSEClient with maxRetries 0 throws when the connection drops", async () => {
+  await using server = new TestServer();
+  const { client, iterator, errors } = observedClient(server.url, {
+    maxRetries: 0,
+  });
+  const stream = server.stream();
+  (await server.request(0)).respond(stream.response);
+  stream.send("data: a\n\ndata: cut");
+  assert.deepEqual(await take(iterator, 1), [message("a")]);
+  const next = iterator.next();
+  stream.drop();
+  await assert.rejects(next, {
+    name: "SSEError",
+    message: /^Connection lost: /,
+  });
+  assert.equal(client.readyState, 2);
+  assert.equal(errors.all.length, 1);
+  assert.equal(server.requests.length, 1);
+});
+
+test("SSEClient with maxRetries 0 throws the first retryable status", async () => {
+  await using server = new TestServer(() =>
+    new Response(null, { status: 503 })
+  );
+  const client = new SSEClient(server.url, { maxRetries: 0 });
+  await assert.rejects(client[Symbol.asyncIterator]().next(), {
+    name: "SSEError",
+    status: 503,
+    message: "Unexpected status 503: no retries left",
+  });
+  assert.equal(server.requests.length, 1);
+});
+
+test("SSEClient gives up after maxRetries failed reconnections in a row", async () => {
+  const clock = fakeClock();
+  try {
+    await using server = new TestServer(({ index }) =>
+      index === 0 || index === 2
+        ? eventStreamResponse(`retry: 10\ndata: ${index}\n\n`)
+        : new Response(null, { status: 500 })
+    );
+    const { client, iterator, retries } = observedClient(server.url, {
+      maxRetries: 2,
+    });
+    assert.deepEqual(await take(iterator, 1), [message("0")]);
+    // Retry 1 (the stream ended) fails, retry 2 opens: the count restarts.
+    let next = iterator.next();
+    await clock.tickAsync(await retries.shift());
+    await clock.tickAsync(await retries.shift());
+    assert.deepEqual(await next, { done: false, value: message("2") });
+    // Then retries 1 and 2 fail, and a third is not allowed.
+    next = iterator.next();
+    await clock.tickAsync(await retries.shift());
+    await clock.tickAsync(await retries.shift());
+    await assert.rejects(next, {
+      name: "SSEError",
+      status: 500,
+      message: "Unexpected status 500: no retries left",
+    });
+    assert.equal(server.requests.length, 5);
+    assert.equal(client.readyState, 2);
+    await clock.runAllAsync();
+    assert.equal(server.requests.length, 5);
+  } finally {
+    clock.uninstall();
+  }
+});
+
+test("SSEClient with maxRetries gives up on a refused connection", async () => {
+  const closed = new TestServer(() => new Response(null));
+  const url = closed.url;
+  await closed.close();
+  const client = new SSEClient(url, { maxRetries: 0 });
+  await assert.rejects(client[Symbol.asyncIterator]().next(), {
+    name: "SSEError",
+    message: /^Connection failed: .*: no retries left$/,
+  });
 });
 
 // --- final outcomes ----------------------------------------------------------
@@ -984,8 +1080,14 @@ test("SSEClient rejects invalid options at once", () => {
     message:
       "Invalid retry: expected a non-negative number of milliseconds, got -1",
   });
-  assert.throws(() => new SSEClient(url, { maxRetry: NaN }), RangeError);
+  assert.throws(() => new SSEClient(url, { maxRetryDelay: NaN }), RangeError);
   assert.throws(() => new SSEClient(url, { backoffFactor: 0.5 }), RangeError);
+  assert.throws(() => new SSEClient(url, { maxRetries: 1.5 }), {
+    name: "RangeError",
+    message:
+      "Invalid maxRetries: expected a non-negative integer or Infinity, got 1.5",
+  });
+  assert.throws(() => new SSEClient(url, { maxRetries: -1 }), RangeError);
   assert.throws(() => new SSEClient(url, { idleTimeout: 0 }), RangeError);
   assert.throws(() => new SSEClient(url, { maxEventSize: 0 }), RangeError);
   assert.throws(() => new SSEClient(url, { body: "x" }), {
