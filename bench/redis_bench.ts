@@ -3,6 +3,7 @@
 // in-memory broker with one instance holding all 1 000, in one run.
 //
 //   deno run -A bench/redis_bench.ts [--clients 1000] [--events 1000] [--size 100]
+//                                    [--rate 100] [--paced 300]
 //
 // What runs (every piece its own process, on 127.0.0.1):
 // - redis-server (from tests/_redis.ts: random port, no persistence);
@@ -17,7 +18,8 @@
 //   (16 publishes in flight per publishing instance; with Redis both
 //   instances publish half). Throughput = deliveries (events × clients) per
 //   second, from the first publish to the last delivery.
-// - paced: 300 events at 100 events/s (100 000 deliveries/s, below what
+// - paced: `paced` events at `rate` events/s (by default 300 at 100/s:
+//   100 000 deliveries/s, below what
 //   either setup sustains, so this is latency without a backlog). Latency =
 //   delivery time minus the time in the event, both `performance.timeOrigin +
 //   now()`; p50 and p99 are the worse of the two client processes' (each holds
@@ -42,8 +44,8 @@ function option(name: string, fallback: number): number {
 const CLIENTS = option("clients", 1000);
 const EVENTS = option("events", 1000);
 const SIZE = option("size", 100);
-const PACED_RATE = 100;
-const PACED_EVENTS = 300;
+const PACED_RATE = option("rate", 100);
+const PACED_EVENTS = option("paced", 300);
 const CLIENTS_TS = new URL("./fanout/clients.ts", import.meta.url).pathname;
 
 interface Phase {
