@@ -1,6 +1,8 @@
 // Copyright the sse authors. MIT license.
 // Events through Redis to 1 000 clients split over two instances, against the
-// in-memory broker with one instance holding all 1 000, in one run.
+// in-memory broker with one instance holding all 1 000 (and, to separate the
+// cost of Redis from that of a second process, Redis with one instance), in
+// one run.
 //
 //   deno run -A bench/redis_bench.ts [--clients 1000] [--events 1000] [--size 100]
 //                                    [--rate 100] [--paced 300]
@@ -162,6 +164,11 @@ async function main(): Promise<void> {
       rows.push(await measure("MemoryBroker, 1 instance", [a], [a]));
     }
     {
+      // The cost of going through Redis, without a second instance.
+      await using a = await startInstance({ redisUrl: redis.url });
+      rows.push(await measure("RedisBroker, 1 instance", [a], [a]));
+    }
+    {
       await using a = await startInstance({ redisUrl: redis.url });
       await using b = await startInstance({ redisUrl: redis.url });
       rows.push(
@@ -192,7 +199,7 @@ async function main(): Promise<void> {
       } |`,
     );
   }
-  const [memory, viaRedis] = rows;
+  const [memory, , viaRedis] = rows;
   if (memory && viaRedis) {
     console.log(
       `\nRedis / memory, burst throughput: ${
