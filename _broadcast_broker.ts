@@ -8,10 +8,11 @@
  * @module
  */
 
-import type {
-  SSEBroker,
-  SSEBrokerEntry,
-  SSEBrokerSubscription,
+import {
+  reportUncaught,
+  type SSEBroker,
+  type SSEBrokerEntry,
+  type SSEBrokerSubscription,
 } from "./_broker.ts";
 import type { SSEMessage } from "./encoder.ts";
 
@@ -211,7 +212,8 @@ export class BroadcastChannelBroker implements SSEBroker {
    * @param options `lastEventId`: resume after this id; `resumed` is `false`
    * when this instance does not have it (see the class notes).
    * @param onEntry Called with each entry; must not throw (a throw is
-   * reported with `reportError`).
+   * reported with `reportError`, or `console.error` where the runtime has
+   * none).
    * @returns The subscription.
    */
   subscribe(
@@ -358,7 +360,7 @@ function deliver(subscriber: Subscriber, entry: SSEBrokerEntry): void {
   try {
     subscriber.onEntry(entry);
   } catch (error) {
-    reportError(error);
+    reportUncaught(error);
   }
 }
 

@@ -43,10 +43,11 @@
  */
 
 import { createClient } from "redis";
-import type {
-  SSEBroker,
-  SSEBrokerEntry,
-  SSEBrokerSubscription,
+import {
+  reportUncaught,
+  type SSEBroker,
+  type SSEBrokerEntry,
+  type SSEBrokerSubscription,
 } from "./_broker.ts";
 import type { SSEMessage } from "./encoder.ts";
 
@@ -323,7 +324,8 @@ export class RedisBroker implements SSEBroker {
    * @param name The stream.
    * @param options `lastEventId`: resume after this id.
    * @param onEntry Called with each entry; must not throw (a throw is
-   * reported with `reportError`).
+   * reported with `reportError`, or `console.error` where the runtime has
+   * none).
    * @returns The subscription, once its replay is delivered. Rejects when
    * Redis cannot be reached to find where the stream ends.
    */
@@ -531,7 +533,7 @@ export class RedisBroker implements SSEBroker {
     try {
       this.#onError(error instanceof Error ? error : new Error(String(error)));
     } catch (thrown) {
-      reportError(thrown);
+      reportUncaught(thrown);
     }
   }
 
@@ -811,7 +813,7 @@ class Subscriber {
     try {
       this.#onEntry(entry);
     } catch (error) {
-      reportError(error);
+      reportUncaught(error);
     }
   }
 }
