@@ -3,24 +3,27 @@
 // Spec: https://html.spec.whatwg.org/multipage/server-sent-events.html#parsing-an-event-stream
 //
 // How it works, and why it is fast:
-// - Line ends (CR, LF) are ASCII, and UTF-8 never uses bytes below 0x80 inside
-//   a multi-byte sequence, so lines can be cut at the byte level and decoded
-//   independently with exactly the result of decoding the whole stream first
-//   (an unfinished sequence before a line end is a maximal invalid subpart
-//   either way, and becomes one U+FFFD).
-// - Each chunk is split at its last line end: the complete part is decoded with
-//   ONE `TextDecoder.decode` call and parsed as a string (native `indexOf`,
-//   sliced strings, no per-byte JavaScript); the tail, an unfinished line, is
-//   kept as bytes. A huge line spread over thousands of chunks is therefore
-//   collected as bytes and decoded once: linear time, bounded memory.
+// - Bytes are decoded by one streaming TextDecoder, so a character split
+//   across chunks decodes whole, and lines are found in the text with the
+//   native string search (an order of magnitude faster than scanning bytes).
+// - The unfinished last line is kept as text and extended by concatenation,
+//   which V8 does in constant time (a rope, flattened once when the line
+//   ends): a huge line spread over thousands of chunks costs linear time.
+// - Tiny chunks are staged as bytes and decoded together when a line ends or
+//   the stage fills, so one-byte chunks do not cost a decoder call each.
+// - The decoder keeps U+FEFF (ignoreBOM) and the parser drops one BOM at the
+//   start itself: Deno's streaming decoder would otherwise drop a U+FEFF that
+//   begins any decode() call's output, even mid-stream.
 
 import type { SSEEvent } from "./parser.ts";
 
 /** Default for `maxEventSize`: 16 MiB. */
 export const DEFAULT_MAX_EVENT_SIZE = 16 * 1024 * 1024;
 
-// Chunks shorter than this are scanned as bytes rather than decoded first.
+// Chunks shorter than this are staged and decoded together.
 const SMALL_CHUNK = 256;
+const STAGE_SIZE = 4096;
+const STREAM: TextDecodeOptions = { stream: true };
 
 const LF = 10;
 const CR = 13;
@@ -47,12 +50,14 @@ export class EventParser {
   #max: number;
   #decoder = new TextDecoder("utf-8", { ignoreBOM: true });
 
-  // The unfinished line, as bytes: #pending[0, #pendingLength).
-  #pending: Uint8Array = new Uint8Array(0);
-  #pendingLength = 0;
+  // Small chunks staged before decoding: #stage[0, #staged).
+  #stage = new Uint8Array(STAGE_SIZE);
+  #staged = 0;
+  // The unfinished last line, decoded.
+  #tail = "";
   // Nothing decoded yet: a BOM may still come (§9.2.5: one, at the start).
   #atStart = true;
-  // The last chunk ended in CR: an LF starting the next one belongs to it.
+  // The last text ended in CR: an LF starting the next one belongs to it.
   #skipLF = false;
 
   // §9.2.6 buffers. #hasData distinguishes "data buffer empty" from a data
@@ -109,7 +114,9 @@ export class EventParser {
    * the retry value: what a reconnection does. Called between connections.
    */
   reset(): void {
-    this.#pendingLength = 0;
+    this.#decoder = new TextDecoder("utf-8", { ignoreBOM: true });
+    this.#staged = 0;
+    this.#tail = "";
     this.#atStart = true;
     this.#skipLF = false;
     this.#data = "";
@@ -121,135 +128,76 @@ export class EventParser {
   /** Parses one chunk of the stream. */
   push(chunk: Uint8Array): void {
     const length = chunk.length;
-    let start = 0;
-    if (this.#skipLF) {
+    if (length < SMALL_CHUNK) {
       if (length === 0) return;
-      this.#skipLF = false;
-      if (chunk[0] === LF) start = 1;
-    }
-    if (length - start < SMALL_CHUNK) this.#pushSmall(chunk, start);
-    else this.#pushLarge(chunk, start);
-  }
-
-  // Large chunks: decode first, then find lines with the native string search
-  // (much faster than scanning the bytes). Decoding is context-free after an
-  // ASCII byte, so the text after the first line end is exactly what decoding
-  // from there would give, even when the chunk starts inside a character.
-  #pushLarge(chunk: Uint8Array, start: number): void {
-    const bytes = start === 0 ? chunk : chunk.subarray(start);
-    const text = this.#decoder.decode(bytes);
-    const n = text.length;
-    // One UTF-16 unit per byte means every byte decoded alone (ASCII or a
-    // lone invalid byte), so string positions are byte positions.
-    const aligned = n === bytes.length;
-    // pos, and bytePos: the same place in bytes.
-    let pos = 0;
-    let bytePos = 0;
-    if (this.#pendingLength > 0) {
-      // The first line of this chunk finishes the pending one.
-      const lf = text.indexOf("\n");
-      const cr = text.indexOf("\r");
-      const first = cr === -1 || (lf !== -1 && lf < cr) ? lf : cr;
-      if (first === -1) {
-        this.#append(bytes, 0, bytes.length);
-        return;
+      if (this.#staged + length > STAGE_SIZE) this.#flushStage();
+      this.#stage.set(chunk, this.#staged);
+      this.#staged += length;
+      if (this.#tail.length + this.#staged > this.#max) this.#tooLarge();
+      // Decode now if a line may have ended, so that no event waits.
+      if (hasLineEnd(chunk) || this.#staged > STAGE_SIZE - SMALL_CHUNK) {
+        this.#flushStage();
       }
-      const byteEnd = aligned ? first : firstLineEnd(bytes);
-      this.#append(bytes, 0, byteEnd);
-      this.#flushPending();
-      pos = first + 1;
-      if (first === cr) {
-        if (pos === n) this.#skipLF = true;
-        else if (text.charCodeAt(pos) === LF) pos++;
-      }
-      bytePos = byteEnd + (pos - first);
-    } else if (this.#atStart) {
-      this.#atStart = false;
-      // §9.2.5: one leading U+FEFF BOM is ignored. The decoder keeps it
-      // (ignoreBOM) so that a later U+FEFF survives whatever the chunking.
-      if (text.charCodeAt(0) === 0xfeff) {
-        pos = 1;
-        bytePos = 3;
-      }
-    }
-    const tail = this.#parse(text, pos);
-    if (tail === pos) {
-      // No further line ends here: keep the rest as the pending line.
-      if (pos < n) this.#append(bytes, bytePos, bytes.length);
-    } else if (tail < n) {
-      this.#append(bytes, aligned ? tail : lastLineEnd(bytes), bytes.length);
-    }
-  }
-
-  // Small chunks: find the last line end in the bytes, parse what precedes it
-  // and keep the rest as bytes. Cheaper than a decoder call per tiny chunk.
-  #pushSmall(chunk: Uint8Array, start: number): void {
-    const length = chunk.length;
-    let end = length;
-    while (end > start) {
-      const byte = chunk[end - 1];
-      if (byte === LF || byte === CR) break;
-      end--;
-    }
-    if (end === start) {
-      if (length > start) this.#append(chunk, start, length);
       return;
     }
-    this.#append(chunk, start, end);
-    this.#flushPending();
-    if (end < length) {
-      // A CR that ended the complete part was not the chunk's last byte.
-      this.#skipLF = false;
-      this.#append(chunk, end, length);
-    }
+    if (this.#staged > 0) this.#flushStage();
+    this.#text(this.#decoder.decode(chunk, STREAM));
   }
 
-  // Decodes and parses the pending bytes, which hold complete lines only
-  // (the last may lack its line end: it ends where the caller found one).
-  #flushPending(): void {
-    let from = 0;
-    const to = this.#pendingLength;
-    const buffer = this.#pending;
-    this.#pendingLength = 0;
-    if (this.#atStart) {
-      this.#atStart = false;
-      if (buffer[0] === 0xef && buffer[1] === 0xbb && buffer[2] === 0xbf) {
-        from = 3;
-      }
-    }
-    const text = this.#decoder.decode(buffer.subarray(from, to));
-    const last = text.charCodeAt(text.length - 1);
-    if (last === LF || last === CR) {
-      this.#parse(text, 0);
-    } else {
-      // A line whose end the caller consumed: parse it as one line.
-      this.#colon = -1;
-      if (text.length === 0) this.#dispatch();
-      else this.#line(text, 0, text.length);
-    }
-    // Let a buffer that grew for a huge event go.
-    if (buffer.length > 65536) this.#pending = new Uint8Array(0);
-  }
-
-  #append(chunk: Uint8Array, from: number, to: number): void {
-    const needed = this.#pendingLength + (to - from);
-    if (needed > this.#max) this.#tooLarge();
-    if (needed > this.#pending.length) {
-      let size = this.#pending.length * 2;
-      if (size < 1024) size = 1024;
-      while (size < needed) size *= 2;
-      const grown = new Uint8Array(size);
-      grown.set(this.#pending.subarray(0, this.#pendingLength));
-      this.#pending = grown;
-    }
-    this.#pending.set(chunk.subarray(from, to), this.#pendingLength);
-    this.#pendingLength = needed;
+  #flushStage(): void {
+    const text = this.#decoder.decode(
+      this.#stage.subarray(0, this.#staged),
+      STREAM,
+    );
+    this.#staged = 0;
+    this.#text(text);
   }
 
   #tooLarge(): never {
     throw new RangeError(
       `Event exceeds maxEventSize: more than ${this.#max} bytes are pending`,
     );
+  }
+
+  // The next decoded piece of the stream.
+  #text(text: string): void {
+    const n = text.length;
+    if (n === 0) return;
+    let pos = 0;
+    if (this.#atStart) {
+      this.#atStart = false;
+      // §9.2.5: one U+FEFF at the very start of the stream is ignored.
+      if (text.charCodeAt(0) === 0xfeff) pos = 1;
+    } else if (this.#skipLF) {
+      this.#skipLF = false;
+      if (text.charCodeAt(0) === LF) pos = 1;
+    }
+    if (this.#tail !== "") {
+      // The first line end here finishes the unfinished line.
+      const lf = text.indexOf("\n", pos);
+      const cr = text.indexOf("\r", pos);
+      const end = cr === -1 || (lf !== -1 && lf < cr) ? lf : cr;
+      if (end === -1) {
+        this.#tail += pos === 0 ? text : text.slice(pos);
+        if (this.#tail.length > this.#max) this.#tooLarge();
+        return;
+      }
+      const line = this.#tail + text.slice(pos, end);
+      this.#tail = "";
+      if (line.length > this.#max) this.#tooLarge();
+      this.#colon = -1;
+      this.#line(line, 0, line.length);
+      pos = end + 1;
+      if (end === cr) {
+        if (pos === n) this.#skipLF = true;
+        else if (text.charCodeAt(pos) === LF) pos++;
+      }
+    }
+    const tail = this.#parse(text, pos);
+    if (tail < n) {
+      this.#tail = text.slice(tail);
+      if (n - tail > this.#max) this.#tooLarge();
+    }
   }
 
   // Parses the complete lines of text[pos, …) and returns where the
@@ -390,22 +338,11 @@ function isDigits(value: string): boolean {
   return true;
 }
 
-// Offset of the first CR or LF in bytes (there is one).
-function firstLineEnd(bytes: Uint8Array): number {
-  let i = 0;
-  while (true) {
-    const byte = bytes[i];
-    if (byte === LF || byte === CR) return i;
-    i++;
+// Whether a small chunk holds a CR or LF.
+function hasLineEnd(chunk: Uint8Array): boolean {
+  for (let i = chunk.length - 1; i >= 0; i--) {
+    const byte = chunk[i];
+    if (byte === LF || byte === CR) return true;
   }
-}
-
-// Offset just past the last CR or LF in bytes (there is one).
-function lastLineEnd(bytes: Uint8Array): number {
-  let i = bytes.length;
-  while (true) {
-    const byte = bytes[i - 1];
-    if (byte === LF || byte === CR) return i;
-    i--;
-  }
+  return false;
 }
