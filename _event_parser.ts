@@ -231,25 +231,41 @@ export class EventParser {
   // §9.2.6: one non-empty line text[start, end).
   #line(text: string, start: number, end: number): void {
     const first = text.charCodeAt(start);
-    // Fast paths for the four field names followed by a colon.
-    if (first === 100 /* d */) {
-      if (
-        start + 4 < end && text.charCodeAt(start + 4) === COLON &&
-        text.charCodeAt(start + 1) === 97 &&
-        text.charCodeAt(start + 2) === 116 &&
-        text.charCodeAt(start + 3) === 97
-      ) {
-        this.#field(1, text, start + 5, end);
+    // Fast paths: a known field name directly followed by a colon (nearly
+    // every line of a real stream) skips the general search below.
+    switch (first) {
+      case 100: // d
+        if (
+          start + 4 < end && text.charCodeAt(start + 4) === COLON &&
+          text.startsWith("data", start)
+        ) return this.#field(1, text, start + 5, end);
+        break;
+      case 101: // e
+        if (
+          start + 5 < end && text.charCodeAt(start + 5) === COLON &&
+          text.startsWith("event", start)
+        ) return this.#field(2, text, start + 6, end);
+        break;
+      case 105: // i
+        if (
+          start + 2 < end && text.charCodeAt(start + 2) === COLON &&
+          text.charCodeAt(start + 1) === 100
+        ) return this.#field(3, text, start + 3, end);
+        break;
+      case 114: // r
+        if (
+          start + 5 < end && text.charCodeAt(start + 5) === COLON &&
+          text.startsWith("retry", start)
+        ) return this.#field(4, text, start + 6, end);
+        break;
+      case COLON:
+        // §9.2.6: a line starting with a colon is a comment.
+        if (this.#onComment !== undefined) {
+          let from = start + 1;
+          if (from < end && text.charCodeAt(from) === SPACE) from++;
+          this.#onComment(text.slice(from, end));
+        }
         return;
-      }
-    } else if (first === COLON) {
-      // §9.2.6: a line starting with a colon is a comment.
-      if (this.#onComment !== undefined) {
-        let from = start + 1;
-        if (from < end && text.charCodeAt(from) === SPACE) from++;
-        this.#onComment(text.slice(from, end));
-      }
-      return;
     }
     let colon = this.#colon;
     if (colon < start) {
