@@ -2,7 +2,7 @@
 // Fan-out: one publisher, N idle SSE clients, every event to every client.
 //
 //   deno run -A bench/fanout_bench.ts [--n 100,1000,10000] [--events 10] [--rate 2]
-//                                     [--reps 2] [--quick]
+//     [--reps 3] [--quick] [--only channel,hand,better] [--verbose]
 //
 // Compares, in one run, on this machine:
 //   - SSEChannel from server.ts (bench/fanout/channel_server.ts);
@@ -36,6 +36,10 @@ interface Options {
   rate: number;
   reps: number;
   batch: number;
+  /** Lower-case name fragments: run only the servers whose name has one. */
+  only: string[] | undefined;
+  /** Print each run's slowest delivery per event. */
+  verbose: boolean;
 }
 
 interface ServerSpec {
@@ -56,6 +60,7 @@ interface ClientResult {
   p50: number;
   p99: number;
   lastReceive: number;
+  slowest: number[];
 }
 
 interface Measurement {
@@ -71,6 +76,8 @@ interface Measurement {
   growthPerConnection: number;
   delivered: number;
   notes: string[];
+  /** Slowest delivery of each measured event, ms. */
+  slowest: number[];
 }
 
 function now(): number {
@@ -82,8 +89,10 @@ function parseOptions(args: string[]): Options {
     sizes: [100, 1000, 10000],
     events: 10,
     rate: 2,
-    reps: 2,
+    reps: 3,
     batch: 250,
+    only: undefined,
+    verbose: false,
   };
   for (let i = 0; i < args.length; i++) {
     const name = args[i];
@@ -121,6 +130,13 @@ function parseOptions(args: string[]): Options {
         break;
       case "--batch":
         options.batch = count("--batch");
+        break;
+      case "--only":
+        options.only = value.toLowerCase().split(",").filter(Boolean);
+        i++;
+        break;
+      case "--verbose":
+        options.verbose = true;
         break;
       default:
         throw new TypeError(`Unknown argument: ${name}`);
@@ -244,6 +260,7 @@ async function measure(
       growthPerConnection,
       delivered: result.received / Math.max(1, result.expected),
       notes,
+      slowest: result.slowest,
     };
   } finally {
     await clients?.stop(0);
@@ -370,6 +387,14 @@ async function run(options: Options): Promise<void> {
     console.error("better-sse is not installed and npm failed: skipping it");
   }
 
+  if (options.only !== undefined) {
+    const only = options.only;
+    for (let i = specs.length - 1; i >= 0; i--) {
+      const name = specs[i]!.name.toLowerCase();
+      if (!only.some((part) => name.includes(part))) specs.splice(i, 1);
+    }
+  }
+
   const load = Deno.loadavg().map((value) => value.toFixed(2)).join(", ");
   console.log(
     `fan-out: ${Deno.version.deno}, ${await version("node")}, ` +
@@ -403,6 +428,7 @@ async function run(options: Options): Promise<void> {
             growthPerConnection: NaN,
             delivered: 0,
             notes: [`failed: ${(error as Error).message}`],
+            slowest: [],
           };
         }
         console.error(
@@ -413,6 +439,9 @@ async function run(options: Options): Promise<void> {
           } KiB/conn from startup)` +
             (measurement.notes.length > 0
               ? ` (${measurement.notes.join("; ")})`
+              : "") +
+            (options.verbose
+              ? `; slowest per event: ${measurement.slowest.join(", ")} ms`
               : ""),
         );
         results.set(key, [...(results.get(key) ?? []), measurement]);
@@ -432,6 +461,7 @@ async function run(options: Options): Promise<void> {
     growthPerConnection: median(runs.map((run) => run.growthPerConnection)),
     delivered: Math.min(...runs.map((run) => run.delivered)),
     notes: [...new Set(runs.flatMap((run) => run.notes))],
+    slowest: [],
   }));
   const find = (server: string, n: number) =>
     rows.find((row) => row.server === server && row.n === n);

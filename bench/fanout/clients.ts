@@ -74,6 +74,8 @@ const acceptEncoding = args.get("accept-encoding");
 
 // Latencies of measured events, all clients together.
 const latencies = new Float64Array(n * events);
+// The event each latency belongs to, for the per-event maximum.
+const sequences = new Uint32Array(n * events);
 let measured = 0;
 let warmReceived = 0;
 let connected = 0;
@@ -100,6 +102,13 @@ function report(): void {
   if (resultReported) return;
   resultReported = true;
   const sorted = latencies.slice(0, measured).sort();
+  // The slowest delivery of each event: shows whether a tail is one bad
+  // event (a pause somewhere) or every event's spread.
+  const slowest = new Array<number>(events).fill(0);
+  for (let i = 0; i < measured; i++) {
+    const seq = sequences[i]!;
+    if (seq < events) slowest[seq] = Math.max(slowest[seq]!, latencies[i]!);
+  }
   let sum = 0;
   for (const value of sorted) sum += value;
   emit({
@@ -114,6 +123,7 @@ function report(): void {
     firstReceive,
     lastReceive,
     readErrors,
+    slowest: slowest.map((value) => Math.round(value)),
   });
 }
 
@@ -299,6 +309,7 @@ class Client {
     if (seq < 0) {
       warmReceived++;
     } else if (measured < latencies.length) {
+      sequences[measured] = seq;
       latencies[measured++] = time - t;
       if (time < firstReceive) firstReceive = time;
       if (time > lastReceive) lastReceive = time;
