@@ -6,6 +6,8 @@
 // - Bytes are decoded by one streaming TextDecoder, so a character split
 //   across chunks decodes whole, and lines are found in the text with the
 //   native string search (an order of magnitude faster than scanning bytes).
+//   When no character can be split (the decoder holds nothing and the chunk
+//   ends with an ASCII byte), a one-shot decode does the same for less.
 // - The unfinished last line is kept as text and extended by concatenation,
 //   which V8 does in constant time (a rope, flattened once when the line
 //   ends): a huge line spread over thousands of chunks costs linear time.
@@ -49,6 +51,10 @@ export class EventParser {
   #onComment: ((text: string) => void) | undefined;
   #max: number;
   #decoder = new TextDecoder("utf-8", { ignoreBOM: true });
+  // Only ever used for one-shot decodes, so it never holds state.
+  #wholeDecoder = new TextDecoder("utf-8", { ignoreBOM: true });
+  // #decoder may hold the start of a character split across chunks.
+  #split = false;
 
   // Small chunks staged before decoding: #stage[0, #staged).
   #stage = new Uint8Array(STAGE_SIZE);
@@ -115,6 +121,7 @@ export class EventParser {
    */
   reset(): void {
     this.#decoder = new TextDecoder("utf-8", { ignoreBOM: true });
+    this.#split = false;
     this.#staged = 0;
     this.#tail = "";
     this.#atStart = true;
@@ -141,16 +148,26 @@ export class EventParser {
       return;
     }
     if (this.#staged > 0) this.#flushStage();
-    this.#text(this.#decoder.decode(chunk, STREAM));
+    this.#text(this.#decode(chunk));
   }
 
   #flushStage(): void {
-    const text = this.#decoder.decode(
-      this.#stage.subarray(0, this.#staged),
-      STREAM,
-    );
+    const text = this.#decode(this.#stage.subarray(0, this.#staged));
     this.#staged = 0;
     this.#text(text);
+  }
+
+  // Decodes the next bytes of the stream. When no character can be split at
+  // either end (the streaming decoder holds nothing and the bytes end with an
+  // ASCII byte), a one-shot decode gives the same text and costs less.
+  #decode(bytes: Uint8Array): string {
+    if (bytes[bytes.length - 1]! < 0x80) {
+      if (!this.#split) return this.#wholeDecoder.decode(bytes);
+      this.#split = false;
+    } else {
+      this.#split = true;
+    }
+    return this.#decoder.decode(bytes, STREAM);
   }
 
   #tooLarge(): never {
