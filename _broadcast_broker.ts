@@ -9,6 +9,8 @@
  */
 
 import {
+  checkPublish,
+  checkSubscribe,
   reportUncaught,
   type SSEBroker,
   type SSEBrokerEntry,
@@ -159,40 +161,11 @@ export class BroadcastChannelBroker implements SSEBroker {
     options: { replay: number },
   ): string {
     if (this.#closed) throw new TypeError("Cannot publish: broker is closed");
-    checkName(name);
-    if (typeof entry?.topic !== "string") {
-      throw new TypeError(
-        `Invalid topic: expected a string, got ${typeof entry?.topic}`,
-      );
-    }
-    const replay = options?.replay;
-    if (!Number.isSafeInteger(replay) || replay < 0) {
-      throw new RangeError(
-        `Invalid replay: expected a non-negative integer, got ${replay}`,
-      );
-    }
-    let message = entry.message;
-    if (typeof message !== "object" || message === null) {
-      throw new TypeError(
-        `Invalid message: expected an object, got ${
-          message === null ? "null" : typeof message
-        }`,
-      );
-    }
-    if (message.data !== undefined && typeof message.data !== "string") {
-      throw new TypeError(
-        `Invalid message data: a broker stores strings, got ${typeof message
-          .data}`,
-      );
-    }
-    if (message.id !== undefined) {
-      const { id: _, ...rest } = message;
-      message = rest;
-    }
+    const { topic, message, replay } = checkPublish(name, entry, options);
     const stream = this.#stream(name);
     const stored: SSEBrokerEntry = {
       id: this.#nextId(),
-      topic: entry.topic,
+      topic,
       message,
     };
     // Structured clone: the other isolates get their own copy, and a
@@ -234,18 +207,7 @@ export class BroadcastChannelBroker implements SSEBroker {
     onEntry: (entry: SSEBrokerEntry) => void,
   ): SSEBrokerSubscription {
     if (this.#closed) throw new TypeError("Cannot subscribe: broker is closed");
-    checkName(name);
-    if (typeof onEntry !== "function") {
-      throw new TypeError(
-        `Invalid onEntry: expected a function, got ${typeof onEntry}`,
-      );
-    }
-    const lastEventId = options?.lastEventId;
-    if (lastEventId !== undefined && typeof lastEventId !== "string") {
-      throw new TypeError(
-        `Invalid lastEventId: expected a string, got ${typeof lastEventId}`,
-      );
-    }
+    const lastEventId = checkSubscribe(name, options, onEntry);
     const stream = this.#stream(name);
     const subscriber: Subscriber = { onEntry, active: true };
     let resumed = true;
@@ -406,12 +368,4 @@ function parseEnvelope(data: unknown): Envelope | undefined {
     return undefined;
   }
   return data as Envelope;
-}
-
-function checkName(name: unknown): void {
-  if (typeof name !== "string") {
-    throw new TypeError(
-      `Invalid stream name: expected a string, got ${typeof name}`,
-    );
-  }
 }

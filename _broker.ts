@@ -225,41 +225,11 @@ export class MemoryBroker implements SSEBroker {
     options: { replay: number },
   ): string {
     if (this.#closed) throw new TypeError("Cannot publish: broker is closed");
-    checkName(name);
-    if (typeof entry?.topic !== "string") {
-      throw new TypeError(
-        `Invalid topic: expected a string, got ${typeof entry?.topic}`,
-      );
-    }
-    const replay = options?.replay;
-    if (!Number.isSafeInteger(replay) || replay < 0) {
-      throw new RangeError(
-        `Invalid replay: expected a non-negative integer, got ${replay}`,
-      );
-    }
-    let message = entry.message;
-    if (typeof message !== "object" || message === null) {
-      throw new TypeError(
-        `Invalid message: expected an object, got ${
-          message === null ? "null" : typeof message
-        }`,
-      );
-    }
-    if (message.data !== undefined && typeof message.data !== "string") {
-      throw new TypeError(
-        `Invalid message data: a broker stores strings, got ${typeof message
-          .data}`,
-      );
-    }
-    if (message.id !== undefined) {
-      const { id: _, ...rest } = message;
-      message = rest;
-    }
-
+    const { topic, message, replay } = checkPublish(name, entry, options);
     const seq = ++this.#seq;
     const stored: SSEBrokerEntry = {
       id: `${this.#prefix}-${seq}`,
-      topic: entry.topic,
+      topic,
       message,
     };
     const stream = this.#stream(name);
@@ -304,18 +274,7 @@ export class MemoryBroker implements SSEBroker {
     onEntry: (entry: SSEBrokerEntry) => void,
   ): SSEBrokerSubscription {
     if (this.#closed) throw new TypeError("Cannot subscribe: broker is closed");
-    checkName(name);
-    if (typeof onEntry !== "function") {
-      throw new TypeError(
-        `Invalid onEntry: expected a function, got ${typeof onEntry}`,
-      );
-    }
-    const lastEventId = options?.lastEventId;
-    if (lastEventId !== undefined && typeof lastEventId !== "string") {
-      throw new TypeError(
-        `Invalid lastEventId: expected a string, got ${typeof lastEventId}`,
-      );
-    }
+    const lastEventId = checkSubscribe(name, options, onEntry);
     const stream = this.#streams.get(name);
     const subscriber: Subscriber = { onEntry, after: this.#seq, active: true };
     let resumed = true;
@@ -398,6 +357,87 @@ class MemorySubscription implements SSEBrokerSubscription {
     this.#release = undefined;
     release?.();
   }
+}
+
+/**
+ * Checks the arguments of {@linkcode SSEBroker.publish}, as every broker
+ * must, with the errors the contract names. Internal: shared by the brokers,
+ * not exported from `server.ts`.
+ *
+ * @param name The stream name: a string.
+ * @param entry The topic (a string) and the message (an object whose `data`,
+ * if any, is a string).
+ * @param options `replay`: a non-negative safe integer.
+ * @returns The topic, the message without its `id` (the object given when it
+ * has none), and `replay`.
+ */
+export function checkPublish(
+  name: string,
+  entry: { topic: string; message: SSEMessage },
+  options: { replay: number },
+): { topic: string; message: SSEMessage; replay: number } {
+  checkName(name);
+  const topic = entry?.topic;
+  if (typeof topic !== "string") {
+    throw new TypeError(
+      `Invalid topic: expected a string, got ${typeof topic}`,
+    );
+  }
+  const replay = options?.replay;
+  if (!Number.isSafeInteger(replay) || replay < 0) {
+    throw new RangeError(
+      `Invalid replay: expected a non-negative integer, got ${replay}`,
+    );
+  }
+  let message = entry.message;
+  if (typeof message !== "object" || message === null) {
+    throw new TypeError(
+      `Invalid message: expected an object, got ${
+        message === null ? "null" : typeof message
+      }`,
+    );
+  }
+  if (message.data !== undefined && typeof message.data !== "string") {
+    throw new TypeError(
+      `Invalid message data: a broker stores strings, got ${typeof message
+        .data}`,
+    );
+  }
+  // The broker assigns the id: the stored message has none.
+  if (message.id !== undefined) {
+    const { id: _, ...rest } = message;
+    message = rest;
+  }
+  return { topic, message, replay };
+}
+
+/**
+ * Checks the arguments of {@linkcode SSEBroker.subscribe}, as every broker
+ * must. Internal: shared by the brokers, not exported from `server.ts`.
+ *
+ * @param name The stream name: a string.
+ * @param options `lastEventId`: a string, if given.
+ * @param onEntry A function.
+ * @returns The `lastEventId` to resume after, if any.
+ */
+export function checkSubscribe(
+  name: string,
+  options: { lastEventId?: string },
+  onEntry: (entry: SSEBrokerEntry) => void,
+): string | undefined {
+  checkName(name);
+  if (typeof onEntry !== "function") {
+    throw new TypeError(
+      `Invalid onEntry: expected a function, got ${typeof onEntry}`,
+    );
+  }
+  const lastEventId = options?.lastEventId;
+  if (lastEventId !== undefined && typeof lastEventId !== "string") {
+    throw new TypeError(
+      `Invalid lastEventId: expected a string, got ${typeof lastEventId}`,
+    );
+  }
+  return lastEventId;
 }
 
 function checkName(name: unknown): void {

@@ -44,6 +44,8 @@
 
 import { createClient } from "redis";
 import {
+  checkPublish,
+  checkSubscribe,
   reportUncaught,
   type SSEBroker,
   type SSEBrokerEntry,
@@ -257,34 +259,8 @@ export class RedisBroker implements SSEBroker {
     options: { replay: number },
   ): Promise<string> {
     if (this.#closed) throw new TypeError("Cannot publish: broker is closed");
-    checkName(name);
-    if (typeof entry?.topic !== "string") {
-      throw new TypeError(
-        `Invalid topic: expected a string, got ${typeof entry?.topic}`,
-      );
-    }
-    const replay = options?.replay;
-    if (!Number.isSafeInteger(replay) || replay < 0) {
-      throw new RangeError(
-        `Invalid replay: expected a non-negative integer, got ${replay}`,
-      );
-    }
-    const message = entry.message;
-    if (typeof message !== "object" || message === null) {
-      throw new TypeError(
-        `Invalid message: expected an object, got ${
-          message === null ? "null" : typeof message
-        }`,
-      );
-    }
-    if (message.data !== undefined && typeof message.data !== "string") {
-      throw new TypeError(
-        `Invalid message data: a broker stores strings, got ${typeof message
-          .data}`,
-      );
-    }
-    const { id: _, ...stored } = message;
-    const json = JSON.stringify(stored);
+    const { topic, message, replay } = checkPublish(name, entry, options);
+    const json = JSON.stringify(message);
 
     try {
       const writer = await this.#open();
@@ -296,7 +272,7 @@ export class RedisBroker implements SSEBroker {
         String(replay),
         "*",
         "topic",
-        entry.topic,
+        topic,
         "message",
         json,
       ]);
@@ -335,18 +311,7 @@ export class RedisBroker implements SSEBroker {
     onEntry: (entry: SSEBrokerEntry) => void,
   ): Promise<SSEBrokerSubscription> {
     if (this.#closed) throw new TypeError("Cannot subscribe: broker is closed");
-    checkName(name);
-    if (typeof onEntry !== "function") {
-      throw new TypeError(
-        `Invalid onEntry: expected a function, got ${typeof onEntry}`,
-      );
-    }
-    const lastEventId = options?.lastEventId;
-    if (lastEventId !== undefined && typeof lastEventId !== "string") {
-      throw new TypeError(
-        `Invalid lastEventId: expected a string, got ${typeof lastEventId}`,
-      );
-    }
+    const lastEventId = checkSubscribe(name, options, onEntry);
     // An id Redis cannot have assigned is unknown: live entries only.
     const after = lastEventId === undefined
       ? undefined
@@ -831,14 +796,6 @@ class RedisSubscription implements SSEBrokerSubscription {
     const release = this.#release;
     this.#release = undefined;
     release?.();
-  }
-}
-
-function checkName(name: unknown): void {
-  if (typeof name !== "string") {
-    throw new TypeError(
-      `Invalid stream name: expected a string, got ${typeof name}`,
-    );
   }
 }
 
