@@ -11,6 +11,7 @@
 import {
   checkPublish,
   checkSubscribe,
+  randomId,
   reportUncaught,
   type SSEBroker,
   type SSEBrokerEntry,
@@ -107,7 +108,8 @@ const DEFAULT_PREFIX = "sse:";
  */
 export class BroadcastChannelBroker implements SSEBroker {
   #prefix: string;
-  #origin: string;
+  /** This broker's random id, chosen at its first publish. */
+  #origin: string | undefined;
   /** The hybrid logical clock: the newest time part seen, and its counter. */
   #time = 0;
   #seq = 0;
@@ -115,7 +117,8 @@ export class BroadcastChannelBroker implements SSEBroker {
   #closed = false;
 
   /**
-   * Creates a broker with a fresh random origin id.
+   * Creates a broker. Its random origin id is chosen at the first `publish`,
+   * so that a broker can be created in a Worker's global scope.
    *
    * @param options The `BroadcastChannel` name `prefix`.
    */
@@ -127,10 +130,6 @@ export class BroadcastChannelBroker implements SSEBroker {
       );
     }
     this.#prefix = prefix;
-    const bytes = crypto.getRandomValues(new Uint8Array(8));
-    let origin = "";
-    for (const byte of bytes) origin += (byte % 36).toString(36);
-    this.#origin = origin;
   }
 
   /**
@@ -256,6 +255,7 @@ export class BroadcastChannelBroker implements SSEBroker {
     } else {
       this.#seq++;
     }
+    this.#origin ??= randomId();
     return `${this.#time}-${this.#seq}-${this.#origin}`;
   }
 

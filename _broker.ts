@@ -184,18 +184,11 @@ interface Stream {
  * ```
  */
 export class MemoryBroker implements SSEBroker {
-  #prefix: string;
+  /** Chosen at the first publish (see {@linkcode randomId}). */
+  #prefix: string | undefined;
   #seq = 0;
   #streams = new Map<string, Stream>();
   #closed = false;
-
-  /** Creates a broker with a fresh random id prefix. */
-  constructor() {
-    const bytes = crypto.getRandomValues(new Uint8Array(8));
-    let prefix = "m";
-    for (const byte of bytes) prefix += (byte % 36).toString(36);
-    this.#prefix = prefix;
-  }
 
   /**
    * Stores the message and delivers it, synchronously, to every subscriber
@@ -226,6 +219,7 @@ export class MemoryBroker implements SSEBroker {
   ): string {
     if (this.#closed) throw new TypeError("Cannot publish: broker is closed");
     const { topic, message, replay } = checkPublish(name, entry, options);
+    this.#prefix ??= "m" + randomId();
     const seq = ++this.#seq;
     const stored: SSEBrokerEntry = {
       id: `${this.#prefix}-${seq}`,
@@ -315,6 +309,7 @@ export class MemoryBroker implements SSEBroker {
 
   /** The sequence number an id of this broker carries, if it is one. */
   #sequenceOf(id: string): number | undefined {
+    // Before the first publish, the prefix is undefined and matches nothing.
     const dash = id.lastIndexOf("-");
     if (dash < 0 || id.slice(0, dash) !== this.#prefix) return undefined;
     const digits = id.slice(dash + 1);
@@ -513,6 +508,22 @@ function replay(stream: Stream, after: number, subscriber: Subscriber): void {
       reportUncaught(error);
     }
   }
+}
+
+/**
+ * Eight random base-36 characters, for the part of a broker's ids that tells
+ * its incarnations apart. Call it on first use, never in a constructor:
+ * Cloudflare Workers refuse random values in global scope ("disallowed
+ * operation"), where an application may well create its `SSEChannel`.
+ * Internal: shared with `_broadcast_broker.ts`, not exported from `server.ts`.
+ *
+ * @returns A fresh random string of `[0-9a-z]{8}`.
+ */
+export function randomId(): string {
+  const bytes = crypto.getRandomValues(new Uint8Array(8));
+  let id = "";
+  for (const byte of bytes) id += (byte % 36).toString(36);
+  return id;
 }
 
 /**

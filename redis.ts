@@ -192,7 +192,8 @@ export class RedisBroker implements SSEBroker {
   #opened: Promise<void> | undefined;
   #openedSettled = false;
   #streams = new Map<string, Stream>();
-  #wakeKey: string;
+  /** Named at first use: Workers refuse random values in global scope. */
+  #wakeKey = "";
   #wakeCursor = "0-0";
   #loop: Promise<void> | undefined;
   #retryTimer: ReturnType<typeof setTimeout> | undefined;
@@ -238,7 +239,6 @@ export class RedisBroker implements SSEBroker {
     this.#url = url ?? DEFAULT_URL;
     this.#prefix = prefix;
     this.#onError = onError ?? warn;
-    this.#wakeKey = `${prefix}~wake:${crypto.randomUUID()}`;
   }
 
   /**
@@ -403,6 +403,7 @@ export class RedisBroker implements SSEBroker {
    */
   async #open(): Promise<Connection> {
     if (this.#opened === undefined) {
+      this.#wakeKey = `${this.#prefix}~wake:${crypto.randomUUID()}`;
       const writer = this.#connection(false);
       this.#writer = writer;
       this.#opened = this.#connect(writer).finally(() =>

@@ -8,6 +8,7 @@ import { parserSmoke } from "./parser_smoke.ts";
 import { encoderSmoke } from "./encoder_smoke.ts";
 import { serverSmoke } from "./server_smoke.ts";
 import { clientSmoke } from "./client_smoke.ts";
+import { globalScopeSmoke } from "./global_scope_smoke.ts";
 
 /** What a client reads from a response served by the runtime's own server. */
 export interface ServedExpectation {
@@ -38,6 +39,7 @@ export const SMOKES: Smoke[] = [
   encoderSmoke,
   serverSmoke,
   clientSmoke,
+  globalScopeSmoke,
 ];
 
 /** Runs every check; a check that throws reports the error instead. */
