@@ -9,10 +9,11 @@
  */
 
 import {
+  BrokerSubscription,
   checkPublish,
   checkSubscribe,
+  LocalStream,
   randomId,
-  reportUncaught,
   type SSEBroker,
   type SSEBrokerEntry,
   type SSEBrokerSubscription,
@@ -37,22 +38,11 @@ interface Envelope {
   replay: number;
 }
 
-/** One subscriber of a stream. */
-interface Subscriber {
-  onEntry: (entry: SSEBrokerEntry) => void;
-  active: boolean;
-}
-
 /** One stream as this instance has seen it. */
 interface Stream {
   channel: BroadcastChannel;
-  /** Kept entries, oldest first, in the order they reached this instance. */
-  kept: SSEBrokerEntry[];
-  /** Index of the oldest kept entry in `kept` (dropped lazily). */
-  start: number;
-  /** Id of the newest entry dropped from `kept`; nothing after it is gone. */
-  evicted: string | undefined;
-  subscribers: Set<Subscriber>;
+  /** Kept entries in the order they reached this instance; subscribers. */
+  local: LocalStream;
 }
 
 const DEFAULT_PREFIX = "sse:";
@@ -113,6 +103,8 @@ export class BroadcastChannelBroker implements SSEBroker {
   /** The hybrid logical clock: the newest time part seen, and its counter. */
   #time = 0;
   #seq = 0;
+  /** Entries that reached this instance: their order here, for LocalStream. */
+  #arrivals = 0;
   #streams = new Map<string, Stream>();
   #closed = false;
 
@@ -207,26 +199,18 @@ export class BroadcastChannelBroker implements SSEBroker {
   ): SSEBrokerSubscription {
     if (this.#closed) throw new TypeError("Cannot subscribe: broker is closed");
     const lastEventId = checkSubscribe(name, options, onEntry);
-    const stream = this.#stream(name);
-    const subscriber: Subscriber = { onEntry, active: true };
-    let resumed = true;
-    if (lastEventId !== undefined) {
-      const from = replayStart(stream, lastEventId);
-      if (from === undefined) {
-        resumed = false;
-      } else {
-        for (let i = from; i < stream.kept.length && subscriber.active; i++) {
-          deliver(subscriber, stream.kept[i]!);
-        }
-      }
-    }
-    // Delivery is synchronous (messages from other isolates arrive as tasks),
-    // so nothing reaches the stream between the replay and this line.
-    stream.subscribers.add(subscriber);
-    return new BroadcastSubscription(resumed, () => {
-      subscriber.active = false;
-      stream.subscribers.delete(subscriber);
-    });
+    const { local } = this.#stream(name);
+    // Only an id this instance still keeps, or the newest it dropped, resumes.
+    const after = lastEventId === undefined
+      ? undefined
+      : local.sequenceOf(lastEventId);
+    // Messages from other isolates arrive as tasks, so the replay and joining
+    // happen with nothing reaching the stream in between.
+    const release = local.subscribe(onEntry, after);
+    return new BrokerSubscription(
+      lastEventId === undefined || after !== undefined,
+      release,
+    );
   }
 
   /**
@@ -238,8 +222,7 @@ export class BroadcastChannelBroker implements SSEBroker {
   close(): Promise<void> {
     this.#closed = true;
     for (const stream of this.#streams.values()) {
-      for (const subscriber of stream.subscribers) subscriber.active = false;
-      stream.subscribers.clear();
+      stream.local.close();
       stream.channel.close();
     }
     this.#streams.clear();
@@ -273,13 +256,7 @@ export class BroadcastChannelBroker implements SSEBroker {
     let stream = this.#streams.get(name);
     if (stream !== undefined) return stream;
     const channel = new BroadcastChannel(this.#prefix + name);
-    const created: Stream = {
-      channel,
-      kept: [],
-      start: 0,
-      evicted: undefined,
-      subscribers: new Set(),
-    };
+    const created: Stream = { channel, local: new LocalStream() };
     channel.onmessage = (event: MessageEvent) => {
       if (this.#closed) return;
       const envelope = parseEnvelope(event.data);
@@ -295,63 +272,8 @@ export class BroadcastChannelBroker implements SSEBroker {
 
   /** Keeps an entry and delivers it to this instance's subscribers. */
   #receive(stream: Stream, entry: SSEBrokerEntry, replay: number): void {
-    stream.kept.push(entry);
-    trim(stream, replay);
-    for (const subscriber of stream.subscribers) deliver(subscriber, entry);
+    stream.local.add(entry, ++this.#arrivals, replay);
   }
-}
-
-class BroadcastSubscription implements SSEBrokerSubscription {
-  readonly resumed: boolean;
-  #release: (() => void) | undefined;
-
-  constructor(resumed: boolean, release: () => void) {
-    this.resumed = resumed;
-    this.#release = release;
-  }
-
-  unsubscribe(): void {
-    const release = this.#release;
-    this.#release = undefined;
-    release?.();
-  }
-}
-
-function deliver(subscriber: Subscriber, entry: SSEBrokerEntry): void {
-  if (!subscriber.active) return;
-  try {
-    subscriber.onEntry(entry);
-  } catch (error) {
-    reportUncaught(error);
-  }
-}
-
-/** Drops the oldest entries beyond `replay`, compacting now and then. */
-function trim(stream: Stream, replay: number): void {
-  const { kept } = stream;
-  while (kept.length - stream.start > replay) {
-    stream.evicted = kept[stream.start]!.id;
-    stream.start++;
-  }
-  // Compact once the dead prefix is as long as what is kept: amortised O(1).
-  if (stream.start > 0 && stream.start >= kept.length - stream.start) {
-    stream.kept = kept.slice(stream.start);
-    stream.start = 0;
-  }
-}
-
-/**
- * Index in `kept` of the first entry after `lastEventId`, or `undefined`
- * when this instance does not know that id or has dropped entries after it.
- */
-function replayStart(stream: Stream, lastEventId: string): number | undefined {
-  if (lastEventId === stream.evicted) return stream.start;
-  const { kept } = stream;
-  // Newest first: a reconnecting client usually missed only a few.
-  for (let i = kept.length - 1; i >= stream.start; i--) {
-    if (kept[i]!.id === lastEventId) return i + 1;
-  }
-  return undefined;
 }
 
 function parseEnvelope(data: unknown): Envelope | undefined {

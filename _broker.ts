@@ -132,28 +132,6 @@ export interface SSEBroker {
   close(): Promise<void>;
 }
 
-/** One subscriber of a {@linkcode MemoryBroker} stream. */
-interface Subscriber {
-  onEntry: (entry: SSEBrokerEntry) => void;
-  /** Only entries with a greater sequence number are delivered live. */
-  after: number;
-  active: boolean;
-}
-
-/** One stream of a {@linkcode MemoryBroker}: a ring of kept entries. */
-interface Stream {
-  /** Ring buffer of kept entries; `seqs[i]` is the sequence of `ring[i]`. */
-  ring: (SSEBrokerEntry | undefined)[];
-  seqs: number[];
-  /** Index of the oldest kept entry in `ring`. */
-  start: number;
-  /** Number of kept entries. */
-  count: number;
-  /** Sequence of the newest entry dropped from the ring (0 if none). */
-  evicted: number;
-  subscribers: Set<Subscriber>;
-}
-
 /**
  * The in-process {@linkcode SSEBroker}, the default of `SSEChannel`.
  *
@@ -187,7 +165,7 @@ export class MemoryBroker implements SSEBroker {
   /** Chosen at the first publish (see {@linkcode randomId}). */
   #prefix: string | undefined;
   #seq = 0;
-  #streams = new Map<string, Stream>();
+  #streams = new Map<string, LocalStream>();
   #closed = false;
 
   /**
@@ -226,18 +204,7 @@ export class MemoryBroker implements SSEBroker {
       topic,
       message,
     };
-    const stream = this.#stream(name);
-    keep(stream, stored, seq, replay);
-    for (const subscriber of stream.subscribers) {
-      // A subscriber added while this loop runs already got this entry by
-      // replay (it was kept before the loop), so only older ones get it here.
-      if (subscriber.after >= seq) continue;
-      try {
-        subscriber.onEntry(stored);
-      } catch (error) {
-        reportUncaught(error);
-      }
-    }
+    this.#stream(name).add(stored, seq, replay);
     return stored.id;
   }
 
@@ -269,26 +236,18 @@ export class MemoryBroker implements SSEBroker {
   ): SSEBrokerSubscription {
     if (this.#closed) throw new TypeError("Cannot subscribe: broker is closed");
     const lastEventId = checkSubscribe(name, options, onEntry);
-    const stream = this.#streams.get(name);
-    const subscriber: Subscriber = { onEntry, after: this.#seq, active: true };
-    let resumed = true;
+    const stream = this.#stream(name);
+    let after: number | undefined;
     if (lastEventId !== undefined) {
-      const after = this.#sequenceOf(lastEventId);
-      const evicted = stream?.evicted ?? 0;
-      if (after === undefined || after < evicted) {
-        resumed = false;
-      } else if (stream !== undefined) {
-        replay(stream, after, subscriber);
-      }
+      after = this.#sequenceOf(lastEventId);
+      // Entries after an id older than the history kept are gone.
+      if (after !== undefined && after < stream.evicted) after = undefined;
     }
-    // Delivery is synchronous, so nothing can be published between the replay
-    // above and joining the set below: no gap, no duplicate.
-    this.#stream(name).subscribers.add(subscriber);
-    return new MemorySubscription(resumed, () => {
-      subscriber.active = false;
-      const current = this.#streams.get(name);
-      current?.subscribers.delete(subscriber);
-    });
+    const release = stream.subscribe(onEntry, after);
+    return new BrokerSubscription(
+      lastEventId === undefined || after !== undefined,
+      release,
+    );
   }
 
   /**
@@ -299,10 +258,7 @@ export class MemoryBroker implements SSEBroker {
    */
   close(): Promise<void> {
     this.#closed = true;
-    for (const stream of this.#streams.values()) {
-      for (const subscriber of stream.subscribers) subscriber.active = false;
-      stream.subscribers.clear();
-    }
+    for (const stream of this.#streams.values()) stream.close();
     this.#streams.clear();
     return Promise.resolve();
   }
@@ -321,36 +277,237 @@ export class MemoryBroker implements SSEBroker {
     return seq <= this.#seq ? seq : undefined;
   }
 
-  #stream(name: string): Stream {
+  #stream(name: string): LocalStream {
     let stream = this.#streams.get(name);
     if (stream === undefined) {
-      stream = {
-        ring: [],
-        seqs: [],
-        start: 0,
-        count: 0,
-        evicted: 0,
-        subscribers: new Set(),
-      };
+      stream = new LocalStream();
       this.#streams.set(name, stream);
     }
     return stream;
   }
 }
 
-class MemorySubscription implements SSEBrokerSubscription {
+/**
+ * The subscription object every broker hands out: `resumed`, and an
+ * `unsubscribe()` that runs the broker's release once. Internal: shared by
+ * the brokers, not exported from `server.ts`.
+ */
+export class BrokerSubscription implements SSEBrokerSubscription {
+  /** Whether the subscription resumed after its `lastEventId`. */
   readonly resumed: boolean;
   #release: (() => void) | undefined;
 
+  /**
+   * Wraps a release function.
+   *
+   * @param resumed See {@linkcode SSEBrokerSubscription.resumed}.
+   * @param release Stops delivery and frees what the subscription holds.
+   */
   constructor(resumed: boolean, release: () => void) {
     this.resumed = resumed;
     this.#release = release;
   }
 
+  /** Runs the release, the first time only. */
   unsubscribe(): void {
     const release = this.#release;
     this.#release = undefined;
     release?.();
+  }
+}
+
+/** One subscriber of a {@linkcode LocalStream}. */
+interface Subscriber {
+  onEntry: (entry: SSEBrokerEntry) => void;
+  /** Only entries with a greater sequence number are delivered live. */
+  after: number;
+  active: boolean;
+}
+
+/**
+ * One stream as one broker object holds it: its last entries, kept in a ring
+ * for replay, and its subscribers in this process, to which it delivers
+ * synchronously. Both {@linkcode MemoryBroker} and `BroadcastChannelBroker`
+ * keep their streams in it; the ids, and which id stands for which position,
+ * are theirs. Each entry comes with a sequence number from the broker,
+ * greater than those of the entries before it (other streams may share the
+ * counter, so they need not be contiguous). Internal: not exported from
+ * `server.ts`.
+ */
+export class LocalStream {
+  /** Ring buffer of kept entries; `#seqs[i]` is the sequence of `#ring[i]`. */
+  #ring: (SSEBrokerEntry | undefined)[] = [];
+  #seqs: number[] = [];
+  /** Index of the oldest kept entry in `#ring`. */
+  #start = 0;
+  /** Number of kept entries. */
+  #count = 0;
+  /** The newest entry dropped from the ring: its sequence (0 if none), id. */
+  #evicted = 0;
+  #evictedId: string | undefined = undefined;
+  /** Sequence of the newest entry added (0 if none). */
+  #newest = 0;
+  #subscribers = new Set<Subscriber>();
+
+  /**
+   * Sequence of the newest entry no longer kept (0 if none): replay after an
+   * older position would leave a gap.
+   *
+   * @returns A sequence number.
+   */
+  get evicted(): number {
+    return this.#evicted;
+  }
+
+  /**
+   * Keeps an entry (the newest `replay` are kept) and delivers it to every
+   * subscriber.
+   *
+   * @param entry The entry.
+   * @param seq Its sequence number, greater than every earlier one's.
+   * @param replay How many entries to keep.
+   */
+  add(entry: SSEBrokerEntry, seq: number, replay: number): void {
+    this.#keep(entry, seq, replay);
+    this.#newest = seq;
+    for (const subscriber of this.#subscribers) {
+      // A subscriber added while this loop runs already got this entry by
+      // replay (it was kept before the loop), so only older ones get it here.
+      if (subscriber.after >= seq) continue;
+      try {
+        subscriber.onEntry(entry);
+      } catch (error) {
+        reportUncaught(error);
+      }
+    }
+  }
+
+  /**
+   * Where the entry with this id stands: its sequence if it is kept, or the
+   * newest dropped one's if it is that one (nothing after it is gone).
+   *
+   * @param id An entry's id.
+   * @returns Its sequence number, or `undefined` when it is neither.
+   */
+  sequenceOf(id: string): number | undefined {
+    if (id === this.#evictedId) return this.#evicted;
+    const capacity = this.#ring.length;
+    // Newest first: a reconnecting client usually missed only a few.
+    for (let i = this.#count - 1; i >= 0; i--) {
+      const index = (this.#start + i) % capacity;
+      if (this.#ring[index]!.id === id) return this.#seqs[index];
+    }
+    return undefined;
+  }
+
+  /**
+   * Subscribes: delivers the kept entries with a sequence greater than
+   * `after`, when given, at once, then every entry added later.
+   *
+   * @param onEntry Called with each entry; a throw is reported.
+   * @param after Replay after this sequence; `undefined` for none.
+   * @returns Stops delivery at once.
+   */
+  subscribe(
+    onEntry: (entry: SSEBrokerEntry) => void,
+    after: number | undefined,
+  ): () => void {
+    const subscriber: Subscriber = {
+      onEntry,
+      after: this.#newest,
+      active: true,
+    };
+    if (after !== undefined) this.#replay(after, subscriber);
+    // Delivery is synchronous, so nothing can be added between the replay
+    // above and joining the set below: no gap, no duplicate.
+    this.#subscribers.add(subscriber);
+    return () => {
+      subscriber.active = false;
+      this.#subscribers.delete(subscriber);
+    };
+  }
+
+  /** Ends every subscription. */
+  close(): void {
+    for (const subscriber of this.#subscribers) subscriber.active = false;
+    this.#subscribers.clear();
+  }
+
+  /** Appends an entry to the ring, which holds at most `capacity` entries. */
+  #keep(entry: SSEBrokerEntry, seq: number, capacity: number): void {
+    if (this.#ring.length !== capacity) this.#resize(capacity);
+    if (capacity === 0) {
+      this.#evicted = seq;
+      this.#evictedId = entry.id;
+      return;
+    }
+    const ring = this.#ring;
+    const seqs = this.#seqs;
+    if (this.#count === capacity) {
+      const start = this.#start;
+      this.#evicted = seqs[start]!;
+      this.#evictedId = ring[start]!.id;
+      ring[start] = entry;
+      seqs[start] = seq;
+      this.#start = (start + 1) % capacity;
+    } else {
+      const index = (this.#start + this.#count) % capacity;
+      ring[index] = entry;
+      seqs[index] = seq;
+      this.#count++;
+    }
+  }
+
+  /** Rebuilds the ring with a new capacity, keeping the newest entries. */
+  #resize(capacity: number): void {
+    const ring = this.#ring;
+    const seqs = this.#seqs;
+    const start = this.#start;
+    const count = this.#count;
+    const keepCount = Math.min(count, capacity);
+    const dropped = count - keepCount;
+    if (dropped > 0) {
+      const newestDropped = (start + dropped - 1) % ring.length;
+      this.#evicted = seqs[newestDropped]!;
+      this.#evictedId = ring[newestDropped]!.id;
+    }
+    const newRing = new Array<SSEBrokerEntry | undefined>(capacity);
+    const newSeqs = new Array<number>(capacity).fill(0);
+    for (let i = 0; i < keepCount; i++) {
+      const from = (start + dropped + i) % ring.length;
+      newRing[i] = ring[from];
+      newSeqs[i] = seqs[from]!;
+    }
+    this.#ring = newRing;
+    this.#seqs = newSeqs;
+    this.#start = 0;
+    this.#count = keepCount;
+  }
+
+  /** Delivers the kept entries with a sequence greater than `after`. */
+  #replay(after: number, subscriber: Subscriber): void {
+    const ring = this.#ring;
+    const seqs = this.#seqs;
+    const start = this.#start;
+    const count = this.#count;
+    const capacity = ring.length;
+    // Sequences in the ring increase, but other streams may share the
+    // counter, so they are not contiguous: binary search for the first one
+    // after `after`.
+    let low = 0;
+    let high = count;
+    while (low < high) {
+      const middle = (low + high) >>> 1;
+      if (seqs[(start + middle) % capacity]! <= after) low = middle + 1;
+      else high = middle;
+    }
+    for (let i = low; i < count && subscriber.active; i++) {
+      try {
+        subscriber.onEntry(ring[(start + i) % capacity]!);
+      } catch (error) {
+        reportUncaught(error);
+      }
+    }
   }
 }
 
@@ -440,73 +597,6 @@ function checkName(name: unknown): void {
     throw new TypeError(
       `Invalid stream name: expected a string, got ${typeof name}`,
     );
-  }
-}
-
-/** Appends an entry to the ring, which holds at most `capacity` entries. */
-function keep(
-  stream: Stream,
-  entry: SSEBrokerEntry,
-  seq: number,
-  capacity: number,
-): void {
-  if (stream.ring.length !== capacity) resize(stream, capacity);
-  if (capacity === 0) {
-    stream.evicted = seq;
-    return;
-  }
-  const { ring, seqs } = stream;
-  if (stream.count === capacity) {
-    stream.evicted = seqs[stream.start]!;
-    ring[stream.start] = entry;
-    seqs[stream.start] = seq;
-    stream.start = (stream.start + 1) % capacity;
-  } else {
-    const index = (stream.start + stream.count) % capacity;
-    ring[index] = entry;
-    seqs[index] = seq;
-    stream.count++;
-  }
-}
-
-/** Rebuilds the ring with a new capacity, keeping the newest entries. */
-function resize(stream: Stream, capacity: number): void {
-  const { ring, seqs, start, count } = stream;
-  const keepCount = Math.min(count, capacity);
-  const dropped = count - keepCount;
-  if (dropped > 0) stream.evicted = seqs[(start + dropped - 1) % ring.length]!;
-  const newRing = new Array<SSEBrokerEntry | undefined>(capacity);
-  const newSeqs = new Array<number>(capacity).fill(0);
-  for (let i = 0; i < keepCount; i++) {
-    const from = (start + dropped + i) % ring.length;
-    newRing[i] = ring[from];
-    newSeqs[i] = seqs[from]!;
-  }
-  stream.ring = newRing;
-  stream.seqs = newSeqs;
-  stream.start = 0;
-  stream.count = keepCount;
-}
-
-/** Delivers the kept entries with a sequence greater than `after`. */
-function replay(stream: Stream, after: number, subscriber: Subscriber): void {
-  const { ring, seqs, start, count } = stream;
-  const capacity = ring.length;
-  // Sequences in the ring increase, but other streams share the counter, so
-  // they are not contiguous: binary search for the first one after `after`.
-  let low = 0;
-  let high = count;
-  while (low < high) {
-    const middle = (low + high) >>> 1;
-    if (seqs[(start + middle) % capacity]! <= after) low = middle + 1;
-    else high = middle;
-  }
-  for (let i = low; i < count && subscriber.active; i++) {
-    try {
-      subscriber.onEntry(ring[(start + i) % capacity]!);
-    } catch (error) {
-      reportUncaught(error);
-    }
   }
 }
 

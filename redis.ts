@@ -44,6 +44,7 @@
 
 import { createClient } from "redis";
 import {
+  BrokerSubscription,
   checkPublish,
   checkSubscribe,
   reportUncaught,
@@ -349,7 +350,7 @@ export class RedisBroker implements SSEBroker {
         throw new TypeError("Cannot subscribe: broker is closed");
       }
       subscriber.goLive(resumed);
-      return new RedisSubscription(resumed, release);
+      return new BrokerSubscription(resumed, release);
     } catch (error) {
       release();
       throw error;
@@ -781,22 +782,6 @@ class Subscriber {
     } catch (error) {
       reportUncaught(error);
     }
-  }
-}
-
-class RedisSubscription implements SSEBrokerSubscription {
-  readonly resumed: boolean;
-  #release: (() => void) | undefined;
-
-  constructor(resumed: boolean, release: () => void) {
-    this.resumed = resumed;
-    this.#release = release;
-  }
-
-  unsubscribe(): void {
-    const release = this.#release;
-    this.#release = undefined;
-    release?.();
   }
 }
 
