@@ -218,30 +218,111 @@ export class EventParser {
   }
 
   // Parses the complete lines of text[pos, …) and returns where the
-  // unfinished last line starts (text.length when there is none). Hot path.
+  // unfinished last line starts (text.length when there is none). Hot path:
+  // blank lines and `data:` lines are handled inline, others by #line.
   #parse(text: string, pos: number): number {
     const n = text.length;
-    let lf = text.indexOf("\n", pos);
-    let cr = text.indexOf("\r", pos);
+    // The next LF and CR at or after pos: n when there is none, -1 before
+    // the first search. Each search runs once per line end it finds.
+    let lf = -1;
+    let cr = -1;
+    // The next U+0000, for id values: searched once per text, not per line.
+    let nul = -1;
     this.#colon = -1;
-    while (true) {
-      if (lf !== -1 && lf < pos) lf = text.indexOf("\n", pos);
-      if (cr !== -1 && cr < pos) cr = text.indexOf("\r", pos);
-      let lineEnd: number;
-      let next: number;
-      if (cr === -1 || (lf !== -1 && lf < cr)) {
-        if (lf === -1) return pos;
-        lineEnd = lf;
-        next = lf + 1;
-      } else {
-        lineEnd = cr;
-        next = cr + 1;
-        if (next === n) this.#skipLF = true; // its LF may begin the next chunk
-        else if (text.charCodeAt(next) === LF) next++;
+    while (pos < n) {
+      const first = text.charCodeAt(pos);
+      if (first === LF) {
+        this.#dispatch();
+        pos++;
+        continue;
       }
-      if (lineEnd === pos) this.#dispatch();
-      else this.#line(text, pos, lineEnd);
+      if (first === CR) {
+        this.#dispatch();
+        pos++;
+        if (pos === n) this.#skipLF = true; // its LF may begin the next chunk
+        else if (text.charCodeAt(pos) === LF) pos++;
+        continue;
+      }
+      if (lf < pos) {
+        lf = text.indexOf("\n", pos);
+        if (lf === -1) lf = n;
+      }
+      if (cr < pos) {
+        cr = text.indexOf("\r", pos);
+        if (cr === -1) cr = n;
+      }
+      let end: number;
+      let next: number;
+      if (lf < cr) {
+        end = lf;
+        next = lf + 1;
+      } else if (cr < n) {
+        end = cr;
+        next = cr + 1;
+        if (next === n) this.#skipLF = true;
+        else if (text.charCodeAt(next) === LF) next++;
+      } else {
+        return pos;
+      }
+      // The usual fields, each directly followed by a colon, skip #line.
+      if (first === 100) { // d
+        if (
+          pos + 4 < end && text.charCodeAt(pos + 4) === COLON &&
+          text.charCodeAt(pos + 1) === 97 && text.charCodeAt(pos + 2) === 116 &&
+          text.charCodeAt(pos + 3) === 97
+        ) {
+          let from = pos + 5;
+          if (from < end && text.charCodeAt(from) === SPACE) from++;
+          this.#addData(from < end ? text.slice(from, end) : "");
+          pos = next;
+          continue;
+        }
+      } else if (first === 105) { // i
+        if (
+          pos + 2 < end && text.charCodeAt(pos + 2) === COLON &&
+          text.charCodeAt(pos + 1) === 100
+        ) {
+          let from = pos + 3;
+          if (from < end && text.charCodeAt(from) === SPACE) from++;
+          // An id containing U+0000 is ignored.
+          if (nul < from) {
+            nul = text.indexOf("\0", from);
+            if (nul === -1) nul = n;
+          }
+          if (nul >= end) {
+            this.#idBuffer = from < end ? text.slice(from, end) : "";
+          }
+          pos = next;
+          continue;
+        }
+      } else if (first === 101) { // e
+        if (
+          pos + 5 < end && text.charCodeAt(pos + 5) === COLON &&
+          text.charCodeAt(pos + 1) === 118 &&
+          text.charCodeAt(pos + 2) === 101 &&
+          text.charCodeAt(pos + 3) === 110 && text.charCodeAt(pos + 4) === 116
+        ) {
+          let from = pos + 6;
+          if (from < end && text.charCodeAt(from) === SPACE) from++;
+          this.#type = from < end ? text.slice(from, end) : "";
+          pos = next;
+          continue;
+        }
+      }
+      this.#line(text, pos, end);
       pos = next;
+    }
+    return n;
+  }
+
+  #addData(value: string): void {
+    if (this.#hasData) {
+      this.#data += "\n" + value;
+      if (this.#data.length > this.#max) this.#tooLarge();
+    } else {
+      this.#data = value;
+      this.#hasData = true;
+      if (value.length > this.#max) this.#tooLarge();
     }
   }
 
@@ -302,13 +383,7 @@ export class EventParser {
     const value = from < end ? text.slice(from, end) : "";
     switch (kind) {
       case 1: // data
-        if (this.#hasData) {
-          this.#data += "\n" + value;
-        } else {
-          this.#data = value;
-          this.#hasData = true;
-        }
-        if (this.#data.length > this.#max) this.#tooLarge();
+        this.#addData(value);
         break;
       case 2: // event
         this.#type = value;
