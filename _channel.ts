@@ -27,6 +27,7 @@
 
 import type { SSEMessage } from "./encoder.ts";
 import { encodeSSE } from "./encoder.ts";
+import { describe, json } from "./_json.ts";
 import { KEEP_ALIVE_FRAME, keepAliveInterval, sseHeaders } from "./_http.ts";
 import {
   MemoryBroker,
@@ -955,39 +956,9 @@ function encodeAll(messages: Iterable<SSEMessage>): Uint8Array[] {
   return frames;
 }
 
-function json(data: unknown): string {
-  let text: string | undefined;
-  try {
-    text = JSON.stringify(data);
-  } catch (cause) {
-    throw new TypeError(
-      `Invalid data: cannot be encoded as JSON: ${
-        cause instanceof Error ? cause.message : String(cause)
-      }`,
-      { cause },
-    );
-  }
-  if (text === undefined) {
-    throw new TypeError(
-      `Invalid data: cannot be encoded as JSON: ${describe(data)}`,
-    );
-  }
-  return text;
-}
-
 function unavailable(): Response {
   return new Response("The event channel is closed", {
     status: 503,
     headers: { "content-type": "text/plain; charset=utf-8" },
   });
-}
-
-function describe(value: unknown): string {
-  if (value === null) return "null";
-  if (Array.isArray(value)) return "array";
-  if (typeof value === "object") {
-    return (value as { constructor?: { name?: string } }).constructor?.name ??
-      "object";
-  }
-  return typeof value;
 }

@@ -20,6 +20,8 @@
  * @module
  */
 
+import { describe, json } from "./_json.ts";
+
 /**
  * One message to send. Every field is optional, but a message must have at
  * least one. Properties with other names are ignored, and so is a field whose
@@ -286,34 +288,4 @@ function wellFormed(field: string, value: string): void {
   throw new TypeError(
     `Invalid ${field}: contains a lone surrogate, which UTF-8 cannot encode: found at index ${at}`,
   );
-}
-
-function json(data: unknown): string {
-  let text: string | undefined;
-  try {
-    text = JSON.stringify(data);
-  } catch (cause) {
-    throw new TypeError(
-      `Invalid data: cannot be encoded as JSON: ${
-        cause instanceof Error ? cause.message : String(cause)
-      }`,
-      { cause },
-    );
-  }
-  if (text === undefined) {
-    throw new TypeError(
-      `Invalid data: cannot be encoded as JSON: ${describe(data)}`,
-    );
-  }
-  return text;
-}
-
-function describe(value: unknown): string {
-  if (value === null) return "null";
-  if (Array.isArray(value)) return "array";
-  if (typeof value === "object") {
-    return (value as { constructor?: { name?: string } }).constructor?.name ??
-      "object";
-  }
-  return typeof value;
 }
