@@ -41,6 +41,34 @@ export function resolveURL(url: string | URL): URL {
 }
 
 /**
+ * The `fetch` option, checked: the one given, else the global `fetch`.
+ * Throws a `TypeError` when that is not a function.
+ */
+export function fetchOption(fetch: FetchLike | undefined): FetchLike {
+  const chosen = fetch ?? globalThis.fetch;
+  if (typeof chosen !== "function") {
+    throw new TypeError(
+      `Invalid fetch: expected a function, got ${typeof chosen}`,
+    );
+  }
+  return chosen;
+}
+
+/**
+ * The `headers` option, checked once rather than at every attempt: a value
+ * must be one `Headers` accepts (else its `TypeError`); a function is called
+ * before every attempt.
+ */
+export function headersOption(
+  headers: HeadersSource | undefined,
+): HeadersSource | undefined {
+  if (headers !== undefined && typeof headers !== "function") {
+    new Headers(headers);
+  }
+  return headers;
+}
+
+/**
  * Header values are ByteStrings: a non-ASCII last event ID goes out as its
  * UTF-8 bytes, as browsers send it (§9.2.3 "encoded as UTF-8"), one Latin-1
  * character per byte.

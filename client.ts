@@ -29,6 +29,8 @@ import {
   CONNECTING,
   Connection,
   type FetchLike,
+  fetchOption,
+  headersOption,
   type HeadersSource,
   isEventStream,
   messageOf,
@@ -339,13 +341,7 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
     }
     this.url = resolved.href;
 
-    const fetchOption = options.fetch ?? globalThis.fetch;
-    if (typeof fetchOption !== "function") {
-      throw new TypeError(
-        `Invalid fetch: expected a function, got ${typeof fetchOption}`,
-      );
-    }
-    this.#fetch = fetchOption;
+    this.#fetch = fetchOption(options.fetch);
     this.#method = (options.method ?? "GET").toUpperCase();
     const body = options.body ?? null;
     if (body !== null) {
@@ -361,11 +357,7 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
       }
     }
     this.#body = body;
-    const headers = options.headers;
-    if (headers !== undefined && typeof headers !== "function") {
-      new Headers(headers); // a TypeError now rather than at every attempt
-    }
-    this.#headers = headers;
+    this.#headers = headersOption(options.headers);
     this.#retry = milliseconds("retry", options.retry, DEFAULT_RETRY);
     this.#maxRetryDelay = milliseconds(
       "maxRetryDelay",

@@ -27,6 +27,8 @@ import {
   CONNECTING,
   Connection,
   type FetchLike,
+  fetchOption,
+  headersOption,
   type HeadersSource,
   isEventStream,
   OPEN,
@@ -179,18 +181,8 @@ export class EventSource extends EventTarget {
     }
     this.#url = record.href;
     this.#withCredentials = Boolean(eventSourceInitDict.withCredentials);
-    const fetch = eventSourceInitDict.fetch ?? globalThis.fetch;
-    if (typeof fetch !== "function") {
-      throw new TypeError(
-        `Invalid fetch: expected a function, got ${typeof fetch}`,
-      );
-    }
-    this.#fetch = fetch;
-    const headers = eventSourceInitDict.headers;
-    if (headers !== undefined && typeof headers !== "function") {
-      new Headers(headers); // a TypeError now rather than at every attempt
-    }
-    this.#headers = headers;
+    this.#fetch = fetchOption(eventSourceInitDict.fetch);
+    this.#headers = headersOption(eventSourceInitDict.headers);
     this.#parser = new EventParser(this.#dispatchMessage);
     this.#run();
   }
