@@ -22,9 +22,6 @@ export type HeadersSource =
   | HeadersInit
   | (() => HeadersInit | Promise<HeadersInit>);
 
-/** `setTimeout` cannot wait longer than this: longer delays fire at once. */
-export const MAX_TIMER_DELAY = 2 ** 31 - 1;
-
 const DONE = { done: true } as ReadableStreamReadDoneResult<Uint8Array>;
 
 function ignore(): void {}
@@ -282,36 +279,4 @@ export class Connection {
 
 function discard(response: Response): void {
   response.body?.cancel().catch(ignore);
-}
-
-/**
- * A cancellable wait: the pause between attempts. `cancel()` clears the timer
- * and resolves the wait at once.
- */
-export class Pause {
-  #timer: ReturnType<typeof setTimeout> | undefined = undefined;
-  #wake: (() => void) | undefined = undefined;
-
-  /** Waits `ms` milliseconds, or until cancel(). */
-  wait(ms: number): Promise<void> {
-    return new Promise<void>((resolve) => {
-      this.#wake = resolve;
-      this.#timer = setTimeout(() => {
-        this.#timer = undefined;
-        this.#wake = undefined;
-        resolve();
-      }, Math.min(ms, MAX_TIMER_DELAY));
-    });
-  }
-
-  /** Ends the current wait now. */
-  cancel(): void {
-    if (this.#timer !== undefined) {
-      clearTimeout(this.#timer);
-      this.#timer = undefined;
-    }
-    const wake = this.#wake;
-    this.#wake = undefined;
-    wake?.();
-  }
 }

@@ -36,11 +36,11 @@ import {
   messageOf,
   OPEN,
   parseRetryAfter,
-  Pause,
   type ReadyState,
   requestHeaders,
   resolveURL,
 } from "./_connection.ts";
+import { Pause } from "./_pause.ts";
 
 export type { SSEEvent } from "./parser.ts";
 

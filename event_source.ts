@@ -32,11 +32,11 @@ import {
   type HeadersSource,
   isEventStream,
   OPEN,
-  Pause,
   type ReadyState,
   requestHeaders,
   resolveURL,
 } from "./_connection.ts";
+import { Pause } from "./_pause.ts";
 
 // §9.2.3: "initially an implementation-defined value, probably in the region
 // of a few seconds". Chromium's.

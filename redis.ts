@@ -53,6 +53,7 @@ import {
   type SSEBrokerSubscription,
 } from "./_broker.ts";
 import type { SSEMessage } from "./encoder.ts";
+import { Pause } from "./_pause.ts";
 
 export type { SSEBroker, SSEBrokerEntry, SSEBrokerSubscription, SSEMessage };
 
@@ -197,11 +198,11 @@ export class RedisBroker implements SSEBroker {
   #wakeKey = "";
   #wakeCursor = "0-0";
   #loop: Promise<void> | undefined;
-  #retryTimer: ReturnType<typeof setTimeout> | undefined;
+  /** The read loop's wait after a failed `XREAD`. */
+  #retryPause = new Pause();
   #reconnectTimer: ReturnType<typeof setTimeout> | undefined;
   /** Failed reconnection attempts in a row, for the backoff. */
   #reconnects = 0;
-  #retryResolve: (() => void) | undefined;
   #healthy = true;
   #closed = false;
   #closing: Promise<void> | undefined;
@@ -667,7 +668,7 @@ export class RedisBroker implements SSEBroker {
       } catch (error) {
         if (this.#closed) return;
         this.#fault(error, "Reading streams failed");
-        await this.#retryAfter(
+        await this.#retryPause.wait(
           Math.min(RETRY_MIN_MS * 2 ** failures++, RETRY_MAX_MS),
         );
         continue;
@@ -698,24 +699,10 @@ export class RedisBroker implements SSEBroker {
     }
   }
 
-  #retryAfter(ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      this.#retryResolve = resolve;
-      this.#retryTimer = setTimeout(() => {
-        this.#retryTimer = undefined;
-        this.#retryResolve = undefined;
-        resolve();
-      }, ms);
-    });
-  }
-
   #cancelRetry(): void {
     clearTimeout(this.#reconnectTimer);
     this.#reconnectTimer = undefined;
-    clearTimeout(this.#retryTimer);
-    this.#retryTimer = undefined;
-    this.#retryResolve?.();
-    this.#retryResolve = undefined;
+    this.#retryPause.cancel();
   }
 
   #release(stream: Stream, subscriber: Subscriber): void {
