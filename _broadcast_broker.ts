@@ -140,31 +140,23 @@ export class BroadcastChannelBroker implements SSEBroker {
     options: { replay: number },
   ): Promise<string> {
     try {
-      return Promise.resolve(this.#publish(name, entry, options));
+      if (this.#closed) throw new TypeError("Cannot publish: broker is closed");
+      const { topic, message, replay } = checkPublish(name, entry, options);
+      const stream = this.#stream(name);
+      const stored: SSEBrokerEntry = {
+        id: this.#nextId(),
+        topic,
+        message,
+      };
+      // Structured clone: the other isolates get their own copy, and a
+      // message that cannot be cloned throws here, before anything happens.
+      const envelope: Envelope = { sse: 1, entry: stored, replay };
+      stream.channel.postMessage(envelope);
+      this.#receive(stream, stored, replay);
+      return Promise.resolve(stored.id);
     } catch (error) {
       return Promise.reject(error);
     }
-  }
-
-  #publish(
-    name: string,
-    entry: { topic: string; message: SSEMessage },
-    options: { replay: number },
-  ): string {
-    if (this.#closed) throw new TypeError("Cannot publish: broker is closed");
-    const { topic, message, replay } = checkPublish(name, entry, options);
-    const stream = this.#stream(name);
-    const stored: SSEBrokerEntry = {
-      id: this.#nextId(),
-      topic,
-      message,
-    };
-    // Structured clone: the other isolates get their own copy, and a
-    // message that cannot be cloned throws here, before anything happens.
-    const envelope: Envelope = { sse: 1, entry: stored, replay };
-    stream.channel.postMessage(envelope);
-    this.#receive(stream, stored, replay);
-    return stored.id;
   }
 
   /**
@@ -186,31 +178,27 @@ export class BroadcastChannelBroker implements SSEBroker {
     onEntry: (entry: SSEBrokerEntry) => void,
   ): Promise<SSEBrokerSubscription> {
     try {
-      return Promise.resolve(this.#subscribe(name, options, onEntry));
+      if (this.#closed) {
+        throw new TypeError("Cannot subscribe: broker is closed");
+      }
+      const lastEventId = checkSubscribe(name, options, onEntry);
+      const { local } = this.#stream(name);
+      // Only an id this instance still keeps, or the newest it dropped, resumes.
+      const after = lastEventId === undefined
+        ? undefined
+        : local.sequenceOf(lastEventId);
+      // Messages from other isolates arrive as tasks, so the replay and joining
+      // happen with nothing reaching the stream in between.
+      const release = local.subscribe(onEntry, after);
+      return Promise.resolve(
+        new BrokerSubscription(
+          lastEventId === undefined || after !== undefined,
+          release,
+        ),
+      );
     } catch (error) {
       return Promise.reject(error);
     }
-  }
-
-  #subscribe(
-    name: string,
-    options: { lastEventId?: string },
-    onEntry: (entry: SSEBrokerEntry) => void,
-  ): SSEBrokerSubscription {
-    if (this.#closed) throw new TypeError("Cannot subscribe: broker is closed");
-    const lastEventId = checkSubscribe(name, options, onEntry);
-    const { local } = this.#stream(name);
-    // Only an id this instance still keeps, or the newest it dropped, resumes.
-    const after = lastEventId === undefined
-      ? undefined
-      : local.sequenceOf(lastEventId);
-    // Messages from other isolates arrive as tasks, so the replay and joining
-    // happen with nothing reaching the stream in between.
-    const release = local.subscribe(onEntry, after);
-    return new BrokerSubscription(
-      lastEventId === undefined || after !== undefined,
-      release,
-    );
   }
 
   /**

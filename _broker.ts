@@ -184,28 +184,20 @@ export class MemoryBroker implements SSEBroker {
     options: { replay: number },
   ): Promise<string> {
     try {
-      return Promise.resolve(this.#publish(name, entry, options));
+      if (this.#closed) throw new TypeError("Cannot publish: broker is closed");
+      const { topic, message, replay } = checkPublish(name, entry, options);
+      this.#prefix ??= "m" + randomId();
+      const seq = ++this.#seq;
+      const stored: SSEBrokerEntry = {
+        id: `${this.#prefix}-${seq}`,
+        topic,
+        message,
+      };
+      this.#stream(name).add(stored, seq, replay);
+      return Promise.resolve(stored.id);
     } catch (error) {
       return Promise.reject(error);
     }
-  }
-
-  #publish(
-    name: string,
-    entry: { topic: string; message: SSEMessage },
-    options: { replay: number },
-  ): string {
-    if (this.#closed) throw new TypeError("Cannot publish: broker is closed");
-    const { topic, message, replay } = checkPublish(name, entry, options);
-    this.#prefix ??= "m" + randomId();
-    const seq = ++this.#seq;
-    const stored: SSEBrokerEntry = {
-      id: `${this.#prefix}-${seq}`,
-      topic,
-      message,
-    };
-    this.#stream(name).add(stored, seq, replay);
-    return stored.id;
   }
 
   /**
@@ -223,31 +215,27 @@ export class MemoryBroker implements SSEBroker {
     onEntry: (entry: SSEBrokerEntry) => void,
   ): Promise<SSEBrokerSubscription> {
     try {
-      return Promise.resolve(this.#subscribe(name, options, onEntry));
+      if (this.#closed) {
+        throw new TypeError("Cannot subscribe: broker is closed");
+      }
+      const lastEventId = checkSubscribe(name, options, onEntry);
+      const stream = this.#stream(name);
+      let after: number | undefined;
+      if (lastEventId !== undefined) {
+        after = this.#sequenceOf(lastEventId);
+        // Entries after an id older than the history kept are gone.
+        if (after !== undefined && after < stream.evicted) after = undefined;
+      }
+      const release = stream.subscribe(onEntry, after);
+      return Promise.resolve(
+        new BrokerSubscription(
+          lastEventId === undefined || after !== undefined,
+          release,
+        ),
+      );
     } catch (error) {
       return Promise.reject(error);
     }
-  }
-
-  #subscribe(
-    name: string,
-    options: { lastEventId?: string },
-    onEntry: (entry: SSEBrokerEntry) => void,
-  ): SSEBrokerSubscription {
-    if (this.#closed) throw new TypeError("Cannot subscribe: broker is closed");
-    const lastEventId = checkSubscribe(name, options, onEntry);
-    const stream = this.#stream(name);
-    let after: number | undefined;
-    if (lastEventId !== undefined) {
-      after = this.#sequenceOf(lastEventId);
-      // Entries after an id older than the history kept are gone.
-      if (after !== undefined && after < stream.evicted) after = undefined;
-    }
-    const release = stream.subscribe(onEntry, after);
-    return new BrokerSubscription(
-      lastEventId === undefined || after !== undefined,
-      release,
-    );
   }
 
   /**
