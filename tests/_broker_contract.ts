@@ -11,7 +11,11 @@
 
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import type { SSEBroker, SSEBrokerEntry } from "../_broker.ts";
+import type {
+  SSEBroker,
+  SSEBrokerEntry,
+  SSEBrokerSubscription,
+} from "../_broker.ts";
 import type { SSEMessage } from "../encoder.ts";
 
 /** What one contract test runs against. */
@@ -223,6 +227,35 @@ export function testBrokerContract(options: BrokerContractOptions): void {
       range(5, 3),
     );
     subscription.unsubscribe();
+  });
+
+  test("gives a subscription opened inside another's onEntry each entry once", async ({ broker, peer }) => {
+    const [first] = await publishAll(peer, "s", ["0"]);
+    const inner = new Collector();
+    const opened: Promise<SSEBrokerSubscription>[] = [];
+    const outer = await broker.subscribe("s", {}, () => {
+      // While entry "1" is being delivered, a client resumes after "0".
+      if (opened.length === 0) {
+        opened.push(
+          broker.subscribe("s", { lastEventId: first! }, inner.onEntry),
+        );
+      }
+    });
+    const ids = await publishAll(peer, "s", ["1", "2"]);
+    await inner.until(2);
+    const subscription = await opened[0]!;
+    assert.equal(subscription.resumed, true);
+    // Let any duplicate that is on its way arrive before judging.
+    await publishAll(peer, "s", ["3"]);
+    await inner.until(3);
+    assert.deepEqual(inner.entries.map((entry) => entry.message.data), [
+      "1",
+      "2",
+      "3",
+    ]);
+    assert.deepEqual(inner.ids.slice(0, 2), ids);
+    subscription.unsubscribe();
+    outer.unsubscribe();
   });
 
   test("resumes from the newest id with nothing to replay", async ({ broker, peer }) => {
