@@ -224,6 +224,7 @@ export class EventParser {
       }
     }
     const bytes = this.#bytes;
+    this.#bytes = null; // hold no caller's chunk after push returns
     const tail = bytes === null
       ? this.#parse(text, pos)
       : this.#parseBytes(text, pos, bytes);
