@@ -58,11 +58,6 @@ export class EventParser {
   #wholeDecoder = new TextDecoder("utf-8", { ignoreBOM: true });
   // #decoder may hold the start of a character split across chunks.
   #split = false;
-  // The bytes that the last text was decoded from in one piece, when each
-  // byte became one character (ASCII, or U+FFFD for an invalid byte), so that
-  // positions agree: bytes[i] then stands for text.charCodeAt(i) in every
-  // comparison with an ASCII character, and costs far less. Otherwise null.
-  #bytes: Uint8Array | null = null;
 
   // Small chunks staged before decoding: #stage[0, #staged).
   #stage = new Uint8Array(STAGE_SIZE);
@@ -171,15 +166,12 @@ export class EventParser {
   #decode(bytes: Uint8Array): string {
     if (bytes[bytes.length - 1]! < 0x80) {
       if (!this.#split) {
-        const text = this.#wholeDecoder.decode(bytes);
-        this.#bytes = text.length === bytes.length ? bytes : null;
-        return text;
+        return this.#wholeDecoder.decode(bytes);
       }
       this.#split = false;
     } else {
       this.#split = true;
     }
-    this.#bytes = null;
     return this.#decoder.decode(bytes, STREAM);
   }
 
@@ -223,11 +215,7 @@ export class EventParser {
         else if (text.charCodeAt(pos) === LF) pos++;
       }
     }
-    const bytes = this.#bytes;
-    this.#bytes = null; // hold no caller's chunk after push returns
-    const tail = bytes === null
-      ? this.#parse(text, pos)
-      : this.#parseBytes(text, pos, bytes);
+    const tail = this.#parse(text, pos);
     if (tail < n) {
       this.#tail = text.slice(tail);
       if (n - tail > this.#max) this.#tooLarge();
@@ -237,9 +225,7 @@ export class EventParser {
   // Parses the complete lines of text[pos, …) and returns where the
   // unfinished last line starts (text.length when there is none). Hot path:
   // blank lines and the usual fields, each directly followed by a colon, are
-  // handled inline; other lines go through #line. #parseBytes is the same
-  // loop reading bytes[i] wherever this one reads text.charCodeAt(i): keep
-  // the two in step.
+  // handled inline; other lines go through #line.
   #parse(text: string, pos: number): number {
     const n = text.length;
     // The next LF and CR at or after pos: n when there is none, -1 before
@@ -330,107 +316,6 @@ export class EventParser {
         ) {
           let from = pos + 6;
           if (from < end && text.charCodeAt(from) === SPACE) from++;
-          this.#type = from < end ? text.slice(from, end) : "";
-          pos = next;
-          continue;
-        }
-      }
-      this.#line(text, pos, end);
-      pos = next;
-    }
-    return n;
-  }
-
-  #parseBytes(text: string, pos: number, bytes: Uint8Array): number {
-    const n = text.length;
-    // The next LF and CR at or after pos: n when there is none, -1 before
-    // the first search. Each search runs once per line end it finds.
-    let lf = -1;
-    let cr = -1;
-    // The next U+0000, for id values: searched once per text, not per line.
-    let nul = -1;
-    this.#colon = -1;
-    while (pos < n) {
-      const first = bytes[pos];
-      if (first === LF) {
-        this.#dispatch();
-        pos++;
-        continue;
-      }
-      if (first === CR) {
-        this.#dispatch();
-        pos++;
-        if (pos === n) this.#skipLF = true; // its LF may begin the next chunk
-        else if (bytes[pos] === LF) pos++;
-        continue;
-      }
-      if (lf < pos) {
-        lf = text.indexOf("\n", pos);
-        if (lf === -1) lf = n;
-      }
-      if (cr < pos) {
-        cr = text.indexOf("\r", pos);
-        if (cr === -1) cr = n;
-      }
-      let end: number;
-      let next: number;
-      if (lf < cr) {
-        end = lf;
-        next = lf + 1;
-      } else if (cr < n) {
-        end = cr;
-        next = cr + 1;
-        if (next === n) this.#skipLF = true;
-        else if (bytes[next] === LF) next++;
-      } else {
-        return pos;
-      }
-      if (first === 100) { // d
-        if (
-          pos + 4 < end && bytes[pos + 4] === COLON &&
-          bytes[pos + 1] === 97 && bytes[pos + 2] === 116 &&
-          bytes[pos + 3] === 97
-        ) {
-          let from = pos + 5;
-          if (from < end && bytes[from] === SPACE) from++;
-          const value = from < end ? text.slice(from, end) : "";
-          if (!this.#hasData && next < n && bytes[next] === LF) {
-            // A one-line event, followed by a blank line: dispatch it now.
-            this.#dispatchData(value);
-            pos = next + 1;
-          } else {
-            this.#addData(value);
-            pos = next;
-          }
-          continue;
-        }
-      } else if (first === 105) { // i
-        if (
-          pos + 2 < end && bytes[pos + 2] === COLON &&
-          bytes[pos + 1] === 100
-        ) {
-          let from = pos + 3;
-          if (from < end && bytes[from] === SPACE) from++;
-          // An id containing U+0000 is ignored.
-          if (nul < from) {
-            nul = text.indexOf("\0", from);
-            if (nul === -1) nul = n;
-          }
-          if (nul >= end) {
-            this.#idBuffer = from < end ? text.slice(from, end) : "";
-          }
-          pos = next;
-          continue;
-        }
-      } else if (first === 101) { // e
-        if (
-          pos + 5 < end && bytes[pos + 5] === COLON &&
-          bytes[pos + 1] === 118 &&
-          bytes[pos + 2] === 101 &&
-          bytes[pos + 3] === 110 && bytes[pos + 4] === 116
-        ) {
-          let from = pos + 6;
-          if (from < end && bytes[from] === SPACE) from++;
           this.#type = from < end ? text.slice(from, end) : "";
           pos = next;
           continue;
