@@ -8,9 +8,8 @@
 //   native string search (an order of magnitude faster than scanning bytes).
 //   When no character can be split (the decoder holds nothing and the chunk
 //   ends with an ASCII byte), a one-shot decode does the same for less.
-// - Field names, colons and blank lines are recognised by reading the chunk's
-//   bytes rather than the text's charCodeAt (several times cheaper) whenever
-//   each byte decoded to one character, so that positions agree.
+// - Blank lines and the usual fields (`data:`, `id:`, `event:`) are handled
+//   inline in the line loop; anything else goes through the general path.
 // - The unfinished last line is kept as text and extended by concatenation,
 //   which V8 does in constant time (a rope, flattened once when the line
 //   ends): a huge line spread over thousands of chunks costs linear time.
