@@ -4,6 +4,8 @@
 // the n-th request and answers it itself (a stream it keeps writing to, a
 // status, a drop).
 
+import FakeTimers from "@sinonjs/fake-timers";
+
 /**
  * `Deno.test` with the op and resource sanitizers on: Deno 2.9 runs tests with
  * them off unless asked, and nothing here may leak a timer, a body or a socket.
@@ -192,4 +194,37 @@ export function eventStreamResponse(
     headers.set("content-type", "text/event-stream");
   }
   return new Response(body, { ...init, headers });
+}
+
+/** Values pushed by callbacks, awaited one at a time by the test. */
+export class Queue<T> {
+  #items: T[] = [];
+  #waiters: ((value: T) => void)[] = [];
+  readonly all: T[] = [];
+
+  push = (value: T): void => {
+    this.all.push(value);
+    const waiter = this.#waiters.shift();
+    if (waiter !== undefined) waiter(value);
+    else this.#items.push(value);
+  };
+
+  shift(): Promise<T> {
+    if (this.#items.length > 0) return Promise.resolve(this.#items.shift()!);
+    return new Promise((resolve) => this.#waiters.push(resolve));
+  }
+
+  /** The next `count` values. */
+  async take(count: number): Promise<T[]> {
+    const values: T[] = [];
+    while (values.length < count) values.push(await this.shift());
+    return values;
+  }
+}
+
+/** A fake clock for the timers the client and EventSource use; real I/O runs. */
+export function fakeClock(): FakeTimers.Clock {
+  return FakeTimers.withGlobal(globalThis).install({
+    toFake: ["setTimeout", "clearTimeout", "Date"],
+  });
 }

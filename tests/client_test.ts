@@ -1,36 +1,17 @@
 // Copyright the sse authors. MIT license.
 import assert from "node:assert/strict";
-import FakeTimers from "@sinonjs/fake-timers";
+import type FakeTimers from "@sinonjs/fake-timers";
 import { SSEClient, type SSEClientOptions, SSEError } from "../client.ts";
 import type { SSEEvent } from "../parser.ts";
-import { eventStreamResponse, test, TestServer } from "./_sse_server.ts";
+import {
+  eventStreamResponse,
+  fakeClock,
+  Queue,
+  test,
+  TestServer,
+} from "./_sse_server.ts";
 
 // --- helpers ---------------------------------------------------------------
-
-/** Values pushed by callbacks, awaited one at a time by the test. */
-class Queue<T> {
-  #items: T[] = [];
-  #waiters: ((value: T) => void)[] = [];
-  readonly all: T[] = [];
-
-  push = (value: T): void => {
-    this.all.push(value);
-    const waiter = this.#waiters.shift();
-    if (waiter !== undefined) waiter(value);
-    else this.#items.push(value);
-  };
-
-  shift(): Promise<T> {
-    if (this.#items.length > 0) return Promise.resolve(this.#items.shift()!);
-    return new Promise((resolve) => this.#waiters.push(resolve));
-  }
-}
-
-function fakeClock(): FakeTimers.Clock {
-  return FakeTimers.withGlobal(globalThis).install({
-    toFake: ["setTimeout", "clearTimeout", "Date"],
-  });
-}
 
 /** A client with every callback recorded. */
 function observedClient(url: URL | string, options: SSEClientOptions = {}) {

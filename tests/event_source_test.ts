@@ -3,9 +3,15 @@
 // browser, each run against our EventSource and against Deno's built-in one.
 // Where the two differ, ours follows the HTML standard and the test says why.
 import assert from "node:assert/strict";
-import FakeTimers from "@sinonjs/fake-timers";
+import type FakeTimers from "@sinonjs/fake-timers";
 import { EventSource as OurEventSource } from "../event_source.ts";
-import { eventStreamResponse, test, TestServer } from "./_sse_server.ts";
+import {
+  eventStreamResponse,
+  fakeClock,
+  Queue,
+  test,
+  TestServer,
+} from "./_sse_server.ts";
 
 // --- helpers ---------------------------------------------------------------
 
@@ -46,32 +52,6 @@ const IMPLEMENTATIONS: {
   },
 ];
 
-/** Values pushed by listeners, awaited one at a time by the test. */
-class Queue<T> {
-  #items: T[] = [];
-  #waiters: ((value: T) => void)[] = [];
-  readonly all: T[] = [];
-
-  push = (value: T): void => {
-    this.all.push(value);
-    const waiter = this.#waiters.shift();
-    if (waiter !== undefined) waiter(value);
-    else this.#items.push(value);
-  };
-
-  shift(): Promise<T> {
-    if (this.#items.length > 0) return Promise.resolve(this.#items.shift()!);
-    return new Promise((resolve) => this.#waiters.push(resolve));
-  }
-
-  /** The next `count` values. */
-  async take(count: number): Promise<T[]> {
-    const values: T[] = [];
-    while (values.length < count) values.push(await this.shift());
-    return values;
-  }
-}
-
 /** An event as a listener saw it, with the readyState at that moment. */
 interface Seen {
   type: string;
@@ -109,12 +89,6 @@ function withoutOrigin(seen: Seen[]): Seen[] {
 
 function message(data: string, lastEventId = ""): Seen {
   return { type: "message", readyState: 1, data, lastEventId };
-}
-
-function fakeClock(): FakeTimers.Clock {
-  return FakeTimers.withGlobal(globalThis).install({
-    toFake: ["setTimeout", "clearTimeout", "Date"],
-  });
 }
 
 function latin1Bytes(value: string): Uint8Array {
