@@ -1,6 +1,5 @@
 // Copyright the sse authors. MIT license.
 import assert from "node:assert/strict";
-import type FakeTimers from "@sinonjs/fake-timers";
 import { SSEClient, type SSEClientOptions, SSEError } from "../client.ts";
 import type { SSEEvent } from "../parser.ts";
 import {

@@ -3,7 +3,6 @@
 // browser, each run against our EventSource and against Deno's built-in one.
 // Where the two differ, ours follows the HTML standard and the test says why.
 import assert from "node:assert/strict";
-import type FakeTimers from "@sinonjs/fake-timers";
 import { EventSource as OurEventSource } from "../event_source.ts";
 import {
   eventStreamResponse,
