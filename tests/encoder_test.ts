@@ -68,7 +68,8 @@ function expected(messages: SSEMessage[]): Parsed {
       comments.push(...m.comment.split(/\r\n|\r|\n/));
     }
     if (m.id !== undefined) lastEventId = String(m.id);
-    if (m.retry !== undefined) retries.push(m.retry);
+    // -0 is a valid retry and goes on the wire as "0".
+    if (m.retry !== undefined) retries.push(m.retry + 0);
     if (m.data !== undefined) {
       const text = typeof m.data === "string" ? m.data : JSON.stringify(m.data);
       events.push({
