@@ -28,6 +28,7 @@
 import type { SSEMessage } from "./encoder.ts";
 import { encodeSSE } from "./encoder.ts";
 import { describe, json } from "./_json.ts";
+import { startInterval, type Timer } from "./_timer.ts";
 import { KEEP_ALIVE_FRAME, keepAliveInterval, sseHeaders } from "./_http.ts";
 import {
   MemoryBroker,
@@ -352,7 +353,7 @@ export class SSEChannel<C = undefined> {
   #recentAt = 0;
   /** Encoded frames (without the id line) of messages published here. */
   #bodies = new WeakMap<SSEMessage, string>();
-  #timer: ReturnType<typeof setInterval> | undefined;
+  #timer: Timer | undefined;
   #closed = false;
   #closing: Promise<void> | undefined;
   #release = (client: Client<C>): void => this.#disconnect(client);
@@ -467,7 +468,7 @@ export class SSEChannel<C = undefined> {
       // comment to each client that wrote nothing since the previous tick, so
       // an idle client gets one every keepAlive ms (never later), and 10 000
       // clients cost one timer, not 10 000.
-      this.#timer = setInterval(this.#tick, this.#keepAlive / 2);
+      this.#timer = startInterval(this.#tick, this.#keepAlive / 2);
     }
 
     try {

@@ -5,6 +5,8 @@
 // wait, what to report) stays with the callers.
 // Spec: https://html.spec.whatwg.org/multipage/server-sent-events.html#the-eventsource-interface
 
+import { startTimeout, type Timer, timerDelay } from "./_timer.ts";
+
 /** `readyState` values, as EventSource has them. */
 export const CONNECTING = 0;
 export const OPEN = 1;
@@ -155,7 +157,7 @@ export class Connection {
   #stop!: () => void;
   #stopped: Promise<undefined>;
   #idleTimeout: number;
-  #timer: ReturnType<typeof setTimeout> | undefined = undefined;
+  #timer: Timer | undefined = undefined;
   #timedOut: DOMException | undefined = undefined;
 
   /**
@@ -222,7 +224,7 @@ export class Connection {
         : Promise.reject(this.#timedOut);
     }
     // Hot path: no timer, no wrapper.
-    if (this.#idleTimeout === Infinity) return reader.read();
+    if (timerDelay(this.#idleTimeout) === undefined) return reader.read();
     this.#arm();
     return reader.read().then(this.#afterRead, this.#afterReadError);
   }
@@ -241,8 +243,8 @@ export class Connection {
   };
 
   #arm(): void {
-    if (this.#idleTimeout === Infinity) return;
-    this.#timer = setTimeout(this.#onIdle, this.#idleTimeout);
+    // A timeout longer than a timer can hold means none (see _timer.ts).
+    this.#timer = startTimeout(this.#onIdle, this.#idleTimeout);
   }
 
   #disarm(): void {

@@ -3,6 +3,8 @@
 // the response headers, and the keep-alive timer. Private: never exported from
 // mod.ts or deno.json.
 
+import { startTimeout, type Timer } from "./_timer.ts";
+
 /** The `content-type` of every event-stream response. */
 export const SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8";
 
@@ -101,7 +103,7 @@ export class KeepAliveTimer {
   #interval: number;
   #onIdle: () => void;
   #last: number;
-  #timer: ReturnType<typeof setTimeout> | undefined;
+  #timer: Timer | undefined;
   #stopped = false;
 
   /**
@@ -133,7 +135,7 @@ export class KeepAliveTimer {
   }
 
   #arm(delay: number): void {
-    this.#timer = setTimeout(this.#fire, delay);
+    this.#timer = startTimeout(this.#fire, delay);
   }
 
   #fire = (): void => {

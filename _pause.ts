@@ -3,32 +3,31 @@
 // EventSource before reconnecting, RedisBroker before reading again. Private:
 // never exported from mod.ts or deno.json.
 
-/** `setTimeout` cannot wait longer than this: longer delays fire at once. */
-const MAX_TIMER_DELAY = 2 ** 31 - 1;
+import { startTimeout, type Timer } from "./_timer.ts";
 
 /**
  * A cancellable wait: the pause between attempts. `cancel()` clears the timer
  * and resolves the wait at once, so that closing the owner leaves no timer.
  */
 export class Pause {
-  #timer: ReturnType<typeof setTimeout> | undefined = undefined;
+  #timer: Timer | undefined = undefined;
   #wake: (() => void) | undefined = undefined;
 
   /**
    * Waits, or until {@linkcode Pause.cancel}.
    *
-   * @param ms How long, in milliseconds (at most 2^31 - 1, the most a timer
-   * can wait).
+   * @param ms How long, in milliseconds. A delay longer than a timer can
+   * hold (2^31 - 1 ms, about 24.8 days) waits until `cancel()`.
    * @returns Resolves when the time is up or the wait is cancelled.
    */
   wait(ms: number): Promise<void> {
     return new Promise<void>((resolve) => {
       this.#wake = resolve;
-      this.#timer = setTimeout(() => {
+      this.#timer = startTimeout(() => {
         this.#timer = undefined;
         this.#wake = undefined;
         resolve();
-      }, Math.min(ms, MAX_TIMER_DELAY));
+      }, ms);
     });
   }
 

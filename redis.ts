@@ -54,6 +54,7 @@ import {
 } from "./_broker.ts";
 import type { SSEMessage } from "./encoder.ts";
 import { Pause } from "./_pause.ts";
+import { startTimeout, type Timer } from "./_timer.ts";
 
 export type { SSEBroker, SSEBrokerEntry, SSEBrokerSubscription, SSEMessage };
 
@@ -200,7 +201,7 @@ export class RedisBroker implements SSEBroker {
   #loop: Promise<void> | undefined;
   /** The read loop's wait after a failed `XREAD`. */
   #retryPause = new Pause();
-  #reconnectTimer: ReturnType<typeof setTimeout> | undefined;
+  #reconnectTimer: Timer | undefined;
   /** Failed reconnection attempts in a row, for the backoff. */
   #reconnects = 0;
   #healthy = true;
@@ -476,7 +477,7 @@ export class RedisBroker implements SSEBroker {
       RETRY_MIN_MS * 2 ** this.#reconnects++,
       RETRY_MAX_MS,
     );
-    this.#reconnectTimer = setTimeout(() => {
+    this.#reconnectTimer = startTimeout(() => {
       this.#reconnectTimer = undefined;
       if (this.#closed) return;
       for (const client of [this.#writer, this.#reader]) {
