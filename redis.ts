@@ -23,8 +23,9 @@
  * It needs one Redis server (5.0 or later; the one primary of a replicated
  * setup): Redis Cluster is not supported, as one `XREAD` spans every stream.
  *
- * This is the only module with a dependency: the npm `redis` client (v6).
- * It is not re-exported from the package root.
+ * This is the only module with a dependency: the npm `@redis/client` (v6,
+ * the client the `redis` package bundles). It is not re-exported from the
+ * package root.
  *
  * @example Share one channel between instances
  * ```ts
@@ -42,7 +43,7 @@
  * @module
  */
 
-import { createClient } from "redis";
+import { createClient } from "@redis/client";
 import {
   BrokerSubscription,
   checkPublish,
@@ -62,7 +63,8 @@ export type { SSEBroker, SSEBrokerEntry, SSEBrokerSubscription, SSEMessage };
  * The part of a node-redis client that {@linkcode RedisBroker} uses when it
  * is given one: `duplicate()`, to open its own connections with the same
  * settings (URL, credentials, TLS, database, socket options). Any client made
- * by `createClient` from the npm `redis` package fits.
+ * by `createClient` from `@redis/client` (or the `redis` package, which
+ * re-exports it) fits.
  */
 export interface RedisClientTemplate {
   /**

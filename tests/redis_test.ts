@@ -1,6 +1,6 @@
 // Copyright the sse authors. MIT license.
 import assert from "node:assert/strict";
-import { createClient } from "redis";
+import { createClient } from "@redis/client";
 import {
   RedisBroker,
   type RedisClientTemplate,
