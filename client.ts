@@ -28,12 +28,15 @@ import {
   CLOSED,
   CONNECTING,
   Connection,
+  describeFailure,
   type FetchLike,
   fetchOption,
   headersOption,
   type HeadersSource,
   isEventStream,
+  isRefusal,
   messageOf,
+  methodProblem,
   OPEN,
   parseRetryAfter,
   type ReadyState,
@@ -96,7 +99,8 @@ export class SSEError extends Error {
 /** Options of {@linkcode SSEClient}. */
 export interface SSEClientOptions {
   /**
-   * The request method.
+   * The request method: an HTTP token, other than the methods fetch forbids
+   * (`CONNECT`, `TRACE`, `TRACK`), else the constructor throws a `TypeError`.
    *
    * @default {"GET"}
    */
@@ -238,7 +242,12 @@ export interface SSEClientOptions {
  * - `204 No Content` ends the iteration normally;
  * - any other status, or a `Content-Type` that is not `text/event-stream`,
  *   makes iteration throw an {@linkcode SSEError} with its `status`, without
- *   retrying.
+ *   retrying;
+ * - a request that can never succeed is not retried either: iteration throws
+ *   an {@linkcode SSEError} (`Request refused: …`, no `status`) for a URL on
+ *   a port the Fetch standard blocks, headers from a `headers` function that
+ *   fetch cannot send, a redirect loop, or a redirect to another scheme or
+ *   to a blocked port. Only network errors, 5xx, 429 and 408 are retried.
  *
  * `close()`, the `signal` option, or leaving a `for await` loop ends
  * iteration at once, whatever the client is doing, and releases everything.
@@ -326,6 +335,13 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
    *
    * @param url The event stream's URL.
    * @param options Request, reconnection and callback options.
+   * @throws {TypeError} When the URL cannot be parsed or is not http: or
+   * https:, when `method` is not an HTTP token or is one fetch forbids
+   * (`CONNECT`, `TRACE`, `TRACK`), when `headers` holds a value fetch cannot
+   * send (a control character other than tab), when `body` is given with
+   * `GET` or `HEAD` or is a stream, when `lastEventId` contains NUL, CR or
+   * LF, or when `fetch` is not a function.
+   * @throws {RangeError} When a number option is out of its range.
    */
   constructor(url: string | URL, options: SSEClientOptions = {}) {
     let resolved: URL;
@@ -342,7 +358,10 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
     this.url = resolved.href;
 
     this.#fetch = fetchOption(options.fetch);
-    this.#method = (options.method ?? "GET").toUpperCase();
+    const method = options.method ?? "GET";
+    const problem = methodProblem(method);
+    if (problem !== undefined) throw new TypeError(problem);
+    this.#method = method.toUpperCase();
     const body = options.body ?? null;
     if (body !== null) {
       if (this.#method === "GET" || this.#method === "HEAD") {
@@ -596,7 +615,15 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
           init = await connection.until(init());
           if (this.#isClosed()) return;
         }
-        const headers = requestHeaders(init, this.#parser.lastEventId, false);
+        let headers: Headers;
+        try {
+          headers = requestHeaders(init, this.#parser.lastEventId, false);
+        } catch (cause) {
+          // What a headers function returned is not headers at all.
+          throw new SSEError(`Request refused: ${messageOf(cause)}`, {
+            cause,
+          });
+        }
         let response: Response;
         try {
           response = await connection.open(this.#fetch, this.url, {
@@ -609,7 +636,13 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
           if (this.#isClosed()) return;
           connection.close();
           this.#connection = undefined;
-          const reason = `Connection failed: ${messageOf(cause)}`;
+          if (isRefusal(cause)) {
+            // The same request would meet the same refusal: final.
+            throw new SSEError(`Request refused: ${describeFailure(cause)}`, {
+              cause,
+            });
+          }
+          const reason = `Connection failed: ${describeFailure(cause)}`;
           if (++this.#retries > this.#maxRetries) {
             throw new SSEError(`${reason}: no retries left`, { cause });
           }

@@ -31,6 +31,7 @@ import {
   headersOption,
   type HeadersSource,
   isEventStream,
+  isRefusal,
   OPEN,
   type ReadyState,
   requestHeaders,
@@ -456,9 +457,15 @@ export class EventSource extends EventTarget {
       let response: Response;
       try {
         response = await connection.open(this.#fetch, this.#url, init);
-      } catch {
+      } catch (error) {
         if (this.#isClosed()) return;
-        // A network error: reestablish the connection.
+        // §9.2.3: a network error reestablishes the connection, "unless the
+        // user agent knows that to be futile, in which case the user agent
+        // may fail the connection": a request that can never succeed.
+        if (isRefusal(error)) {
+          this.#fail(connection);
+          return;
+        }
         if (await this.#reestablish(connection)) continue;
         return;
       }

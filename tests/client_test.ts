@@ -584,6 +584,259 @@ test("SSEClient with maxRetries gives up on a refused connection", async () => {
   });
 });
 
+// --- what can never succeed ---------------------------------------------------
+
+/** A server that redirects: /loop to itself, /file, /blocked and /data away. */
+function redirectingServer(): TestServer {
+  return new TestServer(({ url }) => {
+    const location = {
+      "/loop": "/loop",
+      "/file": "file:///etc/passwd",
+      "/blocked": "http://127.0.0.1:10080/",
+      "/data": "data:text/event-stream,data:%20x%0A%0A",
+    }[url.pathname];
+    return location === undefined
+      ? eventStreamResponse("data: x\n\n")
+      : new Response(null, { status: 302, headers: { location } });
+  });
+}
+
+/**
+ * Whether the first attempt ends the iteration ("ended: <error>") or is
+ * retried ("retried"), decided by whichever comes first: no sleep.
+ */
+async function firstOutcome(
+  url: URL | string,
+  options: SSEClientOptions = {},
+): Promise<{ outcome: string; error: unknown; client: SSEClient }> {
+  const { client, iterator, retries } = observedClient(url, {
+    retry: 0,
+    ...options,
+  });
+  let error: unknown = undefined;
+  const outcome = await Promise.race([
+    iterator.next().then(
+      (result) => `ended: done ${result.done}`,
+      (thrown) => {
+        error = thrown;
+        return "ended with an error";
+      },
+    ),
+    retries.shift().then(() => "retried"),
+  ]);
+  client.close();
+  return { outcome, error, client };
+}
+
+test("SSEClient refuses at once a method or header value that fetch can never send", () => {
+  const fetch = () => assert.fail("no request may be made");
+  const url = "http://127.0.0.1:8/";
+  for (
+    const [options, message] of [
+      [
+        { method: "BAD METHOD" },
+        'Invalid method: "BAD METHOD" is not an HTTP token',
+      ],
+      [{ method: "" }, 'Invalid method: "" is not an HTTP token'],
+      [
+        { method: "CONNECT" },
+        "Invalid method: CONNECT is forbidden by the Fetch standard",
+      ],
+      [
+        { method: "trace" },
+        "Invalid method: TRACE is forbidden by the Fetch standard",
+      ],
+      [
+        { method: "Track" },
+        "Invalid method: TRACK is forbidden by the Fetch standard",
+      ],
+      [
+        { headers: { "x-a": "a\x01b" } },
+        "Invalid header x-a: its value contains U+0001 at index 1, which fetch cannot send",
+      ],
+      [
+        { headers: [["x-b", "ok\x7f"]] },
+        "Invalid header x-b: its value contains U+007F at index 2, which fetch cannot send",
+      ],
+    ] as [SSEClientOptions, string][]
+  ) {
+    assert.throws(() => new SSEClient(url, { ...options, fetch }), {
+      name: "TypeError",
+      message,
+    }, JSON.stringify(options));
+  }
+  // A tab is a legal header value character.
+  new SSEClient(url, { headers: { x: "a\tb" }, signal: AbortSignal.abort() });
+});
+
+test("SSEClient ends the iteration with an SSEError on a redirect loop, after one attempt", async () => {
+  await using server = redirectingServer();
+  const { outcome, error, client } = await firstOutcome(
+    new URL("/loop", server.url),
+  );
+  assert.equal(outcome, "ended with an error");
+  assert.ok(error instanceof SSEError);
+  assert.match(error.message, /^Request refused: .*redirects/);
+  assert.equal(error.status, undefined);
+  assert.equal(client.readyState, 2);
+  // One attempt: the request and the 20 redirects fetch follows.
+  assert.equal(server.requests.length, 21);
+});
+
+test("SSEClient ends the iteration with an SSEError on a redirect fetch never follows", async () => {
+  await using server = redirectingServer();
+  for (
+    const [path, message] of [
+      ["/file", /^Request refused: .*non HTTP\(s\) url/],
+      ["/data", /^Request refused: .*non HTTP\(s\) url/],
+      ["/blocked", /^Request refused: .*port 10080 .*blocked/],
+    ] as const
+  ) {
+    const before = server.requests.length;
+    const { outcome, error } = await firstOutcome(new URL(path, server.url));
+    assert.equal(outcome, "ended with an error", path);
+    assert.ok(error instanceof SSEError);
+    assert.match(error.message, message);
+    assert.equal(server.requests.length, before + 1);
+  }
+});
+
+test("SSEClient ends the iteration with an SSEError on a blocked port, without a request", async () => {
+  for (const port of [10080, 6697, 1]) {
+    let calls = 0;
+    const { outcome, error } = await firstOutcome(`http://127.0.0.1:${port}/`, {
+      fetch: (input, init) => {
+        calls++;
+        return fetch(input, init);
+      },
+    });
+    assert.equal(outcome, "ended with an error", `port ${port}`);
+    assert.ok(error instanceof SSEError);
+    assert.equal(
+      error.message,
+      `Request refused: port ${port} is blocked by the Fetch standard (a bad port)`,
+    );
+    assert.equal(calls, 0);
+  }
+});
+
+test("SSEClient ends the iteration with an SSEError when a headers function returns what fetch cannot send", async () => {
+  await using server = new TestServer(() => eventStreamResponse("data: x\n\n"));
+  for (
+    const [headers, message] of [
+      [
+        { authorization: "Bearer a\x01b" },
+        "Request refused: Invalid header authorization: its value contains U+0001 at index 8, which fetch cannot send",
+      ],
+      [{ "bad name": "x" }, /^Request refused: /],
+    ] as const
+  ) {
+    const { outcome, error } = await firstOutcome(server.url, {
+      headers: () => headers,
+    });
+    assert.equal(outcome, "ended with an error");
+    assert.ok(error instanceof SSEError);
+    if (typeof message === "string") assert.equal(error.message, message);
+    else assert.match(error.message, message);
+  }
+  assert.equal(server.requests.length, 0);
+});
+
+// Node and Bun word these failures differently from Deno (and from each
+// other): the same client, run there, must tell them apart too.
+for (
+  const [runtime, path, args] of [
+    ["Node 22", "node_modules/.bin/node", [
+      "--experimental-strip-types",
+      "--input-type=module",
+      "-e",
+    ]],
+    ["Bun", "node_modules/.bin/bun", ["-e"]],
+  ] as const
+) {
+  test(`SSEClient on ${runtime} gives up on a redirect loop and a redirect to file:, and retries a refused connection`, async () => {
+    const bin = new URL(`../.cache/runtimes/${path}`, import.meta.url);
+    try {
+      Deno.statSync(bin);
+    } catch {
+      if (Deno.env.get("CI") === "true") throw new Error(`${runtime} missing`);
+      console.log(`${runtime} not installed (.ci/runtimes): skipped`);
+      return;
+    }
+    await using server = redirectingServer();
+    const closed = new TestServer(() => new Response(null));
+    const refused = closed.url.href;
+    await closed.close();
+    const client = new URL("../client.ts", import.meta.url).href;
+    const script = `
+      import { SSEClient } from ${JSON.stringify(client)};
+      const out = {};
+      for (const url of ${
+      JSON.stringify([
+        new URL("/loop", server.url).href,
+        new URL("/file", server.url).href,
+        refused,
+      ])
+    }) {
+        const client = new SSEClient(url, {
+          retry: 0,
+          onRetry: () => { out[url] = "retried"; client.close(); },
+        });
+        try {
+          await client[Symbol.asyncIterator]().next();
+          out[url] ??= "ended";
+        } catch (error) {
+          out[url] = error.name + ": " + error.message;
+        }
+      }
+      console.log(JSON.stringify(out));
+    `;
+    const { code, stdout, stderr } = await new Deno.Command(bin, {
+      args: [...args, script],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const text = new TextDecoder();
+    assert.equal(code, 0, text.decode(stderr));
+    const out = JSON.parse(text.decode(stdout).trim().split("\n").at(-1)!);
+    assert.match(
+      out[new URL("/loop", server.url).href],
+      /^SSEError: Request refused: /,
+    );
+    assert.match(
+      out[new URL("/file", server.url).href],
+      /^SSEError: Request refused: /,
+    );
+    assert.equal(out[refused], "retried");
+  });
+}
+
+test("SSEClient still retries what may work next time: a refused connection, a reset, 5xx", async () => {
+  // A port nobody listens on any more.
+  const closed = new TestServer(() => new Response(null));
+  const url = closed.url;
+  await closed.close();
+  assert.equal((await firstOutcome(url)).outcome, "retried");
+  // A server that closes every connection before answering.
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const accepting = (async () => {
+    for await (const connection of listener) connection.close();
+  })();
+  try {
+    assert.equal(
+      (await firstOutcome(`http://127.0.0.1:${listener.addr.port}/`)).outcome,
+      "retried",
+    );
+  } finally {
+    listener.close();
+    await accepting;
+  }
+  await using server = new TestServer(() =>
+    new Response(null, { status: 503 })
+  );
+  assert.equal((await firstOutcome(server.url)).outcome, "retried");
+});
+
 // --- final outcomes ----------------------------------------------------------
 
 test("SSEClient ends the iteration normally on 204 and does not reconnect", async () => {

@@ -882,6 +882,47 @@ test("EventSource sets lastEventId and origin where MessageEvent ignores them in
   }
 });
 
+test("EventSource fails the connection for good on a request that can never succeed", async () => {
+  await using server = new TestServer(({ url }) => {
+    const location = {
+      "/loop": "/loop",
+      "/file": "file:///etc/passwd",
+      "/blocked": "http://127.0.0.1:10080/",
+    }[url.pathname];
+    return location === undefined
+      ? eventStreamResponse("data: x\n\n")
+      : new Response(null, { status: 302, headers: { location } });
+  });
+  const cases: [string, ConstructorParameters<typeof OurEventSource>[1]][] = [
+    [new URL("/loop", server.url).href, {}],
+    [new URL("/file", server.url).href, {}],
+    [new URL("/blocked", server.url).href, {}],
+    ["http://127.0.0.1:10080/", {}],
+    ["ftp://127.0.0.1/", {}],
+    [server.url.href, { headers: () => ({ authorization: "a\x01b" }) }],
+  ];
+  for (const [url, init] of cases) {
+    const source = new OurEventSource(url, init);
+    const seen = record(source);
+    // Retried, it would be `error` with readyState CONNECTING.
+    assert.deepEqual(await seen.shift(), FAILED, url);
+    assert.equal(source.readyState, 2);
+  }
+  // 21 requests for the loop (one attempt), 1 for each other redirect.
+  assert.equal(server.requests.length, 23);
+});
+
+test("EventSource refuses a headers option that fetch can never send, at once", () => {
+  assert.throws(
+    () => new OurEventSource("http://127.0.0.1:8/", { headers: { x: "\x1f" } }),
+    {
+      name: "TypeError",
+      message:
+        "Invalid header x: its value contains U+001F at index 0, which fetch cannot send",
+    },
+  );
+});
+
 test("EventSource rejects a fetch option that is not a function", () => {
   assert.throws(
     () =>
