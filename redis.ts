@@ -103,10 +103,24 @@ export interface RedisBrokerOptions {
    */
   prefix?: string;
   /**
-   * Called when Redis becomes unreachable (once per outage, not once per
-   * reconnection attempt) and for errors no caller can be told of, such as an
-   * entry that is not the broker's. The broker keeps retrying either way.
-   * @default {logs the error with console.warn}
+   * The longest the broker waits for Redis to answer a command it waits on
+   * (`publish`, the queries of `subscribe`, connecting, and `close()`), in
+   * ms. A command without an answer by then fails (`publish` and `subscribe`
+   * reject) and the broker drops that connection and opens a new one: a
+   * Redis that stops answering (a stopped process, a paused VM, a network
+   * that drops packets) cannot hold the application longer than this. The
+   * blocking read that brings new entries waits up to 2 s for entries, plus
+   * this. Redis answers in well under a millisecond normally; keep room for
+   * its slowest moments (a large `XRANGE`, a fork for a snapshot).
+   * @default {3000}
+   */
+  commandTimeout?: number;
+  /**
+   * Called when Redis becomes unreachable or stops answering (once per
+   * outage, not once per reconnection attempt) and for errors no caller can
+   * be told of, such as an entry that is not the broker's. The broker keeps
+   * retrying either way.
+   * @default {writes one line to stderr with console.error}
    */
   onError?: (error: Error) => void;
 }
@@ -140,8 +154,14 @@ interface Stream {
 
 const DEFAULT_URL = "redis://127.0.0.1:6379";
 const DEFAULT_PREFIX = "sse:";
-/** How long one blocking read waits before it is re-issued, in ms. */
-const BLOCK_MS = 10_000;
+/**
+ * How long one blocking read waits for entries before it is re-issued, in ms.
+ * Short enough that a reader whose Redis stopped answering notices soon
+ * (after this plus `commandTimeout`); an idle process re-issues it twice a
+ * minute, which costs Redis nothing.
+ */
+const BLOCK_MS = 2_000;
+const DEFAULT_COMMAND_TIMEOUT = 3_000;
 /** Entries read per stream per `XREAD`, to bound one reply's size. */
 const READ_COUNT = 1_000;
 /** The wake stream expires this long after its last use, in ms. */
@@ -189,6 +209,7 @@ export class RedisBroker implements SSEBroker {
   #url: string;
   #prefix: string;
   #onError: (error: Error) => void;
+  #commandTimeout: number;
   /** For `publish` and queries; no offline queue, so it fails fast. */
   #writer: Connection | undefined;
   /** For the blocking `XREAD` only; queues while offline, so the loop waits. */
@@ -214,11 +235,19 @@ export class RedisBroker implements SSEBroker {
    * Creates a broker. Nothing connects until the first `publish` or
    * `subscribe`.
    *
-   * @param options Where Redis is (`url` or `client`), the key `prefix`, and
-   * `onError`.
+   * @param options Where Redis is (`url` or `client`), the key `prefix`,
+   * `commandTimeout` and `onError`.
+   * @throws {TypeError} When an option has the wrong type.
+   * @throws {RangeError} When `commandTimeout` is not a positive number.
    */
   constructor(options: RedisBrokerOptions = {}) {
-    const { url, client, prefix = DEFAULT_PREFIX, onError } = options;
+    const {
+      url,
+      client,
+      prefix = DEFAULT_PREFIX,
+      commandTimeout = DEFAULT_COMMAND_TIMEOUT,
+      onError,
+    } = options;
     if (url !== undefined && typeof url !== "string") {
       throw new TypeError(`Invalid url: expected a string, got ${typeof url}`);
     }
@@ -235,12 +264,20 @@ export class RedisBroker implements SSEBroker {
         `Invalid prefix: expected a string, got ${typeof prefix}`,
       );
     }
+    if (typeof commandTimeout !== "number" || !(commandTimeout > 0)) {
+      throw new RangeError(
+        `Invalid commandTimeout: expected a positive number of milliseconds, got ${
+          String(commandTimeout)
+        }`,
+      );
+    }
     if (onError !== undefined && typeof onError !== "function") {
       throw new TypeError(
         `Invalid onError: expected a function, got ${typeof onError}`,
       );
     }
     this.#template = client;
+    this.#commandTimeout = commandTimeout;
     this.#url = url ?? DEFAULT_URL;
     this.#prefix = prefix;
     this.#onError = onError ?? warn;
@@ -256,7 +293,9 @@ export class RedisBroker implements SSEBroker {
    * is left out (Redis assigns the id).
    * @param options `replay`: how many entries the stream keeps, at least.
    * @returns The Redis entry id, once Redis has stored the entry. Rejects at
-   * once, storing nothing, when Redis is unreachable.
+   * once, storing nothing, when Redis is unreachable, and after
+   * `commandTimeout` when Redis does not answer (it may then still store the
+   * entry once it answers again, and deliver it as usual).
    */
   async publish(
     name: string,
@@ -269,7 +308,7 @@ export class RedisBroker implements SSEBroker {
 
     try {
       const writer = await this.#open();
-      const id = await writer.sendCommand([
+      const id = await this.#send(writer, [
         "XADD",
         this.#prefix + name,
         "MAXLEN",
@@ -387,12 +426,13 @@ export class RedisBroker implements SSEBroker {
     // Ends the blocking read at once (close() would wait for its reply).
     this.#reader?.destroy();
     if (writer.isReady) {
-      try {
+      // Removes the wake stream and lets publishes in flight finish, within
+      // one commandTimeout for both: a frozen Redis cannot hold close().
+      const graceful = (async () => {
         await writer.sendCommand(["DEL", this.#wakeKey]);
         await writer.close();
-      } catch {
-        writer.destroy();
-      }
+      })();
+      await this.#bounded(writer, graceful).catch(() => writer.destroy());
     } else {
       writer.destroy();
     }
@@ -433,8 +473,8 @@ export class RedisBroker implements SSEBroker {
     const settings = {
       RESP: 2,
       disableOfflineQueue: !offlineQueue,
-      // No per-command timer: a command waits in the queue only while a
-      // connection attempt runs, and fails with it.
+      // No node-redis command timer: it only bounds the time before a
+      // command is written, not the wait for its reply; #bounded does both.
       commandOptions: { timeout: 0 },
       maintNotifications: "disabled",
     } as const;
@@ -461,15 +501,61 @@ export class RedisBroker implements SSEBroker {
       if (this.#writer?.isReady && (this.#reader?.isReady ?? true)) {
         this.#healthy = true;
       }
+      // Redis is back: reconnect the other connection now rather than after
+      // its backoff, and let the read loop read now rather than after its.
+      if (this.#reconnectTimer !== undefined) {
+        clearTimeout(this.#reconnectTimer);
+        this.#reconnectTimer = undefined;
+        this.#reconnectAll();
+      }
+      if (client === this.#reader) this.#retryPause.cancel();
     });
     // The connection closed for good: reconnect it (and any other) later.
     client.on("terminated", () => this.#reconnectLater());
     return client;
   }
 
-  /** Connects a client; settles with the outcome of this one attempt. */
+  /**
+   * Connects a client; settles with the outcome of this one attempt, within
+   * `commandTimeout` (a Redis that accepts the connection but does not answer
+   * the handshake fails it).
+   */
   #connect(client: Connection): Promise<void> {
-    return client.connect().then(() => {});
+    return this.#bounded(client, client.connect()).then(() => {});
+  }
+
+  /**
+   * Sends a command and waits for its reply, at most `commandTimeout` (plus
+   * `extra` ms, for a blocking command).
+   */
+  #send(client: Connection, args: string[], extra = 0): Promise<unknown> {
+    return this.#bounded(client, client.sendCommand(args), extra);
+  }
+
+  /**
+   * Settles like `promise`, or rejects once `commandTimeout` (plus `extra`)
+   * has passed without an answer on `client`. Its connection is then
+   * dropped: the replies of a connection that missed one cannot be trusted
+   * to come, and every command queued on it fails with it. A new connection
+   * is made after the usual backoff.
+   */
+  #bounded<T>(
+    client: Connection,
+    promise: Promise<T>,
+    extra = 0,
+  ): Promise<T> {
+    const ms = this.#commandTimeout + extra;
+    let timer: Timer | undefined;
+    const expired = new Promise<never>((_, reject) => {
+      timer = startTimeout(() => {
+        const error = new Error(`no answer from Redis within ${ms} ms`);
+        reject(error);
+        this.#fault(error, "Redis connection dropped");
+        client.destroy();
+        this.#reconnectLater();
+      }, ms);
+    });
+    return Promise.race([promise, expired]).finally(() => clearTimeout(timer));
   }
 
   /** Reconnects every closed connection after a backoff, until close(). */
@@ -481,14 +567,19 @@ export class RedisBroker implements SSEBroker {
     );
     this.#reconnectTimer = startTimeout(() => {
       this.#reconnectTimer = undefined;
-      if (this.#closed) return;
-      for (const client of [this.#writer, this.#reader]) {
-        // A failed attempt emits "terminated" again, which schedules the next.
-        if (client !== undefined && !client.isOpen) {
-          client.connect().catch(() => {});
-        }
-      }
+      this.#reconnectAll();
     }, delay + Math.random() * delay / 4);
+  }
+
+  #reconnectAll(): void {
+    if (this.#closed) return;
+    for (const client of [this.#writer, this.#reader]) {
+      // A failed attempt emits "terminated" (or, timed out, is dropped),
+      // which schedules the next.
+      if (client !== undefined && !client.isOpen) {
+        this.#connect(client).catch(() => {});
+      }
+    }
   }
 
   /** Reports an error once per outage. */
@@ -537,7 +628,7 @@ export class RedisBroker implements SSEBroker {
    */
   async #start(stream: Stream): Promise<void> {
     try {
-      const last = await this.#writer!.sendCommand([
+      const last = await this.#send(this.#writer!, [
         "XREVRANGE",
         stream.key,
         "+",
@@ -562,7 +653,8 @@ export class RedisBroker implements SSEBroker {
     // The blocking read in flight does not include this stream yet: wake it
     // up so it is re-issued. The wake stream has a cursor too, so a wake-up
     // that arrives before the read is processed still ends it at once.
-    this.#writer!.sendCommand([
+    const writer = this.#writer!;
+    this.#send(writer, [
       "XADD",
       this.#wakeKey,
       "MAXLEN",
@@ -571,7 +663,7 @@ export class RedisBroker implements SSEBroker {
       "w",
       "",
     ]).then(() =>
-      this.#writer!.sendCommand([
+      this.#send(writer, [
         "PEXPIRE",
         this.#wakeKey,
         String(WAKE_TTL_MS),
@@ -592,7 +684,7 @@ export class RedisBroker implements SSEBroker {
     key: string,
     after: string,
   ): Promise<SSEBrokerEntry[] | undefined> {
-    const raw = await writer.sendCommand(["XRANGE", key, after, "+"]) as
+    const raw = await this.#send(writer, ["XRANGE", key, after, "+"]) as
       | RawEntry[]
       | null;
     if (raw?.[0]?.[0] !== after) return undefined;
@@ -667,7 +759,7 @@ export class RedisBroker implements SSEBroker {
 
       let reply: [string, RawEntry[]][] | null;
       try {
-        reply = await reader.sendCommand(args) as typeof reply;
+        reply = await this.#send(reader, args, BLOCK_MS) as typeof reply;
       } catch (error) {
         if (this.#closed) return;
         this.#fault(error, "Reading streams failed");
@@ -775,8 +867,10 @@ class Subscriber {
   }
 }
 
+/** The default `onError`: one line on stderr, never a stack trace. */
 function warn(error: Error): void {
-  console.warn(`RedisBroker: ${error.message}`);
+  // deno-lint-ignore no-console
+  console.error(`RedisBroker: ${error.message}`);
 }
 
 function errorMessage(error: unknown): string {

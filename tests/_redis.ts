@@ -9,6 +9,8 @@
  * @module
  */
 
+import { createClient } from "@redis/client";
+
 /** Why the Redis tests are skipped, or `undefined` when they can run. */
 export const REDIS_SKIP: string | undefined = await findRedisServer();
 
@@ -58,6 +60,15 @@ export interface RedisServer {
   start(): Promise<void>;
   /** `stop()` then `start()`. */
   restart(): Promise<void>;
+  /**
+   * Freezes the process (SIGSTOP): connections stay open, nothing answers,
+   * as with a Redis stuck on a slow disk or a paused VM. It thaws by itself
+   * after `limit` ms, so that code which waits for Redis fails a test
+   * instead of hanging it.
+   */
+  freeze(limit?: number): void;
+  /** Lets a frozen process run again (SIGCONT). */
+  thaw(): void;
   /** Stops the process and removes its directory. Idempotent. */
   close(): Promise<void>;
   [Symbol.asyncDispose](): Promise<void>;
@@ -167,6 +178,7 @@ class Server implements RedisServer {
   #dir: string;
   #options: RedisServerOptions;
   #process: RedisProcess | undefined;
+  #thawTimer: ReturnType<typeof setTimeout> | undefined;
   #closed = false;
 
   constructor(
@@ -186,10 +198,28 @@ class Server implements RedisServer {
     return this.#process !== undefined;
   }
 
+  freeze(limit = 15_000): void {
+    if (this.#process === undefined) {
+      throw new Error("Cannot freeze: the server is not running");
+    }
+    this.#process.child.kill("SIGSTOP");
+    clearTimeout(this.#thawTimer);
+    this.#thawTimer = setTimeout(() => this.thaw(), limit);
+  }
+
+  thaw(): void {
+    clearTimeout(this.#thawTimer);
+    this.#thawTimer = undefined;
+    this.#process?.child.kill("SIGCONT");
+  }
+
   async stop(): Promise<void> {
     const process = this.#process;
     if (process === undefined) return;
     this.#process = undefined;
+    // A frozen process would not act on SIGTERM until thawed.
+    clearTimeout(this.#thawTimer);
+    process.child.kill("SIGCONT");
     process.child.kill("SIGTERM");
     await process.child.status;
     await process.drained;
@@ -216,4 +246,65 @@ class Server implements RedisServer {
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }
+}
+
+/** A raw node-redis connection, for what a test writes or reads behind the broker. */
+export interface RawClient {
+  send(args: string[]): Promise<unknown>;
+  close(): Promise<void>;
+}
+
+/**
+ * Opens a raw RESP2 connection to look at what a broker stored, or to store
+ * what another program would.
+ *
+ * @param url The server's URL.
+ * @returns Once connected; `close()` it at the end.
+ */
+export async function rawClient(url: string): Promise<RawClient> {
+  const client = createClient({ url, RESP: 2 });
+  client.on("error", () => {}); // the tests restart Redis under it
+  await client.connect();
+  return {
+    send: (args) => client.sendCommand(args),
+    close: () => client.close(),
+  };
+}
+
+/**
+ * Retries `publish` until it resolves, while Redis is coming back: publish
+ * rejects while it is unreachable, and retrying is the application's call.
+ *
+ * @param publish One attempt.
+ * @returns The id, once an attempt succeeds; rejects after 10 s of failures.
+ */
+export async function publishWhenUp(
+  publish: () => Promise<string>,
+): Promise<string> {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    try {
+      return await publish();
+    } catch (error) {
+      if (Date.now() > deadline) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+  }
+}
+
+/**
+ * Registers a test that needs `redis-server` (skipped without it, outside
+ * CI), with the op and resource sanitizers on.
+ *
+ * @param name What it shows, as a sentence.
+ * @param fn The test.
+ */
+export function redisTest(name: string, fn: () => Promise<void>): void {
+  Deno.test({
+    name,
+    ignore: REDIS_SKIP !== undefined,
+    sanitizeOps: true,
+    sanitizeResources: true,
+    fn,
+  });
 }

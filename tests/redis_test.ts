@@ -7,13 +7,15 @@ import {
   type SSEBrokerSubscription,
   type SSEMessage,
 } from "../redis.ts";
-import {
-  Collector,
-  SANITIZED,
-  testBrokerContract,
-} from "./_broker_contract.ts";
+import { Collector, testBrokerContract } from "./_broker_contract.ts";
 import { EventReader, type Instance, startInstance } from "./_instance.ts";
-import { REDIS_SKIP, startRedis } from "./_redis.ts";
+import {
+  publishWhenUp,
+  rawClient,
+  REDIS_SKIP,
+  redisTest,
+  startRedis,
+} from "./_redis.ts";
 
 testBrokerContract({
   name: "RedisBroker",
@@ -36,31 +38,6 @@ testBrokerContract({
   },
 });
 
-const ignore = REDIS_SKIP !== undefined;
-
-/** A raw node-redis connection for looking at what the broker stored. */
-async function rawClient(url: string): Promise<RawClient> {
-  const client = createClient({ url, RESP: 2 });
-  client.on("error", () => {}); // the tests restart Redis under it
-  await client.connect();
-  return {
-    send: (args) => client.sendCommand(args),
-    close: () => client.close(),
-  };
-}
-
-interface RawClient {
-  send(args: string[]): Promise<unknown>;
-  close(): Promise<void>;
-}
-
-function redisTest(
-  name: string,
-  fn: () => Promise<void>,
-): void {
-  Deno.test({ name, ignore, ...SANITIZED, fn });
-}
-
 function message(data: string): { topic: string; message: SSEMessage } {
   return { topic: "", message: { data } };
 }
@@ -78,24 +55,6 @@ function byStreamId(a: string, b: string): number {
     : aSeq! > bSeq!
     ? 1
     : 0;
-}
-
-/**
- * Publishes, retrying while Redis is still coming back: publish rejects at
- * once while it is unreachable, and retrying is the application's call.
- */
-async function publishWhenUp(
-  publish: () => Promise<string>,
-): Promise<string> {
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    try {
-      return await publish();
-    } catch (error) {
-      if (Date.now() > deadline) throw error;
-      await new Promise((resolve) => setTimeout(resolve, 20));
-    }
-  }
 }
 
 redisTest(

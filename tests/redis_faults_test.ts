@@ -1,0 +1,261 @@
+// Copyright the sse authors. MIT license.
+// RedisBroker under the faults real deployments meet, each against a real
+// redis-server: a Redis that stops answering (SIGSTOP, connections still
+// open), a Redis that restarts.
+import assert from "node:assert/strict";
+import { RedisBroker, type SSEBrokerEntry, type SSEMessage } from "../redis.ts";
+import { Collector } from "./_broker_contract.ts";
+import {
+  publishWhenUp,
+  type RedisServer,
+  type RedisServerOptions,
+  redisTest,
+  startRedis,
+} from "./_redis.ts";
+
+/** The bound the tests give every Redis command, in ms. */
+const TIMEOUT = 500;
+/** What a bounded wait may take beyond its bound on a loaded machine. */
+const SLACK = 1_000;
+
+function message(data: string): { topic: string; message: SSEMessage } {
+  return { topic: "", message: { data } };
+}
+
+/** How long a promise takes to settle, in ms, and how. */
+async function timed(
+  promise: Promise<unknown>,
+): Promise<{ ms: number; error: unknown }> {
+  const started = performance.now();
+  let error: unknown = undefined;
+  try {
+    await promise;
+  } catch (caught) {
+    error = caught;
+  }
+  return { ms: performance.now() - started, error };
+}
+
+/** Resolves after `ms` milliseconds. */
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/**
+ * Collects what a subscription delivers with the time each entry arrived,
+ * to measure how late delivery is once Redis is back.
+ */
+class TimedCollector {
+  readonly collector = new Collector();
+  readonly arrivals = new Map<string, number>();
+  readonly onEntry = (entry: SSEBrokerEntry): void => {
+    this.arrivals.set(entry.id, performance.now());
+    this.collector.onEntry(entry);
+  };
+}
+
+/**
+ * Publishes as soon as Redis takes it again; resolves with the id and how
+ * long after the publish resolved the subscriber had it (negative when the
+ * read loop was faster than the publish's reply).
+ */
+async function deliveryDelay(
+  broker: RedisBroker,
+  received: TimedCollector,
+  data: string,
+): Promise<{ id: string; ms: number }> {
+  const id = await publishWhenUp(() =>
+    broker.publish("s", message(data), { replay: 100 })
+  );
+  const stored = performance.now();
+  await received.collector.untilId(id);
+  return { id, ms: received.arrivals.get(id)! - stored };
+}
+
+interface Fixture {
+  redis: RedisServer;
+  /** A broker whose commands are bounded at {@linkcode TIMEOUT}. */
+  broker: RedisBroker;
+  /** What it reported through `onError`. */
+  errors: Error[];
+}
+
+/**
+ * Runs `fn` with a fresh Redis and a broker on it; thaws Redis and closes
+ * both whatever happens.
+ */
+function faultTest(
+  name: string,
+  fn: (fixture: Fixture) => Promise<void>,
+  options: RedisServerOptions = {},
+): void {
+  redisTest(name, async () => {
+    await using redis = await startRedis(options);
+    const errors: Error[] = [];
+    const broker = new RedisBroker({
+      url: redis.url,
+      commandTimeout: TIMEOUT,
+      onError: (error) => errors.push(error),
+    });
+    try {
+      await fn({ redis, broker, errors });
+    } finally {
+      redis.thaw();
+      await broker.close();
+    }
+  });
+}
+
+faultTest(
+  "RedisBroker publish rejects within commandTimeout while Redis is frozen, and publishes again once it thaws",
+  async ({ redis, broker, errors }) => {
+    const received = new TimedCollector();
+    const subscription = await broker.subscribe("s", {}, received.onEntry);
+    const before = await broker.publish("s", message("before"), {
+      replay: 100,
+    });
+    await received.collector.untilId(before);
+
+    redis.freeze();
+    const first = await timed(
+      broker.publish("s", message("frozen 1"), { replay: 100 }),
+    );
+    assert.match(
+      String(first.error),
+      /^Error: Cannot publish to "s": no answer from Redis within 500 ms/,
+    );
+    assert.ok(
+      first.ms >= TIMEOUT - 50 && first.ms < TIMEOUT + SLACK,
+      `rejected after ${first.ms} ms`,
+    );
+    // Still frozen: the next publish is not held longer either.
+    const second = await timed(
+      broker.publish("s", message("frozen 2"), { replay: 100 }),
+    );
+    assert.ok(second.error instanceof Error);
+    assert.ok(second.ms < TIMEOUT + SLACK, `rejected after ${second.ms}`);
+    redis.thaw();
+
+    // What Redis had read before it froze may be stored now (publish said
+    // it could not tell); what comes next reaches the subscriber at once.
+    const after = await deliveryDelay(broker, received, "after");
+    assert.ok(after.ms < 250, `delivered ${after.ms} ms after publish`);
+    assert.deepEqual(
+      received.collector.entries.map((entry) => entry.message.data).filter((
+        data,
+      ) => data !== "frozen 1" && data !== "frozen 2"),
+      ["before", "after"],
+    );
+    assert.equal(errors.length, 1, errors.join("\n"));
+    assert.match(errors[0]!.message, /no answer from Redis within 500 ms/);
+    subscription.unsubscribe();
+  },
+);
+
+faultTest(
+  "RedisBroker subscribe rejects within commandTimeout while Redis is frozen, resuming or not",
+  async ({ redis, broker }) => {
+    const id = await broker.publish("s", message("x"), { replay: 100 });
+    redis.freeze();
+    // A new stream (where does it end?) and a resume (what came after?).
+    const fresh = await timed(broker.subscribe("t", {}, () => {}));
+    const resume = await timed(
+      broker.subscribe("s", { lastEventId: id }, () => {}),
+    );
+    for (const { ms, error } of [fresh, resume]) {
+      assert.match(String(error), /^Error: Cannot subscribe to "[st]": /);
+      assert.ok(ms < TIMEOUT + SLACK, `rejected after ${ms} ms`);
+    }
+  },
+);
+
+faultTest(
+  "RedisBroker close completes within commandTimeout while Redis is frozen, with a publish in flight",
+  async ({ redis, broker }) => {
+    const subscription = await broker.subscribe("s", {}, () => {});
+    await broker.publish("s", message("x"), { replay: 100 });
+    redis.freeze();
+    const publishing = timed(
+      broker.publish("s", message("y"), { replay: 100 }),
+    );
+    const closing = await timed(broker.close());
+    assert.equal(closing.error, undefined);
+    assert.ok(closing.ms < TIMEOUT + SLACK, `closed after ${closing.ms} ms`);
+    assert.ok((await publishing).error instanceof Error);
+    subscription.unsubscribe();
+  },
+);
+
+faultTest(
+  "RedisBroker publish and close each complete within commandTimeout when Redis froze before the broker first connected",
+  async ({ redis, broker }) => {
+    redis.freeze();
+    // The TCP connection succeeds (the kernel accepts it), the handshake
+    // gets no answer.
+    const published = await timed(
+      broker.publish("s", message("x"), { replay: 100 }),
+    );
+    assert.match(String(published.error), /no answer from Redis/);
+    assert.ok(published.ms < TIMEOUT + SLACK, `after ${published.ms} ms`);
+    const subscribing = timed(broker.subscribe("s", {}, () => {}));
+    await sleep(50);
+    const closing = await timed(broker.close());
+    assert.equal(closing.error, undefined);
+    assert.ok(closing.ms < TIMEOUT + SLACK, `closed after ${closing.ms} ms`);
+    assert.ok((await subscribing).error instanceof Error);
+  },
+);
+
+faultTest(
+  "RedisBroker delivers again right after it reconnects to a thawed Redis, also when the freeze outlasted its blocking read",
+  async ({ redis, broker }) => {
+    const received = new TimedCollector();
+    const subscription = await broker.subscribe("s", {}, received.onEntry);
+    const first = await broker.publish("s", message("first"), {
+      replay: 100,
+    });
+    await received.collector.untilId(first);
+    redis.freeze();
+    await assert.rejects(
+      broker.publish("s", message("frozen"), { replay: 100 }),
+    );
+    // Longer than a blocking read (2 s) plus its bound: the reader gives up
+    // on its connection too, and reconnects.
+    await sleep(3_000);
+    redis.thaw();
+    const after = await deliveryDelay(broker, received, "after");
+    assert.ok(after.ms < 250, `delivered ${after.ms} ms after publish`);
+    subscription.unsubscribe();
+  },
+);
+
+faultTest(
+  "RedisBroker delivers again right after it reconnects to a restarted Redis, without sleeping out its read backoff",
+  async ({ redis, broker }) => {
+    const publisher = new RedisBroker({ url: redis.url, onError: () => {} });
+    try {
+      const received = new TimedCollector();
+      const subscription = await broker.subscribe("s", {}, received.onEntry);
+      const first = await publisher.publish("s", message("first"), {
+        replay: 100,
+      });
+      await received.collector.untilId(first);
+      await redis.stop();
+      // Long enough for the read loop's backoff to reach its longest waits.
+      await sleep(2_000);
+      await redis.start();
+      const after = await deliveryDelay(broker, received, "after");
+      assert.ok(after.ms < 250, `delivered ${after.ms} ms after publish`);
+      // And another instance's publish too.
+      const other = await publishWhenUp(() =>
+        publisher.publish("s", message("other"), { replay: 100 })
+      );
+      await received.collector.untilId(other);
+      assert.deepEqual(received.collector.ids, [first, after.id, other]);
+      subscription.unsubscribe();
+    } finally {
+      await publisher.close();
+    }
+  },
+  { persistent: true },
+);
