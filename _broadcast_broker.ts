@@ -1,19 +1,22 @@
 // Copyright the sse authors. MIT license.
 /**
  * {@linkcode BroadcastChannelBroker}: an {@linkcode SSEBroker} that fans
- * events out across isolates with the platform's own `BroadcastChannel`
- * (Deno Deploy, workers, browsers' workers), with no server to run. Exported
- * from `server.ts`.
+ * events out between the Workers of one process with the platform's own
+ * `BroadcastChannel`. Exported from `server.ts`.
  *
  * @module
  */
 
 import {
   BrokerSubscription,
+  checkHistory,
   checkPublish,
   checkSubscribe,
+  entryProblem,
+  errorReporter,
   LocalStream,
   randomId,
+  settle,
   type SSEBroker,
   type SSEBrokerEntry,
   type SSEBrokerSubscription,
@@ -24,11 +27,19 @@ import type { SSEMessage } from "./encoder.ts";
 export interface BroadcastChannelBrokerOptions {
   /**
    * Prefix of the `BroadcastChannel` names: the stream `name` travels on the
-   * channel named `prefix + name`. Brokers (in any isolate) with the same
-   * prefix share streams.
+   * channel named `prefix + name`. Brokers (in any Worker of the process)
+   * with the same prefix share streams.
    * @default {"sse:"}
    */
   prefix?: string;
+  /**
+   * Called with each error the broker catches: an entry from another Worker
+   * that it cannot use (skipped; the error names the stream, the entry id
+   * and the reason), or a subscriber's `onEntry` that threw. Must not throw.
+   *
+   * @default {(error) => console.error("BroadcastChannelBroker: " + error.message)}
+   */
+  onError?: (error: Error) => void;
 }
 
 /** What one broker posts to the others: an entry and how many to keep. */
@@ -38,48 +49,56 @@ interface Envelope {
   replay: number;
 }
 
-/** One stream as this instance has seen it. */
+/** One stream as this broker has seen it. */
 interface Stream {
   channel: BroadcastChannel;
-  /** Kept entries in the order they reached this instance; subscribers. */
+  /** Kept entries in the order they reached this broker; subscribers. */
   local: LocalStream;
 }
 
 const DEFAULT_PREFIX = "sse:";
 
 /**
- * An {@linkcode SSEBroker} for Deno Deploy and other multi-isolate runtimes:
- * each published entry is delivered to this isolate's subscribers at once and
- * posted on a `BroadcastChannel`, which the runtime delivers to every other
- * isolate of the application, where the brokers deliver it to theirs.
+ * An {@linkcode SSEBroker} for the Workers of one process (Deno's `Worker`,
+ * Node's `worker_threads` through the global `BroadcastChannel`, Bun): each
+ * published entry is delivered to this Worker's subscribers at once and
+ * posted on a `BroadcastChannel`, which the runtime delivers to the other
+ * Workers of the process, where their brokers deliver it to theirs.
+ *
+ * It does not reach other processes or machines. On Deno Deploy it used to
+ * link the isolates of Deploy Classic, which was shut down on 2026-07-20:
+ * Deno Deploy isolates are now isolated from each other, so scale-out there
+ * is `DenoKvBroker` (from `@sse/sse/kv`), and across servers `RedisBroker`
+ * (from `@sse/sse/redis`).
  *
  * What the platform primitive gives, and what it does not:
  *
- * - **Replay is per instance.** Each broker keeps the last `replay` entries of
- *   each stream it has seen (those published here and those that arrived from
- *   other isolates since it started listening), in the order they reached it.
- *   A client that reconnects to the same isolate resumes exactly; one that
- *   lands on another isolate resumes there only if that isolate has its
- *   `Last-Event-ID` (otherwise `resumed` is `false` and the application sends
- *   a snapshot), and entries published concurrently on two isolates may reach
- *   each in a different order. An isolate that starts later has no history.
- * - **Ordering is per publisher.** Entries from one isolate reach every other
- *   isolate in publish order. Ids are `<ms>-<seq>-<origin>`: a hybrid logical
- *   clock (never behind any id this isolate has seen, so an entry published
+ * - **History is per Worker.** Each broker keeps the last `replay` entries of
+ *   each stream it has seen (those published here and those that arrived
+ *   from other Workers since it started listening), in the order they
+ *   reached it, and only those are resume points there. A client that
+ *   reconnects to the same Worker resumes exactly; one that lands on another
+ *   Worker resumes there only if that Worker has its `Last-Event-ID`
+ *   (otherwise `history` answers `null` and the application sends a
+ *   snapshot), and entries published concurrently on two Workers may reach
+ *   each in a different order. A Worker that starts later has no history.
+ * - **Ordering is per publisher.** Entries from one Worker reach every other
+ *   Worker in publish order. Ids are `<ms>-<seq>-<origin>`: a hybrid logical
+ *   clock (never behind any id this Worker has seen, so an entry published
  *   in reaction to another gets a later id), then a random id of the
  *   publishing broker, which keeps ids unique and never valid across a
- *   restart. Entries from different isolates published within the broadcast
- *   delay have no agreed order.
+ *   restart.
  * - **No acknowledgement.** `publish` resolves once the entry is delivered
- *   here and handed to the runtime; delivery to other isolates is as reliable
- *   as the platform's `BroadcastChannel`. Use `RedisBroker` (from
- *   `@sse/sse/redis`) when every instance must see every event, in one order,
- *   and resume anywhere.
+ *   here and handed to the runtime; delivery to other Workers is as reliable
+ *   as the runtime's `BroadcastChannel`.
  *
- * A stream is listened to from its first `publish` or `subscribe` until
- * `close()`, so that its history keeps growing while no client is connected.
+ * A stream is listened to from its first `publish`, `subscribe` or `history`
+ * until `close()`, so that its history keeps growing while no client is
+ * connected. An entry from another Worker that is not a valid entry is
+ * skipped and reported to `onError`; messages on the channel that are not
+ * this broker's envelopes are ignored.
  *
- * @example One broker per isolate; here two in one process
+ * @example One broker per Worker; here two in one Worker
  * ```ts
  * import { BroadcastChannelBroker } from "@sse/sse/server";
  * import assert from "node:assert/strict";
@@ -87,7 +106,7 @@ const DEFAULT_PREFIX = "sse:";
  * const here = new BroadcastChannelBroker();
  * const there = new BroadcastChannelBroker();
  * const { promise, resolve } = Promise.withResolvers<string>();
- * const subscription = await there.subscribe("news", {}, (entry) => {
+ * const subscription = await there.subscribe("news", (entry) => {
  *   resolve(entry.message.data as string);
  * });
  * await here.publish("news", { topic: "", message: { data: "hello" } }, { replay: 100 });
@@ -98,13 +117,12 @@ const DEFAULT_PREFIX = "sse:";
  */
 export class BroadcastChannelBroker implements SSEBroker {
   #prefix: string;
+  #report: (error: Error) => void;
   /** This broker's random id, chosen at its first publish. */
   #origin: string | undefined;
   /** The hybrid logical clock: the newest time part seen, and its counter. */
   #time = 0;
   #seq = 0;
-  /** Entries that reached this instance: their order here, for LocalStream. */
-  #arrivals = 0;
   #streams = new Map<string, Stream>();
   #closed = false;
 
@@ -112,7 +130,9 @@ export class BroadcastChannelBroker implements SSEBroker {
    * Creates a broker. Its random origin id is chosen at the first `publish`,
    * so that a broker can be created in a Worker's global scope.
    *
-   * @param options The `BroadcastChannel` name `prefix`.
+   * @param options The `BroadcastChannel` name `prefix`, and `onError`.
+   * @throws {TypeError} When `prefix` is not a string or `onError` not a
+   * function.
    */
   constructor(options: BroadcastChannelBrokerOptions = {}) {
     const { prefix = DEFAULT_PREFIX } = options;
@@ -122,25 +142,27 @@ export class BroadcastChannelBroker implements SSEBroker {
       );
     }
     this.#prefix = prefix;
+    this.#report = errorReporter("BroadcastChannelBroker", options.onError);
   }
 
   /**
-   * Delivers the message to this isolate's subscribers, keeps it for replay,
-   * and posts it to the other isolates.
+   * Delivers the message to this Worker's subscribers, keeps it for
+   * `history`, and posts it to the other Workers.
    *
    * @param name The stream.
    * @param entry The topic (`""` for none) and the message; its `id`, if any,
    * is left out of the stored entry.
-   * @param options `replay`: how many entries each isolate keeps.
-   * @returns The assigned id.
+   * @param options `replay`: how many entries each Worker keeps.
+   * @returns The assigned id. Rejects with a `TypeError` or `RangeError` for
+   * bad arguments, a `DataCloneError` for a message that cannot be posted,
+   * and a `TypeError` once the broker is closed.
    */
   publish(
     name: string,
     entry: { topic: string; message: SSEMessage },
     options: { replay: number },
   ): Promise<string> {
-    try {
-      if (this.#closed) throw new TypeError("Cannot publish: broker is closed");
+    return settle(this.#closed, "publish", () => {
       const { topic, message, replay } = checkPublish(name, entry, options);
       const stream = this.#stream(name);
       const stored: SSEBrokerEntry = {
@@ -148,62 +170,61 @@ export class BroadcastChannelBroker implements SSEBroker {
         topic,
         message,
       };
-      // Structured clone: the other isolates get their own copy, and a
+      // Structured clone: the other Workers get their own copy, and a
       // message that cannot be cloned throws here, before anything happens.
       const envelope: Envelope = { sse: 1, entry: stored, replay };
       stream.channel.postMessage(envelope);
-      this.#receive(stream, stored, replay);
-      return Promise.resolve(stored.id);
-    } catch (error) {
-      return Promise.reject(error);
-    }
+      stream.local.add(stored, replay);
+      return stored.id;
+    });
   }
 
   /**
-   * Replays the entries this instance keeps after `lastEventId`
-   * (synchronously, before the returned promise resolves), then delivers
-   * every new one, from this isolate or another.
+   * Delivers every entry that reaches this broker from now on, from this
+   * Worker or another.
    *
    * @param name The stream.
-   * @param options `lastEventId`: resume after this id; `resumed` is `false`
-   * when this instance does not have it (see the class notes).
-   * @param onEntry Called with each entry; must not throw (a throw is
-   * reported with `reportError`, or `console.error` where the runtime has
-   * none).
-   * @returns The subscription.
+   * @param onEntry Called with each entry; must not throw (a throw goes to
+   * `onError`).
+   * @returns The subscription. Rejects with a `TypeError` for bad arguments
+   * or once the broker is closed.
    */
   subscribe(
     name: string,
-    options: { lastEventId?: string },
     onEntry: (entry: SSEBrokerEntry) => void,
   ): Promise<SSEBrokerSubscription> {
-    try {
-      if (this.#closed) {
-        throw new TypeError("Cannot subscribe: broker is closed");
-      }
-      const lastEventId = checkSubscribe(name, options, onEntry);
-      const { local } = this.#stream(name);
-      // Only an id this instance still keeps, or the newest it dropped, resumes.
-      const after = lastEventId === undefined
-        ? undefined
-        : local.sequenceOf(lastEventId);
-      // Messages from other isolates arrive as tasks, so the replay and joining
-      // happen with nothing reaching the stream in between.
-      const release = local.subscribe(onEntry, after);
-      return Promise.resolve(
-        new BrokerSubscription(
-          lastEventId === undefined || after !== undefined,
-          release,
-        ),
+    return settle(this.#closed, "subscribe", () => {
+      checkSubscribe(name, onEntry);
+      return new BrokerSubscription(
+        this.#stream(name).local.subscribe(onEntry),
       );
-    } catch (error) {
-      return Promise.reject(error);
-    }
+    });
+  }
+
+  /**
+   * Up to `limit` entries this broker keeps after `after` (see the class
+   * notes: history is per Worker).
+   *
+   * @param name The stream.
+   * @param options `after` and `limit`.
+   * @returns The entries, or `null` when this broker does not have `after`
+   * as a resume point. Rejects with a `TypeError` or `RangeError` for bad
+   * arguments, and with a `TypeError` once the broker is closed.
+   */
+  history(
+    name: string,
+    options: { after: string; limit: number },
+  ): Promise<SSEBrokerEntry[] | null> {
+    return settle(this.#closed, "read history", () => {
+      const { after, limit } = checkHistory(name, options);
+      return this.#stream(name).local.history(after, limit);
+    });
   }
 
   /**
    * Ends every subscription, closes every `BroadcastChannel` and forgets the
-   * history. Later calls to `publish` and `subscribe` reject. Idempotent.
+   * history. Later calls to `publish`, `subscribe` and `history` reject.
+   * Idempotent.
    *
    * @returns Once done.
    */
@@ -233,10 +254,10 @@ export class BroadcastChannelBroker implements SSEBroker {
   /** Moves the clock past a received id, so later ids here sort after it. */
   #observe(id: string): void {
     const [time, seq] = id.split("-", 2).map(Number);
-    if (time === undefined || seq === undefined) return;
-    if (time > this.#time || (time === this.#time && seq > this.#seq)) {
-      this.#time = time;
-      this.#seq = seq;
+    if (!Number.isSafeInteger(time) || !Number.isSafeInteger(seq)) return;
+    if (time! > this.#time || (time === this.#time && seq! > this.#seq)) {
+      this.#time = time!;
+      this.#seq = seq!;
     }
   }
 
@@ -244,38 +265,45 @@ export class BroadcastChannelBroker implements SSEBroker {
     let stream = this.#streams.get(name);
     if (stream !== undefined) return stream;
     const channel = new BroadcastChannel(this.#prefix + name);
-    const created: Stream = { channel, local: new LocalStream() };
+    const local = new LocalStream(name, this.#report);
     channel.onmessage = (event: MessageEvent) => {
-      if (this.#closed) return;
-      const envelope = parseEnvelope(event.data);
-      // Messages that are not ours (same name, other code) are ignored.
-      if (envelope === undefined) return;
-      this.#observe(envelope.entry.id);
-      this.#receive(created, envelope.entry, envelope.replay);
+      if (!this.#closed) this.#receive(local, event.data);
     };
-    this.#streams.set(name, created);
-    stream = created;
+    stream = { channel, local };
+    this.#streams.set(name, stream);
     return stream;
   }
 
-  /** Keeps an entry and delivers it to this instance's subscribers. */
-  #receive(stream: Stream, entry: SSEBrokerEntry, replay: number): void {
-    stream.local.add(entry, ++this.#arrivals, replay);
+  /** Keeps an entry from another Worker and delivers it here. */
+  #receive(local: LocalStream, data: unknown): void {
+    if (typeof data !== "object" || data === null) return;
+    const { sse, entry, replay } = data as Partial<Envelope>;
+    // Messages that are not this broker's envelopes (same channel name,
+    // other code) are none of its business.
+    if (sse !== 1) return;
+    let problem = entryProblem(entry);
+    if (problem === undefined && local.has(entry!.id)) {
+      problem = "the id was received before";
+    }
+    if (
+      problem === undefined && (!Number.isSafeInteger(replay) || replay! < 0)
+    ) {
+      problem = `the replay count is not a non-negative integer`;
+    }
+    if (problem !== undefined) {
+      const id = (entry as { id?: unknown } | undefined)?.id;
+      this.#report(
+        new TypeError(
+          `Skipped entry ${
+            typeof id === "string"
+              ? JSON.stringify(id)
+              : `with a ${typeof id} id`
+          } of stream ${JSON.stringify(local.name)}: ${problem}`,
+        ),
+      );
+      return;
+    }
+    this.#observe(entry!.id);
+    local.add(entry!, replay!);
   }
-}
-
-function parseEnvelope(data: unknown): Envelope | undefined {
-  if (typeof data !== "object" || data === null) return undefined;
-  const { sse, entry, replay } = data as Partial<Envelope>;
-  if (sse !== 1 || !Number.isSafeInteger(replay) || replay! < 0) {
-    return undefined;
-  }
-  if (
-    typeof entry !== "object" || entry === null ||
-    typeof entry.id !== "string" || typeof entry.topic !== "string" ||
-    typeof entry.message !== "object" || entry.message === null
-  ) {
-    return undefined;
-  }
-  return data as Envelope;
 }

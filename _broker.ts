@@ -10,32 +10,41 @@
  *
  * 1. A stream is named by a string (the channel's `name`); one broker serves
  *    any number of streams, channels and (for a distributed broker) processes.
- * 2. `publish` assigns the id. Ids are strings without CR, LF or NUL (they go
- *    on the wire as an `id:` field), unique within a stream, ordered (a later
- *    publish gets a later id), and never reused, even after a restart: a
- *    client may present an id it got from an earlier incarnation.
- * 3. `publish` resolves once the entry is stored; from then on every current
+ * 2. `publish` assigns the id. Ids are printable ASCII (U+0021 to U+007E: they
+ *    go on the wire as an `id:` field and come back as `Last-Event-ID`),
+ *    unique within a stream, ordered (a later publish gets a later id), and
+ *    never reused, even after a restart: a client may present an id it got
+ *    from an earlier incarnation, which must not be taken for a current one.
+ * 3. `publish` resolves once the entry is stored; from then on `history`
+ *    returns it (until it leaves the kept history) and every current
  *    subscriber of the stream (in any process) will receive it. If it cannot
  *    be stored it rejects and delivers it to nobody.
- * 4. `subscribe` delivers entries to `onEntry` one at a time, in id order, each
- *    at most once: first every kept entry after `lastEventId` (when given and
- *    still covered by the kept history), then every entry published after,
- *    until `unsubscribe()`. No entry between the replayed ones and the live
- *    ones may be lost, even one published while `subscribe` is in progress.
- * 5. `resumed` is `false` when `lastEventId` was given but is not one of this
- *    stream's ids, or is older than the history kept (so some entries after it
- *    are gone); the subscription then delivers live entries only.
+ * 4. `subscribe` is live only: every entry whose publish resolves after the
+ *    returned promise resolved reaches `onEntry` exactly once, in id order,
+ *    until `unsubscribe()`. Entries published while `subscribe` is in
+ *    progress may or may not be delivered; from the first entry delivered on,
+ *    none is skipped. An entry a subscription delivered is in `history` by
+ *    then.
+ * 5. `history(name, { after, limit })` returns up to `limit` kept entries
+ *    after `after`, oldest first: `[]` when `after` is the newest entry, and
+ *    `null` when `after` is not a resume point of this stream (not an id this
+ *    stream issued: another stream's, a future one, a malformed one, an
+ *    earlier incarnation's; or one older than the kept history, so entries
+ *    after it are gone). Calling it again with the last id of a page
+ *    continues exactly. It rejects on a transient failure.
  * 6. Entries are shared between subscribers: subscribers treat them as
- *    read-only. `onEntry` is a synchronous callback that must not throw (a
- *    broker reports a throw, with `reportError` where the runtime has it, and
- *    goes on delivering).
- * 7. Every subscription of a stream sees an entry under the same id string:
- *    `SSEChannel` matches ids across subscriptions. It holds one subscription
- *    (without `lastEventId`) per channel for all its clients, plus one per
- *    resuming client, with its `Last-Event-ID`, which it drops as soon as that
- *    client has caught up with the shared one: `subscribe` and `unsubscribe`
- *    should be cheap, for example by sharing one reader per stream between a
- *    process's subscriptions.
+ *    read-only. Every subscription and every `history` call sees an entry
+ *    under the same id string: `SSEChannel` matches ids across them. It holds
+ *    one subscription per channel for all its clients, and pages a resuming
+ *    client's missed entries from `history` as that client reads, until they
+ *    meet the live ones.
+ * 7. `onEntry` is a synchronous callback that must not throw. A broker reports
+ *    a throw through its `onError` option and goes on delivering. A broker
+ *    that reads entries written by others skips one it cannot decode and
+ *    reports it the same way (with the stream, the entry id and the reason).
+ *    The default `onError` writes one line to stderr, never a stack trace.
+ * 8. `close()` ends every subscription, releases connections and timers, and
+ *    completes in bounded time.
  *
  * `tests/_broker_contract.ts` checks these rules against any broker.
  *
@@ -46,7 +55,7 @@ import type { SSEMessage } from "./encoder.ts";
 
 /** One stored message, as a broker hands it out. */
 export interface SSEBrokerEntry {
-  /** Assigned by the broker: unique and ordered within a stream. */
+  /** Assigned by the broker: printable ASCII, unique and ordered within a stream. */
   id: string;
   /** The topic it was published to; `""` when published without a topic. */
   topic: string;
@@ -60,13 +69,7 @@ export interface SSEBrokerEntry {
 
 /** A live subscription to one stream of a broker. */
 export interface SSEBrokerSubscription {
-  /**
-   * `false` when `lastEventId` was given but is unknown or older than the
-   * history kept (the channel then tells `init`, so the application can send
-   * a snapshot); `true` otherwise.
-   */
-  readonly resumed: boolean;
-  /** Stops delivery at once and releases everything the subscription holds. Idempotent. */
+  /** Stops delivery at once and releases what it holds. Idempotent. */
   unsubscribe(): void;
 }
 
@@ -75,18 +78,22 @@ export interface SSEBrokerSubscription {
  * broker serves many channels, keyed by the channel's `name`; a distributed
  * broker serves many processes.
  *
- * @example Subscribe to a stream, then publish to it
+ * @example Subscribe to a stream, publish to it, then page its history
  * ```ts
  * import { MemoryBroker, type SSEBroker } from "@sse/sse/server";
  * import assert from "node:assert/strict";
  *
  * const broker: SSEBroker = new MemoryBroker();
  * const ids: string[] = [];
- * const subscription = await broker.subscribe("news", {}, (entry) => {
+ * const subscription = await broker.subscribe("news", (entry) => {
  *   ids.push(entry.id);
  * });
- * const id = await broker.publish("news", { topic: "", message: { data: "hi" } }, { replay: 100 });
- * assert.deepEqual(ids, [id]);
+ * const first = await broker.publish("news", { topic: "", message: { data: "a" } }, { replay: 100 });
+ * const second = await broker.publish("news", { topic: "", message: { data: "b" } }, { replay: 100 });
+ * assert.deepEqual(ids, [first, second]);
+ * const page = await broker.history("news", { after: first, limit: 10 });
+ * assert.deepEqual(page?.map((entry) => entry.id), [second]);
+ * assert.equal(await broker.history("news", { after: "nope", limit: 10 }), null);
  * subscription.unsubscribe();
  * await broker.close();
  * ```
@@ -109,21 +116,37 @@ export interface SSEBroker {
     options: { replay: number },
   ): Promise<string>;
   /**
-   * Delivers to `onEntry`, in id order with no gap and no duplicate: first
-   * every kept entry after `lastEventId` (when given and known), then every
-   * entry published afterwards, until `unsubscribe()`. May call `onEntry`
-   * before the returned promise resolves.
+   * Live only: delivers to `onEntry`, in id order and exactly once, every
+   * entry whose publish resolves after the returned promise resolved, until
+   * `unsubscribe()`. Entries published while `subscribe` is in progress may
+   * or may not be delivered.
    *
    * @param name The stream.
-   * @param options `lastEventId`: resume after this id.
    * @param onEntry Called with each entry, synchronously; must not throw.
    * @returns The subscription, once live.
    */
   subscribe(
     name: string,
-    options: { lastEventId?: string },
     onEntry: (entry: SSEBrokerEntry) => void,
   ): Promise<SSEBrokerSubscription>;
+  /**
+   * Up to `limit` kept entries after `after`, oldest first. Calling it again
+   * with the last id of the previous page continues exactly: no gap, no
+   * duplicate.
+   *
+   * @param name The stream.
+   * @param options `after`: an id the stream issued; `limit`: a positive
+   * integer.
+   * @returns The entries (`[]` when `after` is the newest), or `null` when
+   * `after` is not a resume point of this stream: not one of its ids
+   * (another stream's, a future one, a malformed one, an earlier
+   * incarnation's), or older than the kept history. Rejects on a transient
+   * failure.
+   */
+  history(
+    name: string,
+    options: { after: string; limit: number },
+  ): Promise<SSEBrokerEntry[] | null>;
   /**
    * Ends every subscription and releases connections and timers.
    *
@@ -132,17 +155,29 @@ export interface SSEBroker {
   close(): Promise<void>;
 }
 
+/** Options of {@linkcode MemoryBroker}. */
+export interface MemoryBrokerOptions {
+  /**
+   * Called with each error the broker catches: a subscriber's `onEntry`
+   * that threw. Must not throw.
+   *
+   * @default {(error) => console.error("MemoryBroker: " + error.message)}
+   */
+  onError?: (error: Error) => void;
+}
+
 /**
  * The in-process {@linkcode SSEBroker}, the default of `SSEChannel`.
  *
  * Ids look like `"m1a2b3c4d5-42"`: a prefix chosen at random for each broker
  * object (so an id from before a restart is never mistaken for a current one),
  * a dash, and a sequence number shared by all the broker's streams. Each
- * stream keeps its last `replay` entries in a ring for resume. Delivery is
- * synchronous: when `publish` resolves, every subscriber has had `onEntry`
- * called.
+ * stream keeps its last `replay` entries for resume; only those ids (and the
+ * newest one dropped, after which nothing is missing) are resume points of
+ * that stream. Delivery is synchronous: when `publish` resolves, every
+ * subscriber has had `onEntry` called.
  *
- * @example Publish, then resume after an id
+ * @example Publish, then page what came after an id
  * ```ts
  * import { MemoryBroker } from "@sse/sse/server";
  * import assert from "node:assert/strict";
@@ -151,13 +186,10 @@ export interface SSEBroker {
  * const first = await broker.publish("news", { topic: "", message: { data: "a" } }, { replay: 10 });
  * await broker.publish("news", { topic: "", message: { data: "b" } }, { replay: 10 });
  *
- * const seen: string[] = [];
- * const subscription = await broker.subscribe("news", { lastEventId: first }, (entry) => {
- *   seen.push(entry.message.data as string);
- * });
- * assert.equal(subscription.resumed, true);
- * assert.deepEqual(seen, ["b"]);
- * subscription.unsubscribe();
+ * const page = await broker.history("news", { after: first, limit: 100 });
+ * assert.deepEqual(page?.map((entry) => entry.message.data), ["b"]);
+ * // The id belongs to "news", not to another stream.
+ * assert.equal(await broker.history("sports", { after: first, limit: 100 }), null);
  * await broker.close();
  * ```
  */
@@ -167,6 +199,18 @@ export class MemoryBroker implements SSEBroker {
   #seq = 0;
   #streams = new Map<string, LocalStream>();
   #closed = false;
+  #report: (error: Error) => void;
+
+  /**
+   * Creates a broker. Its random id prefix is chosen at the first `publish`,
+   * so that a broker can be created in a Worker's global scope.
+   *
+   * @param options `onError`.
+   * @throws {TypeError} When `onError` is given and is not a function.
+   */
+  constructor(options: MemoryBrokerOptions = {}) {
+    this.#report = errorReporter("MemoryBroker", options?.onError);
+  }
 
   /**
    * Stores the message and delivers it, synchronously, to every subscriber
@@ -176,71 +220,68 @@ export class MemoryBroker implements SSEBroker {
    * @param entry The topic (`""` for none) and the message; its `id`, if any,
    * is left out of the stored entry.
    * @param options `replay`: how many entries the stream keeps.
-   * @returns The assigned id.
+   * @returns The assigned id. Rejects with a `TypeError` or `RangeError` for
+   * bad arguments, and with a `TypeError` once the broker is closed.
    */
   publish(
     name: string,
     entry: { topic: string; message: SSEMessage },
     options: { replay: number },
   ): Promise<string> {
-    try {
-      if (this.#closed) throw new TypeError("Cannot publish: broker is closed");
+    return settle(this.#closed, "publish", () => {
       const { topic, message, replay } = checkPublish(name, entry, options);
       this.#prefix ??= "m" + randomId();
-      const seq = ++this.#seq;
       const stored: SSEBrokerEntry = {
-        id: `${this.#prefix}-${seq}`,
+        id: `${this.#prefix}-${++this.#seq}`,
         topic,
         message,
       };
-      this.#stream(name).add(stored, seq, replay);
-      return Promise.resolve(stored.id);
-    } catch (error) {
-      return Promise.reject(error);
-    }
+      this.#stream(name).add(stored, replay);
+      return stored.id;
+    });
   }
 
   /**
-   * Replays the kept entries after `lastEventId` (synchronously, before the
-   * returned promise resolves), then delivers every new entry.
+   * Delivers every entry published to the stream from now on.
    *
    * @param name The stream.
-   * @param options `lastEventId`: resume after this id.
-   * @param onEntry Called with each entry; must not throw.
-   * @returns The subscription.
+   * @param onEntry Called with each entry; must not throw (a throw goes to
+   * `onError`).
+   * @returns The subscription. Rejects with a `TypeError` for bad arguments
+   * or once the broker is closed.
    */
   subscribe(
     name: string,
-    options: { lastEventId?: string },
     onEntry: (entry: SSEBrokerEntry) => void,
   ): Promise<SSEBrokerSubscription> {
-    try {
-      if (this.#closed) {
-        throw new TypeError("Cannot subscribe: broker is closed");
-      }
-      const lastEventId = checkSubscribe(name, options, onEntry);
-      const stream = this.#stream(name);
-      let after: number | undefined;
-      if (lastEventId !== undefined) {
-        after = this.#sequenceOf(lastEventId);
-        // Entries after an id older than the history kept are gone.
-        if (after !== undefined && after < stream.evicted) after = undefined;
-      }
-      const release = stream.subscribe(onEntry, after);
-      return Promise.resolve(
-        new BrokerSubscription(
-          lastEventId === undefined || after !== undefined,
-          release,
-        ),
-      );
-    } catch (error) {
-      return Promise.reject(error);
-    }
+    return settle(this.#closed, "subscribe", () => {
+      checkSubscribe(name, onEntry);
+      return new BrokerSubscription(this.#stream(name).subscribe(onEntry));
+    });
+  }
+
+  /**
+   * Up to `limit` kept entries of the stream after `after`.
+   *
+   * @param name The stream.
+   * @param options `after` and `limit`.
+   * @returns The entries, or `null` when `after` is not a resume point of
+   * this stream. Rejects with a `TypeError` or `RangeError` for bad
+   * arguments, and with a `TypeError` once the broker is closed.
+   */
+  history(
+    name: string,
+    options: { after: string; limit: number },
+  ): Promise<SSEBrokerEntry[] | null> {
+    return settle(this.#closed, "read history", () => {
+      const { after, limit } = checkHistory(name, options);
+      return this.#streams.get(name)?.history(after, limit) ?? null;
+    });
   }
 
   /**
    * Ends every subscription and forgets every stream. Later calls to
-   * `publish` and `subscribe` reject. Idempotent.
+   * `publish`, `subscribe` and `history` reject. Idempotent.
    *
    * @returns Once done.
    */
@@ -251,24 +292,10 @@ export class MemoryBroker implements SSEBroker {
     return Promise.resolve();
   }
 
-  /** The sequence number an id of this broker carries, if it is one. */
-  #sequenceOf(id: string): number | undefined {
-    // Before the first publish, the prefix is undefined and matches nothing.
-    const dash = id.lastIndexOf("-");
-    if (dash < 0 || id.slice(0, dash) !== this.#prefix) return undefined;
-    const digits = id.slice(dash + 1);
-    const seq = Number(digits);
-    // Only the canonical spelling is an id this broker gave out.
-    if (!Number.isSafeInteger(seq) || seq < 1 || String(seq) !== digits) {
-      return undefined;
-    }
-    return seq <= this.#seq ? seq : undefined;
-  }
-
   #stream(name: string): LocalStream {
     let stream = this.#streams.get(name);
     if (stream === undefined) {
-      stream = new LocalStream();
+      stream = new LocalStream(name, this.#report);
       this.#streams.set(name, stream);
     }
     return stream;
@@ -276,23 +303,19 @@ export class MemoryBroker implements SSEBroker {
 }
 
 /**
- * The subscription object every broker hands out: `resumed`, and an
- * `unsubscribe()` that runs the broker's release once. Internal: shared by
- * the brokers, not exported from `server.ts`.
+ * The subscription object every broker hands out: an `unsubscribe()` that
+ * runs the broker's release once. Internal: shared by the brokers, not
+ * exported from `server.ts`.
  */
 export class BrokerSubscription implements SSEBrokerSubscription {
-  /** Whether the subscription resumed after its `lastEventId`. */
-  readonly resumed: boolean;
   #release: (() => void) | undefined;
 
   /**
    * Wraps a release function.
    *
-   * @param resumed See {@linkcode SSEBrokerSubscription.resumed}.
    * @param release Stops delivery and frees what the subscription holds.
    */
-  constructor(resumed: boolean, release: () => void) {
-    this.resumed = resumed;
+  constructor(release: () => void) {
     this.#release = release;
   }
 
@@ -307,195 +330,220 @@ export class BrokerSubscription implements SSEBrokerSubscription {
 /** One subscriber of a {@linkcode LocalStream}. */
 interface Subscriber {
   onEntry: (entry: SSEBrokerEntry) => void;
-  /** Only entries with a greater sequence number are delivered live. */
+  /** Only entries at a greater position are delivered to it. */
   after: number;
-  active: boolean;
 }
 
 /**
- * One stream as one broker object holds it: its last entries, kept in a ring
- * for replay, and its subscribers in this process, to which it delivers
+ * One stream as one broker object holds it: its last entries, kept for
+ * `history`, and its subscribers in this process, to which it delivers
  * synchronously. Both {@linkcode MemoryBroker} and `BroadcastChannelBroker`
- * keep their streams in it; the ids, and which id stands for which position,
- * are theirs. Each entry comes with a sequence number from the broker,
- * greater than those of the entries before it (other streams may share the
- * counter, so they need not be contiguous). Internal: not exported from
- * `server.ts`.
+ * keep their streams in it; the ids are theirs. Each entry gets a position
+ * in the stream (1, 2, 3, … in the order entries are added); an id is a
+ * resume point of the stream when it is kept, or is the newest one dropped
+ * (nothing after it is missing). Internal: not exported from `server.ts`.
  */
 export class LocalStream {
-  /** Ring buffer of kept entries; `#seqs[i]` is the sequence of `#ring[i]`. */
-  #ring: (SSEBrokerEntry | undefined)[] = [];
-  #seqs: number[] = [];
-  /** Index of the oldest kept entry in `#ring`. */
-  #start = 0;
-  /** Number of kept entries. */
-  #count = 0;
-  /** The newest entry dropped from the ring: its sequence (0 if none), id. */
-  #evicted = 0;
-  #evictedId: string | undefined = undefined;
-  /** Sequence of the newest entry added (0 if none). */
-  #newest = 0;
+  readonly name: string;
+  /** Kept entries, oldest first, from index `#head`. */
+  #entries: (SSEBrokerEntry | undefined)[] = [];
+  #head = 0;
+  /** Position of `#entries[#head]`; the newest is `#first + count - 1`. */
+  #first = 1;
+  /** Positions of the kept entries' ids, and of the newest dropped one. */
+  #positions = new Map<string, number>();
+  #droppedId: string | undefined;
   #subscribers = new Set<Subscriber>();
+  #report: (error: Error) => void;
 
   /**
-   * Sequence of the newest entry no longer kept (0 if none): replay after an
-   * older position would leave a gap.
+   * An empty stream.
    *
-   * @returns A sequence number.
+   * @param name Its name, for error reports.
+   * @param report Where a throwing subscriber is reported.
    */
-  get evicted(): number {
-    return this.#evicted;
+  constructor(name: string, report: (error: Error) => void) {
+    this.name = name;
+    this.#report = report;
+  }
+
+  /** Position of the newest entry added (0 before the first). */
+  get #newest(): number {
+    return this.#first + this.#entries.length - this.#head - 1;
   }
 
   /**
    * Keeps an entry (the newest `replay` are kept) and delivers it to every
    * subscriber.
    *
-   * @param entry The entry.
-   * @param seq Its sequence number, greater than every earlier one's.
+   * @param entry The entry; its id must be new to the stream.
    * @param replay How many entries to keep.
    */
-  add(entry: SSEBrokerEntry, seq: number, replay: number): void {
-    this.#keep(entry, seq, replay);
-    this.#newest = seq;
+  add(entry: SSEBrokerEntry, replay: number): void {
+    this.#entries.push(entry);
+    const position = this.#newest;
+    this.#positions.set(entry.id, position);
+    this.#trim(replay);
     for (const subscriber of this.#subscribers) {
-      // A subscriber added while this loop runs already got this entry by
-      // replay (it was kept before the loop), so only older ones get it here.
-      if (subscriber.after >= seq) continue;
+      // A subscriber added while this loop runs did not exist when the entry
+      // was published.
+      if (subscriber.after >= position) continue;
       try {
         subscriber.onEntry(entry);
       } catch (error) {
-        reportUncaught(error);
+        this.#report(
+          new Error(
+            `A subscriber of stream ${
+              JSON.stringify(this.name)
+            } threw on entry ${entry.id}: ${errorMessage(error)}`,
+            { cause: error },
+          ),
+        );
       }
     }
   }
 
   /**
-   * Where the entry with this id stands: its sequence if it is kept, or the
-   * newest dropped one's if it is that one (nothing after it is gone).
+   * Whether an entry with this id was added and is still a resume point.
    *
-   * @param id An entry's id.
-   * @returns Its sequence number, or `undefined` when it is neither.
+   * @param id An id.
+   * @returns `true` when `history(id, …)` would not be `null`.
    */
-  sequenceOf(id: string): number | undefined {
-    if (id === this.#evictedId) return this.#evicted;
-    const capacity = this.#ring.length;
-    // Newest first: a reconnecting client usually missed only a few.
-    for (let i = this.#count - 1; i >= 0; i--) {
-      const index = (this.#start + i) % capacity;
-      if (this.#ring[index]!.id === id) return this.#seqs[index];
-    }
-    return undefined;
+  has(id: string): boolean {
+    return this.#positions.has(id);
   }
 
   /**
-   * Subscribes: delivers the kept entries with a sequence greater than
-   * `after`, when given, at once, then every entry added later.
+   * Up to `limit` kept entries after the one with id `after`.
+   *
+   * @param after An id.
+   * @param limit A positive integer.
+   * @returns The entries, oldest first; `null` when `after` is neither kept
+   * nor the newest dropped id.
+   */
+  history(after: string, limit: number): SSEBrokerEntry[] | null {
+    const position = this.#positions.get(after);
+    if (position === undefined) return null;
+    const from = this.#head + (position + 1 - this.#first);
+    return this.#entries.slice(
+      from,
+      Math.min(from + limit, this.#entries.length),
+    ) as SSEBrokerEntry[];
+  }
+
+  /**
+   * Delivers every entry added from now on.
    *
    * @param onEntry Called with each entry; a throw is reported.
-   * @param after Replay after this sequence; `undefined` for none.
    * @returns Stops delivery at once.
    */
-  subscribe(
-    onEntry: (entry: SSEBrokerEntry) => void,
-    after: number | undefined,
-  ): () => void {
-    const subscriber: Subscriber = {
-      onEntry,
-      after: this.#newest,
-      active: true,
-    };
-    if (after !== undefined) this.#replay(after, subscriber);
-    // Delivery is synchronous, so nothing can be added between the replay
-    // above and joining the set below: no gap, no duplicate.
+  subscribe(onEntry: (entry: SSEBrokerEntry) => void): () => void {
+    const subscriber: Subscriber = { onEntry, after: this.#newest };
     this.#subscribers.add(subscriber);
-    return () => {
-      subscriber.active = false;
-      this.#subscribers.delete(subscriber);
-    };
+    return () => this.#subscribers.delete(subscriber);
   }
 
-  /** Ends every subscription. */
+  /** Ends every subscription and forgets the history. */
   close(): void {
-    for (const subscriber of this.#subscribers) subscriber.active = false;
     this.#subscribers.clear();
+    this.#entries = [];
+    this.#head = 0;
+    this.#positions.clear();
   }
 
-  /** Appends an entry to the ring, which holds at most `capacity` entries. */
-  #keep(entry: SSEBrokerEntry, seq: number, capacity: number): void {
-    if (this.#ring.length !== capacity) this.#resize(capacity);
-    if (capacity === 0) {
-      this.#evicted = seq;
-      this.#evictedId = entry.id;
-      return;
-    }
-    const ring = this.#ring;
-    const seqs = this.#seqs;
-    if (this.#count === capacity) {
-      const start = this.#start;
-      this.#evicted = seqs[start]!;
-      this.#evictedId = ring[start]!.id;
-      ring[start] = entry;
-      seqs[start] = seq;
-      this.#start = (start + 1) % capacity;
-    } else {
-      const index = (this.#start + this.#count) % capacity;
-      ring[index] = entry;
-      seqs[index] = seq;
-      this.#count++;
-    }
-  }
-
-  /** Rebuilds the ring with a new capacity, keeping the newest entries. */
-  #resize(capacity: number): void {
-    const ring = this.#ring;
-    const seqs = this.#seqs;
-    const start = this.#start;
-    const count = this.#count;
-    const keepCount = Math.min(count, capacity);
-    const dropped = count - keepCount;
-    if (dropped > 0) {
-      const newestDropped = (start + dropped - 1) % ring.length;
-      this.#evicted = seqs[newestDropped]!;
-      this.#evictedId = ring[newestDropped]!.id;
-    }
-    const newRing = new Array<SSEBrokerEntry | undefined>(capacity);
-    const newSeqs = new Array<number>(capacity).fill(0);
-    for (let i = 0; i < keepCount; i++) {
-      const from = (start + dropped + i) % ring.length;
-      newRing[i] = ring[from];
-      newSeqs[i] = seqs[from]!;
-    }
-    this.#ring = newRing;
-    this.#seqs = newSeqs;
-    this.#start = 0;
-    this.#count = keepCount;
-  }
-
-  /** Delivers the kept entries with a sequence greater than `after`. */
-  #replay(after: number, subscriber: Subscriber): void {
-    const ring = this.#ring;
-    const seqs = this.#seqs;
-    const start = this.#start;
-    const count = this.#count;
-    const capacity = ring.length;
-    // Sequences in the ring increase, but other streams may share the
-    // counter, so they are not contiguous: binary search for the first one
-    // after `after`.
-    let low = 0;
-    let high = count;
-    while (low < high) {
-      const middle = (low + high) >>> 1;
-      if (seqs[(start + middle) % capacity]! <= after) low = middle + 1;
-      else high = middle;
-    }
-    for (let i = low; i < count && subscriber.active; i++) {
-      try {
-        subscriber.onEntry(ring[(start + i) % capacity]!);
-      } catch (error) {
-        reportUncaught(error);
+  /** Drops the oldest entries until at most `replay` are kept. */
+  #trim(replay: number): void {
+    const entries = this.#entries;
+    let count = entries.length - this.#head;
+    if (count <= replay) return;
+    while (count > replay) {
+      const dropped = entries[this.#head]!;
+      entries[this.#head++] = undefined;
+      this.#first++;
+      count--;
+      // Only the newest dropped id stays a resume point.
+      if (this.#droppedId !== undefined) {
+        this.#positions.delete(this.#droppedId);
       }
+      this.#droppedId = dropped.id;
     }
+    // Compact once the dropped slots outnumber the kept entries.
+    if (this.#head > 32 && this.#head > count) {
+      this.#entries = entries.slice(this.#head);
+      this.#head = 0;
+    }
+  }
+}
+
+// Printable ASCII, U+0021 to U+007E: an id goes on the wire in an `id:` field
+// and comes back as a `Last-Event-ID` header.
+const BROKER_ID = /^[\x21-\x7e]+$/;
+
+/**
+ * Whether a value can be a broker id: a non-empty string of printable ASCII
+ * (U+0021 to U+007E). Internal: shared by the brokers, not exported from
+ * `server.ts`.
+ *
+ * @param value Any value.
+ * @returns `true` for a valid id.
+ */
+export function isBrokerId(value: unknown): value is string {
+  return typeof value === "string" && BROKER_ID.test(value);
+}
+
+/**
+ * Why a value read from a shared store is not an {@linkcode SSEBrokerEntry},
+ * for a broker that reads entries written by other processes and must skip
+ * (and report) those it cannot use. Internal: shared by the brokers, not
+ * exported from `server.ts`.
+ *
+ * @param value A decoded entry: `{ id, topic, message }`.
+ * @returns The reason, or `undefined` when it is a valid entry.
+ */
+export function entryProblem(value: unknown): string | undefined {
+  if (typeof value !== "object" || value === null) {
+    return "expected an object";
+  }
+  const { id, topic, message } = value as Partial<SSEBrokerEntry>;
+  if (!isBrokerId(id)) return "the id is not a string of printable ASCII";
+  if (typeof topic !== "string") return "the topic is not a string";
+  if (typeof message !== "object" || message === null) {
+    return "the message is not an object";
+  }
+  for (const field of ["data", "event", "comment"] as const) {
+    const part = message[field];
+    if (part !== undefined && typeof part !== "string") {
+      return `the message ${field} is not a string`;
+    }
+  }
+  if (message.retry !== undefined && typeof message.retry !== "number") {
+    return "the message retry is not a number";
+  }
+  return undefined;
+}
+
+/**
+ * Runs the synchronous body of a broker method and hands back its result, or
+ * what it threw, as a promise: a broker method rejects, it never throws.
+ * Once the broker is closed, it rejects without running it. Internal: shared
+ * by the brokers, not exported from `server.ts`.
+ *
+ * @param closed Whether the broker is closed.
+ * @param what The call, for the error: "publish", "subscribe", …
+ * @param run The method's body.
+ * @returns What `run` returned, or a rejection with what it threw (a
+ * `TypeError` naming `what` when closed).
+ */
+export function settle<T>(
+  closed: boolean,
+  what: string,
+  run: () => T,
+): Promise<T> {
+  try {
+    if (closed) throw new TypeError(`Cannot ${what}: broker is closed`);
+    return Promise.resolve(run());
+  } catch (error) {
+    return Promise.reject(error);
   }
 }
 
@@ -510,6 +558,8 @@ export class LocalStream {
  * @param options `replay`: a non-negative safe integer.
  * @returns The topic, the message without its `id` (the object given when it
  * has none), and `replay`.
+ * @throws {TypeError} For a name, topic or message of the wrong type.
+ * @throws {RangeError} For a `replay` that is not a non-negative integer.
  */
 export function checkPublish(
   name: string,
@@ -556,28 +606,51 @@ export function checkPublish(
  * must. Internal: shared by the brokers, not exported from `server.ts`.
  *
  * @param name The stream name: a string.
- * @param options `lastEventId`: a string, if given.
  * @param onEntry A function.
- * @returns The `lastEventId` to resume after, if any.
+ * @throws {TypeError} For a name or `onEntry` of the wrong type.
  */
 export function checkSubscribe(
   name: string,
-  options: { lastEventId?: string },
   onEntry: (entry: SSEBrokerEntry) => void,
-): string | undefined {
+): void {
   checkName(name);
   if (typeof onEntry !== "function") {
     throw new TypeError(
       `Invalid onEntry: expected a function, got ${typeof onEntry}`,
     );
   }
-  const lastEventId = options?.lastEventId;
-  if (lastEventId !== undefined && typeof lastEventId !== "string") {
+}
+
+/**
+ * Checks the arguments of {@linkcode SSEBroker.history}, as every broker
+ * must. Internal: shared by the brokers, not exported from `server.ts`.
+ *
+ * @param name The stream name: a string.
+ * @param options `after`: a string (any string: one that is not an id of
+ * the stream makes `history` resolve to `null`); `limit`: a positive safe
+ * integer.
+ * @returns `after` and `limit`.
+ * @throws {TypeError} For a name or `after` that is not a string.
+ * @throws {RangeError} For a `limit` that is not a positive integer.
+ */
+export function checkHistory(
+  name: string,
+  options: { after: string; limit: number },
+): { after: string; limit: number } {
+  checkName(name);
+  const after = options?.after;
+  if (typeof after !== "string") {
     throw new TypeError(
-      `Invalid lastEventId: expected a string, got ${typeof lastEventId}`,
+      `Invalid after: expected an id (a string), got ${typeof after}`,
     );
   }
-  return lastEventId;
+  const limit = options.limit;
+  if (!Number.isSafeInteger(limit) || limit < 1) {
+    throw new RangeError(
+      `Invalid limit: expected a positive integer, got ${limit}`,
+    );
+  }
+  return { after, limit };
 }
 
 function checkName(name: unknown): void {
@@ -585,6 +658,60 @@ function checkName(name: unknown): void {
     throw new TypeError(
       `Invalid stream name: expected a string, got ${typeof name}`,
     );
+  }
+}
+
+/**
+ * The `onError` option of a broker (or of the channel), checked, as the
+ * function to call with each error caught. The default writes one line to
+ * stderr, `"<owner>: <message>"`, never a stack trace; a user's function that
+ * throws gets the same line for what it threw. Errors never reach
+ * `reportError`, which ends a Deno process. Internal: shared by the brokers
+ * and the channel, not exported from `server.ts`.
+ *
+ * @param owner The class name that starts each default line, such as
+ * `"MemoryBroker"`.
+ * @param onError The option as given: a function, or `undefined`.
+ * @returns A function that reports an error and never throws.
+ * @throws {TypeError} When `onError` is neither.
+ */
+export function errorReporter(
+  owner: string,
+  onError: unknown,
+): (error: Error) => void {
+  if (onError === undefined) return (error) => logLine(owner, error);
+  if (typeof onError !== "function") {
+    throw new TypeError(
+      `Invalid onError: expected a function, got ${typeof onError}`,
+    );
+  }
+  return (error) => {
+    try {
+      onError(error);
+    } catch (thrown) {
+      logLine(owner, new Error(`onError threw: ${errorMessage(thrown)}`));
+    }
+  };
+}
+
+function logLine(owner: string, error: Error): void {
+  // deno-lint-ignore no-console
+  console.error(`${owner}: ${error.message}`);
+}
+
+/**
+ * The message of anything thrown, for an error message of one's own.
+ * Internal: shared by the brokers and the channel.
+ *
+ * @param error What was thrown.
+ * @returns Its `message` when it has one, else its string form.
+ */
+export function errorMessage(error: unknown): string {
+  if (error instanceof Error) return error.message;
+  try {
+    return String(error);
+  } catch {
+    return typeof error;
   }
 }
 
@@ -602,20 +729,4 @@ export function randomId(): string {
   let id = "";
   for (const byte of bytes) id += (byte % 36).toString(36);
   return id;
-}
-
-/**
- * Reports an error that no caller can catch (a throw from a callback): with
- * `reportError` where the runtime has it (Deno, Bun, Workers, browsers), so
- * it surfaces as an uncaught error, else (Node) with `console.error`.
- * Internal: shared with `_channel.ts`, not exported from `server.ts`.
- *
- * @param error What was thrown.
- */
-export function reportUncaught(error: unknown): void {
-  const report = (globalThis as { reportError?: (error: unknown) => void })
-    .reportError;
-  if (typeof report === "function") report(error);
-  // deno-lint-ignore no-console
-  else console.error(error);
 }

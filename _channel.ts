@@ -4,19 +4,16 @@
 // server.ts.
 //
 // How an entry reaches a client (the hot path):
-// - The channel holds ONE broker subscription (`#shared`, no lastEventId) for
-//   all its clients. Each entry from it is encoded once (the `id:` line plus
-//   the frame) into one Uint8Array, and that same Uint8Array is enqueued to
-//   every matching client: `#everyone` (clients without topics) plus the
-//   clients in `#byTopic.get(entry.topic)`. Nothing is allocated per client
-//   per entry. Deno.serve copies chunks out without detaching them (tested).
-// - A client that resumes (`Last-Event-ID`) first gets its own broker
-//   subscription with that id, which replays what it missed, then live
-//   entries. As soon as the positions of that subscription and the shared
-//   one are known relative to each other (by ids both delivered: ids can be
-//   matched, not compared), the client is handed over to the shared fan-out
-//   and its own subscription dropped (see CatchUp). The broker's order
-//   guarantee makes this exact: no gap, no duplicate, whatever the timing.
+// - The channel holds ONE live broker subscription (`#shared`) for all its
+//   clients. Each entry from it is encoded once (the `id:` line plus the
+//   frame) into one Uint8Array, and that same Uint8Array is enqueued to every
+//   matching client: `#everyone` (clients without topics) plus the clients in
+//   `#byTopic.get(entry.topic)`. Nothing is allocated per client per entry.
+//   Deno.serve copies chunks out without detaching them (tested).
+// - A client that resumes (`Last-Event-ID`) is sent what it missed from the
+//   broker's `history`, a page at a time as it reads, until its position
+//   meets the shared subscription's, which then takes over (see
+//   _resume.ts): no gap, no duplicate, whatever the timing.
 // - Until `init` has written its messages, entries for a client are held in
 //   its `held` list (after the retry hint), then flushed in order.
 //
@@ -31,12 +28,22 @@ import { describe, json } from "./_json.ts";
 import { startInterval, type Timer } from "./_timer.ts";
 import { KEEP_ALIVE_FRAME, keepAliveInterval, sseHeaders } from "./_http.ts";
 import {
+  errorMessage,
+  errorReporter,
+  isBrokerId,
   MemoryBroker,
-  reportUncaught,
   type SSEBroker,
   type SSEBrokerEntry,
   type SSEBrokerSubscription,
 } from "./_broker.ts";
+import {
+  Client,
+  type ClientEvents,
+  CLOSED,
+  CONNECTING,
+  OPEN,
+} from "./_client.ts";
+import { IdWindow, PAGE, RECENT, Resume, type ResumeHost } from "./_resume.ts";
 
 /** Default `maxQueue`: 1 MiB. */
 const DEFAULT_MAX_QUEUE = 1024 * 1024;
@@ -160,109 +167,16 @@ export interface SSEChannelOptions<C = undefined> {
    * @default {undefined}
    */
   onDisconnect?: (context: C) => void;
-}
-
-const CONNECTING = 0;
-const OPEN = 1;
-const CLOSED = 2;
-
-/**
- * One connected client: its stream's underlying source (so the stream needs
- * no closures), and the little state the fan-out needs.
- */
-class Client<C> implements UnderlyingDefaultSource<Uint8Array> {
-  controller!: ReadableStreamDefaultController<Uint8Array>;
-  readonly context: C;
-  /** The topics it receives; `null` for every topic. */
-  readonly topics: readonly string[] | null;
-  /** Encoded entries waiting for `init` to finish; `null` once open. */
-  held: Uint8Array[] | null = [];
-  heldBytes = 0;
-  /** Set on every write, cleared by the keep-alive tick. */
-  wrote = true;
-  state: number = CONNECTING;
-  /** While resuming on its own subscription: the hand-over's state. */
-  catchUp: CatchUp | undefined;
-  #onCancel: (client: Client<C>) => void;
-
-  constructor(
-    context: C,
-    topics: readonly string[] | null,
-    onCancel: (client: Client<C>) => void,
-  ) {
-    this.context = context;
-    this.topics = topics;
-    this.#onCancel = onCancel;
-  }
-
-  start(controller: ReadableStreamDefaultController<Uint8Array>): void {
-    this.controller = controller;
-  }
-
-  // The response stream's cancel is the proof of a disconnect: Deno.serve's
-  // request.signal also fires when a response completes normally.
-  cancel(): void {
-    this.#onCancel(this);
-  }
-}
-
-// Phases of a resuming client's hand-over (see CatchUp).
-const OWN = 0;
-const MERGE = 1;
-const SKIP = 2;
-/** How many ids of the shared subscription's last entries a channel keeps. */
-const RECENT = 256;
-/** At most this many ids of a client's own entries are remembered. */
-const SEEN = 256;
-
-/**
- * A resuming client's hand-over from its own subscription to the shared one.
- * Ids cannot be compared, only matched, so the position of each subscription
- * is known by the ids it delivered:
- *
- * - OWN: the own subscription feeds the client. If it delivers an entry the
- *   shared one already delivered (one of the channel's recent ids), it is
- *   behind or level: level, the client switches now; behind, MERGE.
- *   If the shared one delivers an entry the own one delivered already (one
- *   of `seen`), the shared one is behind: SKIP. If the shared one delivers
- *   exactly `lastId`, they are level: switch.
- * - MERGE: the own subscription still feeds the client up to `until` (the
- *   shared one's position when MERGE began), while the shared one's entries
- *   after it are collected in `pending`; at `until`, `pending` is written and
- *   the client switches.
- * - SKIP: the own subscription is dropped; the shared one's entries are
- *   skipped up to `until` (the last one the client got), then it switches.
- *
- * MERGE and SKIP wait only for entries already published, so once the two
- * subscriptions are within `RECENT` (or `SEEN`) entries of each other, the
- * hand-over ends after finitely many entries, whatever the broker's timing.
- * Until then the client simply stays on its own subscription, which is
- * correct, only costlier.
- */
-class CatchUp {
-  phase = OWN;
-  subscription: SSEBrokerSubscription | undefined;
-  /** The own subscription is no longer wanted. */
-  done = false;
-  /** The id of the last entry the client has. */
-  lastId: string;
-  /** Ids the own subscription delivered (newest `SEEN`), and `lastEventId`. */
-  seen = new Set<string>();
-  until = "";
-  pending: Uint8Array[] = [];
-
-  constructor(lastEventId: string) {
-    this.lastId = lastEventId;
-    this.seen.add(lastEventId);
-  }
-
-  /** Drops the own subscription, now or as soon as `subscribe` resolves. */
-  release(): void {
-    this.done = true;
-    this.subscription?.unsubscribe();
-    this.subscription = undefined;
-    this.pending = [];
-  }
+  /**
+   * Called with each error the channel catches and carries on after: an
+   * entry from the broker that cannot be framed (skipped; the error names
+   * the entry id and the reason), or a hook that threw (`onDisconnect`).
+   * Must not throw. Errors never go to `reportError`, which ends a Deno
+   * process.
+   *
+   * @default {(error) => console.error("SSEChannel: " + error.message)} (one line, no stack trace)
+   */
+  onError?: (error: Error) => void;
 }
 
 /**
@@ -334,6 +248,7 @@ export class SSEChannel<C = undefined> {
   #init: SSEChannelOptions<C>["init"];
   #filter: SSEChannelOptions<C>["filter"];
   #onDisconnect: SSEChannelOptions<C>["onDisconnect"];
+  #report: (error: Error) => void;
 
   /** Every client that has a stream, in any state but closed. */
   #clients = new Set<Client<C>>();
@@ -341,22 +256,30 @@ export class SSEChannel<C = undefined> {
   #everyone = new Set<Client<C>>();
   /** Open clients by topic. */
   #byTopic = new Map<string, Set<Client<C>>>();
-  /** Resuming clients still on their own subscription. */
-  #catchingUp = new Set<Client<C>>();
+  /** Open clients catching up from history. */
+  #resuming = new Set<Client<C>>();
 
   #shared: Promise<SSEBrokerSubscription> | undefined;
-  /** Id of the last entry the shared subscription delivered. */
-  #lastSharedId: string | undefined;
-  /** Ids of the last `RECENT` entries it delivered, as a set and a ring. */
-  #recent = new Set<string>();
-  #recentRing: (string | undefined)[] = new Array(RECENT);
-  #recentAt = 0;
+  /** The ids the shared subscription delivered last. */
+  #sharedIds = new IdWindow(RECENT);
   /** Encoded frames (without the id line) of messages published here. */
   #bodies = new WeakMap<SSEMessage, string>();
   #timer: Timer | undefined;
   #closed = false;
   #closing: Promise<void> | undefined;
-  #release = (client: Client<C>): void => this.#disconnect(client);
+  #events: ClientEvents<C> = {
+    pull: (client) => client.resume?.pull(),
+    cancel: (client) => this.#disconnect(client),
+  };
+  #host: ResumeHost<C> = {
+    shared: this.#sharedIds,
+    history: (after) =>
+      this.#broker.history(this.#name, { after, limit: PAGE }),
+    offer: (client, entry) => this.#offer(client, entry),
+    send: (client, bytes) => this.#send(client, bytes),
+    handOver: (client) => this.#handOver(client),
+    end: (client, error) => this.#end(client, error),
+  };
 
   /**
    * Creates a channel.
@@ -397,10 +320,11 @@ export class SSEChannel<C = undefined> {
       if (
         typeof broker?.publish !== "function" ||
         typeof broker.subscribe !== "function" ||
+        typeof broker.history !== "function" ||
         typeof broker.close !== "function"
       ) {
         throw new TypeError(
-          "Invalid broker: expected an object with publish, subscribe and close methods",
+          "Invalid broker: expected an object with publish, subscribe, history and close methods",
         );
       }
       this.#broker = broker;
@@ -412,6 +336,7 @@ export class SSEChannel<C = undefined> {
     this.#init = hook(options, "init");
     this.#filter = hook(options, "filter");
     this.#onDisconnect = hook(options, "onDisconnect");
+    this.#report = errorReporter("SSEChannel", options.onError);
   }
 
   /**
@@ -457,7 +382,7 @@ export class SSEChannel<C = undefined> {
     }
     const lastEventId = lastEventIdOf(request);
 
-    const client = new Client<C>(context, topics, this.#release);
+    const client = new Client<C>(context, topics, this.#events);
     const stream = new ReadableStream<Uint8Array>(client, this.#strategy);
     if (this.#retryBytes !== undefined) {
       client.controller.enqueue(this.#retryBytes);
@@ -473,21 +398,28 @@ export class SSEChannel<C = undefined> {
 
     try {
       await this.#subscribeShared();
-      let resumed = false;
+      let resume: Resume<C> | undefined;
       if (client.state === CONNECTING) {
-        if (lastEventId === "") {
-          this.#join(client);
-        } else {
-          resumed = await this.#resume(client, lastEventId);
+        if (lastEventId !== "") {
+          resume = await this.#resume(client, lastEventId);
         }
+        // Held until init is done; a resuming client joins once caught up.
+        if (resume === undefined) this.#join(client);
       }
       let frames: Uint8Array[] = [];
       if (this.#init !== undefined && client.state === CONNECTING) {
-        const messages = await this.#init(context, lastEventId, { resumed });
+        const messages = await this.#init(context, lastEventId, {
+          resumed: resume !== undefined,
+        });
         if (messages != null) frames = encodeAll(messages);
       }
       if (client.state !== CONNECTING) return unavailable();
       this.#open(client, frames);
+      if (resume !== undefined && client.state === OPEN) {
+        client.resume = resume;
+        this.#resuming.add(client);
+        resume.start();
+      }
     } catch (error) {
       this.#disconnect(client);
       // A broker closed along with the channel is no error of this request.
@@ -594,7 +526,6 @@ export class SSEChannel<C = undefined> {
     if (this.#shared === undefined) {
       const shared = this.#broker.subscribe(
         this.#name,
-        {},
         (entry) => this.#deliver(entry),
       );
       this.#shared = shared;
@@ -620,20 +551,22 @@ export class SSEChannel<C = undefined> {
     }
   }
 
-  /** Subscribes a resuming client on its own; resolves to `resumed`. */
-  async #resume(client: Client<C>, lastEventId: string): Promise<boolean> {
-    const catchUp = new CatchUp(lastEventId);
-    client.catchUp = catchUp;
-    this.#catchingUp.add(client);
-    const subscription = await this.#broker.subscribe(
-      this.#name,
-      { lastEventId },
-      (entry) => this.#deliverOwn(client, catchUp, entry),
-    );
-    // Handed over (or gone) already while the broker replayed?
-    if (catchUp.done) subscription.unsubscribe();
-    else catchUp.subscription = subscription;
-    return subscription.resumed;
+  /**
+   * The catch-up of a client that sent a `Last-Event-ID`, with the first
+   * page of what it missed; `undefined` when the id is not a resume point of
+   * the channel's stream (the client is then sent live entries only, and
+   * `init` is told `resumed: false`).
+   */
+  async #resume(
+    client: Client<C>,
+    lastEventId: string,
+  ): Promise<Resume<C> | undefined> {
+    // Not a broker id at all: no need to ask.
+    if (!isBrokerId(lastEventId)) return undefined;
+    const count = this.#sharedIds.count;
+    const page = await this.#host.history(lastEventId);
+    if (page === null || client.state !== CONNECTING) return undefined;
+    return new Resume(this.#host, client, lastEventId, page, count);
   }
 
   /** Fan-out of one entry from the shared subscription. */
@@ -660,84 +593,44 @@ export class SSEChannel<C = undefined> {
       }
     }
     const { id } = entry;
-    const old = this.#recentRing[this.#recentAt];
-    if (old !== undefined) this.#recent.delete(old);
-    this.#recentRing[this.#recentAt] = id;
-    this.#recentAt = (this.#recentAt + 1) % RECENT;
-    this.#recent.add(id);
-    this.#lastSharedId = id;
-    if (this.#catchingUp.size === 0) return;
-    // After the fan-out: a client that switches here gets the next entry.
-    for (const client of this.#catchingUp) {
-      const catchUp = client.catchUp!;
-      if (catchUp.phase === OWN) {
-        if (id === catchUp.lastId) {
-          this.#handOver(client);
-        } else if (catchUp.seen.has(id)) {
-          catchUp.release();
-          catchUp.phase = SKIP;
-          catchUp.until = catchUp.lastId;
-        }
-      } else if (catchUp.phase === MERGE) {
-        if (bytes !== undefined && this.#wants(client, entry, message)) {
-          catchUp.pending.push(bytes);
-        }
-      } else if (id === catchUp.until) {
-        this.#handOver(client);
+    this.#sharedIds.add(id);
+    if (this.#resuming.size === 0) return;
+    // After the fan-out: a client that joins here gets the next entry.
+    for (const client of this.#resuming) {
+      const resume = client.resume!;
+      if (!resume.merging) {
+        resume.shared(id);
+      } else if (bytes !== undefined && this.#wants(client, entry, message)) {
+        resume.collect(bytes);
       }
     }
   }
 
-  /** One entry from a resuming client's own subscription. */
-  #deliverOwn(
-    client: Client<C>,
-    catchUp: CatchUp,
-    entry: SSEBrokerEntry,
-  ): void {
-    if (catchUp.done) return;
-    const { id } = entry;
-    if (catchUp.phase === OWN) {
-      if (this.#recent.has(id)) {
-        this.#offer(client, entry);
-        if (client.state === CLOSED) return;
-        if (id === this.#lastSharedId) {
-          this.#handOver(client);
-        } else {
-          catchUp.phase = MERGE;
-          catchUp.until = this.#lastSharedId!;
-          catchUp.seen.clear();
-        }
-        return;
-      }
-      catchUp.lastId = id;
-      if (catchUp.seen.size >= SEEN) catchUp.seen.clear();
-      catchUp.seen.add(id);
-      this.#offer(client, entry);
-      return;
-    }
-    // MERGE
-    this.#offer(client, entry);
-    if (id === catchUp.until && client.state !== CLOSED) {
-      for (const bytes of catchUp.pending) {
-        if (client.state === CLOSED) return;
-        this.#send(client, bytes);
-      }
-      if (client.state !== CLOSED) this.#handOver(client);
-    }
-  }
-
-  /** The client leaves its own subscription for the shared fan-out. */
+  /** The client leaves its catch-up for the shared fan-out. */
   #handOver(client: Client<C>): void {
-    client.catchUp!.release();
-    client.catchUp = undefined;
-    this.#catchingUp.delete(client);
+    client.resume!.release();
+    client.resume = undefined;
+    this.#resuming.delete(client);
     this.#join(client);
   }
 
-  /** Sends an entry of a client's own subscription, if it selects it. */
+  /**
+   * Ends a catch-up that cannot go on: its stream is closed (after what it
+   * was sent), so the client reconnects from its last id.
+   */
+  #end(client: Client<C>, _error?: unknown): void {
+    if (client.state === CLOSED) return;
+    this.#disconnect(client);
+    try {
+      client.controller.close();
+    } catch {
+      // Already errored or closed by the runtime.
+    }
+  }
+
+  /** Sends an entry from history, if the client selects it. */
   #offer(client: Client<C>, entry: SSEBrokerEntry): void {
-    const { topics } = client;
-    if (topics !== null && !topics.includes(entry.topic)) return;
+    if (!client.selects(entry.topic)) return;
     const bytes = this.#encodeEntry(entry);
     if (bytes === undefined) return;
     if (this.#filter === undefined) this.#send(client, bytes);
@@ -753,8 +646,7 @@ export class SSEChannel<C = undefined> {
     entry: SSEBrokerEntry,
     message: SSEMessage | undefined,
   ): boolean {
-    const { topics } = client;
-    if (topics !== null && !topics.includes(entry.topic)) return false;
+    if (!client.selects(entry.topic)) return false;
     if (this.#filter === undefined) return true;
     try {
       return this.#filter(client.context, message!, entry.topic);
@@ -822,7 +714,14 @@ export class SSEChannel<C = undefined> {
     } catch (error) {
       // A broker handed out an entry that cannot be framed: skip it rather
       // than break every client's stream.
-      reportUncaught(error);
+      this.#report(
+        new TypeError(
+          `Skipped entry ${JSON.stringify(id)} of stream ${
+            JSON.stringify(this.#name)
+          }: ${errorMessage(error)}`,
+          { cause: error },
+        ),
+      );
       return undefined;
     }
     return encoder.encode("id: " + id + "\n" + body);
@@ -860,10 +759,10 @@ export class SSEChannel<C = undefined> {
         }
       }
     }
-    if (client.catchUp !== undefined) {
-      client.catchUp.release();
-      client.catchUp = undefined;
-      this.#catchingUp.delete(client);
+    if (client.resume !== undefined) {
+      client.resume.release();
+      client.resume = undefined;
+      this.#resuming.delete(client);
     }
     client.held = null;
     if (this.#clients.size === 0 && this.#timer !== undefined) {
@@ -874,7 +773,11 @@ export class SSEChannel<C = undefined> {
       try {
         this.#onDisconnect(client.context);
       } catch (error) {
-        reportUncaught(error);
+        this.#report(
+          new Error(`onDisconnect threw: ${errorMessage(error)}`, {
+            cause: error,
+          }),
+        );
       }
     }
   }

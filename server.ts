@@ -326,6 +326,7 @@ export { SSEChannel } from "./_channel.ts";
 export type { SSEChannelOptions } from "./_channel.ts";
 export { MemoryBroker } from "./_broker.ts";
 export type {
+  MemoryBrokerOptions,
   SSEBroker,
   SSEBrokerEntry,
   SSEBrokerSubscription,

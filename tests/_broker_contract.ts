@@ -1,10 +1,10 @@
 // Copyright the sse authors. MIT license.
 /**
- * The {@linkcode SSEBroker} contract (broker.md, `_broker.ts`) as tests that
- * run against any broker: `testBrokerContract({ name, open })` registers one
- * `Deno.test` per rule. Delivery may be synchronous (MemoryBroker) or come
- * later from another connection (RedisBroker), so every check waits for the
- * entries it expects, then asserts the exact sequence.
+ * The {@linkcode SSEBroker} contract (`_broker.ts`) as tests that run against
+ * any broker: `testBrokerContract({ name, open })` registers one `Deno.test`
+ * per rule. Delivery may be synchronous (MemoryBroker) or come later from
+ * another connection (RedisBroker), so every check waits for the entries it
+ * expects, then asserts the exact sequence.
  *
  * @module
  */
@@ -27,6 +27,8 @@ export interface BrokerFixture {
    * same object for an in-process broker.
    */
   peer: SSEBroker;
+  /** What the brokers reported through their `onError` option, in order. */
+  errors: Error[];
   /** Releases everything: both brokers and what they need. */
   close(): Promise<void>;
 }
@@ -43,8 +45,22 @@ export interface BrokerContractOptions {
    * @default {30}
    */
   publishesToTrim?: number;
-  /** fast-check runs of the concurrency property. @default {25} */
+  /** fast-check runs of the property tests. @default {25} */
   numRuns?: number;
+  /**
+   * Stores, in stream `name` of the fixture's backend, one entry that the
+   * broker cannot decode, as another process could write it, and resolves
+   * once it is stored. Absent for a broker that only holds entries it made
+   * itself (its test is then skipped).
+   */
+  poison?(fixture: BrokerFixture, name: string): Promise<void>;
+  /**
+   * A new broker on the fixture's backend after a restart that lost its
+   * state (a new process, a Redis without persistence): ids from before must
+   * not resume there. The test closes it. Absent when the backend cannot
+   * lose state (its test is then skipped).
+   */
+  restart?(fixture: BrokerFixture): Promise<SSEBroker>;
   /** Skip every test (the message says why). */
   ignore?: boolean;
 }
@@ -60,6 +76,9 @@ export const SANITIZED = {
 
 /** How long a test waits for entries it expects before failing. */
 const WAIT_MS = 10_000;
+
+/** Printable ASCII: what every id must be (U+0021 to U+007E). */
+const PRINTABLE = /^[\x21-\x7e]+$/;
 
 /** Collects what a subscription delivers and lets a test wait for it. */
 export class Collector {
@@ -113,6 +132,8 @@ export class Collector {
   }
 }
 
+const KEEP = { replay: 100 };
+
 function message(data: string): { topic: string; message: SSEMessage } {
   return { topic: "", message: { data } };
 }
@@ -135,6 +156,30 @@ function range(count: number, from = 0): string[] {
 }
 
 /**
+ * Every kept entry after `after`, paged `limit` at a time as a channel pages
+ * it; `null` when the first page is.
+ */
+export async function readAll(
+  broker: SSEBroker,
+  name: string,
+  after: string,
+  limit: number,
+): Promise<SSEBrokerEntry[] | null> {
+  const all: SSEBrokerEntry[] = [];
+  for (let position = after;;) {
+    const page = await broker.history(name, { after: position, limit });
+    if (page === null) {
+      if (all.length === 0) return null;
+      throw new Error(`history lost its place after ${position}`);
+    }
+    assert.ok(page.length <= limit, `a page of ${page.length} > ${limit}`);
+    if (page.length === 0) return all;
+    all.push(...page);
+    position = page.at(-1)!.id;
+  }
+}
+
+/**
  * Registers the contract tests for one broker implementation.
  *
  * @param options The broker's name and how to open a fixture.
@@ -143,10 +188,14 @@ export function testBrokerContract(options: BrokerContractOptions): void {
   const { name, open } = options;
   const publishesToTrim = options.publishesToTrim ?? 30;
   const numRuns = options.numRuns ?? 25;
-  const test = (title: string, fn: (fixture: BrokerFixture) => Promise<void>) =>
+  const test = (
+    title: string,
+    fn: (fixture: BrokerFixture) => Promise<void>,
+    ignore = false,
+  ) =>
     Deno.test({
       name: `${name} ${title}`,
-      ignore: options.ignore ?? false,
+      ignore: ignore || (options.ignore ?? false),
       ...SANITIZED,
       async fn() {
         const fixture = await open();
@@ -160,7 +209,7 @@ export function testBrokerContract(options: BrokerContractOptions): void {
 
   test("delivers every field of the message, with the id the publish resolved to", async ({ broker, peer }) => {
     const received = new Collector();
-    const subscription = await broker.subscribe("s", {}, received.onEntry);
+    const subscription = await broker.subscribe("s", received.onEntry);
     const messages: SSEMessage[] = [
       { data: "plain" },
       { event: "update", data: "line 1\nline 2\r\nline 3", retry: 2500 },
@@ -177,18 +226,29 @@ export function testBrokerContract(options: BrokerContractOptions): void {
     }
     await received.until(messages.length);
     assert.deepEqual(received.ids, ids);
-    assert.equal(new Set(ids).size, ids.length);
-    for (const id of ids) assert.doesNotMatch(id, /[\r\n\0]/);
     assert.deepEqual(
       received.entries.map((entry) => entry.topic),
       ["", "odd", "", "odd", ""],
     );
     const { id: _, ...last } = messages[4]!;
-    assert.deepEqual(
-      received.entries.map((entry) => entry.message),
-      [...messages.slice(0, 4), last],
-    );
+    const expected = [...messages.slice(0, 4), last];
+    assert.deepEqual(received.entries.map((entry) => entry.message), expected);
+    // History hands out the same entries.
+    const kept = await broker.history("s", { after: ids[0]!, limit: 10 });
+    assert.deepEqual(kept, received.entries.slice(1));
     subscription.unsubscribe();
+  });
+
+  test("issues ids of printable ASCII, unique, in publish order", async ({ broker, peer }) => {
+    const ids = [
+      ...await publishAll(peer, "s", range(20)),
+      ...await publishAll(broker, "s", range(20, 20)),
+    ];
+    assert.equal(new Set(ids).size, ids.length);
+    for (const id of ids) assert.match(id, PRINTABLE);
+    // Ordered: history after the first id lists the others in publish order.
+    const kept = await readAll(broker, "s", ids[0]!, 7);
+    assert.deepEqual(kept?.map((entry) => entry.id), ids.slice(1));
   });
 
   test("delivers to every subscriber of a stream and keeps streams apart", async ({ broker, peer }) => {
@@ -196,9 +256,9 @@ export function testBrokerContract(options: BrokerContractOptions): void {
     const second = new Collector();
     const other = new Collector();
     const subscriptions = [
-      await broker.subscribe("a", {}, first.onEntry),
-      await broker.subscribe("a", {}, second.onEntry),
-      await broker.subscribe("b", {}, other.onEntry),
+      await broker.subscribe("a", first.onEntry),
+      await broker.subscribe("a", second.onEntry),
+      await broker.subscribe("b", other.onEntry),
     ];
     const a = await publishAll(peer, "a", ["1", "2"]);
     const b = await publishAll(peer, "b", ["3"]);
@@ -210,126 +270,167 @@ export function testBrokerContract(options: BrokerContractOptions): void {
     for (const subscription of subscriptions) subscription.unsubscribe();
   });
 
-  test("replays exactly the kept entries after lastEventId, then live ones", async ({ broker, peer }) => {
+  test("pages the kept entries after an id, oldest first, and answers [] after the newest", async ({ broker, peer }) => {
     const ids = await publishAll(peer, "s", range(6));
-    const received = new Collector();
-    const subscription = await broker.subscribe(
-      "s",
-      { lastEventId: ids[2]! },
-      received.onEntry,
-    );
-    assert.equal(subscription.resumed, true);
-    ids.push(...await publishAll(peer, "s", range(2, 6)));
-    await received.until(5);
-    assert.deepEqual(received.ids, ids.slice(3));
+    const page = await broker.history("s", { after: ids[1]!, limit: 3 });
+    assert.deepEqual(page?.map((entry) => entry.id), ids.slice(2, 5));
+    assert.deepEqual(page?.map((entry) => entry.message.data), ["2", "3", "4"]);
+    const rest = await broker.history("s", { after: ids[4]!, limit: 3 });
+    assert.deepEqual(rest?.map((entry) => entry.id), ids.slice(5));
     assert.deepEqual(
-      received.entries.map((entry) => entry.message.data),
-      range(5, 3),
+      await broker.history("s", { after: ids[5]!, limit: 3 }),
+      [],
     );
-    subscription.unsubscribe();
+    assert.deepEqual(
+      (await broker.history("s", { after: ids[0]!, limit: 100 }))?.map((
+        entry,
+      ) => entry.id),
+      ids.slice(1),
+    );
   });
 
-  test("gives a subscription opened inside another's onEntry each entry once", async ({ broker, peer }) => {
-    const [first] = await publishAll(peer, "s", ["0"]);
-    const inner = new Collector();
-    const opened: Promise<SSEBrokerSubscription>[] = [];
-    const outer = await broker.subscribe("s", {}, () => {
-      // While entry "1" is being delivered, a client resumes after "0".
-      if (opened.length === 0) {
-        opened.push(
-          broker.subscribe("s", { lastEventId: first! }, inner.onEntry),
+  test("continues exactly from the last id of a page, whatever the page size", async ({ broker, peer }) => {
+    const ids = await publishAll(peer, "s", range(25));
+    for (const limit of [1, 2, 3, 7, 24, 25, 1000]) {
+      for (const from of [0, 5, 23]) {
+        const all = await readAll(broker, "s", ids[from]!, limit);
+        assert.deepEqual(
+          all?.map((entry) => entry.id),
+          ids.slice(from + 1),
+          `limit ${limit}, after entry ${from}`,
         );
       }
-    });
-    const ids = await publishAll(peer, "s", ["1", "2"]);
-    await inner.until(2);
-    const subscription = await opened[0]!;
-    assert.equal(subscription.resumed, true);
-    // Let any duplicate that is on its way arrive before judging.
-    await publishAll(peer, "s", ["3"]);
-    await inner.until(3);
-    assert.deepEqual(inner.entries.map((entry) => entry.message.data), [
-      "1",
-      "2",
-      "3",
-    ]);
-    assert.deepEqual(inner.ids.slice(0, 2), ids);
-    subscription.unsubscribe();
-    outer.unsubscribe();
+    }
   });
 
-  test("resumes from the newest id with nothing to replay", async ({ broker, peer }) => {
+  test("answers null for an id that is not a resume point of the stream", async ({ broker, peer }) => {
+    const before = await publishAll(peer, "other", ["x"]);
     const ids = await publishAll(peer, "s", range(3));
-    const received = new Collector();
-    const subscription = await broker.subscribe(
-      "s",
-      { lastEventId: ids[2]! },
-      received.onEntry,
-    );
-    assert.equal(subscription.resumed, true);
-    const next = await publishAll(peer, "s", ["next"]);
-    await received.until(1);
-    assert.deepEqual(received.ids, next);
-    subscription.unsubscribe();
-  });
-
-  test("reports resumed false for an id it never assigned, and delivers live entries only", async ({ broker, peer }) => {
-    const ids = await publishAll(peer, "s", range(3));
-    const unknown = [
-      "",
-      "nope",
-      "0-0",
-      "1-0",
-      "99999999999999-0",
-      `${ids[1]}0`,
-      `${ids[1]}\n`,
+    // Issued later, for another stream: both foreign and from the future.
+    const later = await publishAll(peer, "other", ["y"]);
+    const newest = ids.at(-1)!;
+    const foreign: [string, string][] = [
+      [before[0]!, "another stream's id"],
+      [later[0]!, "another stream's later id"],
+      ["", "empty"],
+      ["nope", "not an id"],
+      ["0-0", "before any id"],
+      ["1-0", "a small id"],
+      ["99999999999999-0", "a future-looking id"],
+      [`${newest}0`, "the newest id with a digit added"],
+      [`${newest}-1`, "the newest id with a suffix"],
+      [`${newest}\n`, "the newest id with a line feed"],
+      [` ${newest}`, "the newest id with a leading space"],
+      [`${newest} `, "the newest id with a trailing space"],
+      [newest.slice(0, -1), "the newest id cut short"],
     ];
-    const collectors = unknown.map(() => new Collector());
-    const subscriptions = await Promise.all(
-      unknown.map((lastEventId, i) =>
-        broker.subscribe("s", { lastEventId }, collectors[i]!.onEntry)
-      ),
+    for (const [after, what] of foreign) {
+      assert.equal(
+        await broker.history("s", { after, limit: 10 }),
+        null,
+        `${what}: ${JSON.stringify(after)}`,
+      );
+    }
+    // A stream that never had an entry has no resume point at all.
+    assert.equal(
+      await broker.history("never", { after: newest, limit: 10 }),
+      null,
     );
-    for (const [i, subscription] of subscriptions.entries()) {
-      assert.equal(subscription.resumed, false, `lastEventId ${unknown[i]}`);
-    }
-    const live = await publishAll(peer, "s", ["live"]);
-    for (const collector of collectors) {
-      await collector.until(1);
-      assert.deepEqual(collector.ids, live);
-    }
-    for (const subscription of subscriptions) subscription.unsubscribe();
+    // The real ids still resume.
+    assert.deepEqual(
+      await broker.history("s", { after: newest, limit: 10 }),
+      [],
+    );
   });
 
-  test("reports resumed false for an id older than the history kept", async ({ broker, peer }) => {
+  test("answers null for an id older than the history kept", async ({ broker, peer }) => {
     const ids = await publishAll(peer, "s", range(publishesToTrim), 10);
-    const old = new Collector();
-    const oldSubscription = await broker.subscribe(
-      "s",
-      { lastEventId: ids[0]! },
-      old.onEntry,
+    assert.equal(await broker.history("s", { after: ids[0]!, limit: 5 }), null);
+    const recent = await readAll(broker, "s", ids.at(-6)!, 2);
+    assert.deepEqual(recent?.map((entry) => entry.id), ids.slice(-5));
+  });
+
+  test(
+    "answers null for an id from before a restart that lost the history",
+    async (fixture) => {
+      const { peer } = fixture;
+      const old = await publishAll(peer, "s", range(3));
+      const reborn = await options.restart!(fixture);
+      try {
+        const fresh = await publishAll(reborn, "s", range(3, 3));
+        for (const id of old) {
+          assert.equal(
+            await reborn.history("s", { after: id, limit: 10 }),
+            null,
+          );
+        }
+        const kept = await reborn.history("s", { after: fresh[0]!, limit: 10 });
+        assert.deepEqual(kept?.map((entry) => entry.id), fresh.slice(1));
+      } finally {
+        await reborn.close();
+      }
+    },
+    options.restart === undefined,
+  );
+
+  test("shows an entry under the same id to every subscription and to history", async ({ broker, peer }) => {
+    const one = new Collector();
+    const two = new Collector();
+    const first = await broker.subscribe("s", one.onEntry);
+    const second = await peer.subscribe("s", two.onEntry);
+    const [start] = await publishAll(peer, "s", ["start"]);
+    const ids = await publishAll(broker, "s", range(5));
+    await Promise.all([one.until(6), two.until(6)]);
+    assert.deepEqual(one.ids, [start, ...ids]);
+    assert.deepEqual(two.ids, [start, ...ids]);
+    const fromBroker = await broker.history("s", { after: start!, limit: 10 });
+    const fromPeer = await peer.history("s", { after: start!, limit: 10 });
+    assert.deepEqual(fromBroker?.map((entry) => entry.id), ids);
+    assert.deepEqual(fromPeer?.map((entry) => entry.id), ids);
+    // An entry a subscription delivered is in history by then.
+    const [next] = await publishAll(peer, "s", ["next"]);
+    await one.untilId(next!);
+    assert.deepEqual(
+      (await broker.history("s", { after: ids.at(-1)!, limit: 10 }))?.map((
+        entry,
+      ) => entry.id),
+      [next],
     );
-    assert.equal(oldSubscription.resumed, false);
-    const recent = new Collector();
-    const recentSubscription = await broker.subscribe(
-      "s",
-      { lastEventId: ids.at(-6)! },
-      recent.onEntry,
-    );
-    assert.equal(recentSubscription.resumed, true);
-    const live = await publishAll(peer, "s", ["live"], 10);
-    await Promise.all([old.until(1), recent.until(6)]);
-    assert.deepEqual(old.ids, live);
-    assert.deepEqual(recent.ids, [...ids.slice(-5), ...live]);
-    oldSubscription.unsubscribe();
-    recentSubscription.unsubscribe();
+    first.unsubscribe();
+    second.unsubscribe();
+  });
+
+  test("gives a subscription opened inside another's onEntry each later entry once", async ({ broker, peer }) => {
+    const inner = new Collector();
+    const outer = new Collector();
+    const opened = Promise.withResolvers<SSEBrokerSubscription>();
+    const outerSubscription = await broker.subscribe("s", (entry) => {
+      if (outer.entries.length === 0) {
+        broker.subscribe("s", inner.onEntry).then(
+          opened.resolve,
+          opened.reject,
+        );
+      }
+      outer.onEntry(entry);
+    });
+    await publishAll(peer, "s", ["1"]);
+    await outer.until(1);
+    const subscription = await opened.promise;
+    const ids = await publishAll(peer, "s", ["2", "3"]);
+    await inner.untilId(ids[1]!);
+    // "1" may or may not arrive (it was being delivered): then once, first.
+    const data = inner.entries.map((entry) => entry.message.data);
+    assert.deepEqual(data.filter((item) => item !== "1"), ["2", "3"]);
+    assert.ok(data.lastIndexOf("1") <= 0, `got ${data}`);
+    subscription.unsubscribe();
+    outerSubscription.unsubscribe();
   });
 
   test("stops delivering at unsubscribe, which is idempotent", async ({ broker, peer }) => {
     const leaving = new Collector();
     const staying = new Collector();
-    const gone = await broker.subscribe("s", {}, leaving.onEntry);
-    const kept = await broker.subscribe("s", {}, staying.onEntry);
+    const gone = await broker.subscribe("s", leaving.onEntry);
+    const kept = await broker.subscribe("s", staying.onEntry);
     const first = await publishAll(peer, "s", ["1"]);
     await Promise.all([leaving.until(1), staying.until(1)]);
     gone.unsubscribe();
@@ -342,57 +443,56 @@ export function testBrokerContract(options: BrokerContractOptions): void {
     kept.unsubscribe();
   });
 
-  test("delivers to a subscriber that stops and starts again, from where it asks", async ({ broker, peer }) => {
-    const before = new Collector();
-    const first = await broker.subscribe("s", {}, before.onEntry);
-    const ids = await publishAll(peer, "s", range(2));
-    await before.until(2);
-    first.unsubscribe();
-    ids.push(...await publishAll(peer, "s", range(2, 2)));
-    const after = new Collector();
-    const second = await broker.subscribe(
-      "s",
-      { lastEventId: before.ids.at(-1)! },
-      after.onEntry,
-    );
-    assert.equal(second.resumed, true);
-    ids.push(...await publishAll(peer, "s", ["4"]));
-    await after.until(3);
-    assert.deepEqual([...before.ids, ...after.ids], ids);
-    second.unsubscribe();
-  });
-
-  test("reports a throwing subscriber and still delivers to the others", async ({ broker, peer }) => {
-    const reported: unknown[] = [];
-    const onError = (event: ErrorEvent) => {
-      event.preventDefault();
-      reported.push(event.error);
-    };
-    globalThis.addEventListener("error", onError);
-    try {
-      let calls = 0;
-      const throwing = await broker.subscribe("s", {}, () => {
-        calls++;
-        throw new Error(`boom ${calls}`);
-      });
-      const received = new Collector();
-      const subscription = await broker.subscribe("s", {}, received.onEntry);
-      const ids = await publishAll(peer, "s", ["1", "2"]);
-      await received.until(2);
-      assert.deepEqual(received.ids, ids);
-      assert.equal(calls, 2);
-      assert.deepEqual(
-        reported.map((error) => (error as Error).message),
-        ["boom 1", "boom 2"],
+  test("reports a throwing subscriber through onError and still delivers to the others", async ({ broker, peer, errors }) => {
+    const thrown: Error[] = [];
+    const throwing = await broker.subscribe("s", () => {
+      const error = new Error(`boom ${thrown.length + 1}`);
+      thrown.push(error);
+      throw error;
+    });
+    const received = new Collector();
+    const subscription = await broker.subscribe("s", received.onEntry);
+    const ids = await publishAll(peer, "s", ["1", "2"]);
+    await received.until(2);
+    assert.deepEqual(received.ids, ids);
+    assert.equal(thrown.length, 2);
+    for (const error of thrown) {
+      assert.ok(
+        errors.some((reported) =>
+          reported === error || reported.cause === error
+        ),
+        `${error.message} reported`,
       );
-      throwing.unsubscribe();
-      subscription.unsubscribe();
-    } finally {
-      globalThis.removeEventListener("error", onError);
     }
+    throwing.unsubscribe();
+    subscription.unsubscribe();
   });
 
-  test("refuses what it cannot store, naming what is wrong", async ({ broker }) => {
+  test(
+    "skips an entry it cannot decode, live and in history, and reports the stream and the id",
+    async (fixture) => {
+      const { broker, peer, errors } = fixture;
+      const received = new Collector();
+      const subscription = await broker.subscribe("s", received.onEntry);
+      const [first] = await publishAll(peer, "s", ["before"]);
+      await options.poison!(fixture, "s");
+      const [last] = await publishAll(peer, "s", ["after"]);
+      await received.untilId(last!);
+      assert.deepEqual(received.ids, [first, last]);
+      const kept = await readAll(broker, "s", first!, 1);
+      assert.deepEqual(kept?.map((entry) => entry.id), [last]);
+      assert.ok(errors.length >= 1, "the poison entry was reported");
+      for (const error of errors) {
+        assert.ok(error instanceof Error);
+        assert.match(error.message, /"s"/, "the stream is named");
+        assert.doesNotMatch(error.message, /\n/, "one line");
+      }
+      subscription.unsubscribe();
+    },
+    options.poison === undefined,
+  );
+
+  test("refuses what it cannot store or read, naming what is wrong", async ({ broker }) => {
     await assert.rejects(
       broker.publish("s", message("x"), { replay: -1 }),
       RangeError,
@@ -418,18 +518,25 @@ export function testBrokerContract(options: BrokerContractOptions): void {
       /Invalid stream name/,
     );
     await assert.rejects(
-      broker.subscribe("s", {}, "no" as unknown as () => void),
+      broker.subscribe("s", "no" as unknown as () => void),
       /Invalid onEntry/,
     );
     await assert.rejects(
-      broker.subscribe("s", { lastEventId: 1 as unknown as string }, () => {}),
-      /Invalid lastEventId/,
+      broker.history("s", { after: 1 as unknown as string, limit: 1 }),
+      { name: "TypeError", message: /Invalid after/ },
     );
+    for (const limit of [0, -1, 1.5, NaN, Infinity]) {
+      await assert.rejects(
+        broker.history("s", { after: "x", limit }),
+        { name: "RangeError", message: /Invalid limit/ },
+        `limit ${limit}`,
+      );
+    }
   });
 
   test("close ends every subscription and refuses later calls", async ({ broker, peer }) => {
     const received = new Collector();
-    await broker.subscribe("s", {}, received.onEntry);
+    await broker.subscribe("s", received.onEntry);
     const first = await publishAll(peer, "s", ["1"]);
     await received.until(1);
     await broker.close();
@@ -437,67 +544,80 @@ export function testBrokerContract(options: BrokerContractOptions): void {
     if (peer !== broker) {
       // Another instance goes on; the closed one delivers nothing more.
       const watcher = new Collector();
-      const watching = await peer.subscribe("s", {}, watcher.onEntry);
+      const watching = await peer.subscribe("s", watcher.onEntry);
       await publishAll(peer, "s", ["2"]);
       await watcher.until(1);
       watching.unsubscribe();
     }
     assert.deepEqual(received.ids, first);
-    await assert.rejects(broker.publish("s", message("x"), { replay: 1 }), {
-      name: "TypeError",
-      message: /closed/,
-    });
-    await assert.rejects(broker.subscribe("s", {}, () => {}), {
-      name: "TypeError",
-      message: /closed/,
-    });
+    const closed = { name: "TypeError", message: /closed/ };
+    await assert.rejects(
+      broker.publish("s", message("x"), { replay: 1 }),
+      closed,
+    );
+    await assert.rejects(broker.subscribe("s", () => {}), closed);
+    await assert.rejects(
+      broker.history("s", { after: first[0]!, limit: 1 }),
+      closed,
+    );
   });
 
-  test("leaves no gap and no duplicate between replay and live entries published meanwhile", async ({ broker, peer }) => {
+  test("delivers live entries as a contiguous run up to the newest, and history meets them without gap", async ({ broker, peer }) => {
     let run = 0;
     await fc.assert(
       fc.asyncProperty(
-        fc.integer({ min: 0, max: 8 }),
-        fc.option(fc.nat(), { nil: undefined }),
+        fc.integer({ min: 1, max: 8 }),
+        fc.nat(),
         fc.integer({ min: 0, max: 12 }),
+        fc.integer({ min: 1, max: 5 }),
         fc.boolean(),
-        async (before, resumeAt, during, shared) => {
+        async (before, resumeAt, during, limit, shared) => {
           const stream = `p${run++}`;
-          // A subscription already open on the stream (as a channel's shared
-          // one is) takes another path in brokers that read streams lazily.
+          // A subscription already open on the stream (as another channel's
+          // would be) takes another path in brokers that read streams lazily.
           const other = shared
-            ? await broker.subscribe(stream, {}, () => {})
+            ? await broker.subscribe(stream, () => {})
             : undefined;
           const ids = await publishAll(peer, stream, range(before));
-          const lastEventId = resumeAt === undefined || before === 0
-            ? undefined
-            : ids[resumeAt % before]!;
+          const lastEventId = ids[resumeAt % before]!;
           const received = new Collector();
-          // Publishes race the subscription: some land before it, some while
-          // it replays, some after.
-          const racing = publishAll(peer, stream, range(during, before));
+          // Publishes race the subscription: some land before it, some
+          // while it is set up, some after. Each id is listed as its
+          // publish resolves, which is in id order.
+          const racing = (async () => {
+            for (const item of range(during, before)) {
+              ids.push(await peer.publish(stream, message(item), KEEP));
+            }
+          })();
           const subscription = await broker.subscribe(
             stream,
-            lastEventId === undefined ? {} : { lastEventId },
             received.onEntry,
           );
-          ids.push(...await racing);
-          const end = await publishAll(peer, stream, ["end"]);
-          ids.push(...end);
-          await received.untilId(end[0]!);
+          const after = peer.publish(stream, message("after"), KEEP).then(
+            (id) => {
+              ids.push(id);
+              return id;
+            },
+          );
+          await racing;
+          await after;
+          const [end] = await publishAll(peer, stream, ["end"]);
+          ids.push(end!);
+          await received.untilId(end!);
           subscription.unsubscribe();
           other?.unsubscribe();
-          // Exactly a contiguous run of ids up to the newest, in order: from
-          // the one after lastEventId, or (live only) from wherever it began,
-          // which is never after the first publish that followed subscribe.
-          const from = lastEventId === undefined
-            ? ids.indexOf(received.ids[0]!)
-            : ids.indexOf(lastEventId) + 1;
-          assert.ok(from >= 0);
+          // A contiguous run of ids up to the newest, in order, that began no
+          // later than the first publish after subscribe resolved.
+          const from = ids.indexOf(received.ids[0]!);
+          assert.ok(from >= 0 && from <= ids.indexOf(await after));
           assert.deepEqual(received.ids, ids.slice(from));
-          if (lastEventId !== undefined) {
-            assert.equal(subscription.resumed, true);
-          }
+          // History from any id before the live run meets it exactly, as a
+          // resuming client's pages meet the shared subscription.
+          const missed = await readAll(broker, stream, lastEventId, limit);
+          assert.deepEqual(
+            missed?.map((entry) => entry.id),
+            ids.slice(ids.indexOf(lastEventId) + 1),
+          );
         },
       ),
       { numRuns },

@@ -8,18 +8,39 @@ import {
   testBrokerContract,
 } from "./_broker_contract.ts";
 
-// Replay is per instance, so the contract (which resumes right after
-// publishing) runs against one broker; the tests below cover other isolates.
+// History is per Worker, so the contract (which pages right after
+// publishing) runs against one broker; the tests below cover other Workers.
 testBrokerContract({
   name: "BroadcastChannelBroker",
   open() {
-    const broker = new BroadcastChannelBroker();
+    const errors: Error[] = [];
+    const broker = new BroadcastChannelBroker({
+      onError: (error) => errors.push(error),
+    });
     return Promise.resolve({
       broker,
       peer: broker,
+      errors,
       close: () => broker.close(),
     });
   },
+  // Another Worker posts an envelope whose entry has a line feed in its id.
+  async poison(fixture, name) {
+    const sender = new BroadcastChannel(`sse:${name}`);
+    const seen = fixture.errors.length;
+    sender.postMessage({
+      sse: 1,
+      replay: 100,
+      entry: { id: "1-0-bad\nid", topic: "", message: { data: "x" } },
+    });
+    sender.close();
+    // Stored means seen: wait until the broker has had it.
+    while (fixture.errors.length === seen) {
+      await new Promise((resolve) => setTimeout(resolve, 1));
+    }
+  },
+  // A Worker that starts again: a new broker with no history.
+  restart: () => Promise.resolve(new BroadcastChannelBroker()),
 });
 
 function publish(
@@ -42,8 +63,8 @@ Deno.test({
     const local = new Collector();
     const remote = new Collector();
     const subscriptions = [
-      await here.subscribe("s", {}, local.onEntry),
-      await there.subscribe("s", {}, remote.onEntry),
+      await here.subscribe("s", local.onEntry),
+      await there.subscribe("s", remote.onEntry),
     ];
     const ids: string[] = [];
     for (let i = 0; i < 50; i++) ids.push(await publish(here, String(i)));
@@ -59,43 +80,33 @@ Deno.test({
 
 Deno.test({
   name:
-    "BroadcastChannelBroker keeps entries from other isolates for replay on the instance that received them",
+    "BroadcastChannelBroker keeps entries from other Workers in the history of the broker that received them",
   ...SANITIZED,
   async fn() {
     const here = new BroadcastChannelBroker();
     const there = new BroadcastChannelBroker();
     // Listening starts with the first use of a stream, even without clients.
-    const first = new Collector();
-    (await there.subscribe("s", {}, first.onEntry)).unsubscribe();
-    const watcher = await there.subscribe("s", {}, first.onEntry);
+    assert.equal(await there.history("s", { after: "x", limit: 1 }), null);
+    const watcher = new Collector();
+    const watching = await there.subscribe("s", watcher.onEntry);
     const ids: string[] = [];
     for (let i = 0; i < 10; i++) ids.push(await publish(here, String(i)));
-    await first.until(10);
-    watcher.unsubscribe();
+    await watcher.until(10);
+    watching.unsubscribe();
 
-    const resumed = new Collector();
-    const subscription = await there.subscribe(
-      "s",
-      { lastEventId: ids[4]! },
-      resumed.onEntry,
-    );
-    assert.equal(subscription.resumed, true);
-    assert.deepEqual(resumed.ids, ids.slice(5));
+    const page = await there.history("s", { after: ids[4]!, limit: 100 });
+    assert.deepEqual(page?.map((entry) => entry.id), ids.slice(5));
 
-    // An instance that starts later has no history: resumed is false.
+    // A Worker that starts later has no history: null.
     const late = new BroadcastChannelBroker();
+    assert.equal(await late.history("s", { after: ids[4]!, limit: 100 }), null);
     const fresh = new Collector();
-    const lateSubscription = await late.subscribe(
-      "s",
-      { lastEventId: ids[4]! },
-      fresh.onEntry,
-    );
-    assert.equal(lateSubscription.resumed, false);
+    const lateSubscription = await late.subscribe("s", fresh.onEntry);
     const next = await publish(here, "next");
-    await Promise.all([resumed.until(6), fresh.until(1)]);
-    assert.deepEqual(resumed.ids, [...ids.slice(5), next]);
+    await fresh.until(1);
     assert.deepEqual(fresh.ids, [next]);
-    subscription.unsubscribe();
+    const more = await there.history("s", { after: ids[9]!, limit: 100 });
+    assert.deepEqual(more?.map((entry) => entry.id), [next]);
     lateSubscription.unsubscribe();
     await Promise.all([here.close(), there.close(), late.close()]);
   },
@@ -103,13 +114,13 @@ Deno.test({
 
 Deno.test({
   name:
-    "BroadcastChannelBroker ids come after every id its isolate has seen, and stay unique",
+    "BroadcastChannelBroker ids come after every id its Worker has seen, and stay unique",
   ...SANITIZED,
   async fn() {
     const broker = new BroadcastChannelBroker({ prefix: "clock:" });
     const received = new Collector();
-    const subscription = await broker.subscribe("s", {}, received.onEntry);
-    // An entry from an isolate whose clock is an hour ahead.
+    const subscription = await broker.subscribe("s", received.onEntry);
+    // An entry from a Worker whose clock is an hour ahead.
     const ahead = Date.now() + 3_600_000;
     const remote = new BroadcastChannel("clock:s");
     remote.postMessage({
@@ -132,26 +143,39 @@ Deno.test({
 
 Deno.test({
   name:
-    "BroadcastChannelBroker ignores messages on its channels that are not entries",
+    "BroadcastChannelBroker ignores messages on its channels that are not its envelopes, and reports broken entries",
   ...SANITIZED,
   async fn() {
+    const errors: Error[] = [];
     const here = new BroadcastChannelBroker({ prefix: "junk:" });
-    const there = new BroadcastChannelBroker({ prefix: "junk:" });
+    const there = new BroadcastChannelBroker({
+      prefix: "junk:",
+      onError: (error) => errors.push(error),
+    });
     const received = new Collector();
-    const subscription = await there.subscribe("s", {}, received.onEntry);
+    const subscription = await there.subscribe("s", received.onEntry);
     const foreign = new BroadcastChannel("junk:s");
-    for (
-      const junk of [
-        "text",
-        null,
-        { sse: 2, replay: 1, entry: { id: "1", topic: "", message: {} } },
-        { sse: 1, replay: -1, entry: { id: "1", topic: "", message: {} } },
-        { sse: 1, replay: 1, entry: { id: 1, topic: "", message: {} } },
-        { sse: 1, replay: 1, entry: { id: "1", topic: "", message: null } },
-      ]
-    ) {
+    const entry = (fields: Record<string, unknown>) => ({
+      sse: 1,
+      replay: 1,
+      entry: { id: "1-0-x", topic: "", message: {}, ...fields },
+    });
+    // Not envelopes of this broker: ignored without a word.
+    for (const junk of ["text", null, { sse: 2, replay: 1, entry: {} }]) {
       foreign.postMessage(junk);
     }
+    // Envelopes with an entry that cannot be used: skipped and reported.
+    const broken = [
+      { sse: 1, replay: -1, entry: { id: "1-1-x", topic: "", message: {} } },
+      entry({ id: 1 }),
+      entry({ id: "1-2-x\r" }),
+      entry({ id: "1-3-é" }),
+      entry({ id: "1-4-x", message: null }),
+      entry({ id: "1-5-x", topic: 5 }),
+      entry({ id: "1-6-x", message: { data: 5 } }),
+      entry({ id: "1-7-x", message: { retry: "5" } }),
+    ];
+    for (const junk of broken) foreign.postMessage(junk);
     // Messages from one sender arrive in order: once this entry is in, the
     // junk posted before it was seen and dropped.
     const id = `${Date.now()}-0-foreign`;
@@ -160,10 +184,21 @@ Deno.test({
       replay: 10,
       entry: { id, topic: "", message: { data: "real" } },
     });
+    // The same id again is not a new entry.
+    foreign.postMessage({
+      sse: 1,
+      replay: 10,
+      entry: { id, topic: "", message: { data: "again" } },
+    });
     await received.until(1);
     const mine = await publish(here, "mine");
     await received.until(2);
     assert.deepEqual(received.ids, [id, mine]);
+    assert.equal(errors.length, broken.length + 1);
+    for (const error of errors) {
+      assert.match(error.message, /^Skipped entry .* of stream "s": /);
+      assert.doesNotMatch(error.message, /\n/);
+    }
     foreign.close();
     subscription.unsubscribe();
     await Promise.all([here.close(), there.close()]);
@@ -172,7 +207,7 @@ Deno.test({
 
 Deno.test({
   name:
-    "BroadcastChannelBroker fans out between a worker isolate and the main one, both ways",
+    "BroadcastChannelBroker fans out between a Worker and the main thread of one process, both ways",
   ...SANITIZED,
   async fn() {
     const worker = new Worker(
@@ -194,7 +229,7 @@ Deno.test({
     const broker = new BroadcastChannelBroker();
     try {
       const received = new Collector();
-      const subscription = await broker.subscribe("s", {}, received.onEntry);
+      const subscription = await broker.subscribe("s", received.onEntry);
       worker.postMessage({ subscribe: true });
       await reply("subscribed");
 

@@ -1,23 +1,23 @@
 // Copyright the sse authors. MIT license.
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import {
-  MemoryBroker,
-  type SSEBrokerEntry,
-  type SSEBrokerSubscription,
-} from "../server.ts";
+import { MemoryBroker, type SSEBrokerEntry } from "../server.ts";
 import { SANITIZED, testBrokerContract } from "./_broker_contract.ts";
 
 testBrokerContract({
   name: "MemoryBroker",
   open() {
-    const broker = new MemoryBroker();
+    const errors: Error[] = [];
+    const broker = new MemoryBroker({ onError: (error) => errors.push(error) });
     return Promise.resolve({
       broker,
       peer: broker,
+      errors,
       close: () => broker.close(),
     });
   },
+  // A process restart: a new broker object.
+  restart: () => Promise.resolve(new MemoryBroker()),
 });
 
 /** A test with the op and resource sanitizers on (Deno 2.9 leaves them off). */
@@ -42,24 +42,30 @@ function publish(
 async function collect(
   broker: MemoryBroker,
   name: string,
-  lastEventId?: string,
-): Promise<{ entries: SSEBrokerEntry[]; subscription: SSEBrokerSubscription }> {
+): Promise<{ entries: SSEBrokerEntry[]; unsubscribe(): void }> {
   const entries: SSEBrokerEntry[] = [];
-  const subscription = await broker.subscribe(
-    name,
-    lastEventId === undefined ? {} : { lastEventId },
-    (entry) => entries.push(entry),
-  );
-  return { entries, subscription };
+  const subscription = await broker.subscribe(name, (entry) => {
+    entries.push(entry);
+  });
+  return { entries, unsubscribe: () => subscription.unsubscribe() };
+}
+
+async function dataAfter(
+  broker: MemoryBroker,
+  after: string,
+  name = "s",
+): Promise<unknown[] | null> {
+  const page = await broker.history(name, { after, limit: 1000 });
+  return page === null ? null : dataOf(page);
 }
 
 function dataOf(entries: SSEBrokerEntry[]): unknown[] {
   return entries.map((entry) => entry.message.data);
 }
 
-test("MemoryBroker assigns unique ids, ordered by their sequence, and resolves once delivered", async () => {
+test("MemoryBroker assigns unique ids, ordered by their sequence, and delivers before publish resolves", async () => {
   const broker = new MemoryBroker();
-  const { entries, subscription } = await collect(broker, "s");
+  const { entries, unsubscribe } = await collect(broker, "s");
   const ids: string[] = [];
   for (let i = 0; i < 50; i++) {
     const id = await publish(broker, String(i), { name: i % 2 ? "s" : "t" });
@@ -67,70 +73,72 @@ test("MemoryBroker assigns unique ids, ordered by their sequence, and resolves o
     if (i % 2) assert.equal(entries.at(-1)?.id, id);
   }
   assert.equal(new Set(ids).size, ids.length);
+  for (const id of ids) assert.match(id, /^m[0-9a-z]{8}-[1-9][0-9]*$/);
   const sequences = ids.map((id) => Number(id.slice(id.lastIndexOf("-") + 1)));
   assert.deepEqual(sequences, [...sequences].sort((a, b) => a - b));
-  for (const id of ids) assert.doesNotMatch(id, /[\r\n\0]/);
   assert.deepEqual(
     dataOf(entries),
     Array.from({ length: 25 }, (_, i) => String(2 * i + 1)),
   );
-  subscription.unsubscribe();
+  unsubscribe();
   await broker.close();
 });
 
-test("MemoryBroker ids of one broker are never valid in another, as after a restart", async () => {
+test("MemoryBroker subscriptions are live only: nothing from before subscribe", async () => {
+  const broker = new MemoryBroker();
+  await publish(broker, "before");
+  const { entries, unsubscribe } = await collect(broker, "s");
+  await publish(broker, "after");
+  assert.deepEqual(dataOf(entries), ["after"]);
+  unsubscribe();
+  await broker.close();
+});
+
+test("MemoryBroker ids of one broker are never resume points in another, as after a restart", async () => {
   const before = new MemoryBroker();
   const after = new MemoryBroker();
   const old = await publish(before, "a");
   await publish(after, "b");
   await publish(after, "c");
-  const { entries, subscription } = await collect(after, "s", old);
-  assert.equal(subscription.resumed, false);
-  assert.deepEqual(entries, []);
-  subscription.unsubscribe();
+  assert.equal(await dataAfter(after, old), null);
   await before.close();
   await after.close();
 });
 
-test("MemoryBroker replays exactly the kept entries after lastEventId, then live ones", async () => {
+test("MemoryBroker resumes only from ids of the same stream, though the sequence is shared", async () => {
   const broker = new MemoryBroker();
-  const ids: string[] = [];
-  for (let i = 0; i < 5; i++) ids.push(await publish(broker, String(i)));
-  const { entries, subscription } = await collect(broker, "s", ids[1]);
-  assert.equal(subscription.resumed, true);
-  assert.deepEqual(dataOf(entries), ["2", "3", "4"]);
-  await publish(broker, "5");
-  assert.deepEqual(dataOf(entries), ["2", "3", "4", "5"]);
-  assert.deepEqual(entries.map((entry) => entry.id).slice(0, 3), ids.slice(2));
-  subscription.unsubscribe();
+  const a1 = await publish(broker, "a1", { name: "a" });
+  const b1 = await publish(broker, "b1", { name: "b" });
+  await publish(broker, "a2", { name: "a" });
+  const b2 = await publish(broker, "b2", { name: "b" });
+  assert.deepEqual(await dataAfter(broker, a1, "a"), ["a2"]);
+  assert.deepEqual(await dataAfter(broker, b1, "b"), ["b2"]);
+  // b's ids sit between a's, but they are not a's.
+  assert.equal(await dataAfter(broker, b1, "a"), null);
+  assert.equal(await dataAfter(broker, b2, "a"), null);
+  assert.equal(await dataAfter(broker, a1, "b"), null);
   await broker.close();
 });
 
-test("MemoryBroker reports resumed false for an unknown id or one older than the replay window", async () => {
+test("MemoryBroker answers null for an unknown id or one older than the replay window", async () => {
   const broker = new MemoryBroker();
   const ids: string[] = [];
   for (let i = 0; i < 6; i++) {
     ids.push(await publish(broker, String(i), { replay: 3 }));
   }
   const last = ids.at(-1)!;
-  const cases: [string, boolean, unknown[]][] = [
-    [ids[1]!, false, []], // entries 2 is gone
-    [ids[2]!, true, ["3", "4", "5"]], // everything after it is kept
-    [last, true, []], // nothing missed
-    ["garbage", false, []],
-    ["", false, []],
-    [last.replace(/-\d+$/, "-999"), false, []], // a sequence not given out yet
-    [last.replace(/-(\d+)$/, "-0$1"), false, []], // not the canonical spelling
+  const cases: [string, unknown[] | null][] = [
+    [ids[1]!, null], // entry 2 is gone
+    [ids[2]!, ["3", "4", "5"]], // everything after it is kept
+    [last, []], // nothing missed
+    ["garbage", null],
+    ["", null],
+    [last.replace(/-\d+$/, "-999"), null], // a sequence not given out yet
+    [last.replace(/-(\d+)$/, "-0$1"), null], // not the canonical spelling
   ];
-  for (const [lastEventId, resumed, data] of cases) {
-    const { entries, subscription } = await collect(broker, "s", lastEventId);
-    assert.equal(subscription.resumed, resumed, lastEventId);
-    assert.deepEqual(dataOf(entries), data, lastEventId);
-    subscription.unsubscribe();
+  for (const [lastEventId, data] of cases) {
+    assert.deepEqual(await dataAfter(broker, lastEventId), data, lastEventId);
   }
-  const fresh = await collect(broker, "s");
-  assert.equal(fresh.subscription.resumed, true);
-  fresh.subscription.unsubscribe();
   await broker.close();
 });
 
@@ -138,13 +146,8 @@ test("MemoryBroker keeps nothing with replay 0, yet the newest id still resumes"
   const broker = new MemoryBroker();
   const first = await publish(broker, "a", { replay: 0 });
   const second = await publish(broker, "b", { replay: 0 });
-  const old = await collect(broker, "s", first);
-  assert.equal(old.subscription.resumed, false);
-  const current = await collect(broker, "s", second);
-  assert.equal(current.subscription.resumed, true);
-  assert.deepEqual(current.entries, []);
-  old.subscription.unsubscribe();
-  current.subscription.unsubscribe();
+  assert.equal(await dataAfter(broker, first), null);
+  assert.deepEqual(await dataAfter(broker, second), []);
   await broker.close();
 });
 
@@ -155,64 +158,33 @@ test("MemoryBroker shrinks and grows a stream's window when replay changes", asy
     ids.push(await publish(broker, String(i), { replay: 10 }));
   }
   ids.push(await publish(broker, "10", { replay: 4 })); // keeps 7..10
-  let result = await collect(broker, "s", ids[6]);
-  assert.equal(result.subscription.resumed, true);
-  assert.deepEqual(dataOf(result.entries), ["7", "8", "9", "10"]);
-  result.subscription.unsubscribe();
-  result = await collect(broker, "s", ids[5]);
-  assert.equal(result.subscription.resumed, false);
-  result.subscription.unsubscribe();
+  assert.deepEqual(await dataAfter(broker, ids[6]!), ["7", "8", "9", "10"]);
+  assert.equal(await dataAfter(broker, ids[5]!), null);
   ids.push(await publish(broker, "11", { replay: 8 })); // keeps 7..11
-  result = await collect(broker, "s", ids[6]);
-  assert.deepEqual(dataOf(result.entries), ["7", "8", "9", "10", "11"]);
-  result.subscription.unsubscribe();
+  assert.deepEqual(await dataAfter(broker, ids[6]!), [
+    "7",
+    "8",
+    "9",
+    "10",
+    "11",
+  ]);
   await broker.close();
 });
 
-test("MemoryBroker keeps streams apart, each with its own window", async () => {
-  const broker = new MemoryBroker();
-  const a = await collect(broker, "a");
-  const b = await collect(broker, "b");
-  const first = await publish(broker, "a1", { name: "a", topic: "x" });
-  await publish(broker, "b1", { name: "b" });
-  await publish(broker, "a2", { name: "a" });
-  assert.deepEqual(dataOf(a.entries), ["a1", "a2"]);
-  assert.equal(a.entries[0]!.topic, "x");
-  assert.deepEqual(dataOf(b.entries), ["b1"]);
-  // An id of stream a resumes stream b from the same moment.
-  const later = await collect(broker, "b", first);
-  assert.deepEqual(dataOf(later.entries), ["b1"]);
-  for (const { subscription } of [a, b, later]) subscription.unsubscribe();
-  await broker.close();
-});
-
-test("MemoryBroker stops delivering at unsubscribe, which is idempotent", async () => {
-  const broker = new MemoryBroker();
-  const { entries, subscription } = await collect(broker, "s");
-  await publish(broker, "a");
-  subscription.unsubscribe();
-  subscription.unsubscribe();
-  await publish(broker, "b");
-  assert.deepEqual(dataOf(entries), ["a"]);
-  await broker.close();
-});
-
-test("MemoryBroker delivers an entry once to a subscriber added while it is delivered", async () => {
+test("MemoryBroker delivers an entry only to subscribers that existed when it was published", async () => {
   const broker = new MemoryBroker();
   const late: SSEBrokerEntry[] = [];
-  const subscriptions: Promise<SSEBrokerSubscription>[] = [];
-  const first = await broker.subscribe("s", {}, (entry) => {
-    // Subscribes from inside the delivery of `entry`, resuming before it.
+  const subscriptions: Promise<{ unsubscribe(): void }>[] = [];
+  const first = await broker.subscribe("s", (entry) => {
+    // Subscribes from inside the delivery of "b".
     if (entry.message.data === "b") {
-      subscriptions.push(
-        broker.subscribe("s", { lastEventId: id }, (e) => late.push(e)),
-      );
+      subscriptions.push(broker.subscribe("s", (e) => late.push(e)));
     }
   });
-  const id = await publish(broker, "a");
+  await publish(broker, "a");
   await publish(broker, "b");
   await publish(broker, "c");
-  assert.deepEqual(dataOf(late), ["b", "c"]);
+  assert.deepEqual(dataOf(late), ["c"]);
   first.unsubscribe();
   for (const subscription of await Promise.all(subscriptions)) {
     subscription.unsubscribe();
@@ -220,33 +192,63 @@ test("MemoryBroker delivers an entry once to a subscriber added while it is deli
   await broker.close();
 });
 
-test("MemoryBroker reports a throwing subscriber and still delivers to the others", async () => {
+test("MemoryBroker reports a throwing subscriber on one line of stderr by default, and still delivers to the others", async () => {
   const broker = new MemoryBroker();
-  const reported: unknown[] = [];
-  const onError = (event: ErrorEvent) => {
-    event.preventDefault();
-    reported.push(event.error);
-  };
-  globalThis.addEventListener("error", onError);
+  const lines: unknown[][] = [];
+  const original = console.error;
+  console.error = (...args: unknown[]) => lines.push(args);
   try {
-    const bad = await broker.subscribe("s", {}, () => {
+    const bad = await broker.subscribe("s", () => {
       throw new Error("subscriber bug");
     });
     const good = await collect(broker, "s");
-    await publish(broker, "a");
+    const id = await publish(broker, "a");
     assert.deepEqual(dataOf(good.entries), ["a"]);
-    assert.equal((reported[0] as Error).message, "subscriber bug");
+    assert.equal(lines.length, 1);
+    assert.equal(lines[0]!.length, 1);
+    const line = lines[0]![0] as string;
+    assert.equal(typeof line, "string");
+    assert.match(line, /^MemoryBroker: /);
+    assert.match(line, /subscriber bug/);
+    assert.ok(line.includes(id), "names the entry");
+    assert.doesNotMatch(line, /\n/);
     bad.unsubscribe();
-    good.subscription.unsubscribe();
+    good.unsubscribe();
   } finally {
-    globalThis.removeEventListener("error", onError);
+    console.error = original;
     await broker.close();
   }
 });
 
+test("MemoryBroker survives an onError that throws, and refuses one that is not a function", async () => {
+  const lines: unknown[][] = [];
+  const original = console.error;
+  console.error = (...args: unknown[]) => lines.push(args);
+  const broker = new MemoryBroker({
+    onError() {
+      throw new Error("onError bug");
+    },
+  });
+  try {
+    await broker.subscribe("s", () => {
+      throw new Error("subscriber bug");
+    });
+    await publish(broker, "a");
+    assert.equal(lines.length, 1);
+    assert.match(lines[0]![0] as string, /^MemoryBroker: .*onError bug/);
+  } finally {
+    console.error = original;
+    await broker.close();
+  }
+  assert.throws(
+    () => new MemoryBroker({ onError: 1 as unknown as () => void }),
+    { name: "TypeError", message: /onError/ },
+  );
+});
+
 test("MemoryBroker stores the message without its id, and refuses what is not plain", async () => {
   const broker = new MemoryBroker();
-  const { entries, subscription } = await collect(broker, "s");
+  const { entries, unsubscribe } = await collect(broker, "s");
   const id = await broker.publish("s", {
     topic: "",
     message: { id: "mine", data: "x" },
@@ -267,11 +269,11 @@ test("MemoryBroker stores the message without its id, and refuses what is not pl
   );
   await assert.rejects(
     // deno-lint-ignore no-explicit-any
-    broker.subscribe(1 as any, {}, () => {}),
+    broker.subscribe(1 as any, () => {}),
     TypeError,
   );
   assert.equal(entries.length, 1);
-  subscription.unsubscribe();
+  unsubscribe();
   await broker.close();
 });
 
@@ -281,16 +283,18 @@ test("MemoryBroker close ends every subscription and refuses later calls", async
   await broker.close();
   await broker.close();
   await assert.rejects(publish(broker, "a"), /closed/);
-  await assert.rejects(broker.subscribe("s", {}, () => {}), /closed/);
+  await assert.rejects(broker.subscribe("s", () => {}), /closed/);
+  await assert.rejects(broker.history("s", { after: "x", limit: 1 }), /closed/);
   assert.deepEqual(entries, []);
 });
 
-test("MemoryBroker resume matches a model for any publishes, windows and resume points", async () => {
+test("MemoryBroker history matches a model for any publishes, windows, resume points and page sizes", async () => {
   await fc.assert(
     fc.asyncProperty(
       fc.array(fc.integer({ min: 0, max: 6 }), { minLength: 1, maxLength: 40 }),
       fc.nat(),
-      async (replays, pick) => {
+      fc.integer({ min: 1, max: 8 }),
+      async (replays, pick, limit) => {
         const broker = new MemoryBroker();
         const ids: string[] = [];
         // Model: the entries kept are the last `replay` ones at each publish,
@@ -301,15 +305,16 @@ test("MemoryBroker resume matches a model for any publishes, windows and resume 
           firstKept = Math.max(firstKept, ids.length - replay);
         }
         const from = pick % ids.length;
-        const { entries, subscription } = await collect(broker, "s", ids[from]);
+        const page = await broker.history("s", { after: ids[from]!, limit });
         // Resumable when nothing after `from` was dropped.
-        const resumed = from + 1 >= firstKept;
-        assert.equal(subscription.resumed, resumed);
-        assert.deepEqual(
-          entries.map((entry) => entry.id),
-          resumed ? ids.slice(from + 1) : [],
-        );
-        subscription.unsubscribe();
+        if (from + 1 >= firstKept) {
+          assert.deepEqual(
+            page?.map((entry) => entry.id),
+            ids.slice(from + 1, from + 1 + limit),
+          );
+        } else {
+          assert.equal(page, null);
+        }
         await broker.close();
       },
     ),

@@ -183,23 +183,22 @@ function randomFrom(seed: number): (n: number) => number {
 }
 
 /**
- * A broker that counts the subscriptions open on it. With `lag: "all"`, it
- * behaves like a remote broker: each subscription gets its entries late, from
- * its own timer, so subscriptions see an entry at different moments, and
- * `subscribe` itself takes a while. With `lag: "first"`, only the first
- * subscription (a channel's shared one) lags, behind all the others.
+ * A broker that counts the subscriptions open on it and the history calls
+ * made. With `lag`, it behaves like a remote broker: a subscription gets its
+ * entries late, from its own timer, `subscribe` itself takes a while, and
+ * `history` answers later than it read (so a page can be stale by the time
+ * it arrives).
  */
 class CountingBroker implements SSEBroker {
   readonly inner = new MemoryBroker();
   active = 0;
   opened = 0;
+  historyCalls = 0;
   #random: ((n: number) => number) | undefined;
+  #timers = new Set<ReturnType<typeof setTimeout>>();
 
-  #lag: "all" | "first" | undefined;
-
-  constructor(options: { lag?: "all" | "first" } = {}) {
-    this.#lag = options.lag;
-    if (options.lag) this.#random = randomFrom(7);
+  constructor(options: { lag?: boolean; seed?: number } = {}) {
+    if (options.lag) this.#random = randomFrom(options.seed ?? 7);
   }
 
   publish(
@@ -212,16 +211,13 @@ class CountingBroker implements SSEBroker {
 
   async subscribe(
     name: string,
-    options: { lastEventId?: string },
     onEntry: (entry: SSEBrokerEntry) => void,
   ): Promise<SSEBrokerSubscription> {
     const random = this.#random;
     let deliver = onEntry;
     let timer: ReturnType<typeof setTimeout> | undefined;
-    if (
-      random !== undefined && (this.#lag === "all" || this.opened === 0)
-    ) {
-      await new Promise((resolve) => setTimeout(resolve, random(3)));
+    if (random !== undefined) {
+      await this.#later(random(3));
       const queue: SSEBrokerEntry[] = [];
       const flush = () => {
         timer = undefined;
@@ -236,12 +232,11 @@ class CountingBroker implements SSEBroker {
         timer ??= setTimeout(flush, random(2));
       };
     }
-    const subscription = await this.inner.subscribe(name, options, deliver);
+    const subscription = await this.inner.subscribe(name, deliver);
     this.active++;
     this.opened++;
     let open = true;
     return {
-      resumed: subscription.resumed,
       unsubscribe: () => {
         if (!open) return;
         open = false;
@@ -253,21 +248,47 @@ class CountingBroker implements SSEBroker {
     };
   }
 
+  async history(
+    name: string,
+    options: { after: string; limit: number },
+  ): Promise<SSEBrokerEntry[] | null> {
+    this.historyCalls++;
+    const page = await this.inner.history(name, options);
+    if (this.#random !== undefined) await this.#later(this.#random(3));
+    return page;
+  }
+
   close(): Promise<void> {
+    for (const timer of this.#timers) clearTimeout(timer);
     return this.inner.close();
+  }
+
+  #later(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.#timers.delete(timer);
+        resolve();
+      }, ms);
+      this.#timers.add(timer);
+    });
   }
 }
 
 /**
- * A broker whose subscriptions get entries only when the test says so:
- * `flush(i, n)` delivers the next `n` entries queued for the i-th
- * subscription opened.
+ * A broker whose shared subscription gets entries only when the test says
+ * so (`flush(n)` delivers the next `n` entries queued for it), and whose
+ * `history` calls read the history at once but are answered only when the
+ * test says so (`answer()` answers the oldest one).
  */
 class ManualBroker implements SSEBroker {
   readonly inner = new MemoryBroker();
-  readonly queues: SSEBrokerEntry[][] = [];
-  readonly targets: ((entry: SSEBrokerEntry) => void)[] = [];
-  readonly open: boolean[] = [];
+  readonly queue: SSEBrokerEntry[] = [];
+  target: ((entry: SSEBrokerEntry) => void) | undefined;
+  readonly asked: {
+    page: Promise<SSEBrokerEntry[] | null>;
+    resolve: (page: SSEBrokerEntry[] | null) => void;
+  }[] = [];
+  historyCalls = 0;
 
   publish(
     name: string,
@@ -279,37 +300,64 @@ class ManualBroker implements SSEBroker {
 
   async subscribe(
     name: string,
-    options: { lastEventId?: string },
     onEntry: (entry: SSEBrokerEntry) => void,
   ): Promise<SSEBrokerSubscription> {
-    const index = this.queues.length;
-    const queue: SSEBrokerEntry[] = [];
-    this.queues.push(queue);
-    this.targets.push(onEntry);
-    this.open.push(true);
+    this.target = onEntry;
     const subscription = await this.inner.subscribe(
       name,
-      options,
-      (entry) => queue.push(entry),
+      (entry) => this.queue.push(entry),
     );
     return {
-      resumed: subscription.resumed,
       unsubscribe: () => {
-        this.open[index] = false;
+        this.target = undefined;
         subscription.unsubscribe();
       },
     };
   }
 
-  flush(index: number, count = Infinity): void {
-    const queue = this.queues[index]!;
-    for (; count > 0 && queue.length > 0; count--) {
-      const entry = queue.shift()!;
-      if (this.open[index]) this.targets[index]!(entry);
+  history(
+    name: string,
+    options: { after: string; limit: number },
+  ): Promise<SSEBrokerEntry[] | null> {
+    this.historyCalls++;
+    const { promise, resolve } = Promise.withResolvers<
+      SSEBrokerEntry[] | null
+    >();
+    this.asked.push({ page: this.inner.history(name, options), resolve });
+    return promise;
+  }
+
+  /** Delivers the next `count` entries to the shared subscription. */
+  flush(count = Infinity): void {
+    for (; count > 0 && this.queue.length > 0; count--) {
+      this.target?.(this.queue.shift()!);
     }
   }
 
+  /** Resolves once a history call waits for its answer. */
+  async asking(): Promise<void> {
+    await within(
+      (async () => {
+        while (this.asked.length === 0) {
+          await new Promise((resolve) => setTimeout(resolve, 1));
+        }
+      })(),
+      WAIT_MS,
+      "a history call",
+    );
+  }
+
+  /** Answers the oldest pending history call; fails if none comes. */
+  async answer(): Promise<void> {
+    await this.asking();
+    const { page, resolve } = this.asked.shift()!;
+    resolve(await page);
+    // Let the channel act on the page.
+    await new Promise((resolve) => setTimeout(resolve, 1));
+  }
+
   close(): Promise<void> {
+    for (const { resolve } of this.asked.splice(0)) resolve(null);
     return this.inner.close();
   }
 }
@@ -504,11 +552,13 @@ test("SSEChannel resumes from Last-Event-ID with exactly the events missed, then
       { type: "message", data: "7", id: ids[7] },
     ]);
     assert.deepEqual(inits, [["", false], [ids[2], true]]);
-    // Level with the shared subscription: its own one is gone.
+    // Caught up: the shared subscription feeds it, history is not read.
     assert.equal(broker.active, 1);
+    const calls = broker.historyCalls;
     ids.push(await channel.publish({ data: "8" }));
     assert.deepEqual((await second.take(6)).at(-1)?.data, "8");
     assert.equal(second.events.length, 6);
+    assert.equal(broker.historyCalls, calls);
   } finally {
     await first.close();
     await second?.close();
@@ -769,7 +819,7 @@ test("SSEChannel drops a client whose filter throws, and no one else", async () 
 test("SSEChannel publish refuses an unframeable message before anything is stored or sent", async () => {
   const broker = new MemoryBroker();
   const stored: SSEBrokerEntry[] = [];
-  const watcher = await broker.subscribe("default", {}, (e) => stored.push(e));
+  const watcher = await broker.subscribe("default", (e) => stored.push(e));
   const channel = new SSEChannel({ broker });
   const server = serve((request) => channel.connect(request));
   const client = await Client.open(server.url);
@@ -903,9 +953,8 @@ test("SSEChannel notices a disconnect at once and releases the subscription and 
   const server = serve((request) => channel.connect(request));
   try {
     const id = await channel.publish({ data: "a" });
-    // A resuming client holds its own subscription until it catches up.
     const resuming = await Client.open(server.url, { "last-event-id": id });
-    assert.equal(broker.active, 2);
+    assert.equal(broker.active, 1);
     const plain = await Client.open(server.url);
     assert.equal(channel.size, 2);
     const started = performance.now();
@@ -1032,8 +1081,8 @@ async function reconnectRace(broker: CountingBroker): Promise<void> {
       follow("/?topic=odd", (n) => n % 2 === 1),
       follow("/?topic=even&topic=odd", () => true),
     ]);
-    // Resuming connections went through their own subscription.
-    assert.ok(broker.opened > 10, `only ${broker.opened} subscriptions`);
+    // Resuming connections read the history.
+    assert.ok(broker.historyCalls > 10, `only ${broker.historyCalls} pages`);
     await disconnected.reach(connections, "every disconnect");
     assert.equal(channel.size, 0);
     assert.equal(broker.active, 1);
@@ -1048,53 +1097,61 @@ test("SSEChannel leaves no gap and no duplicate for clients that reconnect while
   await reconnectRace(new CountingBroker());
 });
 
-test("SSEChannel leaves no gap and no duplicate on a broker whose subscriptions see entries at different moments", async () => {
-  await reconnectRace(new CountingBroker({ lag: "all" }));
+test("SSEChannel leaves no gap and no duplicate on a broker whose subscription and history answer late", async () => {
+  await reconnectRace(new CountingBroker({ lag: true }));
 });
 
-test("SSEChannel leaves no gap and no duplicate when its shared subscription lags behind a client's own", async () => {
-  await reconnectRace(new CountingBroker({ lag: "first" }));
+test("SSEChannel leaves no gap and no duplicate on a lagging broker, whatever the timing", async () => {
+  for (const seed of [1, 2, 3]) {
+    await reconnectRace(new CountingBroker({ lag: true, seed }));
+  }
 });
 
-test("SSEChannel hands a resuming client over to the shared subscription whichever of the two is ahead", async () => {
-  const SHARED = 0;
-  const OWN = 1;
-  // Each scenario: the steps after a first publish, with the shared
-  // subscription and the resuming client's own one fed by hand.
-  const scenarios: Record<
-    string,
-    (step: {
-      broker: ManualBroker;
-      publish: (data: string) => Promise<string>;
-    }) => Promise<void>
-  > = {
-    async "own one ahead by one"({ broker, publish }) {
-      await publish("2");
-      broker.flush(OWN); // the client gets 2 from its own
-      broker.flush(SHARED); // the shared one delivers 2: level
+test("SSEChannel hands a resuming client over from history to the shared subscription whichever of the two is ahead", async () => {
+  // Each scenario: what happens once "1" is published and a client resumes
+  // after it, with the shared subscription and the history fed by hand.
+  // `connect` resolves once the first page is answered.
+  type Step = {
+    broker: ManualBroker;
+    publish: (data: string) => Promise<string>;
+    /** Connects; `meanwhile` runs once the first page is read. */
+    connect: (meanwhile?: () => Promise<void>) => Promise<void>;
+  };
+  const scenarios: Record<string, (step: Step) => Promise<void>> = {
+    async "level: the page ends at the shared one's newest"(step) {
+      await step.publish("2");
+      step.broker.flush();
+      await step.connect(); // page [2]: level, hand over
     },
-    async "own one ahead by several"({ broker, publish }) {
-      await publish("2");
-      await publish("3");
-      await publish("4");
-      broker.flush(OWN);
-      broker.flush(SHARED, 1); // shared at 2: behind, skip up to 4
-      assert.equal(broker.open[OWN], false);
-      broker.flush(SHARED);
+    async "shared one ahead by one page"(step) {
+      await step.publish("2");
+      await step.publish("3");
+      step.broker.flush(); // shared at 3
+      await step.connect(async () => {
+        // The page [2, 3] is read; the shared one moves on to 4 before it
+        // arrives: the page is behind, merge up to 4.
+        await step.publish("4");
+        step.broker.flush();
+      });
+      await step.broker.asking(); // the next page is read: [4]
+      await step.publish("5");
+      step.broker.flush(); // 5 is collected for the client
+      await step.broker.answer(); // page [4]: the merge ends, then 5
     },
-    "shared one behind the Last-Event-ID"({ broker }) {
-      // It has not delivered 1 yet, which the client resumes from.
-      broker.flush(SHARED);
-      return Promise.resolve();
+    async "shared one behind the client"(step) {
+      await step.publish("2");
+      await step.publish("3");
+      await step.connect(); // page [2, 3], shared has not delivered them
+      await step.broker.answer(); // page []: wait for the shared one
+      step.broker.flush(1); // shared delivers 2, which the client has
+      step.broker.flush(1); // 3: level, hand over
     },
-    async "own one behind"({ broker, publish }) {
-      await publish("2");
-      await publish("3");
-      broker.flush(SHARED); // shared at 3
-      broker.flush(OWN, 1); // own at 2, shared already passed it: merge
-      await publish("4");
-      broker.flush(SHARED); // 4 is collected for the client
-      broker.flush(OWN); // own reaches 3: the collected 4 follows
+    async "shared one behind the Last-Event-ID"(step) {
+      step.broker.queue.length = 0; // it never delivered 1
+      await step.connect(); // page []: wait
+      await step.publish("2");
+      step.broker.flush(); // something new: read history again
+      await step.broker.answer(); // page [2]: level
     },
   };
   for (const [name, scenario] of Object.entries(scenarios)) {
@@ -1105,22 +1162,32 @@ test("SSEChannel hands a resuming client over to the shared subscription whichev
     let resuming: Client | undefined;
     try {
       const first = await channel.publish({ data: "1" });
-      if (!name.startsWith("shared one behind")) {
-        broker.flush(SHARED);
+      if (!name.endsWith("Last-Event-ID")) {
+        broker.flush();
         await watcher.take(1);
       }
-      resuming = await Client.open(server.url, { "last-event-id": first });
       const ids = [first];
-      const publish = async (data: string) => {
-        const id = await channel.publish({ data });
-        ids.push(id);
-        return id;
-      };
-      await scenario({ broker, publish });
-      assert.equal(broker.open[OWN], false, `${name}: handed over`);
-      await publish("live");
-      broker.flush(SHARED);
-      const events = await resuming.take(ids.length - 1);
+      await scenario({
+        broker,
+        async publish(data) {
+          const id = await channel.publish({ data });
+          ids.push(id);
+          return id;
+        },
+        async connect(meanwhile) {
+          const opening = Client.open(server.url, { "last-event-id": first });
+          await broker.asking();
+          await meanwhile?.();
+          await broker.answer();
+          resuming = await opening;
+        },
+      });
+      // Handed over: a live entry comes from the shared subscription alone.
+      assert.equal(broker.asked.length, 0, `${name}: no history call waits`);
+      const calls = broker.historyCalls;
+      ids.push(await channel.publish({ data: "live" }));
+      broker.flush();
+      const events = await resuming!.take(ids.length - 1);
       assert.deepEqual(
         events,
         ids.slice(1).map((id, i) => ({
@@ -1130,8 +1197,11 @@ test("SSEChannel hands a resuming client over to the shared subscription whichev
         })),
         name,
       );
-      await watcher.take(ids.length);
-      assert.equal(resuming.events.length, ids.length - 1, name);
+      assert.equal(broker.historyCalls, calls, `${name}: handed over`);
+      // The watcher has what the shared subscription delivered.
+      const dropped = name.endsWith("Last-Event-ID") ? 1 : 0;
+      await watcher.take(ids.length - dropped);
+      assert.equal(resuming!.events.length, ids.length - 1, name);
     } finally {
       await watcher.close();
       await resuming?.close();

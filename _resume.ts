@@ -1,0 +1,285 @@
+// Copyright the sse authors. MIT license.
+// A resuming client's catch-up: the entries it missed, paged from the
+// broker's history as it reads, until its position meets the channel's shared
+// live subscription, which then takes over. Private: used by _channel.ts,
+// never exported from mod.ts or deno.json.
+//
+// Ids can be matched, not compared, so where the client stands relative to
+// the shared subscription is known only by ids both have seen:
+//
+// - PAGING: pages of history are sent to the client, one at a time, each
+//   fetched when the client has taken what was sent before (its stream pulls).
+//   An entry of a page that is the shared subscription's newest (`last`)
+//   means the client is level: it joins the shared fan-out after it. An entry
+//   the shared subscription delivered earlier (one of its recent ids) means
+//   the shared one is ahead by a known stretch: MERGE.
+// - MERGE: history is paged up to `until` (the shared subscription's newest
+//   when MERGE began), while the shared entries after it that the client
+//   wants are collected; at `until` they are written and the client joins.
+// - WAIT: history had nothing after the client's position, which the shared
+//   subscription has not delivered (it lags, or it started after that entry
+//   was published). When it delivers the client's position, the client joins;
+//   an id the client got from history means it still lags; any other id
+//   means something new was published: page again.
+//
+// Every phase waits only for entries already stored, and a page of history
+// continues exactly where the client stands, so nothing is skipped or sent
+// twice whatever the timing of the broker's two paths. An entry the client
+// needs that left the history meanwhile (history answers `null`) ends its
+// stream: it reconnects with its Last-Event-ID and gets `resumed: false`.
+
+import type { SSEBrokerEntry } from "./_broker.ts";
+import { type Client, CLOSED, OPEN } from "./_client.ts";
+
+/** Entries per `history` call. */
+export const PAGE = 100;
+/** How many ids of the shared subscription's last entries a channel keeps. */
+export const RECENT = 256;
+
+/** The last ids some subscription delivered, newest `size` of them. */
+export class IdWindow {
+  /** The newest id added, if any. */
+  last: string | undefined;
+  /** How many ids were added in all. */
+  count = 0;
+  #ids = new Set<string>();
+  #ring: (string | undefined)[];
+  #at = 0;
+
+  /** @param size How many ids to remember. */
+  constructor(size: number) {
+    this.#ring = new Array(size);
+  }
+
+  /** Remembers an id, forgetting the oldest one beyond `size`. */
+  add(id: string): void {
+    const old = this.#ring[this.#at];
+    if (old !== undefined) this.#ids.delete(old);
+    this.#ring[this.#at] = id;
+    this.#at = (this.#at + 1) % this.#ring.length;
+    this.#ids.add(id);
+    this.last = id;
+    this.count++;
+  }
+
+  /** Whether the id is one of the remembered ones. */
+  has(id: string): boolean {
+    return this.#ids.has(id);
+  }
+}
+
+/** What a catch-up needs from its channel. */
+export interface ResumeHost<C> {
+  /** The shared subscription's last ids. */
+  readonly shared: IdWindow;
+  /** The next page of the channel's stream after `after`. */
+  history(after: string): Promise<SSEBrokerEntry[] | null>;
+  /** Sends an entry to the client, if it selects it (topics, `filter`). */
+  offer(client: Client<C>, entry: SSEBrokerEntry): void;
+  /** Sends an encoded frame to the client. */
+  send(client: Client<C>, bytes: Uint8Array): void;
+  /** The client leaves its catch-up for the shared fan-out. */
+  handOver(client: Client<C>): void;
+  /**
+   * Ends the client's stream, so that it reconnects: `history` lost its
+   * position (`error` undefined) or failed.
+   */
+  end(client: Client<C>, error?: unknown): void;
+}
+
+const PAGING = 0;
+const MERGE = 1;
+const WAIT = 2;
+
+/** A resuming client's catch-up (see the header). */
+export class Resume<C> {
+  /** The id of the last entry the client has. */
+  position: string;
+  #host: ResumeHost<C>;
+  #client: Client<C>;
+  #phase = PAGING;
+  /** A `history` call is in flight. */
+  #busy = false;
+  /** A page is being sent (its writes may make the stream pull). */
+  #sending = false;
+  #first: SSEBrokerEntry[] | undefined;
+  /** The shared subscription's count when the last fetch began. */
+  #countAtFetch: number;
+  #until = "";
+  #pending: Uint8Array[] = [];
+  /** Ids of the entries the client got last from history. */
+  #seen = new IdWindow(RECENT);
+  /** Handed over or ended: nothing more to do. */
+  #done = false;
+
+  /**
+   * A catch-up that starts with a page already fetched (the one that told
+   * `connect` the client resumes).
+   *
+   * @param host The channel.
+   * @param client The resuming client.
+   * @param lastEventId Its `Last-Event-ID`.
+   * @param first The page of history after it.
+   * @param countAtFetch The shared subscription's count before that fetch.
+   */
+  constructor(
+    host: ResumeHost<C>,
+    client: Client<C>,
+    lastEventId: string,
+    first: SSEBrokerEntry[],
+    countAtFetch: number,
+  ) {
+    this.#host = host;
+    this.#client = client;
+    this.position = lastEventId;
+    this.#seen.add(lastEventId);
+    this.#first = first;
+    this.#countAtFetch = countAtFetch;
+  }
+
+  /** Whether shared entries are to be collected (see {@linkcode collect}). */
+  get merging(): boolean {
+    return this.#phase === MERGE;
+  }
+
+  /** Sends the first page, once the client is open; then goes on paging. */
+  start(): void {
+    const first = this.#first!;
+    this.#first = undefined;
+    this.#send(first);
+  }
+
+  /** The client's stream wants more. */
+  pull(): void {
+    this.#pump();
+  }
+
+  /**
+   * While merging: a shared entry after `until` that the client wants.
+   *
+   * @param bytes Its encoded frame.
+   */
+  collect(bytes: Uint8Array): void {
+    this.#pending.push(bytes);
+  }
+
+  /**
+   * The shared subscription delivered an entry (after its fan-out). Only a
+   * waiting catch-up cares.
+   *
+   * @param id The entry's id.
+   */
+  shared(id: string): void {
+    if (this.#phase !== WAIT || this.#done) return;
+    if (id === this.position) {
+      this.#host.handOver(this.#client);
+    } else if (!this.#seen.has(id)) {
+      this.#phase = PAGING;
+      if (!this.#busy) this.#fetch();
+    }
+  }
+
+  /** Stops for good and forgets what it holds. */
+  release(): void {
+    this.#done = true;
+    this.#pending = [];
+    this.#first = undefined;
+  }
+
+  /** Fetches the next page if the client has room for it. */
+  #pump(): void {
+    const client = this.#client;
+    if (
+      this.#busy || this.#sending || this.#done || this.#phase === WAIT ||
+      client.state !== OPEN
+    ) {
+      return;
+    }
+    // Paced by the client: the next page once the stream has room.
+    if (!(client.controller.desiredSize! > 0)) return;
+    this.#fetch();
+  }
+
+  #fetch(): void {
+    const host = this.#host;
+    const client = this.#client;
+    this.#busy = true;
+    this.#countAtFetch = host.shared.count;
+    host.history(this.position).then((page) => {
+      this.#busy = false;
+      if (this.#done || client.state === CLOSED) return;
+      if (page === null) host.end(client);
+      else this.#send(page);
+    }, (error) => {
+      this.#busy = false;
+      if (!this.#done && client.state !== CLOSED) host.end(client, error);
+    });
+  }
+
+  #send(page: SSEBrokerEntry[]): void {
+    this.#sending = true;
+    this.#process(page);
+    this.#sending = false;
+    this.#pump();
+  }
+
+  /** Sends a page; joins the shared fan-out where they meet. */
+  #process(page: SSEBrokerEntry[]): void {
+    const host = this.#host;
+    const client = this.#client;
+    const shared = host.shared;
+    if (page.length === 0) {
+      this.#atEnd();
+      return;
+    }
+    for (const entry of page) {
+      if (this.#done || client.state === CLOSED) return;
+      const { id } = entry;
+      host.offer(client, entry);
+      this.position = id;
+      this.#seen.add(id);
+      if (this.#done || client.state === CLOSED) return;
+      if (this.#phase === MERGE) {
+        if (id === this.#until) {
+          this.#merge();
+          return;
+        }
+      } else if (id === shared.last) {
+        host.handOver(client);
+        return;
+      } else if (shared.has(id)) {
+        this.#phase = MERGE;
+        this.#until = shared.last!;
+      }
+    }
+  }
+
+  /** History had nothing after the client's position. */
+  #atEnd(): void {
+    const host = this.#host;
+    const shared = host.shared;
+    if (this.position === shared.last) {
+      host.handOver(this.#client);
+    } else if (shared.count !== this.#countAtFetch) {
+      // The shared subscription moved while history was read: read again.
+      this.#fetch();
+    } else if (this.#phase === MERGE) {
+      // `until` was delivered, so it is stored after the client's position;
+      // a history without it lost entries: start again from a reconnect.
+      host.end(this.#client);
+    } else {
+      this.#phase = WAIT;
+    }
+  }
+
+  /** At `until`: writes the shared entries collected since, then joins. */
+  #merge(): void {
+    const client = this.#client;
+    for (const bytes of this.#pending) {
+      if (client.state === CLOSED) return;
+      this.#host.send(client, bytes);
+    }
+    this.#pending = [];
+    if (client.state !== CLOSED) this.#host.handOver(client);
+  }
+}
