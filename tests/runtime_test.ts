@@ -14,23 +14,24 @@
 
 import assert from "node:assert/strict";
 import { SSEParserStream } from "../parser.ts";
+import {
+  assertPresent,
+  BUN,
+  ignoreWithout,
+  NODE20,
+  NODE22,
+  ROOT,
+  runtimePackage,
+  RUNTIMES,
+  withBundle,
+} from "./runtime/_runtimes.ts";
 import { runSmokes, type ServedExpectation, SMOKES } from "./runtime/smoke.ts";
 
 // Deno 2.9 runs tests with the op and resource sanitizers off unless asked.
 const SANITIZED = { sanitizeOps: true, sanitizeResources: true } as const;
 
-const ROOT = new URL("../", import.meta.url);
-const RUNTIMES = new URL(".cache/runtimes/", ROOT);
-const IN_CI = Deno.env.get("CI") === "true";
 const TIMEOUT = 30_000;
-
-const BUN = new URL("node_modules/.bin/bun", RUNTIMES);
-const NODE22 = new URL("node_modules/.bin/node", RUNTIMES);
-const NODE20 = new URL("node20/node_modules/.bin/node", RUNTIMES);
-const MINIFLARE_PACKAGE = new URL(
-  "node_modules/miniflare/package.json",
-  RUNTIMES,
-);
+const MINIFLARE_PACKAGE = runtimePackage("miniflare");
 
 const MAIN = "tests/runtime/main.ts";
 const WORKER = "tests/runtime/worker.ts";
@@ -53,15 +54,6 @@ interface Target {
   serves: boolean;
   /** Runs the smoke checks. */
   run(): Promise<Output>;
-}
-
-function exists(url: URL): boolean {
-  try {
-    Deno.statSync(url);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** Runs a command from the repository root and parses its last line. */
@@ -98,41 +90,6 @@ async function runJson(bin: URL | string, args: string[]): Promise<Output> {
     }
   } finally {
     clearTimeout(timer);
-  }
-}
-
-/** Bundles `entry` into one ESM file, for `fn` only. */
-async function withBundle<T>(
-  entry: string,
-  name: string,
-  fn: (path: string) => Promise<T>,
-): Promise<T> {
-  const dir = await Deno.makeTempDir({ prefix: "sse-runtime-" });
-  try {
-    const output = `${dir}/${name}`;
-    const { code, stderr } = await new Deno.Command(Deno.execPath(), {
-      args: [
-        "bundle",
-        "--quiet",
-        "--platform",
-        "browser",
-        "--output",
-        output,
-        entry,
-      ],
-      cwd: ROOT,
-      stdin: "null",
-      stdout: "null",
-      stderr: "piped",
-    }).output();
-    assert.equal(
-      code,
-      0,
-      `deno bundle ${entry} failed:\n${new TextDecoder().decode(stderr)}`,
-    );
-    return await fn(output);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
   }
 }
 
@@ -218,24 +175,12 @@ Deno.test(
 );
 
 for (const target of TARGETS) {
-  const absent = target.needs.filter((url) => !exists(url));
-  if (absent.length > 0 && !IN_CI) {
-    console.warn(
-      `runtime_test: skipping "${target.name}": ${
-        absent.map((url) => url.pathname).join(", ")
-      } not found; run .ci/runtimes`,
-    );
-  }
   Deno.test({
     name: target.name,
     ...SANITIZED,
-    ignore: absent.length > 0 && !IN_CI,
+    ignore: ignoreWithout(target.name, target.needs),
     async fn() {
-      assert.deepEqual(
-        absent.map((url) => url.pathname),
-        [],
-        "runtimes missing in CI: run .ci/runtimes first",
-      );
+      assertPresent(target.needs);
       const output = await target.run();
       assert.deepEqual(
         Object.keys(output.smokes),

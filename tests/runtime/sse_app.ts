@@ -1,0 +1,101 @@
+// Copyright the sse authors. MIT license.
+// One `Request => Response` app, served unchanged by each runtime's own HTTP
+// server (Node's `http` and Express through @hono/node-server, Bun.serve,
+// Deno.serve) for tests/node_test.ts and tests/bun_test.ts:
+//
+//   GET  /events          SSEChannel.connect; `?name=` names the client
+//   POST /flood           publishes `?count=` messages of `?size=` bytes (no
+//                         request body: frameworks that parse bodies first
+//                         leave it alone); answers { ids }
+//   GET  /stream          a one-off sseResponse: event i every `?every=` ms
+//                         (0: as fast as the client reads), `?size=` bytes each
+//   GET  /stats           what the server saw (see Stats)
+//
+// It uses web-standard APIs only, so the same code runs on every runtime.
+
+import { SSEChannel, sseResponse } from "../../server.ts";
+
+/** What the server saw, as GET /stats answers it. */
+export interface Stats {
+  /** `SSEChannel.size`. */
+  size: number;
+  /** The clients whose `onDisconnect` ran, by name, in order. */
+  disconnected: string[];
+  /** Published messages. */
+  published: number;
+  /** One-off streams begun, and those whose source was closed. */
+  streams: { started: number; closed: number; yielded: number };
+}
+
+/** Options of {@linkcode createApp}. */
+export interface AppOptions {
+  /** The channel's `maxQueue`. @default {65536} */
+  maxQueue?: number;
+}
+
+/** The app: a `Request => Response` handler. */
+export function createApp(
+  options: AppOptions = {},
+): (request: Request) => Promise<Response> {
+  const disconnected: string[] = [];
+  const streams = { started: 0, closed: 0, yielded: 0 };
+  let published = 0;
+  let clients = 0;
+  // No keep-alive and no retry: a connection's first bytes are the headers
+  // alone, so a server that holds them until a body write is caught.
+  const channel = new SSEChannel<string>({
+    keepAlive: 0,
+    maxQueue: options.maxQueue ?? 64 * 1024,
+    onConnect: (request) =>
+      new URL(request.url).searchParams.get("name") ?? `client-${++clients}`,
+    onDisconnect: (name) => disconnected.push(name),
+  });
+
+  async function* ticks(every: number, size: number) {
+    streams.started++;
+    const padding = "x".repeat(size);
+    try {
+      for (let i = 0;; i++) {
+        streams.yielded++;
+        yield { id: String(i), data: `${i} ${padding}` };
+        await new Promise((resolve) => setTimeout(resolve, every));
+      }
+    } finally {
+      streams.closed++;
+    }
+  }
+
+  return async (request) => {
+    const url = new URL(request.url);
+    const query = (name: string, fallback: number) =>
+      Number(url.searchParams.get(name) ?? fallback);
+    switch (`${request.method} ${url.pathname}`) {
+      case "GET /events":
+        return await channel.connect(request);
+      case "POST /flood": {
+        const padding = "x".repeat(query("size", 1024));
+        const ids: string[] = [];
+        for (let i = query("count", 1); i > 0; i--) {
+          ids.push(await channel.publish({ data: `${published} ${padding}` }));
+          published++;
+        }
+        return Response.json({ ids });
+      }
+      case "GET /stream":
+        return sseResponse(ticks(query("every", 20), query("size", 0)), {
+          keepAlive: 0,
+        });
+      case "GET /stats":
+        return Response.json(
+          {
+            size: channel.size,
+            disconnected,
+            published,
+            streams,
+          } satisfies Stats,
+        );
+      default:
+        return new Response("not found", { status: 404 });
+    }
+  };
+}
