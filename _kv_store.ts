@@ -1,0 +1,378 @@
+// Copyright the sse authors. MIT license.
+// How DenoKvBroker (kv.ts) lays a stream out in Deno KV: its keys, its ids,
+// an entry split over values, reading entries back and decoding them. Private:
+// never exported from mod.ts or deno.json.
+//
+// Keys, under the broker's prefix, for a stream `name`:
+//
+//   [...prefix, name, "head"]              { seq }: the newest entry's number
+//   [...prefix, name, "entries", seq]      { time, json }: the first bytes
+//   [...prefix, name, "entries", seq, i]   the next bytes (Uint8Array), i ≥ 1
+//
+// where the bytes are the UTF-8 JSON of `{ topic, message }`. Every entry is
+// written once, in one atomic commit with the head, so its versionstamp is
+// that commit's, and an entry's parts are there whenever its header is.
+
+import { entryProblem, errorMessage, type SSEBrokerEntry } from "./_broker.ts";
+
+/**
+ * Deno KV's limits, as Deno 2.9 sets them (`ext/kv/config.rs`) and as
+ * measured here: a key of 2048 bytes (tuple-encoded), a value of 65 536 bytes
+ * (serialized), 819 200 bytes of keys and values and 1000 mutations in one
+ * atomic commit.
+ */
+export const KV_MAX_KEY = 2_048;
+export const KV_MAX_VALUE = 65_536;
+export const KV_MAX_COMMIT = 819_200;
+export const KV_MAX_MUTATIONS = 1_000;
+
+/** The largest entry stored, in bytes of JSON (768 KiB, 13 values). */
+export const MAX_ENTRY_SIZE = 786_432;
+
+/**
+ * The first bytes of an entry sit in an object with its time, whose
+ * serialization adds about 50 bytes to them.
+ */
+const FIRST_CHUNK = KV_MAX_VALUE - 256;
+/** No sequence number reaches it: the end of a stream's entry range. */
+const END = Infinity;
+const ID = /^([0-9a-f]{20})-([1-9][0-9]{0,15})$/;
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder("utf-8", { fatal: true });
+
+/** A stream's keys. */
+export interface StreamKeys {
+  name: string;
+  head: Deno.KvKey;
+  entries: Deno.KvKey;
+}
+
+/** What a process knows of a stream's head: newest sequence, versionstamp. */
+export interface Head {
+  seq: number;
+  versionstamp: string | null;
+}
+
+/** An entry as read: its sequence, its commit, its bytes, or what is wrong. */
+export interface RawEntry {
+  seq: number;
+  versionstamp: string;
+  chunks: Uint8Array[];
+  /** Why it cannot be decoded, if known already. */
+  fault: string | undefined;
+}
+
+/**
+ * The keys of stream `name` under `prefix`.
+ *
+ * @param prefix The broker's prefix.
+ * @param name The stream.
+ * @returns Its keys.
+ * @throws {RangeError} When they would be longer than Deno KV allows.
+ */
+export function streamKeys(prefix: Deno.KvKey, name: string): StreamKeys {
+  // The longest key is an entry's part: name, "entries", seq, index.
+  const size = keySize([...prefix, name, "entries"]) + 18;
+  if (size > KV_MAX_KEY) {
+    throw new RangeError(
+      `Invalid stream name: its Deno KV keys would take ${size} bytes, the limit is ${KV_MAX_KEY}`,
+    );
+  }
+  return {
+    name,
+    head: [...prefix, name, "head"],
+    entries: [...prefix, name, "entries"],
+  };
+}
+
+/**
+ * The bytes a key takes in Deno KV (tuple encoding: a type byte, the bytes
+ * with NUL escaped, a terminating NUL; 9 bytes for a number).
+ *
+ * @param key A key.
+ * @param what What to call it in an error.
+ * @returns Its size.
+ * @throws {TypeError} For a part that is not a key part.
+ */
+export function keySize(key: Deno.KvKey, what = "key"): number {
+  let size = 0;
+  for (const part of key as unknown[]) size += partSize(part, what);
+  return size;
+}
+
+function partSize(part: unknown, what: string): number {
+  if (typeof part === "string") return bytesSize(encoder.encode(part));
+  if (part instanceof Uint8Array) return bytesSize(part);
+  if (typeof part === "number") return 9;
+  if (typeof part === "boolean") return 1;
+  if (typeof part === "bigint") {
+    return 3 + Math.ceil((part < 0n ? -part : part).toString(16).length / 2);
+  }
+  throw new TypeError(
+    `Invalid ${what}: a Deno KV key part is a string, number, bigint, boolean or Uint8Array, got ${typeof part}`,
+  );
+}
+
+function bytesSize(bytes: Uint8Array): number {
+  let size = bytes.length + 2;
+  for (const byte of bytes) if (byte === 0) size++;
+  return size;
+}
+
+/**
+ * An entry's id: the versionstamp of its commit, a dash, its sequence.
+ *
+ * @param versionstamp The commit's versionstamp (20 hex digits).
+ * @param seq The entry's sequence in its stream.
+ * @returns The id.
+ */
+export function entryId(versionstamp: string, seq: number): string {
+  return `${versionstamp}-${seq}`;
+}
+
+/**
+ * The parts of an id as {@linkcode entryId} writes them.
+ *
+ * @param id Any string.
+ * @returns Versionstamp and sequence, or `undefined` when it is no such id.
+ */
+export function parseId(
+  id: string,
+): { versionstamp: string; seq: number } | undefined {
+  const match = ID.exec(id);
+  if (match === null) return undefined;
+  const seq = Number(match[2]);
+  return Number.isSafeInteger(seq)
+    ? { versionstamp: match[1]!, seq }
+    : undefined;
+}
+
+/**
+ * The entry's JSON bytes.
+ *
+ * @param topic The topic.
+ * @param message The message, without id.
+ * @returns The UTF-8 JSON of `{ topic, message }`.
+ */
+export function encodeEntry(topic: string, message: object): Uint8Array {
+  return encoder.encode(JSON.stringify({ topic, message }));
+}
+
+/**
+ * How many values an entry of `size` bytes takes.
+ *
+ * @param size Its bytes.
+ * @returns Header and parts.
+ */
+export function partCount(size: number): number {
+  return size <= FIRST_CHUNK
+    ? 1
+    : 1 + Math.ceil((size - FIRST_CHUNK) / KV_MAX_VALUE);
+}
+
+/**
+ * Adds an entry to an atomic operation: its header and parts.
+ *
+ * @param operation The commit being built.
+ * @param keys The stream's keys.
+ * @param seq The entry's sequence.
+ * @param entry Its bytes, and the time it is published (for trimming).
+ * @param expireIn When its keys expire, in ms.
+ */
+export function setEntry(
+  operation: Deno.AtomicOperation,
+  keys: StreamKeys,
+  seq: number,
+  entry: { bytes: Uint8Array; time: number },
+  expireIn: number,
+): void {
+  const { bytes, time } = entry;
+  // slice, not subarray: a view would serialize its whole buffer.
+  operation.set([...keys.entries, seq], {
+    time,
+    json: bytes.slice(0, FIRST_CHUNK),
+  }, { expireIn });
+  for (
+    let i = 1, at = FIRST_CHUNK;
+    at < bytes.length;
+    i++, at += KV_MAX_VALUE
+  ) {
+    operation.set(
+      [...keys.entries, seq, i],
+      bytes.slice(at, at + KV_MAX_VALUE),
+      { expireIn },
+    );
+  }
+}
+
+/**
+ * The sequence in a head's value, if it is one a broker wrote.
+ *
+ * @param value The head's value.
+ * @returns Its `seq`.
+ */
+export function headSeq(value: unknown): number | undefined {
+  const seq = (value as { seq?: unknown } | null)?.seq;
+  return typeof seq === "number" && Number.isSafeInteger(seq) && seq >= 0
+    ? seq
+    : undefined;
+}
+
+/**
+ * The time a header carries, if it is one a broker wrote.
+ *
+ * @param value A header's value.
+ * @returns Its `time`.
+ */
+export function headerTime(value: unknown): number | undefined {
+  const time = (value as { time?: unknown } | null)?.time;
+  return typeof time === "number" ? time : undefined;
+}
+
+/**
+ * The stream's head as stored. A stream without one (new, or expired) goes
+ * on after the newest entry still there, so that a new entry never lands
+ * among expired ones that are still visible.
+ *
+ * @param kv The database.
+ * @param keys The stream's keys.
+ * @returns The head, and whether the stored one was not a head at all.
+ */
+export async function readHead(
+  kv: Deno.Kv,
+  keys: StreamKeys,
+): Promise<Head & { invalid: boolean }> {
+  const head = await kv.get(keys.head);
+  const seq = headSeq(head.value);
+  if (head.versionstamp !== null && seq !== undefined) {
+    return { seq, versionstamp: head.versionstamp, invalid: false };
+  }
+  let last = 0;
+  const newest = kv.list({
+    start: [...keys.entries, 1],
+    end: [...keys.entries, END],
+  }, { reverse: true, limit: 1 });
+  for await (const entry of newest) {
+    last = entry.key[keys.entries.length] as number;
+  }
+  return {
+    seq: last,
+    versionstamp: head.versionstamp,
+    invalid: head.versionstamp !== null,
+  };
+}
+
+/**
+ * The keys of the entries of a stream from `from` to `to` (both included),
+ * oldest first: for trimming.
+ *
+ * @param kv The database.
+ * @param keys The stream's keys.
+ * @param range Sequences `from` and `to`, and `limit` on the keys listed.
+ * @returns The listing (values included).
+ */
+export function listRange(
+  kv: Deno.Kv,
+  keys: StreamKeys,
+  range: { from: number; to: number; limit: number },
+): Deno.KvListIterator<unknown> {
+  return kv.list({
+    start: [...keys.entries, range.from],
+    end: [...keys.entries, range.to + 1],
+  }, { limit: range.limit, batchSize: Math.min(range.limit, 500) });
+}
+
+/**
+ * The entries of a stream from sequence `from` on, each with its parts,
+ * read in pages of `batchSize` keys (each page one snapshot).
+ *
+ * @param kv The database.
+ * @param keys The stream's keys.
+ * @param from The first sequence.
+ * @param batchSize Keys per page.
+ * @returns The entries.
+ */
+export async function* readEntries(
+  kv: Deno.Kv,
+  keys: StreamKeys,
+  from: number,
+  batchSize: number,
+): AsyncGenerator<RawEntry> {
+  const depth = keys.entries.length;
+  let current: RawEntry | undefined;
+  const list = kv.list({
+    start: [...keys.entries, from],
+    end: [...keys.entries, END],
+  }, { batchSize });
+  for await (const { key, value, versionstamp } of list) {
+    const seq = key[depth];
+    if (typeof seq !== "number" || !Number.isSafeInteger(seq) || seq < 1) {
+      continue; // not a key a broker writes
+    }
+    if (key.length === depth + 1) {
+      if (current !== undefined) yield current;
+      current = { seq, versionstamp, chunks: [], fault: undefined };
+      const json = (value as { json?: unknown } | null)?.json;
+      if (headerTime(value) === undefined || !(json instanceof Uint8Array)) {
+        current.fault = "expected { time, json }";
+      } else {
+        current.chunks.push(json);
+      }
+    } else if (current?.seq === seq && current.fault === undefined) {
+      if (
+        !(value instanceof Uint8Array) ||
+        key[depth + 1] !== current.chunks.length
+      ) {
+        current.fault = `part ${String(key[depth + 1])} is not the next bytes`;
+      } else {
+        current.chunks.push(value);
+      }
+    }
+  }
+  if (current !== undefined) yield current;
+}
+
+/**
+ * An entry as read, decoded.
+ *
+ * @param raw The entry as read.
+ * @returns The entry, or why it cannot be one.
+ */
+export function decodeEntry(
+  raw: RawEntry,
+): { entry: SSEBrokerEntry } | { fault: string } {
+  if (raw.fault !== undefined) return { fault: raw.fault };
+  try {
+    const { topic, message } = JSON.parse(decoder.decode(join(raw.chunks)));
+    const entry = { id: entryId(raw.versionstamp, raw.seq), topic, message };
+    const fault = entryProblem(entry);
+    return fault === undefined ? { entry } : { fault };
+  } catch (error) {
+    return { fault: errorMessage(error) };
+  }
+}
+
+/**
+ * Whether an error is SQLite's "database is locked": another connection was
+ * writing, so the same operation may succeed a moment later.
+ *
+ * @param error What was thrown.
+ * @returns `true` when it is worth retrying.
+ */
+export function isBusy(error: unknown): boolean {
+  return /database is locked|database is busy/i.test(errorMessage(error));
+}
+
+function join(chunks: Uint8Array[]): Uint8Array {
+  if (chunks.length === 1) return chunks[0]!;
+  let length = 0;
+  for (const chunk of chunks) length += chunk.length;
+  const joined = new Uint8Array(length);
+  let at = 0;
+  for (const chunk of chunks) {
+    joined.set(chunk, at);
+    at += chunk.length;
+  }
+  return joined;
+}

@@ -1,0 +1,910 @@
+// Copyright the sse authors. MIT license.
+/**
+ * {@linkcode DenoKvBroker}: an {@linkcode SSEBroker} on Deno KV, the shared
+ * state Deno Deploy gives every instance of an application, or a local SQLite
+ * file shared by processes on one machine.
+ *
+ * - **Ids** carry the versionstamp of the atomic commit that stored the entry
+ *   (`"00000000000012a40000-42"`: versionstamp, dash, the entry's sequence
+ *   number in its stream), so they are ordered and unique across every
+ *   instance, and never reused, even when a stream expires and starts again.
+ * - **Live delivery:** each process watches one small key per stream it
+ *   serves (`kv.watch()`), and on each change reads every entry after the last
+ *   one it delivered: a watch may skip states, so the entries never travel in
+ *   it. `kv.watch()` does not see the writes of another process on a local
+ *   SQLite file, so a poll (every `pollInterval` ms) backs it up: two
+ *   `deno run` processes on one file work as they are.
+ * - **History** for resume: the entries of a stream are kept in KV, about
+ *   the last `replay` of them (an entry beyond them is deleted once it is
+ *   `trimDelay` ms old, so that every instance has read it), and every key
+ *   expires `expireIn` ms after it was written, so an abandoned stream
+ *   disappears on its own.
+ * - **Large events:** Deno KV holds at most 64 KiB in a value, so a larger
+ *   entry is split over several keys written in the same atomic commit and
+ *   joined again when read, up to {@linkcode DENO_KV_MAX_ENTRY_SIZE} bytes
+ *   (768 KiB of JSON: an atomic commit holds at most 800 KiB).
+ *
+ * Keys, under `prefix` (`["sse"]` by default), for a stream `name`:
+ *
+ * | key                                    | value                                    |
+ * | -------------------------------------- | ---------------------------------------- |
+ * | `[...prefix, name, "head"]`            | `{ seq }`: the newest entry's number     |
+ * | `[...prefix, name, "entries", seq]`    | `{ time, json }`: first bytes of the entry |
+ * | `[...prefix, name, "entries", seq, i]` | the next bytes (`Uint8Array`), `i` ≥ 1   |
+ *
+ * where the bytes are the UTF-8 JSON of `{ topic, message }`.
+ *
+ * Deno KV is unstable outside Deno Deploy: run with `--unstable-kv` (or
+ * `"unstable": ["kv"]` in `deno.json`). That is why this module is not
+ * re-exported from the package root.
+ *
+ * @example Share one channel between the instances of a Deno Deploy app
+ * ```ts
+ * import { DenoKvBroker } from "@sse/sse/kv";
+ * import { SSEChannel } from "@sse/sse/server";
+ *
+ * // On Deno Deploy, Deno.openKv() with no argument opens the app's database.
+ * const kv = await Deno.openKv(":memory:");
+ * const broker = new DenoKvBroker({ kv });
+ * const news = new SSEChannel({ name: "news", broker, replay: 1000 });
+ *
+ * // Serve it with Deno.serve((request) => news.connect(request)); publish
+ * // from any instance with news.publish({ data: "hello" }). On shutdown:
+ * await news.close();
+ * await broker.close();
+ * kv.close();
+ * ```
+ *
+ * @module
+ */
+
+import {
+  BrokerSubscription,
+  checkHistory,
+  checkPublish,
+  checkSubscribe,
+  errorMessage,
+  errorReporter,
+  type SSEBroker,
+  type SSEBrokerEntry,
+  type SSEBrokerSubscription,
+} from "./_broker.ts";
+import type { SSEMessage } from "./encoder.ts";
+import {
+  decodeEntry,
+  encodeEntry,
+  entryId,
+  type Head,
+  headerTime,
+  headSeq,
+  isBusy,
+  keySize,
+  KV_MAX_COMMIT,
+  KV_MAX_KEY,
+  KV_MAX_MUTATIONS,
+  listRange,
+  MAX_ENTRY_SIZE,
+  parseId,
+  partCount,
+  type RawEntry,
+  readEntries,
+  readHead,
+  setEntry,
+  type StreamKeys,
+  streamKeys,
+} from "./_kv_store.ts";
+import { Pause } from "./_pause.ts";
+import { startInterval, startTimeout, type Timer } from "./_timer.ts";
+
+export type { SSEBroker, SSEBrokerEntry, SSEBrokerSubscription, SSEMessage };
+
+/**
+ * The largest entry {@linkcode DenoKvBroker} stores, in bytes: its topic and
+ * message as UTF-8 JSON (768 KiB). Deno KV holds at most 64 KiB in a value,
+ * and 800 KiB of keys and values in one atomic commit.
+ */
+export const DENO_KV_MAX_ENTRY_SIZE: number = MAX_ENTRY_SIZE;
+
+/** Options of {@linkcode DenoKvBroker}. */
+export interface DenoKvBrokerOptions {
+  /**
+   * The database, opened by the caller (`await Deno.openKv()` on Deno
+   * Deploy, `await Deno.openKv(path)` for a local file). The broker never
+   * closes it: `close()` leaves it open for its owner.
+   */
+  kv: Deno.Kv;
+  /**
+   * The key prefix under which the broker keeps its streams. Brokers (in any
+   * process) with the same `kv` and prefix share streams.
+   * @default {["sse"]}
+   */
+  prefix?: Deno.KvKey;
+  /**
+   * Milliseconds between two polls of the streams this process reads. A
+   * watch delivers other instances' entries at once on Deno Deploy and
+   * between handles of one process; the poll is what brings the entries
+   * another process wrote to a local file, which `kv.watch()` does not see.
+   * `Infinity` turns it off (watch only).
+   * @default {1000}
+   */
+  pollInterval?: number;
+  /**
+   * Milliseconds after which every key the broker writes expires: an entry
+   * this long after it was published, a stream's head this long after its
+   * last publish. A client that comes back later than this is not resumed.
+   * @default {86_400_000} (one day)
+   */
+  expireIn?: number;
+  /**
+   * An entry beyond the newest `replay` of its stream is deleted once it is
+   * at least this many milliseconds old, so that every instance (polling, or
+   * slowed down) has read it before it goes. Until then a stream keeps more
+   * than `replay` entries.
+   * @default {30_000}
+   */
+  trimDelay?: number;
+  /**
+   * Called with an error no caller can be told of: a stream that cannot be
+   * read (once per outage, not at every retry), an entry that does not decode
+   * (it is skipped), entries trimmed before this process read them.
+   * @default {writes one line to stderr with console.error}
+   */
+  onError?: (error: Error) => void;
+}
+
+/** What one key adds to a commit beyond its bytes, for the budget. */
+const KEY_MARGIN = 16;
+
+const DEFAULT_PREFIX: Deno.KvKey = ["sse"];
+const DEFAULT_POLL_INTERVAL = 1_000;
+const DEFAULT_EXPIRE_IN = 86_400_000;
+const DEFAULT_TRIM_DELAY = 30_000;
+/** How long `close()` waits for operations in flight. */
+const CLOSE_TIMEOUT = 1_000;
+/** Commits that lost the race to another publisher before `publish` gives up. */
+const MAX_ATTEMPTS = 50;
+/** Keys read per list page. */
+const PAGE = 200;
+
+/** One publish waiting for its commit. */
+interface Pending {
+  bytes: Uint8Array;
+  replay: number;
+  resolve: (id: string) => void;
+  reject: (error: unknown) => void;
+}
+
+/** The publishing side of one stream in this broker. */
+interface Writer {
+  name: string;
+  keys: StreamKeys;
+  queue: Pending[];
+  running: boolean;
+  /** As left by this broker's last commit; re-read when another wrote. */
+  head: Head | undefined;
+  /** Every entry up to this sequence is known to be deleted. */
+  trimmed: number;
+  /** No entry beyond `replay` is old enough to trim before this time. */
+  trimAt: number;
+  pause: Pause;
+}
+
+/** One subscription's delivery state. */
+interface Subscriber {
+  onEntry: (entry: SSEBrokerEntry) => void;
+  /** Sequence of the last entry delivered to it (or skipped for it). */
+  after: number;
+  active: boolean;
+}
+
+/** The reading side of one stream in this broker, shared by subscriptions. */
+interface Reader {
+  name: string;
+  keys: StreamKeys;
+  subscribers: Set<Subscriber>;
+  /** Sequence of the last entry read; `undefined` until the head is known. */
+  cursor: number | undefined;
+  /** The newest head sequence seen by the watch, the poll or a publish. */
+  seen: number;
+  pulling: Promise<void> | undefined;
+  again: boolean;
+  watch: ReadableStreamDefaultReader<Deno.KvEntryMaybe<unknown>[]> | undefined;
+  retired: boolean;
+}
+
+/**
+ * An {@linkcode SSEBroker} on Deno KV: events published on any instance of a
+ * Deno Deploy app (or any process on one local database file) reach the
+ * subscribers of every instance, and a client resumes on any of them.
+ *
+ * `publish` resolves once the entry is committed. Publishes of one process to
+ * one stream are committed in order, several in one commit when they queue
+ * up; publishers in different processes take turns by the stream's head key
+ * (a commit that lost the race reads the head again and retries).
+ *
+ * @example Two brokers on one database, as two instances would be
+ * ```ts
+ * import { DenoKvBroker } from "@sse/sse/kv";
+ * import assert from "node:assert/strict";
+ *
+ * const kv = await Deno.openKv(":memory:");
+ * const a = new DenoKvBroker({ kv });
+ * const b = new DenoKvBroker({ kv });
+ * const first = await a.publish("news", { topic: "", message: { data: "one" } }, { replay: 100 });
+ * await a.publish("news", { topic: "", message: { data: "two" } }, { replay: 100 });
+ *
+ * // Resume on the other broker after the first id.
+ * const missed = await b.history("news", { after: first, limit: 10 });
+ * assert.deepEqual(missed?.map((entry) => entry.message.data), ["two"]);
+ *
+ * await a.close();
+ * await b.close();
+ * kv.close();
+ * ```
+ */
+export class DenoKvBroker implements SSEBroker {
+  #kv: Deno.Kv;
+  #prefix: Deno.KvKey;
+  #pollInterval: number;
+  #expireIn: number;
+  #trimDelay: number;
+  /** Calls `onError`, or writes one line to stderr; never throws. */
+  #report: (error: Error) => void;
+  #writers = new Map<string, Writer>();
+  #readers = new Map<string, Reader>();
+  #poll: Timer | undefined;
+  #polling = false;
+  /** Work in flight, which `close()` waits for (up to a bound). */
+  #tasks = new Set<Promise<unknown>>();
+  #healthy = true;
+  #closed = false;
+  #closing: Promise<void> | undefined;
+
+  /**
+   * Creates a broker on a database the caller opened. Nothing is read or
+   * written until the first `publish`, `subscribe` or `history`.
+   *
+   * @param options The database (`kv`), and `prefix`, `pollInterval`,
+   * `expireIn`, `trimDelay`, `onError`.
+   * @throws {TypeError} When `kv` is not a `Deno.Kv`, or `prefix` not a key,
+   * or `onError` not a function.
+   * @throws {RangeError} When `pollInterval`, `expireIn` or `trimDelay` is
+   * out of range, or `prefix` too long for a Deno KV key.
+   */
+  constructor(options: DenoKvBrokerOptions) {
+    const {
+      kv,
+      prefix = DEFAULT_PREFIX,
+      pollInterval = DEFAULT_POLL_INTERVAL,
+      expireIn = DEFAULT_EXPIRE_IN,
+      trimDelay = DEFAULT_TRIM_DELAY,
+      onError,
+    } = options ?? {};
+    for (const method of ["atomic", "get", "list", "watch"] as const) {
+      if (
+        typeof (kv as Partial<Deno.Kv> | undefined)?.[method] !== "function"
+      ) {
+        throw new TypeError(
+          "Invalid kv: expected a Deno.Kv, as Deno.openKv() resolves to",
+        );
+      }
+    }
+    if (!Array.isArray(prefix)) {
+      throw new TypeError("Invalid prefix: expected an array of key parts");
+    }
+    if (!(pollInterval > 0)) {
+      throw new RangeError(
+        `Invalid pollInterval: expected a positive number of ms, got ${pollInterval}`,
+      );
+    }
+    if (!Number.isSafeInteger(expireIn) || expireIn <= 0) {
+      throw new RangeError(
+        `Invalid expireIn: expected a positive integer of ms, got ${expireIn}`,
+      );
+    }
+    if (!(trimDelay >= 0) || trimDelay === Infinity) {
+      throw new RangeError(
+        `Invalid trimDelay: expected a non-negative number of ms, got ${trimDelay}`,
+      );
+    }
+    this.#report = errorReporter("DenoKvBroker", onError);
+    this.#kv = kv;
+    this.#prefix = [...prefix];
+    const prefixSize = keySize(this.#prefix, "prefix");
+    if (prefixSize > KV_MAX_KEY / 2) {
+      throw new RangeError(
+        `Invalid prefix: it takes ${prefixSize} bytes of a Deno KV key, at most ${
+          KV_MAX_KEY / 2
+        } leave room for stream names`,
+      );
+    }
+    this.#pollInterval = pollInterval;
+    this.#expireIn = expireIn;
+    this.#trimDelay = trimDelay;
+  }
+
+  /**
+   * Stores the message as the stream's next entry, in one atomic commit, and
+   * trims the stream to about `replay` entries.
+   *
+   * @param name The stream (a channel's `name`).
+   * @param entry The topic (`""` for none) and the message; its `id`, if any,
+   * is left out (the broker assigns the id).
+   * @param options `replay`: how many entries the stream keeps for resume.
+   * @returns The id, once the entry is committed. Rejects, storing nothing,
+   * when the commit fails.
+   * @throws {RangeError} When the entry is larger than
+   * {@linkcode DENO_KV_MAX_ENTRY_SIZE} or the name makes a key longer than
+   * Deno KV allows (the promise rejects).
+   * @throws {TypeError} When an argument is invalid, or the broker is closed
+   * (the promise rejects).
+   */
+  publish(
+    name: string,
+    entry: { topic: string; message: SSEMessage },
+    options: { replay: number },
+  ): Promise<string> {
+    try {
+      if (this.#closed) throw new TypeError("Cannot publish: broker is closed");
+      const { topic, message, replay } = checkPublish(name, entry, options);
+      const bytes = encodeEntry(topic, message);
+      if (bytes.length > MAX_ENTRY_SIZE) {
+        throw new RangeError(
+          `Entry too large for Deno KV: ${bytes.length} bytes of JSON, the limit is ${MAX_ENTRY_SIZE} (768 KiB)`,
+        );
+      }
+      const writer = this.#writer(name);
+      return new Promise<string>((resolve, reject) => {
+        writer.queue.push({ bytes, replay, resolve, reject });
+        if (!writer.running) this.#track(this.#write(writer));
+      });
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
+  /**
+   * Delivers every entry of the stream committed after this call, from every
+   * process, in order, each once, until `unsubscribe()`.
+   *
+   * @param name The stream.
+   * @param onEntry Called with each entry, synchronously; must not throw (a
+   * throw is reported through `onError`).
+   * @returns The subscription, once the stream's head is read. Rejects when
+   * the database cannot be read.
+   * @throws {TypeError} When an argument is invalid or the broker is closed
+   * (the promise rejects).
+   */
+  async subscribe(
+    name: string,
+    onEntry: (entry: SSEBrokerEntry) => void,
+  ): Promise<SSEBrokerSubscription> {
+    if (this.#closed) throw new TypeError("Cannot subscribe: broker is closed");
+    checkSubscribe(name, onEntry);
+    const reader = this.#reader(name);
+    // Nothing is delivered to it until its starting point is known.
+    const subscriber: Subscriber = { onEntry, after: Infinity, active: true };
+    reader.subscribers.add(subscriber);
+    const release = () => this.#release(reader, subscriber);
+    try {
+      const { seq } = await this.#task(this.#readHead(reader.keys));
+      if (this.#closed) {
+        throw new TypeError("Cannot subscribe: broker is closed");
+      }
+      subscriber.after = seq;
+      // A reader may have read past `seq` already: those entries were
+      // committed while this call was in progress, so they may be skipped.
+      if (reader.cursor === undefined || reader.cursor < seq) {
+        reader.cursor ??= seq;
+        this.#pull(reader, seq);
+      }
+      this.#ensurePoll();
+      return new BrokerSubscription(release);
+    } catch (error) {
+      release();
+      if (error instanceof TypeError) throw error;
+      throw new Error(
+        `Cannot subscribe to ${JSON.stringify(name)}: ${errorMessage(error)}`,
+        { cause: error },
+      );
+    }
+  }
+
+  /**
+   * Up to `limit` kept entries of the stream after the entry `after`,
+   * oldest first, read in pages of one snapshot each.
+   *
+   * @param name The stream.
+   * @param options `after`: an id this stream issued; `limit`: the most
+   * entries to return (a positive integer).
+   * @returns The entries; `[]` when `after` is the newest; `null` when
+   * `after` is not an entry this stream still keeps (another stream's id, a
+   * malformed or future one, one trimmed or expired, or one of an earlier
+   * incarnation of the stream). Rejects when the database cannot be read.
+   * @throws {TypeError} When an argument is invalid or the broker is closed
+   * (the promise rejects).
+   * @throws {RangeError} When `limit` is not a positive integer (the promise
+   * rejects).
+   */
+  async history(
+    name: string,
+    options: { after: string; limit: number },
+  ): Promise<SSEBrokerEntry[] | null> {
+    if (this.#closed) throw new TypeError("Cannot read: broker is closed");
+    const { after, limit } = checkHistory(name, options);
+    const keys = streamKeys(this.#prefix, name);
+    const id = parseId(after);
+    if (id === undefined) return null;
+    const entries: SSEBrokerEntry[] = [];
+    let found = false;
+    const batchSize = Math.min(limit + 1, PAGE);
+    const reading = this.#task((async () => {
+      for await (const raw of readEntries(this.#kv, keys, id.seq, batchSize)) {
+        if (!found) {
+          // The first entry must be `after` itself, under the same commit.
+          if (raw.seq !== id.seq || raw.versionstamp !== id.versionstamp) {
+            return;
+          }
+          found = true;
+          continue;
+        }
+        const entry = this.#decode(name, raw);
+        if (entry !== undefined) entries.push(entry);
+        if (entries.length === limit) return;
+      }
+    })());
+    await reading;
+    return found ? entries : null;
+  }
+
+  /**
+   * Ends every subscription, stops watching and polling, rejects the
+   * publishes not yet sent, and waits for the operations in flight: at most
+   * one second, even when the database does not answer. The database stays
+   * open. Later calls to `publish`, `subscribe` and `history` reject.
+   * Idempotent.
+   *
+   * @returns Once everything is released (or after the bound).
+   */
+  close(): Promise<void> {
+    if (this.#closing !== undefined) return this.#closing;
+    this.#closed = true;
+    clearInterval(this.#poll);
+    this.#poll = undefined;
+    for (const writer of this.#writers.values()) {
+      writer.pause.cancel();
+      const queue = writer.queue.splice(0);
+      for (const pending of queue) {
+        pending.reject(new TypeError("Cannot publish: broker is closed"));
+      }
+    }
+    this.#writers.clear();
+    for (const reader of this.#readers.values()) this.#retire(reader);
+    this.#readers.clear();
+    this.#closing = this.#settle();
+    return this.#closing;
+  }
+
+  async #settle(): Promise<void> {
+    let timer: Timer | undefined;
+    const bound = new Promise<void>((resolve) => {
+      timer = startTimeout(resolve, CLOSE_TIMEOUT);
+    });
+    await Promise.race([Promise.allSettled([...this.#tasks]), bound]);
+    clearTimeout(timer);
+  }
+
+  /** Runs `promise` as work that `close()` waits for. */
+  #task<T>(promise: Promise<T>): Promise<T> {
+    this.#tasks.add(promise);
+    const done = () => this.#tasks.delete(promise);
+    promise.then(done, done);
+    return promise;
+  }
+
+  /** Like {@linkcode #task}, for work nobody awaits: never rejects. */
+  #track(promise: Promise<unknown>): void {
+    this.#task(promise).catch((error) =>
+      this.#report(error instanceof Error ? error : new Error(String(error)))
+    );
+  }
+
+  /** The stream's head as stored (see `readHead`); a foreign one reported. */
+  async #readHead(keys: StreamKeys): Promise<Head> {
+    const { seq, versionstamp, invalid } = await readHead(this.#kv, keys);
+    if (invalid) {
+      this.#report(
+        new TypeError(
+          `Invalid head of stream ${
+            JSON.stringify(keys.name)
+          }: expected { seq }, going on after entry ${seq}`,
+        ),
+      );
+    }
+    return { seq, versionstamp };
+  }
+
+  // ---------------------------------------------------------------- publish
+
+  #writer(name: string): Writer {
+    let writer = this.#writers.get(name);
+    if (writer === undefined) {
+      writer = {
+        name,
+        keys: streamKeys(this.#prefix, name),
+        queue: [],
+        running: false,
+        head: undefined,
+        trimmed: 0,
+        trimAt: 0,
+        pause: new Pause(),
+      };
+      this.#writers.set(name, writer);
+    }
+    return writer;
+  }
+
+  /** Commits the stream's queued publishes, as many per commit as fit. */
+  async #write(writer: Writer): Promise<void> {
+    writer.running = true;
+    try {
+      while (writer.queue.length > 0) {
+        const batch = this.#batch(writer);
+        let ids: string[];
+        try {
+          ids = await this.#commit(writer, batch);
+        } catch (error) {
+          const failure = this.#closed
+            ? new TypeError("Cannot publish: broker is closed")
+            : new Error(
+              `Cannot publish to ${JSON.stringify(writer.name)}: ${
+                errorMessage(error)
+              }`,
+              { cause: error },
+            );
+          for (const pending of batch) pending.reject(failure);
+          continue;
+        }
+        for (const [i, pending] of batch.entries()) pending.resolve(ids[i]!);
+        const seq = writer.head!.seq;
+        const reader = this.#readers.get(writer.name);
+        if (reader !== undefined) this.#pull(reader, seq);
+        if (!this.#closed) await this.#trim(writer, batch.at(-1)!.replay);
+      }
+    } finally {
+      writer.running = false;
+    }
+  }
+
+  /** Takes the queued publishes that fit in one commit. */
+  #batch(writer: Writer): Pending[] {
+    const entryKey = keySize(writer.keys.entries) + 18;
+    let size = keySize(writer.keys.head) * 2 + 64;
+    let mutations = 1;
+    let count = 0;
+    for (const pending of writer.queue) {
+      const parts = partCount(pending.bytes.length);
+      const cost = pending.bytes.length + 64 +
+        parts * (entryKey + KEY_MARGIN);
+      if (
+        count > 0 && (size + cost > KV_MAX_COMMIT ||
+          mutations + parts > KV_MAX_MUTATIONS)
+      ) break;
+      size += cost;
+      mutations += parts;
+      count++;
+    }
+    return writer.queue.splice(0, count);
+  }
+
+  /**
+   * Commits the batch after the stream's head, retrying while another
+   * publisher moved the head meanwhile, or held the database (SQLite answers
+   * "database is locked" when two connections write at once): both pass.
+   */
+  async #commit(writer: Writer, batch: Pending[]): Promise<string[]> {
+    for (let attempt = 1;; attempt++) {
+      let ids: string[] | undefined;
+      try {
+        ids = await this.#attempt(writer, batch);
+      } catch (error) {
+        if (!isBusy(error) || attempt === MAX_ATTEMPTS) throw error;
+      }
+      if (ids !== undefined) return ids;
+      writer.head = undefined;
+      if (this.#closed) throw new TypeError("Cannot publish: broker is closed");
+      if (attempt === MAX_ATTEMPTS) {
+        throw new Error(
+          `${attempt} commits in a row lost the race to other publishers`,
+        );
+      }
+      await writer.pause.wait(Math.random() * Math.min(2 ** attempt, 100));
+    }
+  }
+
+  /**
+   * One atomic commit of the batch after the head this broker knows, checked
+   * against the head's versionstamp.
+   *
+   * @returns The ids, or `undefined` when the head moved.
+   */
+  async #attempt(
+    writer: Writer,
+    batch: Pending[],
+  ): Promise<string[] | undefined> {
+    const { keys } = writer;
+    const expireIn = this.#expireIn;
+    const head = writer.head ??= await this.#readHead(keys);
+    const operation = this.#kv.atomic().check({
+      key: keys.head,
+      versionstamp: head.versionstamp,
+    });
+    let seq = head.seq;
+    const seqs: number[] = [];
+    const time = Date.now();
+    for (const { bytes } of batch) {
+      seqs.push(++seq);
+      setEntry(operation, keys, seq, { bytes, time }, expireIn);
+    }
+    operation.set(keys.head, { seq }, { expireIn });
+    const result = await operation.commit();
+    if (!result.ok) return undefined;
+    writer.head = { seq, versionstamp: result.versionstamp };
+    return seqs.map((seq) => entryId(result.versionstamp, seq));
+  }
+
+  /**
+   * Deletes the entries beyond the newest `replay` that are at least
+   * `trimDelay` old, once a tenth of `replay` (at least one) can go, oldest
+   * first, at most one commit's worth at a time: an entry still there is
+   * followed by every later one.
+   */
+  async #trim(writer: Writer, replay: number): Promise<void> {
+    const floor = writer.head!.seq - replay;
+    const step = Math.max(1, Math.ceil(replay / 10));
+    const now = Date.now();
+    if (floor - writer.trimmed < step || now < writer.trimAt) return;
+    const depth = writer.keys.entries.length;
+    const old = now - this.#trimDelay;
+    let doomed: Deno.KvKey[] = [];
+    // Everything up to `floor` goes, unless the scan stops earlier.
+    let last = floor;
+    try {
+      const list = listRange(this.#kv, writer.keys, {
+        from: writer.trimmed + 1,
+        to: floor,
+        limit: KV_MAX_MUTATIONS,
+      });
+      for await (const { key, value } of list) {
+        const time = headerTime(value);
+        if (key.length === depth + 1 && time !== undefined && time > old) {
+          // Too young: try again when it is old enough.
+          writer.trimAt = time + this.#trimDelay;
+          last = (key[depth] as number) - 1;
+          break;
+        }
+        doomed.push(key);
+      }
+      if (last === floor && doomed.length === KV_MAX_MUTATIONS) {
+        // A full page: its last entry may have more parts; it goes next time.
+        last = (doomed.at(-1)![depth] as number) - 1;
+        doomed = doomed.filter((key) => (key[depth] as number) <= last);
+      }
+      if (doomed.length > 0) {
+        const operation = this.#kv.atomic();
+        for (const key of doomed) operation.delete(key);
+        await operation.commit();
+      }
+      writer.trimmed = Math.max(writer.trimmed, last);
+    } catch (error) {
+      this.#fault(error, `Cannot trim ${JSON.stringify(writer.name)}`);
+    }
+  }
+
+  // ---------------------------------------------------------------- read
+
+  #reader(name: string): Reader {
+    let reader = this.#readers.get(name);
+    if (reader === undefined) {
+      reader = {
+        name,
+        keys: streamKeys(this.#prefix, name),
+        subscribers: new Set(),
+        cursor: undefined,
+        seen: 0,
+        pulling: undefined,
+        again: false,
+        watch: undefined,
+        retired: false,
+      };
+      this.#readers.set(name, reader);
+      this.#startWatch(reader);
+    }
+    return reader;
+  }
+
+  #release(reader: Reader, subscriber: Subscriber): void {
+    subscriber.active = false;
+    reader.subscribers.delete(subscriber);
+    if (reader.subscribers.size > 0 || reader.retired) return;
+    if (this.#readers.get(reader.name) === reader) {
+      this.#readers.delete(reader.name);
+    }
+    this.#retire(reader);
+    if (this.#readers.size === 0) {
+      clearInterval(this.#poll);
+      this.#poll = undefined;
+    }
+  }
+
+  /** Stops a reader: no more delivery, its watch cancelled. */
+  #retire(reader: Reader): void {
+    reader.retired = true;
+    for (const subscriber of reader.subscribers) subscriber.active = false;
+    reader.subscribers.clear();
+    const watch = reader.watch;
+    reader.watch = undefined;
+    if (watch !== undefined) this.#track(watch.cancel());
+  }
+
+  /**
+   * Watches the stream's head: each change it reports makes the reader read
+   * what is new. It reports changes made through any handle of this process
+   * (and, on Deno Deploy, anywhere); the poll covers the rest.
+   */
+  #startWatch(reader: Reader): void {
+    let watch: ReadableStreamDefaultReader<Deno.KvEntryMaybe<unknown>[]>;
+    try {
+      watch = this.#kv.watch([reader.keys.head]).getReader();
+    } catch (error) {
+      // The poll tries again.
+      this.#fault(error, `Cannot watch ${JSON.stringify(reader.name)}`);
+      return;
+    }
+    reader.watch = watch;
+    this.#track((async () => {
+      try {
+        for (;;) {
+          const { value, done } = await watch.read();
+          if (done || reader.retired) return;
+          const seq = headSeq(value[0]?.value);
+          if (seq !== undefined) this.#pull(reader, seq);
+        }
+      } catch (error) {
+        if (reader.retired || this.#closed) return;
+        // The poll starts a new watch.
+        if (reader.watch === watch) reader.watch = undefined;
+        this.#fault(error, `Cannot watch ${JSON.stringify(reader.name)}`);
+      }
+    })());
+  }
+
+  #ensurePoll(): void {
+    if (this.#poll !== undefined || this.#closed) return;
+    this.#poll = startInterval(() => {
+      if (this.#polling) return;
+      this.#polling = true;
+      this.#track(this.#pollAll().finally(() => this.#polling = false));
+    }, this.#pollInterval);
+  }
+
+  /** Reads every watched stream's head, and what is new after it. */
+  async #pollAll(): Promise<void> {
+    for (const reader of [...this.#readers.values()]) {
+      if (reader.retired || this.#closed) continue;
+      if (reader.watch === undefined) this.#startWatch(reader);
+      let seq: number | undefined;
+      try {
+        seq = headSeq((await this.#kv.get(reader.keys.head)).value);
+      } catch (error) {
+        this.#fault(error, `Cannot read ${JSON.stringify(reader.name)}`);
+        return;
+      }
+      if (seq !== undefined) await this.#pull(reader, seq);
+    }
+  }
+
+  /**
+   * Reads what is new in the stream, once at a time: a call while a read is
+   * in flight makes it read again when done.
+   *
+   * @param seen A head sequence just observed.
+   */
+  #pull(reader: Reader, seen: number): Promise<void> {
+    if (seen > reader.seen || seen < (reader.cursor ?? 0)) reader.seen = seen;
+    if (reader.pulling !== undefined) {
+      reader.again = true;
+      return reader.pulling;
+    }
+    const pulling = this.#task((async () => {
+      try {
+        do {
+          reader.again = false;
+          await this.#read(reader);
+        } while (reader.again && !reader.retired);
+      } catch (error) {
+        this.#fault(error, `Cannot read ${JSON.stringify(reader.name)}`);
+      } finally {
+        reader.pulling = undefined;
+      }
+    })());
+    reader.pulling = pulling;
+    return pulling;
+  }
+
+  /** Reads every entry after the cursor and delivers it. */
+  async #read(reader: Reader): Promise<void> {
+    if (reader.cursor === undefined || reader.retired) return;
+    if (reader.seen < reader.cursor) await this.#restarted(reader);
+    let expected = reader.cursor + 1;
+    const entries = readEntries(this.#kv, reader.keys, expected, PAGE);
+    for await (const raw of entries) {
+      if (reader.retired) return;
+      if (raw.seq > expected && reader.cursor > 0) {
+        this.#report(
+          new Error(
+            `Entries ${expected} to ${raw.seq - 1} of stream ${
+              JSON.stringify(reader.name)
+            } were trimmed or expired before this broker read them`,
+          ),
+        );
+      }
+      reader.cursor = raw.seq;
+      expected = raw.seq + 1;
+      const entry = this.#decode(reader.name, raw);
+      for (const subscriber of reader.subscribers) {
+        if (!subscriber.active || subscriber.after >= raw.seq) continue;
+        subscriber.after = raw.seq;
+        if (entry === undefined) continue;
+        try {
+          subscriber.onEntry(entry);
+        } catch (error) {
+          this.#report(
+            new Error(`onEntry threw: ${errorMessage(error)}`, {
+              cause: error,
+            }),
+          );
+        }
+      }
+    }
+    reader.seen = Math.max(reader.seen, reader.cursor);
+    this.#healthy = true;
+  }
+
+  /**
+   * The head is behind the cursor: the stream expired and started again,
+   * unless the entry at the cursor is still there (a stale read).
+   */
+  async #restarted(reader: Reader): Promise<void> {
+    const at = await this.#kv.get([...reader.keys.entries, reader.cursor!]);
+    if (at.versionstamp !== null) {
+      reader.seen = reader.cursor!;
+      return;
+    }
+    reader.cursor = 0;
+    for (const subscriber of reader.subscribers) subscriber.after = 0;
+  }
+
+  /** The entry, or `undefined` (reported) when it does not decode. */
+  #decode(name: string, raw: RawEntry): SSEBrokerEntry | undefined {
+    const decoded = decodeEntry(raw);
+    if ("entry" in decoded) return decoded.entry;
+    this.#report(
+      new SyntaxError(
+        `Invalid entry ${entryId(raw.versionstamp, raw.seq)} of stream ${
+          JSON.stringify(name)
+        }: ${decoded.fault}`,
+      ),
+    );
+    return undefined;
+  }
+
+  /** Reports a failure to reach the database, once per outage. */
+  #fault(error: unknown, context: string): void {
+    if (this.#closed || !this.#healthy) return;
+    this.#healthy = false;
+    this.#report(
+      new Error(`${context}: ${errorMessage(error)}`, { cause: error }),
+    );
+  }
+}

@@ -1,0 +1,900 @@
+// Copyright the sse authors. MIT license.
+// DenoKvBroker on real Deno KV databases in temporary files: two handles of
+// one file in one process, Workers (other isolates), and another `deno run`
+// process; large entries, trimming, expiry, entries it did not write, a
+// database locked by another connection; then the shared broker contract.
+
+import assert from "node:assert/strict";
+import { DatabaseSync } from "node:sqlite";
+import FakeTimers from "@sinonjs/fake-timers";
+import {
+  DENO_KV_MAX_ENTRY_SIZE,
+  DenoKvBroker,
+  type DenoKvBrokerOptions,
+  type SSEBrokerEntry,
+  type SSEMessage,
+} from "../kv.ts";
+import {
+  type BrokerFixture,
+  Collector,
+  testBrokerContract,
+} from "./_broker_contract.ts";
+
+// Deno 2.9 leaves the op and resource sanitizers off unless asked.
+const SANITIZED = { sanitizeOps: true, sanitizeResources: true } as const;
+const ID = /^[0-9a-f]{20}-[1-9][0-9]*$/;
+
+/** A database file in a fresh temporary directory, with its handles. */
+class TempKv {
+  readonly dir: string;
+  readonly path: string;
+  #handles: Deno.Kv[] = [];
+
+  private constructor(dir: string) {
+    this.dir = dir;
+    this.path = `${dir}/kv.sqlite3`;
+  }
+
+  static async create(): Promise<TempKv> {
+    return new TempKv(await Deno.makeTempDir({ prefix: "sse-kv-test-" }));
+  }
+
+  /** Another handle on the file. */
+  async open(): Promise<Deno.Kv> {
+    const kv = await Deno.openKv(this.path);
+    this.#handles.push(kv);
+    return kv;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    for (const kv of this.#handles) {
+      try {
+        kv.close();
+      } catch {
+        // Closed by the test already.
+      }
+    }
+    await Deno.remove(this.dir, { recursive: true });
+  }
+}
+
+/** The data of each entry. */
+function data(entries: SSEBrokerEntry[]): unknown[] {
+  return entries.map((entry) => entry.message.data);
+}
+
+function message(data: string): { topic: string; message: SSEMessage } {
+  return { topic: "", message: { data } };
+}
+
+async function publishAll(
+  broker: DenoKvBroker,
+  name: string,
+  data: string[],
+  replay = 100,
+): Promise<string[]> {
+  const ids: string[] = [];
+  for (const item of data) {
+    ids.push(await broker.publish(name, message(item), { replay }));
+  }
+  return ids;
+}
+
+function range(count: number, from = 0): string[] {
+  return Array.from({ length: count }, (_, i) => String(from + i));
+}
+
+/** Every key under a prefix. */
+async function keys(kv: Deno.Kv, prefix: Deno.KvKey): Promise<Deno.KvKey[]> {
+  const found: Deno.KvKey[] = [];
+  for await (const entry of kv.list({ prefix })) found.push(entry.key);
+  return found;
+}
+
+function kvTest(
+  name: string,
+  fn: (db: TempKv) => Promise<void>,
+): void {
+  Deno.test({
+    name,
+    ...SANITIZED,
+    async fn() {
+      await using db = await TempKv.create();
+      await fn(db);
+    },
+  });
+}
+
+/** A broker whose errors are collected instead of printed. */
+function broker(
+  kv: Deno.Kv,
+  options: Omit<DenoKvBrokerOptions, "kv"> = {},
+): DenoKvBroker & { errors: string[] } {
+  const errors: string[] = [];
+  const created = new DenoKvBroker({
+    kv,
+    onError: (error) => errors.push(error.message),
+    ...options,
+  });
+  return Object.assign(created, { errors });
+}
+
+kvTest(
+  "DenoKvBroker delivers between two handles of one file by the watch alone",
+  async (db) => {
+    const publisher = broker(await db.open(), { pollInterval: Infinity });
+    const reader = broker(await db.open(), { pollInterval: Infinity });
+    const received = new Collector();
+    const subscription = await reader.subscribe("s", received.onEntry);
+    const ids = await publishAll(publisher, "s", ["a", "b", "c"]);
+    await received.until(3);
+    assert.deepEqual(received.ids, ids);
+    assert.deepEqual(data(received.entries), ["a", "b", "c"]);
+    subscription.unsubscribe();
+    await publisher.close();
+    await reader.close();
+    assert.deepEqual([...publisher.errors, ...reader.errors], []);
+  },
+);
+
+kvTest(
+  "DenoKvBroker ids carry the commit's versionstamp: printable ASCII, unique and in order across brokers publishing at once",
+  async (db) => {
+    const a = broker(await db.open());
+    const b = broker(await db.open());
+    const reader = broker(await db.open());
+    const received = new Collector();
+    const subscription = await reader.subscribe("s", received.onEntry);
+    // Unawaited publishes queue up, race the other handle's, and retry.
+    const published = await Promise.all([
+      ...range(40).map((i) =>
+        a.publish("s", message(`a${i}`), { replay: 100 })
+      ),
+      ...range(40).map((i) =>
+        b.publish("s", message(`b${i}`), { replay: 100 })
+      ),
+    ]);
+    await received.until(80);
+    assert.equal(new Set(published).size, 80);
+    assert.deepEqual([...received.ids].sort(), [...published].sort());
+    for (const id of published) assert.match(id, ID);
+    // Delivered in commit order, which is the ids' order.
+    const order = received.ids.map((id) => id.split("-"));
+    for (let i = 1; i < order.length; i++) {
+      const [stamp, seq] = order[i]!;
+      const [previousStamp, previousSeq] = order[i - 1]!;
+      assert.ok(stamp! >= previousStamp!, `${stamp} after ${previousStamp}`);
+      assert.equal(Number(seq), Number(previousSeq) + 1);
+    }
+    // Each publisher's own entries keep their order.
+    for (const who of ["a", "b"]) {
+      const mine = data(received.entries).filter((data) =>
+        (data as string).startsWith(who)
+      );
+      assert.deepEqual(mine, range(40).map((i) => `${who}${i}`));
+    }
+    // History tells the same story under the same ids.
+    const history = await a.history("s", {
+      after: received.ids[0]!,
+      limit: 100,
+    });
+    assert.deepEqual(history?.map((entry) => entry.id), received.ids.slice(1));
+    subscription.unsubscribe();
+    await Promise.all([a.close(), b.close(), reader.close()]);
+  },
+);
+
+kvTest(
+  "DenoKvBroker resumes on another instance with exactly what was missed, page by page",
+  async (db) => {
+    const a = broker(await db.open());
+    const b = broker(await db.open());
+    const ids = await publishAll(a, "s", range(5));
+    const first = await b.history("s", { after: ids[1]!, limit: 2 });
+    assert.deepEqual(first?.map((entry) => entry.id), ids.slice(2, 4));
+    assert.deepEqual(first?.map((entry) => entry.message.data), ["2", "3"]);
+    const second = await b.history("s", { after: ids[3]!, limit: 2 });
+    assert.deepEqual(second?.map((entry) => entry.id), ids.slice(4));
+    assert.deepEqual(await b.history("s", { after: ids[4]!, limit: 2 }), []);
+    await a.close();
+    await b.close();
+  },
+);
+
+kvTest(
+  "DenoKvBroker history is null for an id that is not a resume point of the stream",
+  async (db) => {
+    const kv = await db.open();
+    const a = broker(kv);
+    const ids = await publishAll(a, "s", range(3));
+    const [other] = await publishAll(a, "t", ["t"]);
+    const [stamp, seq] = ids[1]!.split("-");
+    const notOurs = [
+      "",
+      "nope",
+      other!, // another stream's
+      `${stamp}-9`, // a future sequence
+      `${"f".repeat(20)}-${seq}`, // another commit's
+      `${stamp}-0${seq}`, // not canonical
+      `${stamp}-${seq} `,
+      ` ${ids[1]}`,
+    ];
+    for (const after of notOurs) {
+      assert.equal(await a.history("s", { after, limit: 10 }), null, after);
+    }
+    // The stream expires and starts again: its old ids are not resume points,
+    // though the same sequence numbers come back.
+    for (const key of await keys(kv, ["sse", "s"])) await kv.delete(key);
+    const again = await publishAll(a, "s", range(3));
+    assert.deepEqual(again.map((id) => id.split("-")[1]), ["1", "2", "3"]);
+    for (const old of ids) {
+      assert.equal(await a.history("s", { after: old, limit: 10 }), null);
+    }
+    assert.deepEqual(
+      (await a.history("s", { after: again[0]!, limit: 10 }))?.map((e) => e.id),
+      again.slice(1),
+    );
+    await a.close();
+  },
+);
+
+kvTest(
+  "DenoKvBroker splits a 300 KiB event over keys of one commit and joins it again",
+  async (db) => {
+    const kv = await db.open();
+    const a = broker(kv);
+    const b = broker(await db.open());
+    const received = new Collector();
+    const subscription = await b.subscribe("big", received.onEntry);
+    // Two- and four-byte characters, so that chunks end inside characters.
+    const data = "é😀x".repeat(300 * 1024 / 7);
+    const before = await a.publish("big", message("before"), { replay: 10 });
+    const id = await a.publish("big", { topic: "t", message: { data } }, {
+      replay: 10,
+    });
+    await received.until(2);
+    assert.equal(received.entries[1]!.id, id);
+    assert.equal(received.entries[1]!.message.data, data);
+    assert.equal(received.entries[1]!.topic, "t");
+    const history = await a.history("big", { after: before, limit: 5 });
+    assert.equal(history?.[0]?.message.data, data);
+    // Its header, then its parts under the header's key.
+    const seq = Number(id.split("-")[1]);
+    const parts = (await keys(kv, ["sse", "big", "entries", seq])).length;
+    assert.equal(parts, 4, "300 KiB: the header's 64 KiB and 4 more values");
+    subscription.unsubscribe();
+    await a.close();
+    await b.close();
+  },
+);
+
+kvTest(
+  "DenoKvBroker stores an entry of exactly 768 KiB and refuses a larger one with a RangeError naming the limit",
+  async (db) => {
+    const kv = await db.open();
+    const a = broker(kv);
+    // {"topic":"","message":{"data":"…"}} is 34 bytes around the data.
+    const fits = "x".repeat(DENO_KV_MAX_ENTRY_SIZE - 34);
+    const [before] = await publishAll(a, "s", ["before"]);
+    await a.publish("s", message(fits), { replay: 10 });
+    const [stored] = (await a.history("s", { after: before!, limit: 1 }))!;
+    assert.equal(stored?.message.data, fits);
+    await assert.rejects(
+      a.publish("s", message(fits + "x"), { replay: 10 }),
+      (error: Error) => {
+        assert.equal(error.name, "RangeError");
+        assert.match(error.message, /786433 bytes.*786432 \(768 KiB\)/);
+        return true;
+      },
+    );
+    await assert.rejects(
+      a.publish("x".repeat(2040), message("x"), { replay: 10 }),
+      /Invalid stream name: .*2048/,
+    );
+    // Nothing of the refused ones was stored.
+    const heads = (await keys(kv, ["sse"])).filter((key) => key.length === 3);
+    assert.deepEqual(heads, [["sse", "s", "head"]]);
+    assert.deepEqual(
+      (await kv.get<{ seq: number }>(["sse", "s", "head"])).value,
+      { seq: 2 },
+    );
+    await a.close();
+  },
+);
+
+kvTest(
+  "DenoKvBroker trims a stream to about replay entries, oldest first",
+  async (db) => {
+    const kv = await db.open();
+    const a = broker(kv, { trimDelay: 0 });
+    const ids = await publishAll(a, "s", range(60), 10);
+    // Trimming runs after the publish resolved; close waits for it.
+    await a.close();
+    const kept = (await keys(kv, ["sse", "s", "entries"])).length;
+    // Trimmed a tenth of replay at a time: between 10 and 11 kept.
+    assert.ok(kept >= 10 && kept <= 11, `${kept} kept`);
+    const b = broker(kv);
+    assert.equal(await b.history("s", { after: ids[0]!, limit: 10 }), null);
+    assert.equal(await b.history("s", { after: ids[40]!, limit: 10 }), null);
+    assert.deepEqual(
+      (await b.history("s", { after: ids[50]!, limit: 20 }))?.map((e) => e.id),
+      ids.slice(51),
+    );
+    await b.close();
+  },
+);
+
+kvTest(
+  "DenoKvBroker keeps entries younger than trimDelay, and trims them once old",
+  async (db) => {
+    // Only Date is fake: KV's own work runs on real time.
+    const clock = FakeTimers.install({ toFake: ["Date"], now: Date.now() });
+    try {
+      const kv = await db.open();
+      // Trimming runs after each publish resolved; close waits for it.
+      const count = async (publish: string[]) => {
+        const a = broker(kv, { trimDelay: 60_000 });
+        await publishAll(a, "s", publish, 5);
+        await a.close();
+        return (await keys(kv, ["sse", "s", "entries"])).length;
+      };
+      assert.equal(await count(range(30)), 30);
+      clock.tick(59_000);
+      assert.equal(await count(["young"]), 31);
+      clock.tick(2_000);
+      const kept = await count(["late"]);
+      // The 30 old ones beyond the newest 5 go; "young" and "late" stay.
+      assert.ok(kept >= 5 && kept <= 6, `${kept} kept`);
+    } finally {
+      clock.uninstall();
+    }
+  },
+);
+
+kvTest(
+  "DenoKvBroker writes every key with expireIn, so that an abandoned stream goes",
+  async (db) => {
+    const a = broker(await db.open(), { expireIn: 3_600_000 });
+    const before = Date.now();
+    await publishAll(a, "s", ["small"]);
+    await a.publish("s", message("x".repeat(100_000)), { replay: 10 });
+    const after = Date.now();
+    await a.close();
+    const sqlite = new DatabaseSync(db.path, { readOnly: true });
+    try {
+      const rows = sqlite.prepare("SELECT expiration_ms FROM kv").all() as {
+        expiration_ms: number;
+      }[];
+      // A head, one small entry, a header and one part.
+      assert.equal(rows.length, 4);
+      for (const { expiration_ms } of rows) {
+        assert.ok(
+          expiration_ms >= before + 3_600_000 &&
+            expiration_ms <= after + 3_600_000,
+          `expires at ${expiration_ms}`,
+        );
+      }
+    } finally {
+      sqlite.close();
+    }
+  },
+);
+
+kvTest(
+  "DenoKvBroker continues a stream whose head expired after the entries still visible",
+  async (db) => {
+    const kv = await db.open();
+    const a = broker(kv);
+    const old = await publishAll(a, "s", range(3));
+    // The head went first; expired entries may stay visible for a while.
+    await kv.delete(["sse", "s", "head"]);
+    const b = broker(await db.open());
+    const received = new Collector();
+    const subscription = await b.subscribe("s", received.onEntry);
+    const [next] = await publishAll(b, "s", ["next"]);
+    assert.equal(next!.split("-")[1], "4");
+    await received.until(1);
+    assert.deepEqual(received.ids, [next]);
+    assert.deepEqual(
+      (await b.history("s", { after: old[2]!, limit: 10 }))?.map((e) => e.id),
+      [next],
+    );
+    subscription.unsubscribe();
+    await a.close();
+    await b.close();
+  },
+);
+
+kvTest(
+  "DenoKvBroker goes on delivering to a subscriber when its stream expires and starts again",
+  async (db) => {
+    const kv = await db.open();
+    const a = broker(kv);
+    const received = new Collector();
+    const subscription = await a.subscribe("s", received.onEntry);
+    const first = await publishAll(a, "s", range(5));
+    await received.until(5);
+    for (const key of await keys(kv, ["sse", "s"])) await kv.delete(key);
+    const second = await publishAll(a, "s", ["again 1", "again 2"]);
+    await received.until(7);
+    assert.deepEqual(received.ids, [...first, ...second]);
+    subscription.unsubscribe();
+    await a.close();
+    assert.deepEqual(a.errors, []);
+  },
+);
+
+/** Writes an entry the way another program might, at the next sequence. */
+async function writeRaw(
+  kv: Deno.Kv,
+  name: string,
+  parts: unknown[],
+): Promise<string> {
+  const head = await kv.get<{ seq: number }>(["sse", name, "head"]);
+  const seq = (head.value?.seq ?? 0) + 1;
+  const operation = kv.atomic().set(["sse", name, "head"], { seq });
+  operation.set(["sse", name, "entries", seq], parts[0]);
+  for (const [i, part] of parts.slice(1).entries()) {
+    operation.set(["sse", name, "entries", seq, i + 1], part);
+  }
+  const result = await operation.commit();
+  assert.ok(result.ok);
+  return `${result.versionstamp}-${seq}`;
+}
+
+const json = (value: unknown) =>
+  new TextEncoder().encode(JSON.stringify(value));
+
+kvTest(
+  "DenoKvBroker skips an entry it cannot decode, reports it in one line, and delivers the rest",
+  async (db) => {
+    const kv = await db.open();
+    const a = broker(kv);
+    const received = new Collector();
+    const subscription = await a.subscribe("s", received.onEntry);
+    const [first] = await publishAll(a, "s", ["first"]);
+    const poison = [
+      await writeRaw(kv, "s", ["not an object"]),
+      await writeRaw(kv, "s", [{
+        time: 1,
+        json: new TextEncoder().encode("{"),
+      }]),
+      await writeRaw(kv, "s", [{
+        time: 1,
+        json: json({ topic: 1, message: {} }),
+      }]),
+      await writeRaw(kv, "s", [{
+        time: 1,
+        json: json({ topic: "", message: { data: 5 } }),
+      }]),
+      await writeRaw(kv, "s", [{ time: 1, json: new Uint8Array([0xff]) }]),
+      await writeRaw(kv, "s", [{ time: 1, json: json({}).slice(0, 1) }, "x"]),
+    ];
+    const [last] = await publishAll(a, "s", ["last"]);
+    await received.until(2);
+    assert.deepEqual(received.ids, [first, last]);
+    assert.deepEqual(
+      (await a.history("s", { after: first!, limit: 10 }))?.map((e) => e.id),
+      [last],
+    );
+    // Each reported (once live, once by history) with the stream and id.
+    assert.equal(a.errors.length, poison.length * 2);
+    for (const id of poison) {
+      const lines = a.errors.filter((line) => line.includes(id));
+      assert.equal(lines.length, 2, id);
+      assert.match(lines[0]!, /^Invalid entry .* of stream "s": \S/);
+      assert.doesNotMatch(lines[0]!, /\n/);
+    }
+    subscription.unsubscribe();
+    await a.close();
+  },
+);
+
+kvTest(
+  "DenoKvBroker reports by default with one line on stderr, no stack trace",
+  async (db) => {
+    const kv = await db.open();
+    const a = new DenoKvBroker({ kv });
+    const received = new Collector();
+    const subscription = await a.subscribe("s", received.onEntry);
+    const lines: unknown[][] = [];
+    const original = console.error;
+    console.error = (...args: unknown[]) => lines.push(args);
+    let poison: string;
+    try {
+      poison = await writeRaw(kv, "s", [{
+        time: 1,
+        json: json({ topic: "" }),
+      }]);
+      await publishAll(a, "s", ["after"]);
+      await received.until(1);
+    } finally {
+      console.error = original;
+    }
+    assert.deepEqual(data(received.entries), ["after"]);
+    assert.deepEqual(lines, [[
+      `DenoKvBroker: Invalid entry ${poison} of stream "s": the message is not an object`,
+    ]]);
+    subscription.unsubscribe();
+    await a.close();
+  },
+);
+
+kvTest(
+  "DenoKvBroker close is bounded while the database does not answer",
+  async (db) => {
+    const kv = await db.open();
+    const a = broker(kv);
+    const received = new Collector();
+    const subscription = await a.subscribe("s", received.onEntry);
+    const [before] = await publishAll(a, "s", ["before"]);
+    await received.until(1);
+    // Another connection holds the file; a write on the broker's handle
+    // waits for it, and the handle's later operations wait behind that one.
+    const lock = new DatabaseSync(db.path);
+    lock.exec("BEGIN EXCLUSIVE");
+    let unlocked = false;
+    try {
+      const blocked = kv.set(["blocked"], true);
+      const outcomes: string[] = [];
+      const settle = (what: string, promise: Promise<unknown>) =>
+        promise.then(
+          () => outcomes.push(`${what} resolved`),
+          (error) => outcomes.push(`${what}: ${error.message}`),
+        );
+      const pending = [
+        settle("history", a.history("s", { after: before!, limit: 10 })),
+        settle("subscribe", a.subscribe("t", () => {})),
+        settle("publish", a.publish("s", message("stuck"), { replay: 10 })),
+      ];
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      assert.equal(outcomes.length, 0, "the database does not answer");
+      const started = performance.now();
+      await a.close();
+      const took = performance.now() - started;
+      assert.ok(took >= 900 && took < 2_000, `close took ${took} ms`);
+      lock.exec("COMMIT");
+      unlocked = true;
+      await blocked;
+      await Promise.all(pending);
+      // Started before close: each settles once the database answers.
+      assert.equal(outcomes.length, 3);
+      assert.ok(
+        outcomes.includes("subscribe: Cannot subscribe: broker is closed"),
+      );
+      subscription.unsubscribe();
+    } finally {
+      if (!unlocked) lock.exec("COMMIT");
+      lock.close();
+    }
+    // The database is still the caller's, and usable.
+    await kv.set(["after"], true);
+  },
+);
+
+kvTest(
+  "DenoKvBroker close ends subscriptions, refuses later calls and leaves the database open",
+  async (db) => {
+    const kv = await db.open();
+    const a = broker(kv);
+    const b = broker(await db.open());
+    const received = new Collector();
+    await a.subscribe("s", received.onEntry);
+    await publishAll(b, "s", ["1"]);
+    await received.until(1);
+    await a.close();
+    await a.close();
+    await publishAll(b, "s", ["2"]);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.deepEqual(data(received.entries), ["1"]);
+    await assert.rejects(a.publish("s", message("x"), { replay: 1 }), {
+      name: "TypeError",
+      message: /closed/,
+    });
+    await assert.rejects(a.subscribe("s", () => {}), /closed/);
+    await assert.rejects(a.history("s", { after: "x", limit: 1 }), /closed/);
+    await kv.set(["still", "open"], true);
+    await b.close();
+  },
+);
+
+Deno.test("DenoKvBroker refuses invalid options, naming them", async () => {
+  const kv = await Deno.openKv(":memory:");
+  try {
+    const bad: [unknown, RegExp][] = [
+      [{}, /Invalid kv/],
+      [{ kv: {} }, /Invalid kv/],
+      [{ kv, prefix: "sse" }, /Invalid prefix/],
+      [{ kv, prefix: [{}] }, /Invalid prefix/],
+      [{ kv, prefix: ["x".repeat(2100)] }, /Invalid prefix/],
+      [{ kv, pollInterval: 0 }, /Invalid pollInterval/],
+      [{ kv, expireIn: 1.5 }, /Invalid expireIn/],
+      [{ kv, trimDelay: -1 }, /Invalid trimDelay/],
+      [{ kv, onError: "no" }, /Invalid onError/],
+    ];
+    for (const [options, pattern] of bad) {
+      assert.throws(
+        () => new DenoKvBroker(options as DenoKvBrokerOptions),
+        pattern,
+      );
+    }
+  } finally {
+    kv.close();
+  }
+});
+
+/** The database handle of each contract fixture, for its hooks. */
+const fixtureKv = new WeakMap<BrokerFixture, Deno.Kv>();
+
+testBrokerContract({
+  name: "DenoKvBroker",
+  numRuns: 15,
+  async open() {
+    const db = await TempKv.create();
+    const kv = await db.open();
+    const errors: Error[] = [];
+    const onError = (error: Error) => errors.push(error);
+    // Two handles of one file, as two instances; trimmed at once.
+    const broker = new DenoKvBroker({ kv, trimDelay: 0, onError });
+    const peer = new DenoKvBroker({
+      kv: await db.open(),
+      trimDelay: 0,
+      onError,
+    });
+    const fixture: BrokerFixture = {
+      broker,
+      peer,
+      errors,
+      async close() {
+        await Promise.all([broker.close(), peer.close()]);
+        await db[Symbol.asyncDispose]();
+      },
+    };
+    fixtureKv.set(fixture, kv);
+    return fixture;
+  },
+  async poison(fixture, name) {
+    const kv = fixtureKv.get(fixture)!;
+    await writeRaw(kv, name, [{ time: 1, json: json({ topic: "" }) }]);
+  },
+  restart(fixture) {
+    // What a lost database looks like to the next instance: nothing at all.
+    const kv = fixtureKv.get(fixture)!;
+    return (async () => {
+      for (const key of await keys(kv, ["sse"])) await kv.delete(key);
+      return new DenoKvBroker({ kv, trimDelay: 0, onError: () => {} });
+    })();
+  },
+});
+
+/** What another instance sends back (see tests/fixtures/kv_peer.ts). */
+type Reply = Record<string, unknown>;
+
+/**
+ * Another DenoKvBroker instance on the same file: in a Worker (another
+ * isolate of this process) or in another `deno run` process.
+ */
+class Peer {
+  /** Entries its subscriptions delivered. */
+  readonly delivered: Collector = new Collector();
+  /** When each was delivered (timeOrigin + now). */
+  readonly times: number[] = [];
+  #send: (command: Reply) => void;
+  #replies: ((reply: Reply) => void)[] = [];
+  #stop: () => Promise<void>;
+
+  private constructor(
+    send: (command: Reply) => void,
+    stop: () => Promise<void>,
+  ) {
+    this.#send = send;
+    this.#stop = stop;
+  }
+
+  #receive(reply: Reply): void {
+    if (reply.entry !== undefined) {
+      this.times.push(reply.at as number);
+      this.delivered.onEntry(reply.entry as SSEBrokerEntry);
+    } else {
+      this.#replies.shift()?.(reply);
+    }
+  }
+
+  /** A Worker running kv_worker.ts. */
+  static worker(): Peer {
+    const worker = new Worker(
+      new URL("./fixtures/kv_worker.ts", import.meta.url),
+      { type: "module" },
+    );
+    const peer: Peer = new Peer(
+      (command) => worker.postMessage(command),
+      () => Promise.resolve(worker.terminate()),
+    );
+    worker.onmessage = (event) => peer.#receive(event.data);
+    return peer;
+  }
+
+  /** A `deno run` process running kv_process.ts, allowed only `dir`. */
+  static process(dir: string): Peer {
+    const child = new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "--no-config",
+        "--unstable-kv",
+        `--allow-read=${dir}`,
+        `--allow-write=${dir}`,
+        new URL("./fixtures/kv_process.ts", import.meta.url).pathname,
+      ],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "inherit",
+    }).spawn();
+    const stdin = child.stdin.getWriter();
+    const encoder = new TextEncoder();
+    const read = Promise.withResolvers<void>();
+    const peer: Peer = new Peer(
+      (command) => {
+        stdin.write(encoder.encode(JSON.stringify(command) + "\n"));
+      },
+      async () => {
+        await stdin.close();
+        await read.promise;
+        assert.equal((await child.status).code, 0);
+      },
+    );
+    (async () => {
+      let buffer = "";
+      for await (
+        const text of child.stdout.pipeThrough(new TextDecoderStream())
+      ) {
+        buffer += text;
+        const lines = buffer.split("\n");
+        buffer = lines.pop()!;
+        for (const line of lines) peer.#receive(JSON.parse(line));
+      }
+    })().then(read.resolve, read.reject);
+    return peer;
+  }
+
+  /** Sends a command; resolves with its reply, failing on an error. */
+  async send(command: Reply): Promise<Reply> {
+    const reply = await new Promise<Reply>((resolve) => {
+      this.#replies.push(resolve);
+      this.#send(command);
+    });
+    if (reply.error !== undefined) throw new Error(String(reply.error));
+    return reply;
+  }
+
+  /** Closes its broker and database, and ends it; its errors, if any. */
+  async close(): Promise<string[]> {
+    const { errors } = await this.send({ close: true });
+    await this.#stop();
+    return errors as string[];
+  }
+}
+
+/** Milliseconds since the epoch, comparable between processes. */
+function now(): number {
+  return performance.timeOrigin + performance.now();
+}
+
+kvTest(
+  "DenoKvBroker delivers between Workers on one file, and resumes in any of them",
+  async (db) => {
+    const workers = [Peer.worker(), Peer.worker()];
+    const local = broker(await db.open(), { pollInterval: Infinity });
+    try {
+      for (const worker of workers) {
+        // Watch only: a write in one isolate wakes the watches of the others.
+        await worker.send({ open: { path: db.path, pollInterval: null } });
+        await worker.send({ subscribe: "s" });
+      }
+      const received = new Collector();
+      const subscription = await local.subscribe("s", received.onEntry);
+      const mine = await publishAll(local, "s", ["main 1", "main 2"]);
+      const { published } = await workers[0]!.send({
+        publish: { name: "s", data: ["worker 1", "worker 2"] },
+      });
+      const ids = [...mine, ...published as string[]];
+      await received.until(4);
+      assert.deepEqual(received.ids, ids);
+      for (const worker of workers) {
+        await worker.delivered.until(4);
+        assert.deepEqual(worker.delivered.ids, ids);
+      }
+      const { history } = await workers[1]!.send({
+        history: { name: "s", after: ids[0], limit: 10 },
+      });
+      assert.deepEqual(
+        (history as SSEBrokerEntry[]).map((entry) => entry.message.data),
+        ["main 2", "worker 1", "worker 2"],
+      );
+      subscription.unsubscribe();
+    } finally {
+      for (const worker of workers) assert.deepEqual(await worker.close(), []);
+      await local.close();
+    }
+  },
+);
+
+kvTest(
+  "DenoKvBroker delivers between two deno run processes on one file, by the poll",
+  async (db) => {
+    const pollInterval = 100;
+    const other = Peer.process(db.dir);
+    const local = broker(await db.open(), { pollInterval });
+    try {
+      await other.send({ open: { path: db.path, pollInterval } });
+      await other.send({ subscribe: "s" });
+      const received = new Collector();
+      const times: number[] = [];
+      const subscription = await local.subscribe("s", (entry) => {
+        times.push(now());
+        received.onEntry(entry);
+      });
+      // Both publish at once, each stamping its entries with the time.
+      const [mine, theirs] = await Promise.all([
+        (async () => {
+          const ids: string[] = [];
+          for (const i of range(10)) {
+            await new Promise((resolve) => setTimeout(resolve, 30));
+            ids.push(
+              await local.publish("s", message(`here ${i} ${now()}`), {
+                replay: 100,
+              }),
+            );
+          }
+          return ids;
+        })(),
+        other.send({
+          publish: {
+            name: "s",
+            data: range(10).map((i) => `there ${i}`),
+            gap: 30,
+          },
+        }),
+      ]);
+      await Promise.all([other.delivered.until(20), received.until(20)]);
+      // One order for both, by commit.
+      const order = received.ids;
+      assert.deepEqual(other.delivered.ids, order);
+      assert.deepEqual(
+        [...order].sort(),
+        [...mine, ...theirs.published as string[]].sort(),
+      );
+      // What crossed processes came within a poll (plus load): the time in
+      // the data is when the other side called publish.
+      const latencies = (
+        entries: SSEBrokerEntry[],
+        at: number[],
+        from: string,
+      ) =>
+        entries.flatMap((entry, i) => {
+          const [who, , sent] = (entry.message.data as string).split(" ");
+          return who === from ? [at[i]! - Number(sent)] : [];
+        });
+      const crossed = [
+        ...latencies(received.entries, times, "there"),
+        ...latencies(other.delivered.entries, other.times, "here"),
+      ];
+      assert.equal(crossed.length, 20);
+      for (const latency of crossed) {
+        assert.ok(latency < pollInterval + 1_000, `${latency} ms`);
+      }
+      // Resume in the other process after an id this one issued.
+      const { history } = await other.send({
+        history: { name: "s", after: order[9], limit: 100 },
+      });
+      assert.deepEqual(
+        (history as SSEBrokerEntry[]).map((entry) => entry.id),
+        order.slice(10),
+      );
+      subscription.unsubscribe();
+    } finally {
+      assert.deepEqual(await other.close(), []);
+      await local.close();
+    }
+    assert.deepEqual(local.errors, []);
+  },
+);
