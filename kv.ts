@@ -75,25 +75,18 @@ import {
   encodeEntry,
   entryId,
   type Head,
-  headerTime,
   headSeq,
-  isBusy,
   keySize,
-  KV_MAX_COMMIT,
   KV_MAX_KEY,
-  KV_MAX_MUTATIONS,
-  listRange,
   MAX_ENTRY_SIZE,
   parseId,
-  partCount,
   type RawEntry,
   readEntries,
   readHead,
-  setEntry,
   type StreamKeys,
   streamKeys,
 } from "./_kv_store.ts";
-import { Pause } from "./_pause.ts";
+import { StreamWriter } from "./_kv_writer.ts";
 import { startInterval, startTimeout, type Timer } from "./_timer.ts";
 
 export type { SSEBroker, SSEBrokerEntry, SSEBrokerSubscription, SSEMessage };
@@ -152,42 +145,14 @@ export interface DenoKvBrokerOptions {
   onError?: (error: Error) => void;
 }
 
-/** What one key adds to a commit beyond its bytes, for the budget. */
-const KEY_MARGIN = 16;
-
 const DEFAULT_PREFIX: Deno.KvKey = ["sse"];
 const DEFAULT_POLL_INTERVAL = 1_000;
 const DEFAULT_EXPIRE_IN = 86_400_000;
 const DEFAULT_TRIM_DELAY = 30_000;
 /** How long `close()` waits for operations in flight. */
 const CLOSE_TIMEOUT = 1_000;
-/** Commits that lost the race to another publisher before `publish` gives up. */
-const MAX_ATTEMPTS = 50;
 /** Keys read per list page. */
 const PAGE = 200;
-
-/** One publish waiting for its commit. */
-interface Pending {
-  bytes: Uint8Array;
-  replay: number;
-  resolve: (id: string) => void;
-  reject: (error: unknown) => void;
-}
-
-/** The publishing side of one stream in this broker. */
-interface Writer {
-  name: string;
-  keys: StreamKeys;
-  queue: Pending[];
-  running: boolean;
-  /** As left by this broker's last commit; re-read when another wrote. */
-  head: Head | undefined;
-  /** Every entry up to this sequence is known to be deleted. */
-  trimmed: number;
-  /** No entry beyond `replay` is old enough to trim before this time. */
-  trimAt: number;
-  pause: Pause;
-}
 
 /** One subscription's delivery state. */
 interface Subscriber {
@@ -250,7 +215,7 @@ export class DenoKvBroker implements SSEBroker {
   #trimDelay: number;
   /** Calls `onError`, or writes one line to stderr; never throws. */
   #report: (error: Error) => void;
-  #writers = new Map<string, Writer>();
+  #writers = new Map<string, StreamWriter>();
   #readers = new Map<string, Reader>();
   #poll: Timer | undefined;
   #polling = false;
@@ -355,8 +320,8 @@ export class DenoKvBroker implements SSEBroker {
       }
       const writer = this.#writer(name);
       return new Promise<string>((resolve, reject) => {
-        writer.queue.push({ bytes, replay, resolve, reject });
-        if (!writer.running) this.#track(this.#write(writer));
+        const writing = writer.publish({ bytes, replay, resolve, reject });
+        if (writing !== undefined) this.#track(writing);
       });
     } catch (error) {
       return Promise.reject(error);
@@ -471,13 +436,7 @@ export class DenoKvBroker implements SSEBroker {
     this.#closed = true;
     clearInterval(this.#poll);
     this.#poll = undefined;
-    for (const writer of this.#writers.values()) {
-      writer.pause.cancel();
-      const queue = writer.queue.splice(0);
-      for (const pending of queue) {
-        pending.reject(new TypeError("Cannot publish: broker is closed"));
-      }
-    }
+    for (const writer of this.#writers.values()) writer.close();
     this.#writers.clear();
     for (const reader of this.#readers.values()) this.#retire(reader);
     this.#readers.clear();
@@ -526,179 +485,23 @@ export class DenoKvBroker implements SSEBroker {
 
   // ---------------------------------------------------------------- publish
 
-  #writer(name: string): Writer {
+  #writer(name: string): StreamWriter {
     let writer = this.#writers.get(name);
     if (writer === undefined) {
-      writer = {
-        name,
-        keys: streamKeys(this.#prefix, name),
-        queue: [],
-        running: false,
-        head: undefined,
-        trimmed: 0,
-        trimAt: 0,
-        pause: new Pause(),
-      };
+      writer = new StreamWriter(streamKeys(this.#prefix, name), {
+        kv: this.#kv,
+        expireIn: this.#expireIn,
+        trimDelay: this.#trimDelay,
+        readHead: (keys) => this.#readHead(keys),
+        committed: (seq) => {
+          const reader = this.#readers.get(name);
+          if (reader !== undefined) this.#pull(reader, seq);
+        },
+        fault: (error, context) => this.#fault(error, context),
+      });
       this.#writers.set(name, writer);
     }
     return writer;
-  }
-
-  /** Commits the stream's queued publishes, as many per commit as fit. */
-  async #write(writer: Writer): Promise<void> {
-    writer.running = true;
-    try {
-      while (writer.queue.length > 0) {
-        const batch = this.#batch(writer);
-        let ids: string[];
-        try {
-          ids = await this.#commit(writer, batch);
-        } catch (error) {
-          const failure = this.#closed
-            ? new TypeError("Cannot publish: broker is closed")
-            : new Error(
-              `Cannot publish to ${JSON.stringify(writer.name)}: ${
-                errorMessage(error)
-              }`,
-              { cause: error },
-            );
-          for (const pending of batch) pending.reject(failure);
-          continue;
-        }
-        for (const [i, pending] of batch.entries()) pending.resolve(ids[i]!);
-        const seq = writer.head!.seq;
-        const reader = this.#readers.get(writer.name);
-        if (reader !== undefined) this.#pull(reader, seq);
-        if (!this.#closed) await this.#trim(writer, batch.at(-1)!.replay);
-      }
-    } finally {
-      writer.running = false;
-    }
-  }
-
-  /** Takes the queued publishes that fit in one commit. */
-  #batch(writer: Writer): Pending[] {
-    const entryKey = keySize(writer.keys.entries) + 18;
-    let size = keySize(writer.keys.head) * 2 + 64;
-    let mutations = 1;
-    let count = 0;
-    for (const pending of writer.queue) {
-      const parts = partCount(pending.bytes.length);
-      const cost = pending.bytes.length + 64 +
-        parts * (entryKey + KEY_MARGIN);
-      if (
-        count > 0 && (size + cost > KV_MAX_COMMIT ||
-          mutations + parts > KV_MAX_MUTATIONS)
-      ) break;
-      size += cost;
-      mutations += parts;
-      count++;
-    }
-    return writer.queue.splice(0, count);
-  }
-
-  /**
-   * Commits the batch after the stream's head, retrying while another
-   * publisher moved the head meanwhile, or held the database (SQLite answers
-   * "database is locked" when two connections write at once): both pass.
-   */
-  async #commit(writer: Writer, batch: Pending[]): Promise<string[]> {
-    for (let attempt = 1;; attempt++) {
-      let ids: string[] | undefined;
-      try {
-        ids = await this.#attempt(writer, batch);
-      } catch (error) {
-        if (!isBusy(error) || attempt === MAX_ATTEMPTS) throw error;
-      }
-      if (ids !== undefined) return ids;
-      writer.head = undefined;
-      if (this.#closed) throw new TypeError("Cannot publish: broker is closed");
-      if (attempt === MAX_ATTEMPTS) {
-        throw new Error(
-          `${attempt} commits in a row lost the race to other publishers`,
-        );
-      }
-      await writer.pause.wait(Math.random() * Math.min(2 ** attempt, 100));
-    }
-  }
-
-  /**
-   * One atomic commit of the batch after the head this broker knows, checked
-   * against the head's versionstamp.
-   *
-   * @returns The ids, or `undefined` when the head moved.
-   */
-  async #attempt(
-    writer: Writer,
-    batch: Pending[],
-  ): Promise<string[] | undefined> {
-    const { keys } = writer;
-    const expireIn = this.#expireIn;
-    const head = writer.head ??= await this.#readHead(keys);
-    const operation = this.#kv.atomic().check({
-      key: keys.head,
-      versionstamp: head.versionstamp,
-    });
-    let seq = head.seq;
-    const seqs: number[] = [];
-    const time = Date.now();
-    for (const { bytes } of batch) {
-      seqs.push(++seq);
-      setEntry(operation, keys, seq, { bytes, time }, expireIn);
-    }
-    operation.set(keys.head, { seq }, { expireIn });
-    const result = await operation.commit();
-    if (!result.ok) return undefined;
-    writer.head = { seq, versionstamp: result.versionstamp };
-    return seqs.map((seq) => entryId(result.versionstamp, seq));
-  }
-
-  /**
-   * Deletes the entries beyond the newest `replay` that are at least
-   * `trimDelay` old, once a tenth of `replay` (at least one) can go, oldest
-   * first, at most one commit's worth at a time: an entry still there is
-   * followed by every later one.
-   */
-  async #trim(writer: Writer, replay: number): Promise<void> {
-    const floor = writer.head!.seq - replay;
-    const step = Math.max(1, Math.ceil(replay / 10));
-    const now = Date.now();
-    if (floor - writer.trimmed < step || now < writer.trimAt) return;
-    const depth = writer.keys.entries.length;
-    const old = now - this.#trimDelay;
-    let doomed: Deno.KvKey[] = [];
-    // Everything up to `floor` goes, unless the scan stops earlier.
-    let last = floor;
-    try {
-      const list = listRange(this.#kv, writer.keys, {
-        from: writer.trimmed + 1,
-        to: floor,
-        limit: KV_MAX_MUTATIONS,
-      });
-      for await (const { key, value } of list) {
-        const time = headerTime(value);
-        if (key.length === depth + 1 && time !== undefined && time > old) {
-          // Too young: try again when it is old enough.
-          writer.trimAt = time + this.#trimDelay;
-          last = (key[depth] as number) - 1;
-          break;
-        }
-        doomed.push(key);
-      }
-      if (last === floor && doomed.length === KV_MAX_MUTATIONS) {
-        // A full page: its last entry may have more parts; it goes next time.
-        last = (doomed.at(-1)![depth] as number) - 1;
-        doomed = doomed.filter((key) => (key[depth] as number) <= last);
-      }
-      if (doomed.length > 0) {
-        const operation = this.#kv.atomic();
-        for (const key of doomed) operation.delete(key);
-        await operation.commit();
-      }
-      writer.trimmed = Math.max(writer.trimmed, last);
-    } catch (error) {
-      this.#fault(error, `Cannot trim ${JSON.stringify(writer.name)}`);
-    }
   }
 
   // ---------------------------------------------------------------- read

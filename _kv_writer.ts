@@ -1,0 +1,256 @@
+// Copyright the sse authors. MIT license.
+// The publishing side of one stream of a DenoKvBroker (kv.ts): a queue of
+// publishes committed in order, as many per atomic commit as Deno KV's limits
+// allow, after the stream's head; then the trimming of old entries. Private:
+// never exported from mod.ts or deno.json.
+
+import { errorMessage } from "./_broker.ts";
+import {
+  entryId,
+  type Head,
+  headerTime,
+  isBusy,
+  keySize,
+  KV_MAX_COMMIT,
+  KV_MAX_MUTATIONS,
+  listRange,
+  partCount,
+  setEntry,
+  type StreamKeys,
+} from "./_kv_store.ts";
+import { Pause } from "./_pause.ts";
+
+/** One publish waiting for its commit. */
+export interface Pending {
+  /** The entry's JSON bytes. */
+  bytes: Uint8Array;
+  /** How many entries the stream keeps. */
+  replay: number;
+  resolve: (id: string) => void;
+  reject: (error: unknown) => void;
+}
+
+/** What a {@linkcode StreamWriter} needs from its broker. */
+export interface StreamWriterOptions {
+  kv: Deno.Kv;
+  /** When the keys written expire, in ms. */
+  expireIn: number;
+  /** How old an entry beyond `replay` must be to go, in ms. */
+  trimDelay: number;
+  /** Reads the stream's head (reporting one the broker did not write). */
+  readHead: (keys: StreamKeys) => Promise<Head>;
+  /** Told the newest sequence after each commit. */
+  committed: (seq: number) => void;
+  /** Reports a failure no caller can be told of. */
+  fault: (error: unknown, context: string) => void;
+}
+
+/** What one key adds to a commit beyond its bytes, for the budget. */
+const KEY_MARGIN = 16;
+/** Commits that lost the race in a row before `publish` gives up. */
+const MAX_ATTEMPTS = 50;
+
+/** The publishing side of one stream: its queue, head and trimming state. */
+export class StreamWriter {
+  #keys: StreamKeys;
+  #options: StreamWriterOptions;
+  #queue: Pending[] = [];
+  #running = false;
+  #closed = false;
+  /** As left by the last commit; read again when another publisher wrote. */
+  #head: Head | undefined;
+  /** Every entry up to this sequence is known to be deleted. */
+  #trimmed = 0;
+  /** No entry beyond `replay` is old enough to trim before this time. */
+  #trimAt = 0;
+  /** The wait between two attempts, cancelled by `close()`. */
+  #pause = new Pause();
+
+  /**
+   * A writer for one stream.
+   *
+   * @param keys The stream's keys.
+   * @param options What it needs from its broker.
+   */
+  constructor(keys: StreamKeys, options: StreamWriterOptions) {
+    this.#keys = keys;
+    this.#options = options;
+  }
+
+  /**
+   * Queues a publish.
+   *
+   * @param pending The entry and how to settle its promise.
+   * @returns The work started for the queue, when none was running: the
+   * broker waits for it on close.
+   */
+  publish(pending: Pending): Promise<void> | undefined {
+    this.#queue.push(pending);
+    if (this.#running) return undefined;
+    return this.#write();
+  }
+
+  /** Rejects what is queued and cuts a wait short; a commit in flight ends. */
+  close(): void {
+    this.#closed = true;
+    this.#pause.cancel();
+    for (const pending of this.#queue.splice(0)) {
+      pending.reject(new TypeError("Cannot publish: broker is closed"));
+    }
+  }
+
+  /** Commits the queued publishes, as many per commit as fit. */
+  async #write(): Promise<void> {
+    this.#running = true;
+    try {
+      while (this.#queue.length > 0) {
+        const batch = this.#batch();
+        let ids: string[];
+        try {
+          ids = await this.#commit(batch);
+        } catch (error) {
+          const failure = this.#closed
+            ? new TypeError("Cannot publish: broker is closed")
+            : new Error(
+              `Cannot publish to ${JSON.stringify(this.#keys.name)}: ${
+                errorMessage(error)
+              }`,
+              { cause: error },
+            );
+          for (const pending of batch) pending.reject(failure);
+          continue;
+        }
+        for (const [i, pending] of batch.entries()) pending.resolve(ids[i]!);
+        this.#options.committed(this.#head!.seq);
+        if (!this.#closed) await this.#trim(batch.at(-1)!.replay);
+      }
+    } finally {
+      this.#running = false;
+    }
+  }
+
+  /** Takes the queued publishes that fit in one commit. */
+  #batch(): Pending[] {
+    const entryKey = keySize(this.#keys.entries) + 18;
+    let size = keySize(this.#keys.head) * 2 + 64;
+    let mutations = 1;
+    let count = 0;
+    for (const pending of this.#queue) {
+      const parts = partCount(pending.bytes.length);
+      const cost = pending.bytes.length + 64 + parts * (entryKey + KEY_MARGIN);
+      if (
+        count > 0 && (size + cost > KV_MAX_COMMIT ||
+          mutations + parts > KV_MAX_MUTATIONS)
+      ) break;
+      size += cost;
+      mutations += parts;
+      count++;
+    }
+    return this.#queue.splice(0, count);
+  }
+
+  /**
+   * Commits the batch after the stream's head, retrying while another
+   * publisher moved the head meanwhile, or held the database (SQLite answers
+   * "database is locked" when two connections write at once): both pass.
+   */
+  async #commit(batch: Pending[]): Promise<string[]> {
+    for (let attempt = 1;; attempt++) {
+      let ids: string[] | undefined;
+      try {
+        ids = await this.#attempt(batch);
+      } catch (error) {
+        if (!isBusy(error) || attempt === MAX_ATTEMPTS) throw error;
+      }
+      if (ids !== undefined) return ids;
+      this.#head = undefined;
+      if (this.#closed) throw new TypeError("Cannot publish: broker is closed");
+      if (attempt === MAX_ATTEMPTS) {
+        throw new Error(
+          `${attempt} commits in a row lost the race to other publishers`,
+        );
+      }
+      await this.#pause.wait(Math.random() * Math.min(2 ** attempt, 100));
+    }
+  }
+
+  /**
+   * One atomic commit of the batch after the head this writer knows, checked
+   * against the head's versionstamp.
+   *
+   * @returns The ids, or `undefined` when the head moved.
+   */
+  async #attempt(batch: Pending[]): Promise<string[] | undefined> {
+    const keys = this.#keys;
+    const { kv, expireIn } = this.#options;
+    const head = this.#head ??= await this.#options.readHead(keys);
+    const operation = kv.atomic().check({
+      key: keys.head,
+      versionstamp: head.versionstamp,
+    });
+    let seq = head.seq;
+    const seqs: number[] = [];
+    const time = Date.now();
+    for (const { bytes } of batch) {
+      seqs.push(++seq);
+      setEntry(operation, keys, seq, { bytes, time }, expireIn);
+    }
+    operation.set(keys.head, { seq }, { expireIn });
+    const result = await operation.commit();
+    if (!result.ok) return undefined;
+    this.#head = { seq, versionstamp: result.versionstamp };
+    return seqs.map((seq) => entryId(result.versionstamp, seq));
+  }
+
+  /**
+   * Deletes the entries beyond the newest `replay` that are at least
+   * `trimDelay` old, once a tenth of `replay` (at least one) can go, oldest
+   * first, at most one commit's worth at a time: an entry still there is
+   * followed by every later one.
+   */
+  async #trim(replay: number): Promise<void> {
+    const { kv, trimDelay } = this.#options;
+    const floor = this.#head!.seq - replay;
+    const step = Math.max(1, Math.ceil(replay / 10));
+    const now = Date.now();
+    if (floor - this.#trimmed < step || now < this.#trimAt) return;
+    const depth = this.#keys.entries.length;
+    const old = now - trimDelay;
+    let doomed: Deno.KvKey[] = [];
+    // Everything up to `floor` goes, unless the scan stops earlier.
+    let last = floor;
+    try {
+      const list = listRange(kv, this.#keys, {
+        from: this.#trimmed + 1,
+        to: floor,
+        limit: KV_MAX_MUTATIONS,
+      });
+      for await (const { key, value } of list) {
+        const time = headerTime(value);
+        if (key.length === depth + 1 && time !== undefined && time > old) {
+          // Too young: try again when it is old enough.
+          this.#trimAt = time + trimDelay;
+          last = (key[depth] as number) - 1;
+          break;
+        }
+        doomed.push(key);
+      }
+      if (last === floor && doomed.length === KV_MAX_MUTATIONS) {
+        // A full page: its last entry may have more parts; it goes next time.
+        last = (doomed.at(-1)![depth] as number) - 1;
+        doomed = doomed.filter((key) => (key[depth] as number) <= last);
+      }
+      if (doomed.length > 0) {
+        const operation = kv.atomic();
+        for (const key of doomed) operation.delete(key);
+        await operation.commit();
+      }
+      this.#trimmed = Math.max(this.#trimmed, last);
+    } catch (error) {
+      this.#options.fault(
+        error,
+        `Cannot trim ${JSON.stringify(this.#keys.name)}`,
+      );
+    }
+  }
+}
