@@ -5,20 +5,25 @@
  * a client can resume on any of them.
  *
  * - Each channel is one Redis stream, at key `prefix + name` (`"sse:news"` by
- *   default). `publish` is one `XADD … MAXLEN ~ replay`; the entry id Redis
- *   assigns (`"1718000000000-0"`) is the event id, so ids are ordered across
- *   every instance.
+ *   default). `publish` is one `XADD … MAXLEN ~ replay`. The event id is the
+ *   entry id Redis assigns, a dot, and a tag of the stream's key
+ *   (`"1718000000000-0.1k2j3h4"`): ordered across every instance, and never
+ *   the id of another stream's event, though Redis numbers each stream on its
+ *   own and two streams often get the same entry id.
  * - Each broker reads new entries of all the streams its process subscribes
  *   to with one blocking `XREAD` on one connection of its own, and fans them
  *   out locally: two Redis connections per process, whatever the number of
  *   clients or channels.
- * - A client that comes back with `Last-Event-ID` (to this instance or any
- *   other) gets exactly the entries after it that Redis still keeps
- *   (`XRANGE`), then the live ones, with no gap and no duplicate.
+ * - `history` pages what Redis still keeps after an id (`XRANGE`), so a
+ *   client that comes back with `Last-Event-ID`, to this instance or any
+ *   other, gets exactly what it missed.
  * - When Redis restarts or is briefly unreachable, the broker reconnects,
  *   reports the outage once (`onError`), and reads on from where it stopped,
  *   so nothing stored in Redis is missed. `publish` rejects while Redis is
- *   unreachable instead of queueing.
+ *   unreachable instead of queueing, and no command waits longer than
+ *   `commandTimeout` for a Redis that stopped answering.
+ * - Entries written by others that it cannot decode (not JSON, missing or
+ *   mistyped fields) are skipped and reported through `onError`, once each.
  *
  * It needs one Redis server (5.0 or later; the one primary of a replicated
  * setup): Redis Cluster is not supported, as one `XREAD` spans every stream.
@@ -43,19 +48,27 @@
  * @module
  */
 
-import { createClient } from "@redis/client";
 import {
   BrokerSubscription,
+  checkHistory,
   checkPublish,
   checkSubscribe,
-  reportUncaught,
+  errorMessage,
+  errorReporter,
   type SSEBroker,
   type SSEBrokerEntry,
   type SSEBrokerSubscription,
 } from "./_broker.ts";
 import type { SSEMessage } from "./encoder.ts";
 import { Pause } from "./_pause.ts";
-import { startTimeout, type Timer } from "./_timer.ts";
+import { backoff, type Connection, RedisLink } from "./_redis_link.ts";
+import {
+  decodeEntry,
+  eventId,
+  type RawEntry,
+  redisIdOf,
+  streamTag,
+} from "./_redis_entry.ts";
 
 export type { SSEBroker, SSEBrokerEntry, SSEBrokerSubscription, SSEMessage };
 
@@ -116,33 +129,22 @@ export interface RedisBrokerOptions {
    */
   commandTimeout?: number;
   /**
-   * Called when Redis becomes unreachable or stops answering (once per
-   * outage, not once per reconnection attempt) and for errors no caller can
-   * be told of, such as an entry that is not the broker's. The broker keeps
-   * retrying either way.
-   * @default {writes one line to stderr with console.error}
+   * Called with the errors no caller can be told of: Redis became
+   * unreachable or stopped answering (once per outage, not once per
+   * reconnection attempt; the broker keeps retrying either way), an entry
+   * that cannot be decoded was skipped (once per entry), a subscriber's
+   * `onEntry` threw. Must not throw.
+   * @default {writes one line to stderr: "RedisBroker: " and the message}
    */
   onError?: (error: Error) => void;
 }
-
-/** The node-redis client surface the broker uses, with RESP2 replies. */
-interface Connection {
-  readonly isOpen: boolean;
-  readonly isReady: boolean;
-  connect(): Promise<unknown>;
-  sendCommand(args: string[]): Promise<unknown>;
-  close(): Promise<void>;
-  destroy(): void;
-  on(event: string, listener: (value: unknown) => void): unknown;
-}
-
-/** A stream entry as RESP2 returns it: `[id, [field, value, …]]`. */
-type RawEntry = [string, string[]];
 
 /** One Redis stream read by this broker. */
 interface Stream {
   readonly name: string;
   readonly key: string;
+  /** What follows the Redis id in this stream's event ids. */
+  readonly tag: string;
   /** Id of the last entry read from Redis (`"0-0"` before any). */
   cursor: string;
   /** Whether `cursor` is known, so the blocking read includes this stream. */
@@ -150,6 +152,16 @@ interface Stream {
   /** Settles when `cursor` is known. */
   ready: Promise<void>;
   subscribers: Set<Subscriber>;
+  /** Entries fanned out so far: a subscriber gets those after its `from`. */
+  delivered: number;
+}
+
+/** One subscription's delivery state. */
+interface Subscriber {
+  readonly onEntry: (entry: SSEBrokerEntry) => void;
+  /** The stream's `delivered` count when it joined. */
+  readonly from: number;
+  active: boolean;
 }
 
 const DEFAULT_URL = "redis://127.0.0.1:6379";
@@ -164,11 +176,13 @@ const BLOCK_MS = 2_000;
 const DEFAULT_COMMAND_TIMEOUT = 3_000;
 /** Entries read per stream per `XREAD`, to bound one reply's size. */
 const READ_COUNT = 1_000;
+/**
+ * How many skipped entries the broker remembers having reported, so that one
+ * bad entry read by every resuming client is reported once.
+ */
+const REPORTED_MAX = 1_000;
 /** The wake stream expires this long after its last use, in ms. */
 const WAKE_TTL_MS = 3_600_000;
-/** Backoff of the read loop after a failed `XREAD`, in ms. */
-const RETRY_MIN_MS = 50;
-const RETRY_MAX_MS = 2_000;
 
 /**
  * An {@linkcode SSEBroker} on Redis Streams: events published on any
@@ -205,18 +219,11 @@ const RETRY_MAX_MS = 2_000;
  * ```
  */
 export class RedisBroker implements SSEBroker {
-  #template: RedisClientTemplate | undefined;
-  #url: string;
   #prefix: string;
-  #onError: (error: Error) => void;
-  #commandTimeout: number;
-  /** For `publish` and queries; no offline queue, so it fails fast. */
-  #writer: Connection | undefined;
-  /** For the blocking `XREAD` only; queues while offline, so the loop waits. */
-  #reader: Connection | undefined;
-  /** Settles with the writer's first connection attempt. */
-  #opened: Promise<void> | undefined;
-  #openedSettled = false;
+  #report: (error: Error) => void;
+  #link: RedisLink;
+  /** `key + " " + id` of the skipped entries already reported. */
+  #reported = new Set<string>();
   #streams = new Map<string, Stream>();
   /** Named at first use: Workers refuse random values in global scope. */
   #wakeKey = "";
@@ -224,16 +231,12 @@ export class RedisBroker implements SSEBroker {
   #loop: Promise<void> | undefined;
   /** The read loop's wait after a failed `XREAD`. */
   #retryPause = new Pause();
-  #reconnectTimer: Timer | undefined;
-  /** Failed reconnection attempts in a row, for the backoff. */
-  #reconnects = 0;
-  #healthy = true;
   #closed = false;
   #closing: Promise<void> | undefined;
 
   /**
-   * Creates a broker. Nothing connects until the first `publish` or
-   * `subscribe`.
+   * Creates a broker. Nothing connects until the first `publish`,
+   * `subscribe` or `history`.
    *
    * @param options Where Redis is (`url` or `client`), the key `prefix`,
    * `commandTimeout` and `onError`.
@@ -271,16 +274,15 @@ export class RedisBroker implements SSEBroker {
         }`,
       );
     }
-    if (onError !== undefined && typeof onError !== "function") {
-      throw new TypeError(
-        `Invalid onError: expected a function, got ${typeof onError}`,
-      );
-    }
-    this.#template = client;
-    this.#commandTimeout = commandTimeout;
-    this.#url = url ?? DEFAULT_URL;
+    this.#report = errorReporter("RedisBroker", onError);
     this.#prefix = prefix;
-    this.#onError = onError ?? warn;
+    this.#link = new RedisLink({
+      url: url ?? DEFAULT_URL,
+      template: client,
+      commandTimeout,
+      report: this.#report,
+      onReaderReady: () => this.#retryPause.cancel(),
+    });
   }
 
   /**
@@ -292,10 +294,12 @@ export class RedisBroker implements SSEBroker {
    * @param entry The topic (`""` for none) and the message; its `id`, if any,
    * is left out (Redis assigns the id).
    * @param options `replay`: how many entries the stream keeps, at least.
-   * @returns The Redis entry id, once Redis has stored the entry. Rejects at
-   * once, storing nothing, when Redis is unreachable, and after
-   * `commandTimeout` when Redis does not answer (it may then still store the
-   * entry once it answers again, and deliver it as usual).
+   * @returns The event id (the Redis entry id, a dot, the stream's tag), once
+   * Redis has stored the entry. Rejects with a `TypeError` or `RangeError`
+   * for bad arguments or once closed; at once, storing nothing, when Redis is
+   * unreachable; and after `commandTimeout` when Redis does not answer (it
+   * may then still store the entry once it answers again, and deliver it as
+   * usual).
    */
   async publish(
     name: string,
@@ -308,7 +312,7 @@ export class RedisBroker implements SSEBroker {
 
     try {
       const writer = await this.#open();
-      const id = await this.#send(writer, [
+      const id = await this.#link.send(writer, [
         "XADD",
         this.#prefix + name,
         "MAXLEN",
@@ -320,7 +324,7 @@ export class RedisBroker implements SSEBroker {
         "message",
         json,
       ]);
-      return id as string;
+      return eventId(id as string, streamTag(this.#prefix + name));
     } catch (error) {
       if (this.#closed) {
         throw new TypeError("Cannot publish: broker is closed");
@@ -333,41 +337,25 @@ export class RedisBroker implements SSEBroker {
   }
 
   /**
-   * Subscribes to a stream: replays the entries after `lastEventId` that
-   * Redis still keeps (`XRANGE`), then delivers new ones as this process's
-   * blocking read brings them, in id order, with no gap and no duplicate.
-   *
-   * `resumed` is `false` when `lastEventId` is not an id of this stream that
-   * it still covers: not a Redis stream id, or not in the stream any more
-   * (trimmed, or lost by Redis), or never assigned.
+   * Delivers every entry stored in the stream from now on, in id order, as
+   * this process's one blocking read brings them (whoever published them).
    *
    * @param name The stream.
-   * @param options `lastEventId`: resume after this id.
-   * @param onEntry Called with each entry; must not throw (a throw is
-   * reported with `reportError`, or `console.error` where the runtime has
-   * none).
-   * @returns The subscription, once its replay is delivered. Rejects when
-   * Redis cannot be reached to find where the stream ends.
+   * @param onEntry Called with each entry; must not throw (a throw goes to
+   * `onError`).
+   * @returns The subscription, once the broker knows where the stream ends:
+   * every entry stored after that reaches `onEntry`. Rejects with a
+   * `TypeError` for bad arguments or once closed, and when Redis cannot be
+   * reached or does not answer within `commandTimeout`.
    */
   async subscribe(
     name: string,
-    options: { lastEventId?: string },
     onEntry: (entry: SSEBrokerEntry) => void,
   ): Promise<SSEBrokerSubscription> {
     if (this.#closed) throw new TypeError("Cannot subscribe: broker is closed");
-    const lastEventId = checkSubscribe(name, options, onEntry);
-    // An id Redis cannot have assigned is unknown: live entries only.
-    const after = lastEventId === undefined
-      ? undefined
-      : canonicalId(lastEventId);
-
-    // Join the stream's subscribers before anything is read from Redis: the
-    // live entries the loop brings from now on are buffered while the replay
-    // is fetched, and the replay reaches at least as far as the loop's cursor
-    // did when we joined, so together they leave no gap.
-    let writer: Connection;
+    checkSubscribe(name, onEntry);
     try {
-      writer = await this.#open();
+      await this.#open();
     } catch (error) {
       if (this.#closed) throw error;
       throw new Error(
@@ -376,24 +364,22 @@ export class RedisBroker implements SSEBroker {
       );
     }
     const stream = this.#watch(name);
-    const subscriber = new Subscriber(onEntry, after);
+    const subscriber: Subscriber = {
+      onEntry,
+      from: stream.delivered,
+      active: true,
+    };
     stream.subscribers.add(subscriber);
-    const release = () => this.#release(stream, subscriber);
+    const release = () => {
+      subscriber.active = false;
+      stream.subscribers.delete(subscriber);
+    };
     try {
       await stream.ready;
-      let resumed = lastEventId === undefined;
-      if (after !== undefined) {
-        const replay = await this.#replay(writer, stream.key, after);
-        resumed = replay !== undefined;
-        if (resumed) {
-          for (const entry of replay!) subscriber.replayed(entry);
-        }
-      }
       if (this.#closed) {
         throw new TypeError("Cannot subscribe: broker is closed");
       }
-      subscriber.goLive(resumed);
-      return new BrokerSubscription(resumed, release);
+      return new BrokerSubscription(release);
     } catch (error) {
       release();
       throw error;
@@ -401,11 +387,62 @@ export class RedisBroker implements SSEBroker {
   }
 
   /**
-   * Ends every subscription, stops the blocking read, waits for publishes in
-   * flight, and closes the broker's connections (not a `client` you gave).
-   * Later calls to `publish` and `subscribe` reject. Idempotent.
+   * Up to `limit` entries that Redis keeps after `after`, oldest first, in
+   * one `XRANGE` (more only when entries that cannot be decoded are skipped).
    *
-   * @returns Once every connection and timer is released.
+   * `after` is a resume point when it is an event id of this stream (its tag
+   * matches) that Redis still keeps: the `XRANGE` starts at it, inclusive,
+   * and it must come first. An id trimmed away is not one, even the newest
+   * trimmed: Redis does not record which ids trimming removed (`XINFO
+   * STREAM`'s `max-deleted-entry-id` counts only `XDEL`, checked on Redis
+   * 7.0), so the broker cannot tell it from one whose successors are gone.
+   *
+   * @param name The stream.
+   * @param options `after`: the last event id a client has; `limit`: a
+   * positive integer.
+   * @returns The entries (`[]` when `after` is the newest), or `null` when
+   * `after` is not a resume point of this stream: another stream's id, a
+   * malformed one, a future one, one trimmed away or lost with Redis's data.
+   * Rejects with a `TypeError` or `RangeError` for bad arguments or once
+   * closed, and when Redis cannot be reached or does not answer within
+   * `commandTimeout`.
+   */
+  async history(
+    name: string,
+    options: { after: string; limit: number },
+  ): Promise<SSEBrokerEntry[] | null> {
+    if (this.#closed) {
+      throw new TypeError("Cannot read history: broker is closed");
+    }
+    const { after, limit } = checkHistory(name, options);
+    const key = this.#prefix + name;
+    const tag = streamTag(key);
+    const start = redisIdOf(after, tag);
+    if (start === undefined) return null;
+    try {
+      const writer = await this.#open();
+      return await this.#history(writer, { name, key, tag }, start, limit);
+    } catch (error) {
+      if (this.#closed) {
+        throw new TypeError("Cannot read history: broker is closed");
+      }
+      throw new Error(
+        `Cannot read the history of ${JSON.stringify(name)}: ${
+          errorMessage(error)
+        }`,
+        { cause: error },
+      );
+    }
+  }
+
+  /**
+   * Ends every subscription, stops the blocking read, waits for publishes in
+   * flight (at most `commandTimeout`), and closes the broker's connections
+   * (not a `client` you gave). Later calls to `publish`, `subscribe` and
+   * `history` reject. Idempotent.
+   *
+   * @returns Once every connection and timer is released, within
+   * `commandTimeout` even when Redis does not answer.
    */
   close(): Promise<void> {
     if (this.#closing !== undefined) return this.#closing;
@@ -415,201 +452,41 @@ export class RedisBroker implements SSEBroker {
       stream.subscribers.clear();
     }
     this.#streams.clear();
-    this.#cancelRetry();
+    this.#retryPause.cancel();
     this.#closing = this.#shutDown();
     return this.#closing;
   }
 
   async #shutDown(): Promise<void> {
-    const writer = this.#writer;
-    if (writer === undefined) return;
-    // Ends the blocking read at once (close() would wait for its reply).
-    this.#reader?.destroy();
-    if (writer.isReady) {
-      // Removes the wake stream and lets publishes in flight finish, within
-      // one commandTimeout for both: a frozen Redis cannot hold close().
-      const graceful = (async () => {
-        await writer.sendCommand(["DEL", this.#wakeKey]);
-        await writer.close();
-      })();
-      await this.#bounded(writer, graceful).catch(() => writer.destroy());
-    } else {
-      writer.destroy();
-    }
+    // Removes the wake stream, and ends the blocking read at once.
+    await this.#link.close(["DEL", this.#wakeKey]);
     await this.#loop;
-    await this.#opened?.catch(() => {});
   }
 
-  /**
-   * Creates the writer connection on first use and waits for its first
-   * attempt to connect. Later calls do not wait: while Redis is unreachable,
-   * commands on the writer reject at once. (The reader is created with the
-   * read loop, so a process that only publishes holds one connection.)
-   */
+  /** The writer, connected (or not) at the first call; names the wake key. */
   async #open(): Promise<Connection> {
-    if (this.#opened === undefined) {
+    if (this.#wakeKey === "") {
       this.#wakeKey = `${this.#prefix}~wake:${crypto.randomUUID()}`;
-      const writer = this.#connection(false);
-      this.#writer = writer;
-      this.#opened = this.#connect(writer).finally(() =>
-        this.#openedSettled = true
-      );
     }
-    if (!this.#openedSettled) await this.#opened;
+    const writer = await this.#link.open();
     if (this.#closed) throw new TypeError("Cannot use a closed broker");
-    return this.#writer!;
-  }
-
-  /**
-   * A new connection with the broker's settings. It does not reconnect by
-   * itself (`reconnectStrategy: false`): the broker does, on its own timer,
-   * so that `close()` can cancel a pending attempt (node-redis's own retry
-   * delay cannot be cancelled, and would outlive the broker).
-   */
-  #connection(offlineQueue: boolean): Connection {
-    const template = this.#template as
-      | (RedisClientTemplate & { options?: { socket?: object } })
-      | undefined;
-    const settings = {
-      RESP: 2,
-      disableOfflineQueue: !offlineQueue,
-      // No node-redis command timer: it only bounds the time before a
-      // command is written, not the wait for its reply; #bounded does both.
-      commandOptions: { timeout: 0 },
-      maintNotifications: "disabled",
-    } as const;
-    const client = (template === undefined
-      ? createClient({
-        url: this.#url,
-        ...settings,
-        socket: { reconnectStrategy: false },
-      })
-      : template.duplicate({
-        ...settings,
-        // Settings of a template that RESP2 or raw replies cannot take.
-        clientSideCache: undefined,
-        emitInvalidate: undefined,
-        keyPrefix: undefined,
-        socket: { ...template.options?.socket, reconnectStrategy: false },
-      } as unknown as { RESP: 2; disableOfflineQueue: boolean })) as Connection;
-    client.on(
-      "error",
-      (error) => this.#fault(error, "Redis connection failed"),
-    );
-    client.on("ready", () => {
-      this.#reconnects = 0;
-      if (this.#writer?.isReady && (this.#reader?.isReady ?? true)) {
-        this.#healthy = true;
-      }
-      // Redis is back: reconnect the other connection now rather than after
-      // its backoff, and let the read loop read now rather than after its.
-      if (this.#reconnectTimer !== undefined) {
-        clearTimeout(this.#reconnectTimer);
-        this.#reconnectTimer = undefined;
-        this.#reconnectAll();
-      }
-      if (client === this.#reader) this.#retryPause.cancel();
-    });
-    // The connection closed for good: reconnect it (and any other) later.
-    client.on("terminated", () => this.#reconnectLater());
-    return client;
-  }
-
-  /**
-   * Connects a client; settles with the outcome of this one attempt, within
-   * `commandTimeout` (a Redis that accepts the connection but does not answer
-   * the handshake fails it).
-   */
-  #connect(client: Connection): Promise<void> {
-    return this.#bounded(client, client.connect()).then(() => {});
-  }
-
-  /**
-   * Sends a command and waits for its reply, at most `commandTimeout` (plus
-   * `extra` ms, for a blocking command).
-   */
-  #send(client: Connection, args: string[], extra = 0): Promise<unknown> {
-    return this.#bounded(client, client.sendCommand(args), extra);
-  }
-
-  /**
-   * Settles like `promise`, or rejects once `commandTimeout` (plus `extra`)
-   * has passed without an answer on `client`. Its connection is then
-   * dropped: the replies of a connection that missed one cannot be trusted
-   * to come, and every command queued on it fails with it. A new connection
-   * is made after the usual backoff.
-   */
-  #bounded<T>(
-    client: Connection,
-    promise: Promise<T>,
-    extra = 0,
-  ): Promise<T> {
-    const ms = this.#commandTimeout + extra;
-    let timer: Timer | undefined;
-    const expired = new Promise<never>((_, reject) => {
-      timer = startTimeout(() => {
-        const error = new Error(`no answer from Redis within ${ms} ms`);
-        reject(error);
-        this.#fault(error, "Redis connection dropped");
-        client.destroy();
-        this.#reconnectLater();
-      }, ms);
-    });
-    return Promise.race([promise, expired]).finally(() => clearTimeout(timer));
-  }
-
-  /** Reconnects every closed connection after a backoff, until close(). */
-  #reconnectLater(): void {
-    if (this.#closed || this.#reconnectTimer !== undefined) return;
-    const delay = Math.min(
-      RETRY_MIN_MS * 2 ** this.#reconnects++,
-      RETRY_MAX_MS,
-    );
-    this.#reconnectTimer = startTimeout(() => {
-      this.#reconnectTimer = undefined;
-      this.#reconnectAll();
-    }, delay + Math.random() * delay / 4);
-  }
-
-  #reconnectAll(): void {
-    if (this.#closed) return;
-    for (const client of [this.#writer, this.#reader]) {
-      // A failed attempt emits "terminated" (or, timed out, is dropped),
-      // which schedules the next.
-      if (client !== undefined && !client.isOpen) {
-        this.#connect(client).catch(() => {});
-      }
-    }
-  }
-
-  /** Reports an error once per outage. */
-  #fault(error: unknown, context: string): void {
-    if (this.#closed || !this.#healthy) return;
-    this.#healthy = false;
-    this.#report(
-      new Error(`${context}: ${errorMessage(error)}`, { cause: error }),
-    );
-  }
-
-  #report(error: unknown): void {
-    try {
-      this.#onError(error instanceof Error ? error : new Error(String(error)));
-    } catch (thrown) {
-      reportUncaught(thrown);
-    }
+    return writer;
   }
 
   /** The stream of `name`, read by the loop from now on. */
   #watch(name: string): Stream {
     const stream = this.#streams.get(name);
     if (stream !== undefined) return stream;
+    const key = this.#prefix + name;
     const created: Stream = {
       name,
-      key: this.#prefix + name,
+      key,
+      tag: streamTag(key),
       cursor: "0-0",
       watched: false,
       ready: Promise.resolve(),
       subscribers: new Set(),
+      delivered: 0,
     };
     created.ready = this.#start(created);
     // Every subscriber awaits `ready`; this only keeps an unawaited rejection
@@ -628,7 +505,7 @@ export class RedisBroker implements SSEBroker {
    */
   async #start(stream: Stream): Promise<void> {
     try {
-      const last = await this.#send(this.#writer!, [
+      const last = await this.#link.send(await this.#link.open(), [
         "XREVRANGE",
         stream.key,
         "+",
@@ -653,8 +530,8 @@ export class RedisBroker implements SSEBroker {
     // The blocking read in flight does not include this stream yet: wake it
     // up so it is re-issued. The wake stream has a cursor too, so a wake-up
     // that arrives before the read is processed still ends it at once.
-    const writer = this.#writer!;
-    this.#send(writer, [
+    const writer = await this.#link.open();
+    this.#link.send(writer, [
       "XADD",
       this.#wakeKey,
       "MAXLEN",
@@ -663,67 +540,77 @@ export class RedisBroker implements SSEBroker {
       "w",
       "",
     ]).then(() =>
-      this.#send(writer, [
+      this.#link.send(writer, [
         "PEXPIRE",
         this.#wakeKey,
         String(WAKE_TTL_MS),
       ])
-    ).catch((error) => this.#fault(error, "Redis connection failed"));
+    ).catch((error) => this.#link.fault(error, "Redis connection failed"));
   }
 
   /**
-   * `XRANGE` from `after` inclusive, in one command (so trimming cannot slip
-   * in between): `after` is known and nothing after it is gone exactly when
-   * it is still the first entry returned. Returns the entries after it, or
-   * `undefined` when it is unknown or older than the history kept. (An id
-   * trimmed just now, whose successors are all kept, also counts as too old:
-   * Redis does not record which ids trimming removed.)
+   * Pages the entries after `start` (a Redis id), as `history` describes.
+   * Each `XRANGE` starts at the last id read, inclusive, and goes on only if
+   * that id still comes first: so nothing trimmed in between is skipped
+   * unnoticed. Entries that cannot be decoded are skipped; when a whole page
+   * was skipped, the next is read, so `[]` always means "nothing after".
    */
-  async #replay(
+  async #history(
     writer: Connection,
-    key: string,
-    after: string,
-  ): Promise<SSEBrokerEntry[] | undefined> {
-    const raw = await this.#send(writer, ["XRANGE", key, after, "+"]) as
-      | RawEntry[]
-      | null;
-    if (raw?.[0]?.[0] !== after) return undefined;
-    return this.#entries(raw.slice(1));
-  }
-
-  #entries(raw: RawEntry[]): SSEBrokerEntry[] {
+    stream: Pick<Stream, "name" | "key" | "tag">,
+    start: string,
+    limit: number,
+  ): Promise<SSEBrokerEntry[] | null> {
     const entries: SSEBrokerEntry[] = [];
-    for (const item of raw) {
-      const entry = this.#entry(item);
-      if (entry !== undefined) entries.push(entry);
+    for (let from = start;;) {
+      const wanted = limit - entries.length;
+      const raw = await this.#link.send(writer, [
+        "XRANGE",
+        stream.key,
+        from,
+        "+",
+        "COUNT",
+        String(wanted + 1),
+      ]) as RawEntry[];
+      // Gone meanwhile (trimmed, or never there): what came after it is too.
+      if (raw[0]?.[0] !== from) return entries.length > 0 ? entries : null;
+      for (let i = 1; i < raw.length; i++) {
+        const entry = this.#entry(stream, raw[i]!);
+        if (entry !== undefined) entries.push(entry);
+      }
+      if (entries.length >= limit || raw.length <= wanted) return entries;
+      from = raw[raw.length - 1]![0];
     }
-    return entries;
   }
 
-  /** Decodes an entry; one the broker did not write is reported and skipped. */
-  #entry([id, fields]: RawEntry): SSEBrokerEntry | undefined {
-    let topic: string | undefined;
-    let json: string | undefined;
-    for (let i = 0; i + 1 < fields.length; i += 2) {
-      if (fields[i] === "topic") topic = fields[i + 1];
-      else if (fields[i] === "message") json = fields[i + 1];
-    }
-    if (topic !== undefined && json !== undefined) {
-      try {
-        const message = JSON.parse(json);
-        if (typeof message === "object" && message !== null) {
-          return { id, topic, message };
-        }
-      } catch {
-        // reported below
-      }
-    }
+  /** Decodes a stream entry; reports and skips one it cannot decode. */
+  #entry(
+    stream: Pick<Stream, "name" | "key" | "tag">,
+    raw: RawEntry,
+  ): SSEBrokerEntry | undefined {
+    const entry = decodeEntry(raw, stream.tag);
+    if (typeof entry !== "string") return entry;
+    this.#skipped(stream, raw[0], entry);
+    return undefined;
+  }
+
+  /** Reports a skipped entry, the first time this broker skips it. */
+  #skipped(
+    stream: Pick<Stream, "name" | "key">,
+    rawId: string,
+    problem: string,
+  ): void {
+    const key = `${stream.key} ${rawId}`;
+    if (this.#reported.has(key)) return;
+    if (this.#reported.size >= REPORTED_MAX) this.#reported.clear();
+    this.#reported.add(key);
     this.#report(
-      new SyntaxError(
-        `Invalid stream entry ${id}: expected fields "topic" and "message" (JSON)`,
+      new TypeError(
+        `Skipped entry ${rawId} of stream ${JSON.stringify(stream.name)} (key ${
+          JSON.stringify(stream.key)
+        }): ${problem}`,
       ),
     );
-    return undefined;
   }
 
   /**
@@ -735,9 +622,7 @@ export class RedisBroker implements SSEBroker {
   async #read(): Promise<void> {
     // Its own connection, as XREAD BLOCK holds it; with an offline queue, so
     // a read issued while Redis is unreachable waits for the reconnection.
-    const reader = this.#connection(true);
-    this.#reader = reader;
-    this.#connect(reader).catch(() => {}); // reported through #fault
+    const reader = this.#link.reader();
     let failures = 0;
     while (!this.#closed) {
       const streams: Stream[] = [];
@@ -759,18 +644,17 @@ export class RedisBroker implements SSEBroker {
 
       let reply: [string, RawEntry[]][] | null;
       try {
-        reply = await this.#send(reader, args, BLOCK_MS) as typeof reply;
+        reply = await this.#link.send(reader, args, BLOCK_MS) as typeof reply;
       } catch (error) {
         if (this.#closed) return;
-        this.#fault(error, "Reading streams failed");
-        await this.#retryPause.wait(
-          Math.min(RETRY_MIN_MS * 2 ** failures++, RETRY_MAX_MS),
-        );
+        this.#link.fault(error, "Reading streams failed");
+        // Cut short when the reader is connected again.
+        await this.#retryPause.wait(backoff(failures++));
         continue;
       }
       failures = 0;
       if (this.#closed) return;
-      if (this.#writer!.isReady) this.#healthy = true;
+      this.#link.recovered();
       if (reply === null) continue;
       const byKey = new Map<string, Stream>();
       for (const stream of streams) byKey.set(stream.key, stream);
@@ -784,129 +668,32 @@ export class RedisBroker implements SSEBroker {
         if (stream === undefined) continue;
         for (const item of raw) {
           stream.cursor = item[0];
-          const entry = this.#entry(item);
-          if (entry === undefined) continue;
-          for (const subscriber of stream.subscribers) {
-            subscriber.live(entry);
-          }
+          const entry = this.#entry(stream, item);
+          if (entry !== undefined) this.#fanOut(stream, entry);
         }
       }
     }
   }
 
-  #cancelRetry(): void {
-    clearTimeout(this.#reconnectTimer);
-    this.#reconnectTimer = undefined;
-    this.#retryPause.cancel();
-  }
-
-  #release(stream: Stream, subscriber: Subscriber): void {
-    subscriber.active = false;
-    stream.subscribers.delete(subscriber);
-  }
-}
-
-/** One subscription's delivery state. */
-class Subscriber {
-  active = true;
-  #onEntry: (entry: SSEBrokerEntry) => void;
-  /** Live entries held back while the replay is fetched. */
-  #pending: SSEBrokerEntry[] | undefined;
-  /** Live entries up to this id were replayed already: skip them. */
-  #after: string | undefined;
-
-  constructor(onEntry: (entry: SSEBrokerEntry) => void, after?: string) {
-    this.#onEntry = onEntry;
-    if (after !== undefined) {
-      this.#pending = [];
-      this.#after = after;
+  /** Delivers a live entry to the subscribers that joined before it. */
+  #fanOut(stream: Stream, entry: SSEBrokerEntry): void {
+    const position = ++stream.delivered;
+    for (const subscriber of stream.subscribers) {
+      // One that joined during this loop (from inside an onEntry) starts
+      // with the next entry.
+      if (!subscriber.active || subscriber.from >= position) continue;
+      try {
+        subscriber.onEntry(entry);
+      } catch (error) {
+        this.#report(
+          new Error(
+            `A subscriber of ${JSON.stringify(stream.name)} threw: ${
+              errorMessage(error)
+            }`,
+            { cause: error },
+          ),
+        );
+      }
     }
   }
-
-  /** An entry of the replay, in id order, all after `lastEventId`. */
-  replayed(entry: SSEBrokerEntry): void {
-    this.#after = entry.id;
-    this.#deliver(entry);
-  }
-
-  /**
-   * The replay is done: deliver what the loop brought meanwhile. Without a
-   * replay (`lastEventId` unknown), every live entry is new to the client,
-   * whatever its id.
-   */
-  goLive(resumed: boolean): void {
-    if (!resumed) this.#after = undefined;
-    const pending = this.#pending;
-    this.#pending = undefined;
-    if (pending === undefined) return;
-    for (const entry of pending) this.live(entry);
-  }
-
-  /** An entry from the read loop. */
-  live(entry: SSEBrokerEntry): void {
-    if (!this.active) return;
-    if (this.#pending !== undefined) {
-      this.#pending.push(entry);
-      return;
-    }
-    if (this.#after !== undefined) {
-      // The replay may have reached further than the loop: skip its entries.
-      if (compareIds(entry.id, this.#after) <= 0) return;
-      this.#after = undefined;
-    }
-    this.#deliver(entry);
-  }
-
-  #deliver(entry: SSEBrokerEntry): void {
-    if (!this.active) return;
-    try {
-      this.#onEntry(entry);
-    } catch (error) {
-      reportUncaught(error);
-    }
-  }
-}
-
-/** The default `onError`: one line on stderr, never a stack trace. */
-function warn(error: Error): void {
-  // deno-lint-ignore no-console
-  console.error(`RedisBroker: ${error.message}`);
-}
-
-function errorMessage(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
-}
-
-// Only the canonical spelling: Redis reads "5-01" as "5-1", but never wrote it.
-const STREAM_ID = /^(0|[1-9]\d{0,19})-(0|[1-9]\d{0,19})$/;
-const U64_MAX = 2n ** 64n - 1n;
-
-/**
- * `id` if it is a Redis stream id as Redis writes them (`<ms>-<seq>`, both
- * unsigned 64-bit decimal integers without leading zeros), else `undefined`.
- */
-function canonicalId(id: string): string | undefined {
-  const match = STREAM_ID.exec(id);
-  if (match === null) return undefined;
-  if (BigInt(match[1]!) > U64_MAX || BigInt(match[2]!) > U64_MAX) {
-    return undefined;
-  }
-  return id;
-}
-
-/**
- * Orders two canonical stream ids as Redis does: by time part, then sequence,
- * each an integer (so `"9-0" < "10-0"`, unlike the strings).
- */
-function compareIds(a: string, b: string): number {
-  const aDash = a.indexOf("-");
-  const bDash = b.indexOf("-");
-  return compareDigits(a.slice(0, aDash), b.slice(0, bDash)) ||
-    compareDigits(a.slice(aDash + 1), b.slice(bDash + 1));
-}
-
-/** Compares two decimal integers without leading zeros. */
-function compareDigits(a: string, b: string): number {
-  if (a.length !== b.length) return a.length - b.length;
-  return a < b ? -1 : a > b ? 1 : 0;
 }

@@ -110,7 +110,7 @@ faultTest(
   "RedisBroker publish rejects within commandTimeout while Redis is frozen, and publishes again once it thaws",
   async ({ redis, broker, errors }) => {
     const received = new TimedCollector();
-    const subscription = await broker.subscribe("s", {}, received.onEntry);
+    const subscription = await broker.subscribe("s", received.onEntry);
     const before = await broker.publish("s", message("before"), {
       replay: 100,
     });
@@ -153,17 +153,22 @@ faultTest(
 );
 
 faultTest(
-  "RedisBroker subscribe rejects within commandTimeout while Redis is frozen, resuming or not",
+  "RedisBroker subscribe and history reject within commandTimeout while Redis is frozen",
   async ({ redis, broker }) => {
     const id = await broker.publish("s", message("x"), { replay: 100 });
     redis.freeze();
     // A new stream (where does it end?) and a resume (what came after?).
-    const fresh = await timed(broker.subscribe("t", {}, () => {}));
-    const resume = await timed(
-      broker.subscribe("s", { lastEventId: id }, () => {}),
+    const subscribing = await timed(broker.subscribe("t", () => {}));
+    assert.match(
+      String(subscribing.error),
+      /^Error: Cannot subscribe to "t": /,
     );
-    for (const { ms, error } of [fresh, resume]) {
-      assert.match(String(error), /^Error: Cannot subscribe to "[st]": /);
+    const reading = await timed(broker.history("s", { after: id, limit: 10 }));
+    assert.match(
+      String(reading.error),
+      /^Error: Cannot read the history of "s": /,
+    );
+    for (const { ms } of [subscribing, reading]) {
       assert.ok(ms < TIMEOUT + SLACK, `rejected after ${ms} ms`);
     }
   },
@@ -172,7 +177,7 @@ faultTest(
 faultTest(
   "RedisBroker close completes within commandTimeout while Redis is frozen, with a publish in flight",
   async ({ redis, broker }) => {
-    const subscription = await broker.subscribe("s", {}, () => {});
+    const subscription = await broker.subscribe("s", () => {});
     await broker.publish("s", message("x"), { replay: 100 });
     redis.freeze();
     const publishing = timed(
@@ -197,7 +202,7 @@ faultTest(
     );
     assert.match(String(published.error), /no answer from Redis/);
     assert.ok(published.ms < TIMEOUT + SLACK, `after ${published.ms} ms`);
-    const subscribing = timed(broker.subscribe("s", {}, () => {}));
+    const subscribing = timed(broker.subscribe("s", () => {}));
     await sleep(50);
     const closing = await timed(broker.close());
     assert.equal(closing.error, undefined);
@@ -210,7 +215,7 @@ faultTest(
   "RedisBroker delivers again right after it reconnects to a thawed Redis, also when the freeze outlasted its blocking read",
   async ({ redis, broker }) => {
     const received = new TimedCollector();
-    const subscription = await broker.subscribe("s", {}, received.onEntry);
+    const subscription = await broker.subscribe("s", received.onEntry);
     const first = await broker.publish("s", message("first"), {
       replay: 100,
     });
@@ -235,7 +240,7 @@ faultTest(
     const publisher = new RedisBroker({ url: redis.url, onError: () => {} });
     try {
       const received = new TimedCollector();
-      const subscription = await broker.subscribe("s", {}, received.onEntry);
+      const subscription = await broker.subscribe("s", received.onEntry);
       const first = await publisher.publish("s", message("first"), {
         replay: 100,
       });
@@ -258,4 +263,28 @@ faultTest(
     }
   },
   { persistent: true },
+);
+
+redisTest(
+  "RedisBroker close ends a connection attempt in flight at once, leaving no timer behind",
+  async () => {
+    const redis = await startRedis();
+    const url = redis.url;
+    await redis.close(); // nothing listens on the port now
+    // Where the socket is when close() comes depends on timing: try several.
+    for (let ticks = 0; ticks < 8; ticks++) {
+      const broker = new RedisBroker({ url, onError: () => {} });
+      // The writer's first attempt fails, so the publish does.
+      await assert.rejects(broker.publish("s", message("x"), { replay: 1 }));
+      // The read loop's reader starts connecting, and subscribe rejects as
+      // soon as the writer cannot find where the stream ends; close() comes
+      // while that socket may still connect. node-redis never settles a
+      // connect() whose socket was destroyed then.
+      const subscribing = broker.subscribe("s", () => {});
+      await assert.rejects(subscribing);
+      for (let tick = 0; tick < ticks; tick++) await sleep(0);
+      const closing = await timed(broker.close());
+      assert.ok(closing.ms < 500, `closed after ${closing.ms} ms`);
+    }
+  },
 );

@@ -7,15 +7,25 @@ import {
   type SSEBrokerSubscription,
   type SSEMessage,
 } from "../redis.ts";
-import { Collector, testBrokerContract } from "./_broker_contract.ts";
+import {
+  type BrokerFixture,
+  Collector,
+  readAll,
+  testBrokerContract,
+} from "./_broker_contract.ts";
 import { EventReader, type Instance, startInstance } from "./_instance.ts";
+import { streamTag } from "../_redis_entry.ts";
 import {
   publishWhenUp,
   rawClient,
   REDIS_SKIP,
+  type RedisServer,
   redisTest,
   startRedis,
 } from "./_redis.ts";
+
+/** The Redis server behind each contract fixture. */
+const servers = new WeakMap<BrokerFixture, RedisServer>();
 
 testBrokerContract({
   name: "RedisBroker",
@@ -25,16 +35,35 @@ testBrokerContract({
   numRuns: 15,
   async open() {
     const redis = await startRedis();
-    const broker = new RedisBroker({ url: redis.url });
-    const peer = new RedisBroker({ url: redis.url });
-    return {
+    const errors: Error[] = [];
+    const onError = (error: Error) => errors.push(error);
+    const broker = new RedisBroker({ url: redis.url, onError });
+    const peer = new RedisBroker({ url: redis.url, onError });
+    const fixture: BrokerFixture = {
       broker,
       peer,
+      errors,
       async close() {
         await Promise.all([broker.close(), peer.close()]);
         await redis.close();
       },
     };
+    servers.set(fixture, redis);
+    return fixture;
+  },
+  async poison(fixture, name) {
+    const raw = await rawClient(servers.get(fixture)!.url);
+    try {
+      await raw.send(["XADD", `sse:${name}`, "*", "topic", "", "message", "{"]);
+    } finally {
+      await raw.close();
+    }
+  },
+  async restart(fixture) {
+    // Without persistence: the new Redis starts empty.
+    const redis = servers.get(fixture)!;
+    await redis.restart();
+    return new RedisBroker({ url: redis.url, onError: () => {} });
   },
 });
 
@@ -42,10 +71,22 @@ function message(data: string): { topic: string; message: SSEMessage } {
   return { topic: "", message: { data } };
 }
 
-/** Orders Redis stream ids numerically, as two unsigned integers. */
+const KEEP = { replay: 100 };
+
+/** The stream tag of an event id. */
+function tagOf(id: string): string {
+  return id.slice(id.indexOf(".") + 1);
+}
+
+/** The Redis entry id inside an event id (`<ms>-<seq>.<tag>`). */
+function redisId(id: string): string {
+  return id.slice(0, id.indexOf("."));
+}
+
+/** Orders event ids by their Redis ids, numerically. */
 function byStreamId(a: string, b: string): number {
-  const [aMs, aSeq] = a.split("-").map(BigInt);
-  const [bMs, bSeq] = b.split("-").map(BigInt);
+  const [aMs, aSeq] = redisId(a).split("-").map(BigInt);
+  const [bMs, bSeq] = redisId(b).split("-").map(BigInt);
   return aMs! < bMs!
     ? -1
     : aMs! > bMs!
@@ -58,7 +99,7 @@ function byStreamId(a: string, b: string): number {
 }
 
 redisTest(
-  "RedisBroker ids are the Redis entry ids, ordered across instances, and entries are topic and message fields",
+  "RedisBroker ids are the Redis entry ids tagged with the stream, ordered across instances, and entries are topic and message fields",
   async () => {
     await using redis = await startRedis();
     const a = new RedisBroker({ url: redis.url, prefix: "app:" });
@@ -75,14 +116,16 @@ redisTest(
           }, { replay: 100 }),
         );
       }
-      for (const id of ids) assert.match(id, /^\d+-\d+$/);
+      for (const id of ids) assert.match(id, /^\d+-\d+\.[0-9a-z]+$/);
       assert.deepEqual([...ids].sort(byStreamId), ids);
       assert.equal(new Set(ids).size, ids.length);
+      // One tag per stream key, whichever instance published.
+      assert.equal(new Set(ids.map((id) => id.split(".")[1])).size, 1);
       const stored = await raw.send(["XRANGE", "app:s", "-", "+"]) as [
         string,
         string[],
       ][];
-      assert.deepEqual(stored.map(([id]) => id), ids);
+      assert.deepEqual(stored.map(([id]) => id), ids.map(redisId));
       for (const [i, [, fields]] of stored.entries()) {
         assert.deepEqual(fields.filter((_, j) => j % 2 === 0), [
           "topic",
@@ -140,7 +183,7 @@ redisTest(
           const collector = new Collector();
           collectors.push(collector);
           subscriptions.push(
-            await broker.subscribe(`s${stream}`, {}, collector.onEntry),
+            await broker.subscribe(`s${stream}`, collector.onEntry),
           );
         }
       }
@@ -166,7 +209,7 @@ redisTest(
       // for it to time out.
       const late = new Collector();
       const started = performance.now();
-      subscriptions.push(await broker.subscribe("late", {}, late.onEntry));
+      subscriptions.push(await broker.subscribe("late", late.onEntry));
       const id = await publisher.publish("late", message("y"), { replay: 10 });
       await late.until(1);
       assert.deepEqual(late.ids, [id]);
@@ -190,23 +233,16 @@ redisTest(
     const broker = new RedisBroker({ client });
     try {
       const received = new Collector();
-      const subscription = await broker.subscribe("s", {}, received.onEntry);
+      const subscription = await broker.subscribe("s", received.onEntry);
       const ids = [
         await broker.publish("s", message("a"), { replay: 10 }),
         await broker.publish("s", message("b"), { replay: 10 }),
       ];
       await received.until(2);
       assert.deepEqual(received.ids, ids);
-      const resumed = new Collector();
-      const again = await broker.subscribe(
-        "s",
-        { lastEventId: ids[0]! },
-        resumed.onEntry,
-      );
-      assert.equal(again.resumed, true);
-      assert.deepEqual(resumed.entries.map((e) => e.message.data), ["b"]);
+      const page = await broker.history("s", { after: ids[0]!, limit: 10 });
+      assert.deepEqual(page?.map((e) => e.message.data), ["b"]);
       subscription.unsubscribe();
-      again.unsubscribe();
       assert.equal(client.isOpen, false);
     } finally {
       await broker.close();
@@ -224,93 +260,100 @@ redisTest(
 );
 
 redisTest(
-  "RedisBroker compares stream ids as integers, not as strings",
+  "RedisBroker pages history in Redis id order, which compares ids as integers, not as strings",
   async () => {
     await using redis = await startRedis();
     const broker = new RedisBroker({ url: redis.url });
     const raw = await rawClient(redis.url);
-    const add = (id: string, data: string) =>
+    try {
+      for (const id of ["9-1", "9-2", "9-10", "10-0", "100-0"]) {
+        await raw.send([
+          "XADD",
+          "sse:s",
+          id,
+          "topic",
+          "",
+          "message",
+          JSON.stringify({ data: id }),
+        ]);
+      }
+      const tag = (await broker.publish("s", message("last"), { replay: 10 }))
+        .split(".")[1];
+      const all = await readAll(broker, "s", `9-1.${tag}`, 2);
+      assert.deepEqual(all?.map((entry) => entry.message.data), [
+        "9-2",
+        "9-10",
+        "10-0",
+        "100-0",
+        "last",
+      ]);
+    } finally {
+      await raw.close();
+      await broker.close();
+    }
+  },
+);
+
+redisTest(
+  "RedisBroker history resumes from an id Redis still keeps, not from a trimmed one, nor another stream's",
+  async () => {
+    await using redis = await startRedis();
+    const broker = new RedisBroker({ url: redis.url });
+    const raw = await rawClient(redis.url);
+    const add = (key: string, id: string) =>
       raw.send([
         "XADD",
-        "sse:s",
+        key,
         id,
         "topic",
         "",
         "message",
-        JSON.stringify({ data }),
+        JSON.stringify({ data: id }),
       ]);
     try {
-      for (let seq = 1; seq <= 5; seq++) await add(`9-${seq}`, `9.${seq}`);
-      // The shared subscription's read loop is already at 9-5 when the
-      // resuming one replays up to 9-5; 10-0 must then still reach it, though
-      // "10-0" < "9-5" as strings.
-      const shared = new Collector();
-      const sharedSubscription = await broker.subscribe(
-        "s",
-        {},
-        shared.onEntry,
-      );
-      const resumed = new Collector();
-      const subscription = await broker.subscribe(
-        "s",
-        { lastEventId: "9-1" },
-        resumed.onEntry,
-      );
-      assert.equal(subscription.resumed, true);
-      await add("10-0", "10");
-      await Promise.all([shared.until(1), resumed.until(5)]);
-      assert.deepEqual(resumed.ids, ["9-2", "9-3", "9-4", "9-5", "10-0"]);
-      assert.deepEqual(shared.ids, ["10-0"]);
-      subscription.unsubscribe();
-      sharedSubscription.unsubscribe();
-    } finally {
-      await raw.close();
-      await broker.close();
-    }
-  },
-);
-
-redisTest(
-  "RedisBroker resumes from an id still kept, not from a trimmed one",
-  async () => {
-    await using redis = await startRedis();
-    const broker = new RedisBroker({ url: redis.url });
-    const raw = await rawClient(redis.url);
-    try {
-      for (let seq = 1; seq <= 5; seq++) {
-        await raw.send([
-          "XADD",
-          "sse:s",
-          `1-${seq}`,
-          "topic",
-          "",
-          "message",
-          JSON.stringify({ data: String(seq) }),
-        ]);
-      }
+      for (let seq = 1; seq <= 5; seq++) await add("sse:s", `1-${seq}`);
+      // Another stream with the very same entry ids, as two streams written
+      // in the same millisecond have.
+      for (let seq = 1; seq <= 5; seq++) await add("sse:t", `1-${seq}`);
       await raw.send(["XTRIM", "sse:s", "MAXLEN", "3"]); // drops 1-1 and 1-2
-      const kept = new Collector();
-      const first = await broker.subscribe(
-        "s",
-        { lastEventId: "1-3" },
-        kept.onEntry,
-      );
-      assert.equal(first.resumed, true);
-      assert.deepEqual(kept.ids, ["1-4", "1-5"]);
-      // Redis does not record which ids trimming removed, so even the newest
-      // trimmed one cannot be told from one whose successors are gone.
-      for (const lastEventId of ["1-2", "1-1", "0-1"]) {
-        const gone = new Collector();
-        const subscription = await broker.subscribe(
-          "s",
-          { lastEventId },
-          gone.onEntry,
+      const sTag = tagOf(await broker.publish("s", message("6"), KEEP));
+      const tTag = tagOf(await broker.publish("t", message("6"), KEEP));
+      assert.notEqual(sTag, tTag);
+      const kept = await broker.history("s", {
+        after: `1-3.${sTag}`,
+        limit: 2,
+      });
+      assert.deepEqual(kept?.map((entry) => entry.message.data), [
+        "1-4",
+        "1-5",
+      ]);
+      // Redis does not record which ids trimming removed (XINFO STREAM's
+      // max-deleted-entry-id counts XDEL only), so even the newest trimmed
+      // one cannot be told from one whose successors are gone.
+      for (const after of ["1-2", "1-1", "0-1", "0-0"]) {
+        assert.equal(
+          await broker.history("s", { after: `${after}.${sTag}`, limit: 10 }),
+          null,
+          after,
         );
-        assert.equal(subscription.resumed, false, lastEventId);
-        assert.deepEqual(gone.ids, []);
-        subscription.unsubscribe();
       }
-      first.unsubscribe();
+      // The same entry id from the other stream is not a resume point here.
+      assert.equal(
+        await broker.history("s", { after: `1-3.${tTag}`, limit: 10 }),
+        null,
+      );
+      // Bare Redis ids, non-canonical spellings, ids beyond 64 bits.
+      for (
+        const after of [
+          "1-3",
+          `1-03.${sTag}`,
+          `01-3.${sTag}`,
+          `1-3.${sTag}.`,
+          `18446744073709551616-0.${sTag}`,
+        ]
+      ) {
+        assert.equal(await broker.history("s", { after, limit: 10 }), null);
+      }
     } finally {
       await raw.close();
       await broker.close();
@@ -319,38 +362,7 @@ redisTest(
 );
 
 redisTest(
-  "RedisBroker reports and skips a stream entry it did not write",
-  async () => {
-    await using redis = await startRedis();
-    const errors: Error[] = [];
-    const broker = new RedisBroker({
-      url: redis.url,
-      onError: (error) => errors.push(error),
-    });
-    const raw = await rawClient(redis.url);
-    try {
-      const received = new Collector();
-      const subscription = await broker.subscribe("s", {}, received.onEntry);
-      await raw.send(["XADD", "sse:s", "*", "foreign", "field"]);
-      await raw.send(["XADD", "sse:s", "*", "topic", "", "message", "{nope"]);
-      const id = await broker.publish("s", message("ours"), { replay: 10 });
-      await received.until(1);
-      assert.deepEqual(received.ids, [id]);
-      assert.equal(errors.length, 2);
-      for (const error of errors) {
-        assert.ok(error instanceof SyntaxError);
-        assert.match(error.message, /^Invalid stream entry \d+-\d+: expected/);
-      }
-      subscription.unsubscribe();
-    } finally {
-      await raw.close();
-      await broker.close();
-    }
-  },
-);
-
-redisTest(
-  "RedisBroker publish rejects at once while Redis is unreachable, and subscribe too",
+  "RedisBroker publish rejects at once while Redis is unreachable, and subscribe and history too",
   async () => {
     const redis = await startRedis();
     const url = redis.url;
@@ -365,7 +377,11 @@ redisTest(
       await assert.rejects(broker.publish("s", message("x"), { replay: 1 }), {
         message: /^Cannot publish to "s": /,
       });
-      await assert.rejects(broker.subscribe("s", {}, () => {}), Error);
+      await assert.rejects(broker.subscribe("s", () => {}), Error);
+      await assert.rejects(
+        broker.history("s", { after: `1-0.${streamTag("sse:s")}`, limit: 1 }),
+        /^Error: Cannot read the history of "s": /,
+      );
       assert.ok(performance.now() - started < 1_000);
       assert.equal(errors.length, 1);
       assert.match(errors[0]!.message, /^Redis connection failed: /);
@@ -391,7 +407,7 @@ redisTest(
     let c: RedisBroker | undefined;
     try {
       const received = new Collector();
-      const subscription = await b.subscribe("s", {}, received.onEntry);
+      const subscription = await b.subscribe("s", received.onEntry);
       const ids: string[] = [];
       for (let i = 0; i < 10; i++) {
         ids.push(await a.publish("s", message(`before ${i}`), { replay: 100 }));
@@ -423,19 +439,12 @@ redisTest(
       assert.deepEqual(received.ids, ids);
       // A client that saw only the first entries resumes from Redis's
       // persisted history.
-      const resumed = new Collector();
-      const again = await b.subscribe(
-        "s",
-        { lastEventId: ids[4]! },
-        resumed.onEntry,
-      );
-      assert.equal(again.resumed, true);
-      assert.deepEqual(resumed.ids, ids.slice(5));
+      const missed = await readAll(b, "s", ids[4]!, 4);
+      assert.deepEqual(missed?.map((entry) => entry.id), ids.slice(5));
       // One report per outage, not one per reconnection attempt.
       assert.equal(errors.a.length, 1, errors.a.join("\n"));
       assert.equal(errors.b.length, 1, errors.b.join("\n"));
       subscription.unsubscribe();
-      again.unsubscribe();
     } finally {
       await Promise.all([a.close(), b.close(), c?.close()]);
     }
@@ -454,7 +463,7 @@ redisTest(
     const publisher = new RedisBroker({ url: redis.url, onError: () => {} });
     try {
       const received = new Collector();
-      const subscription = await broker.subscribe("s", {}, received.onEntry);
+      const subscription = await broker.subscribe("s", received.onEntry);
       const ids = [await publisher.publish("s", message("1"), { replay: 10 })];
       await received.until(1);
       await redis.restart();

@@ -1,0 +1,113 @@
+// Copyright the sse authors. MIT license.
+// RedisBroker's event ids and stream entries: how an entry id of a Redis
+// stream becomes an event id and back, and how a stream entry (which any
+// process may have written) becomes an SSEBrokerEntry. Private: never
+// exported from mod.ts or deno.json.
+
+import { entryProblem, type SSEBrokerEntry } from "./_broker.ts";
+
+/** A stream entry as RESP2 returns it: `[id, [field, value, …]]`. */
+export type RawEntry = [string, string[]];
+
+// Only the canonical spelling: Redis reads "5-01" as "5-1", but never wrote it.
+const EVENT_ID = /^((0|[1-9]\d{0,19})-(0|[1-9]\d{0,19}))\.([0-9a-z]+)$/;
+const U64_MAX = 2n ** 64n - 1n;
+
+/**
+ * The event id of a stream entry: its Redis id, a dot, the stream's tag.
+ *
+ * @param rawId The Redis entry id, `<ms>-<seq>`.
+ * @param tag The stream's {@linkcode streamTag}.
+ * @returns The event id, printable ASCII.
+ */
+export function eventId(rawId: string, tag: string): string {
+  return `${rawId}.${tag}`;
+}
+
+/**
+ * The Redis entry id inside an event id of the stream tagged `tag`.
+ *
+ * @param id An event id, as a client sent it back.
+ * @param tag The stream's {@linkcode streamTag}.
+ * @returns The `<ms>-<seq>` part, as Redis writes ids (unsigned 64-bit
+ * decimal integers without leading zeros, not `0-0`, which Redis never
+ * assigns), when `id` is one of this stream's; `undefined` for anything
+ * else: another stream's id, a malformed one.
+ */
+export function redisIdOf(id: string, tag: string): string | undefined {
+  const match = EVENT_ID.exec(id);
+  if (match === null || match[4] !== tag || match[1] === "0-0") {
+    return undefined;
+  }
+  if (BigInt(match[2]!) > U64_MAX || BigInt(match[3]!) > U64_MAX) {
+    return undefined;
+  }
+  return match[1];
+}
+
+const tags = new Map<string, string>();
+const TAGS_MAX = 10_000;
+
+/**
+ * The tag of a stream's event ids: FNV-1a (32 bits) of its key's UTF-8, in
+ * base 36. Redis numbers each stream on its own, so two streams often hold
+ * the same entry id (any two entries added in the same millisecond); the tag
+ * tells their events apart. Two keys share a tag with odds of one in four
+ * billion, and even then only an entry id that matches too is mistaken.
+ * Every instance computes the same tag, with no state in Redis.
+ *
+ * @param key The stream's Redis key.
+ * @returns One to seven characters of `[0-9a-z]`.
+ */
+export function streamTag(key: string): string {
+  let tag = tags.get(key);
+  if (tag === undefined) {
+    let hash = 0x811c9dc5;
+    for (const byte of new TextEncoder().encode(key)) {
+      hash = Math.imul(hash ^ byte, 0x01000193);
+    }
+    tag = (hash >>> 0).toString(36);
+    if (tags.size >= TAGS_MAX) tags.clear();
+    tags.set(key, tag);
+  }
+  return tag;
+}
+
+/**
+ * Decodes a stream entry, as another process may have written it.
+ *
+ * @param raw The entry as Redis returned it.
+ * @param tag The stream's {@linkcode streamTag}.
+ * @returns The entry, or why it is not one the broker could have written:
+ * fields `topic` (a string) and `message` (JSON of an object whose fields
+ * have the types of an `SSEMessage`).
+ */
+export function decodeEntry(
+  [rawId, fields]: RawEntry,
+  tag: string,
+): SSEBrokerEntry | string {
+  let topic: string | undefined;
+  let json: string | undefined;
+  for (let i = 0; i + 1 < fields.length; i += 2) {
+    if (fields[i] === "topic") topic = fields[i + 1];
+    else if (fields[i] === "message") json = fields[i + 1];
+  }
+  if (topic === undefined) return 'the field "topic" is missing';
+  if (json === undefined) return 'the field "message" is missing';
+  let message: unknown;
+  try {
+    message = JSON.parse(json);
+  } catch {
+    return "the message is not JSON";
+  }
+  if (Array.isArray(message)) return "the message is not an object";
+  const entry = { id: eventId(rawId, tag), topic, message } as SSEBrokerEntry;
+  const problem = entryProblem(entry);
+  if (problem !== undefined) return problem;
+  // The event id is the broker's, whatever a hand-written entry says.
+  if (entry.message.id !== undefined) {
+    const { id: _, ...rest } = entry.message;
+    entry.message = rest;
+  }
+  return entry;
+}
