@@ -14,13 +14,17 @@
 //   broker's `history`, a page at a time as it reads, until its position
 //   meets the shared subscription's, which then takes over (see
 //   _resume.ts): no gap, no duplicate, whatever the timing.
-// - Until `init` has written its messages, entries for a client are held in
-//   its `held` list (after the retry hint), then flushed in order.
+// - Until `init` has written its messages, entries for a client wait in its
+//   backlog (after the retry hint), then follow `init`'s in order.
 //
-// Slow clients: every response stream counts the bytes enqueued but not yet
-// taken by the runtime (a byte-length queuing strategy, read back through
-// `desiredSize`). Once more than `maxQueue` bytes wait, the stream is errored,
-// which discards its queue and makes the runtime drop the connection.
+// Slow clients: a client is judged on whether it drains, never on one burst.
+// What the runtime has not taken yet waits in the client's backlog (shared
+// frames: a reference each, see _client.ts). When it goes above `maxQueue`,
+// the client joins `#over`, and a drain check runs every drainTimeout / 4;
+// the stream pulling with its queue back under `maxQueue` clears it. A client
+// still over after drainTimeout of checks in a row (so the event loop, and
+// the socket, had that long to drain it) is dropped: its backlog is
+// forgotten and its stream closed, which the runtime ends cleanly.
 
 import type { SSEMessage } from "./encoder.ts";
 import { encodeSSE } from "./encoder.ts";
@@ -42,6 +46,7 @@ import {
   CLOSED,
   CONNECTING,
   OPEN,
+  STREAM_QUEUE,
 } from "./_client.ts";
 import { IdWindow, PAGE, RECENT, Resume, type ResumeHost } from "./_resume.ts";
 
@@ -49,6 +54,10 @@ import { IdWindow, PAGE, RECENT, Resume, type ResumeHost } from "./_resume.ts";
 const DEFAULT_MAX_QUEUE = 1024 * 1024;
 /** Default `replay`. */
 const DEFAULT_REPLAY = 1000;
+/** Default `drainTimeout`: 10 s. */
+const DEFAULT_DRAIN_TIMEOUT = 10_000;
+/** Drain checks per `drainTimeout`. */
+const CHECKS = 4;
 
 const encoder = new TextEncoder();
 const KEEP_ALIVE_BYTES = encoder.encode(KEEP_ALIVE_FRAME);
@@ -89,15 +98,33 @@ export interface SSEChannelOptions<C = undefined> {
    */
   retry?: number;
   /**
-   * The most bytes that may wait to be sent to one client. A client that
-   * stops reading is dropped (its connection is cut and everything it held
-   * released) once more wait, so it neither slows others nor grows memory.
-   * The runtime and the kernel buffer some more on top (a few MiB per
-   * connection on loopback) before bytes start to wait here.
+   * The most bytes that may wait for one client for longer than
+   * `drainTimeout`. A burst may queue more for a while: every client that
+   * reads gets every message of any burst. A client whose queue stays above
+   * `maxQueue` for `drainTimeout` is dropped as slow (its stream ends and
+   * what waited for it is released), so a client that stops reading neither
+   * slows others nor holds memory for long.
+   *
+   * What waits is the same encoded bytes every client is sent (a reference
+   * per message, not a copy), so a client's queue costs little beyond the
+   * messages themselves; a stalled client holds on to at most what was
+   * published during its `drainTimeout`. The runtime and the kernel buffer
+   * some more on top (a few MiB per connection on loopback) before bytes
+   * start to wait here.
    *
    * @default {1048576} (1 MiB)
    */
   maxQueue?: number;
+  /**
+   * Milliseconds a client's queue may stay above `maxQueue` before the
+   * client is dropped as slow (`onDisconnect` reason `"slow"`). It is
+   * checked a few times over that span (every `drainTimeout / 4`), and the
+   * queue must stay above `maxQueue` the whole time: a client that catches
+   * up at any point starts afresh.
+   *
+   * @default {10000}
+   */
+  drainTimeout?: number;
   /**
    * Where ids, the replay history and live fan-out come from. A channel that
    * creates its own broker closes it in `close()`; a broker passed here is
@@ -153,20 +180,20 @@ export interface SSEChannelOptions<C = undefined> {
    * Decides, per client and per message, whether the client gets it. It must
    * be synchronous (it runs inside the fan-out loop). `message` carries the
    * assigned `id`, and `data` as sent (a string: JSON text for non-string
-   * data). A throw drops that client (its stream errors with the throw).
+   * data). A throw ends that client's stream (after what it was sent
+   * before; `onDisconnect` reason `"filter-error"`) and goes to `onError`.
    *
    * @default {undefined} (every subscribed client gets every message)
    */
   filter?: (context: C, message: SSEMessage, topic: string) => boolean;
   /**
-   * Called once when a connection ends, for whatever reason (the client went
-   * away, it was dropped as slow, or the channel closed), after everything it
-   * held is released. Must not throw (a throw is reported with
-   * `reportError`, or `console.error` where the runtime has none).
+   * Called once when a connection ends, after everything it held is
+   * released, with why it ended (see {@linkcode SSEDisconnectReason}). Must
+   * not throw (a throw goes to `onError`).
    *
    * @default {undefined}
    */
-  onDisconnect?: (context: C) => void;
+  onDisconnect?: (context: C, info: { reason: SSEDisconnectReason }) => void;
   /**
    * Called with each error the channel catches and carries on after: an
    * entry from the broker that cannot be framed (skipped; the error names
@@ -178,6 +205,34 @@ export interface SSEChannelOptions<C = undefined> {
    */
   onError?: (error: Error) => void;
 }
+
+/**
+ * Why a connection of an {@linkcode SSEChannel} ended, as `onDisconnect` is
+ * told:
+ *
+ * - `"client-closed"`: the client closed the connection (or it broke).
+ * - `"slow"`: its queue stayed above `maxQueue` for `drainTimeout`; its
+ *   stream was ended. A client that reconnects with its `Last-Event-ID`
+ *   resumes from there.
+ * - `"channel-closed"`: `close()` ended it.
+ * - `"filter-error"`: `filter` threw for it; its stream was ended after
+ *   what it was sent before.
+ * - `"replay-lost"`: while it was catching up after a reconnect, the
+ *   entries it still needed left the replay window; its stream was ended
+ *   rather than skip them, and its next reconnect gets `resumed: false`.
+ * - `"broker-error"`: while it was catching up, the broker's `history`
+ *   failed; its stream was ended so that it reconnects and resumes.
+ * - `"connect-failed"`: `connect` did not answer with its stream (`init` or
+ *   the broker failed, or the channel closed meanwhile).
+ */
+export type SSEDisconnectReason =
+  | "client-closed"
+  | "slow"
+  | "channel-closed"
+  | "filter-error"
+  | "replay-lost"
+  | "broker-error"
+  | "connect-failed";
 
 /**
  * A broadcast channel of Server-Sent Events: every connected client receives
@@ -193,9 +248,9 @@ export interface SSEChannelOptions<C = undefined> {
  *   it in the broker and resolves to its id. Non-string `data` is
  *   JSON-encoded once. The message must not carry an `id`: the broker
  *   assigns it (`TypeError`).
- * - A client that stops reading is dropped once `maxQueue` bytes wait for it;
- *   a client that goes away is noticed from its stream's cancel and released
- *   at once.
+ * - A client whose queue stays above `maxQueue` bytes for `drainTimeout`
+ *   is dropped as slow; a burst does not drop a client that reads. A client
+ *   that goes away is noticed from its stream's cancel and released at once.
  * - Keep-alive comments come from one timer for the whole channel, not one
  *   per client.
  * - `close()` ends every stream and answers later connections 503.
@@ -239,6 +294,8 @@ export class SSEChannel<C = undefined> {
   #replay: number;
   #keepAlive: number;
   #maxQueue: number;
+  #drainTimeout: number;
+  #streamQueue: number;
   #broker: SSEBroker;
   #ownsBroker: boolean;
   #headers: [string, string][];
@@ -265,11 +322,14 @@ export class SSEChannel<C = undefined> {
   /** Encoded frames (without the id line) of messages published here. */
   #bodies = new WeakMap<SSEMessage, string>();
   #timer: Timer | undefined;
+  /** Clients whose queue is above `maxQueue`, and the check that judges them. */
+  #over = new Set<Client<C>>();
+  #drainTimer: Timer | undefined;
   #closed = false;
   #closing: Promise<void> | undefined;
   #events: ClientEvents<C> = {
-    pull: (client) => client.resume?.pull(),
-    cancel: (client) => this.#disconnect(client),
+    pull: (client) => this.#pulled(client),
+    cancel: (client) => this.#disconnect(client, "client-closed"),
   };
   #host: ResumeHost<C> = {
     shared: this.#sharedIds,
@@ -278,7 +338,7 @@ export class SSEChannel<C = undefined> {
     offer: (client, entry) => this.#offer(client, entry),
     send: (client, bytes) => this.#send(client, bytes),
     handOver: (client) => this.#handOver(client),
-    end: (client, error) => this.#end(client, error),
+    end: (client, error) => this.#endResume(client, error),
   };
 
   /**
@@ -305,9 +365,17 @@ export class SSEChannel<C = undefined> {
         `Invalid maxQueue: expected a positive number of bytes, got ${maxQueue}`,
       );
     }
+    const drainTimeout = options.drainTimeout ?? DEFAULT_DRAIN_TIMEOUT;
+    if (typeof drainTimeout !== "number" || !(drainTimeout > 0)) {
+      throw new RangeError(
+        `Invalid drainTimeout: expected a positive number of milliseconds, got ${drainTimeout}`,
+      );
+    }
     this.#name = name;
     this.#replay = replay;
     this.#maxQueue = maxQueue;
+    this.#drainTimeout = drainTimeout;
+    this.#streamQueue = Math.min(maxQueue, STREAM_QUEUE);
     this.#keepAlive = keepAliveInterval(options.keepAlive);
     this.#retryBytes = options.retry === undefined
       ? undefined
@@ -331,7 +399,7 @@ export class SSEChannel<C = undefined> {
       this.#ownsBroker = false;
     }
     this.#headers = [...sseHeaders(options.headers)];
-    this.#strategy = { highWaterMark: maxQueue, size: byteLength };
+    this.#strategy = { highWaterMark: this.#streamQueue, size: byteLength };
     this.#onConnect = hook(options, "onConnect");
     this.#init = hook(options, "init");
     this.#filter = hook(options, "filter");
@@ -382,7 +450,12 @@ export class SSEChannel<C = undefined> {
     }
     const lastEventId = lastEventIdOf(request);
 
-    const client = new Client<C>(context, topics, this.#events);
+    const client = new Client<C>(
+      context,
+      topics,
+      this.#streamQueue,
+      this.#events,
+    );
     const stream = new ReadableStream<Uint8Array>(client, this.#strategy);
     if (this.#retryBytes !== undefined) {
       client.controller.enqueue(this.#retryBytes);
@@ -415,13 +488,14 @@ export class SSEChannel<C = undefined> {
       }
       if (client.state !== CONNECTING) return unavailable();
       this.#open(client, frames);
-      if (resume !== undefined && client.state === OPEN) {
+      if (client.state !== OPEN) return unavailable();
+      if (resume !== undefined) {
         client.resume = resume;
         this.#resuming.add(client);
         resume.start();
       }
     } catch (error) {
-      this.#disconnect(client);
+      this.#disconnect(client, "connect-failed");
       // A broker closed along with the channel is no error of this request.
       if (this.#closed) return unavailable();
       throw error;
@@ -498,17 +572,7 @@ export class SSEChannel<C = undefined> {
 
   async #close(): Promise<void> {
     this.#closed = true;
-    for (const client of this.#clients) {
-      const wasOpen = client.state === OPEN;
-      this.#disconnect(client);
-      if (wasOpen) {
-        try {
-          client.controller.close();
-        } catch {
-          // Already errored or closed by the runtime.
-        }
-      }
-    }
+    for (const client of this.#clients) this.#end(client, "channel-closed");
     const shared = this.#shared;
     this.#shared = undefined;
     if (shared !== undefined) {
@@ -615,17 +679,40 @@ export class SSEChannel<C = undefined> {
   }
 
   /**
-   * Ends a catch-up that cannot go on: its stream is closed (after what it
-   * was sent), so the client reconnects from its last id.
+   * Ends a catch-up that cannot go on: `history` lost the client's position
+   * or failed. Its stream is closed after what it was sent, so the client
+   * reconnects from its last id.
    */
-  #end(client: Client<C>, _error?: unknown): void {
-    if (client.state === CLOSED) return;
-    this.#disconnect(client);
-    try {
-      client.controller.close();
-    } catch {
-      // Already errored or closed by the runtime.
+  #endResume(client: Client<C>, error: unknown): void {
+    if (error !== undefined) {
+      this.#report(
+        new Error(
+          `Ended a resuming client: the broker's history failed: ${
+            errorMessage(error)
+          }`,
+          { cause: error },
+        ),
+      );
     }
+    this.#end(client, error === undefined ? "replay-lost" : "broker-error");
+  }
+
+  /**
+   * Ends a client's stream and releases it. A slow client's backlog is
+   * forgotten; any other gets what it was sent first.
+   */
+  #end(client: Client<C>, reason: SSEDisconnectReason): void {
+    if (client.state === CLOSED) return;
+    const open = client.state === OPEN;
+    try {
+      if (reason === "slow") client.discard();
+      else if (open) client.flushAll();
+      // A client still in init is answered 503 by its connect.
+      if (open) client.controller.close();
+    } catch {
+      // The runtime closed the stream already: the client is gone.
+    }
+    this.#disconnect(client, reason);
   }
 
   /** Sends an entry from history, if the client selects it. */
@@ -648,12 +735,7 @@ export class SSEChannel<C = undefined> {
   ): boolean {
     if (!client.selects(entry.topic)) return false;
     if (this.#filter === undefined) return true;
-    try {
-      return this.#filter(client.context, message!, entry.topic);
-    } catch (error) {
-      this.#drop(client, error);
-      return false;
-    }
+    return this.#filtered(client, message!, entry.topic);
   }
 
   #sendFiltered(
@@ -662,40 +744,78 @@ export class SSEChannel<C = undefined> {
     message: SSEMessage,
     topic: string,
   ): void {
-    let wanted: boolean;
+    if (this.#filtered(client, message, topic)) this.#send(client, bytes);
+  }
+
+  /** `filter`'s verdict; a throw ends the client and counts as no. */
+  #filtered(client: Client<C>, message: SSEMessage, topic: string): boolean {
     try {
-      wanted = this.#filter!(client.context, message, topic);
+      return this.#filter!(client.context, message, topic);
     } catch (error) {
-      this.#drop(client, error);
-      return;
+      this.#report(
+        new Error(`filter threw: ${errorMessage(error)}`, { cause: error }),
+      );
+      this.#end(client, "filter-error");
+      return false;
     }
-    if (wanted) this.#send(client, bytes);
   }
 
-  /** Enqueues one frame; drops the client once too much waits. */
+  /** Writes one frame; a client whose queue goes above maxQueue is watched. */
   #send(client: Client<C>, bytes: Uint8Array): void {
-    const { held } = client;
-    if (held !== null) {
-      held.push(bytes);
-      client.heldBytes += bytes.byteLength;
-      if (client.heldBytes > this.#maxQueue) this.#dropSlow(client);
-      return;
-    }
-    const { controller } = client;
-    controller.enqueue(bytes);
-    client.wrote = true;
-    if (controller.desiredSize! < 0) this.#dropSlow(client);
+    client.write(bytes);
+    if (client.backlogBytes > 0 && !client.over) this.#watch(client);
   }
 
-  /** Writes `init`'s frames, then what was held meanwhile; then live. */
+  /** Writes `init`'s frames, then what waited meanwhile; then live. */
   #open(client: Client<C>, frames: Uint8Array[]): void {
-    const held = client.held!;
-    client.held = null;
     client.state = OPEN;
     const { controller } = client;
     for (const frame of frames) controller.enqueue(frame);
-    for (const frame of held) controller.enqueue(frame);
-    if (controller.desiredSize! < 0) this.#dropSlow(client);
+    client.flush();
+    if (client.backlogBytes > 0) this.#watch(client);
+  }
+
+  /** The stream took from its queue: refill it, and judge the client. */
+  #pulled(client: Client<C>): void {
+    if (client.state !== OPEN) return;
+    client.flush();
+    if (client.over && client.queued <= this.#maxQueue) this.#unwatch(client);
+    if (client.backlogBytes === 0) client.resume?.pull();
+  }
+
+  /** Starts judging a client once its queue is above `maxQueue`. */
+  #watch(client: Client<C>): void {
+    if (client.queued <= this.#maxQueue) return;
+    client.over = true;
+    client.checks = 0;
+    this.#over.add(client);
+    this.#drainTimer ??= startInterval(
+      this.#check,
+      this.#drainTimeout / CHECKS,
+    );
+  }
+
+  /**
+   * The drain check: a client still above `maxQueue` at more than CHECKS
+   * checks in a row (drainTimeout since the first) is dropped. Counting
+   * checks, not time, gives a client the whole span even when a publisher
+   * that never yields delays the checks.
+   */
+  #check = (): void => {
+    for (const client of this.#over) {
+      if (client.queued <= this.#maxQueue) this.#unwatch(client);
+      else if (++client.checks > CHECKS) this.#end(client, "slow");
+    }
+  };
+
+  /** Stops judging a client; the check stops with the last one. */
+  #unwatch(client: Client<C>): void {
+    client.over = false;
+    this.#over.delete(client);
+    if (this.#over.size === 0 && this.#drainTimer !== undefined) {
+      clearInterval(this.#drainTimer);
+      this.#drainTimer = undefined;
+    }
   }
 
   #encodeEntry(entry: SSEBrokerEntry): Uint8Array | undefined {
@@ -727,27 +847,13 @@ export class SSEChannel<C = undefined> {
     return encoder.encode("id: " + id + "\n" + body);
   }
 
-  #dropSlow(client: Client<C>): void {
-    this.#drop(
-      client,
-      new RangeError(
-        `Slow client dropped: more than ${this.#maxQueue} bytes (maxQueue) waited to be sent`,
-      ),
-    );
-  }
-
-  /** Cuts a client off: its stream errors, which discards what it queued. */
-  #drop(client: Client<C>, reason: unknown): void {
-    if (client.state === CLOSED) return;
-    this.#disconnect(client);
-    client.controller.error(reason);
-  }
-
-  /** Releases everything a client holds. Idempotent. */
-  #disconnect(client: Client<C>): void {
+  /** Releases everything a client holds, then tells `onDisconnect`. */
+  #disconnect(client: Client<C>, reason: SSEDisconnectReason): void {
     if (client.state === CLOSED) return;
     client.state = CLOSED;
     this.#clients.delete(client);
+    client.discard();
+    if (client.over) this.#unwatch(client);
     const { topics } = client;
     if (topics === null) {
       this.#everyone.delete(client);
@@ -764,14 +870,13 @@ export class SSEChannel<C = undefined> {
       client.resume = undefined;
       this.#resuming.delete(client);
     }
-    client.held = null;
     if (this.#clients.size === 0 && this.#timer !== undefined) {
       clearInterval(this.#timer);
       this.#timer = undefined;
     }
     if (this.#onDisconnect !== undefined) {
       try {
-        this.#onDisconnect(client.context);
+        this.#onDisconnect(client.context, { reason });
       } catch (error) {
         this.#report(
           new Error(`onDisconnect threw: ${errorMessage(error)}`, {
@@ -784,7 +889,8 @@ export class SSEChannel<C = undefined> {
 
   #tick = (): void => {
     for (const client of this.#clients) {
-      if (client.state !== OPEN) continue;
+      // A client with a backlog has something to read already.
+      if (client.state !== OPEN || client.backlogBytes > 0) continue;
       if (client.wrote) {
         client.wrote = false;
       } else {

@@ -323,7 +323,7 @@ function logError(error: unknown): void {
 }
 
 export { SSEChannel } from "./_channel.ts";
-export type { SSEChannelOptions } from "./_channel.ts";
+export type { SSEChannelOptions, SSEDisconnectReason } from "./_channel.ts";
 export { MemoryBroker } from "./_broker.ts";
 export type {
   MemoryBrokerOptions,
