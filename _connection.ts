@@ -364,7 +364,8 @@ export function toByteString(text: string): string {
 
 /**
  * The headers of one attempt: the caller's, then `Accept` (unless the caller
- * chose one and `forceAccept` is off), then `Last-Event-ID` when one is known.
+ * chose one and `forceAccept` is off), then `Last-Event-ID` when one is known
+ * and can be sent (see {@linkcode unsendableId}).
  */
 export function requestHeaders(
   init: HeadersInit | undefined,
@@ -375,10 +376,30 @@ export function requestHeaders(
   if (forceAccept || !headers.has("accept")) {
     headers.set("accept", "text/event-stream");
   }
-  if (lastEventId !== "") {
+  if (lastEventId !== "" && unsendable(lastEventId) === undefined) {
     headers.set("last-event-id", toByteString(lastEventId));
   }
   return headers;
+}
+
+/**
+ * Why a last event ID cannot go out as `Last-Event-ID`, if it cannot. The
+ * event stream allows any character but NUL, CR and LF in an `id`; a header
+ * value does not allow the other control characters (fetch refuses the whole
+ * request). Such an ID is left out, so that reconnection still reaches the
+ * server (which then starts the client afresh), instead of failing before a
+ * byte is sent, every time.
+ *
+ * @returns `undefined` when it can be sent, else a sentence saying why not.
+ */
+export function unsendableId(lastEventId: string): string | undefined {
+  const bad = unsendable(lastEventId);
+  if (bad === undefined) return undefined;
+  return `Last event ID ${
+    JSON.stringify(lastEventId)
+  } cannot be sent as Last-Event-ID (it contains ${
+    codePoint(bad.char)
+  } at index ${bad.index})`;
 }
 
 /**

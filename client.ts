@@ -42,6 +42,7 @@ import {
   type ReadyState,
   requestHeaders,
   resolveURL,
+  unsendableId,
 } from "./_connection.ts";
 import { Pause } from "./_pause.ts";
 
@@ -227,6 +228,9 @@ export interface SSEClientOptions {
  * It connects as soon as it is created and reads the body only as fast as
  * it is iterated. On every request it sends `Accept: text/event-stream` and,
  * once an ID is known, `Last-Event-ID` (UTF-8 bytes, as browsers send it).
+ * An ID that a header cannot carry (one with a control character other than
+ * tab, which the event stream allows) is left out, so that reconnection
+ * still reaches the server, and reported once through `onError`.
  *
  * Reconnection follows the standard and adds what a robust client needs:
  * - a stream that ends or drops is reopened after the reconnection time
@@ -325,6 +329,8 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
   #failures = 0;
   // Reconnection attempts since the last successful open.
   #retries = 0;
+  // The last event ID last reported as one that cannot be sent.
+  #unsentId = "";
   // The error that ends the iteration, until it has been thrown.
   #error: Error | undefined = undefined;
   // A next() in progress: later calls wait for it, so results stay in order.
@@ -624,6 +630,8 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
             cause,
           });
         }
+        this.#reportUnsendableId();
+        if (this.#isClosed()) return; // closed by the callback
         let response: Response;
         try {
           response = await connection.open(this.#fetch, this.url, {
@@ -698,6 +706,16 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
     } catch (error) {
       this.#fail(error);
     }
+  }
+
+  // Once per ID: it is left out of the request (see unsendableId).
+  #reportUnsendableId(): void {
+    const id = this.#parser.lastEventId;
+    if (id === this.#unsentId) return;
+    const problem = unsendableId(id);
+    if (problem === undefined) return;
+    this.#unsentId = id;
+    this.#onError?.(new SSEError(`${problem}: reconnecting without it`));
   }
 
   // The wait before the next attempt after a failed one.

@@ -45,14 +45,17 @@ export interface SSEMessage {
    */
   data?: unknown;
   /**
-   * The event type, for `addEventListener(type, …)` on the client. It must be
-   * non-empty (omit it for `"message"`) and contain no CR or LF, and needs
-   * `data`: an event type alone dispatches nothing. Otherwise `TypeError`.
+   * The event type, for `addEventListener(type, …)` on the client. It must
+   * contain no CR or LF, and needs `data`: an event type alone dispatches
+   * nothing. Otherwise `TypeError`. `""` is written as `event: `, which
+   * clients read as `"message"`, as when the field is left out.
    */
   event?: string | undefined;
   /**
    * The event ID a reconnecting client sends back as `Last-Event-ID`. It must
-   * not contain CR, LF or NUL (`TypeError`); a number must be finite
+   * not contain CR, LF or NUL, which the event stream cannot carry, nor any
+   * other control character but tab (U+0001–U+001F, DEL), which the header
+   * cannot carry: otherwise `TypeError`. A number must be finite
    * (`RangeError`). `""` resets the client's last event ID.
    */
   id?: string | number | undefined;
@@ -67,6 +70,11 @@ export interface SSEMessage {
    */
   comment?: string | undefined;
 }
+
+// The control characters a header value cannot hold, but for NUL, CR and LF
+// (refused first, with their names): U+0001–U+0008, U+000B–U+001F, DEL.
+// deno-lint-ignore no-control-regex
+const CONTROL = /[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]/;
 
 // Line breaks as §9.2.5 defines them: CRLF, then a lone CR or LF.
 const LINE_BREAK = /\r\n|\r|\n/g;
@@ -100,7 +108,9 @@ function hasLineBreak(text: string): boolean {
  * @param message The message.
  * @returns The frame, ending with a blank line.
  * @throws {TypeError} When the message is not an object, has no field, or a
- * field has the wrong type, a forbidden character or cannot be JSON-encoded.
+ * field has the wrong type, a forbidden character (CR or LF in `event` or
+ * `id`; NUL or another control character but tab in `id`) or cannot be
+ * JSON-encoded.
  * @throws {RangeError} When `retry` is not a non-negative safe integer, or a
  * numeric `id` is not finite.
  */
@@ -131,13 +141,6 @@ export function encodeSSE(message: SSEMessage): string {
         `Invalid event: expected a string, got ${describe(event)}`,
       );
     }
-    if (event === "") {
-      // §9.2.6: an empty type buffer dispatches as "message"; writing it would
-      // silently change the type.
-      throw new TypeError(
-        'Invalid event: must not be empty: omit it to send a "message" event',
-      );
-    }
     forbid("event", event, "\r", "CR");
     forbid("event", event, "\n", "LF");
     wellFormed("event", event);
@@ -157,6 +160,16 @@ export function encodeSSE(message: SSEMessage): string {
       forbid("id", id, "\n", "LF");
       // §9.2.6: a client ignores an `id` field containing U+0000.
       forbid("id", id, "\0", "NUL");
+      // A client sends the ID back as `Last-Event-ID`, and a header value
+      // holds no other control character but tab (fetch refuses the request).
+      const control = CONTROL.exec(id);
+      if (control !== null) {
+        throw new TypeError(
+          `Invalid id: must not contain U+${
+            control[0].charCodeAt(0).toString(16).toUpperCase().padStart(4, "0")
+          }, which Last-Event-ID cannot carry: found at index ${control.index}`,
+        );
+      }
       wellFormed("id", id);
       text = id;
     } else if (typeof id === "number") {

@@ -181,6 +181,39 @@ test("SSEClient stops sending Last-Event-ID once the stream resets the ID", asyn
   );
 });
 
+test("SSEClient reconnects without a last event ID it cannot send as a header, and reports it once", async () => {
+  await using server = new TestServer(({ index }) =>
+    eventStreamResponse(
+      index === 0 ? "retry: 0\nid: a\x01b\ndata: x\n\n" : `data: ${index}\n\n`,
+    )
+  );
+  const { client, iterator, errors } = observedClient(server.url);
+  assert.deepEqual(await take(iterator, 1), [message("x", "a\x01b")]);
+  const next = iterator.next();
+  // Reconnection reaches the server, or the client fails locally again.
+  const first = await Promise.race([
+    server.request(1).then(() => "reached the server"),
+    errors.take(2).then(() => "failed twice without reaching the server"),
+    next.then(
+      () => "delivered without reaching the server",
+      (error) => `ended without reaching the server: ${error}`,
+    ),
+  ]);
+  assert.equal(first, "reached the server");
+  assert.deepEqual(await next, { done: false, value: message("1", "a\x01b") });
+  assert.deepEqual(await take(iterator, 1), [message("2", "a\x01b")]);
+  client.close();
+  for (const index of [1, 2]) {
+    assert.equal(server.requests[index]!.headers.get("last-event-id"), null);
+  }
+  assert.equal(errors.all.length, 1);
+  assert.ok(errors.all[0] instanceof SSEError);
+  assert.equal(
+    errors.all[0].message,
+    'Last event ID "a\\u0001b" cannot be sent as Last-Event-ID (it contains U+0001 at index 1): reconnecting without it',
+  );
+});
+
 // --- reconnection timing ---------------------------------------------------
 
 test("SSEClient waits 3000 ms by default before reconnecting", async () => {

@@ -73,7 +73,8 @@ function expected(messages: SSEMessage[]): Parsed {
     if (m.data !== undefined) {
       const text = typeof m.data === "string" ? m.data : JSON.stringify(m.data);
       events.push({
-        type: m.event ?? "message",
+        // §9.2.6: an empty event type dispatches as "message".
+        type: m.event || "message",
         data: text.replace(/\r\n|\r|\n/g, "\n"),
         id: lastEventId,
       });
@@ -106,11 +107,14 @@ const tricky = fc.string({
   maxLength: 12,
 }).filter((s) => s.isWellFormed());
 const oneLine = tricky.map((s) => s.replace(/[\r\n]/g, ""));
-const eventType = oneLine.filter((s) => s !== "");
+// What a header value can carry: no control character but tab.
+// deno-lint-ignore no-control-regex
+const idText = oneLine.map((s) => s.replace(/[\0-\x08\x0a-\x1f\x7f]/g, ""));
 const validMessage: fc.Arbitrary<SSEMessage> = fc.record({
   data: fc.oneof(tricky, fc.jsonValue({ maxDepth: 2 })),
-  event: eventType,
-  id: fc.oneof(oneLine.map((s) => s.replaceAll("\0", "")), fc.integer()),
+  // "" included: it is written, and read as "message".
+  event: oneLine,
+  id: fc.oneof(idText, fc.integer()),
   retry: fc.nat(),
   comment: tricky,
 }, { requiredKeys: [] })
@@ -292,7 +296,6 @@ const refused: [unknown, typeof TypeError | typeof RangeError, RegExp][] = [
     TypeError,
     /^Invalid event: must not contain CR: found at index 1$/,
   ],
-  [{ event: "", data: "" }, TypeError, /^Invalid event: must not be empty/],
   [
     { event: 1, data: "" },
     TypeError,
@@ -318,6 +321,23 @@ const refused: [unknown, typeof TypeError | typeof RangeError, RegExp][] = [
     { id: "a\0" },
     TypeError,
     /^Invalid id: must not contain NUL: found at index 1$/,
+  ],
+  // A client sends the ID back as a header, which cannot hold the other
+  // control characters either.
+  [
+    { id: "a\x01b" },
+    TypeError,
+    /^Invalid id: must not contain U\+0001, which Last-Event-ID cannot carry: found at index 1$/,
+  ],
+  [
+    { id: "\x1f" },
+    TypeError,
+    /^Invalid id: must not contain U\+001F, which Last-Event-ID cannot carry: found at index 0$/,
+  ],
+  [
+    { id: "x\x7f" },
+    TypeError,
+    /^Invalid id: must not contain U\+007F, which Last-Event-ID cannot carry: found at index 1$/,
   ],
   [
     { id: {} },
@@ -396,6 +416,26 @@ const refused: [unknown, typeof TypeError | typeof RangeError, RegExp][] = [
     /^Invalid comment: contains a lone surrogate/,
   ],
 ];
+
+Deno.test(
+  "encodeSSE writes an empty event type, which clients read as message",
+  SANITIZED,
+  async () => {
+    const frame = encodeSSE({ event: "", data: "x" });
+    assert.equal(frame, "event: \ndata: x\n\n");
+    assert.deepEqual((await parse(encoder.encode(frame))).events, [
+      { type: "message", data: "x", id: "" },
+    ]);
+  },
+);
+
+Deno.test(
+  "encodeSSE writes an id with a tab, and any character but the control ones",
+  SANITIZED,
+  () => {
+    assert.equal(encodeSSE({ id: "a\tb é 😀 ~" }), "id: a\tb é 😀 ~\n\n");
+  },
+);
 
 Deno.test(
   "encodeSSE refuses what it cannot frame, naming the field and the problem",

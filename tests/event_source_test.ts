@@ -923,6 +923,35 @@ test("EventSource refuses a headers option that fetch can never send, at once", 
   );
 });
 
+test("EventSource reconnects without a last event ID it cannot send as a header", async () => {
+  await using server = new TestServer(({ index }) =>
+    eventStreamResponse(
+      index === 0 ? "retry: 0\nid: a\x01b\ndata: x\n\n" : `data: ${index}\n\n`,
+    )
+  );
+  const source = new OurEventSource(server.url);
+  const seen = record(source);
+  assert.deepEqual(withoutOrigin(await seen.take(3)), [
+    OPENED,
+    message("x", "a\x01b"),
+    RECONNECTING,
+  ]);
+  // Reconnection reaches the server, or the source fails locally again.
+  const errors = new Queue<number>();
+  source.addEventListener("error", () => errors.push(source.readyState));
+  const first = await Promise.race([
+    server.request(1).then(() => "reached the server"),
+    errors.shift().then(() => "error without reaching the server"),
+  ]);
+  assert.equal(first, "reached the server");
+  assert.deepEqual(withoutOrigin(await seen.take(2)), [
+    OPENED,
+    message("1", "a\x01b"),
+  ]);
+  source.close();
+  assert.equal(server.requests[1]!.headers.get("last-event-id"), null);
+});
+
 test("EventSource rejects a fetch option that is not a function", () => {
   assert.throws(
     () =>
