@@ -26,6 +26,14 @@ interface Template {
   options?: { socket?: object };
 }
 
+/** A wait for Redis that #bounded times. */
+interface Bound {
+  readonly client: Connection;
+  timer: Timer | undefined;
+  /** Ends the wait with this error, and clears its timer. */
+  fail(error: Error): void;
+}
+
 /** Options of {@linkcode RedisLink}. */
 export interface RedisLinkOptions {
   /** Where Redis is, unless `template` is given. */
@@ -69,8 +77,8 @@ export class RedisLink {
   #reconnects = 0;
   #healthy = true;
   #closed = false;
-  /** The waits #bounded is timing, so that close() can end them all. */
-  #bounds = new Set<{ timer: Timer | undefined; abort: () => void }>();
+  /** The waits #bounded is timing, so that they can be ended together. */
+  #bounds = new Set<Bound>();
 
   /**
    * Makes the link; nothing connects until {@linkcode RedisLink.open}.
@@ -176,7 +184,8 @@ export class RedisLink {
     }
     // A connection destroyed while its socket connects never settles its
     // connect(): end what still waits, and its timer, now.
-    for (const bound of this.#bounds) bound.abort();
+    const closed = new TypeError("Cannot use a closed broker");
+    for (const bound of this.#bounds) bound.fail(closed);
     await this.#opened?.catch(() => {});
   }
 
@@ -246,22 +255,26 @@ export class RedisLink {
    */
   #bounded<T>(client: Connection, promise: Promise<T>, extra = 0): Promise<T> {
     const ms = this.#options.commandTimeout + extra;
-    const bound = { timer: undefined as Timer | undefined, abort: () => {} };
-    const expired = new Promise<never>((_, reject) => {
-      bound.abort = () => {
+    const bound: Bound = { client, timer: undefined, fail: () => {} };
+    const failed = new Promise<never>((_, reject) => {
+      bound.fail = (error) => {
         clearTimeout(bound.timer);
-        reject(new TypeError("Cannot use a closed broker"));
-      };
-      bound.timer = startTimeout(() => {
-        const error = new Error(`no answer from Redis within ${ms} ms`);
         reject(error);
-        this.fault(error, "Redis connection dropped");
-        client.destroy();
-        this.#reconnectLater();
-      }, ms);
+      };
     });
+    bound.timer = startTimeout(() => {
+      // Every command waiting on this connection fails with this reason, not
+      // with the "disconnected" that destroying it gives them.
+      const error = new Error(`no answer from Redis within ${ms} ms`);
+      for (const other of this.#bounds) {
+        if (other.client === client) other.fail(error);
+      }
+      this.fault(error, "Redis connection dropped");
+      client.destroy();
+      this.#reconnectLater();
+    }, ms);
     this.#bounds.add(bound);
-    return Promise.race([promise, expired]).finally(() => {
+    return Promise.race([promise, failed]).finally(() => {
       clearTimeout(bound.timer);
       this.#bounds.delete(bound);
     });
