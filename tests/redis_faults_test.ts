@@ -153,22 +153,30 @@ faultTest(
 );
 
 faultTest(
-  "RedisBroker subscribe and history reject within commandTimeout while Redis is frozen",
+  "RedisBroker subscribe, history and publish in flight together all reject within commandTimeout while Redis is frozen, for that reason",
   async ({ redis, broker }) => {
     const id = await broker.publish("s", message("x"), { replay: 100 });
     redis.freeze();
-    // A new stream (where does it end?) and a resume (what came after?).
-    const subscribing = await timed(broker.subscribe("t", () => {}));
+    // A new stream (where does it end?), a resume (what came after?) and a
+    // publish, all waiting on the same connection.
+    const [subscribing, reading, publishing] = await Promise.all([
+      timed(broker.subscribe("t", () => {})),
+      timed(broker.history("s", { after: id, limit: 10 })),
+      timed(broker.publish("s", message("y"), { replay: 100 })),
+    ]);
     assert.match(
       String(subscribing.error),
-      /^Error: Cannot subscribe to "t": /,
+      /^Error: Cannot subscribe to "t": no answer from Redis within 500 ms/,
     );
-    const reading = await timed(broker.history("s", { after: id, limit: 10 }));
     assert.match(
       String(reading.error),
-      /^Error: Cannot read the history of "s": /,
+      /^Error: Cannot read the history of "s": no answer from Redis within 500 ms/,
     );
-    for (const { ms } of [subscribing, reading]) {
+    assert.match(
+      String(publishing.error),
+      /^Error: Cannot publish to "s": no answer from Redis within 500 ms/,
+    );
+    for (const { ms } of [subscribing, reading, publishing]) {
       assert.ok(ms < TIMEOUT + SLACK, `rejected after ${ms} ms`);
     }
   },
