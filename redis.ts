@@ -196,10 +196,12 @@ const WAKE_TTL_MS = 3_600_000;
  * Delivery guarantee: `publish` resolves once Redis has stored the entry
  * (persisted as your Redis configuration says: use `appendonly yes` if a
  * Redis restart must lose nothing), and from then on every subscriber in every
- * process receives it, also across a Redis restart or outage. `publish`
- * rejects at once when Redis is unreachable (no offline queue); if the
- * connection breaks after the command was sent, it rejects although Redis may
- * have stored the entry, in which case it is delivered as usual.
+ * process receives it, also across a Redis restart or outage, and `history`
+ * returns it while Redis keeps it. `publish` rejects at once when Redis is
+ * unreachable (no offline queue), and after `commandTimeout` when it does not
+ * answer; if the connection breaks (or is given up) after the command was
+ * sent, it rejects although Redis may have stored the entry, in which case it
+ * is delivered as usual.
  *
  * @example One broker per process, shared by its channels
  * ```ts
