@@ -443,6 +443,69 @@ export function messageOf(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
+/** Default for how much the wait grows with each failure in a row. */
+export const DEFAULT_BACKOFF_FACTOR = 2;
+
+/** Default for the longest wait backoff and `Retry-After` may reach, in ms. */
+export const DEFAULT_MAX_RETRY_DELAY = 30_000;
+
+/**
+ * The least wait after a failed attempt, in milliseconds, whatever the
+ * server's `retry` (unless `maxRetryDelay` is lower): a server that asks for
+ * `retry: 0` and then fails, or closes every stream before an event, is not
+ * hammered in a loop.
+ */
+export const MIN_FAILURE_WAIT = 100;
+
+/**
+ * The waits between attempts that fail in a row. A failed attempt is one
+ * that delivered no event: a network error, a retryable status, or a stream
+ * that opened and ended (or dropped) before an event. Progress (an event
+ * delivered) resets it, not a successful open: a server that accepts every
+ * connection and closes it at once is a failing server.
+ */
+export class Backoff {
+  #factor: number;
+  #maxDelay: number;
+  #failures = 0;
+
+  /**
+   * @param factor How much the wait grows with each failure in a row.
+   * @param maxDelay The longest wait that growth and `Retry-After` reach.
+   */
+  constructor(factor: number, maxDelay: number) {
+    this.#factor = factor;
+    this.#maxDelay = maxDelay;
+  }
+
+  /** An event was delivered: the next wait is the reconnection time again. */
+  reset(): void {
+    this.#failures = 0;
+  }
+
+  /**
+   * Counts a failed attempt and returns the wait before the next one: from
+   * the reconnection time (raised to {@linkcode MIN_FAILURE_WAIT}), times
+   * the factor per failure in a row, up to the maximum delay, randomised
+   * between half and all of that ("equal jitter", so clients that failed
+   * together spread out) but never below the reconnection time; and at
+   * least `Retry-After`, up to the maximum delay.
+   *
+   * @param base The reconnection time: the server's `retry`, or the default.
+   * @param retryAfter A `Retry-After` header, in milliseconds, if any.
+   */
+  next(base: number, retryAfter?: number): number {
+    const failures = ++this.#failures;
+    const floor = Math.max(base, Math.min(MIN_FAILURE_WAIT, this.#maxDelay));
+    const ceiling = Math.min(this.#maxDelay, floor * this.#factor ** failures);
+    let wait = Math.max(floor, ceiling * (0.5 + Math.random() / 2));
+    if (retryAfter !== undefined) {
+      wait = Math.max(wait, Math.min(retryAfter, this.#maxDelay));
+    }
+    return Math.round(wait);
+  }
+}
+
 /**
  * One connection attempt and, when it succeeds, its open stream. `close()`
  * ends everything it holds at once: it cancels the body reader (aborting the

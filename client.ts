@@ -25,9 +25,12 @@
 import { DEFAULT_MAX_EVENT_SIZE, EventParser } from "./_event_parser.ts";
 import type { SSEEvent } from "./parser.ts";
 import {
+  Backoff,
   CLOSED,
   CONNECTING,
   Connection,
+  DEFAULT_BACKOFF_FACTOR,
+  DEFAULT_MAX_RETRY_DELAY,
   describeFailure,
   type FetchLike,
   fetchOption,
@@ -49,11 +52,6 @@ import { Pause } from "./_pause.ts";
 export type { SSEEvent } from "./parser.ts";
 
 const DEFAULT_RETRY = 3000;
-const DEFAULT_MAX_RETRY_DELAY = 30_000;
-const DEFAULT_BACKOFF_FACTOR = 2;
-// Backoff grows from the reconnection time, but from at least this much, so
-// that a server sending `retry: 0` and then failing cannot cause a storm.
-const MIN_BACKOFF_BASE = 100;
 
 /** Options of {@linkcode SSEError}. */
 export interface SSEErrorOptions {
@@ -159,17 +157,18 @@ export interface SSEClientOptions {
    */
   maxRetryDelay?: number;
   /**
-   * How many reconnection attempts in a row may follow the last successful
-   * open. When they are used up, iteration throws the last error (a stream
-   * that merely ended just ends the iteration). `0` never reconnects: right
-   * for a `POST` that must not be sent twice, such as a language model's
-   * answer.
+   * How many reconnection attempts in a row may follow the last event
+   * delivered (or the start). When they are used up, iteration throws the
+   * last error (a stream that merely ended just ends the iteration). `0`
+   * never reconnects: right for a `POST` that must not be sent twice, such as
+   * a language model's answer.
    *
    * @default {Infinity}
    */
   maxRetries?: number;
   /**
-   * How much the wait grows with each consecutive failed attempt.
+   * How much the wait grows with each consecutive failed attempt (one that
+   * delivered no event).
    *
    * @default {2}
    */
@@ -233,16 +232,18 @@ export interface SSEClientOptions {
  * still reaches the server, and reported once through `onError`.
  *
  * Reconnection follows the standard and adds what a robust client needs:
- * - a stream that ends or drops is reopened after the reconnection time
- *   (`retry`, or the server's `retry:` field); an event cut off by the drop is
- *   never delivered;
- * - consecutive failed attempts (network errors, 5xx, 429, 408) wait
- *   exponentially longer, `backoffFactor` times per failure up to
- *   `maxRetryDelay`,
- *   randomised between half and all of that ("equal jitter") but never less
- *   than the reconnection time; `Retry-After` is honoured up to
- *   `maxRetryDelay`;
- *   a successful open resets it;
+ * - a stream that delivered an event and then ends or drops is reopened after
+ *   exactly the reconnection time (`retry`, or the server's `retry:` field);
+ *   an event cut off by the drop is never delivered;
+ * - an attempt that delivers no event is a failure: a network error, a
+ *   retryable status (5xx, 429, 408), or a stream that opens and ends (or
+ *   drops) before its first event. Failures in a row wait exponentially
+ *   longer: from the reconnection time, raised to at least 100 ms, times
+ *   `backoffFactor` per failure up to `maxRetryDelay`, randomised between
+ *   half and all of that ("equal jitter") but never less than the
+ *   reconnection time; `Retry-After` is honoured up to `maxRetryDelay`. Only
+ *   an event delivered resets it (not a successful open), so a server that
+ *   accepts every connection and closes it at once is not hammered;
  * - `204 No Content` ends the iteration normally;
  * - any other status, or a `Content-Type` that is not `text/event-stream`,
  *   makes iteration throw an {@linkcode SSEError} with its `status`, without
@@ -305,9 +306,8 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
   #body: BodyInit | null;
   #headers: HeadersSource | undefined;
   #retry: number;
-  #maxRetryDelay: number;
   #maxRetries: number;
-  #backoffFactor: number;
+  #backoff: Backoff;
   #idleTimeout: number;
   #signal: AbortSignal | undefined;
   #onOpen: ((response: Response) => void) | undefined;
@@ -325,9 +325,9 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
   // While CONNECTING: the attempt loop, which settles when OPEN or CLOSED.
   #connecting: Promise<void> | undefined = undefined;
   #pause = new Pause();
-  // Consecutive failed attempts since the last successful open.
-  #failures = 0;
-  // Reconnection attempts since the last successful open.
+  // Whether the current connection has delivered an event.
+  #progress = false;
+  // Reconnection attempts since the last event delivered.
   #retries = 0;
   // The last event ID last reported as one that cannot be sent.
   #unsentId = "";
@@ -384,7 +384,7 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
     this.#body = body;
     this.#headers = headersOption(options.headers);
     this.#retry = milliseconds("retry", options.retry, DEFAULT_RETRY);
-    this.#maxRetryDelay = milliseconds(
+    const maxRetryDelay = milliseconds(
       "maxRetryDelay",
       options.maxRetryDelay,
       DEFAULT_MAX_RETRY_DELAY,
@@ -405,7 +405,7 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
         `Invalid backoffFactor: expected a finite number of at least 1, got ${factor}`,
       );
     }
-    this.#backoffFactor = factor;
+    this.#backoff = new Backoff(factor, maxRetryDelay);
     const idle = options.idleTimeout ?? Infinity;
     if (!(idle > 0)) {
       throw new RangeError(
@@ -571,6 +571,12 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
           this.#drop(undefined);
         } else {
           this.#parser.push(result.value);
+          if (!this.#progress && this.#head < this.#batch.length) {
+            // Progress: the failures in a row end here.
+            this.#progress = true;
+            this.#backoff.reset();
+            this.#retries = 0;
+          }
         }
       } catch (error) {
         this.#fail(error);
@@ -578,14 +584,15 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
     }
   }
 
-  // An open stream ended or broke: reconnect after the reconnection time.
+  // An open stream ended or broke: reconnect after the reconnection time if
+  // it delivered an event, else after a failure's backoff.
   #drop(error: SSEError | undefined): void {
     this.#connection!.close();
     this.#connection = undefined;
     // §9.2.5: an event cut off by the end of the stream is discarded; the
     // last event ID and the reconnection time carry over.
     this.#parser.reset();
-    if (this.#maxRetries === 0) {
+    if (this.#retries >= this.#maxRetries) {
       if (error === undefined) this.#shutdown();
       else this.#fail(error);
       return;
@@ -593,8 +600,11 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
     this.#state = CONNECTING;
     if (error !== undefined) this.#onError?.(error);
     if (this.#isClosed()) return; // closed by the callback
-    this.#retries = 1;
-    this.#connecting = this.#connect(this.#reconnectionTime());
+    this.#retries++;
+    const time = this.#reconnectionTime();
+    this.#connecting = this.#connect(
+      this.#progress ? time : this.#backoff.next(time),
+    );
   }
 
   #reconnectionTime(): number {
@@ -654,7 +664,7 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
           if (++this.#retries > this.#maxRetries) {
             throw new SSEError(`${reason}: no retries left`, { cause });
           }
-          wait = this.#backoff(undefined);
+          wait = this.#backoff.next(this.#reconnectionTime());
           this.#onError?.(new SSEError(reason, { cause }));
           continue;
         }
@@ -662,8 +672,7 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
         const status = response.status;
         if (status === 200 && isEventStream(response)) {
           this.#state = OPEN;
-          this.#failures = 0;
-          this.#retries = 0;
+          this.#progress = false;
           this.#onOpen?.(response);
           return;
         }
@@ -681,7 +690,8 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
               { status },
             );
           }
-          wait = this.#backoff(
+          wait = this.#backoff.next(
+            this.#reconnectionTime(),
             parseRetryAfter(response.headers.get("retry-after"), Date.now()),
           );
           this.#onError?.(
@@ -716,22 +726,6 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
     if (problem === undefined) return;
     this.#unsentId = id;
     this.#onError?.(new SSEError(`${problem}: reconnecting without it`));
-  }
-
-  // The wait before the next attempt after a failed one.
-  #backoff(retryAfter: number | undefined): number {
-    const failures = ++this.#failures;
-    const base = this.#reconnectionTime();
-    const grown = Math.max(base, MIN_BACKOFF_BASE) *
-      this.#backoffFactor ** failures;
-    const ceiling = Math.min(this.#maxRetryDelay, grown);
-    // Equal jitter: between half and all of the ceiling, so clients that
-    // failed together spread out, yet the wait still grows for each of them.
-    let wait = Math.max(base, ceiling * (0.5 + Math.random() / 2));
-    if (retryAfter !== undefined) {
-      wait = Math.max(wait, Math.min(retryAfter, this.#maxRetryDelay));
-    }
-    return Math.round(wait);
   }
 
   // The end: the error is thrown once by the iteration.

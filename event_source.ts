@@ -23,9 +23,12 @@
 import { EventParser } from "./_event_parser.ts";
 import type { SSEEvent } from "./parser.ts";
 import {
+  Backoff,
   CLOSED,
   CONNECTING,
   Connection,
+  DEFAULT_BACKOFF_FACTOR,
+  DEFAULT_MAX_RETRY_DELAY,
   type FetchLike,
   fetchOption,
   headersOption,
@@ -106,6 +109,15 @@ interface HandlerSlot {
  * - when an open stream ends, or the network fails, the connection is
  *   reestablished: `error` with `readyState` CONNECTING, a wait of the
  *   reconnection time (3 s, or the stream's `retry:`), then a new request;
+ *   after an attempt that dispatched no message (a network error, a stream
+ *   that ended before its first message) the wait grows as the standard
+ *   allows: from the reconnection time, raised to at least 100 ms, doubling
+ *   with each such attempt in a row up to 30 s, with jitter. A message
+ *   dispatched brings it back to the reconnection time;
+ * - a request that can never succeed (a blocked port, a scheme fetch does not
+ *   read, a redirect loop or a redirect to another scheme, headers from the
+ *   `headers` option that fetch cannot send) fails the connection at once,
+ *   as the standard allows when reestablishing it is known to be futile;
  * - each message is a `MessageEvent` with `data`, `lastEventId` and `origin`
  *   (the origin of the final URL, after redirects); events with an `event`
  *   field reach only `addEventListener` listeners for that type;
@@ -162,6 +174,12 @@ export class EventSource extends EventTarget {
   #origin = "";
   #connection: Connection | undefined = undefined;
   #pause = new Pause();
+  // §9.2.3 "reestablish the connection" step 2: "if the previous attempt
+  // failed, then user agents might introduce an exponential backoff delay".
+  // An attempt that delivered no message counts as failed.
+  #backoff = new Backoff(DEFAULT_BACKOFF_FACTOR, DEFAULT_MAX_RETRY_DELAY);
+  // Whether the current connection has dispatched a message.
+  #progress = false;
   #handlers = new Map<string, HandlerSlot>();
 
   /**
@@ -414,6 +432,10 @@ export class EventSource extends EventTarget {
     // Nothing after close(), even from the chunk being parsed (§9.2.6: the
     // queued task checks readyState).
     if (this.#isClosed()) return;
+    if (!this.#progress) {
+      this.#progress = true;
+      this.#backoff.reset();
+    }
     const origin = this.#origin;
     const message = new MessageEvent(event.type, {
       data: event.data,
@@ -439,6 +461,7 @@ export class EventSource extends EventTarget {
     while (true) {
       const connection = new Connection(Infinity);
       this.#connection = connection;
+      this.#progress = false;
       let headers: Headers;
       try {
         let init = this.#headers;
@@ -522,7 +545,11 @@ export class EventSource extends EventTarget {
     this.#readyState = CONNECTING;
     this.dispatchEvent(new Event("error"));
     if (this.#isClosed()) return false;
-    await this.#pause.wait(this.#parser.retry ?? DEFAULT_RECONNECTION_TIME);
+    // Step 2: wait the reconnection time, and longer after a failed attempt.
+    const time = this.#parser.retry ?? DEFAULT_RECONNECTION_TIME;
+    await this.#pause.wait(
+      this.#progress ? time : this.#backoff.next(time),
+    );
     return !this.#isClosed();
   }
 }

@@ -521,6 +521,118 @@ test("SSEClient honours Retry-After in seconds and as an HTTP date, up to maxRet
   }
 });
 
+// --- no reconnect storm -------------------------------------------------------
+
+/**
+ * A server that sends `retry: <retry>` once, then closes every stream right
+ * after its headers: each connection opens, and delivers nothing.
+ */
+function emptyStreamsServer(retry: number): TestServer {
+  return new TestServer(({ index }) =>
+    eventStreamResponse(index === 0 ? `retry: ${retry}\n\n` : "")
+  );
+}
+
+for (const retry of [0, 1]) {
+  test(`SSEClient backs off from a server that sends retry: ${retry} and then closes every stream before an event`, async () => {
+    const clock = fakeClock();
+    try {
+      await using server = emptyStreamsServer(retry);
+      const { client, iterator, retries } = observedClient(server.url);
+      const next = iterator.next();
+      // Follow the waits the client asks for through 2 s of (fake) time, or
+      // 50 of them if they do not add up to that.
+      const delays: number[] = [];
+      let elapsed = 0;
+      while (delays.length < 50) {
+        const delay = await retries.shift();
+        delays.push(delay);
+        elapsed += delay;
+        if (elapsed > 2000) break;
+        await clock.tickAsync(delay);
+        await server.request(delays.length);
+      }
+      client.close();
+      assert.deepEqual(await next, DONE);
+      // Each connection counts as a failure: the waits grow from 100 ms at
+      // least (the floor of a retry that delivered nothing), so 2 s hold at
+      // most 5 attempts after the first (100 + 200 + 400 + 800 < 2000).
+      assert.ok(
+        server.requests.length <= 6,
+        `${server.requests.length} requests in 2 s: ${delays}`,
+      );
+      for (const [failures, delay] of delays.entries()) {
+        const ceiling = 100 * 2 ** (failures + 1);
+        assert.ok(
+          delay >= ceiling / 2 && delay <= ceiling,
+          `wait ${failures + 1}: ${delay} ms, outside [${
+            ceiling / 2
+          }, ${ceiling}]`,
+        );
+      }
+    } finally {
+      clock.uninstall();
+    }
+  });
+}
+
+test("SSEClient resets the backoff once a stream delivers an event, and then waits exactly the server's retry", async () => {
+  const clock = fakeClock();
+  try {
+    // Two empty streams, one with an event, then empty ones again.
+    await using server = new TestServer(({ index }) =>
+      eventStreamResponse(
+        index === 0 ? "retry: 500\n\n" : index === 2 ? "data: 2\n\n" : "",
+      )
+    );
+    const { client, iterator, retries } = observedClient(server.url);
+    const next = iterator.next();
+    let delay = await retries.shift(); // after stream 0: failure 1
+    assert.ok(delay >= 500 && delay <= 1000, `delay ${delay}`);
+    await clock.tickAsync(delay);
+    delay = await retries.shift(); // after stream 1: failure 2
+    assert.ok(delay >= 1000 && delay <= 2000, `delay ${delay}`);
+    await clock.tickAsync(delay);
+    assert.deepEqual(await next, { done: false, value: message("2") });
+    const after = iterator.next();
+    // Stream 2 delivered an event: exactly the server's retry.
+    assert.equal(await retries.shift(), 500);
+    await clock.tickAsync(500);
+    await server.request(3);
+    // Stream 3 delivered nothing: failure 1 again, not 3.
+    delay = await retries.shift();
+    assert.ok(delay >= 500 && delay <= 1000, `delay ${delay}`);
+    client.close();
+    assert.deepEqual(await after, DONE);
+  } finally {
+    clock.uninstall();
+  }
+});
+
+test("SSEClient with maxRetries stops reconnecting to streams that deliver nothing", async () => {
+  const clock = fakeClock();
+  try {
+    await using server = emptyStreamsServer(0);
+    const { client, iterator, retries } = observedClient(server.url, {
+      maxRetries: 3,
+    });
+    const next = iterator.next();
+    for (let attempt = 1; attempt <= 3; attempt++) {
+      await clock.tickAsync(await retries.shift());
+    }
+    const outcome = await Promise.race([
+      next,
+      retries.shift().then((delay) => `a 4th retry in ${delay} ms`),
+    ]);
+    client.close();
+    assert.deepEqual(outcome, DONE);
+    assert.equal(server.requests.length, 4);
+    assert.equal(client.readyState, 2);
+  } finally {
+    clock.uninstall();
+  }
+});
+
 // --- maxRetries ----------------------------------------------------------------
 
 test("SSEClient with maxRetries 0 ends the iteration when the stream ends, without a second request", async () => {

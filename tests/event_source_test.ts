@@ -686,6 +686,49 @@ test("EventSource waits exactly the reconnection time (fake clock)", async () =>
   }
 });
 
+for (const retry of [0, 1]) {
+  test(`EventSource backs off from a server that sends retry: ${retry} and then closes every stream before an event`, async () => {
+    const clock = fakeClock();
+    try {
+      await using server = new TestServer(({ index }) =>
+        eventStreamResponse(index === 0 ? `retry: ${retry}\n\n` : "")
+      );
+      const source = new OurEventSource(server.url);
+      const errors = new Queue<number>();
+      source.addEventListener("error", () => errors.push(source.readyState));
+      // Follow each wait through 2 s of (fake) time, or 50 of them.
+      const start = Date.now();
+      const delays: number[] = [];
+      while (delays.length < 50 && Date.now() - start <= 2000) {
+        assert.equal(await errors.shift(), 0);
+        const before = Date.now();
+        await clock.nextAsync();
+        delays.push(Date.now() - before);
+        await server.request(delays.length);
+      }
+      source.close();
+      // The standard lets a user agent wait longer after a failed attempt:
+      // a connection that delivers nothing counts as one, and the waits grow
+      // from 100 ms at least.
+      assert.ok(
+        server.requests.length <= 6,
+        `${server.requests.length} requests in 2 s: ${delays}`,
+      );
+      for (const [failures, delay] of delays.entries()) {
+        const ceiling = 100 * 2 ** (failures + 1);
+        assert.ok(
+          delay >= ceiling / 2 && delay <= ceiling,
+          `wait ${failures + 1}: ${delay} ms, outside [${
+            ceiling / 2
+          }, ${ceiling}]`,
+        );
+      }
+    } finally {
+      clock.uninstall();
+    }
+  });
+}
+
 test("EventSource waits 3000 ms when the stream never set a valid retry (format-field-retry-empty)", async () => {
   const clock = fakeClock();
   try {
