@@ -363,6 +363,23 @@ export function toByteString(text: string): string {
 }
 
 /**
+ * The text of a header value: its bytes (one Latin-1 character each) read as
+ * UTF-8, the inverse of {@linkcode toByteString}; the value itself when they
+ * are not UTF-8.
+ */
+export function fromByteString(value: string): string {
+  // deno-lint-ignore no-control-regex
+  if (/^[\x00-\x7f]*$/.test(value)) return value;
+  try {
+    return new TextDecoder("utf-8", { fatal: true }).decode(
+      Uint8Array.from(value, (char) => char.charCodeAt(0)),
+    );
+  } catch {
+    return value;
+  }
+}
+
+/**
  * The headers of one attempt: the caller's, then `Accept` (unless the caller
  * chose one and `forceAccept` is off), then `Last-Event-ID` when one is known
  * and can be sent (see {@linkcode unsendableId}).
@@ -376,6 +393,10 @@ export function requestHeaders(
   if (forceAccept || !headers.has("accept")) {
     headers.set("accept", "text/event-stream");
   }
+  // The protocol owns this header: the caller's never goes out, and after an
+  // empty `id` none does (§9.2.3: only "if the last event ID string is not
+  // the empty string").
+  headers.delete("last-event-id");
   if (lastEventId !== "" && unsendable(lastEventId) === undefined) {
     headers.set("last-event-id", toByteString(lastEventId));
   }

@@ -34,6 +34,7 @@ import {
   describeFailure,
   type FetchLike,
   fetchOption,
+  fromByteString,
   headersOption,
   type HeadersSource,
   isEventStream,
@@ -107,7 +108,11 @@ export interface SSEClientOptions {
   /**
    * Request headers: a value, or a function called (and awaited) before every
    * attempt, to refresh a token for instance. `Accept: text/event-stream` is
-   * added unless present, and `Last-Event-ID` whenever an ID is known.
+   * added unless present. `Last-Event-ID` belongs to the client: it is sent
+   * whenever an ID is known, and never otherwise (not after the stream sends
+   * an empty `id`). A `Last-Event-ID` among fixed headers is read as the
+   * `lastEventId` seed (a `TypeError` if both are given and differ); one that
+   * a function returns is dropped.
    *
    * @default {undefined}
    */
@@ -138,6 +143,7 @@ export interface SSEClientOptions {
   /**
    * The last event ID to resume from: sent as `Last-Event-ID` on the first
    * request, and carried by events without an `id` until the stream sets one.
+   * A fixed `Last-Event-ID` in `headers` does the same.
    *
    * @default {""}
    */
@@ -413,7 +419,27 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
       );
     }
     this.#idleTimeout = idle;
-    const lastEventId = options.lastEventId ?? "";
+    let lastEventId = options.lastEventId ?? "";
+    // A Last-Event-ID among fixed headers is the seed; the client sends the
+    // header itself from then on.
+    const header = this.#headers === undefined ||
+        typeof this.#headers === "function"
+      ? null
+      : new Headers(this.#headers).get("last-event-id");
+    if (header !== null) {
+      const seed = fromByteString(header);
+      if (options.lastEventId === undefined) {
+        lastEventId = seed;
+      } else if (seed !== lastEventId) {
+        throw new TypeError(
+          `Invalid headers: Last-Event-ID ${
+            JSON.stringify(seed)
+          } contradicts the lastEventId option ${
+            JSON.stringify(lastEventId)
+          }: give one of them`,
+        );
+      }
+    }
     if (typeof lastEventId === "string" && /[\0\n\r]/.test(lastEventId)) {
       throw new TypeError(
         `Invalid lastEventId: an ID cannot contain NUL, CR or LF, got ${

@@ -69,7 +69,11 @@ export interface EventSourceInit {
   /**
    * Non-standard: extra request headers, or a function called (and awaited)
    * before every connection, to refresh a token for instance. `Accept`,
-   * `Cache-Control` and `Last-Event-ID` are always the standard's.
+   * `Cache-Control` and `Last-Event-ID` are always the standard's: a
+   * `Last-Event-ID` given here is ignored (the header goes out only when the
+   * stream has set an ID). A value fetch cannot send (a control character
+   * other than tab) makes the constructor throw a `TypeError`; from a
+   * function, it fails the connection.
    *
    * @default {undefined}
    */

@@ -214,6 +214,87 @@ test("SSEClient reconnects without a last event ID it cannot send as a header, a
   );
 });
 
+test("SSEClient takes a Last-Event-ID header as the seed, then manages the header alone", async () => {
+  await using server = new TestServer(({ index }) =>
+    eventStreamResponse(
+      index === 0
+        ? "retry: 0\ndata: a\n\nid: 5\ndata: b\n\n"
+        : index === 1
+        ? "id\ndata: c\n\n"
+        : "data: d\n\n",
+    )
+  );
+  const client = new SSEClient(server.url, {
+    headers: { "Last-Event-ID": "41", "x-other": "kept" },
+  });
+  assert.equal(client.lastEventId, "41");
+  const events = await take(client[Symbol.asyncIterator](), 4);
+  client.close();
+  assert.deepEqual(events, [
+    message("a", "41"),
+    message("b", "5"),
+    message("c"),
+    message("d"),
+  ]);
+  assert.deepEqual(
+    server.requests.slice(0, 3).map(({ headers }) => [
+      headers.get("last-event-id"),
+      headers.get("x-other"),
+    ]),
+    [["41", "kept"], ["5", "kept"], [null, "kept"]],
+  );
+});
+
+test("SSEClient reads a non-ASCII Last-Event-ID header seed as UTF-8 bytes", () => {
+  const bytes = String.fromCharCode(...new TextEncoder().encode("…€"));
+  const client = new SSEClient("http://127.0.0.1:8/", {
+    headers: [["last-event-id", bytes]],
+    signal: AbortSignal.abort(),
+  });
+  assert.equal(client.lastEventId, "…€");
+});
+
+test("SSEClient refuses a Last-Event-ID header that contradicts the lastEventId option", () => {
+  const url = "http://127.0.0.1:8/";
+  assert.throws(
+    () =>
+      new SSEClient(url, {
+        lastEventId: "1",
+        headers: { "last-event-id": "2" },
+      }),
+    {
+      name: "TypeError",
+      message:
+        'Invalid headers: Last-Event-ID "2" contradicts the lastEventId option "1": give one of them',
+    },
+  );
+  // The same ID twice is no contradiction.
+  new SSEClient(url, {
+    lastEventId: "1",
+    headers: { "last-event-id": "1" },
+    signal: AbortSignal.abort(),
+  });
+});
+
+test("SSEClient replaces a Last-Event-ID that a headers function returns", async () => {
+  await using server = new TestServer(({ index }) =>
+    eventStreamResponse(
+      index === 0 ? "retry: 0\nid: 7\ndata: a\n\n" : "data: b\n\n",
+    )
+  );
+  const client = new SSEClient(server.url, {
+    headers: () => ({ "last-event-id": "stale" }),
+  });
+  await take(client[Symbol.asyncIterator](), 2);
+  client.close();
+  assert.deepEqual(
+    server.requests.slice(0, 2).map(({ headers }) =>
+      headers.get("last-event-id")
+    ),
+    [null, "7"],
+  );
+});
+
 // --- reconnection timing ---------------------------------------------------
 
 test("SSEClient waits 3000 ms by default before reconnecting", async () => {

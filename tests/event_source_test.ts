@@ -995,6 +995,36 @@ test("EventSource reconnects without a last event ID it cannot send as a header"
   assert.equal(server.requests[1]!.headers.get("last-event-id"), null);
 });
 
+test("EventSource ignores a Last-Event-ID in its headers option: the header is the protocol's", async () => {
+  for (
+    const headers of [
+      { "last-event-id": "stale" },
+      () => ({ "Last-Event-ID": "stale" }),
+    ]
+  ) {
+    await using server = new TestServer(({ index }) =>
+      eventStreamResponse(
+        index === 0
+          ? "retry: 0\nid: 5\ndata: a\n\n"
+          : index === 1
+          ? "id\ndata: b\n\n"
+          : "data: c\n\n",
+      )
+    );
+    const source = new OurEventSource(server.url, { headers });
+    const seen = record(source);
+    // open, a, error, open, b, error, open, c
+    await seen.take(8);
+    source.close();
+    assert.deepEqual(
+      server.requests.slice(0, 3).map((exchange) =>
+        exchange.headers.get("last-event-id")
+      ),
+      [null, "5", null],
+    );
+  }
+});
+
 test("EventSource rejects a fetch option that is not a function", () => {
   assert.throws(
     () =>
