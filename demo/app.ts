@@ -13,9 +13,14 @@
 //                           broker: every stream ends, browsers reconnect and
 //                           resume
 //   GET  /stats             JSON figures
+//
+// The events, and what a new tab's snapshot shows (each room's chat history
+// and the last tick), live in the broker and the store it is given: with
+// DenoKvBroker and kvStore on one file, a demo started again on that file
+// goes on where the previous one stopped, and every open tab resumes.
 
 import {
-  MemoryBroker,
+  type SSEBroker,
   SSEChannel,
   type SSEMessage,
   sseResponse,
@@ -29,8 +34,70 @@ const MAX_USER = 32;
 const MAX_TEXT = 500;
 const MAX_PROMPT = 2000;
 
+/** Where the demo keeps what a new tab's snapshot shows. */
+export interface DemoStore {
+  /** Each room's chat history (oldest first) and the last tick, if any. */
+  load(): Promise<{ history: Map<string, ChatMessage[]>; tick?: Tick }>;
+  /** Stores a room's chat history. */
+  saveChat(room: string, messages: ChatMessage[]): Promise<void>;
+  /** Stores the last tick published. */
+  saveTick(tick: Tick): Promise<void>;
+}
+
+/**
+ * A store in memory: what a restarted demo has forgotten.
+ *
+ * @returns The store.
+ */
+export function memoryStore(): DemoStore {
+  return {
+    load: () => Promise.resolve({ history: new Map() }),
+    saveChat: () => Promise.resolve(),
+    saveTick: () => Promise.resolve(),
+  };
+}
+
+/**
+ * A store in Deno KV, next to the broker's streams: under
+ * `["sse-demo", "chat", room]` and `["sse-demo", "tick"]`.
+ *
+ * @param kv The database (the caller closes it).
+ * @returns The store.
+ */
+export function kvStore(kv: Deno.Kv): DemoStore {
+  return {
+    async load() {
+      const history = new Map<string, ChatMessage[]>();
+      for (const room of ROOMS) {
+        const { value } = await kv.get<ChatMessage[]>([
+          "sse-demo",
+          "chat",
+          room,
+        ]);
+        if (Array.isArray(value)) history.set(room, value);
+      }
+      const { value: tick } = await kv.get<Tick>(["sse-demo", "tick"]);
+      return tick === null ? { history } : { history, tick };
+    },
+    async saveChat(room, messages) {
+      await kv.set(["sse-demo", "chat", room], messages);
+    },
+    async saveTick(tick) {
+      await kv.set(["sse-demo", "tick"], tick);
+    },
+  };
+}
+
 /** Options of {@linkcode createDemo}. */
 export interface DemoOptions {
+  /** Ids, history and fan-out of the demo's channel. The caller closes it. */
+  broker: SSEBroker;
+  /**
+   * Chat histories and the last tick, for new tabs' snapshots.
+   *
+   * @default {memoryStore()}
+   */
+  store?: DemoStore;
   /**
    * Milliseconds between ticker events.
    *
@@ -50,11 +117,15 @@ export interface DemoOptions {
 export interface Demo {
   /** Answers one request. */
   handler: (request: Request) => Promise<Response>;
-  /** Ends every stream and stops the ticker; resolves once all is released. */
+  /**
+   * Ends every stream and stops the ticker; resolves once all is released
+   * (the broker and the store stay open: they are the caller's).
+   */
   close: () => Promise<void>;
 }
 
-interface ChatMessage {
+/** One chat message, as snapshots show it. */
+export interface ChatMessage {
   id: string;
   room: string;
   user: string;
@@ -62,7 +133,8 @@ interface ChatMessage {
   time: number;
 }
 
-interface Tick {
+/** One tick of the ticker. */
+export interface Tick {
   n: number;
   price: number;
   time: number;
@@ -73,13 +145,13 @@ interface Context {
 }
 
 /**
- * Creates the demo app: one broker, the channel on it, the ticker, the chat
- * history and the token streams.
+ * Creates the demo app: the channel on the broker, the ticker, the chat
+ * history and the token streams, going on from what the store holds.
  *
- * @param options Ticker interval and token delay.
+ * @param options Broker, store, ticker interval and token delay.
  * @returns The handler and its `close`.
  */
-export function createDemo(options: DemoOptions = {}): Demo {
+export async function createDemo(options: DemoOptions): Promise<Demo> {
   const tickerInterval = options.tickerInterval ?? 1000;
   const tokenDelay = options.tokenDelay ?? 25;
   if (!Number.isFinite(tickerInterval) || tickerInterval < 10) {
@@ -93,15 +165,16 @@ export function createDemo(options: DemoOptions = {}): Demo {
     );
   }
   const started = Date.now();
-  // The broker outlives channels: a restarted channel on it still resumes
-  // clients from ids the previous one handed out.
-  const broker = new MemoryBroker();
+  // The broker outlives channels (and, on a shared store, processes): a
+  // restarted channel on it still resumes clients from ids handed out before.
+  const { broker, store = memoryStore() } = options;
+  const saved = await store.load();
   const history = new Map<string, ChatMessage[]>(
-    ROOMS.map((room) => [room, []]),
+    ROOMS.map((room) => [room, saved.history.get(room) ?? []]),
   );
   const shutdown = new AbortController();
-  let lastTick: Tick | undefined;
-  let price = 100;
+  let lastTick: Tick | undefined = saved.tick;
+  let price = saved.tick?.price ?? 100;
   let restarts = 0;
   let published = 0;
   let completions = 0;
@@ -157,10 +230,15 @@ export function createDemo(options: DemoOptions = {}): Demo {
     lastTick = next;
     await channel.publish({ event: "tick", data: next }, { topic: "ticker" });
     published++;
+    // Stored after it is published: a demo killed in between publishes this
+    // tick again (a tab takes it for the one it has), never skips one.
+    await store.saveTick(next);
   }
   const ticker = setInterval(() => {
     tick().catch((error) => {
-      if (!closed) console.error("demo: ticker publish failed", error);
+      if (!closed) {
+        console.error(`demo: a tick was not published: ${error.message}`);
+      }
     });
   }, tickerInterval);
 
@@ -194,6 +272,7 @@ export function createDemo(options: DemoOptions = {}): Demo {
     const kept = history.get(room)!;
     kept.push({ id, ...message });
     if (kept.length > HISTORY) kept.shift();
+    await store.saveChat(room, kept);
     return Response.json({ id }, { status: 201 });
   }
 
@@ -279,7 +358,6 @@ export function createDemo(options: DemoOptions = {}): Demo {
     clearInterval(ticker);
     shutdown.abort();
     await channel.close();
-    await broker.close();
   }
 
   return { handler, close };

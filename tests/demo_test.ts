@@ -1,12 +1,14 @@
 // Copyright the sse authors. MIT license.
 // The demo app, end to end: each test starts `demo/main.ts` as its own process
-// on port 0 (as `deno task demo` runs it), talks to it over real sockets, and
-// stops it with SIGTERM, which must end every stream and exit 0. The last test
-// drives the page in headless Chromium, whose own EventSource receives the
-// events and resumes after the channel restarts.
+// on port 0 (as `deno task demo` runs it, with the same permissions, on a Deno
+// KV file in a temporary directory), talks to it over real sockets, and stops
+// it with SIGTERM, which must end every stream and exit 0. The last tests
+// drive the page in headless Chromium, whose own EventSource receives the
+// events and resumes after the channel restarts, and after the whole process
+// is killed and started again on its file.
 
 import assert from "node:assert/strict";
-import { chromium } from "playwright-core";
+import { chromium, type Page } from "playwright-core";
 import { SSEClient } from "../client.ts";
 import { type SSEEvent, SSEParserStream } from "../parser.ts";
 import { CHROMIUM, CHROMIUM_ARGS } from "../demo/screenshot.ts";
@@ -16,9 +18,60 @@ const SANITIZED = { sanitizeOps: true, sanitizeResources: true } as const;
 const MAIN = new URL("../demo/main.ts", import.meta.url).pathname;
 const WAIT = 10_000;
 
+/** How to start the demo: where its KV file is, and its arguments. */
+interface DemoStart {
+  /** The directory of its KV file, the only one it may read and write. */
+  dir: string;
+  /** More arguments (later ones win). */
+  args?: string[];
+  /** @default {0} */
+  port?: number;
+}
+
+/** The demo's command line, with the demo task's permissions. */
+function demoArgs({ dir, args = [], port = 0 }: DemoStart): string[] {
+  // The KV file in `dir`, unless the test asks for another backend.
+  const kv = args.some((arg) => /^--(memory|redis|kv)\b/.test(arg))
+    ? []
+    : ["--kv", `${dir}/demo.sqlite3`];
+  return [
+    "run",
+    "--unstable-kv",
+    "--allow-net=127.0.0.1",
+    "--allow-env=PORT",
+    `--allow-read=${dir}`,
+    `--allow-write=${dir}`,
+    MAIN,
+    ...kv,
+    "--port",
+    String(port),
+    "--token-delay",
+    "1",
+    ...args,
+  ];
+}
+
+/** Runs the demo to its end; its exit code, stdout and stderr. */
+async function runDemo(
+  start: DemoStart,
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: demoArgs(start),
+    stdin: "null",
+    env: { NO_COLOR: "1" },
+  }).output();
+  const decoder = new TextDecoder();
+  return {
+    code,
+    stdout: decoder.decode(stdout),
+    stderr: decoder.decode(stderr),
+  };
+}
+
 /** The demo running in a child process. */
 class DemoProcess {
   readonly url: string;
+  readonly port: number;
   #child: Deno.ChildProcess;
   #output: Promise<string>;
 
@@ -29,26 +82,18 @@ class DemoProcess {
   ) {
     this.#child = child;
     this.url = url;
+    this.port = Number(new URL(url).port);
     this.#output = rest;
   }
 
-  /** Starts the demo on a free port, with fast tokens. */
-  static async start(args: string[] = []): Promise<DemoProcess> {
+  /** Starts the demo (on a free port unless told), with fast tokens. */
+  static async start(start: DemoStart): Promise<DemoProcess> {
     const child = new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "--allow-net=127.0.0.1",
-        "--allow-env=PORT",
-        MAIN,
-        "--port",
-        "0",
-        "--token-delay",
-        "1",
-        ...args,
-      ],
+      args: demoArgs(start),
       stdin: "null",
       stdout: "piped",
       stderr: "piped",
+      env: { NO_COLOR: "1" },
     }).spawn();
     const stdout = child.stdout.pipeThrough(new TextDecoderStream())
       .getReader();
@@ -69,17 +114,26 @@ class DemoProcess {
     })();
     const url = text.match(/http:\/\/127\.0\.0\.1:\d+\//)?.[0];
     if (url === undefined) {
-      child.kill("SIGKILL");
+      try {
+        child.kill("SIGKILL");
+      } catch {
+        // Exited already.
+      }
       await child.status;
       throw new Error(`The demo did not start: ${await rest}`);
     }
     return new DemoProcess(child, url, rest);
   }
 
-  /** SIGTERM, then the exit status and everything the process printed. */
-  async stop(): Promise<{ code: number; output: string }> {
+  /**
+   * Stops it: SIGTERM (graceful), or SIGKILL (as a platform evicting it);
+   * then the exit status and everything the process printed.
+   */
+  async stop(
+    signal: "SIGTERM" | "SIGKILL" = "SIGTERM",
+  ): Promise<{ code: number; output: string }> {
     try {
-      this.#child.kill("SIGTERM");
+      this.#child.kill(signal);
     } catch {
       // Already exited.
     }
@@ -91,23 +145,39 @@ class DemoProcess {
   }
 }
 
+/** A fresh directory for a demo's KV file, removed afterwards. */
+async function withDir<T>(body: (dir: string) => Promise<T>): Promise<T> {
+  const dir = await Deno.makeTempDir({ prefix: "sse-demo-kv-" });
+  try {
+    return await body(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+/** Stops a demo, which must then exit 0 without printing an error. */
+async function stopCleanly(demo: DemoProcess): Promise<void> {
+  const { code, output } = await demo.stop();
+  assert.equal(code, 0, `the demo exited with ${code}: ${output}`);
+  assert.doesNotMatch(output, /error/i, "the demo printed an error");
+}
+
 /** Runs `body` against a fresh demo; the demo must then stop cleanly. */
 async function withDemo(
   body: (demo: DemoProcess) => Promise<void>,
   args: string[] = [],
 ): Promise<void> {
-  const demo = await DemoProcess.start(args);
-  let failed = true;
-  try {
-    await body(demo);
-    failed = false;
-  } finally {
-    const { code, output } = await demo.stop();
-    if (!failed) {
-      assert.equal(code, 0, `the demo exited with ${code}: ${output}`);
-      assert.doesNotMatch(output, /error/i, "the demo printed an error");
+  await withDir(async (dir) => {
+    const demo = await DemoProcess.start({ dir, args });
+    let failed = true;
+    try {
+      await body(demo);
+      failed = false;
+    } finally {
+      if (failed) await demo.stop();
+      else await stopCleanly(demo);
     }
-  }
+  });
 }
 
 /** Rejects after `ms` unless `promise` settles first; no timer left behind. */
@@ -364,6 +434,169 @@ Deno.test(
   },
 );
 
+Deno.test(
+  "The demo on a busy port says so in one line and exits 2",
+  SANITIZED,
+  async () => {
+    using busy = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    await withDir(async (dir) => {
+      const { code, stdout, stderr } = await runDemo({
+        dir,
+        port: busy.addr.port,
+      });
+      assert.equal(code, 2);
+      assert.equal(stdout, "");
+      assert.equal(stderr, `port ${busy.addr.port} is in use: pass --port\n`);
+    });
+  },
+);
+
+Deno.test(
+  "The demo refuses a bad option in one line with exit code 2",
+  SANITIZED,
+  async () => {
+    await withDir(async (dir) => {
+      const cases: [string[], RegExp][] = [
+        [["--nope"], /^Unknown option '--nope' \(see --help\)$/],
+        [["--port", "http"], /^Invalid --port: .*"http"$/],
+        [["--port", "70000"], /^Invalid --port: .*65535/],
+        [["--tick", "5"], /^Invalid --tick: expected at least 10 ms/],
+        [["--memory", "--redis", "redis://127.0.0.1:1"], /^Choose one of/],
+        [["--redis", "127.0.0.1:6379"], /^Invalid --redis: .*redis:\/\//],
+        [["extra"], /^Unexpected argument 'extra'/],
+        // A file the demo may not write: the flags it needs, in one line.
+        [["--kv", "/nonexistent/demo.sqlite3"], /^Cannot open .*--allow-write/],
+      ];
+      for (const [args, expected] of cases) {
+        const { code, stdout, stderr } = await runDemo({ dir, args });
+        assert.equal(code, 2, args.join(" "));
+        assert.equal(stdout, "");
+        const lines = stderr.trimEnd().split("\n");
+        assert.equal(lines.length, 1, `one line: ${stderr}`);
+        assert.match(lines[0]!, expected);
+      }
+      const help = await runDemo({ dir, args: ["--help"] });
+      assert.equal(help.code, 0);
+      assert.match(help.stdout, /--port N/);
+      assert.match(help.stdout, /Ctrl\+C stops it/);
+    });
+  },
+);
+
+Deno.test(
+  "A demo killed and started again on its KV file resumes a client with exactly what it missed",
+  SANITIZED,
+  async () => {
+    await withDir(async (dir) => {
+      const first = await DemoProcess.start({ dir, args: ["--tick", "50"] });
+      let seen: string;
+      const missed: string[] = [];
+      let ticks: number[];
+      try {
+        const stream = await Stream.open(`${first.url}events?room=lobby`);
+        await stream.next("snapshot");
+        ({ id: seen } = await (await post(`${first.url}api/chat`, {
+          room: "lobby",
+          text: "before the crash",
+        })).json());
+        assert.equal((await stream.next("chat")).id, seen);
+        // The client goes, two more messages come; then the process dies.
+        await stream.close();
+        for (const text of ["missed 1", "missed 2"]) {
+          missed.push(
+            (await (await post(`${first.url}api/chat`, { room: "lobby", text }))
+              .json()).id,
+          );
+        }
+        ticks = [(await (await fetch(`${first.url}stats`)).json()).ticks];
+      } finally {
+        const { code } = await first.stop("SIGKILL");
+        assert.notEqual(code, 0);
+      }
+      const second = await DemoProcess.start({
+        dir,
+        port: first.port,
+        args: ["--tick", "50"],
+      });
+      try {
+        const back = await Stream.open(`${second.url}events?room=lobby`, {
+          "last-event-id": seen,
+        });
+        try {
+          const resumed = await back.next("resumed", "snapshot");
+          assert.equal(resumed.type, "resumed");
+          // The chat it missed, then the ticker from where it was, no gap.
+          const events: SSEEvent[] = [];
+          while (events.filter((e) => e.type === "chat").length < 2) {
+            events.push(await back.next("chat", "tick"));
+          }
+          assert.deepEqual(
+            events.filter((e) => e.type === "chat").map((e) => e.id),
+            missed,
+          );
+          for (let i = 0; i < 5; i++) events.push(await back.next("tick"));
+          ticks = events.filter((e) => e.type === "tick")
+            .map((e) => JSON.parse(e.data).n);
+          for (let i = 1; i < ticks.length; i++) {
+            assert.equal(ticks[i], ticks[i - 1]! + 1, `ticks ${ticks}`);
+          }
+        } finally {
+          await back.close();
+        }
+        // A new client's snapshot has the history from before the crash.
+        const fresh = await Stream.open(`${second.url}events?room=lobby`);
+        try {
+          const snapshot = JSON.parse((await fresh.next("snapshot")).data);
+          assert.deepEqual(
+            snapshot.messages.map((message: { id: string }) => message.id),
+            [seen, ...missed],
+          );
+          assert.ok(snapshot.tick.n >= ticks.at(-1)!);
+        } finally {
+          await fresh.close();
+        }
+      } finally {
+        await stopCleanly(second);
+      }
+    });
+  },
+);
+
+Deno.test(
+  "A demo on --memory forgets on restart: a client back with an old id gets a snapshot",
+  SANITIZED,
+  async () => {
+    await withDir(async (dir) => {
+      const first = await DemoProcess.start({ dir, args: ["--memory"] });
+      let id: string;
+      try {
+        ({ id } = await (await post(`${first.url}api/chat`, {
+          room: "lobby",
+          text: "forgotten",
+        })).json());
+      } finally {
+        await stopCleanly(first);
+      }
+      const second = await DemoProcess.start({ dir, args: ["--memory"] });
+      try {
+        const back = await Stream.open(`${second.url}events?room=lobby`, {
+          "last-event-id": id,
+        });
+        try {
+          const first = await back.next("resumed", "snapshot");
+          assert.equal(first.type, "snapshot");
+          assert.deepEqual(JSON.parse(first.data).messages, []);
+        } finally {
+          await back.close();
+        }
+      } finally {
+        await stopCleanly(second);
+      }
+      assert.deepEqual([...Deno.readDirSync(dir)], [], "no file written");
+    });
+  },
+);
+
 const hasChromium = (() => {
   try {
     return Deno.statSync(CHROMIUM).isFile;
@@ -445,5 +678,94 @@ Deno.test({
       }
       // No ticks, so that the last event id before the restart is the chat's.
     }, ["--tick", "3600000"]);
+  },
+});
+
+Deno.test({
+  name:
+    "Chromium tabs keep every chat message and a ticker without gap when the demo is killed and started again",
+  ignore: browserIgnored,
+  ...SANITIZED,
+  async fn() {
+    await withDir(async (dir) => {
+      const args = ["--tick", "200"];
+      let demo = await DemoProcess.start({ dir, args });
+      const profile = await Deno.makeTempDir({ prefix: "sse-demo-test-" });
+      const context = await chromium.launchPersistentContext(profile, {
+        executablePath: CHROMIUM,
+        args: CHROMIUM_ARGS,
+        headless: true,
+      });
+      let stopped = false;
+      try {
+        const errors: string[] = [];
+        const open = async () => {
+          const tab = await context.newPage();
+          tab.on("pageerror", (error) => errors.push(error.message));
+          await tab.goto(demo.url);
+          return tab;
+        };
+        const until = (tab: Page, expression: string) =>
+          tab.waitForFunction(expression, null, { timeout: 2 * WAIT });
+        const tabs = [await open(), await open()];
+        for (const tab of tabs) {
+          await until(tab, `window.demo.session === "snapshot"`);
+        }
+        const texts = ["before 1", "before 2", "after 1", "after 2"];
+        const chat = async (text: string) => {
+          const posted = await post(`${demo.url}api/chat`, {
+            room: "lobby",
+            user: "test",
+            text,
+          });
+          assert.equal(posted.status, 201);
+          await posted.body?.cancel();
+        };
+        for (const text of texts.slice(0, 2)) await chat(text);
+        for (const tab of tabs) {
+          await until(tab, `window.demo.chats.size === 2`);
+          await until(tab, `window.demo.lastTick >= 3`);
+        }
+
+        // Evicted: no goodbye, the tabs see their streams fail.
+        const killed = await demo.stop("SIGKILL");
+        assert.notEqual(killed.code, 0);
+        let ticked = 0;
+        for (const tab of tabs) {
+          await until(tab, `window.demo.reconnects >= 1`);
+          ticked = Math.max(ticked, await tab.evaluate("window.demo.lastTick"));
+        }
+        demo = await DemoProcess.start({ dir, args, port: demo.port });
+        for (const text of texts.slice(2)) await chat(text);
+
+        // Each tab resumed by itself: every message once, in order, and the
+        // ticker went on from where it was.
+        for (const tab of tabs) {
+          await until(
+            tab,
+            `window.demo.session === "resumed" && window.demo.chats.size === 4 && window.demo.lastTick >= ${
+              ticked + 5
+            }`,
+          );
+          const shown = await tab.$$eval(
+            "#messages li span:nth-child(2)",
+            (items) => items.map((item) => item.textContent),
+          );
+          assert.deepEqual(shown, texts);
+          assert.equal(await tab.evaluate("window.demo.gaps"), 0);
+        }
+        // A tab opened now gets the whole history in its snapshot.
+        const late = await open();
+        await until(late, `window.demo.session === "snapshot"`);
+        await until(late, `window.demo.chats.size === 4`);
+        assert.deepEqual(errors, []);
+        await stopCleanly(demo);
+        stopped = true;
+      } finally {
+        await context.close();
+        await Deno.remove(profile, { recursive: true });
+        if (!stopped) await demo.stop();
+      }
+    });
   },
 });
