@@ -13,9 +13,16 @@ const SERVER = new URL("./fixtures/instance_server.ts", import.meta.url);
 
 /** Options of {@linkcode startInstance}. */
 export interface InstanceOptions {
-  /** `redis` (needs `redisUrl`) or `memory`. @default {"redis"} */
-  broker?: "redis" | "memory";
+  /**
+   * `redis` (needs `redisUrl`), `kv` (needs `kvPath`) or `memory`.
+   * @default {"redis"}
+   */
+  broker?: "redis" | "kv" | "memory";
   redisUrl?: string;
+  /** The Deno KV file of a `kv` instance. */
+  kvPath?: string;
+  /** A `kv` instance's `pollInterval`, in ms. @default {1000} */
+  pollInterval?: number;
   /** The channel's replay window. @default {1000} */
   replay?: number;
 }
@@ -45,10 +52,14 @@ export interface Instance {
 export async function startInstance(
   options: InstanceOptions = {},
 ): Promise<Instance> {
-  const args = ["run", "-A", SERVER.href, "--port", "0"];
+  const args = ["run", "-A", "--unstable-kv", SERVER.href, "--port", "0"];
   args.push("--broker", options.broker ?? "redis");
   if (options.redisUrl !== undefined) {
     args.push("--redis-url", options.redisUrl);
+  }
+  if (options.kvPath !== undefined) args.push("--kv", options.kvPath);
+  if (options.pollInterval !== undefined) {
+    args.push("--poll-interval", String(options.pollInterval));
   }
   args.push("--replay", String(options.replay ?? 1000));
   const child = new Deno.Command(Deno.execPath(), {

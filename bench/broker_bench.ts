@@ -1,33 +1,42 @@
 // Copyright the sse authors. MIT license.
-// Events through Redis to 1 000 clients split over two instances, against the
-// in-memory broker with one instance holding all 1 000 (and, to separate the
-// cost of Redis from that of a second process, Redis with one instance), in
-// one run.
+// Events through a distributed broker to 1 000 clients split over two
+// instances, against the in-memory broker with one instance holding all 1 000
+// (and, to separate the cost of the broker from that of a second process,
+// each broker with one instance), in one run: RedisBroker on a redis-server,
+// DenoKvBroker on a Deno KV file (SQLite) shared by the processes.
 //
-//   deno run -A bench/redis_bench.ts [--clients 1000] [--events 1000] [--size 100]
-//                                    [--rate 100] [--paced 300]
+//   deno run -A bench/broker_bench.ts [--clients 1000] [--events 1000] [--size 100]
+//                                     [--rate 100] [--paced 300]
+//                                     [--only memory,redis,kv]
 //
 // What runs (every piece its own process, on 127.0.0.1):
 // - redis-server (from tests/_redis.ts: random port, no persistence);
+// - a Deno KV file in a temporary directory, a new one for each setup;
 // - instances: tests/fixtures/instance_server.ts, an SSEChannel on Deno.serve
-//   with a RedisBroker (two instances) or a MemoryBroker (one instance);
+//   with a RedisBroker or a DenoKvBroker (one or two instances) or a
+//   MemoryBroker (one instance). Two DenoKvBroker processes on one local file
+//   see each other's entries by polling (kv.watch() does not cross processes
+//   there; it does on Deno Deploy), and when they read after a publish of
+//   their own: they run with both publishing, and with one publishing (the
+//   other's clients then get every event through the poll alone), with the
+//   default pollInterval (1000 ms) and with 100 ms;
 // - clients: two bench/fanout/clients.ts processes (raw TCP, minimal SSE
 //   parsing), half the clients each, so the load never shares an event loop
 //   with a server. With Redis, each client process talks to its own instance.
 //
 // Each setup is measured twice:
 // - burst: `events` events published as fast as the instances accept them
-//   (16 publishes in flight per publishing instance; with Redis both
-//   instances publish half). Throughput = deliveries (events × clients) per
+//   (16 publishes in flight per publishing instance; with two instances
+//   publishing, each publishes half). Throughput = deliveries (events × clients) per
 //   second, from the first publish to the last delivery.
 // - paced: `paced` events at `rate` events/s (by default 300 at 100/s:
-//   100 000 deliveries/s, below what
-//   either setup sustains, so this is latency without a backlog). Latency =
+//   100 000 deliveries/s, below what every setup sustains, so this is latency
+//   without a backlog). Latency =
 //   delivery time minus the time in the event, both `performance.timeOrigin +
 //   now()`; p50 and p99 are the worse of the two client processes' (each holds
 //   half the clients). In the burst, latency is mostly time spent queued.
 //
-// Bounded: a few seconds per phase, under 2 minutes in all.
+// Bounded: a few seconds per phase, about 3 minutes in all.
 
 import { Child } from "./fanout/_child.ts";
 import { startRedis } from "../tests/_redis.ts";
@@ -43,6 +52,21 @@ function option(name: string, fallback: number): number {
   return value;
 }
 
+/** The setups to run: any of memory, redis, kv. */
+function only(): Set<string> {
+  const at = Deno.args.indexOf("--only");
+  const all = ["memory", "redis", "kv"];
+  if (at < 0) return new Set(all);
+  const chosen = (Deno.args[at + 1] ?? "").split(",");
+  for (const name of chosen) {
+    if (!all.includes(name)) {
+      throw new RangeError(`Invalid --only: ${name} is none of ${all}`);
+    }
+  }
+  return new Set(chosen);
+}
+
+const ONLY = only();
 const CLIENTS = option("clients", 1000);
 const EVENTS = option("events", 1000);
 const SIZE = option("size", 100);
@@ -154,35 +178,80 @@ async function measure(
   return { name, burst, paced };
 }
 
+/** Runs `body` with a fresh Deno KV file path, removed afterwards. */
+async function withKvFile<T>(body: (path: string) => Promise<T>): Promise<T> {
+  const dir = await Deno.makeTempDir({ prefix: "sse-broker-bench-" });
+  try {
+    return await body(`${dir}/kv.sqlite3`);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
 async function main(): Promise<void> {
   const started = performance.now();
-  const redis = await startRedis();
   const rows = [];
-  try {
-    {
-      await using a = await startInstance({ broker: "memory" });
-      rows.push(await measure("MemoryBroker, 1 instance", [a], [a]));
+  if (ONLY.has("memory")) {
+    await using a = await startInstance({ broker: "memory" });
+    rows.push(await measure("MemoryBroker, 1 instance", [a], [a]));
+  }
+  if (ONLY.has("redis")) {
+    const redis = await startRedis();
+    try {
+      {
+        // The cost of going through Redis, without a second instance.
+        await using a = await startInstance({ redisUrl: redis.url });
+        rows.push(await measure("RedisBroker, 1 instance", [a], [a]));
+      }
+      {
+        await using a = await startInstance({ redisUrl: redis.url });
+        await using b = await startInstance({ redisUrl: redis.url });
+        rows.push(
+          await measure("RedisBroker, 2 instances", [a, b], [a, b]),
+        );
+      }
+    } finally {
+      await redis.close();
     }
-    {
-      // The cost of going through Redis, without a second instance.
-      await using a = await startInstance({ redisUrl: redis.url });
-      rows.push(await measure("RedisBroker, 1 instance", [a], [a]));
+  }
+  if (ONLY.has("kv")) {
+    await withKvFile(async (kvPath) => {
+      await using a = await startInstance({ broker: "kv", kvPath });
+      rows.push(await measure("DenoKvBroker, 1 instance", [a], [a]));
+    });
+    // Both instances publishing: each local publish also reads what the
+    // other process wrote. One publishing: the other's clients get every
+    // event through the poll alone.
+    const setups = [
+      { pollInterval: 1000, both: true },
+      { pollInterval: 1000, both: false },
+      { pollInterval: 100, both: false },
+    ];
+    for (const { pollInterval, both } of setups) {
+      await withKvFile(async (kvPath) => {
+        const options = { broker: "kv", kvPath, pollInterval } as const;
+        await using a = await startInstance(options);
+        await using b = await startInstance(options);
+        rows.push(
+          await measure(
+            `DenoKvBroker, 2 instances, ${
+              both ? "both" : "one"
+            } publishing (poll ${pollInterval} ms)`,
+            [a, b],
+            both ? [a, b] : [a],
+          ),
+        );
+      });
     }
-    {
-      await using a = await startInstance({ redisUrl: redis.url });
-      await using b = await startInstance({ redisUrl: redis.url });
-      rows.push(
-        await measure("RedisBroker, 2 instances", [a, b], [a, b]),
-      );
-    }
-  } finally {
-    await redis.close();
   }
 
   const format = (n: number) => Math.round(n).toLocaleString("en-US");
   const ms = (n: number) => n.toFixed(1);
   console.log(
-    `\n${CLIENTS} clients, ${EVENTS} events of ~${SIZE} B (burst), ${PACED_EVENTS} at ${PACED_RATE}/s (paced); Deno ${Deno.version.deno}, redis-server on 127.0.0.1\n`,
+    `\n${CLIENTS} clients, ${EVENTS} events of ~${SIZE} B (burst), ${PACED_EVENTS} at ${PACED_RATE}/s (paced); Deno ${Deno.version.deno}, redis-server and a Deno KV file on 127.0.0.1; load average ${
+      (await Deno.readTextFile("/proc/loadavg").catch(() => "?")).split(" ")
+        .slice(0, 3).join(" ")
+    }\n`,
   );
   console.log(
     "| Broker | burst: events/s to every client | burst: deliveries/s | burst: p50 / p99 ms | paced: p50 / p99 ms | received |",
@@ -199,15 +268,14 @@ async function main(): Promise<void> {
       } |`,
     );
   }
-  const [memory, , viaRedis] = rows;
-  if (memory && viaRedis) {
+  const memory = rows.find((row) => row.name.startsWith("MemoryBroker"));
+  for (const row of rows) {
+    if (memory === undefined || row === memory) continue;
     console.log(
-      `\nRedis / memory, burst throughput: ${
-        (viaRedis.burst.deliveriesPerSecond / memory.burst.deliveriesPerSecond)
+      `${row.name} / memory: burst throughput ${
+        (row.burst.deliveriesPerSecond / memory.burst.deliveriesPerSecond)
           .toFixed(2)
-      }×; paced p50 latency: ${
-        (viaRedis.paced.p50 / memory.paced.p50).toFixed(2)
-      }×`,
+      }×; paced p50 latency ${(row.paced.p50 / memory.paced.p50).toFixed(2)}×`,
     );
   }
   console.log(
