@@ -71,38 +71,45 @@ async function flood(base: string, count: number, size: number) {
   return (await response.json() as { ids: string[] }).ids;
 }
 
-/** An event stream read with SSEParserStream. */
+/**
+ * An event stream read with SSEParserStream. The request goes out at once;
+ * `headers()` waits for the response head, `next()` for an event.
+ */
 class Events {
-  readonly response: Response;
-  #reader: ReadableStreamDefaultReader<SSEEvent>;
+  #path: string;
+  #abort = new AbortController();
+  #response: Promise<Response>;
+  #reader?: ReadableStreamDefaultReader<SSEEvent>;
 
-  constructor(response: Response) {
-    this.response = response;
-    this.#reader = response.body!.pipeThrough(new SSEParserStream())
-      .getReader();
+  constructor(base: string, path: string, headers: HeadersInit = {}) {
+    this.#path = path;
+    this.#response = fetch(`${base}${path}`, {
+      headers,
+      signal: this.#abort.signal,
+    });
+    // Observed here; close() and headers() report the outcome.
+    this.#response.catch(() => {});
   }
 
-  /** Opens `path`; resolves once the response headers arrived. */
-  static async open(
-    base: string,
-    path: string,
-    headers: HeadersInit = {},
-  ): Promise<Events> {
-    const response = await within(
-      fetch(`${base}${path}`, { headers }),
-      WAIT,
-      `the response headers of ${path} (before any event was sent)`,
-    );
-    assert.equal(response.status, 200, `${path}: status`);
+  /** The response head, checked; fails naming `what` after WAIT ms. */
+  async headers(what = `the response head of ${this.#path}`) {
+    const response = await within(this.#response, WAIT, what);
+    assert.equal(response.status, 200, `${this.#path}: status`);
     assert.equal(
       response.headers.get("content-type"),
       "text/event-stream; charset=utf-8",
     );
-    return new Events(response);
+    return response;
+  }
+
+  async #read(): Promise<ReadableStreamReadResult<SSEEvent>> {
+    this.#reader ??= (await this.headers()).body!
+      .pipeThrough(new SSEParserStream()).getReader();
+    return await this.#reader.read();
   }
 
   async next(what: string): Promise<SSEEvent> {
-    const { value, done } = await within(this.#reader.read(), WAIT, what);
+    const { value, done } = await within(this.#read(), WAIT, what);
     assert.ok(!done, `the stream ended before ${what}`);
     return value;
   }
@@ -111,7 +118,7 @@ class Events {
   async drain(onEvent: (event: SSEEvent) => void): Promise<void> {
     try {
       for (;;) {
-        const { value, done } = await this.#reader.read();
+        const { value, done } = await this.#read();
         if (done) return;
         onEvent(value);
       }
@@ -122,13 +129,17 @@ class Events {
 
   /** Leaves: cancels the body, which closes the connection. */
   async close(): Promise<void> {
-    await this.#reader.cancel();
+    this.#abort.abort();
+    if (this.#reader) await this.#reader.cancel().catch(() => {});
+    else {
+      await this.#response.then((r) => r.body?.cancel(), () => {});
+    }
   }
 }
 
 /**
- * A raw HTTP/1.1 client that reads the response headers of `path`, then
- * never reads again.
+ * A raw HTTP/1.1 client that sends a request for `path`, then never reads
+ * (not even the response head).
  */
 async function stalledClient(base: string, path: string): Promise<Deno.Conn> {
   const { hostname, port } = new URL(base);
@@ -139,14 +150,6 @@ async function stalledClient(base: string, path: string): Promise<Deno.Conn> {
         `GET ${path} HTTP/1.1\r\nhost: ${hostname}:${port}\r\naccept: text/event-stream\r\n\r\n`,
       ),
     );
-    const buffer = new Uint8Array(4096);
-    let head = "";
-    while (!head.includes("\r\n\r\n")) {
-      const n = await within(conn.read(buffer), WAIT, `the headers of ${path}`);
-      assert.ok(n !== null, `the server closed ${path} before its headers`);
-      head += new TextDecoder().decode(buffer.subarray(0, n));
-    }
-    assert.match(head, /^HTTP\/1\.1 200 /, head);
     return conn;
   } catch (error) {
     conn.close();
@@ -160,33 +163,44 @@ export interface Scenario {
   run(base: string): Promise<void>;
 }
 
-export const SCENARIOS: Scenario[] = [
-  {
-    name:
-      "SSEChannel's headers arrive before any event, and a published event at once",
-    async run(base) {
-      const events = await Events.open(base, "/events?name=first");
-      try {
-        const [id] = await flood(base, 1, 10);
-        const event = await events.next("the published event");
-        assert.equal(event.id, id);
-        assert.match(event.data, /^\d+ x{10}$/);
-      } finally {
-        await events.close();
-      }
-      await statsUntil(
-        base,
-        "the client that left is released",
-        (s) => s.size === 0 && s.disconnected.includes("first"),
+/**
+ * The response head comes before any event: a client's `open` does not wait
+ * for the first publish (Node holds it unless flushHeaders is called; Bun
+ * 1.4.5 holds the end of the head until the first body byte).
+ */
+export const HEAD_BEFORE_EVENTS: Scenario = {
+  name:
+    "SSEChannel's response head arrives before any event is published, and a published event at once",
+  async run(base) {
+    const events = new Events(base, "/events?name=first");
+    try {
+      await events.headers(
+        "the response head of /events, before any event is published",
       );
-    },
+      const [id] = await flood(base, 1, 10);
+      const event = await events.next("the published event");
+      assert.equal(event.id, id);
+      assert.match(event.data, /^\d+ x{10}$/);
+    } finally {
+      await events.close();
+    }
+    await statsUntil(
+      base,
+      "the client that left is released",
+      (s) => s.size === 0 && s.disconnected.includes("first"),
+    );
   },
+};
+
+/** Every scenario, in the order they run. */
+export const SCENARIOS: Scenario[] = [
+  HEAD_BEFORE_EVENTS,
   {
     name:
       "SSEChannel notices a client that leaves (size drops, onDisconnect runs) and keeps serving the other",
     async run(base) {
-      const leaving = await Events.open(base, "/events?name=leaving");
-      const staying = await Events.open(base, "/events?name=staying");
+      const leaving = new Events(base, "/events?name=leaving");
+      const staying = new Events(base, "/events?name=staying");
       try {
         await statsUntil(base, "two clients", (s) => s.size === 2);
         const [first] = await flood(base, 1, 1);
@@ -199,6 +213,7 @@ export const SCENARIOS: Scenario[] = [
           (s) => s.size === 1 && s.disconnected.includes("leaving"),
         );
         assert.ok(!after.disconnected.includes("staying"));
+        assert.equal(after.reasons.leaving, "client-closed");
         const [second] = await flood(base, 1, 1);
         assert.equal((await staying.next("the second event")).id, second);
       } finally {
@@ -213,10 +228,11 @@ export const SCENARIOS: Scenario[] = [
       "SSEChannel resumes a client that sends Last-Event-ID with exactly what it missed",
     async run(base) {
       const [seen, missed1, missed2] = await flood(base, 3, 1);
-      const events = await Events.open(base, "/events?name=resuming", {
+      const events = new Events(base, "/events?name=resuming", {
         "last-event-id": seen!,
       });
       try {
+        await statsUntil(base, "the client", (s) => s.size === 1);
         assert.equal((await events.next("the first missed event")).id, missed1);
         assert.equal(
           (await events.next("the second missed event")).id,
@@ -235,7 +251,7 @@ export const SCENARIOS: Scenario[] = [
       "sseResponse streams each event as it is produced and closes its source when the client leaves",
     async run(base) {
       const before = await stats(base);
-      const events = await Events.open(base, "/stream?every=20");
+      const events = new Events(base, "/stream?every=20");
       try {
         for (const id of ["0", "1", "2"]) {
           assert.equal((await events.next(`event ${id}`)).id, id);
@@ -256,25 +272,28 @@ export const SCENARIOS: Scenario[] = [
     name:
       "SSEChannel drops a client that stops reading while a reader receives every event",
     async run(base) {
-      const reader = await Events.open(base, "/events?name=reader");
+      const reader = new Events(base, "/events?name=reader");
       const received: string[] = [];
       const reading = reader.drain((event) => received.push(event.id));
       const stalled = await stalledClient(base, "/events?name=stalled");
       const published: string[] = [];
       try {
         await statsUntil(base, "both clients", (s) => s.size === 2);
-        // Rounds of 32 KiB, half the app's maxQueue, until the stalled
-        // client is dropped: the kernel's and the runtime's buffers fill
-        // first (a few MiB), then bytes wait in the channel.
+        // Rounds of 32 KiB, half the app's maxQueue, every 10 ms, until the
+        // stalled client is dropped: the kernel's and the runtime's buffers
+        // fill first (a few MiB), then bytes wait in the channel, and the
+        // client is dropped once its queue stayed above maxQueue for
+        // drainTimeout (1 s in the app).
         const deadline = Date.now() + STALL_WAIT;
         for (;;) {
           published.push(...await flood(base, 4, 8 * 1024));
+          await delay(10);
           const now = await stats(base);
           if (now.disconnected.includes("stalled")) break;
           if (Date.now() > deadline) {
             throw new Error(
               `The stalled client was not dropped within ${STALL_WAIT} ms (${published.length} events of 8 KiB published): ${
-                JSON.stringify({ ...now, disconnected: now.disconnected })
+                JSON.stringify(now)
               }`,
             );
           }
@@ -285,6 +304,8 @@ export const SCENARIOS: Scenario[] = [
           (s) => s.size === 1,
         );
         assert.ok(!after.disconnected.includes("reader"), "reader dropped");
+        // Dropped by the channel, not closed by the runtime.
+        assert.equal(after.reasons.stalled, "slow");
         const [last] = await flood(base, 1, 1);
         published.push(last!);
         const deadline2 = Date.now() + WAIT;
@@ -340,12 +361,13 @@ export const SCENARIOS: Scenario[] = [
   },
 ];
 
-/** Runs every scenario as a step of `t` against the app served at `base`. */
+/** Runs the scenarios as steps of `t` against the app served at `base`. */
 export async function runScenarios(
   t: Deno.TestContext,
   base: string,
+  scenarios: Scenario[] = SCENARIOS,
 ): Promise<void> {
-  for (const scenario of SCENARIOS) {
+  for (const scenario of scenarios) {
     const ok = await t.step(scenario.name, () => scenario.run(base));
     if (!ok) break;
   }

@@ -21,6 +21,8 @@ export interface Stats {
   size: number;
   /** The clients whose `onDisconnect` ran, by name, in order. */
   disconnected: string[];
+  /** Why each of them was disconnected (`onDisconnect`'s `reason`). */
+  reasons: Record<string, string>;
   /** Published messages. */
   published: number;
   /** One-off streams begun, and those whose source was closed. */
@@ -31,6 +33,10 @@ export interface Stats {
 export interface AppOptions {
   /** The channel's `maxQueue`. @default {65536} */
   maxQueue?: number;
+  /** The channel's `keepAlive` (ms). @default {0} */
+  keepAlive?: number;
+  /** The channel's `drainTimeout` (ms). @default {1000} */
+  drainTimeout?: number;
 }
 
 /** The app: a `Request => Response` handler. */
@@ -38,17 +44,23 @@ export function createApp(
   options: AppOptions = {},
 ): (request: Request) => Promise<Response> {
   const disconnected: string[] = [];
+  const reasons: Record<string, string> = {};
   const streams = { started: 0, closed: 0, yielded: 0 };
   let published = 0;
   let clients = 0;
-  // No keep-alive and no retry: a connection's first bytes are the headers
-  // alone, so a server that holds them until a body write is caught.
+  // No keep-alive and no retry by default: a connection's first bytes are
+  // the headers alone, so a server that holds them until a body write is
+  // caught.
   const channel = new SSEChannel<string>({
-    keepAlive: 0,
+    keepAlive: options.keepAlive ?? 0,
     maxQueue: options.maxQueue ?? 64 * 1024,
+    drainTimeout: options.drainTimeout ?? 1000,
     onConnect: (request) =>
       new URL(request.url).searchParams.get("name") ?? `client-${++clients}`,
-    onDisconnect: (name) => disconnected.push(name),
+    onDisconnect(name, { reason }) {
+      disconnected.push(name);
+      reasons[name] = reason;
+    },
   });
 
   async function* ticks(every: number, size: number) {
@@ -90,6 +102,7 @@ export function createApp(
           {
             size: channel.size,
             disconnected,
+            reasons,
             published,
             streams,
           } satisfies Stats,
