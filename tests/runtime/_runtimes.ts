@@ -101,14 +101,26 @@ export interface ServerProcess {
   stop(): Promise<string>;
 }
 
+/** Options of {@linkcode startServer}. */
+export interface StartOptions {
+  /** How long it may take to print its port (ms). @default {30000} */
+  wait?: number;
+  /**
+   * The signal `stop()` sends first; SIGKILL follows after 5 s. A process
+   * with children of its own (Miniflare's workerd) needs SIGTERM to end them.
+   * @default {"SIGKILL"}
+   */
+  stopSignal?: Deno.Signal;
+}
+
 /**
- * Starts `bin args` from the repository root and waits (at most `wait` ms) for
- * the `{"port":N}` line it prints once listening.
+ * Starts `bin args` from the repository root and waits for the `{"port":N}`
+ * line it prints once listening.
  */
 export async function startServer(
   bin: URL | string,
   args: string[],
-  wait = 30_000,
+  { wait = 30_000, stopSignal = "SIGKILL" }: StartOptions = {},
 ): Promise<ServerProcess> {
   const child = new Deno.Command(bin, {
     args,
@@ -145,13 +157,18 @@ export async function startServer(
   const command = `${bin instanceof URL ? bin.pathname : bin} ${
     args.join(" ")
   }`;
-  async function stop(): Promise<string> {
+  function kill(signal: Deno.Signal): void {
     try {
-      child.kill("SIGKILL");
+      child.kill(signal);
     } catch {
       // It has already exited.
     }
+  }
+  async function stop(): Promise<string> {
+    kill(stopSignal);
+    const timer = setTimeout(() => kill("SIGKILL"), 5000);
     await child.status;
+    clearTimeout(timer);
     return `${await rest}${await stderr}`;
   }
   if (port === undefined) {
