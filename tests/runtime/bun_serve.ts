@@ -3,7 +3,7 @@
 // `Request => Response` handler. Prints `{"port":N}` once listening, then
 // serves until killed.
 //
-//   bun bun_serve.ts [idleTimeout (s, Bun's default: 10)] [keepAlive (ms, default: 0)]
+//   bun bun_serve.ts [idleTimeout (s, Bun's default: 10)] [keepAlive (ms, default: 0)] [retry (ms)]
 
 import { createApp } from "./sse_app.ts";
 
@@ -18,11 +18,14 @@ interface BunRuntime {
 }
 
 const bun = (globalThis as unknown as { Bun: BunRuntime }).Bun;
-const [idleTimeout, keepAlive] = bun.argv.slice(2).map(Number);
+const [idleTimeout, keepAlive, retry] = bun.argv.slice(2).map(Number);
 const server = bun.serve({
   hostname: "127.0.0.1",
   port: 0,
   ...(idleTimeout === undefined ? {} : { idleTimeout }),
-  fetch: createApp(keepAlive === undefined ? {} : { keepAlive }),
+  fetch: createApp({
+    ...(keepAlive === undefined ? {} : { keepAlive }),
+    ...(retry === undefined ? {} : { retry }),
+  }),
 });
 console.log(JSON.stringify({ port: server.port }));

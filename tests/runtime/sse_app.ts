@@ -37,6 +37,8 @@ export interface AppOptions {
   keepAlive?: number;
   /** The channel's `drainTimeout` (ms). @default {1000} */
   drainTimeout?: number;
+  /** The channel's `retry` (ms). @default {undefined} */
+  retry?: number;
 }
 
 /** The app: a `Request => Response` handler. */
@@ -55,6 +57,7 @@ export function createApp(
     keepAlive: options.keepAlive ?? 0,
     maxQueue: options.maxQueue ?? 64 * 1024,
     drainTimeout: options.drainTimeout ?? 1000,
+    ...(options.retry === undefined ? {} : { retry: options.retry }),
     onConnect: (request) =>
       new URL(request.url).searchParams.get("name") ?? `client-${++clients}`,
     onDisconnect(name, { reason }) {
