@@ -18,6 +18,12 @@
 // - The decoder keeps U+FEFF (ignoreBOM) and the parser drops one BOM at the
 //   start itself: Deno's streaming decoder would otherwise drop a U+FEFF that
 //   begins any decode() call's output, even mid-stream.
+// - maxEventSize counts UTF-8 bytes, yet the hot path only compares lengths:
+//   a UTF-16 code unit is at most 3 bytes, so text of at most max/3 units is
+//   within the limit and text of more than max units is over it. Only text in
+//   between is counted, and a growing line or data buffer is counted once
+//   when it crosses max/3, then piece by piece as it grows: linear, and never
+//   on ordinary events (max/3 is over 5 MiB by default).
 
 import type { SSEEvent } from "./parser.ts";
 
@@ -51,7 +57,9 @@ export class EventParser {
   #onEvent: (event: SSEEvent) => void;
   #onRetry: ((ms: number) => void) | undefined;
   #onComment: ((text: string) => void) | undefined;
+  // maxEventSize, in bytes, and the most code units sure to be within it.
   #max: number;
+  #quick: number;
   #decoder = new TextDecoder("utf-8", { ignoreBOM: true });
   // Only ever used for one-shot decodes, so it never holds state.
   #wholeDecoder = new TextDecoder("utf-8", { ignoreBOM: true });
@@ -61,8 +69,10 @@ export class EventParser {
   // Small chunks staged before decoding: #stage[0, #staged).
   #stage = new Uint8Array(STAGE_SIZE);
   #staged = 0;
-  // The unfinished last line, decoded.
+  // The unfinished last line, decoded, and its size in UTF-8 bytes once it
+  // is over #quick code units (-1 until then).
   #tail = "";
+  #tailBytes = -1;
   // Nothing decoded yet: a BOM may still come (§9.2.5: one, at the start).
   #atStart = true;
   // The last text ended in CR: an LF starting the next one belongs to it.
@@ -72,6 +82,8 @@ export class EventParser {
   // buffer holding only the LF of one empty `data` line.
   #data = "";
   #hasData = false;
+  // The size of #data in UTF-8 bytes once it is over #quick code units.
+  #dataBytes = -1;
   #type = "";
   #idBuffer: string;
   #lastEventId: string;
@@ -95,6 +107,7 @@ export class EventParser {
       );
     }
     this.#max = max;
+    this.#quick = Math.floor(max / 3);
     const seed = options.lastEventId ?? "";
     if (typeof seed !== "string") {
       throw new TypeError(
@@ -126,10 +139,12 @@ export class EventParser {
     this.#split = false;
     this.#staged = 0;
     this.#tail = "";
+    this.#tailBytes = -1;
     this.#atStart = true;
     this.#skipLF = false;
     this.#data = "";
     this.#hasData = false;
+    this.#dataBytes = -1;
     this.#type = "";
     this.#idBuffer = this.#lastEventId;
   }
@@ -142,10 +157,12 @@ export class EventParser {
       if (this.#staged + length > STAGE_SIZE) this.#flushStage();
       this.#stage.set(chunk, this.#staged);
       this.#staged += length;
-      if (this.#tail.length + this.#staged > this.#max) this.#tooLarge();
       // Decode now if a line may have ended, so that no event waits.
       if (hasLineEnd(chunk) || this.#staged > STAGE_SIZE - SMALL_CHUNK) {
         this.#flushStage();
+      } else if (this.#tail.length * 3 + this.#staged > this.#max) {
+        // The staged bytes all extend the unfinished line.
+        if (this.#tailSize() + this.#staged > this.#max) this.#tooLarge();
       }
       return;
     }
@@ -199,13 +216,17 @@ export class EventParser {
       const cr = text.indexOf("\r", pos);
       const end = cr === -1 || (lf !== -1 && lf < cr) ? lf : cr;
       if (end === -1) {
-        this.#tail += pos === 0 ? text : text.slice(pos);
-        if (this.#tail.length > this.#max) this.#tooLarge();
+        this.#extendTail(pos === 0 ? text : text.slice(pos));
         return;
       }
       const line = this.#tail + text.slice(pos, end);
+      if (line.length > this.#quick) {
+        if (this.#tailSize() + utf8Length(text, pos, end) > this.#max) {
+          this.#tooLarge();
+        }
+      }
       this.#tail = "";
-      if (line.length > this.#max) this.#tooLarge();
+      this.#tailBytes = -1;
       this.#colon = -1;
       this.#line(line, 0, line.length);
       pos = end + 1;
@@ -215,10 +236,28 @@ export class EventParser {
       }
     }
     const tail = this.#parse(text, pos);
-    if (tail < n) {
-      this.#tail = text.slice(tail);
-      if (n - tail > this.#max) this.#tooLarge();
+    if (tail < n) this.#extendTail(text.slice(tail));
+  }
+
+  // Appends to the unfinished line, within the limit.
+  #extendTail(piece: string): void {
+    this.#tail += piece;
+    if (this.#tailBytes !== -1) {
+      this.#tailBytes += utf8Length(piece, 0, piece.length);
+      if (this.#tailBytes > this.#max) this.#tooLarge();
+    } else if (this.#tail.length > this.#quick) {
+      if (this.#tail.length > this.#max) this.#tooLarge();
+      if (this.#tailSize() > this.#max) this.#tooLarge();
     }
+  }
+
+  // The unfinished line's size in UTF-8 bytes, counted once: from then on,
+  // #extendTail adds each piece.
+  #tailSize(): number {
+    if (this.#tailBytes === -1) {
+      this.#tailBytes = utf8Length(this.#tail, 0, this.#tail.length);
+    }
+    return this.#tailBytes;
   }
 
   // Parses the complete lines of text[pos, …) and returns where the
@@ -329,12 +368,23 @@ export class EventParser {
   #addData(value: string): void {
     if (this.#hasData) {
       this.#data += "\n" + value;
-      if (this.#data.length > this.#max) this.#tooLarge();
+      if (this.#data.length > this.#quick) this.#countData(value);
     } else {
       this.#data = value;
       this.#hasData = true;
-      if (value.length > this.#max) this.#tooLarge();
+      if (value.length > this.#quick) this.#countData(value);
     }
+  }
+
+  // The data buffer is over #quick code units: count it in bytes, all of it
+  // the first time, then each added line.
+  #countData(added: string): void {
+    const data = this.#data;
+    if (data.length > this.#max) this.#tooLarge();
+    this.#dataBytes = this.#dataBytes === -1
+      ? utf8Length(data, 0, data.length)
+      : this.#dataBytes + 1 + utf8Length(added, 0, added.length);
+    if (this.#dataBytes > this.#max) this.#tooLarge();
   }
 
   // §9.2.6: one non-empty line text[start, end).
@@ -424,12 +474,16 @@ export class EventParser {
     const data = this.#data;
     this.#data = "";
     this.#hasData = false;
+    this.#dataBytes = -1;
     this.#emit(data);
   }
 
   // Dispatches an event whose one data line, value, has just been read.
   #dispatchData(value: string): void {
-    if (value.length > this.#max) this.#tooLarge();
+    if (
+      value.length > this.#quick &&
+      utf8Length(value, 0, value.length) > this.#max
+    ) this.#tooLarge();
     this.#lastEventId = this.#idBuffer;
     this.#emit(value);
   }
@@ -468,6 +522,18 @@ function isDigits(value: string): boolean {
     if (c < 48 || c > 57) return false;
   }
   return true;
+}
+
+// The UTF-8 size of text[start, end): 1 byte below U+0080, 2 below U+0800, 3
+// for the rest of the BMP, 4 for a surrogate pair (2 per unit). Decoded text
+// holds no lone surrogate.
+function utf8Length(text: string, start: number, end: number): number {
+  let bytes = end - start;
+  for (let i = start; i < end; i++) {
+    const c = text.charCodeAt(i);
+    if (c >= 0x80) bytes += c < 0x800 || (c >= 0xd800 && c <= 0xdfff) ? 1 : 2;
+  }
+  return bytes;
 }
 
 // Whether a small chunk holds a CR or LF.

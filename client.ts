@@ -189,8 +189,9 @@ export interface SSEClientOptions {
    */
   idleTimeout?: number;
   /**
-   * The most bytes one line or one event may hold; beyond it iteration throws
-   * a `RangeError`, so a broken server cannot exhaust memory.
+   * The most bytes (UTF-8) that one unfinished line, or the data of one
+   * event, may hold; beyond it iteration throws a `RangeError`, without
+   * reconnecting, so a broken server cannot exhaust memory.
    *
    * @default {16777216} (16 MiB)
    */

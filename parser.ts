@@ -61,10 +61,10 @@ export interface SSEParserOptions {
    */
   onComment?: (text: string) => void;
   /**
-   * The most bytes that one unfinished line, or the data of one event being
-   * assembled, may hold. Beyond it the stream errors with a `RangeError`, so a
-   * hostile or broken server cannot exhaust memory. `Infinity` turns the
-   * limit off.
+   * The most bytes (UTF-8, as the stream sends text) that one unfinished line
+   * (its field name included), or the data of one event being assembled, may
+   * hold. Beyond it the stream errors with a `RangeError`, so a hostile or
+   * broken server cannot exhaust memory. `Infinity` turns the limit off.
    *
    * @default {16777216} (16 MiB)
    */

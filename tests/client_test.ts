@@ -1311,6 +1311,25 @@ test("SSEClient throws a RangeError for an event larger than maxEventSize", asyn
   assert.equal(server.requests.length, 1);
 });
 
+test("SSEClient counts maxEventSize in bytes: 1806 bytes of é are over 1000", async () => {
+  for (const text of ["é".repeat(903), "中".repeat(902)]) {
+    await using server = new TestServer(() =>
+      eventStreamResponse(`data: ok\n\ndata: ${text}`)
+    );
+    const client = new SSEClient(server.url, { maxEventSize: 1000 });
+    const iterator = client[Symbol.asyncIterator]();
+    assert.deepEqual(await iterator.next(), {
+      done: false,
+      value: message("ok"),
+    });
+    await assert.rejects(iterator.next(), {
+      name: "RangeError",
+      message: "Event exceeds maxEventSize: more than 1000 bytes are pending",
+    });
+    assert.equal(server.requests.length, 1);
+  }
+});
+
 // --- closing ----------------------------------------------------------------
 
 test("SSEClient close() ends a pending next() while connecting", async () => {

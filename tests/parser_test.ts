@@ -48,6 +48,14 @@ function splitAt(bytes: Uint8Array, cuts: number[]): Uint8Array[] {
   return chunks;
 }
 
+function splitEvery(bytes: Uint8Array, size: number): Uint8Array[] {
+  const chunks: Uint8Array[] = [];
+  for (let i = 0; i < bytes.length; i += size) {
+    chunks.push(bytes.subarray(i, i + size));
+  }
+  return chunks;
+}
+
 function concat(parts: Uint8Array[]): Uint8Array {
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
   let offset = 0;
@@ -319,6 +327,54 @@ Deno.test("SSEParserStream errors when the data of one event exceeds maxEventSiz
   assert.equal(parsed.length, 200);
 });
 
+Deno.test("SSEParserStream counts maxEventSize in UTF-8 bytes, not characters", async () => {
+  const limit = { maxEventSize: 1000 };
+  const chunkings: [string, (bytes: Uint8Array) => Uint8Array[]][] = [
+    ["one chunk", (bytes) => [bytes]],
+    ["7-byte chunks", (bytes) => splitEvery(bytes, 7)],
+    ["300-byte chunks", (bytes) => splitEvery(bytes, 300)],
+  ];
+  // 2, 3 and 4 bytes each (4 in two UTF-16 code units).
+  for (const char of ["é", "中", "😀"]) {
+    const bytes = encoder.encode(char).length;
+    // Under 1000 characters (code units), over 1000 bytes.
+    const count = Math.floor(990 / char.length);
+    const over = char.repeat(count);
+    assert.ok(over.length < 1000 && count * bytes > 1000);
+    // Under 1000 bytes, line included.
+    const under = char.repeat(Math.floor(980 / bytes));
+    for (const [name, split] of chunkings) {
+      const where = `${char} in ${name}`;
+      for (
+        const input of [
+          `data: ${over}`, // an unfinished line
+          `data: ${over}\n\n`, // a whole event
+          `data: ${over.slice(0, over.length / 2)}\ndata: ${
+            over.slice(over.length / 2)
+          }\n\n`, // data over two lines
+        ]
+      ) {
+        await assert.rejects(
+          parseChunks(split(encoder.encode(input)), limit),
+          /maxEventSize: more than 1000 bytes/,
+          `${where}: ${input.length} characters, ${
+            encoder.encode(input).length
+          } bytes`,
+        );
+      }
+      const { events } = await parseChunks(
+        split(encoder.encode(`data: ${under}\n\ndata: ${under}\n\n`)),
+        limit,
+      );
+      assert.deepEqual(
+        events.map((event) => event.data),
+        [under, under],
+        where,
+      );
+    }
+  }
+});
+
 Deno.test("SSEParserStream accepts events up to the default limit of 16 MiB and refuses larger", async () => {
   const ok = encoder.encode(`data: ${"x".repeat(15 * 1024 * 1024)}\n\n`);
   const chunks: Uint8Array[] = [];
@@ -350,36 +406,54 @@ Deno.test("SSEParserStream refuses chunks that are not bytes and invalid options
   );
 });
 
+/**
+ * Milliseconds to parse one `data:` line of `total` bytes sent in chunks of
+ * `size`: "x" bytes, or "é" (two bytes each) with `multiByte`.
+ */
+async function timeLine(
+  total: number,
+  size: number,
+  { maxEventSize = Infinity, multiByte = false } = {},
+): Promise<number> {
+  const chunk = new Uint8Array(size);
+  if (multiByte) {
+    for (let j = 0; j < size; j += 2) chunk.set([0xc3, 0xa9], j);
+  } else {
+    chunk.fill(0x78);
+  }
+  const count = Math.floor(total / size);
+  let i = 0;
+  const source = new ReadableStream<Uint8Array>({
+    start(controller) {
+      controller.enqueue(encoder.encode("data: "));
+    },
+    pull(controller) {
+      // Fresh views of the same bytes: what matters is the parser's work.
+      for (let k = 0; k < 64 && i < count; k++, i++) {
+        controller.enqueue(chunk.subarray(0));
+      }
+      if (i === count) {
+        controller.enqueue(encoder.encode("\n\n"));
+        controller.close();
+      }
+    },
+  });
+  const start = performance.now();
+  const events: SSEEvent[] = await Array.fromAsync(
+    source.pipeThrough(new SSEParserStream({ maxEventSize })),
+  );
+  const elapsed = performance.now() - start;
+  assert.equal(
+    events[0]?.data.length,
+    multiByte ? count * size / 2 : count * size,
+  );
+  return elapsed;
+}
+
 // Cost must be linear in the input also for one huge line in tiny chunks: the
 // unfinished line is collected as bytes and decoded once, never re-joined.
 Deno.test("SSEParserStream parses a 50 MB line in linear time at every chunk size", async () => {
-  async function time(total: number, size: number): Promise<number> {
-    const chunk = new Uint8Array(size).fill(0x78);
-    const count = Math.floor(total / size);
-    let i = 0;
-    const source = new ReadableStream<Uint8Array>({
-      start(controller) {
-        controller.enqueue(encoder.encode("data: "));
-      },
-      pull(controller) {
-        // Fresh views of the same bytes: what matters is the parser's work.
-        for (let k = 0; k < 64 && i < count; k++, i++) {
-          controller.enqueue(chunk.subarray(0));
-        }
-        if (i === count) {
-          controller.enqueue(encoder.encode("\n\n"));
-          controller.close();
-        }
-      },
-    });
-    const start = performance.now();
-    const events: SSEEvent[] = await Array.fromAsync(
-      source.pipeThrough(new SSEParserStream({ maxEventSize: Infinity })),
-    );
-    const elapsed = performance.now() - start;
-    assert.equal(events[0]?.data.length, count * size);
-    return elapsed;
-  }
+  const time = (total: number, size: number) => timeLine(total, size);
   // 50 MB against 1 MB at every chunk size, from 1 byte to 64 KiB.
   const cases: [number, number, number][] = [1, 16, 1024, 65536].map((size) => [
     size,
@@ -407,6 +481,41 @@ Deno.test("SSEParserStream parses a 50 MB line in linear time at every chunk siz
     assert.ok(
       ratio < 1000,
       `chunk ${size}: ${large} B took ${ratio.toFixed(1)}× the ${small} B run`,
+    );
+  }
+});
+
+// Counting bytes for maxEventSize must stay linear too: the line is counted
+// once when it is large enough to matter, then piece by piece.
+Deno.test("SSEParserStream counts a huge multi-byte line against maxEventSize in linear time", async () => {
+  const median = (values: number[]) =>
+    values.sort((a, b) => a - b)[values.length >> 1]!;
+  const cases: [number, number, number][] = [
+    [16, 200_000, 10_000_000],
+    [1024, 1_000_000, 50_000_000],
+    [65536, 1_000_000, 50_000_000],
+  ];
+  for (const [size, small, large] of cases) {
+    // A limit above each line (2 bytes a character) but below 3 bytes a
+    // character: the line is counted from 80 % of it.
+    const bases: number[] = [];
+    for (let k = 0; k < 5; k++) {
+      bases.push(
+        await timeLine(small, size, {
+          maxEventSize: small * 1.2,
+          multiByte: true,
+        }),
+      );
+    }
+    const big = await timeLine(large, size, {
+      maxEventSize: large * 1.2,
+      multiByte: true,
+    });
+    const ratio = big / median(bases);
+    // Linear: ~50x the work; quadratic would be >= 2500x.
+    assert.ok(
+      ratio < 1000,
+      `chunk ${size}: ${large} B took ${ratio.toFixed(1)}x the ${small} B run`,
     );
   }
 });
