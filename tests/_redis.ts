@@ -308,3 +308,15 @@ export function redisTest(name: string, fn: () => Promise<void>): void {
     fn,
   });
 }
+
+/**
+ * The URL of a port on 127.0.0.1 where a Redis just ran and nothing listens
+ * any more: connecting is refused at once.
+ *
+ * @returns `redis://127.0.0.1:<port>`
+ */
+export async function unreachableRedisUrl(): Promise<string> {
+  const redis = await startRedis();
+  await redis.close();
+  return redis.url;
+}

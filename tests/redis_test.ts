@@ -22,6 +22,7 @@ import {
   type RedisServer,
   redisTest,
   startRedis,
+  unreachableRedisUrl,
 } from "./_redis.ts";
 
 /** The Redis server behind each contract fixture. */
@@ -364,9 +365,7 @@ redisTest(
 redisTest(
   "RedisBroker publish rejects at once while Redis is unreachable, and subscribe and history too",
   async () => {
-    const redis = await startRedis();
-    const url = redis.url;
-    await redis.close(); // nothing listens on the port now
+    const url = await unreachableRedisUrl();
     const errors: Error[] = [];
     const broker = new RedisBroker({ url, onError: (e) => errors.push(e) });
     try {
