@@ -188,8 +188,15 @@ async function withKvFile<T>(body: (path: string) => Promise<T>): Promise<T> {
   }
 }
 
+/** The 1-, 5- and 15-minute load averages, where the system tells them. */
+async function loadAverage(): Promise<string> {
+  const text = await Deno.readTextFile("/proc/loadavg").catch(() => "? ? ?");
+  return text.split(" ").slice(0, 3).join(" ");
+}
+
 async function main(): Promise<void> {
   const started = performance.now();
+  const loadBefore = await loadAverage();
   const rows = [];
   if (ONLY.has("memory")) {
     await using a = await startInstance({ broker: "memory" });
@@ -248,10 +255,7 @@ async function main(): Promise<void> {
   const format = (n: number) => Math.round(n).toLocaleString("en-US");
   const ms = (n: number) => n.toFixed(1);
   console.log(
-    `\n${CLIENTS} clients, ${EVENTS} events of ~${SIZE} B (burst), ${PACED_EVENTS} at ${PACED_RATE}/s (paced); Deno ${Deno.version.deno}, redis-server and a Deno KV file on 127.0.0.1; load average ${
-      (await Deno.readTextFile("/proc/loadavg").catch(() => "?")).split(" ")
-        .slice(0, 3).join(" ")
-    }\n`,
+    `\n${CLIENTS} clients, ${EVENTS} events of ~${SIZE} B (burst), ${PACED_EVENTS} at ${PACED_RATE}/s (paced); Deno ${Deno.version.deno}, redis-server and a Deno KV file on 127.0.0.1; load average ${loadBefore} before, ${await loadAverage()} after\n`,
   );
   console.log(
     "| Broker | burst: events/s to every client | burst: deliveries/s | burst: p50 / p99 ms | paced: p50 / p99 ms | received |",
