@@ -344,7 +344,7 @@ export function decodeEntry(
 ): { entry: SSEBrokerEntry } | { fault: string } {
   if (raw.fault !== undefined) return { fault: raw.fault };
   try {
-    const { topic, message } = JSON.parse(decoder.decode(join(raw.chunks)));
+    const { topic, message } = JSON.parse(decode(raw.chunks));
     const entry = { id: entryId(raw.versionstamp, raw.seq), topic, message };
     const fault = entryProblem(entry);
     return fault === undefined ? { entry } : { fault };
@@ -364,15 +364,13 @@ export function isBusy(error: unknown): boolean {
   return /database is locked|database is busy/i.test(errorMessage(error));
 }
 
-function join(chunks: Uint8Array[]): Uint8Array {
-  if (chunks.length === 1) return chunks[0]!;
-  let length = 0;
-  for (const chunk of chunks) length += chunk.length;
-  const joined = new Uint8Array(length);
-  let at = 0;
-  for (const chunk of chunks) {
-    joined.set(chunk, at);
-    at += chunk.length;
+/** The UTF-8 text of the chunks; a character may span two of them. */
+function decode(chunks: Uint8Array[]): string {
+  if (chunks.length === 1) return decoder.decode(chunks[0]);
+  const stream = new TextDecoder("utf-8", { fatal: true });
+  let text = "";
+  for (const [i, chunk] of chunks.entries()) {
+    text += stream.decode(chunk, { stream: i < chunks.length - 1 });
   }
-  return joined;
+  return text;
 }
