@@ -529,11 +529,18 @@ export class Backoff {
 
 /**
  * One connection attempt and, when it succeeds, its open stream. `close()`
- * ends everything it holds at once: it cancels the body reader (aborting the
- * fetch alone can leave a read pending forever on Deno) and aborts the fetch.
+ * ends everything it holds at once: it cancels the body (aborting the fetch
+ * alone can leave a read pending forever on Deno), aborts the fetch, and
+ * releases every await.
+ *
+ * The idle timeout covers the whole attempt: each wait for the caller's
+ * promises (a headers function, a response callback), for the response, and
+ * for each chunk. When it fires, the connection closes and the wait rejects
+ * with a `TimeoutError`.
  */
 export class Connection {
   #controller = new AbortController();
+  #response: Response | undefined = undefined;
   #reader: ReadableStreamDefaultReader<Uint8Array> | undefined = undefined;
   #closed = false;
   // Settles when close() is called, to release awaits the fetch signal cannot
@@ -542,12 +549,13 @@ export class Connection {
   #stopped: Promise<undefined>;
   #idleTimeout: number;
   #timer: Timer | undefined = undefined;
+  // What the armed timer waits for, for its error message.
+  #waitingFor = "";
   #timedOut: DOMException | undefined = undefined;
 
   /**
-   * @param idleTimeout Milliseconds without a byte (while waiting for the
-   * response or for a chunk) before the connection is closed; `Infinity`
-   * turns it off.
+   * @param idleTimeout Milliseconds any one wait of the attempt may last
+   * (see above); `Infinity` turns it off.
    */
   constructor(idleTimeout: number) {
     this.#idleTimeout = idleTimeout;
@@ -561,19 +569,38 @@ export class Connection {
     return this.#closed;
   }
 
-  /**
-   * Waits for `promise`, or until close() is called (then `undefined`):
-   * for awaits that no abort signal reaches.
-   */
-  until<T>(promise: T | Promise<T>): Promise<T | undefined> {
-    return Promise.race([promise, this.#stopped]);
+  /** Whether the idle timeout closed it. */
+  get timedOut(): boolean {
+    return this.#timedOut !== undefined;
   }
 
   /**
-   * Sends the request. Resolves with the response (whatever its status) and
-   * takes its body; rejects on a network error, an idle timeout or close(),
-   * and with a `TypeError` before anything is sent when the request can never
-   * succeed (see {@linkcode isRefusal}).
+   * Waits for `promise`, or until close() is called (then `undefined`):
+   * for awaits that no abort signal reaches. The idle timeout applies.
+   *
+   * @param promise What to wait for.
+   * @param what Names it in the timeout's message.
+   * @throws {DOMException} A `TimeoutError` when the idle timeout fires first.
+   */
+  async until<T>(
+    promise: T | Promise<T>,
+    what: string,
+  ): Promise<T | undefined> {
+    this.#arm(`${what} did not settle within ${this.#idleTimeout} ms`);
+    try {
+      const value = await Promise.race([promise, this.#stopped]);
+      if (this.#timedOut !== undefined) throw this.#timedOut;
+      return this.#closed ? undefined : value;
+    } finally {
+      this.#disarm();
+    }
+  }
+
+  /**
+   * Sends the request. Resolves with the response (whatever its status),
+   * whose body this connection owns from then on; rejects on a network
+   * error, an idle timeout or close(), and with a `TypeError` before anything
+   * is sent when the request can never succeed (see {@linkcode isRefusal}).
    */
   async open(
     fetch: FetchLike,
@@ -582,7 +609,7 @@ export class Connection {
   ): Promise<Response> {
     checkRequest(url, init);
     init.signal = this.#controller.signal;
-    this.#arm();
+    this.#arm(`No bytes received for ${this.#idleTimeout} ms`);
     try {
       const pending = fetch(url, init);
       const response = await Promise.race([pending, this.#stopped]);
@@ -592,7 +619,7 @@ export class Connection {
         throw this.#timedOut ??
           new DOMException("The connection was closed", "AbortError");
       }
-      if (response.body !== null) this.#reader = response.body.getReader();
+      this.#response = response;
       return response;
     } finally {
       this.#disarm();
@@ -604,7 +631,7 @@ export class Connection {
    * idle timeout rejects it with a `TimeoutError`.
    */
   read(): Promise<ReadableStreamReadResult<Uint8Array>> {
-    const reader = this.#reader;
+    const reader = this.#reader ?? this.#takeReader();
     if (reader === undefined) {
       return this.#timedOut === undefined
         ? Promise.resolve(DONE)
@@ -612,8 +639,59 @@ export class Connection {
     }
     // Hot path: no timer, no wrapper.
     if (timerDelay(this.#idleTimeout) === undefined) return reader.read();
-    this.#arm();
+    this.#arm(`No bytes received for ${this.#idleTimeout} ms`);
     return reader.read().then(this.#afterRead, this.#afterReadError);
+  }
+
+  /**
+   * The start of the body, as text, for an error report: at most `limit`
+   * bytes, and what arrives within `ms` milliseconds. Closes the connection.
+   *
+   * @returns The text, or `undefined` when there is no body, or it was
+   * already read (by a response callback).
+   */
+  async text(limit: number, ms: number): Promise<string | undefined> {
+    const body = this.#response?.body;
+    if (
+      body === null || body === undefined ||
+      (this.#reader === undefined && (body.locked || this.#response!.bodyUsed))
+    ) {
+      this.close();
+      return undefined;
+    }
+    const deadline = startTimeout(() => this.close(), ms);
+    const chunks: Uint8Array[] = [];
+    let size = 0;
+    try {
+      while (size < limit) {
+        const { done, value } = await this.read();
+        if (done) break;
+        chunks.push(value);
+        size += value.length;
+      }
+    } catch {
+      // A body cut short: what came is what there is.
+    } finally {
+      if (deadline !== undefined) clearTimeout(deadline);
+      this.close();
+    }
+    const bytes = new Uint8Array(Math.min(size, limit));
+    let offset = 0;
+    for (const chunk of chunks) {
+      if (offset === bytes.length) break;
+      const part = chunk.subarray(0, bytes.length - offset);
+      bytes.set(part, offset);
+      offset += part.length;
+    }
+    // A character cut by the limit is dropped, not turned into U+FFFD.
+    return new TextDecoder().decode(bytes, { stream: true });
+  }
+
+  #takeReader(): ReadableStreamDefaultReader<Uint8Array> | undefined {
+    const body = this.#response?.body;
+    if (this.#closed || body === null || body === undefined) return undefined;
+    this.#reader = body.getReader();
+    return this.#reader;
   }
 
   #afterRead = (
@@ -629,7 +707,8 @@ export class Connection {
     throw this.#timedOut ?? error;
   };
 
-  #arm(): void {
+  #arm(message: string): void {
+    this.#waitingFor = message;
     // A timeout longer than a timer can hold means none (see _timer.ts).
     this.#timer = startTimeout(this.#onIdle, this.#idleTimeout);
   }
@@ -643,14 +722,11 @@ export class Connection {
 
   #onIdle = (): void => {
     this.#timer = undefined;
-    this.#timedOut = new DOMException(
-      `No bytes received for ${this.#idleTimeout} ms`,
-      "TimeoutError",
-    );
+    this.#timedOut = new DOMException(this.#waitingFor, "TimeoutError");
     this.close();
   };
 
-  /** Cancels the body reader, aborts the fetch, releases every await. */
+  /** Cancels the body, aborts the fetch, releases every await. */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
@@ -661,7 +737,13 @@ export class Connection {
       this.#reader = undefined;
       // Cancelling settles a pending read at once, whatever the transport.
       reader.cancel().catch(ignore);
+    } else if (this.#response !== undefined) {
+      // Never read: released unread (a body a callback locked is ended by
+      // the abort below).
+      const body = this.#response.body;
+      if (body !== null && !body.locked) body.cancel().catch(ignore);
     }
+    this.#response = undefined;
     this.#controller.abort();
   }
 }

@@ -180,10 +180,12 @@ export interface SSEClientOptions {
    */
   backoffFactor?: number;
   /**
-   * Milliseconds without receiving a single byte (comments count) while
-   * waiting for the response or for more of the stream, after which the
-   * connection is replaced by a new one. Servers that send keep-alive
-   * comments make this a dead-connection detector.
+   * The longest any one wait of an attempt may last, in milliseconds: for a
+   * `headers` function to settle, for the response, and for each chunk of
+   * the stream (comments count). When it is over, the attempt counts as
+   * failed and is replaced by a new one. Servers that send keep-alive
+   * comments make this a dead-connection detector. A value beyond 2^31 - 1
+   * (about 24.8 days), like `Infinity`, means no timeout.
    *
    * @default {undefined} (off)
    */
@@ -653,96 +655,117 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
         }
         const connection = new Connection(this.#idleTimeout);
         this.#connection = connection;
-        let init = this.#headers;
-        if (typeof init === "function") {
-          init = await connection.until(init());
-          if (this.#isClosed()) return;
-        }
-        let headers: Headers;
-        try {
-          headers = requestHeaders(init, this.#parser.lastEventId, false);
-        } catch (cause) {
-          // What a headers function returned is not headers at all.
-          throw new SSEError(`Request refused: ${messageOf(cause)}`, {
-            cause,
-          });
-        }
-        this.#reportUnsendableId();
-        if (this.#isClosed()) return; // closed by the callback
-        let response: Response;
-        try {
-          response = await connection.open(this.#fetch, this.url, {
-            method: this.#method,
-            headers,
-            body: this.#body,
-            redirect: "follow",
-          });
-        } catch (cause) {
-          if (this.#isClosed()) return;
-          connection.close();
-          this.#connection = undefined;
-          if (isRefusal(cause)) {
-            // The same request would meet the same refusal: final.
-            throw new SSEError(`Request refused: ${describeFailure(cause)}`, {
-              cause,
-            });
-          }
-          const reason = `Connection failed: ${describeFailure(cause)}`;
-          if (++this.#retries > this.#maxRetries) {
-            throw new SSEError(`${reason}: no retries left`, { cause });
-          }
-          wait = this.#backoff.next(this.#reconnectionTime());
-          this.#onError?.(new SSEError(reason, { cause }));
-          continue;
-        }
+        const next = await this.#attempt(connection);
         if (this.#isClosed()) return;
-        const status = response.status;
-        if (status === 200 && isEventStream(response)) {
+        if (next instanceof Response) {
           this.#state = OPEN;
           this.#progress = false;
-          this.#onOpen?.(response);
+          this.#onOpen?.(next);
           return;
         }
         connection.close();
         this.#connection = undefined;
-        if (status === 204) {
+        if (next === undefined) {
           // No Content: the server has nothing more to send, ever.
           this.#shutdown();
           return;
         }
-        if (status === 408 || status === 429 || status >= 500) {
-          if (++this.#retries > this.#maxRetries) {
-            throw new SSEError(
-              `Unexpected status ${status}: no retries left`,
-              { status },
-            );
-          }
-          wait = this.#backoff.next(
-            this.#reconnectionTime(),
-            parseRetryAfter(response.headers.get("retry-after"), Date.now()),
-          );
-          this.#onError?.(
-            new SSEError(`Unexpected status ${status}: retrying`, { status }),
-          );
-          continue;
-        }
-        if (status !== 200) {
-          throw new SSEError(
-            `Unexpected status ${status}: expected 200 with text/event-stream`,
-            { status },
-          );
-        }
-        const type = response.headers.get("content-type");
-        throw new SSEError(
-          `Unexpected content type ${
-            type === null ? "(none)" : JSON.stringify(type)
-          }: expected text/event-stream`,
-          { status },
-        );
+        wait = next.wait;
+        this.#onError?.(next.error);
       }
     } catch (error) {
       this.#fail(error);
     }
+  }
+
+  // One attempt: the headers, the request, the response. Resolves with the
+  // response of an open stream, `undefined` for 204 (or when closed
+  // meanwhile), or the failure to report and the wait before the next
+  // attempt; throws what ends the iteration.
+  async #attempt(
+    connection: Connection,
+  ): Promise<Response | Retry | undefined> {
+    let init = this.#headers;
+    if (typeof init === "function") {
+      try {
+        init = await connection.until(init(), "The headers function");
+      } catch (error) {
+        // A function that fails ends the iteration; one that takes longer
+        // than idleTimeout makes a failed attempt.
+        if (!connection.timedOut) throw error;
+        return this.#failed(error);
+      }
+      if (this.#isClosed()) return undefined;
+    }
+    let headers: Headers;
+    try {
+      headers = requestHeaders(init, this.#parser.lastEventId, false);
+    } catch (cause) {
+      // What a headers function returned is not headers at all.
+      throw new SSEError(`Request refused: ${messageOf(cause)}`, { cause });
+    }
+    this.#reportUnsendableId();
+    if (this.#isClosed()) return undefined; // closed by the callback
+    let response: Response;
+    try {
+      response = await connection.open(this.#fetch, this.url, {
+        method: this.#method,
+        headers,
+        body: this.#body,
+        redirect: "follow",
+      });
+    } catch (cause) {
+      if (this.#isClosed()) return undefined;
+      if (isRefusal(cause)) {
+        // The same request would meet the same refusal: final.
+        throw new SSEError(`Request refused: ${describeFailure(cause)}`, {
+          cause,
+        });
+      }
+      return this.#failed(cause);
+    }
+    const status = response.status;
+    if (status === 200 && isEventStream(response)) return response;
+    if (status === 204) return undefined;
+    if (status === 408 || status === 429 || status >= 500) {
+      const reason = `Unexpected status ${status}`;
+      if (++this.#retries > this.#maxRetries) {
+        throw new SSEError(`${reason}: no retries left`, { status });
+      }
+      return {
+        wait: this.#backoff.next(
+          this.#reconnectionTime(),
+          parseRetryAfter(response.headers.get("retry-after"), Date.now()),
+        ),
+        error: new SSEError(`${reason}: retrying`, { status }),
+      };
+    }
+    if (status !== 200) {
+      throw new SSEError(
+        `Unexpected status ${status}: expected 200 with text/event-stream`,
+        { status },
+      );
+    }
+    const type = response.headers.get("content-type");
+    throw new SSEError(
+      `Unexpected content type ${
+        type === null ? "(none)" : JSON.stringify(type)
+      }: expected text/event-stream`,
+      { status },
+    );
+  }
+
+  // A failed attempt that may work next time (a network error, an idle
+  // timeout): the wait before the next one, or the end when no retry is left.
+  #failed(cause: unknown): Retry {
+    const reason = `Connection failed: ${describeFailure(cause)}`;
+    if (++this.#retries > this.#maxRetries) {
+      throw new SSEError(`${reason}: no retries left`, { cause });
+    }
+    return {
+      wait: this.#backoff.next(this.#reconnectionTime()),
+      error: new SSEError(reason, { cause }),
+    };
   }
 
   // Once per ID: it is left out of the request (see unsendableId).
@@ -780,6 +803,12 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
     this.#signal?.removeEventListener("abort", this.#onAbort);
     this.#signal = undefined;
   }
+}
+
+/** A failed attempt: what to report, and the wait before the next one. */
+interface Retry {
+  wait: number;
+  error: SSEError;
 }
 
 function milliseconds(

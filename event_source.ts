@@ -462,87 +462,88 @@ export class EventSource extends EventTarget {
     // The constructor returns before anything happens: events are queued as
     // tasks in the standard, so none may be dispatched synchronously.
     await undefined;
-    while (true) {
+    // close() may come at any await: each is followed by a check, and each
+    // connection is closed however its attempt ends.
+    while (!this.#isClosed()) {
       const connection = new Connection(Infinity);
       this.#connection = connection;
       this.#progress = false;
-      let headers: Headers;
+      let next: Next;
       try {
-        let init = this.#headers;
-        if (typeof init === "function") {
-          init = await connection.until(init());
-          if (this.#isClosed()) return;
-        }
-        headers = requestHeaders(init, this.#parser.lastEventId, true);
-        headers.set("cache-control", "no-cache");
-      } catch {
-        // The non-standard headers option failed: nothing to retry.
-        this.#fail(connection);
-        return;
-      }
-      const init: RequestInit = { headers, redirect: "follow" };
-      // Only when asked: some runtimes refuse a `credentials` member.
-      if (this.#withCredentials) init.credentials = "include";
-      let response: Response;
-      try {
-        response = await connection.open(this.#fetch, this.#url, init);
-      } catch (error) {
-        if (this.#isClosed()) return;
-        // §9.2.3: a network error reestablishes the connection, "unless the
-        // user agent knows that to be futile, in which case the user agent
-        // may fail the connection": a request that can never succeed.
-        if (isRefusal(error)) {
-          this.#fail(connection);
-          return;
-        }
-        if (await this.#reestablish(connection)) continue;
-        return;
+        next = await this.#attempt(connection);
+      } finally {
+        connection.close();
+        if (this.#connection === connection) this.#connection = undefined;
       }
       if (this.#isClosed()) return;
-      if (response.status !== 200 || !isEventStream(response)) {
-        this.#fail(connection);
+      if (next === FAIL) {
+        this.#fail();
         return;
       }
-      this.#origin = new URL(response.url || this.#url).origin;
-      // Announce the connection.
-      this.#readyState = OPEN;
-      this.dispatchEvent(new Event("open"));
-      while (!this.#isClosed()) {
-        let result: ReadableStreamReadResult<Uint8Array>;
-        try {
-          result = await connection.read();
-        } catch {
-          break; // the network failed mid-stream
-        }
-        if (this.#isClosed()) return;
-        if (result.done) break;
-        try {
-          this.#parser.push(result.value);
-        } catch {
-          // Only the size limit throws: this stream cannot be read.
-          this.#fail(connection);
-          return;
-        }
-      }
-      if (this.#isClosed()) return;
-      if (!(await this.#reestablish(connection))) return;
+      if (!(await this.#reestablish())) return;
     }
   }
 
+  // One connection: fetch, then announce and read. Resolves to what the
+  // processing model does next (or anything, once closed).
+  async #attempt(connection: Connection): Promise<Next> {
+    let headers: Headers;
+    try {
+      let init = this.#headers;
+      if (typeof init === "function") {
+        init = await connection.until(init(), "The headers function");
+        if (this.#isClosed()) return FAIL;
+      }
+      headers = requestHeaders(init, this.#parser.lastEventId, true);
+      headers.set("cache-control", "no-cache");
+    } catch {
+      // The non-standard headers option failed: nothing to retry.
+      return FAIL;
+    }
+    const init: RequestInit = { headers, redirect: "follow" };
+    // Only when asked: some runtimes refuse a `credentials` member.
+    if (this.#withCredentials) init.credentials = "include";
+    let response: Response;
+    try {
+      response = await connection.open(this.#fetch, this.#url, init);
+    } catch (error) {
+      // §9.2.3: a network error reestablishes the connection, "unless the
+      // user agent knows that to be futile, in which case the user agent may
+      // fail the connection": a request that can never succeed.
+      return isRefusal(error) ? FAIL : REESTABLISH;
+    }
+    if (this.#isClosed()) return FAIL;
+    if (response.status !== 200 || !isEventStream(response)) return FAIL;
+    this.#origin = new URL(response.url || this.#url).origin;
+    // Announce the connection.
+    this.#readyState = OPEN;
+    this.dispatchEvent(new Event("open"));
+    while (!this.#isClosed()) {
+      let result: ReadableStreamReadResult<Uint8Array>;
+      try {
+        result = await connection.read();
+      } catch {
+        break; // the network failed mid-stream
+      }
+      if (result.done || this.#isClosed()) break;
+      try {
+        this.#parser.push(result.value);
+      } catch {
+        // Only the size limit throws: this stream cannot be read.
+        return FAIL;
+      }
+    }
+    return REESTABLISH;
+  }
+
   // §9.2.3 "fail the connection".
-  #fail(connection: Connection): void {
-    connection.close();
-    this.#connection = undefined;
-    if (this.#isClosed()) return;
+  #fail(): void {
     this.#readyState = CLOSED;
     this.dispatchEvent(new Event("error"));
   }
 
   // §9.2.3 "reestablish the connection". Resolves to whether to reconnect.
-  async #reestablish(connection: Connection): Promise<boolean> {
-    connection.close();
-    this.#connection = undefined;
-    if (this.#isClosed()) return false;
+  async #reestablish(): Promise<boolean> {
     // §9.2.5: an event cut off by the end of the stream is discarded; the
     // last event ID and the reconnection time carry over.
     this.#parser.reset();
@@ -557,6 +558,11 @@ export class EventSource extends EventTarget {
     return !this.#isClosed();
   }
 }
+
+// What the processing model does after a connection.
+const FAIL = 0;
+const REESTABLISH = 1;
+type Next = typeof FAIL | typeof REESTABLISH;
 
 function defineValue(target: object, name: string, value: string): void {
   Object.defineProperty(target, name, {

@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import { SSEClient, type SSEClientOptions, SSEError } from "../client.ts";
 import type { SSEEvent } from "../parser.ts";
 import {
+  type EventStream,
   eventStreamResponse,
   fakeClock,
   Queue,
@@ -1295,6 +1296,43 @@ test("SSEClient applies idleTimeout to a server that never answers", async () =>
   }
 });
 
+test("SSEClient applies idleTimeout to a headers function that never settles, then tries again", async () => {
+  const clock = fakeClock();
+  try {
+    await using server = new TestServer(() =>
+      eventStreamResponse("data: x\n\n")
+    );
+    let calls = 0;
+    const { client, iterator, errors, retries } = observedClient(server.url, {
+      idleTimeout: 1000,
+      retry: 10,
+      headers: () => {
+        calls++;
+        // The first token request hangs for ever; the next one answers.
+        return calls === 1 ? new Promise<HeadersInit>(() => {}) : {};
+      },
+    });
+    const next = iterator.next();
+    await clock.tickAsync(999);
+    assert.equal(errors.all.length, 0);
+    await clock.tickAsync(1);
+    assert.equal(errors.all.length, 1, "no error after idleTimeout");
+    const error = await errors.shift();
+    assert.ok(error instanceof SSEError);
+    assert.equal(
+      error.message,
+      "Connection failed: The headers function did not settle within 1000 ms",
+    );
+    await clock.tickAsync(await retries.shift());
+    assert.deepEqual(await next, { done: false, value: message("x") });
+    assert.equal(calls, 2);
+    assert.equal(server.requests.length, 1);
+    client.close();
+  } finally {
+    clock.uninstall();
+  }
+});
+
 test("SSEClient throws a RangeError for an event larger than maxEventSize", async () => {
   await using server = new TestServer(() =>
     eventStreamResponse(`data: ok\n\ndata: ${"x".repeat(2000)}\n\n`)
@@ -1410,6 +1448,160 @@ test("SSEClient close() ends a pending next() even if an injected fetch ignores 
   (await server.request(0)).respond(stream.response);
   await stream.cancelled;
 });
+
+// Every place the client can be waiting when it is stopped, by close() or by
+// its signal: each time, on the server, a stream that was answered is
+// cancelled, and no request is made after the stop.
+interface StopPoint {
+  name: string;
+  /**
+   * Brings the client to the point. Returns the stream the server answered
+   * with (if any) and a step to run after the stop (if any).
+   */
+  reach(
+    server: TestServer,
+    client: SSEClient,
+    iterator: AsyncIterator<SSEEvent>,
+    gate: Gate,
+  ): Reached | Promise<Reached>;
+  options?: (gate: Gate) => SSEClientOptions;
+  /** Whether a next() call is pending at the point (default true). */
+  waiting?: boolean;
+}
+
+/** What a test finds at a stop point. */
+interface Reached {
+  /** The stream the server answered with, to be cancelled by the stop. */
+  stream?: EventStream;
+  /** A step to run after the stop. */
+  after?: () => unknown;
+}
+
+/** Promises a test settles itself. */
+class Gate {
+  #open!: () => void;
+  readonly opened = new Promise<void>((resolve) => this.#open = resolve);
+  open = (): void => this.#open();
+}
+
+const STOP_POINTS: StopPoint[] = [
+  {
+    name: "right after the constructor, before fetch resolves",
+    // A fetch that ignores its signal: the response arrives after the stop.
+    options: (gate) => ({
+      fetch: async (input) => {
+        await gate.opened;
+        return await fetch(input, { headers: { accept: "text/event-stream" } });
+      },
+    }),
+    reach(server) {
+      // The request goes out once the gate opens, after the stop; the
+      // response that comes back is released unread.
+      const stream = server.stream();
+      return {
+        stream,
+        after: async () => (await server.request(0)).respond(stream.response),
+      };
+    },
+  },
+  {
+    name: "while a headers function is pending",
+    options: (gate) => ({
+      headers: async () => {
+        await gate.opened;
+        return {};
+      },
+    }),
+    reach() {
+      return {};
+    },
+  },
+  {
+    name: "while waiting for the response",
+    async reach(server) {
+      await server.request(0);
+      const stream = server.stream();
+      return {
+        stream,
+        after: () => server.requests[0]!.respond(stream.response),
+      };
+    },
+  },
+  {
+    name: "while reading the open stream",
+    async reach(server, _client, iterator) {
+      const stream = server.stream();
+      (await server.request(0)).respond(stream.response);
+      stream.send("data: 1\n\n");
+      await iterator.next();
+      return { stream };
+    },
+  },
+  {
+    name: "with events parsed and not yet handed out",
+    waiting: false,
+    async reach(server, _client, iterator) {
+      const stream = server.stream();
+      (await server.request(0)).respond(stream.response);
+      stream.send("data: 1\n\ndata: 2\n\ndata: 3\n\n");
+      await iterator.next();
+      return { stream };
+    },
+  },
+  {
+    name: "while waiting to retry",
+    async reach(server, _client, iterator) {
+      const stream = server.stream();
+      (await server.request(0)).respond(stream.response);
+      stream.send("retry: 60000\ndata: 1\n\n");
+      await iterator.next();
+      stream.end();
+      return {};
+    },
+  },
+];
+
+for (const point of STOP_POINTS) {
+  for (const how of ["close()", "its signal"]) {
+    test(`SSEClient stopped by ${how} ${point.name} leaves nothing open on the server`, async () => {
+      await using server = new TestServer();
+      const gate = new Gate();
+      const controller = new AbortController();
+      let fetches = 0;
+      const extra = point.options?.(gate) ?? {};
+      const inner = extra.fetch ?? fetch;
+      const client = new SSEClient(server.url, {
+        retry: 0,
+        ...extra,
+        signal: controller.signal,
+        fetch: (input, init) => {
+          fetches++;
+          return inner(input, init);
+        },
+      });
+      const iterator = client[Symbol.asyncIterator]();
+      const { stream, after } = await point.reach(
+        server,
+        client,
+        iterator,
+        gate,
+      );
+      const pending = point.waiting === false ? undefined : iterator.next();
+      const before = fetches;
+      if (how === "close()") client.close();
+      else controller.abort();
+      assert.deepEqual(await (pending ?? iterator.next()), DONE);
+      assert.equal(client.readyState, 2);
+      gate.open();
+      await after?.();
+      if (stream !== undefined) await stream.cancelled;
+      // Nothing follows the stop (every continuation has run by the next
+      // macrotask).
+      await new Promise((resolve) => setTimeout(resolve, 0));
+      assert.equal(fetches, before);
+    });
+  }
+}
 
 test("SSEClient discards events already received when closed", async () => {
   await using server = new TestServer(() =>

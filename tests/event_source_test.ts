@@ -5,11 +5,13 @@
 import assert from "node:assert/strict";
 import { EventSource as OurEventSource } from "../event_source.ts";
 import {
+  type EventStream,
   eventStreamResponse,
   fakeClock,
   Queue,
   test,
   TestServer,
+  within,
 } from "./_sse_server.ts";
 
 // --- helpers ---------------------------------------------------------------
@@ -810,6 +812,125 @@ test("EventSource cancels the body of a response it rejects", async () => {
     await stream.cancelled;
   }
 });
+
+/** What a test finds at a close point. */
+interface Reached {
+  /** The stream the server answered with, to be cancelled by close(). */
+  stream?: EventStream;
+  /** A step to run after close(). */
+  after?: () => unknown;
+}
+
+// Every place our EventSource can be waiting when close() is called: each
+// time, on the server, a stream that was answered is cancelled, and no
+// request is made after close().
+const CLOSE_POINTS: {
+  name: string;
+  /** Closed in the same task as the constructor: reach() is not awaited. */
+  immediate?: boolean;
+  init?: (
+    gate: Promise<void>,
+  ) => ConstructorParameters<typeof OurEventSource>[1];
+  reach(
+    server: TestServer,
+    seen: Queue<Seen>,
+  ): Reached | Promise<Reached>;
+}[] = [
+  {
+    name: "right after the constructor",
+    immediate: true,
+    // A fetch that ignores its signal: a response would arrive after close().
+    init: (gate) => ({
+      fetch: async (input) => {
+        await gate;
+        return await fetch(input);
+      },
+    }),
+    reach() {
+      return {};
+    },
+  },
+  {
+    name: "while the headers function is pending",
+    init: (gate) => ({ headers: () => gate.then(() => ({})) }),
+    reach() {
+      return {};
+    },
+  },
+  {
+    name: "while waiting for the response",
+    async reach(server) {
+      await server.request(0);
+      const stream = server.stream();
+      return {
+        stream,
+        after: () => server.requests[0]!.respond(stream.response),
+      };
+    },
+  },
+  {
+    name: "while reading the open stream",
+    async reach(server, seen) {
+      const stream = server.stream();
+      (await server.request(0)).respond(stream.response);
+      stream.send("data: 1\n\n");
+      await seen.take(2);
+      return { stream };
+    },
+  },
+  {
+    name: "while waiting to reconnect",
+    async reach(server, seen) {
+      const stream = server.stream();
+      (await server.request(0)).respond(stream.response);
+      stream.send("retry: 60000\ndata: 1\n\n");
+      await seen.take(2);
+      stream.end();
+      await seen.shift(); // error, CONNECTING
+      return {};
+    },
+  },
+];
+
+for (const point of CLOSE_POINTS) {
+  test(`EventSource closed ${point.name} leaves nothing open on the server`, async () => {
+    await using server = new TestServer();
+    let open!: () => void;
+    const gate = new Promise<void>((resolve) => open = resolve);
+    let fetches = 0;
+    const init = point.init?.(gate) ?? {};
+    const inner = init.fetch ?? fetch;
+    const source = new OurEventSource(server.url, {
+      ...init,
+      fetch: (input, options) => {
+        fetches++;
+        return inner(input, options);
+      },
+    });
+    const seen = record(source);
+    const { stream, after } = point.immediate
+      ? {}
+      : await point.reach(server, seen);
+    const before = fetches;
+    const dispatched = seen.all.length;
+    source.close();
+    assert.equal(source.readyState, 2);
+    open();
+    await after?.();
+    if (stream !== undefined) {
+      await within(
+        stream.cancelled,
+        2000,
+        "the stream cancelled on the server",
+      );
+    }
+    // Nothing follows close() (every continuation has run by the next
+    // macrotask).
+    await new Promise((resolve) => setTimeout(resolve, 0));
+    assert.equal(fetches, before, "a request was made after close()");
+    assert.equal(seen.all.length, dispatched, "an event after close()");
+  });
+}
 
 test("EventSource takes the non-standard fetch and headers options", async () => {
   await using server = new TestServer(({ index }) =>
