@@ -57,34 +57,53 @@ const DEFAULT_RETRY = 3000;
 /** Options of {@linkcode SSEError}. */
 export interface SSEErrorOptions {
   /** The HTTP status of the response that caused the error. */
-  status?: number;
+  status?: number | undefined;
+  /** The headers of that response. */
+  headers?: Headers | undefined;
+  /** The start of that response's body, as text. */
+  body?: string | undefined;
   /** The underlying error. */
   cause?: unknown;
 }
 
 /**
- * An error of an {@linkcode SSEClient} connection. `status` is set when an
- * HTTP response caused it.
+ * An error of an {@linkcode SSEClient} connection. When an HTTP response
+ * caused it, `status`, `headers` and `body` say what the server said:
+ * servers explain a 401 or a 429 in a header or a JSON body.
  *
  * @example Tell an authentication failure apart
  * ```ts
  * import { SSEError } from "@sse/sse/client";
  * import assert from "node:assert/strict";
  *
- * const error = new SSEError("Unexpected status 401", { status: 401 });
+ * const error = new SSEError("Unexpected status 401", {
+ *   status: 401,
+ *   headers: new Headers({ "www-authenticate": 'Bearer error="invalid_token"' }),
+ *   body: '{"error":"invalid_token"}',
+ * });
  * assert.equal(error.name, "SSEError");
  * assert.equal(error.status, 401);
+ * assert.equal(JSON.parse(error.body!).error, "invalid_token");
  * ```
  */
 export class SSEError extends Error {
   /** The HTTP status of the response that caused the error, if one did. */
   readonly status?: number;
+  /** The headers of the response that caused the error, if one did. */
+  readonly headers?: Headers;
+  /**
+   * The start of the body of the response that caused the error, as text:
+   * its first 64 KiB, and only what arrived within 5 s. `undefined` when
+   * there was none, or an `onResponse` callback read it.
+   */
+  readonly body?: string;
 
   /**
    * Creates an error.
    *
    * @param message What went wrong.
-   * @param options The HTTP status and the cause, if any.
+   * @param options The response's status, headers and body, and the cause,
+   * if any.
    */
   constructor(message: string, options: SSEErrorOptions = {}) {
     super(
@@ -93,8 +112,17 @@ export class SSEError extends Error {
     );
     this.name = "SSEError";
     if (options.status !== undefined) this.status = options.status;
+    if (options.headers !== undefined) this.headers = options.headers;
+    if (options.body !== undefined) this.body = options.body;
   }
 }
+
+/**
+ * What an {@linkcode SSEClientOptions.onResponse} callback may return:
+ * nothing to let the client judge the response, or `"retry"` to discard it
+ * and try again at once.
+ */
+export type ResponseVerdict = void | undefined | "retry";
 
 /** Options of {@linkcode SSEClient}. */
 export interface SSEClientOptions {
@@ -199,6 +227,28 @@ export interface SSEClientOptions {
    */
   maxEventSize?: number;
   /**
+   * Called (and awaited) with every response, whatever its status, before
+   * the client judges it: to look at a status or a header, or to refresh a
+   * token. It may:
+   * - return nothing: the client goes on as usual (opens a 200 event stream,
+   *   retries 5xx, 429 and 408, ends on 204, throws on the rest);
+   * - return `"retry"`: the response is discarded and the request made again
+   *   at once, without counting as a failure: after a 401, refresh the token
+   *   that the `headers` function returns, then ask for a retry. One retry in
+   *   a row: if the retried request's response asks again, the client judges
+   *   it as usual;
+   * - throw: iteration ends with that error.
+   *
+   * It may read the body of a response it retries or refuses (the error then
+   * has no `body`); reading the body of a stream it lets open leaves nothing
+   * to parse. `idleTimeout` applies to it.
+   *
+   * @default {undefined}
+   */
+  onResponse?: (
+    response: Response,
+  ) => ResponseVerdict | Promise<ResponseVerdict>;
+  /**
    * Called with the response each time a connection opens (`readyState` is
    * then `1`, OPEN).
    *
@@ -263,6 +313,11 @@ export interface SSEClientOptions {
  *   fetch cannot send, a redirect loop, or a redirect to another scheme or
  *   to a blocked port. Only network errors, 5xx, 429 and 408 are retried.
  *
+ * An {@linkcode SSEError} caused by a response carries its `status`,
+ * `headers` and the start of its `body` (64 KiB at most). The `onResponse`
+ * callback sees every response first, and may ask for one immediate retry,
+ * after refreshing a token for instance.
+ *
  * `close()`, the `signal` option, or leaving a `for await` loop ends
  * iteration at once, whatever the client is doing, and releases everything.
  * Connection state is observable through `readyState` and the `onOpen`,
@@ -284,6 +339,21 @@ export interface SSEClientOptions {
  *   if (data === "[DONE]") break; // leaving the loop closes the client
  *   console.log(JSON.parse(data).choices[0].delta.content);
  * }
+ * ```
+ *
+ * @example Refresh an expired token once, on a 401
+ * ```ts ignore
+ * import { SSEClient } from "@sse/sse/client";
+ *
+ * let token = await login();
+ * const client = new SSEClient("https://example.com/events", {
+ *   headers: () => ({ authorization: `Bearer ${token}` }),
+ *   onResponse: async (response) => {
+ *     if (response.status !== 401) return;
+ *     token = await login(); // the retry's headers() call sends it
+ *     return "retry";
+ *   },
+ * });
  * ```
  *
  * @example Read events from a server
@@ -319,6 +389,9 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
   #backoff: Backoff;
   #idleTimeout: number;
   #signal: AbortSignal | undefined;
+  #onResponse:
+    | ((response: Response) => ResponseVerdict | Promise<ResponseVerdict>)
+    | undefined;
   #onOpen: ((response: Response) => void) | undefined;
   #onError: ((error: Error) => void) | undefined;
   #onRetry: ((delay: number) => void) | undefined;
@@ -338,6 +411,8 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
   #progress = false;
   // Reconnection attempts since the last event delivered.
   #retries = 0;
+  // Whether the last response's onResponse asked for a retry, granted.
+  #retriedOnRequest = false;
   // The last event ID last reported as one that cannot be sent.
   #unsentId = "";
   // The error that ends the iteration, until it has been thrown.
@@ -450,6 +525,7 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
         }`,
       );
     }
+    this.#onResponse = options.onResponse;
     this.#onOpen = options.onOpen;
     this.#onError = options.onError;
     this.#onRetry = options.onRetry;
@@ -671,7 +747,7 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
           return;
         }
         wait = next.wait;
-        this.#onError?.(next.error);
+        if (next.error !== undefined) this.#onError?.(next.error);
       }
     } catch (error) {
       this.#fail(error);
@@ -724,26 +800,51 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
       }
       return this.#failed(cause);
     }
+    if (this.#onResponse !== undefined) {
+      let verdict: ResponseVerdict;
+      try {
+        verdict = await connection.until(
+          this.#onResponse(response),
+          "The onResponse callback",
+        );
+      } catch (error) {
+        if (!connection.timedOut) throw error;
+        return this.#failed(error);
+      }
+      if (this.#isClosed()) return undefined;
+      if (verdict === "retry" && !this.#retriedOnRequest) {
+        this.#retriedOnRequest = true;
+        return RETRY_NOW;
+      }
+    }
+    this.#retriedOnRequest = false;
     const status = response.status;
     if (status === 200 && isEventStream(response)) return response;
     if (status === 204) return undefined;
+    // What the server said, for the error: read before judging.
+    const said = {
+      status,
+      headers: response.headers,
+      body: await connection.text(ERROR_BODY_LIMIT, ERROR_BODY_TIME),
+    };
+    if (this.#isClosed()) return undefined;
     if (status === 408 || status === 429 || status >= 500) {
       const reason = `Unexpected status ${status}`;
       if (++this.#retries > this.#maxRetries) {
-        throw new SSEError(`${reason}: no retries left`, { status });
+        throw new SSEError(`${reason}: no retries left`, said);
       }
       return {
         wait: this.#backoff.next(
           this.#reconnectionTime(),
           parseRetryAfter(response.headers.get("retry-after"), Date.now()),
         ),
-        error: new SSEError(`${reason}: retrying`, { status }),
+        error: new SSEError(`${reason}: retrying`, said),
       };
     }
     if (status !== 200) {
       throw new SSEError(
         `Unexpected status ${status}: expected 200 with text/event-stream`,
-        { status },
+        said,
       );
     }
     const type = response.headers.get("content-type");
@@ -751,7 +852,7 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
       `Unexpected content type ${
         type === null ? "(none)" : JSON.stringify(type)
       }: expected text/event-stream`,
-      { status },
+      said,
     );
   }
 
@@ -805,11 +906,21 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
   }
 }
 
-/** A failed attempt: what to report, and the wait before the next one. */
+/**
+ * Another attempt: the wait before it, and the failure to report (none when
+ * an onResponse callback asked for it).
+ */
 interface Retry {
   wait: number;
-  error: SSEError;
+  error?: SSEError;
 }
+
+const RETRY_NOW: Retry = { wait: 0 };
+
+// How much of a refused response's body an SSEError keeps, and how long the
+// client waits for it.
+const ERROR_BODY_LIMIT = 64 * 1024;
+const ERROR_BODY_TIME = 5000;
 
 function milliseconds(
   name: string,

@@ -1109,6 +1109,173 @@ for (const status of [201, 301, 304, 400, 401, 403, 404, 410]) {
   });
 }
 
+// --- what the server said ------------------------------------------------------
+
+test("SSEError carries the status, the headers and the body of a refused response", async () => {
+  const body = JSON.stringify({ error: "invalid_token", detail: "expired" });
+  await using server = new TestServer(() =>
+    new Response(body, {
+      status: 401,
+      headers: {
+        "content-type": "application/json",
+        "www-authenticate": 'Bearer error="invalid_token"',
+      },
+    })
+  );
+  const error = await new SSEClient(server.url)[Symbol.asyncIterator]().next()
+    .then(() => assert.fail("iteration did not throw"), (error) => error);
+  assert.ok(error instanceof SSEError);
+  assert.equal(error.status, 401);
+  assert.equal(
+    error.headers?.get("www-authenticate"),
+    'Bearer error="invalid_token"',
+  );
+  assert.equal(error.body, body);
+  assert.equal(
+    error.message,
+    "Unexpected status 401: expected 200 with text/event-stream",
+  );
+});
+
+test("SSEError carries the body of a retried status, and of a wrong content type", async () => {
+  const clock = fakeClock();
+  try {
+    await using server = new TestServer(({ index }) =>
+      index === 0
+        ? new Response("overloaded, try later", {
+          status: 503,
+          headers: { "retry-after": "1" },
+        })
+        : new Response("<html>login</html>", {
+          headers: { "content-type": "text/html" },
+        })
+    );
+    const { iterator, errors, retries } = observedClient(server.url);
+    const next = iterator.next();
+    const retried = await errors.shift();
+    assert.ok(retried instanceof SSEError);
+    assert.equal(retried.status, 503);
+    assert.equal(retried.body, "overloaded, try later");
+    assert.equal(retried.headers?.get("retry-after"), "1");
+    await clock.tickAsync(await retries.shift());
+    const final = await next.then(() => assert.fail("no error"), (e) => e);
+    assert.ok(final instanceof SSEError);
+    assert.equal(final.status, 200);
+    assert.equal(final.body, "<html>login</html>");
+  } finally {
+    clock.uninstall();
+  }
+});
+
+test("SSEError keeps the first 64 KiB of a body, and what came of one that stalls", async () => {
+  const clock = fakeClock();
+  try {
+    await using server = new TestServer();
+    // A large body: the first 64 KiB, a character cut at the end dropped.
+    const large = "é" + "x".repeat(65534) + "€" + "y".repeat(100_000);
+    let client = new SSEClient(server.url);
+    let next = client[Symbol.asyncIterator]().next();
+    const big = server.stream({
+      status: 400,
+      headers: { "content-type": "text/plain" },
+    });
+    (await server.request(0)).respond(big.response);
+    big.send(large);
+    let error = await next.then(() => assert.fail("no error"), (e) => e);
+    assert.equal(error.body, "é" + "x".repeat(65534));
+    await big.cancelled;
+    // A body that stalls: what came within 5 s.
+    client = new SSEClient(server.url);
+    next = client[Symbol.asyncIterator]().next();
+    const stalled = server.stream({
+      status: 400,
+      headers: { "content-type": "text/plain" },
+    });
+    (await server.request(1)).respond(stalled.response);
+    stalled.send("partial");
+    // Time passes (fake) until the client gives up on the rest.
+    let settled = false;
+    next.then(() => settled = true, () => settled = true);
+    const start = Date.now();
+    while (!settled) await clock.tickAsync(500);
+    assert.ok(Date.now() - start >= 5000);
+    error = await next.then(() => assert.fail("no error"), (e) => e);
+    assert.equal(error.status, 400);
+    assert.equal(error.body, "partial");
+    await stalled.cancelled;
+  } finally {
+    clock.uninstall();
+  }
+});
+
+test("SSEClient onResponse refreshes a token after a 401 and asks for one retry, which succeeds", async () => {
+  await using server = new TestServer(({ headers }) =>
+    headers.get("authorization") === "Bearer fresh"
+      ? eventStreamResponse("data: welcome\n\n")
+      : new Response("expired", { status: 401 })
+  );
+  let token = "stale";
+  const seen: number[] = [];
+  const { client, iterator, errors, retries } = observedClient(server.url, {
+    headers: () => ({ authorization: `Bearer ${token}` }),
+    onResponse: async (response) => {
+      seen.push(response.status);
+      if (response.status === 401) {
+        assert.equal(await response.text(), "expired");
+        token = "fresh";
+        return "retry";
+      }
+    },
+  });
+  assert.deepEqual(await take(iterator, 1), [message("welcome")]);
+  client.close();
+  assert.deepEqual(seen, [401, 200]);
+  assert.equal(server.requests.length, 2);
+  // Asked for: not a failure, and no wait.
+  assert.deepEqual(errors.all, []);
+  assert.deepEqual(retries.all, [0]);
+});
+
+test("SSEClient onResponse gets one retry in a row: a second 401 ends the iteration", async () => {
+  await using server = new TestServer(() =>
+    new Response("still no", { status: 401 })
+  );
+  let calls = 0;
+  const client = new SSEClient(server.url, {
+    onResponse: () => {
+      calls++;
+      return "retry";
+    },
+  });
+  const error = await client[Symbol.asyncIterator]().next().then(
+    () => assert.fail("no error"),
+    (error) => error,
+  );
+  assert.ok(error instanceof SSEError);
+  assert.equal(error.status, 401);
+  assert.equal(error.body, "still no");
+  assert.equal(calls, 2);
+  assert.equal(server.requests.length, 2);
+});
+
+test("SSEClient onResponse that throws ends the iteration with its error and releases the body", async () => {
+  await using server = new TestServer();
+  const client = new SSEClient(server.url, {
+    onResponse: (response) => {
+      if (response.headers.get("x-version") !== "2") {
+        throw new Error("server too old");
+      }
+    },
+  });
+  const next = client[Symbol.asyncIterator]().next();
+  const stream = server.stream();
+  (await server.request(0)).respond(stream.response);
+  stream.send("data: never read\n\n");
+  await assert.rejects(next, { message: "server too old" });
+  assert.equal(client.readyState, 2);
+  await stream.cancelled;
+});
+
 test("SSEClient throws an SSEError naming a content type that is not text/event-stream", async () => {
   for (const type of ["text/plain", "text/x-bogus", "text/event-stream2"]) {
     await using server = new TestServer(() =>
@@ -1525,6 +1692,24 @@ const STOP_POINTS: StopPoint[] = [
         stream,
         after: () => server.requests[0]!.respond(stream.response),
       };
+    },
+  },
+  {
+    name: "while onResponse is pending",
+    options: (gate) => ({ onResponse: () => gate.opened }),
+    async reach(server) {
+      const stream = server.stream();
+      (await server.request(0)).respond(stream.response);
+      return { stream };
+    },
+  },
+  {
+    name: "while reading the body of a refused response",
+    async reach(server) {
+      const stream = server.stream({ status: 403 });
+      (await server.request(0)).respond(stream.response);
+      stream.send("forbidden, and more to come");
+      return { stream };
     },
   },
   {
