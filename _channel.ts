@@ -48,7 +48,14 @@ import {
   OPEN,
   STREAM_QUEUE,
 } from "./_client.ts";
-import { IdWindow, PAGE, RECENT, Resume, type ResumeHost } from "./_resume.ts";
+import {
+  FrameCache,
+  IdWindow,
+  PAGE,
+  RECENT,
+  Resume,
+  type ResumeHost,
+} from "./_resume.ts";
 
 /** Default `maxQueue`: 1 MiB. */
 const DEFAULT_MAX_QUEUE = 1024 * 1024;
@@ -58,6 +65,8 @@ const DEFAULT_REPLAY = 1000;
 const DEFAULT_DRAIN_TIMEOUT = 10_000;
 /** Drain checks per `drainTimeout`. */
 const CHECKS = 4;
+/** The most bytes of replayed frames a channel keeps for other resumes. */
+const FRAME_CACHE_BYTES = 16 * 1024 * 1024;
 
 const encoder = new TextEncoder();
 const KEEP_ALIVE_BYTES = encoder.encode(KEEP_ALIVE_FRAME);
@@ -321,6 +330,10 @@ export class SSEChannel<C = undefined> {
   #sharedIds = new IdWindow(RECENT);
   /** Encoded frames (without the id line) of messages published here. */
   #bodies = new WeakMap<SSEMessage, string>();
+  /** Encoded frames of entries replayed from history, shared by resumes. */
+  #frames: FrameCache;
+  /** Chunks of consecutive replayed frames, by first and last id. */
+  #runs = new FrameCache(1024, FRAME_CACHE_BYTES);
   #timer: Timer | undefined;
   /** Clients whose queue is above `maxQueue`, and the check that judges them. */
   #over = new Set<Client<C>>();
@@ -335,7 +348,9 @@ export class SSEChannel<C = undefined> {
     shared: this.#sharedIds,
     history: (after) =>
       this.#broker.history(this.#name, { after, limit: PAGE }),
-    offer: (client, entry) => this.#offer(client, entry),
+    frame: (client, entry) => this.#frameOf(client, entry),
+    write: (client, frames, first, last) =>
+      this.#writeRun(client, frames, first, last),
     send: (client, bytes) => this.#send(client, bytes),
     handOver: (client) => this.#handOver(client),
     end: (client, error) => this.#endResume(client, error),
@@ -376,6 +391,7 @@ export class SSEChannel<C = undefined> {
     this.#maxQueue = maxQueue;
     this.#drainTimeout = drainTimeout;
     this.#streamQueue = Math.min(maxQueue, STREAM_QUEUE);
+    this.#frames = new FrameCache(Math.max(replay, PAGE), FRAME_CACHE_BYTES);
     this.#keepAlive = keepAliveInterval(options.keepAlive);
     this.#retryBytes = options.retry === undefined
       ? undefined
@@ -715,16 +731,44 @@ export class SSEChannel<C = undefined> {
     this.#disconnect(client, reason);
   }
 
-  /** Sends an entry from history, if the client selects it. */
-  #offer(client: Client<C>, entry: SSEBrokerEntry): void {
-    if (!client.selects(entry.topic)) return;
-    const bytes = this.#encodeEntry(entry);
-    if (bytes === undefined) return;
-    if (this.#filter === undefined) this.#send(client, bytes);
-    else {
-      const message = { ...entry.message, id: entry.id };
-      this.#sendFiltered(client, bytes, message, entry.topic);
+  /** A client's frame of an entry from history, if it selects it. */
+  #frameOf(client: Client<C>, entry: SSEBrokerEntry): Uint8Array | undefined {
+    if (!client.selects(entry.topic)) return undefined;
+    const { id } = entry;
+    let bytes = this.#frames.get(id);
+    if (bytes === undefined) {
+      bytes = this.#encodeEntry(entry) ?? null;
+      if (typeof id === "string") this.#frames.set(id, bytes);
     }
+    if (bytes === null) return undefined;
+    if (this.#filter === undefined) return bytes;
+    const message = { ...entry.message, id };
+    return this.#filtered(client, message, entry.topic) ? bytes : undefined;
+  }
+
+  /**
+   * Writes replayed frames as one chunk. A client that gets every entry
+   * (no topics, no filter) gets the same chunk as every such client that
+   * resumes from the same place.
+   */
+  #writeRun(
+    client: Client<C>,
+    frames: Uint8Array[],
+    first: string,
+    last: string,
+  ): void {
+    if (frames.length === 1) {
+      this.#send(client, frames[0]!);
+      return;
+    }
+    const shared = client.topics === null && this.#filter === undefined;
+    const key = first + " " + last;
+    let chunk = shared ? this.#runs.get(key) : undefined;
+    if (chunk == null) {
+      chunk = concat(frames);
+      if (shared) this.#runs.set(key, chunk);
+    }
+    this.#send(client, chunk);
   }
 
   /** Whether a client selects an entry (its topics, then `filter`). */
@@ -785,7 +829,8 @@ export class SSEChannel<C = undefined> {
 
   /** Starts judging a client once its queue is above `maxQueue`. */
   #watch(client: Client<C>): void {
-    if (client.queued <= this.#maxQueue) return;
+    // A client in init has had no chance to read: it is judged once open.
+    if (client.state !== OPEN || client.queued <= this.#maxQueue) return;
     client.over = true;
     client.checks = 0;
     this.#over.add(client);
@@ -898,6 +943,18 @@ export class SSEChannel<C = undefined> {
       }
     }
   };
+}
+
+function concat(chunks: Uint8Array[]): Uint8Array {
+  let length = 0;
+  for (const chunk of chunks) length += chunk.byteLength;
+  const joined = new Uint8Array(length);
+  let offset = 0;
+  for (const chunk of chunks) {
+    joined.set(chunk, offset);
+    offset += chunk.byteLength;
+  }
+  return joined;
 }
 
 function byteLength(chunk: Uint8Array): number {

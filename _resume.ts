@@ -7,8 +7,10 @@
 // Ids can be matched, not compared, so where the client stands relative to
 // the shared subscription is known only by ids both have seen:
 //
-// - PAGING: pages of history are sent to the client, one at a time, each
-//   fetched when the client has taken what was sent before (its stream pulls).
+// - PAGING: pages of history are sent to the client, an entry at a time
+//   while its stream has room, and the next page is fetched once a page is
+//   sent: the replay is paced by how fast the client reads (its stream pulls
+//   when it has taken what was queued), so a paused client costs one page.
 //   An entry of a page that is the shared subscription's newest (`last`)
 //   means the client is level: it joins the shared fan-out after it. An entry
 //   the shared subscription delivered earlier (one of its recent ids) means
@@ -19,8 +21,8 @@
 // - WAIT: history had nothing after the client's position, which the shared
 //   subscription has not delivered (it lags, or it started after that entry
 //   was published). When it delivers the client's position, the client joins;
-//   an id the client got from history means it still lags; any other id
-//   means something new was published: page again.
+//   an id of the client's last page means it still lags; any other id means
+//   something new was published (or an older one): page again.
 //
 // Every phase waits only for entries already stored, and a page of history
 // continues exactly where the client stands, so nothing is skipped or sent
@@ -33,6 +35,12 @@ import { type Client, CLOSED, OPEN } from "./_client.ts";
 
 /** Entries per `history` call. */
 export const PAGE = 100;
+/**
+ * Replayed frames are written in chunks of about this many bytes: a herd of
+ * clients that resume from the same place shares the chunks (see
+ * `FrameCache`), and the runtime handles a few chunks instead of hundreds.
+ */
+export const RUN_BYTES = 32 * 1024;
 /** How many ids of the shared subscription's last entries a channel keeps. */
 export const RECENT = 256;
 
@@ -68,14 +76,72 @@ export class IdWindow {
   }
 }
 
+/**
+ * Encoded frames of replayed entries by id, so that a herd of clients that
+ * resume past the same entries encodes each once and shares the bytes, as
+ * live entries are shared. It keeps the newest `count` entries, and at most
+ * `bytes` bytes. An entry that cannot be framed is kept as `null`, so it is
+ * reported once, not once per client.
+ */
+export class FrameCache {
+  #frames = new Map<string, Uint8Array | null>();
+  #bytes = 0;
+  #maxCount: number;
+  #maxBytes: number;
+
+  /**
+   * @param count How many entries to keep.
+   * @param bytes How many bytes of frames to keep.
+   */
+  constructor(count: number, bytes: number) {
+    this.#maxCount = count;
+    this.#maxBytes = bytes;
+  }
+
+  /** The frame of the entry with this id: `undefined` when not cached. */
+  get(id: string): Uint8Array | null | undefined {
+    return this.#frames.get(id);
+  }
+
+  /** Caches a frame (or `null`), forgetting the oldest beyond the bounds. */
+  set(id: string, frame: Uint8Array | null): void {
+    const frames = this.#frames;
+    frames.set(id, frame);
+    this.#bytes += frame?.byteLength ?? 0;
+    while (frames.size > this.#maxCount || this.#bytes > this.#maxBytes) {
+      const [oldest, old] = frames.entries().next().value!;
+      frames.delete(oldest);
+      this.#bytes -= old?.byteLength ?? 0;
+    }
+  }
+}
+
+/** Whether the client's stream takes a frame now, with nothing waiting. */
+function hasRoom(client: Client<unknown>): boolean {
+  return client.backlogBytes === 0 && client.controller.desiredSize! > 0;
+}
+
 /** What a catch-up needs from its channel. */
 export interface ResumeHost<C> {
   /** The shared subscription's last ids. */
   readonly shared: IdWindow;
   /** The next page of the channel's stream after `after`. */
   history(after: string): Promise<SSEBrokerEntry[] | null>;
-  /** Sends an entry to the client, if it selects it (topics, `filter`). */
-  offer(client: Client<C>, entry: SSEBrokerEntry): void;
+  /**
+   * The client's frame of an entry: `undefined` when it does not select it
+   * (topics, `filter`, which may end the client) or it cannot be framed.
+   */
+  frame(client: Client<C>, entry: SSEBrokerEntry): Uint8Array | undefined;
+  /**
+   * Writes consecutive frames of entries `first` to `last` to the client as
+   * one chunk.
+   */
+  write(
+    client: Client<C>,
+    frames: Uint8Array[],
+    first: string,
+    last: string,
+  ): void;
   /** Sends an encoded frame to the client. */
   send(client: Client<C>, bytes: Uint8Array): void;
   /** The client leaves its catch-up for the shared fan-out. */
@@ -102,13 +168,15 @@ export class Resume<C> {
   #busy = false;
   /** A page is being sent (its writes may make the stream pull). */
   #sending = false;
-  #first: SSEBrokerEntry[] | undefined;
+  /** The page being sent, and the index of its next entry. */
+  #page: SSEBrokerEntry[];
+  #index = 0;
   /** The shared subscription's count when the last fetch began. */
   #countAtFetch: number;
   #until = "";
   #pending: Uint8Array[] = [];
-  /** Ids of the entries the client got last from history. */
-  #seen = new IdWindow(RECENT);
+  /** While waiting: the ids of the last page the client got. */
+  #seen: Set<string> | undefined;
   /** Handed over or ended: nothing more to do. */
   #done = false;
 
@@ -132,8 +200,7 @@ export class Resume<C> {
     this.#host = host;
     this.#client = client;
     this.position = lastEventId;
-    this.#seen.add(lastEventId);
-    this.#first = first;
+    this.#page = first;
     this.#countAtFetch = countAtFetch;
   }
 
@@ -144,9 +211,8 @@ export class Resume<C> {
 
   /** Sends the first page, once the client is open; then goes on paging. */
   start(): void {
-    const first = this.#first!;
-    this.#first = undefined;
-    this.#send(first);
+    if (this.#page.length === 0) this.#atEnd();
+    else this.#pump();
   }
 
   /** The client's stream wants more. */
@@ -173,8 +239,9 @@ export class Resume<C> {
     if (this.#phase !== WAIT || this.#done) return;
     if (id === this.position) {
       this.#host.handOver(this.#client);
-    } else if (!this.#seen.has(id)) {
+    } else if (!this.#seen!.has(id)) {
       this.#phase = PAGING;
+      this.#seen = undefined;
       if (!this.#busy) this.#fetch();
     }
   }
@@ -183,21 +250,28 @@ export class Resume<C> {
   release(): void {
     this.#done = true;
     this.#pending = [];
-    this.#first = undefined;
+    this.#page = [];
   }
 
-  /** Fetches the next page if the client has room for it. */
+  /**
+   * Sends entries of the page while the client's stream has room, then
+   * fetches the next page.
+   */
   #pump(): void {
     const client = this.#client;
-    if (
-      this.#busy || this.#sending || this.#done || this.#phase === WAIT ||
-      client.state !== OPEN
-    ) {
-      return;
+    if (this.#sending || this.#done || client.state !== OPEN) return;
+    this.#sending = true;
+    try {
+      this.#send();
+    } finally {
+      this.#sending = false;
     }
-    // Paced by the client: the next page once the stream has room.
-    if (!(client.controller.desiredSize! > 0)) return;
-    this.#fetch();
+    if (
+      this.#index === this.#page.length && !this.#busy && !this.#done &&
+      this.#phase !== WAIT && hasRoom(client)
+    ) {
+      this.#fetch();
+    }
   }
 
   #fetch(): void {
@@ -208,50 +282,68 @@ export class Resume<C> {
     host.history(this.position).then((page) => {
       this.#busy = false;
       if (this.#done || client.state === CLOSED) return;
-      if (page === null) host.end(client);
-      else this.#send(page);
+      if (page === null) {
+        host.end(client);
+      } else if (page.length === 0) {
+        this.#atEnd();
+      } else {
+        this.#page = page;
+        this.#index = 0;
+        this.#pump();
+      }
     }, (error) => {
       this.#busy = false;
       if (!this.#done && client.state !== CLOSED) host.end(client, error);
     });
   }
 
-  #send(page: SSEBrokerEntry[]): void {
-    this.#sending = true;
-    this.#process(page);
-    this.#sending = false;
-    this.#pump();
-  }
-
-  /** Sends a page; joins the shared fan-out where they meet. */
-  #process(page: SSEBrokerEntry[]): void {
+  /**
+   * Sends the page's next entries, a run of frames at a time, while the
+   * client's stream has room; joins the shared fan-out where they meet.
+   */
+  #send(): void {
     const host = this.#host;
     const client = this.#client;
     const shared = host.shared;
-    if (page.length === 0) {
-      this.#atEnd();
-      return;
-    }
-    for (const entry of page) {
-      if (this.#done || client.state === CLOSED) return;
+    const page = this.#page;
+    const run: Uint8Array[] = [];
+    let bytes = 0;
+    let first = "";
+    const flush = () => {
+      if (run.length === 0) return;
+      host.write(client, run, first, this.position);
+      run.length = 0;
+      bytes = 0;
+    };
+    while (this.#index < page.length) {
+      if (run.length === 0 && !hasRoom(client)) return;
+      const entry = page[this.#index++]!;
       const { id } = entry;
-      host.offer(client, entry);
-      this.position = id;
-      this.#seen.add(id);
+      const frame = host.frame(client, entry);
       if (this.#done || client.state === CLOSED) return;
+      if (frame !== undefined) {
+        if (run.length === 0) first = id;
+        run.push(frame);
+        bytes += frame.byteLength;
+      }
+      this.position = id;
       if (this.#phase === MERGE) {
         if (id === this.#until) {
+          flush();
           this.#merge();
           return;
         }
       } else if (id === shared.last) {
+        flush();
         host.handOver(client);
         return;
       } else if (shared.has(id)) {
         this.#phase = MERGE;
         this.#until = shared.last!;
       }
+      if (bytes >= RUN_BYTES) flush();
     }
+    flush();
   }
 
   /** History had nothing after the client's position. */
@@ -262,13 +354,16 @@ export class Resume<C> {
       host.handOver(this.#client);
     } else if (shared.count !== this.#countAtFetch) {
       // The shared subscription moved while history was read: read again.
-      this.#fetch();
+      if (!this.#busy) this.#fetch();
     } else if (this.#phase === MERGE) {
       // `until` was delivered, so it is stored after the client's position;
       // a history without it lost entries: start again from a reconnect.
       host.end(this.#client);
     } else {
       this.#phase = WAIT;
+      // A shared entry the client got from its last page means the shared
+      // subscription still lags behind it.
+      this.#seen = new Set(this.#page.map((entry) => entry.id));
     }
   }
 

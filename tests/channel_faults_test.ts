@@ -5,14 +5,8 @@
 // Deno.serve and real sockets.
 import assert from "node:assert/strict";
 import FakeTimers from "@sinonjs/fake-timers";
-import { SSEChannel } from "../server.ts";
-import {
-  Client,
-  Counter,
-  RawClient,
-  serve,
-  test,
-} from "./_channel.ts";
+import { MemoryBroker, type SSEBrokerEntry, SSEChannel } from "../server.ts";
+import { Client, Counter, RawClient, serve, test } from "./_channel.ts";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -199,5 +193,223 @@ test("SSEChannel judges a client on whether it drains within drainTimeout, not o
     await channel.close();
     await server.shutdown();
     clock.uninstall();
+  }
+});
+
+/**
+ * A MemoryBroker that counts `history` calls, and hands out fresh entry
+ * objects from it, as a broker that reads them from a store does, whose
+ * message counts how often its `data` is read (encoding reads it once).
+ */
+class StoreBroker extends MemoryBroker {
+  historyCalls = 0;
+  dataReads = 0;
+
+  override async history(
+    name: string,
+    options: { after: string; limit: number },
+  ): Promise<SSEBrokerEntry[] | null> {
+    this.historyCalls++;
+    const page = await super.history(name, options);
+    return page?.map(({ id, topic, message }) => {
+      const copy = { ...message };
+      const data = copy.data;
+      Object.defineProperty(copy, "data", {
+        enumerable: true,
+        get: () => {
+          this.dataReads++;
+          return data;
+        },
+      });
+      return { id, topic, message: copy };
+    }) ?? null;
+  }
+}
+
+/** Publishes `count` numbered messages of `size` bytes; their ids. */
+async function publishNumbered(
+  channel: { publish(message: { data: string }): Promise<string> },
+  from: number,
+  count: number,
+  size: number,
+): Promise<string[]> {
+  const ids: string[] = [];
+  for (let i = from; i < from + count; i++) {
+    ids.push(await channel.publish(numbered(i, size)));
+  }
+  return ids;
+}
+
+function numbers(data: string[]): number[] {
+  return data.map((item) => Number(item.slice(0, 8)));
+}
+
+function run(from: number, count: number): number[] {
+  return Array.from({ length: count }, (_, i) => from + i);
+}
+
+test("SSEChannel catches up a resume bigger than maxQueue: 600 missed messages of 4 KiB", async () => {
+  const seen: [string, boolean][] = [];
+  const channel = new SSEChannel({
+    init: (_context, lastEventId, { resumed }) => {
+      seen.push([lastEventId, resumed]);
+    },
+  });
+  const server = serveChannel(channel);
+  let client: Client | undefined;
+  try {
+    const [start] = await publishNumbered(channel, 0, 1, 4 * KiB);
+    await publishNumbered(channel, 1, 600, 4 * KiB);
+    // Reconnects as EventSource does: with the last id it got.
+    const response = await fetch(server.url, {
+      headers: { "last-event-id": start! },
+    });
+    assert.equal(
+      response.status,
+      200,
+      `status ${response.status}: ${
+        response.status === 200 ? "" : await response.text()
+      }`,
+    );
+    client = new Client(response);
+    await client.take(600);
+    await publishNumbered(channel, 601, 1, 4 * KiB);
+    await client.take(601);
+    assert.deepEqual(numbers(client.data), run(1, 601));
+    assert.deepEqual(seen, [[start, true]]);
+  } finally {
+    await client?.close();
+    await channel.close();
+    await server.shutdown();
+  }
+});
+
+test("SSEChannel pages a resume as the client reads: a paused client costs a page, not the whole replay", async () => {
+  const broker = new StoreBroker();
+  const reasons: string[] = [];
+  const channel = new SSEChannel({
+    broker,
+    keepAlive: 0,
+    onDisconnect: (_context, { reason }) => reasons.push(reason),
+  });
+  const server = serveChannel(channel);
+  let paused: RawClient | undefined;
+  try {
+    // 1000 messages of 32 KiB: 32 MiB, far more than the socket buffers.
+    const [start] = await publishNumbered(channel, 0, 1, 32 * KiB);
+    await publishNumbered(channel, 1, 999, 32 * KiB);
+    paused = await RawClient.open(server.url, { "last-event-id": start! });
+    await server.connected.reach(1, "the paused client to connect");
+    // Let the socket buffers fill: the history calls stop at some page.
+    let calls = -1;
+    while (calls !== broker.historyCalls) {
+      calls = broker.historyCalls;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    assert.ok(calls < 6, `${calls} pages of 100 read for a paused client`);
+    // It reads: the rest follows, page by page, then live messages.
+    const last = String(999).padStart(8, "0");
+    assert.equal(
+      await paused.readUntil(
+        () => paused!.text.includes(`data: ${last}`),
+        "the paused client to catch up",
+      ),
+      true,
+    );
+    assert.ok(broker.historyCalls >= 10);
+    await publishNumbered(channel, 1000, 1, 32 * KiB);
+    const live = String(1000).padStart(8, "0");
+    assert.equal(
+      await paused.readUntil(
+        () => paused!.text.includes(`data: ${live}`),
+        "the live message",
+      ),
+      true,
+    );
+    const received = [...paused.text.matchAll(/data: (\d{8})/g)].map((
+      match,
+    ) => Number(match[1]));
+    assert.deepEqual(received, run(1, 1000));
+    assert.deepEqual(reasons, []);
+  } finally {
+    paused?.close();
+    await channel.close();
+    await server.shutdown();
+    await broker.close();
+  }
+});
+
+test("SSEChannel encodes a replayed entry once for every client that resumes past it", async () => {
+  const broker = new StoreBroker();
+  const channel = new SSEChannel({ broker, keepAlive: 0 });
+  const server = serveChannel(channel);
+  const clients: Client[] = [];
+  try {
+    const [start] = await publishNumbered(channel, 0, 1, 200);
+    await publishNumbered(channel, 1, 50, 200);
+    for (let i = 0; i < 10; i++) {
+      clients.push(await Client.open(server.url, { "last-event-id": start! }));
+    }
+    for (const client of clients) {
+      await client.take(50);
+      assert.deepEqual(numbers(client.data), run(1, 50));
+    }
+    // 10 clients x 50 entries, each encoded once: 50 reads of data, not 500.
+    assert.equal(broker.dataReads, 50);
+  } finally {
+    await Promise.all(clients.map((client) => client.close()));
+    await channel.close();
+    await server.shutdown();
+    await broker.close();
+  }
+});
+
+test("SSEChannel ends a resuming client whose position leaves the replay window mid-resume, never skipping, and its reconnect gets resumed: false", async () => {
+  const inits: [string, boolean][] = [];
+  const reasons: string[] = [];
+  const channel = new SSEChannel({
+    keepAlive: 0,
+    replay: 1000,
+    init(_context, lastEventId, { resumed }) {
+      inits.push([lastEventId, resumed]);
+      return resumed ? [] : [{ event: "snapshot", data: "state" }];
+    },
+    onDisconnect: (_context, { reason }) => reasons.push(reason),
+  });
+  const server = serveChannel(channel);
+  let paused: RawClient | undefined;
+  let again: Client | undefined;
+  try {
+    const [start] = await publishNumbered(channel, 0, 1, 16 * KiB);
+    await publishNumbered(channel, 1, 999, 16 * KiB);
+    paused = await RawClient.open(server.url, { "last-event-id": start! });
+    await server.connected.reach(1, "the paused client to connect");
+    // While it does not read, 1000 more push everything it still needs out
+    // of the window.
+    await publishNumbered(channel, 1000, 1000, 16 * KiB);
+    assert.equal(
+      await paused.readUntil(() => paused!.ended, "the end of its stream"),
+      true,
+    );
+    const frames = [...paused.text.matchAll(/id: (\S+)\ndata: (\d{8})/g)];
+    const received = frames.map((match) => Number(match[2]));
+    // A run without a gap from the first missed message, cut short.
+    assert.ok(received.length > 0 && received.length < 999);
+    assert.deepEqual(received, run(1, received.length));
+    assert.deepEqual(reasons, ["replay-lost"]);
+    // Its reconnect is told it did not resume, so it gets a snapshot.
+    const lastId = frames.at(-1)![1]!;
+    again = await Client.open(server.url, { "last-event-id": lastId });
+    await publishNumbered(channel, 2000, 1, 100);
+    assert.deepEqual((await again.take(2)).map((event) => event.type), [
+      "snapshot",
+      "message",
+    ]);
+    assert.deepEqual(inits, [[start, true], [lastId, false]]);
+  } finally {
+    paused?.close();
+    await again?.close();
+    await channel.close();
+    await server.shutdown();
   }
 });

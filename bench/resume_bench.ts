@@ -1,0 +1,305 @@
+// Copyright the sse authors. MIT license.
+// Resume herd: N clients reconnect at once, each with a Last-Event-ID that
+// misses K events of B bytes, as after a deploy or a network blip.
+//
+//   deno run -A bench/resume_bench.ts [--clients 1000] [--missed 500]
+//     [--size 200] [--module ./server.ts] [--only resume|live]
+//
+// Compares, in one run, on this machine, for SSEChannel from `--module`
+// (default: this checkout's server.ts) with a MemoryBroker:
+//   - resume: the K events are published first, then the N clients connect
+//     with the id of the event before them and catch up from the history;
+//   - live: the N clients connect first, then the same K events are
+//     published and fanned out as they come: the same bytes to the same
+//     clients, the floor a resume can hope for.
+// For each: the server's peak RSS (VmHWM, in its own process, against its
+// RSS before the clients connect) and the time from the first connection to
+// the moment every client has every event. The ratio resume / live shows
+// what catching up costs over live delivery. `--module` points at another
+// copy of the library to measure it the same way (an older commit, say).
+//
+// The server and the clients run in processes of their own (the clients:
+// raw TCP, counting frames by their blank line).
+
+import { Child, live } from "./fanout/_child.ts";
+
+const SELF = new URL(import.meta.url).pathname;
+const MiB = 1024 * 1024;
+
+function parseArgs(args: string[]): Map<string, string> {
+  const map = new Map<string, string>();
+  for (let i = 0; i < args.length; i++) {
+    const name = args[i]!;
+    if (!name.startsWith("--")) {
+      throw new TypeError(`Invalid argument: ${name}`);
+    }
+    const value = args[i + 1];
+    if (value === undefined || value.startsWith("--")) {
+      map.set(name.slice(2), "");
+    } else {
+      map.set(name.slice(2), value);
+      i++;
+    }
+  }
+  return map;
+}
+
+function count(args: Map<string, string>, name: string, fallback: number) {
+  const raw = args.get(name);
+  if (raw === undefined) return fallback;
+  const value = Number(raw);
+  if (!Number.isSafeInteger(value) || value < 1) {
+    throw new RangeError(
+      `Invalid --${name}: expected a positive integer, got ${raw}`,
+    );
+  }
+  return value;
+}
+
+function print(value: Record<string, unknown>): void {
+  console.log(JSON.stringify(value));
+}
+
+/** Resident set size and its peak so far, from /proc (bytes). */
+async function memory(): Promise<{ rss: number; peak: number }> {
+  const status = await Deno.readTextFile("/proc/self/status");
+  const field = (name: string) =>
+    Number(status.match(new RegExp(`^${name}:\\s+(\\d+) kB`, "m"))?.[1]) *
+    1024;
+  return { rss: field("VmRSS"), peak: field("VmHWM") };
+}
+
+/**
+ * The server: a channel on 127.0.0.1, port 0. In resume mode it publishes
+ * the events before announcing itself; in live mode when told "publish".
+ */
+async function server(args: Map<string, string>): Promise<void> {
+  const module = new URL(args.get("module")!, `file://${Deno.cwd()}/`).href;
+  const { SSEChannel } = await import(module);
+  const missed = count(args, "missed", 500);
+  const size = count(args, "size", 200);
+  const mode = args.get("mode");
+  const clients = count(args, "clients", 1000);
+  const channel = new SSEChannel({
+    keepAlive: 0,
+    replay: Math.max(1000, missed),
+  });
+  const http = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    (request) => channel.connect(request),
+  );
+  const filler = "x".repeat(size - 8);
+  const publish = async () => {
+    for (let i = 0; i < missed; i++) {
+      await channel.publish({ data: String(i).padStart(8, "0") + filler });
+    }
+  };
+  const start = await channel.publish({ data: "start" });
+  if (mode === "resume") await publish();
+  (globalThis as { gc?: () => void }).gc?.();
+  const before = await memory();
+  print({ type: "ready", port: http.addr.port, start, rss: before.rss });
+  const lines = Deno.stdin.readable.pipeThrough(new TextDecoderStream());
+  let pending = "";
+  for await (const text of lines) {
+    pending += text;
+    let newline: number;
+    while ((newline = pending.indexOf("\n")) !== -1) {
+      const line = pending.slice(0, newline);
+      pending = pending.slice(newline + 1);
+      if (line === "publish") {
+        // Every client is subscribed first, so that each gets every event.
+        while (channel.size < clients) {
+          await new Promise((resolve) => setTimeout(resolve, 10));
+        }
+        await publish();
+        print({ type: "published" });
+      } else if (line === "memory") {
+        print({ type: "memory", ...await memory() });
+      }
+    }
+  }
+  await channel.close();
+  await http.shutdown();
+}
+
+/**
+ * The clients: N raw TCP connections, each sending a GET and counting events
+ * until it has K. A frame ends with a blank line (LF LF); the runtime writes
+ * each chunk the channel enqueues (whole frames) as one HTTP chunk, so the
+ * chunked framing (CR LF, size, CR LF) never splits that pair.
+ */
+async function clients(args: Map<string, string>): Promise<void> {
+  const port = count(args, "port", 1);
+  const n = count(args, "clients", 1000);
+  const missed = count(args, "missed", 500);
+  const start = args.get("start") ?? "";
+  const request = new TextEncoder().encode(
+    `GET / HTTP/1.1\r\nhost: 127.0.0.1\r\n` +
+      (start === "" ? "" : `last-event-id: ${start}\r\n`) + "\r\n",
+  );
+  const began = performance.now();
+  const connections: Deno.TcpConn[] = [];
+  const read = async (conn: Deno.TcpConn) => {
+    const buffer = new Uint8Array(64 * 1024);
+    let events = 0;
+    let previous = 0;
+    while (events < missed) {
+      const n = await conn.read(buffer);
+      if (n === null) {
+        throw new Error(`connection ended after ${events} events`);
+      }
+      for (let i = 0; i < n; i++) {
+        const byte = buffer[i]!;
+        if (byte === 10 && previous === 10) events++;
+        previous = byte;
+      }
+    }
+  };
+  // In batches, so that the listen backlog never overflows.
+  for (let i = 0; i < n; i += 100) {
+    const batch = await Promise.all(
+      Array.from({ length: Math.min(100, n - i) }, async () => {
+        const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+        await conn.write(request);
+        return conn;
+      }),
+    );
+    connections.push(...batch);
+  }
+  print({ type: "connected", ms: performance.now() - began });
+  if (start === "") {
+    // Live: the events are published now.
+    const lines = Deno.stdin.readable.pipeThrough(new TextDecoderStream());
+    print({ type: "waiting" });
+    for await (const _ of lines) break;
+  }
+  await Promise.all(connections.map(read));
+  print({ type: "caught-up", ms: performance.now() - began });
+  for (const conn of connections) conn.close();
+}
+
+interface Result {
+  mode: string;
+  baseline: number;
+  peak: number;
+  ms: number;
+}
+
+async function run(
+  mode: "resume" | "live",
+  args: Map<string, string>,
+): Promise<Result> {
+  const module = args.get("module") ??
+    new URL("../server.ts", import.meta.url).pathname;
+  const common = [
+    "--clients",
+    String(count(args, "clients", 1000)),
+    "--missed",
+    String(count(args, "missed", 500)),
+    "--size",
+    String(count(args, "size", 200)),
+  ];
+  const serverChild = new Child(`${mode} server`, [
+    Deno.execPath(),
+    "run",
+    "-A",
+    "--v8-flags=--expose-gc",
+    SELF,
+    "--role",
+    "server",
+    "--mode",
+    mode,
+    "--module",
+    module,
+    ...common,
+  ]);
+  let clientChild: Child | undefined;
+  try {
+    const ready = await serverChild.message("ready", 60_000);
+    clientChild = new Child(`${mode} clients`, [
+      Deno.execPath(),
+      "run",
+      "-A",
+      SELF,
+      "--role",
+      "clients",
+      "--port",
+      String(ready.port),
+      ...(mode === "resume" ? ["--start", String(ready.start)] : []),
+      ...common,
+    ]);
+    if (mode === "live") {
+      await clientChild.message("waiting", 120_000);
+      await clientChild.send("go");
+      await serverChild.send("publish");
+    }
+    const caughtUp = await clientChild.message("caught-up", 300_000);
+    await serverChild.send("memory");
+    const { peak } = await serverChild.message("memory", 10_000);
+    return {
+      mode,
+      baseline: ready.rss as number,
+      peak: peak as number,
+      ms: caughtUp.ms as number,
+    };
+  } finally {
+    await clientChild?.stop(5000);
+    await serverChild.stop(5000);
+  }
+}
+
+async function main(): Promise<void> {
+  const args = parseArgs(Deno.args);
+  const role = args.get("role");
+  if (role === "server") return await server(args);
+  if (role === "clients") return await clients(args);
+  Deno.addSignalListener("SIGINT", () => {
+    for (const child of live) child.stop(0);
+    Deno.exit(130);
+  });
+  const n = count(args, "clients", 1000);
+  const missed = count(args, "missed", 500);
+  const size = count(args, "size", 200);
+  console.log(
+    `Resume herd: ${n} clients x ${missed} events of ${size} B` +
+      ` (${((n * missed * size) / MiB).toFixed(0)} MiB to deliver), ` +
+      `load ${
+        (await Deno.readTextFile("/proc/loadavg")).split(" ").slice(0, 3).join(
+          " ",
+        )
+      }`,
+  );
+  const results: Result[] = [];
+  const only = args.get("only");
+  for (const mode of ["resume", "live"] as const) {
+    if (only === undefined || only === mode) {
+      results.push(await run(mode, args));
+    }
+  }
+  const mib = (bytes: number) => (bytes / MiB).toFixed(0).padStart(6);
+  console.log(
+    "| mode   | RSS before (MiB) | peak RSS (MiB) | growth (MiB) | all caught up (ms) |",
+  );
+  console.log(
+    "| ------ | ---------------: | -------------: | -----------: | -----------------: |",
+  );
+  for (const result of results) {
+    console.log(
+      `| ${result.mode.padEnd(6)} | ${mib(result.baseline)}           | ${
+        mib(result.peak)
+      }         | ${mib(result.peak - result.baseline)}       | ${
+        result.ms.toFixed(0).padStart(8)
+      }           |`,
+    );
+  }
+  const [resume, live_] = results;
+  if (results.length === 2) {
+    console.log(
+      `resume / live: peak RSS ${(resume!.peak / live_!.peak).toFixed(2)}x, ` +
+        `time ${(resume!.ms / live_!.ms).toFixed(2)}x`,
+    );
+  }
+}
+
+await main();
