@@ -341,7 +341,10 @@ interface Subscriber {
  * keep their streams in it; the ids are theirs. Each entry gets a position
  * in the stream (1, 2, 3, … in the order entries are added); an id is a
  * resume point of the stream when it is kept, or is the newest one dropped
- * (nothing after it is missing). Internal: not exported from `server.ts`.
+ * (nothing after it is missing). An entry added while another is being
+ * delivered (a subscriber that publishes) is delivered right after it, so
+ * every subscriber sees the entries in order. Internal: not exported from
+ * `server.ts`.
  */
 export class LocalStream {
   readonly name: string;
@@ -354,6 +357,9 @@ export class LocalStream {
   #positions = new Map<string, number>();
   #droppedId: string | undefined;
   #subscribers = new Set<Subscriber>();
+  /** Entries added during a delivery, with their positions, in order. */
+  #queue: (SSEBrokerEntry | number)[] = [];
+  #delivering = false;
   #report: (error: Error) => void;
 
   /**
@@ -384,9 +390,29 @@ export class LocalStream {
     const position = this.#newest;
     this.#positions.set(entry.id, position);
     this.#trim(replay);
+    // Added from inside a delivery (a subscriber that publishes): delivered
+    // once the current entry has reached every subscriber, so that every
+    // subscriber sees ids in order.
+    if (this.#delivering) {
+      this.#queue.push(entry, position);
+      return;
+    }
+    this.#delivering = true;
+    try {
+      this.#deliver(entry, position);
+      const queue = this.#queue;
+      for (let i = 0; i < queue.length; i += 2) {
+        this.#deliver(queue[i] as SSEBrokerEntry, queue[i + 1] as number);
+      }
+    } finally {
+      this.#queue = [];
+      this.#delivering = false;
+    }
+  }
+
+  #deliver(entry: SSEBrokerEntry, position: number): void {
     for (const subscriber of this.#subscribers) {
-      // A subscriber added while this loop runs did not exist when the entry
-      // was published.
+      // A subscriber added after the entry was published does not get it.
       if (subscriber.after >= position) continue;
       try {
         subscriber.onEntry(entry);

@@ -328,6 +328,9 @@ export class SSEChannel<C = undefined> {
   #shared: Promise<SSEBrokerSubscription> | undefined;
   /** The ids the shared subscription delivered last. */
   #sharedIds = new IdWindow(RECENT);
+  /** An entry is being fanned out; those that arrive meanwhile wait. */
+  #delivering = false;
+  #waiting: SSEBrokerEntry[] = [];
   /** Encoded frames (without the id line) of messages published here. */
   #bodies = new WeakMap<SSEMessage, string>();
   /** Encoded frames of entries replayed from history, shared by resumes. */
@@ -649,8 +652,30 @@ export class SSEChannel<C = undefined> {
     return new Resume(this.#host, client, lastEventId, page, count);
   }
 
-  /** Fan-out of one entry from the shared subscription. */
+  /**
+   * Fan-out of the entries from the shared subscription, one at a time: an
+   * entry that arrives while another is being fanned out (a hook published,
+   * and the broker delivered at once) waits until that one has reached every
+   * client, so that every client sees the entries in order.
+   */
   #deliver(entry: SSEBrokerEntry): void {
+    if (this.#delivering) {
+      this.#waiting.push(entry);
+      return;
+    }
+    this.#delivering = true;
+    try {
+      this.#fanOut(entry);
+      const waiting = this.#waiting;
+      for (let i = 0; i < waiting.length; i++) this.#fanOut(waiting[i]!);
+    } finally {
+      this.#waiting = [];
+      this.#delivering = false;
+    }
+  }
+
+  /** Fan-out of one entry from the shared subscription. */
+  #fanOut(entry: SSEBrokerEntry): void {
     const bytes = this.#encodeEntry(entry);
     let message: SSEMessage | undefined;
     if (bytes !== undefined) {

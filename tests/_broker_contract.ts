@@ -426,6 +426,32 @@ export function testBrokerContract(options: BrokerContractOptions): void {
     outerSubscription.unsubscribe();
   });
 
+  test("keeps id order for every subscriber when a subscriber publishes from inside onEntry", async ({ broker, peer }) => {
+    const first = new Collector();
+    const second = new Collector();
+    const third = new Collector();
+    const published: Promise<string>[] = [];
+    const reacting = await broker.subscribe("s", (entry) => {
+      first.onEntry(entry);
+      // A hook reacts to "a" by publishing, while "a" is being delivered.
+      if (entry.message.data === "a") {
+        published.push(broker.publish("s", message("b"), KEEP));
+      }
+    });
+    const others = [
+      await broker.subscribe("s", second.onEntry),
+      await broker.subscribe("s", third.onEntry),
+    ];
+    const [a] = await publishAll(peer, "s", ["a"]);
+    await Promise.all([first.until(2), second.until(2), third.until(2)]);
+    const b = await published[0]!;
+    for (const collector of [first, second, third]) {
+      assert.deepEqual(collector.ids, [a, b]);
+    }
+    reacting.unsubscribe();
+    for (const subscription of others) subscription.unsubscribe();
+  });
+
   test("stops delivering at unsubscribe, which is idempotent", async ({ broker, peer }) => {
     const leaving = new Collector();
     const staying = new Collector();

@@ -5,7 +5,14 @@
 // Deno.serve and real sockets.
 import assert from "node:assert/strict";
 import FakeTimers from "@sinonjs/fake-timers";
-import { MemoryBroker, type SSEBrokerEntry, SSEChannel } from "../server.ts";
+import {
+  MemoryBroker,
+  type SSEBroker,
+  type SSEBrokerEntry,
+  type SSEBrokerSubscription,
+  SSEChannel,
+  type SSEMessage,
+} from "../server.ts";
 import { Client, Counter, RawClient, serve, test } from "./_channel.ts";
 
 const KiB = 1024;
@@ -413,3 +420,108 @@ test("SSEChannel ends a resuming client whose position leaves the replay window 
     await server.shutdown();
   }
 });
+
+/**
+ * An in-process broker written the naive way: `publish` delivers to every
+ * subscriber at once, even from inside a delivery, so a subscriber that
+ * publishes makes the others see the new entry first. The channel must keep
+ * order over it too.
+ */
+class NaiveBroker implements SSEBroker {
+  #entries: SSEBrokerEntry[] = [];
+  #subscribers = new Set<(entry: SSEBrokerEntry) => void>();
+
+  publish(
+    _name: string,
+    entry: { topic: string; message: SSEMessage },
+  ): Promise<string> {
+    const stored = { id: `n-${this.#entries.length + 1}`, ...entry };
+    this.#entries.push(stored);
+    for (const onEntry of this.#subscribers) onEntry(stored);
+    return Promise.resolve(stored.id);
+  }
+
+  subscribe(
+    _name: string,
+    onEntry: (entry: SSEBrokerEntry) => void,
+  ): Promise<SSEBrokerSubscription> {
+    const deliver = (entry: SSEBrokerEntry) => onEntry(entry);
+    this.#subscribers.add(deliver);
+    return Promise.resolve({
+      unsubscribe: () => this.#subscribers.delete(deliver),
+    });
+  }
+
+  history(
+    _name: string,
+    { after, limit }: { after: string; limit: number },
+  ): Promise<SSEBrokerEntry[] | null> {
+    const index = this.#entries.findIndex((entry) => entry.id === after);
+    return Promise.resolve(
+      index < 0 ? null : this.#entries.slice(index + 1, index + 1 + limit),
+    );
+  }
+
+  close(): Promise<void> {
+    this.#subscribers.clear();
+    return Promise.resolve();
+  }
+}
+
+for (
+  const [kind, makeBroker] of [
+    ["MemoryBroker", () => new MemoryBroker()],
+    ["a broker that delivers from inside a delivery", () => new NaiveBroker()],
+  ] as const
+) {
+  test(`SSEChannel keeps publish order for every client when a hook publishes during a fan-out, on ${kind}`, async () => {
+    // filter throws for one client, which ends it; onDisconnect publishes a
+    // "left" message, and a filter publishes a "seen" one: both from inside
+    // the fan-out of "x".
+    let seen = false;
+    const broker: SSEBroker = makeBroker();
+    const channel: SSEChannel<string> = new SSEChannel<string>({
+      broker,
+      keepAlive: 0,
+      onConnect: (request) => request.headers.get("x-user") ?? "",
+      filter(user, message) {
+        if (user === "buggy" && message.data === "x") throw new Error("bug");
+        if (user === "watcher" && message.data === "x" && !seen) {
+          seen = true;
+          channel.publish({ data: "seen" }).catch(() => {});
+        }
+        return true;
+      },
+      onDisconnect(user) {
+        // Rejected once the channel is closed: only the drop matters here.
+        channel.publish({ data: `${user} left` }).catch(() => {});
+      },
+      onError() {},
+    });
+    const server = serveChannel(channel);
+    const clients: Client[] = [];
+    try {
+      for (const user of ["first", "buggy", "watcher", "last"]) {
+        clients.push(await Client.open(server.url, { "x-user": user }));
+      }
+      const x = await channel.publish({ data: "x" });
+      const order = ["x", "buggy left", "seen"];
+      for (const [i, client] of clients.entries()) {
+        if (i === 1) continue;
+        await client.take(3);
+        assert.deepEqual(client.data, order, `client ${i}`);
+        assert.equal(client.events[0]!.id, x);
+      }
+      // Every client saw the same ids, in the order publish assigned them.
+      const ids = clients[0]!.events.map((event) => event.id);
+      for (const client of [clients[2]!, clients[3]!]) {
+        assert.deepEqual(client.events.map((event) => event.id), ids);
+      }
+    } finally {
+      await Promise.all(clients.map((client) => client.close()));
+      await channel.close();
+      await server.shutdown();
+      await broker.close();
+    }
+  });
+}
