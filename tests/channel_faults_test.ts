@@ -525,3 +525,64 @@ for (
     }
   });
 }
+
+test("SSEChannel does not resume from another stream's id, a future id or a malformed one", async () => {
+  const broker = new MemoryBroker();
+  const inits: [string, boolean][] = [];
+  const a = new SSEChannel({
+    broker,
+    name: "a",
+    keepAlive: 0,
+    init(_context, lastEventId, { resumed }) {
+      inits.push([lastEventId, resumed]);
+      return resumed ? [] : [{ event: "snapshot", data: "a's state" }];
+    },
+  });
+  const b = new SSEChannel({ broker, name: "b", keepAlive: 0 });
+  const server = serveChannel(a);
+  const clients: Client[] = [];
+  try {
+    const [b1] = await publishNumbered(b, 0, 1, 100);
+    const [a1] = await publishNumbered(a, 1, 1, 100);
+    await publishNumbered(b, 2, 1, 100);
+    await publishNumbered(a, 3, 1, 100);
+    // Issued later, by stream b: from the future for stream a.
+    const [future] = await publishNumbered(b, 4, 1, 100);
+    const foreign = [
+      b1!, // b's first event, older than a's second one
+      future!,
+      `${a1}0`,
+      a1!.replace(/-\d+$/, "-999"),
+      "garbage",
+      "é",
+    ];
+    for (const lastEventId of foreign) {
+      clients.push(
+        await Client.open(server.url, {
+          "last-event-id": String.fromCharCode(
+            ...new TextEncoder().encode(lastEventId),
+          ),
+        }),
+      );
+    }
+    const [live] = await publishNumbered(a, 5, 1, 100);
+    for (const client of clients) {
+      await client.until(
+        () => client.events.at(-1)?.id === live,
+        "the live event",
+      );
+      // The snapshot, then live events: nothing replayed from the wrong place.
+      assert.deepEqual(client.events.map((event) => event.type), [
+        "snapshot",
+        "message",
+      ]);
+    }
+    assert.deepEqual(inits, foreign.map((id) => [id, false]));
+  } finally {
+    await Promise.all(clients.map((client) => client.close()));
+    await a.close();
+    await b.close();
+    await server.shutdown();
+    await broker.close();
+  }
+});
