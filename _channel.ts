@@ -205,10 +205,11 @@ export interface SSEChannelOptions<C = undefined> {
   onDisconnect?: (context: C, info: { reason: SSEDisconnectReason }) => void;
   /**
    * Called with each error the channel catches and carries on after: an
-   * entry from the broker that cannot be framed (skipped; the error names
-   * the entry id and the reason), or a hook that threw (`onDisconnect`).
-   * Must not throw. Errors never go to `reportError`, which ends a Deno
-   * process.
+   * entry from the broker that the encoder refuses (skipped, live and on
+   * resume, and reported once; the error names the entry id, its `cause` is
+   * the encoder's error), a hook that threw (`filter`, `onDisconnect`), or a
+   * broker's `history` that failed for a resuming client. Must not throw.
+   * Errors never go to `reportError`, which ends a Deno process.
    *
    * @default {(error) => console.error("SSEChannel: " + error.message)} (one line, no stack trace)
    */
@@ -677,6 +678,10 @@ export class SSEChannel<C = undefined> {
   /** Fan-out of one entry from the shared subscription. */
   #fanOut(entry: SSEBrokerEntry): void {
     const bytes = this.#encodeEntry(entry);
+    // Reported once: a resume past it skips it without a word.
+    if (bytes === undefined && typeof entry.id === "string") {
+      this.#frames.set(entry.id, null);
+    }
     let message: SSEMessage | undefined;
     if (bytes !== undefined) {
       const topicSet = this.#byTopic.get(entry.topic);

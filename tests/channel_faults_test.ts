@@ -586,3 +586,138 @@ test("SSEChannel does not resume from another stream's id, a future id or a malf
     await broker.close();
   }
 });
+
+test("SSEChannel skips an entry the encoder refuses, live and on resume, reports it once with its id, and carries on", async () => {
+  const broker = new MemoryBroker();
+  const reported: Error[] = [];
+  const channel = new SSEChannel({
+    broker,
+    keepAlive: 0,
+    onError: (error) => reported.push(error),
+  });
+  const server = serveChannel(channel);
+  const clients: Client[] = [];
+  try {
+    const live = await Client.open(server.url);
+    clients.push(live);
+    const [first] = await publishNumbered(channel, 0, 1, 100);
+    // Entries another process (an older version, a bug) stored in the
+    // broker, which the encoder refuses.
+    const poison = [
+      { event: "a\nb", data: "x" },
+      { data: "x", retry: -5 },
+      {},
+    ];
+    const poisonIds: string[] = [];
+    for (const message of poison) {
+      poisonIds.push(
+        await broker.publish("default", { topic: "", message }, {
+          replay: 1000,
+        }),
+      );
+    }
+    const [last] = await publishNumbered(channel, 1, 1, 100);
+    await live.take(2);
+    assert.deepEqual(live.events.map((event) => event.id), [first, last]);
+    // Resuming from before them: skipped there too.
+    for (let i = 0; i < 3; i++) {
+      const resumed = await Client.open(server.url, {
+        "last-event-id": first!,
+      });
+      clients.push(resumed);
+      await resumed.take(1);
+    }
+    const [after] = await publishNumbered(channel, 2, 1, 100);
+    for (const client of clients.slice(1)) {
+      await client.take(2);
+      assert.deepEqual(client.events.map((event) => event.id), [last, after]);
+    }
+    await live.take(3);
+    // Each reported once, with its id and the encoder's reason.
+    assert.equal(reported.length, 3, reported.map(String).join("; "));
+    for (const [i, id] of poisonIds.entries()) {
+      const error = reported[i]!;
+      assert.ok(error.message.includes(JSON.stringify(id)), error.message);
+      assert.ok(error.cause instanceof Error);
+      assert.ok(error.message.endsWith((error.cause as Error).message));
+    }
+    assert.equal(channel.size, 4);
+
+    // A channel that never saw them live (another process, say): resuming
+    // clients skip them, and each is reported once, not once per client.
+    const freshReports: Error[] = [];
+    const fresh = new SSEChannel({
+      broker,
+      keepAlive: 0,
+      onError: (error) => freshReports.push(error),
+    });
+    const freshServer = serveChannel(fresh);
+    try {
+      for (let i = 0; i < 3; i++) {
+        const resumed = await Client.open(freshServer.url, {
+          "last-event-id": first!,
+        });
+        clients.push(resumed);
+        await resumed.take(2);
+        assert.deepEqual(resumed.events.map((event) => event.id), [
+          last,
+          after,
+        ]);
+      }
+      assert.equal(freshReports.length, 3);
+    } finally {
+      await fresh.close();
+      await freshServer.shutdown();
+    }
+  } finally {
+    await Promise.all(clients.map((client) => client.close()));
+    await channel.close();
+    await server.shutdown();
+    await broker.close();
+  }
+});
+
+test("SSEChannel reports on one line of stderr by default: a poison entry and a throwing hook, never a stack trace", async () => {
+  const printed: unknown[][] = [];
+  const error = console.error;
+  console.error = (...args: unknown[]) => printed.push(args);
+  const broker = new MemoryBroker();
+  const disconnected = new Counter();
+  const channel = new SSEChannel({
+    broker,
+    keepAlive: 0,
+    onDisconnect() {
+      disconnected.hit();
+      throw new Error("onDisconnect bug");
+    },
+  });
+  const server = serveChannel(channel);
+  let client: Client | undefined;
+  try {
+    client = await Client.open(server.url);
+    const id = await broker.publish("default", {
+      topic: "",
+      message: { data: "x", retry: -5 },
+    }, { replay: 10 });
+    await client.close();
+    await disconnected.reach(1, "the disconnect");
+    assert.equal(printed.length, 2);
+    for (const line of printed) {
+      assert.equal(line.length, 1);
+      assert.equal(typeof line[0], "string");
+      assert.match(line[0] as string, /^SSEChannel: /);
+      assert.doesNotMatch(line[0] as string, /\n/);
+    }
+    assert.ok((printed[0]![0] as string).includes(id));
+    assert.match(
+      printed[1]![0] as string,
+      /onDisconnect threw: onDisconnect bug/,
+    );
+  } finally {
+    console.error = error;
+    await client?.close();
+    await channel.close();
+    await server.shutdown();
+    await broker.close();
+  }
+});
