@@ -6,14 +6,19 @@
  *
  * ```sh
  * deno run --allow-net jsr:@sse/sse/cli https://example.com/events
- * deno run --allow-net jsr:@sse/sse/cli --json --count 10 -H "authorization: Bearer x" URL
+ * deno run --allow-net jsr:@sse/sse/cli --json --count=10 -H "authorization: Bearer x" URL
  * deno run --allow-net jsr:@sse/sse/cli -X POST -d '{"stream":true}' --until '[DONE]' URL
  * ```
  *
  * Each event is printed as `event: <type>`, `id: <id>` (when set) and its
  * `data` lines followed by a blank line, or, with `--json`, as one JSON object
- * per line. Exits 0 when the stream ends for good (204, `--count` reached,
- * `--until` seen), 1 on an error such as a 401, 2 on bad arguments.
+ * per line. Options are read by `node:util`'s `parseArgs`: `--count=3`, `-n3`
+ * and `--` work as usual.
+ *
+ * Exit status: 0 when the stream ends for good (204, `--count` reached,
+ * `--until` seen, a stream with a request body ended, or the reader of the
+ * output went away, as with `| head`), 1 on an error such as a 401, 2 on a bad
+ * argument (one line on stderr names it), 130 on Ctrl-C.
  *
  * @example Run it from code
  * ```ts ignore
@@ -25,8 +30,15 @@
  * @module
  */
 
+import { parseArgs as parseCommandLine } from "node:util";
 import { SSEClient, type SSEClientOptions } from "./client.ts";
 import type { SSEEvent } from "./parser.ts";
+
+export type { ResponseVerdict, SSEClientOptions } from "./client.ts";
+export type { SSEEvent } from "./parser.ts";
+
+// The package version, checked against deno.json by the tests.
+const VERSION = "0.1.0";
 
 const USAGE = `Usage: sse [options] <url>
 
@@ -34,8 +46,9 @@ Follows a Server-Sent Events stream and prints its events.
 
 Options:
   -H, --header "name: value"  request header (repeatable)
-  -X, --method METHOD         request method (default GET)
-  -d, --data BODY             request body, sent again on every attempt
+  -X, --method METHOD         request method (default GET, POST with -d)
+  -d, --data BODY             request body, sent once (see --resend)
+      --resend                with -d: reconnect, sending the body again
       --last-event-id ID      resume after this event ID
       --retry MS              initial reconnection delay (default 3000)
       --idle-timeout MS       reconnect after this long without any byte
@@ -45,6 +58,9 @@ Options:
   -t, --type TYPE             print only events of this type (repeatable)
       --json                  one JSON object per event: {"type","data","id"}
   -h, --help                  show this help
+  -V, --version               show the version
+
+Exit status: 0 done, 1 error, 2 bad argument, 130 interrupted.
 `;
 
 /** What {@linkcode parseArgs} understood from the command line. */
@@ -63,126 +79,197 @@ export interface CLIOptions {
   json: boolean;
 }
 
+const OPTIONS = {
+  header: { type: "string", short: "H", multiple: true },
+  method: { type: "string", short: "X" },
+  data: { type: "string", short: "d" },
+  resend: { type: "boolean" },
+  "last-event-id": { type: "string" },
+  retry: { type: "string" },
+  "idle-timeout": { type: "string" },
+  "max-retries": { type: "string" },
+  count: { type: "string", short: "n" },
+  until: { type: "string" },
+  type: { type: "string", short: "t", multiple: true },
+  json: { type: "boolean" },
+  help: { type: "boolean", short: "h" },
+  version: { type: "boolean", short: "V" },
+} as const;
+
 /**
- * Parses the command line of `sse`.
+ * Parses the command line of `sse`, with `node:util`'s `parseArgs`.
  *
  * @example Parse a command line
  * ```ts
  * import { parseArgs } from "@sse/sse/cli";
  * import assert from "node:assert/strict";
  *
- * const options = parseArgs(["-n", "3", "--json", "http://127.0.0.1:8000/events"]);
- * assert.ok(options !== "help");
+ * const options = parseArgs(["-n3", "--json", "http://127.0.0.1:8000/events"]);
+ * assert.ok(typeof options === "object");
  * assert.equal(options.count, 3);
  * assert.equal(options.json, true);
  * ```
  *
  * @param args The arguments, without the program name.
- * @returns The options, or `"help"` when help was asked for.
- * @throws {TypeError} On an unknown option, a missing value or a missing URL.
+ * @returns The options, or `"help"` or `"version"` when those were asked for.
+ * @throws {TypeError} On an unknown option, a missing or malformed value, a
+ * missing URL or one that is not http: or https:, or a second URL. Each
+ * message is one line that names the argument.
  */
-export function parseArgs(args: string[]): CLIOptions | "help" {
-  const headers = new Headers();
-  const client: SSEClientOptions = { headers };
-  const types: string[] = [];
-  let url: string | undefined;
-  let count: number | undefined;
-  let until: string | undefined;
-  let json = false;
-  for (let i = 0; i < args.length; i++) {
-    const arg = args[i]!;
-    const value = (): string => {
-      const next = args[++i];
-      if (next === undefined) {
-        throw new TypeError(`Missing value: ${arg} needs one`);
-      }
-      return next;
-    };
-    const number = (): number => {
-      const text = value();
-      const n = Number(text);
-      if (text.trim() === "" || !Number.isFinite(n) || n < 0) {
-        throw new TypeError(
-          `Invalid ${arg}: expected a non-negative number, got "${text}"`,
-        );
-      }
-      return n;
-    };
-    switch (arg) {
-      case "-h":
-      case "--help":
-        return "help";
-      case "-H":
-      case "--header": {
-        const header = value();
-        const colon = header.indexOf(":");
-        if (colon <= 0) {
-          throw new TypeError(
-            `Invalid header: expected "name: value", got "${header}"`,
-          );
-        }
-        headers.append(
-          header.slice(0, colon).trim(),
-          header.slice(colon + 1).trim(),
-        );
-        break;
-      }
-      case "-X":
-      case "--method":
-        client.method = value();
-        break;
-      case "-d":
-      case "--data":
-        client.body = value();
-        if (client.method === undefined) client.method = "POST";
-        break;
-      case "--last-event-id":
-        client.lastEventId = value();
-        break;
-      case "--retry":
-        client.retry = number();
-        break;
-      case "--idle-timeout":
-        client.idleTimeout = number();
-        break;
-      case "--max-retries":
-        client.maxRetries = number();
-        break;
-      case "-n":
-      case "--count":
-        count = number();
-        break;
-      case "--until":
-        until = value();
-        break;
-      case "-t":
-      case "--type":
-        types.push(value());
-        break;
-      case "--json":
-        json = true;
-        break;
-      default:
-        if (arg.startsWith("-")) throw new TypeError(`Unknown option: ${arg}`);
-        if (url !== undefined) {
-          throw new TypeError(
-            `Unexpected argument: ${arg} (the URL is ${url})`,
-          );
-        }
-        url = arg;
-    }
+export function parseArgs(args: string[]): CLIOptions | "help" | "version" {
+  let parsed;
+  try {
+    parsed = parseCommandLine({
+      args,
+      options: OPTIONS,
+      allowPositionals: true,
+      strict: true,
+    });
+  } catch (error) {
+    throw new TypeError(parseError(error));
   }
+  const { values, positionals } = parsed;
+  if (values.help) return "help";
+  if (values.version) return "version";
+
+  const [url, extra] = positionals;
   if (url === undefined) {
     throw new TypeError("Missing URL: sse [options] <url>");
   }
-  const options: CLIOptions = { url, client, types, json };
-  if (count !== undefined) options.count = count;
-  if (until !== undefined) options.until = until;
+  if (extra !== undefined) {
+    throw new TypeError(`Unexpected argument: ${extra} (the URL is ${url})`);
+  }
+  let parsedURL: URL;
+  try {
+    parsedURL = new URL(url);
+  } catch {
+    throw new TypeError(`Invalid URL: ${url}`);
+  }
+  if (parsedURL.protocol !== "http:" && parsedURL.protocol !== "https:") {
+    throw new TypeError(
+      `Invalid URL: expected http: or https:, got ${parsedURL.protocol}`,
+    );
+  }
+
+  const headers = new Headers();
+  for (const header of values.header ?? []) {
+    const colon = header.indexOf(":");
+    if (colon <= 0) {
+      throw new TypeError(
+        `Invalid --header: expected "name: value", got ${
+          JSON.stringify(header)
+        }`,
+      );
+    }
+    try {
+      headers.append(
+        header.slice(0, colon).trim(),
+        header.slice(colon + 1).trim(),
+      );
+    } catch (error) {
+      throw new TypeError(
+        `Invalid --header ${JSON.stringify(header)}: ${
+          (error as Error).message
+        }`,
+      );
+    }
+  }
+  const client: SSEClientOptions = { headers };
+  if (values.method !== undefined) client.method = values.method;
+  if (values.data !== undefined) {
+    client.body = values.data;
+    client.method ??= "POST";
+  }
+  if (values["last-event-id"] !== undefined) {
+    client.lastEventId = values["last-event-id"];
+  }
+  if (values.retry !== undefined) {
+    client.retry = milliseconds("--retry", values.retry, 0);
+  }
+  if (values["idle-timeout"] !== undefined) {
+    client.idleTimeout = milliseconds(
+      "--idle-timeout",
+      values["idle-timeout"],
+      Number.MIN_VALUE,
+    );
+  }
+  if (values["max-retries"] !== undefined) {
+    client.maxRetries = integer("--max-retries", values["max-retries"]);
+  } else if (values.data !== undefined && !values.resend) {
+    // A body (a prompt, an order) is sent once unless asked otherwise: not
+    // again when the stream ends, nor after a failure.
+    client.maxRetries = 0;
+  }
+
+  const options: CLIOptions = {
+    url,
+    client,
+    types: values.type ?? [],
+    json: values.json ?? false,
+  };
+  if (values.count !== undefined) {
+    options.count = integer("--count", values.count);
+  }
+  if (values.until !== undefined) options.until = values.until;
   return options;
+}
+
+// The message of a node:util parseArgs error, in one line that names the
+// argument.
+function parseError(error: unknown): string {
+  const { code, message = String(error) } = error as {
+    code?: string;
+    message?: string;
+  };
+  const name = /'([^']*)'/.exec(message)?.[1];
+  if (name !== undefined) {
+    if (code === "ERR_PARSE_ARGS_UNKNOWN_OPTION") {
+      return `Unknown option: ${name}`;
+    }
+    if (message.includes("ambiguous")) {
+      return `Ambiguous value for ${name}: write ${name}=<value> for a value that starts with "-"`;
+    }
+  }
+  return message.replaceAll("\n", " ");
+}
+
+function integer(name: string, text: string): number {
+  const n = Number(text);
+  if (!/^\d+$/.test(text.trim()) || !Number.isSafeInteger(n)) {
+    throw new TypeError(
+      `Invalid ${name}: expected a non-negative integer, got ${
+        JSON.stringify(text)
+      }`,
+    );
+  }
+  return n;
+}
+
+function milliseconds(name: string, text: string, least: number): number {
+  const n = Number(text);
+  if (text.trim() === "" || !(n >= least) || n === Infinity) {
+    const kind = least > 0 ? "positive" : "non-negative";
+    throw new TypeError(
+      `Invalid ${name}: expected a ${kind} number of milliseconds, got ${
+        JSON.stringify(text)
+      }`,
+    );
+  }
+  return n;
 }
 
 /**
  * Formats one event as `sse` prints it.
+ *
+ * @example Format an event
+ * ```ts
+ * import { formatEvent } from "@sse/sse/cli";
+ * import assert from "node:assert/strict";
+ *
+ * const event = { type: "message", data: "a\nb", id: "7" };
+ * assert.equal(formatEvent(event, false), "event: message\nid: 7\ndata: a\ndata: b\n\n");
+ * assert.equal(formatEvent(event, true), '{"type":"message","data":"a\\nb","id":"7"}\n');
+ * ```
  *
  * @param event The event.
  * @param json One JSON object per line instead of the event-stream form.
@@ -203,47 +290,79 @@ export function formatEvent(event: SSEEvent, json: boolean): string {
 }
 
 /**
- * Runs `sse` with the given arguments, printing to standard output and errors
- * to standard error.
+ * Runs `sse` with the given arguments, printing events to standard output
+ * and one line per problem to standard error.
+ *
+ * @example Print the first event of a stream
+ * ```ts ignore
+ * import { main } from "@sse/sse/cli";
+ *
+ * const code = await main(["-n1", "http://127.0.0.1:8000/events"]);
+ * ```
  *
  * @param args The arguments, without the program name.
- * @param signal Stops following the stream when aborted (exit code 0).
- * @returns The exit code: 0 done, 1 error, 2 bad arguments.
+ * @param signal Stops following the stream when aborted, at once, even while
+ * standard output is blocked (exit code 0).
+ * @returns The exit code: 0 done (also when standard output was closed), 1
+ * error, 2 bad argument.
  */
 export async function main(
   args: string[],
   signal?: AbortSignal,
 ): Promise<number> {
-  let options: CLIOptions | "help";
+  let options: CLIOptions | "help" | "version";
+  let client: SSEClient;
   try {
     options = parseArgs(args);
+    if (options === "help" || options === "version") {
+      await write(new TextEncoder().encode(
+        options === "help" ? USAGE : `sse ${VERSION}\n`,
+      ));
+      return 0;
+    }
+    if (options.count === 0) return 0;
+    client = new SSEClient(options.url, {
+      ...options.client,
+      ...(signal ? { signal } : {}),
+      onRetry: (ms) => console.error(`sse: reconnecting in ${ms} ms`),
+    });
   } catch (error) {
-    console.error(`sse: ${(error as Error).message}\n\n${USAGE}`);
+    if (error instanceof Deno.errors.BrokenPipe) return 0;
+    // The client's own checks (method, headers, body) are argument errors too.
+    console.error(`sse: ${(error as Error).message}`);
     return 2;
   }
-  if (options === "help") {
-    console.log(USAGE);
-    return 0;
-  }
   const encoder = new TextEncoder();
-  const client = new SSEClient(options.url, {
-    ...options.client,
-    ...(signal ? { signal } : {}),
-    onRetry: (ms) => console.error(`sse: reconnecting in ${ms} ms`),
-  });
+  const stopped = signal === undefined
+    ? undefined
+    : new Promise<"stopped">((resolve) => {
+      if (signal.aborted) resolve("stopped");
+      else signal.addEventListener("abort", () => resolve("stopped"));
+    });
   let printed = 0;
   try {
     for await (const event of client) {
       if (options.types.length > 0 && !options.types.includes(event.type)) {
         continue;
       }
-      await Deno.stdout.write(encoder.encode(formatEvent(event, options.json)));
+      const written = write(encoder.encode(formatEvent(event, options.json)));
+      // A blocked output must not hold up a stop.
+      if (
+        stopped !== undefined &&
+        await Promise.race([written, stopped]) === "stopped"
+      ) {
+        written.catch(() => {});
+        return 0;
+      }
+      await written;
       printed++;
       if (options.count !== undefined && printed >= options.count) break;
       if (options.until !== undefined && event.data === options.until) break;
     }
     return 0;
   } catch (error) {
+    // The reader of the output went away (`sse … | head -1`): done.
+    if (error instanceof Deno.errors.BrokenPipe) return 0;
     if (signal?.aborted) return 0;
     console.error(`sse: ${(error as Error).message}`);
     return 1;
@@ -252,8 +371,20 @@ export async function main(
   }
 }
 
+// Writes all of `bytes` to standard output.
+async function write(bytes: Uint8Array): Promise<void> {
+  let offset = 0;
+  while (offset < bytes.length) {
+    offset += await Deno.stdout.write(bytes.subarray(offset));
+  }
+}
+
 if (import.meta.main) {
   const controller = new AbortController();
-  Deno.addSignalListener("SIGINT", () => controller.abort());
+  Deno.addSignalListener("SIGINT", () => {
+    controller.abort();
+    // 128 + SIGINT, as a process interrupted by Ctrl-C reports.
+    Deno.exit(130);
+  });
   Deno.exit(await main(Deno.args, controller.signal));
 }

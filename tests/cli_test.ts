@@ -1,6 +1,7 @@
 // Copyright the sse authors. MIT license.
 import assert from "node:assert/strict";
 import { formatEvent, parseArgs } from "../cli.ts";
+import { within } from "./_sse_server.ts";
 
 const sanitize = { sanitizeOps: true, sanitizeResources: true };
 const cli = new URL("../cli.ts", import.meta.url).pathname;
@@ -39,18 +40,26 @@ function serve(seen: Seen[]) {
   );
 }
 
+/** Runs sse to the end (killed after 20 s, so that a hang fails the test). */
 async function run(args: string[]) {
-  const output = await new Deno.Command(Deno.execPath(), {
+  const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "--allow-net=127.0.0.1", cli, ...args],
+    stdin: "null",
     stdout: "piped",
     stderr: "piped",
-  }).output();
-  const decoder = new TextDecoder();
-  return {
-    code: output.code,
-    stdout: decoder.decode(output.stdout),
-    stderr: decoder.decode(output.stderr),
-  };
+  }).spawn();
+  const timer = setTimeout(() => child.kill("SIGKILL"), 20_000);
+  try {
+    const output = await child.output();
+    const decoder = new TextDecoder();
+    return {
+      code: output.code,
+      stdout: decoder.decode(output.stdout),
+      stderr: decoder.decode(output.stderr),
+    };
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 Deno.test(
@@ -162,15 +171,252 @@ Deno.test(
 );
 
 Deno.test(
-  "sse exits 2 and names the problem on bad arguments",
+  "sse prints one line naming each bad argument and exits 2",
   sanitize,
   async () => {
-    const missing = await run([]);
-    assert.equal(missing.code, 2);
-    assert.match(missing.stderr, /Missing URL/);
-    const unknown = await run(["--nope", "http://127.0.0.1:1/"]);
-    assert.equal(unknown.code, 2);
-    assert.match(unknown.stderr, /Unknown option: --nope/);
+    const url = "http://127.0.0.1:8/";
+    const cases: [string[], string][] = [
+      [[], "sse: Missing URL: sse [options] <url>"],
+      [["--nope", url], "sse: Unknown option: --nope"],
+      [["-q", url], "sse: Unknown option: -q"],
+      [["--count"], "sse: Option '-n, --count <value>' argument missing"],
+      [
+        ["--max-retries", "1.5", url],
+        'sse: Invalid --max-retries: expected a non-negative integer, got "1.5"',
+      ],
+      [
+        ["--idle-timeout", "0", url],
+        'sse: Invalid --idle-timeout: expected a positive number of milliseconds, got "0"',
+      ],
+      [
+        ["--retry=-1", url],
+        'sse: Invalid --retry: expected a non-negative number of milliseconds, got "-1"',
+      ],
+      [
+        ["--retry", "-1", url],
+        'sse: Ambiguous value for --retry: write --retry=<value> for a value that starts with "-"',
+      ],
+      [
+        ["--count", "two", url],
+        'sse: Invalid --count: expected a non-negative integer, got "two"',
+      ],
+      [
+        ["-X", "GET", "-d", "body", url],
+        "sse: Invalid body: a GET request cannot have one",
+      ],
+      [
+        ["-X", "BAD METHOD", url],
+        'sse: Invalid method: "BAD METHOD" is not an HTTP token',
+      ],
+      [
+        ["-H", "x: a\x01b", url],
+        "sse: Invalid header x: its value contains U+0001 at index 1, which fetch cannot send",
+      ],
+      [
+        ["-H", "novalue", url],
+        'sse: Invalid --header: expected "name: value", got "novalue"',
+      ],
+      [
+        ["ftp://example.com/"],
+        "sse: Invalid URL: expected http: or https:, got ftp:",
+      ],
+      [["not a url"], "sse: Invalid URL: not a url"],
+      [
+        [url, "extra"],
+        "sse: Unexpected argument: extra (the URL is http://127.0.0.1:8/)",
+      ],
+    ];
+    for (const [args, line] of cases) {
+      const { code, stdout, stderr } = await run(args);
+      assert.equal(code, 2, `${args.join(" ")}: exit ${code}\n${stderr}`);
+      assert.equal(stdout, "");
+      assert.equal(stderr, `${line}\n`, args.join(" "));
+    }
+  },
+);
+
+Deno.test(
+  "sse reads --count=3, -n3 and -- as parseArgs does, and prints --version",
+  sanitize,
+  async () => {
+    const seen: Seen[] = [];
+    const server = serve(seen);
+    try {
+      const url = `http://127.0.0.1:${server.addr.port}/`;
+      for (
+        const args of [["--count=2", url], ["-n2", url], ["-n", "2", "--", url]]
+      ) {
+        const { code, stdout } = await run(["--json", ...args]);
+        assert.equal(code, 0, args.join(" "));
+        assert.equal(stdout.trim().split("\n").length, 2, args.join(" "));
+      }
+    } finally {
+      await server.shutdown();
+    }
+    const version = await run(["--version"]);
+    const config = JSON.parse(
+      await Deno.readTextFile(new URL("../deno.json", import.meta.url)),
+    );
+    assert.equal(version.code, 0);
+    assert.equal(version.stdout, `sse ${config.version}\n`);
+  },
+);
+
+Deno.test(
+  "sse --count 0 prints no event and makes no request",
+  sanitize,
+  async () => {
+    const seen: Seen[] = [];
+    const server = serve(seen);
+    try {
+      const { code, stdout } = await run([
+        "--count",
+        "0",
+        `http://127.0.0.1:${server.addr.port}/`,
+      ]);
+      assert.equal(code, 0);
+      assert.equal(stdout, "");
+      assert.equal(seen.length, 0);
+    } finally {
+      await server.shutdown();
+    }
+  },
+);
+
+Deno.test(
+  "sse with a request body sends it once, unless --resend",
+  sanitize,
+  async () => {
+    const seen: Seen[] = [];
+    // Every request gets two events and the stream ends normally.
+    const server = Deno.serve(
+      { hostname: "127.0.0.1", port: 0, onListen() {} },
+      async (request) => {
+        seen.push({
+          headers: request.headers,
+          method: request.method,
+          body: await request.text(),
+        });
+        return new Response(`retry: 10\ndata: ${seen.length}\n\n`, {
+          headers: { "content-type": "text/event-stream" },
+        });
+      },
+    );
+    try {
+      const url = `http://127.0.0.1:${server.addr.port}/`;
+      const once = await run(["-d", "prompt", "--json", url]);
+      assert.equal(once.code, 0, once.stderr);
+      assert.equal(once.stdout, '{"type":"message","data":"1","id":""}\n');
+      assert.equal(seen.length, 1);
+      const again = await run(["-d", "prompt", "--resend", "-n", "3", url]);
+      assert.equal(again.code, 0, again.stderr);
+      assert.equal(seen.length, 4);
+      assert.deepEqual(seen.slice(1).map((s) => s.body), [
+        "prompt",
+        "prompt",
+        "prompt",
+      ]);
+    } finally {
+      await server.shutdown();
+    }
+  },
+);
+
+/** A server that streams events for ever, as fast as they are read. */
+function firehose() {
+  let pulled = 0;
+  let lastPull = performance.now();
+  const line = `data: ${"x".repeat(1000)}\n\n`;
+  const bytes = new TextEncoder().encode(line.repeat(16));
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    () =>
+      new Response(
+        new ReadableStream<Uint8Array>({
+          pull(controller) {
+            pulled += bytes.length;
+            lastPull = performance.now();
+            controller.enqueue(bytes);
+          },
+        }),
+        { headers: { "content-type": "text/event-stream" } },
+      ),
+  );
+  return {
+    server,
+    url: `http://127.0.0.1:${server.addr.port}/`,
+    get pulled() {
+      return pulled;
+    },
+    get sinceLastPull() {
+      return performance.now() - lastPull;
+    },
+  };
+}
+
+function spawn(args: string[]): Deno.ChildProcess {
+  return new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-net=127.0.0.1", cli, ...args],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+}
+
+Deno.test(
+  "sse | head -1 exits 0 quietly when its reader goes away",
+  sanitize,
+  async () => {
+    const hose = firehose();
+    try {
+      const child = spawn([hose.url]);
+      // Read the first line, then close the pipe, as head does.
+      const reader = child.stdout.getReader();
+      const first = await reader.read();
+      assert.ok(!first.done);
+      await reader.cancel();
+      const [status, stderr] = await Promise.all([
+        child.status,
+        new Response(child.stderr).text(),
+      ]);
+      assert.equal(stderr, "");
+      assert.equal(status.code, 0);
+    } finally {
+      await hose.server.shutdown();
+    }
+  },
+);
+
+Deno.test(
+  "sse exits at once on Ctrl-C while its output is blocked",
+  sanitize,
+  async () => {
+    const hose = firehose();
+    const child = spawn([hose.url]);
+    try {
+      // Nobody reads its stdout: once the pipe and the socket buffers are
+      // full, the server is no longer asked for more.
+      while (hose.pulled < 1024 * 1024 || hose.sinceLastPull < 300) {
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      const start = performance.now();
+      child.kill("SIGINT");
+      const status = await within(child.status, 5000, "sse exited");
+      const elapsed = performance.now() - start;
+      assert.ok(elapsed < 2000, `exited after ${elapsed.toFixed(0)} ms`);
+      assert.equal(status.code, 130);
+      assert.equal(await new Response(child.stderr).text(), "");
+    } finally {
+      try {
+        child.kill("SIGKILL");
+      } catch {
+        // It has exited.
+      }
+      await child.status;
+      await child.stdout.cancel().catch(() => {});
+      await child.stderr.cancel().catch(() => {});
+      await hose.server.shutdown();
+    }
   },
 );
 
@@ -196,8 +442,7 @@ Deno.test("parseArgs reads every option and refuses malformed ones", () => {
     "b",
     "http://127.0.0.1:1/x",
   ]);
-  assert.notEqual(options, "help");
-  if (options === "help") return;
+  assert.ok(typeof options === "object");
   assert.equal(options.url, "http://127.0.0.1:1/x");
   assert.equal(options.client.method, "PUT");
   assert.equal(
@@ -210,10 +455,23 @@ Deno.test("parseArgs reads every option and refuses malformed ones", () => {
   assert.equal(options.client.maxRetries, 3);
   assert.deepEqual(options.types, ["a", "b"]);
   assert.equal(parseArgs(["--help"]), "help");
-  assert.throws(() => parseArgs(["-H", "novalue", "u"]), /Invalid header/);
-  assert.throws(() => parseArgs(["--retry", "-1", "u"]), /Invalid --retry/);
-  assert.throws(() => parseArgs(["--count"]), /Missing value: --count/);
+  assert.equal(parseArgs(["--version"]), "version");
+  const url = "http://127.0.0.1:1/";
+  assert.throws(() => parseArgs(["-H", "novalue", url]), /Invalid --header/);
+  assert.throws(() => parseArgs(["--retry=-1", url]), /Invalid --retry/);
+  assert.throws(
+    () => parseArgs(["--count"]),
+    /--count <value>' argument missing/,
+  );
   assert.throws(() => parseArgs(["a", "b"]), /Unexpected argument: b/);
+  // A body is sent once unless asked otherwise.
+  const once = parseArgs(["-d", "x", "http://127.0.0.1:1/"]);
+  assert.ok(typeof once === "object");
+  assert.equal(once.client.maxRetries, 0);
+  assert.equal(once.client.method, "POST");
+  const resend = parseArgs(["-d", "x", "--resend", "http://127.0.0.1:1/"]);
+  assert.ok(typeof resend === "object");
+  assert.equal(resend.client.maxRetries, undefined);
 });
 
 Deno.test("formatEvent writes the event-stream form or one JSON line", () => {
