@@ -584,6 +584,12 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
    * Iterates over the events. Leaving the loop (`break`, `return`, a thrown
    * error) closes the client.
    *
+   * Its `next()` rejects once, with the error that ends the iteration: an
+   * {@linkcode SSEError} (a status or content type that is not an event
+   * stream, a request that can never succeed, retries used up), a
+   * `RangeError` (an event over `maxEventSize`), or what a callback or the
+   * `headers` function threw.
+   *
    * @returns An async iterator of events.
    */
   [Symbol.asyncIterator](): AsyncIterator<SSEEvent> {

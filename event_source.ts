@@ -194,6 +194,10 @@ export class EventSource extends EventTarget {
    * `DOMException`.
    * @param eventSourceInitDict `withCredentials`, and the non-standard
    * `fetch` and `headers`.
+   * @throws {DOMException} A `SyntaxError` when the URL cannot be parsed
+   * (§9.2.2 constructor step 5).
+   * @throws {TypeError} When `fetch` is not a function, or `headers` is a
+   * value that `Headers` refuses or fetch cannot send.
    */
   constructor(url: string | URL, eventSourceInitDict: EventSourceInit = {}) {
     super();
@@ -240,19 +244,33 @@ export class EventSource extends EventTarget {
   }
 
   /**
-   * The `open` event handler.
+   * The `open` event handler: called, with the source as `this`, each time
+   * a connection opens (`readyState` is then OPEN).
+   *
+   * Handlers are event handler attributes, as in browsers: setting one adds
+   * a listener in the order of registration among the others, replacing it
+   * keeps that place, setting `null` (or anything but a function) removes
+   * it, and a handler that returns `false` cancels the event.
    *
    * @returns The handler, or `null`.
    */
   get onopen(): ((this: EventSource, event: Event) => unknown) | null {
     return this.#getHandler("open");
   }
+  /**
+   * Sets the `open` event handler.
+   *
+   * @param handler The handler, or `null` to remove it.
+   */
   set onopen(handler: ((this: EventSource, event: Event) => unknown) | null) {
     this.#setHandler("open", handler);
   }
 
   /**
-   * The `message` event handler (events without an `event` field).
+   * The `message` event handler: called, with the source as `this`, with a
+   * `MessageEvent` (`data`, `lastEventId`, `origin`) for each event without
+   * an `event` field. Events with one reach only `addEventListener`
+   * listeners for their type.
    *
    * @returns The handler, or `null`.
    */
@@ -261,6 +279,11 @@ export class EventSource extends EventTarget {
     | null {
     return this.#getHandler("message");
   }
+  /**
+   * Sets the `message` event handler.
+   *
+   * @param handler The handler, or `null` to remove it.
+   */
   set onmessage(
     handler: ((this: EventSource, event: MessageEvent) => unknown) | null,
   ) {
@@ -268,13 +291,21 @@ export class EventSource extends EventTarget {
   }
 
   /**
-   * The `error` event handler.
+   * The `error` event handler: called, with the source as `this`, when a
+   * connection is lost and about to be reestablished (`readyState`
+   * CONNECTING), or fails for good (`readyState` CLOSED: a status other than
+   * 200, another content type, a request that can never succeed).
    *
    * @returns The handler, or `null`.
    */
   get onerror(): ((this: EventSource, event: Event) => unknown) | null {
     return this.#getHandler("error");
   }
+  /**
+   * Sets the `error` event handler.
+   *
+   * @param handler The handler, or `null` to remove it.
+   */
   set onerror(handler: ((this: EventSource, event: Event) => unknown) | null) {
     this.#setHandler("error", handler);
   }

@@ -102,6 +102,8 @@ export class SSEParserStream extends TransformStream<Uint8Array, SSEEvent> {
    * Creates a parser.
    *
    * @param options Seed ID, callbacks and size limit.
+   * @throws {RangeError} When `maxEventSize` is not a positive number.
+   * @throws {TypeError} When `lastEventId` is not a string.
    */
   constructor(options: SSEParserOptions = {}) {
     let controller!: TransformStreamDefaultController<SSEEvent>;
