@@ -57,6 +57,9 @@ import {
   type ResumeHost,
 } from "./_resume.ts";
 
+/** What `#unlessClosed` resolves to when the channel closed first. */
+const CLOSED_NOW: unique symbol = Symbol("closed");
+
 /** Default `maxQueue`: 1 MiB. */
 const DEFAULT_MAX_QUEUE = 1024 * 1024;
 /** Default `replay`. */
@@ -189,8 +192,11 @@ export interface SSEChannelOptions<C = undefined> {
    * Decides, per client and per message, whether the client gets it. It must
    * be synchronous (it runs inside the fan-out loop). `message` carries the
    * assigned `id`, and `data` as sent (a string: JSON text for non-string
-   * data). A throw ends that client's stream (after what it was sent
-   * before; `onDisconnect` reason `"filter-error"`) and goes to `onError`.
+   * data). Only `true` delivers: anything else does not (a Promise from an
+   * async filter included: it fails closed), and a result that is not a
+   * boolean is reported to `onError` (once per channel). A throw ends that
+   * client's stream (after what it was sent before; `onDisconnect` reason
+   * `"filter-error"`) and goes to `onError`.
    *
    * @default {undefined} (every subscribed client gets every message)
    */
@@ -264,6 +270,8 @@ export type SSEDisconnectReason =
  * - Keep-alive comments come from one timer for the whole channel, not one
  *   per client.
  * - `close()` ends every stream and answers later connections 503.
+ * - `connect` answers GET with the stream, HEAD with its headers alone, and
+ *   any other method with 405.
  *
  * @example Serve a channel and publish to it
  * ```ts
@@ -316,6 +324,8 @@ export class SSEChannel<C = undefined> {
   #filter: SSEChannelOptions<C>["filter"];
   #onDisconnect: SSEChannelOptions<C>["onDisconnect"];
   #report: (error: Error) => void;
+  /** A filter result that is not a boolean was reported already. */
+  #filterReported = false;
 
   /** Every client that has a stream, in any state but closed. */
   #clients = new Set<Client<C>>();
@@ -343,6 +353,8 @@ export class SSEChannel<C = undefined> {
   #over = new Set<Client<C>>();
   #drainTimer: Timer | undefined;
   #closed = false;
+  /** Connections waiting in connect, woken by close (see `#unlessClosed`). */
+  #sleepers = new Set<() => void>();
   #closing: Promise<void> | undefined;
   #events: ClientEvents<C> = {
     pull: (client) => this.#pulled(client),
@@ -438,7 +450,14 @@ export class SSEChannel<C = undefined> {
 
   /**
    * Answers a request with the channel's event stream (or with what
-   * `onConnect` returned, or 503 once the channel is closed).
+   * `onConnect` returned).
+   *
+   * - GET subscribes the client (see below).
+   * - HEAD runs `onConnect`, then answers what GET would (the status and
+   *   headers) without a body, and subscribes nothing.
+   * - Any other method gets 405 with `Allow: GET, HEAD`, before `onConnect`.
+   * - Once the channel is closed, 503; `close()` also answers 503 at once to
+   *   the connections still waiting in `onConnect`, the broker or `init`.
    *
    * The client is subscribed before the returned promise resolves: a message
    * published after that reaches it. On the wire it gets the retry hint (if
@@ -460,13 +479,19 @@ export class SSEChannel<C = undefined> {
       );
     }
     const topics = topicsOf(options?.topics);
+    const { method } = request;
+    if (method !== "GET" && method !== "HEAD") return notAllowed();
     if (this.#closed) return unavailable();
     let context = undefined as C;
     if (this.#onConnect !== undefined) {
-      const result = await this.#onConnect(request);
+      const result = await this.#unlessClosed(this.#onConnect(request));
+      if (result === CLOSED_NOW) return unavailable();
       if (result instanceof Response) return result;
       context = result;
-      if (this.#closed) return unavailable();
+    }
+    // RFC 9110 §9.3.2: HEAD answers as GET would, without the content.
+    if (method === "HEAD") {
+      return new Response(null, { headers: this.#headers });
     }
     const lastEventId = lastEventIdOf(request);
 
@@ -490,20 +515,28 @@ export class SSEChannel<C = undefined> {
     }
 
     try {
-      await this.#subscribeShared();
+      // close() answers a connection that waits here at once.
+      if (await this.#unlessClosed(this.#subscribeShared()) === CLOSED_NOW) {
+        return unavailable();
+      }
       let resume: Resume<C> | undefined;
-      if (client.state === CONNECTING) {
-        if (lastEventId !== "") {
-          resume = await this.#resume(client, lastEventId);
-        }
-        // Held until init is done; a resuming client joins once caught up.
-        if (resume === undefined) this.#join(client);
+      if (client.state === CONNECTING && lastEventId !== "") {
+        const resuming = await this.#unlessClosed(
+          this.#resume(client, lastEventId),
+        );
+        if (resuming === CLOSED_NOW) return unavailable();
+        resume = resuming;
+      }
+      // Waits until init is done; a resuming client joins once caught up.
+      if (client.state === CONNECTING && resume === undefined) {
+        this.#join(client);
       }
       let frames: Uint8Array[] = [];
       if (this.#init !== undefined && client.state === CONNECTING) {
-        const messages = await this.#init(context, lastEventId, {
-          resumed: resume !== undefined,
-        });
+        const messages = await this.#unlessClosed(
+          this.#init(context, lastEventId, { resumed: resume !== undefined }),
+        );
+        if (messages === CLOSED_NOW) return unavailable();
         if (messages != null) frames = encodeAll(messages);
       }
       if (client.state !== CONNECTING) return unavailable();
@@ -592,6 +625,7 @@ export class SSEChannel<C = undefined> {
 
   async #close(): Promise<void> {
     this.#closed = true;
+    for (const wake of this.#sleepers) wake();
     for (const client of this.#clients) this.#end(client, "channel-closed");
     const shared = this.#shared;
     this.#shared = undefined;
@@ -603,6 +637,28 @@ export class SSEChannel<C = undefined> {
       }
     }
     if (this.#ownsBroker) await this.#broker.close();
+  }
+
+  /**
+   * What `value` resolves to, or CLOSED_NOW as soon as the channel closes,
+   * whichever comes first: a connection waiting for a hook or the broker is
+   * answered at once when the channel closes.
+   */
+  async #unlessClosed<T>(
+    value: T | Promise<T>,
+  ): Promise<T | typeof CLOSED_NOW> {
+    if (this.#closed) return CLOSED_NOW;
+    if (!(value instanceof Promise)) return value;
+    // One waiter per wait, dropped when it ends: a promise that lives as long
+    // as the channel would collect a reaction per connection.
+    const closing = Promise.withResolvers<typeof CLOSED_NOW>();
+    const wake = () => closing.resolve(CLOSED_NOW);
+    this.#sleepers.add(wake);
+    try {
+      return await Promise.race([value, closing.promise]);
+    } finally {
+      this.#sleepers.delete(wake);
+    }
   }
 
   /** Subscribes the channel to its stream once, for all its clients. */
@@ -821,10 +877,26 @@ export class SSEChannel<C = undefined> {
     if (this.#filtered(client, message, topic)) this.#send(client, bytes);
   }
 
-  /** `filter`'s verdict; a throw ends the client and counts as no. */
+  /**
+   * `filter`'s verdict: only `true` delivers. Anything else is a no (a
+   * Promise, from an async filter, included), reported once; a throw ends
+   * the client and is a no.
+   */
   #filtered(client: Client<C>, message: SSEMessage, topic: string): boolean {
     try {
-      return this.#filter!(client.context, message, topic);
+      const verdict: unknown = this.#filter!(client.context, message, topic);
+      if (verdict === true) return true;
+      if (verdict !== false && !this.#filterReported) {
+        this.#filterReported = true;
+        this.#report(
+          new TypeError(
+            `filter returned ${
+              describe(verdict)
+            }, not a boolean: only true delivers (a filter must be synchronous)`,
+          ),
+        );
+      }
+      return false;
     } catch (error) {
       this.#report(
         new Error(`filter threw: ${errorMessage(error)}`, { cause: error }),
@@ -1051,6 +1123,19 @@ function encodeAll(messages: Iterable<SSEMessage>): Uint8Array[] {
     frames.push(encoder.encode(encodeSSE(message)));
   }
   return frames;
+}
+
+function notAllowed(): Response {
+  return new Response(
+    "Method not allowed: an event stream answers GET and HEAD",
+    {
+      status: 405,
+      headers: {
+        allow: "GET, HEAD",
+        "content-type": "text/plain; charset=utf-8",
+      },
+    },
+  );
 }
 
 function unavailable(): Response {

@@ -13,7 +13,15 @@ import {
   SSEChannel,
   type SSEMessage,
 } from "../server.ts";
-import { Client, Counter, RawClient, serve, test } from "./_channel.ts";
+import {
+  Client,
+  Counter,
+  RawClient,
+  serve,
+  test,
+  WAIT_MS,
+  within,
+} from "./_channel.ts";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -21,6 +29,17 @@ const MiB = 1024 * KiB;
 /** A message of `size` bytes of data that starts with its number. */
 function numbered(i: number, size: number): { data: string } {
   return { data: String(i).padStart(8, "0") + "x".repeat(size - 8) };
+}
+
+/** Resolves once `done()` holds, checking every few milliseconds. */
+async function until(done: () => boolean, what: string): Promise<void> {
+  await within(
+    (async () => {
+      while (!done()) await new Promise((resolve) => setTimeout(resolve, 5));
+    })(),
+    WAIT_MS,
+    what,
+  );
 }
 
 /**
@@ -719,5 +738,168 @@ test("SSEChannel reports on one line of stderr by default: a poison entry and a 
     await channel.close();
     await server.shutdown();
     await broker.close();
+  }
+});
+
+test("SSEChannel delivers only when filter returns true, and reports a filter that returns anything else once", async () => {
+  const reported: Error[] = [];
+  const channel = new SSEChannel<string>({
+    keepAlive: 0,
+    onConnect: (request) => request.headers.get("x-user") ?? "",
+    // deno-lint-ignore no-explicit-any
+    filter: ((user: string) => {
+      if (user === "async") return Promise.resolve(true); // truthy, not true
+      if (user === "one") return 1;
+      if (user === "undefined") return undefined;
+      return true;
+    }) as any,
+    onError: (error) => reported.push(error),
+  });
+  const server = serveChannel(channel);
+  const users = ["yes", "async", "one", "undefined"];
+  const clients: Client[] = [];
+  try {
+    for (const user of users) {
+      clients.push(await Client.open(server.url, { "x-user": user }));
+    }
+    await publishNumbered(channel, 0, 3, 100);
+    await clients[0]!.take(3);
+    await channel.close();
+    for (const client of clients) await client.closed();
+    assert.deepEqual(
+      clients.map((client) => client.events.length),
+      [3, 0, 0, 0],
+    );
+    assert.equal(reported.length, 1, reported.map(String).join("; "));
+    assert.match(reported[0]!.message, /filter returned .* not a boolean/);
+  } finally {
+    await Promise.all(clients.map((client) => client.close()));
+    await channel.close();
+    await server.shutdown();
+  }
+});
+
+test("SSEChannel tells onDisconnect why each connection ended", async () => {
+  const reasons: [string, string][] = [];
+  const channel = new SSEChannel<string>({
+    keepAlive: 0,
+    onConnect: (request) => new URL(request.url).pathname,
+    init(path) {
+      if (path === "/fails") throw new Error("init failed");
+    },
+    onDisconnect: (path, { reason }) => reasons.push([path, reason]),
+  });
+  const server = serveChannel(channel);
+  let staying: Client | undefined;
+  try {
+    const leaving = await Client.open(`${server.url}/leaves`);
+    await leaving.close();
+    const failed = await fetch(`${server.url}/fails`);
+    assert.equal(failed.status, 500);
+    await failed.body?.cancel();
+    staying = await Client.open(`${server.url}/stays`);
+    await until(() => reasons.length === 2, "two disconnects");
+    await channel.close();
+    assert.deepEqual(reasons, [
+      ["/leaves", "client-closed"],
+      ["/fails", "connect-failed"],
+      ["/stays", "channel-closed"],
+    ]);
+  } finally {
+    await staying?.close();
+    await channel.close();
+    await server.shutdown();
+  }
+});
+
+test("SSEChannel close answers 503 at once to connections still in onConnect or init", async () => {
+  const gate = Promise.withResolvers<void>();
+  const waiting = new Counter();
+  const channel = new SSEChannel<string>({
+    async onConnect(request) {
+      const path = new URL(request.url).pathname;
+      if (path === "/on-connect") {
+        waiting.hit();
+        await gate.promise;
+      }
+      return path;
+    },
+    async init(path) {
+      if (path === "/init") {
+        waiting.hit();
+        await gate.promise;
+      }
+    },
+  });
+  const server = serveChannel(channel);
+  try {
+    const pending = ["/on-connect", "/init"].map((path) =>
+      fetch(server.url + path)
+    );
+    await waiting.reach(2, "both connections to wait");
+    await channel.close();
+    // The hooks are still waiting: the answers come from close, not them.
+    const responses = await within(
+      Promise.all(pending),
+      2000,
+      "the answers to the waiting connections",
+    );
+    for (const response of responses) {
+      assert.equal(response.status, 503);
+      await response.body?.cancel();
+    }
+    assert.equal(channel.size, 0);
+  } finally {
+    gate.resolve();
+    await channel.close();
+    await server.shutdown();
+  }
+});
+
+test("SSEChannel answers 405 with Allow: GET, HEAD to other methods, and HEAD with the headers alone", async () => {
+  const connects: string[] = [];
+  const channel = new SSEChannel({
+    keepAlive: 0,
+    headers: { "access-control-allow-origin": "*" },
+    onConnect(request) {
+      connects.push(request.method);
+      return request.headers.has("authorization")
+        ? undefined
+        : new Response("Unauthorized", { status: 401 });
+    },
+  });
+  const server = serveChannel(channel);
+  try {
+    for (const method of ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"]) {
+      const response = await fetch(server.url, {
+        method,
+        headers: { authorization: "Bearer t" },
+      });
+      assert.equal(response.status, 405, method);
+      assert.equal(response.headers.get("allow"), "GET, HEAD", method);
+      await response.body?.cancel();
+    }
+    assert.equal(channel.size, 0);
+    assert.deepEqual(connects, []);
+    // HEAD: what GET would answer, without a body or a subscription.
+    const head = await fetch(server.url, {
+      method: "HEAD",
+      headers: { authorization: "Bearer t" },
+    });
+    assert.equal(head.status, 200);
+    assert.equal(
+      head.headers.get("content-type"),
+      "text/event-stream; charset=utf-8",
+    );
+    assert.equal(head.headers.get("access-control-allow-origin"), "*");
+    assert.equal(await head.text(), "");
+    const refused = await fetch(server.url, { method: "HEAD" });
+    assert.equal(refused.status, 401);
+    await refused.body?.cancel();
+    assert.deepEqual(connects, ["HEAD", "HEAD"]);
+    assert.equal(channel.size, 0);
+  } finally {
+    await channel.close();
+    await server.shutdown();
   }
 });
