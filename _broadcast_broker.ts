@@ -14,6 +14,7 @@ import {
   checkSubscribe,
   entryProblem,
   errorReporter,
+  historyBytes,
   LocalStream,
   randomId,
   settle,
@@ -32,6 +33,16 @@ export interface BroadcastChannelBrokerOptions {
    * @default {"sse:"}
    */
   prefix?: string;
+  /**
+   * The most bytes of history each stream keeps in this Worker, on top of
+   * the count a publish asks for (`replay`): the oldest entries are dropped
+   * first, and an entry larger than this alone is delivered, then dropped at
+   * once. An entry counts the length of its strings (data, event, comment,
+   * id, topic): its size in bytes for ASCII text.
+   *
+   * @default {16777216} (16 MiB)
+   */
+  maxHistoryBytes?: number;
   /**
    * Called with each error the broker catches: an entry from another Worker
    * that it cannot use (skipped; the error names the stream, the entry id
@@ -118,6 +129,7 @@ const DEFAULT_PREFIX = "sse:";
 export class BroadcastChannelBroker implements SSEBroker {
   #prefix: string;
   #report: (error: Error) => void;
+  #maxBytes: number;
   /** This broker's random id, chosen at its first publish. */
   #origin: string | undefined;
   /** The hybrid logical clock: the newest time part seen, and its counter. */
@@ -130,9 +142,11 @@ export class BroadcastChannelBroker implements SSEBroker {
    * Creates a broker. Its random origin id is chosen at the first `publish`,
    * so that a broker can be created in a Worker's global scope.
    *
-   * @param options The `BroadcastChannel` name `prefix`, and `onError`.
-   * @throws {TypeError} When `prefix` is not a string or `onError` not a
-   * function.
+   * @param options The `BroadcastChannel` name `prefix`,
+   * `maxHistoryBytes` and `onError`.
+   * @throws {TypeError} When `prefix` is not a string, `maxHistoryBytes` not
+   * a number or `onError` not a function.
+   * @throws {RangeError} When `maxHistoryBytes` is negative.
    */
   constructor(options: BroadcastChannelBrokerOptions = {}) {
     const { prefix = DEFAULT_PREFIX } = options;
@@ -143,6 +157,7 @@ export class BroadcastChannelBroker implements SSEBroker {
     }
     this.#prefix = prefix;
     this.#report = errorReporter("BroadcastChannelBroker", options.onError);
+    this.#maxBytes = historyBytes(options.maxHistoryBytes);
   }
 
   /**
@@ -265,7 +280,7 @@ export class BroadcastChannelBroker implements SSEBroker {
     let stream = this.#streams.get(name);
     if (stream !== undefined) return stream;
     const channel = new BroadcastChannel(this.#prefix + name);
-    const local = new LocalStream(name, this.#report);
+    const local = new LocalStream(name, this.#maxBytes, this.#report);
     channel.onmessage = (event: MessageEvent) => {
       if (!this.#closed) this.#receive(local, event.data);
     };

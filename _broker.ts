@@ -158,6 +158,16 @@ export interface SSEBroker {
 /** Options of {@linkcode MemoryBroker}. */
 export interface MemoryBrokerOptions {
   /**
+   * The most bytes of history each stream keeps, on top of the count a
+   * publish asks for (`replay`): the oldest entries are dropped first, and
+   * an entry larger than this alone is delivered, then dropped at once. An
+   * entry counts the length of its strings (data, event, comment, id,
+   * topic): its size in bytes for ASCII text.
+   *
+   * @default {16777216} (16 MiB)
+   */
+  maxHistoryBytes?: number;
+  /**
    * Called with each error the broker catches: a subscriber's `onEntry`
    * that threw. Must not throw.
    *
@@ -200,16 +210,20 @@ export class MemoryBroker implements SSEBroker {
   #streams = new Map<string, LocalStream>();
   #closed = false;
   #report: (error: Error) => void;
+  #maxBytes: number;
 
   /**
    * Creates a broker. Its random id prefix is chosen at the first `publish`,
    * so that a broker can be created in a Worker's global scope.
    *
-   * @param options `onError`.
-   * @throws {TypeError} When `onError` is given and is not a function.
+   * @param options `maxHistoryBytes` and `onError`.
+   * @throws {TypeError} When `onError` is given and is not a function, or
+   * `maxHistoryBytes` is not a number.
+   * @throws {RangeError} When `maxHistoryBytes` is negative.
    */
   constructor(options: MemoryBrokerOptions = {}) {
     this.#report = errorReporter("MemoryBroker", options?.onError);
+    this.#maxBytes = historyBytes(options?.maxHistoryBytes);
   }
 
   /**
@@ -295,7 +309,7 @@ export class MemoryBroker implements SSEBroker {
   #stream(name: string): LocalStream {
     let stream = this.#streams.get(name);
     if (stream === undefined) {
-      stream = new LocalStream(name, this.#report);
+      stream = new LocalStream(name, this.#maxBytes, this.#report);
       this.#streams.set(name, stream);
     }
     return stream;
@@ -356,6 +370,9 @@ export class LocalStream {
   /** Positions of the kept entries' ids, and of the newest dropped one. */
   #positions = new Map<string, number>();
   #droppedId: string | undefined;
+  /** Bytes of the kept entries (see `entryBytes`), and the most kept. */
+  #bytes = 0;
+  #maxBytes: number;
   #subscribers = new Set<Subscriber>();
   /** Entries added during a delivery, with their positions, in order. */
   #queue: (SSEBrokerEntry | number)[] = [];
@@ -366,10 +383,16 @@ export class LocalStream {
    * An empty stream.
    *
    * @param name Its name, for error reports.
+   * @param maxBytes The most bytes of entries it keeps.
    * @param report Where a throwing subscriber is reported.
    */
-  constructor(name: string, report: (error: Error) => void) {
+  constructor(
+    name: string,
+    maxBytes: number,
+    report: (error: Error) => void,
+  ) {
     this.name = name;
+    this.#maxBytes = maxBytes;
     this.#report = report;
   }
 
@@ -379,14 +402,15 @@ export class LocalStream {
   }
 
   /**
-   * Keeps an entry (the newest `replay` are kept) and delivers it to every
-   * subscriber.
+   * Keeps an entry (the newest `replay` are kept, within the stream's bytes)
+   * and delivers it to every subscriber.
    *
    * @param entry The entry; its id must be new to the stream.
    * @param replay How many entries to keep.
    */
   add(entry: SSEBrokerEntry, replay: number): void {
     this.#entries.push(entry);
+    this.#bytes += entryBytes(entry);
     const position = this.#newest;
     this.#positions.set(entry.id, position);
     this.#trim(replay);
@@ -474,17 +498,22 @@ export class LocalStream {
     this.#subscribers.clear();
     this.#entries = [];
     this.#head = 0;
+    this.#bytes = 0;
     this.#positions.clear();
   }
 
-  /** Drops the oldest entries until at most `replay` are kept. */
+  /**
+   * Drops the oldest entries until at most `replay` are kept, in at most
+   * the stream's bytes.
+   */
   #trim(replay: number): void {
     const entries = this.#entries;
     let count = entries.length - this.#head;
-    if (count <= replay) return;
-    while (count > replay) {
+    if (count <= replay && this.#bytes <= this.#maxBytes) return;
+    while (count > replay || (count > 0 && this.#bytes > this.#maxBytes)) {
       const dropped = entries[this.#head]!;
       entries[this.#head++] = undefined;
+      this.#bytes -= entryBytes(dropped);
       this.#first++;
       count--;
       // Only the newest dropped id stays a resume point.
@@ -499,6 +528,41 @@ export class LocalStream {
       this.#head = 0;
     }
   }
+}
+
+/** Default `maxHistoryBytes`: 16 MiB per stream. */
+const DEFAULT_HISTORY_BYTES = 16 * 1024 * 1024;
+
+/**
+ * Checks a `maxHistoryBytes` option: a non-negative number of bytes
+ * (`Infinity` for no bound). Internal: shared by the in-memory brokers.
+ *
+ * @param value The option as given.
+ * @returns The bound, the default when `undefined`.
+ * @throws {TypeError} When it is not a number.
+ * @throws {RangeError} When it is negative or NaN.
+ */
+export function historyBytes(value: unknown): number {
+  if (value === undefined) return DEFAULT_HISTORY_BYTES;
+  if (typeof value !== "number") {
+    throw new TypeError(
+      `Invalid maxHistoryBytes: expected a number of bytes, got ${typeof value}`,
+    );
+  }
+  if (!(value >= 0)) {
+    throw new RangeError(
+      `Invalid maxHistoryBytes: expected a non-negative number of bytes, got ${value}`,
+    );
+  }
+  return value;
+}
+
+/** An entry's size for `maxHistoryBytes`: the length of its strings. */
+function entryBytes(entry: SSEBrokerEntry): number {
+  const { message } = entry;
+  return entry.id.length + entry.topic.length +
+    (message.data as string | undefined ?? "").length +
+    (message.event?.length ?? 0) + (message.comment?.length ?? 0) + 8;
 }
 
 // Printable ASCII, U+0021 to U+007E: an id goes on the wire in an `id:` field

@@ -89,7 +89,8 @@ export interface SSEChannelOptions<C = undefined> {
   /**
    * How many entries the broker keeps for resume: a client that reconnects
    * with a `Last-Event-ID` within that many entries gets exactly what it
-   * missed.
+   * missed. The in-memory brokers also bound the history in bytes
+   * (`maxHistoryBytes`, 16 MiB per stream by default).
    *
    * @default {1000}
    */

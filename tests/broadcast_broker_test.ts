@@ -262,3 +262,33 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "BroadcastChannelBroker keeps at most maxHistoryBytes of a stream's history, by default 16 MiB",
+  ...SANITIZED,
+  async fn() {
+    const small = new BroadcastChannelBroker({
+      prefix: "bytes:",
+      maxHistoryBytes: 1000,
+    });
+    const ids: string[] = [];
+    for (let i = 0; i < 10; i++) {
+      ids.push(await publish(small, String(i).repeat(300)));
+    }
+    const kept = await small.history("s", { after: ids[6]!, limit: 100 });
+    assert.deepEqual(kept?.map((entry) => entry.id), ids.slice(7));
+    assert.equal(
+      await small.history("s", { after: ids[5]!, limit: 100 }),
+      null,
+    );
+    await small.close();
+
+    const broker = new BroadcastChannelBroker({ prefix: "bytes-default:" });
+    const before = await publish(broker, "a");
+    const big = await publish(broker, "x".repeat(20 * 1024 * 1024));
+    assert.equal(await broker.history("s", { after: before, limit: 10 }), null);
+    assert.deepEqual(await broker.history("s", { after: big, limit: 10 }), []);
+    await broker.close();
+  },
+});

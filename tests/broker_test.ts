@@ -320,3 +320,46 @@ test("MemoryBroker history matches a model for any publishes, windows, resume po
     ),
   );
 });
+
+test("MemoryBroker keeps at most maxHistoryBytes of a stream's history, dropping the oldest first", async () => {
+  const broker = new MemoryBroker({ maxHistoryBytes: 1000 });
+  const ids: string[] = [];
+  for (let i = 0; i < 10; i++) {
+    ids.push(await publish(broker, String(i).repeat(300)));
+  }
+  const other = await publish(broker, "o", { name: "other" });
+  // About 310 bytes each: the newest three fit.
+  assert.deepEqual(
+    (await dataAfter(broker, ids[6]!))?.map((data) => (data as string)[0]),
+    ["7", "8", "9"],
+  );
+  assert.equal(await dataAfter(broker, ids[5]!), null);
+  // One entry larger than the bound is delivered, then dropped at once; the
+  // newest dropped id still resumes.
+  const { entries, unsubscribe } = await collect(broker, "s");
+  const big = await publish(broker, "b".repeat(5000));
+  assert.equal(entries.length, 1);
+  assert.equal(await dataAfter(broker, ids[9]!), null);
+  assert.deepEqual(await dataAfter(broker, big), []);
+  // Each stream has its own bound.
+  assert.deepEqual(await dataAfter(broker, other, "other"), []);
+  unsubscribe();
+  await broker.close();
+  assert.throws(() => new MemoryBroker({ maxHistoryBytes: -1 }), RangeError);
+  assert.throws(
+    () => new MemoryBroker({ maxHistoryBytes: "1" as unknown as number }),
+    TypeError,
+  );
+});
+
+test("MemoryBroker bounds a stream's history at 16 MiB by default: a 20 MiB message does not stay", async () => {
+  const broker = new MemoryBroker();
+  const before = await publish(broker, "a");
+  const big = await publish(broker, "x".repeat(20 * 1024 * 1024));
+  assert.equal(await dataAfter(broker, before), null);
+  assert.deepEqual(await dataAfter(broker, big), []);
+  const after = await publish(broker, "b");
+  assert.deepEqual(await dataAfter(broker, big), ["b"]);
+  assert.deepEqual(await dataAfter(broker, after), []);
+  await broker.close();
+});

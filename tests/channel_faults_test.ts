@@ -311,7 +311,7 @@ test("SSEChannel catches up a resume bigger than maxQueue: 600 missed messages o
 });
 
 test("SSEChannel pages a resume as the client reads: a paused client costs a page, not the whole replay", async () => {
-  const broker = new StoreBroker();
+  const broker = new StoreBroker({ maxHistoryBytes: 64 * MiB });
   const reasons: string[] = [];
   const channel = new SSEChannel({
     broker,
