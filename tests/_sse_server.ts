@@ -4,6 +4,7 @@
 // the n-th request and answers it itself (a stream it keeps writing to, a
 // status, a drop).
 
+import assert from "node:assert/strict";
 import FakeTimers from "@sinonjs/fake-timers";
 
 /**
@@ -250,5 +251,24 @@ export async function within<T>(
     return await Promise.race([promise, expired]);
   } finally {
     clearTimeout(timer);
+  }
+}
+
+/**
+ * Asserts what a client facing a server that fails every attempt may do in
+ * 2 s: wait 100-200 ms after the first failure, and twice as long (with
+ * equal jitter) after each next one, so at most 6 requests in all.
+ *
+ * @param delays The waits after failures 1, 2, … in order.
+ * @param requests The requests the server received in those 2 s.
+ */
+export function assertFailureBackoff(delays: number[], requests: number): void {
+  assert.ok(requests <= 6, `${requests} requests in 2 s: ${delays}`);
+  for (const [failures, delay] of delays.entries()) {
+    const ceiling = 100 * 2 ** (failures + 1);
+    assert.ok(
+      delay >= ceiling / 2 && delay <= ceiling,
+      `wait ${failures + 1}: ${delay} ms, outside [${ceiling / 2}, ${ceiling}]`,
+    );
   }
 }

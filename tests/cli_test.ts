@@ -41,6 +41,19 @@ function serve(seen: Seen[]) {
 }
 
 /** Runs sse to the end (killed after 20 s, so that a hang fails the test). */
+/** Runs `fn` with the URL of a `serve` server, and shuts it down. */
+async function withServer(
+  fn: (url: string, seen: Seen[]) => Promise<void>,
+): Promise<void> {
+  const seen: Seen[] = [];
+  const server = serve(seen);
+  try {
+    await fn(`http://127.0.0.1:${server.addr.port}/`, seen);
+  } finally {
+    await server.shutdown();
+  }
+}
+
 async function run(args: string[]) {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "--allow-net=127.0.0.1", cli, ...args],
@@ -66,11 +79,9 @@ Deno.test(
   "sse prints every event until the server ends the stream with 204",
   sanitize,
   async () => {
-    const seen: Seen[] = [];
-    const server = serve(seen);
-    try {
+    await withServer(async (url, seen) => {
       const { code, stdout } = await run([
-        `http://127.0.0.1:${server.addr.port}/`,
+        url,
       ]);
       assert.equal(code, 0);
       assert.equal(
@@ -82,9 +93,7 @@ Deno.test(
       // It reconnected once (after the 10 ms retry) with the last event ID.
       assert.equal(seen.length, 2);
       assert.equal(seen[1]!.headers.get("last-event-id"), "3");
-    } finally {
-      await server.shutdown();
-    }
+    });
   },
 );
 
@@ -92,9 +101,7 @@ Deno.test(
   "sse sends headers, method and body, and stops at --until with --json output",
   sanitize,
   async () => {
-    const seen: Seen[] = [];
-    const server = serve(seen);
-    try {
+    await withServer(async (url, seen) => {
       const { code, stdout } = await run([
         "-H",
         "authorization: Bearer t0k",
@@ -103,7 +110,7 @@ Deno.test(
         "--json",
         "--until",
         "[DONE]",
-        `http://127.0.0.1:${server.addr.port}/`,
+        url,
       ]);
       assert.equal(code, 0);
       assert.deepEqual(
@@ -119,9 +126,7 @@ Deno.test(
       assert.equal(seen[0]!.body, '{"stream":true}');
       assert.equal(seen[0]!.headers.get("authorization"), "Bearer t0k");
       assert.equal(seen[0]!.headers.get("accept"), "text/event-stream");
-    } finally {
-      await server.shutdown();
-    }
+    });
   },
 );
 
@@ -129,10 +134,7 @@ Deno.test(
   "sse filters by --type and stops after --count events",
   sanitize,
   async () => {
-    const seen: Seen[] = [];
-    const server = serve(seen);
-    try {
-      const url = `http://127.0.0.1:${server.addr.port}/`;
+    await withServer(async (url) => {
       const typed = await run(["-t", "note", "-n", "1", url]);
       assert.equal(typed.code, 0);
       assert.equal(
@@ -143,12 +145,10 @@ Deno.test(
         "--count",
         "2",
         "--json",
-        `http://127.0.0.1:${server.addr.port}/`,
+        url,
       ]);
       assert.equal(counted.stdout.trim().split("\n").length, 2);
-    } finally {
-      await server.shutdown();
-    }
+    });
   },
 );
 
@@ -156,17 +156,17 @@ Deno.test(
   "sse exits 1 with the status when the server refuses the stream",
   sanitize,
   async () => {
-    const server = serve([]);
-    try {
+    await withServer(async (url) => {
       const { code, stdout, stderr } = await run([
-        `http://127.0.0.1:${server.addr.port}/private`,
+        new URL("/private", url).href,
       ]);
       assert.equal(code, 1);
       assert.equal(stdout, "");
-      assert.match(stderr, /sse: .*401/);
-    } finally {
-      await server.shutdown();
-    }
+      assert.equal(
+        stderr,
+        "sse: Unexpected status 401: expected 200 with text/event-stream\n",
+      );
+    });
   },
 );
 
@@ -239,10 +239,7 @@ Deno.test(
   "sse reads --count=3, -n3 and -- as parseArgs does, and prints --version",
   sanitize,
   async () => {
-    const seen: Seen[] = [];
-    const server = serve(seen);
-    try {
-      const url = `http://127.0.0.1:${server.addr.port}/`;
+    await withServer(async (url) => {
       for (
         const args of [["--count=2", url], ["-n2", url], ["-n", "2", "--", url]]
       ) {
@@ -250,9 +247,7 @@ Deno.test(
         assert.equal(code, 0, args.join(" "));
         assert.equal(stdout.trim().split("\n").length, 2, args.join(" "));
       }
-    } finally {
-      await server.shutdown();
-    }
+    });
     const version = await run(["--version"]);
     const config = JSON.parse(
       await Deno.readTextFile(new URL("../deno.json", import.meta.url)),
@@ -266,20 +261,16 @@ Deno.test(
   "sse --count 0 prints no event and makes no request",
   sanitize,
   async () => {
-    const seen: Seen[] = [];
-    const server = serve(seen);
-    try {
+    await withServer(async (url, seen) => {
       const { code, stdout } = await run([
         "--count",
         "0",
-        `http://127.0.0.1:${server.addr.port}/`,
+        url,
       ]);
       assert.equal(code, 0);
       assert.equal(stdout, "");
       assert.equal(seen.length, 0);
-    } finally {
-      await server.shutdown();
-    }
+    });
   },
 );
 
