@@ -169,9 +169,10 @@ export interface SSEChannelOptions<C = undefined> {
    * the `Last-Event-ID` the client sent (`""` if none) and `{ resumed }`.
    * `resumed` is `true` only when the client sent an id and everything it
    * missed since is still in the replay window and follows `init`'s
-   * messages; when it is `false` (a new client, an unknown id, or one older
-   * than the window) the application should send what the client needs
-   * first, such as a snapshot of the current state.
+   * messages; when it is `false` (a new client; an id this channel's stream
+   * did not issue or no longer holds; or a broker whose `history` failed)
+   * the application should send what the client needs first, such as a
+   * snapshot of the current state.
    *
    * Returns (or resolves to) the messages to send, or nothing. They go out
    * after the retry hint and before replayed and live messages. `init` runs
@@ -705,7 +706,24 @@ export class SSEChannel<C = undefined> {
     // Not a broker id at all: no need to ask.
     if (!isBrokerId(lastEventId)) return undefined;
     const count = this.#sharedIds.count;
-    const page = await this.#host.history(lastEventId);
+    let page: SSEBrokerEntry[] | null;
+    try {
+      page = await this.#host.history(lastEventId);
+    } catch (error) {
+      // The broker is down or frozen (and timed out): the client is
+      // answered anyway, as one that cannot resume, and gets a snapshot.
+      if (!this.#closed) {
+        this.#report(
+          new Error(
+            `Answered a resuming client with resumed: false: the broker's history failed: ${
+              errorMessage(error)
+            }`,
+            { cause: error },
+          ),
+        );
+      }
+      return undefined;
+    }
     if (page === null || client.state !== CONNECTING) return undefined;
     return new Resume(this.#host, client, lastEventId, page, count);
   }

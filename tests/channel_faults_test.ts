@@ -903,3 +903,96 @@ test("SSEChannel answers 405 with Allow: GET, HEAD to other methods, and HEAD wi
     await server.shutdown();
   }
 });
+
+/** A MemoryBroker whose `history` fails from its `failFrom`-th call on. */
+class FailingBroker extends MemoryBroker {
+  calls = 0;
+  failFrom = Infinity;
+
+  override history(
+    name: string,
+    options: { after: string; limit: number },
+  ): Promise<SSEBrokerEntry[] | null> {
+    if (++this.calls >= this.failFrom) {
+      return Promise.reject(new Error("Command timed out after 3000 ms"));
+    }
+    return super.history(name, options);
+  }
+}
+
+test("SSEChannel answers a resuming client with resumed: false when the broker's history fails", async () => {
+  const broker = new FailingBroker();
+  const inits: [string, boolean][] = [];
+  const reported: Error[] = [];
+  const channel = new SSEChannel({
+    broker,
+    keepAlive: 0,
+    init(_context, lastEventId, { resumed }) {
+      inits.push([lastEventId, resumed]);
+      return resumed ? [] : [{ event: "snapshot", data: "state" }];
+    },
+    onError: (error) => reported.push(error),
+  });
+  const server = serveChannel(channel);
+  let client: Client | undefined;
+  try {
+    const [start] = await publishNumbered(channel, 0, 2, 100);
+    broker.failFrom = 1;
+    client = await within(
+      Client.open(server.url, { "last-event-id": start! }),
+      2000,
+      "the answer",
+    );
+    const [live] = await publishNumbered(channel, 2, 1, 100);
+    assert.deepEqual(await client.take(2), [
+      { type: "snapshot", data: "state", id: "" },
+      { type: "message", data: numbered(2, 100).data, id: live },
+    ]);
+    assert.deepEqual(inits, [[start, false]]);
+    assert.equal(reported.length, 1);
+    assert.match(reported[0]!.message, /history.*Command timed out/);
+  } finally {
+    await client?.close();
+    await channel.close();
+    await server.shutdown();
+    await broker.close();
+  }
+});
+
+test("SSEChannel ends a catch-up whose history fails midway, so that the client resumes from where it got to", async () => {
+  const broker = new FailingBroker();
+  const reasons: string[] = [];
+  const channel = new SSEChannel({
+    broker,
+    keepAlive: 0,
+    onDisconnect: (_context, { reason }) => reasons.push(reason),
+    onError() {},
+  });
+  const server = serveChannel(channel);
+  const clients: Client[] = [];
+  try {
+    const [start] = await publishNumbered(channel, 0, 1, 100);
+    await publishNumbered(channel, 1, 250, 100);
+    // The first page (100) is read; the next read fails.
+    broker.failFrom = 2;
+    const first = await Client.open(server.url, { "last-event-id": start! });
+    clients.push(first);
+    await first.closed();
+    assert.equal(first.error, undefined);
+    assert.deepEqual(numbers(first.data), run(1, 100));
+    assert.deepEqual(reasons, ["broker-error"]);
+    // The broker is back: its reconnect resumes exactly where it got to.
+    broker.failFrom = Infinity;
+    const again = await Client.open(server.url, {
+      "last-event-id": first.events.at(-1)!.id,
+    });
+    clients.push(again);
+    await again.take(150);
+    assert.deepEqual(numbers(again.data), run(101, 150));
+  } finally {
+    await Promise.all(clients.map((client) => client.close()));
+    await channel.close();
+    await server.shutdown();
+    await broker.close();
+  }
+});
