@@ -17,240 +17,53 @@
 // - Until `init` has written its messages, entries for a client wait in its
 //   backlog (after the retry hint), then follow `init`'s in order.
 //
-// Slow clients: a client is judged on whether it drains, never on one burst.
-// What the runtime has not taken yet waits in the client's backlog (shared
-// frames: a reference each, see _client.ts). When it goes above `maxQueue`,
-// the client joins `#over`, and a drain check runs every drainTimeout / 4;
-// the stream pulling with its queue back under `maxQueue` clears it. A client
-// still over after drainTimeout of checks in a row (so the event loop, and
-// the socket, had that long to drain it) is dropped: its backlog is
+// Slow clients: a client is judged on whether it drains, never on one burst
+// (DrainJudge in _client.ts). What the runtime has not taken yet waits in
+// the client's backlog (shared frames: a reference each); a client whose
+// queue stays above `maxQueue` for `drainTimeout` is dropped: its backlog is
 // forgotten and its stream closed, which the runtime ends cleanly.
+//
+// The options and the reasons a connection ends are in _channel_options.ts,
+// the frames (encoded once, live or replayed) in _frames.ts.
 
-import type { SSEMessage } from "./encoder.ts";
-import { encodeSSE } from "./encoder.ts";
+import { encodeSSE, type SSEMessage } from "./encoder.ts";
 import { describe, json } from "./_json.ts";
 import { startInterval, type Timer } from "./_timer.ts";
-import { KEEP_ALIVE_FRAME, keepAliveInterval, sseHeaders } from "./_http.ts";
+import {
+  KEEP_ALIVE_FRAME,
+  lastEventIdOf,
+  notAllowed,
+  unavailable,
+} from "./_http.ts";
 import {
   errorMessage,
-  errorReporter,
   isBrokerId,
-  MemoryBroker,
-  type SSEBroker,
   type SSEBrokerEntry,
   type SSEBrokerSubscription,
 } from "./_broker.ts";
+import {
+  type ChannelSettings,
+  channelSettings,
+  type SSEChannelOptions,
+  type SSEDisconnectReason,
+  topicsOf,
+} from "./_channel_options.ts";
 import {
   Client,
   type ClientEvents,
   CLOSED,
   CONNECTING,
+  DrainJudge,
   OPEN,
   STREAM_QUEUE,
 } from "./_client.ts";
-import {
-  FrameCache,
-  IdWindow,
-  PAGE,
-  RECENT,
-  Resume,
-  type ResumeHost,
-} from "./_resume.ts";
+import { encodeAll, Frames } from "./_frames.ts";
+import { IdWindow, PAGE, RECENT, Resume, type ResumeHost } from "./_resume.ts";
 
 /** What `#unlessClosed` resolves to when the channel closed first. */
 const CLOSED_NOW: unique symbol = Symbol("closed");
 
-/** Default `maxQueue`: 1 MiB. */
-const DEFAULT_MAX_QUEUE = 1024 * 1024;
-/** Default `replay`. */
-const DEFAULT_REPLAY = 1000;
-/** Default `drainTimeout`: 10 s. */
-const DEFAULT_DRAIN_TIMEOUT = 10_000;
-/** Drain checks per `drainTimeout`. */
-const CHECKS = 4;
-/** The most bytes of replayed frames a channel keeps for other resumes. */
-const FRAME_CACHE_BYTES = 16 * 1024 * 1024;
-
-const encoder = new TextEncoder();
-const KEEP_ALIVE_BYTES = encoder.encode(KEEP_ALIVE_FRAME);
-// A broker id goes on the wire as an `id:` field: §9.2.6 ignores one with
-// NUL, and CR or LF would end the field early.
-const BAD_ID = /[\r\n\0]/;
-
-/** Options of {@linkcode SSEChannel}. `C` is the context `onConnect` returns. */
-export interface SSEChannelOptions<C = undefined> {
-  /**
-   * The channel's stream in the broker. Channels (in this process or others)
-   * that share a broker and a name are one stream.
-   *
-   * @default {"default"}
-   */
-  name?: string;
-  /**
-   * How many entries the broker keeps for resume: a client that reconnects
-   * with a `Last-Event-ID` within that many entries gets exactly what it
-   * missed. The in-memory brokers also bound the history in bytes
-   * (`maxHistoryBytes`, 16 MiB per stream by default).
-   *
-   * @default {1000}
-   */
-  replay?: number;
-  /**
-   * Milliseconds without a write after which a client is sent a keep-alive
-   * comment (`: keep-alive`), so proxies keep the connection open. 0 or
-   * `Infinity` turns keep-alive off.
-   *
-   * @default {15000}
-   */
-  keepAlive?: number;
-  /**
-   * Reconnection delay (ms) sent first on every connection as a `retry`
-   * field; `undefined` sends none (clients keep their own default).
-   *
-   * @default {undefined}
-   */
-  retry?: number;
-  /**
-   * The most bytes that may wait for one client for longer than
-   * `drainTimeout`. A burst may queue more for a while: every client that
-   * reads gets every message of any burst. A client whose queue stays above
-   * `maxQueue` for `drainTimeout` is dropped as slow (its stream ends and
-   * what waited for it is released), so a client that stops reading neither
-   * slows others nor holds memory for long.
-   *
-   * What waits is the same encoded bytes every client is sent (a reference
-   * per message, not a copy), so a client's queue costs little beyond the
-   * messages themselves; a stalled client holds on to at most what was
-   * published during its `drainTimeout`. The runtime and the kernel buffer
-   * some more on top (a few MiB per connection on loopback) before bytes
-   * start to wait here.
-   *
-   * @default {1048576} (1 MiB)
-   */
-  maxQueue?: number;
-  /**
-   * Milliseconds a client's queue may stay above `maxQueue` before the
-   * client is dropped as slow (`onDisconnect` reason `"slow"`). It is
-   * checked a few times over that span (every `drainTimeout / 4`), and the
-   * queue must stay above `maxQueue` the whole time: a client that catches
-   * up at any point starts afresh.
-   *
-   * @default {10000}
-   */
-  drainTimeout?: number;
-  /**
-   * Where ids, the replay history and live fan-out come from. A channel that
-   * creates its own broker closes it in `close()`; a broker passed here is
-   * left open (it may serve other channels).
-   *
-   * @default {new MemoryBroker()}
-   */
-  broker?: SSEBroker;
-  /**
-   * Extra headers for every event-stream response (for example CORS). The
-   * event-stream headers (`content-type`, `cache-control: no-cache`,
-   * `x-accel-buffering: no`) are set as `sseResponse` sets them.
-   *
-   * @default {undefined}
-   */
-  headers?: HeadersInit;
-  /**
-   * Called first for every connection, with the request. Return the
-   * connection's context (anything: a user, a session), which `init`,
-   * `filter` and `onDisconnect` receive; or return a `Response` to refuse the
-   * connection with it (for example 401). May be async. A throw rejects
-   * `connect`.
-   *
-   * @default {undefined} (every connection is accepted; the context is `undefined`)
-   */
-  onConnect?: (request: Request) => C | Response | Promise<C | Response>;
-  /**
-   * Called once per connection, before any live message, with the context,
-   * the `Last-Event-ID` the client sent (`""` if none) and `{ resumed }`.
-   * `resumed` is `true` only when the client sent an id and everything it
-   * missed since is still in the replay window and follows `init`'s
-   * messages; when it is `false` (a new client; an id this channel's stream
-   * did not issue or no longer holds; or a broker whose `history` failed)
-   * the application should send what the client needs first, such as a
-   * snapshot of the current state.
-   *
-   * Returns (or resolves to) the messages to send, or nothing. They go out
-   * after the retry hint and before replayed and live messages. `init` runs
-   * once the client is subscribed, so a snapshot taken here misses nothing:
-   * every message published from then on follows it (held until `init` is
-   * done). A throw, or a message `encodeSSE` refuses, rejects `connect`.
-   *
-   * @default {undefined}
-   */
-  init?: (
-    context: C,
-    lastEventId: string,
-    info: { resumed: boolean },
-  ) =>
-    | Iterable<SSEMessage>
-    | void
-    | Promise<Iterable<SSEMessage> | void>;
-  /**
-   * Decides, per client and per message, whether the client gets it. It must
-   * be synchronous (it runs inside the fan-out loop). `message` carries the
-   * assigned `id`, and `data` as sent (a string: JSON text for non-string
-   * data). Only `true` delivers: anything else does not (a Promise from an
-   * async filter included: it fails closed), and a result that is not a
-   * boolean is reported to `onError` (once per channel). A throw ends that
-   * client's stream (after what it was sent before; `onDisconnect` reason
-   * `"filter-error"`) and goes to `onError`.
-   *
-   * @default {undefined} (every subscribed client gets every message)
-   */
-  filter?: (context: C, message: SSEMessage, topic: string) => boolean;
-  /**
-   * Called once when a connection ends, after everything it held is
-   * released, with why it ended (see {@linkcode SSEDisconnectReason}). Must
-   * not throw (a throw goes to `onError`).
-   *
-   * @default {undefined}
-   */
-  onDisconnect?: (context: C, info: { reason: SSEDisconnectReason }) => void;
-  /**
-   * Called with each error the channel catches and carries on after: an
-   * entry from the broker that the encoder refuses (skipped, live and on
-   * resume, and reported once; the error names the entry id, its `cause` is
-   * the encoder's error), a hook that threw (`filter`, `onDisconnect`), or a
-   * broker's `history` that failed for a resuming client. Must not throw.
-   * Errors never go to `reportError`, which ends a Deno process.
-   *
-   * @default {(error) => console.error("SSEChannel: " + error.message)} (one line, no stack trace)
-   */
-  onError?: (error: Error) => void;
-}
-
-/**
- * Why a connection of an {@linkcode SSEChannel} ended, as `onDisconnect` is
- * told:
- *
- * - `"client-closed"`: the client closed the connection (or it broke).
- * - `"slow"`: its queue stayed above `maxQueue` for `drainTimeout`; its
- *   stream was ended. A client that reconnects with its `Last-Event-ID`
- *   resumes from there.
- * - `"channel-closed"`: `close()` ended it.
- * - `"filter-error"`: `filter` threw for it; its stream was ended after
- *   what it was sent before.
- * - `"replay-lost"`: while it was catching up after a reconnect, the
- *   entries it still needed left the replay window; its stream was ended
- *   rather than skip them, and its next reconnect gets `resumed: false`.
- * - `"broker-error"`: while it was catching up, the broker's `history`
- *   failed; its stream was ended so that it reconnects and resumes.
- * - `"connect-failed"`: `connect` did not answer with its stream (`init` or
- *   the broker failed, or the channel closed meanwhile).
- */
-export type SSEDisconnectReason =
-  | "client-closed"
-  | "slow"
-  | "channel-closed"
-  | "filter-error"
-  | "replay-lost"
-  | "broker-error"
-  | "connect-failed";
+const KEEP_ALIVE_BYTES = new TextEncoder().encode(KEEP_ALIVE_FRAME);
 
 /**
  * A broadcast channel of Server-Sent Events: every connected client receives
@@ -310,22 +123,11 @@ export type SSEDisconnectReason =
  * ```
  */
 export class SSEChannel<C = undefined> {
-  #name: string;
-  #replay: number;
-  #keepAlive: number;
-  #maxQueue: number;
-  #drainTimeout: number;
-  #streamQueue: number;
-  #broker: SSEBroker;
-  #ownsBroker: boolean;
-  #headers: [string, string][];
-  #retryBytes: Uint8Array | undefined;
-  #strategy: QueuingStrategy<Uint8Array>;
-  #onConnect: SSEChannelOptions<C>["onConnect"];
-  #init: SSEChannelOptions<C>["init"];
+  #settings: ChannelSettings<C>;
   #filter: SSEChannelOptions<C>["filter"];
-  #onDisconnect: SSEChannelOptions<C>["onDisconnect"];
   #report: (error: Error) => void;
+  #streamQueue: number;
+  #strategy: QueuingStrategy<Uint8Array>;
   /** A filter result that is not a boolean was reported already. */
   #filterReported = false;
 
@@ -344,16 +146,10 @@ export class SSEChannel<C = undefined> {
   /** An entry is being fanned out; those that arrive meanwhile wait. */
   #delivering = false;
   #waiting: SSEBrokerEntry[] = [];
-  /** Encoded frames (without the id line) of messages published here. */
-  #bodies = new WeakMap<SSEMessage, string>();
-  /** Encoded frames of entries replayed from history, shared by resumes. */
-  #frames: FrameCache;
-  /** Chunks of consecutive replayed frames, by first and last id. */
-  #runs = new FrameCache(1024, FRAME_CACHE_BYTES);
+  #frames: Frames;
+  /** The keep-alive tick. */
   #timer: Timer | undefined;
-  /** Clients whose queue is above `maxQueue`, and the check that judges them. */
-  #over = new Set<Client<C>>();
-  #drainTimer: Timer | undefined;
+  #drain: DrainJudge<C>;
   #closed = false;
   /** Connections waiting in connect, woken by close (see `#unlessClosed`). */
   #sleepers = new Set<() => void>();
@@ -365,7 +161,10 @@ export class SSEChannel<C = undefined> {
   #host: ResumeHost<C> = {
     shared: this.#sharedIds,
     history: (after) =>
-      this.#broker.history(this.#name, { after, limit: PAGE }),
+      this.#settings.broker.history(this.#settings.name, {
+        after,
+        limit: PAGE,
+      }),
     frame: (client, entry) => this.#frameOf(client, entry),
     write: (client, frames, first, last) =>
       this.#writeRun(client, frames, first, last),
@@ -381,64 +180,18 @@ export class SSEChannel<C = undefined> {
    * broker, headers and hooks.
    */
   constructor(options: SSEChannelOptions<C> = {}) {
-    const { name = "default", replay = DEFAULT_REPLAY } = options;
-    if (typeof name !== "string") {
-      throw new TypeError(
-        `Invalid name: expected a string, got ${typeof name}`,
-      );
-    }
-    if (!Number.isSafeInteger(replay) || replay < 0) {
-      throw new RangeError(
-        `Invalid replay: expected a non-negative integer, got ${replay}`,
-      );
-    }
-    const maxQueue = options.maxQueue ?? DEFAULT_MAX_QUEUE;
-    if (typeof maxQueue !== "number" || !(maxQueue > 0)) {
-      throw new RangeError(
-        `Invalid maxQueue: expected a positive number of bytes, got ${maxQueue}`,
-      );
-    }
-    const drainTimeout = options.drainTimeout ?? DEFAULT_DRAIN_TIMEOUT;
-    if (typeof drainTimeout !== "number" || !(drainTimeout > 0)) {
-      throw new RangeError(
-        `Invalid drainTimeout: expected a positive number of milliseconds, got ${drainTimeout}`,
-      );
-    }
-    this.#name = name;
-    this.#replay = replay;
-    this.#maxQueue = maxQueue;
-    this.#drainTimeout = drainTimeout;
-    this.#streamQueue = Math.min(maxQueue, STREAM_QUEUE);
-    this.#frames = new FrameCache(Math.max(replay, PAGE), FRAME_CACHE_BYTES);
-    this.#keepAlive = keepAliveInterval(options.keepAlive);
-    this.#retryBytes = options.retry === undefined
-      ? undefined
-      : encoder.encode(encodeSSE({ retry: options.retry }));
-    const broker = options.broker;
-    if (broker === undefined) {
-      this.#broker = new MemoryBroker();
-      this.#ownsBroker = true;
-    } else {
-      if (
-        typeof broker?.publish !== "function" ||
-        typeof broker.subscribe !== "function" ||
-        typeof broker.history !== "function" ||
-        typeof broker.close !== "function"
-      ) {
-        throw new TypeError(
-          "Invalid broker: expected an object with publish, subscribe, history and close methods",
-        );
-      }
-      this.#broker = broker;
-      this.#ownsBroker = false;
-    }
-    this.#headers = [...sseHeaders(options.headers)];
+    const settings = channelSettings(options);
+    this.#settings = settings;
+    this.#filter = settings.filter;
+    this.#report = settings.report;
+    this.#streamQueue = Math.min(settings.maxQueue, STREAM_QUEUE);
     this.#strategy = { highWaterMark: this.#streamQueue, size: byteLength };
-    this.#onConnect = hook(options, "onConnect");
-    this.#init = hook(options, "init");
-    this.#filter = hook(options, "filter");
-    this.#onDisconnect = hook(options, "onDisconnect");
-    this.#report = errorReporter("SSEChannel", options.onError);
+    this.#frames = new Frames(settings.name, settings.replay, settings.report);
+    this.#drain = new DrainJudge(
+      settings.maxQueue,
+      settings.drainTimeout,
+      (client) => this.#end(client, "slow"),
+    );
   }
 
   /**
@@ -484,16 +237,17 @@ export class SSEChannel<C = undefined> {
     const { method } = request;
     if (method !== "GET" && method !== "HEAD") return notAllowed();
     if (this.#closed) return unavailable();
+    const { onConnect, init } = this.#settings;
     let context = undefined as C;
-    if (this.#onConnect !== undefined) {
-      const result = await this.#unlessClosed(this.#onConnect(request));
+    if (onConnect !== undefined) {
+      const result = await this.#unlessClosed(onConnect(request));
       if (result === CLOSED_NOW) return unavailable();
       if (result instanceof Response) return result;
       context = result;
     }
     // RFC 9110 §9.3.2: HEAD answers as GET would, without the content.
     if (method === "HEAD") {
-      return new Response(null, { headers: this.#headers });
+      return new Response(null, { headers: this.#settings.headers });
     }
     const lastEventId = lastEventIdOf(request);
 
@@ -504,16 +258,17 @@ export class SSEChannel<C = undefined> {
       this.#events,
     );
     const stream = new ReadableStream<Uint8Array>(client, this.#strategy);
-    if (this.#retryBytes !== undefined) {
-      client.controller.enqueue(this.#retryBytes);
+    if (this.#settings.retryBytes !== undefined) {
+      client.controller.enqueue(this.#settings.retryBytes);
     }
     this.#clients.add(client);
-    if (this.#timer === undefined && this.#keepAlive > 0) {
+    const { keepAlive } = this.#settings;
+    if (this.#timer === undefined && keepAlive > 0) {
       // One timer for the whole channel: a tick every keepAlive / 2 writes a
       // comment to each client that wrote nothing since the previous tick, so
       // an idle client gets one every keepAlive ms (never later), and 10 000
       // clients cost one timer, not 10 000.
-      this.#timer = startInterval(this.#tick, this.#keepAlive / 2);
+      this.#timer = startInterval(this.#tick, keepAlive / 2);
     }
 
     try {
@@ -534,9 +289,9 @@ export class SSEChannel<C = undefined> {
         this.#join(client);
       }
       let frames: Uint8Array[] = [];
-      if (this.#init !== undefined && client.state === CONNECTING) {
+      if (init !== undefined && client.state === CONNECTING) {
         const messages = await this.#unlessClosed(
-          this.#init(context, lastEventId, { resumed: resume !== undefined }),
+          init(context, lastEventId, { resumed: resume !== undefined }),
         );
         if (messages === CLOSED_NOW) return unavailable();
         if (messages != null) frames = encodeAll(messages);
@@ -555,7 +310,7 @@ export class SSEChannel<C = undefined> {
       if (this.#closed) return unavailable();
       throw error;
     }
-    return new Response(stream, { headers: this.#headers });
+    return new Response(stream, { headers: this.#settings.headers });
   }
 
   /**
@@ -605,11 +360,9 @@ export class SSEChannel<C = undefined> {
     if (data !== undefined) {
       stored.data = typeof data === "string" ? data : json(data);
     }
-    const body = encodeSSE(stored);
-    this.#bodies.set(stored, body);
-    return await this.#broker.publish(this.#name, { topic, message: stored }, {
-      replay: this.#replay,
-    });
+    this.#frames.published(stored, encodeSSE(stored));
+    const { broker, name, replay } = this.#settings;
+    return await broker.publish(name, { topic, message: stored }, { replay });
   }
 
   /**
@@ -638,7 +391,7 @@ export class SSEChannel<C = undefined> {
         // It never subscribed: nothing to release.
       }
     }
-    if (this.#ownsBroker) await this.#broker.close();
+    if (this.#settings.ownsBroker) await this.#settings.broker.close();
   }
 
   /**
@@ -666,10 +419,8 @@ export class SSEChannel<C = undefined> {
   /** Subscribes the channel to its stream once, for all its clients. */
   #subscribeShared(): Promise<SSEBrokerSubscription> {
     if (this.#shared === undefined) {
-      const shared = this.#broker.subscribe(
-        this.#name,
-        (entry) => this.#deliver(entry),
-      );
+      const { broker, name } = this.#settings;
+      const shared = broker.subscribe(name, (entry) => this.#deliver(entry));
       this.#shared = shared;
       // A failed subscribe is retried by the next connection.
       shared.catch(() => {
@@ -752,11 +503,7 @@ export class SSEChannel<C = undefined> {
 
   /** Fan-out of one entry from the shared subscription. */
   #fanOut(entry: SSEBrokerEntry): void {
-    const bytes = this.#encodeEntry(entry);
-    // Reported once: a resume past it skips it without a word.
-    if (bytes === undefined && typeof entry.id === "string") {
-      this.#frames.set(entry.id, null);
-    }
+    const bytes = this.#frames.live(entry);
     let message: SSEMessage | undefined;
     if (bytes !== undefined) {
       const topicSet = this.#byTopic.get(entry.topic);
@@ -839,15 +586,10 @@ export class SSEChannel<C = undefined> {
   /** A client's frame of an entry from history, if it selects it. */
   #frameOf(client: Client<C>, entry: SSEBrokerEntry): Uint8Array | undefined {
     if (!client.selects(entry.topic)) return undefined;
-    const { id } = entry;
-    let bytes = this.#frames.get(id);
-    if (bytes === undefined) {
-      bytes = this.#encodeEntry(entry) ?? null;
-      if (typeof id === "string") this.#frames.set(id, bytes);
-    }
+    const bytes = this.#frames.replayed(entry);
     if (bytes === null) return undefined;
     if (this.#filter === undefined) return bytes;
-    const message = { ...entry.message, id };
+    const message = { ...entry.message, id: entry.id };
     return this.#filtered(client, message, entry.topic) ? bytes : undefined;
   }
 
@@ -862,18 +604,8 @@ export class SSEChannel<C = undefined> {
     first: string,
     last: string,
   ): void {
-    if (frames.length === 1) {
-      this.#send(client, frames[0]!);
-      return;
-    }
     const shared = client.topics === null && this.#filter === undefined;
-    const key = first + " " + last;
-    let chunk = shared ? this.#runs.get(key) : undefined;
-    if (chunk == null) {
-      chunk = concat(frames);
-      if (shared) this.#runs.set(key, chunk);
-    }
-    this.#send(client, chunk);
+    this.#send(client, this.#frames.run(frames, first, last, shared));
   }
 
   /** Whether a client selects an entry (its topics, then `filter`). */
@@ -928,7 +660,7 @@ export class SSEChannel<C = undefined> {
   /** Writes one frame; a client whose queue goes above maxQueue is watched. */
   #send(client: Client<C>, bytes: Uint8Array): void {
     client.write(bytes);
-    if (client.backlogBytes > 0 && !client.over) this.#watch(client);
+    if (client.backlogBytes > 0) this.#drain.watch(client);
   }
 
   /** Writes `init`'s frames, then what waited meanwhile; then live. */
@@ -937,80 +669,15 @@ export class SSEChannel<C = undefined> {
     const { controller } = client;
     for (const frame of frames) controller.enqueue(frame);
     client.flush();
-    if (client.backlogBytes > 0) this.#watch(client);
+    if (client.backlogBytes > 0) this.#drain.watch(client);
   }
 
   /** The stream took from its queue: refill it, and judge the client. */
   #pulled(client: Client<C>): void {
     if (client.state !== OPEN) return;
     client.flush();
-    if (client.over && client.queued <= this.#maxQueue) this.#unwatch(client);
+    this.#drain.drained(client);
     if (client.backlogBytes === 0) client.resume?.pull();
-  }
-
-  /** Starts judging a client once its queue is above `maxQueue`. */
-  #watch(client: Client<C>): void {
-    // A client in init has had no chance to read: it is judged once open.
-    if (client.state !== OPEN || client.queued <= this.#maxQueue) return;
-    client.over = true;
-    client.checks = 0;
-    this.#over.add(client);
-    this.#drainTimer ??= startInterval(
-      this.#check,
-      this.#drainTimeout / CHECKS,
-    );
-  }
-
-  /**
-   * The drain check: a client still above `maxQueue` at more than CHECKS
-   * checks in a row (drainTimeout since the first) is dropped. Counting
-   * checks, not time, gives a client the whole span even when a publisher
-   * that never yields delays the checks.
-   */
-  #check = (): void => {
-    for (const client of this.#over) {
-      if (client.queued <= this.#maxQueue) this.#unwatch(client);
-      else if (++client.checks > CHECKS) this.#end(client, "slow");
-    }
-  };
-
-  /** Stops judging a client; the check stops with the last one. */
-  #unwatch(client: Client<C>): void {
-    client.over = false;
-    this.#over.delete(client);
-    if (this.#over.size === 0 && this.#drainTimer !== undefined) {
-      clearInterval(this.#drainTimer);
-      this.#drainTimer = undefined;
-    }
-  }
-
-  #encodeEntry(entry: SSEBrokerEntry): Uint8Array | undefined {
-    const { id, message } = entry;
-    let body = this.#bodies.get(message);
-    try {
-      if (typeof id !== "string" || BAD_ID.test(id)) {
-        throw new TypeError(
-          `Invalid broker entry: id must be a string without CR, LF or NUL: got ${
-            JSON.stringify(id)
-          }`,
-        );
-      }
-      if (body === undefined) body = encodeSSE(message);
-      else this.#bodies.delete(message);
-    } catch (error) {
-      // A broker handed out an entry that cannot be framed: skip it rather
-      // than break every client's stream.
-      this.#report(
-        new TypeError(
-          `Skipped entry ${JSON.stringify(id)} of stream ${
-            JSON.stringify(this.#name)
-          }: ${errorMessage(error)}`,
-          { cause: error },
-        ),
-      );
-      return undefined;
-    }
-    return encoder.encode("id: " + id + "\n" + body);
   }
 
   /** Releases everything a client holds, then tells `onDisconnect`. */
@@ -1019,7 +686,7 @@ export class SSEChannel<C = undefined> {
     client.state = CLOSED;
     this.#clients.delete(client);
     client.discard();
-    if (client.over) this.#unwatch(client);
+    this.#drain.unwatch(client);
     const { topics } = client;
     if (topics === null) {
       this.#everyone.delete(client);
@@ -1040,9 +707,10 @@ export class SSEChannel<C = undefined> {
       clearInterval(this.#timer);
       this.#timer = undefined;
     }
-    if (this.#onDisconnect !== undefined) {
+    const { onDisconnect } = this.#settings;
+    if (onDisconnect !== undefined) {
       try {
-        this.#onDisconnect(client.context, { reason });
+        onDisconnect(client.context, { reason });
       } catch (error) {
         this.#report(
           new Error(`onDisconnect threw: ${errorMessage(error)}`, {
@@ -1066,100 +734,6 @@ export class SSEChannel<C = undefined> {
   };
 }
 
-function concat(chunks: Uint8Array[]): Uint8Array {
-  let length = 0;
-  for (const chunk of chunks) length += chunk.byteLength;
-  const joined = new Uint8Array(length);
-  let offset = 0;
-  for (const chunk of chunks) {
-    joined.set(chunk, offset);
-    offset += chunk.byteLength;
-  }
-  return joined;
-}
-
 function byteLength(chunk: Uint8Array): number {
   return chunk.byteLength;
-}
-
-function hook<C, K extends keyof SSEChannelOptions<C>>(
-  options: SSEChannelOptions<C>,
-  key: K,
-): SSEChannelOptions<C>[K] {
-  const value = options[key];
-  if (value !== undefined && typeof value !== "function") {
-    throw new TypeError(
-      `Invalid ${key}: expected a function, got ${describe(value)}`,
-    );
-  }
-  return value;
-}
-
-function topicsOf(topics: unknown): readonly string[] | null {
-  if (topics === undefined) return null;
-  if (!Array.isArray(topics)) {
-    throw new TypeError(
-      `Invalid topics: expected an array of strings, got ${describe(topics)}`,
-    );
-  }
-  for (const topic of topics) {
-    if (typeof topic !== "string") {
-      throw new TypeError(
-        `Invalid topics: expected an array of strings, found ${
-          describe(topic)
-        }`,
-      );
-    }
-  }
-  return [...new Set<string>(topics)];
-}
-
-/**
- * The `Last-Event-ID` header, `""` if none. Header values are ByteStrings:
- * browsers send a non-ASCII id as its UTF-8 bytes, which arrive one character
- * per byte, so they are decoded back here.
- */
-function lastEventIdOf(request: Request): string {
-  const value = request.headers.get("last-event-id");
-  if (value === null) return "";
-  // deno-lint-ignore no-control-regex
-  if (/^[\x00-\x7f]*$/.test(value)) return value;
-  const bytes = new Uint8Array(value.length);
-  for (let i = 0; i < value.length; i++) bytes[i] = value.charCodeAt(i);
-  return new TextDecoder().decode(bytes);
-}
-
-function encodeAll(messages: Iterable<SSEMessage>): Uint8Array[] {
-  if (typeof messages !== "object" || !(Symbol.iterator in messages)) {
-    throw new TypeError(
-      `Invalid init result: expected an iterable of messages, got ${
-        describe(messages)
-      }`,
-    );
-  }
-  const frames: Uint8Array[] = [];
-  for (const message of messages) {
-    frames.push(encoder.encode(encodeSSE(message)));
-  }
-  return frames;
-}
-
-function notAllowed(): Response {
-  return new Response(
-    "Method not allowed: an event stream answers GET and HEAD",
-    {
-      status: 405,
-      headers: {
-        allow: "GET, HEAD",
-        "content-type": "text/plain; charset=utf-8",
-      },
-    },
-  );
-}
-
-function unavailable(): Response {
-  return new Response("The event channel is closed", {
-    status: 503,
-    headers: { "content-type": "text/plain; charset=utf-8" },
-  });
 }

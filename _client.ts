@@ -1,7 +1,8 @@
 // Copyright the sse authors. MIT license.
 // One client of an SSEChannel: the underlying source of its response stream,
-// its backlog, and the little state the fan-out needs. Private: used by
-// _channel.ts and _resume.ts, never exported from mod.ts or deno.json.
+// its backlog, and the little state the fan-out needs; and the judge of
+// whether clients drain. Private: used by _channel.ts and _resume.ts, never
+// exported from mod.ts or deno.json.
 //
 // The response stream's own queue is kept small (its high-water mark is at
 // most STREAM_QUEUE bytes): what the runtime has not taken yet beyond that
@@ -12,6 +13,7 @@
 // for the runtime to report.
 
 import type { Resume } from "./_resume.ts";
+import { startInterval, type Timer } from "./_timer.ts";
 
 /** The client's stream exists; `init` has not finished. */
 export const CONNECTING: number = 0;
@@ -169,4 +171,77 @@ export class Client<C> implements UnderlyingDefaultSource<Uint8Array> {
       this.#head = 0;
     }
   }
+}
+
+/** Drain checks per `drainTimeout`. */
+const CHECKS = 4;
+
+/**
+ * Judges clients on whether they drain, never on one burst. A client whose
+ * queue goes above `maxQueue` is watched, and a check runs every
+ * drainTimeout / CHECKS while any is; its stream pulling with its queue back
+ * under `maxQueue` clears it (`drained`). A client still over at more than
+ * CHECKS checks in a row is slow. Counting checks, not time, gives a client
+ * the whole span even when a publisher that never yields delays the checks:
+ * the event loop, and so the socket, had that many turns to drain it.
+ */
+export class DrainJudge<C> {
+  #over = new Set<Client<C>>();
+  #timer: Timer | undefined;
+  #maxQueue: number;
+  #interval: number;
+  #onSlow: (client: Client<C>) => void;
+
+  /**
+   * @param maxQueue The bytes a client may keep waiting.
+   * @param drainTimeout How long (ms) it may keep more.
+   * @param onSlow Called with a client that did not drain in time.
+   */
+  constructor(
+    maxQueue: number,
+    drainTimeout: number,
+    onSlow: (client: Client<C>) => void,
+  ) {
+    this.#maxQueue = maxQueue;
+    this.#interval = drainTimeout / CHECKS;
+    this.#onSlow = onSlow;
+  }
+
+  /** After a write: starts judging an open client whose queue is over. */
+  watch(client: Client<C>): void {
+    // A client in init has had no chance to read: it is judged once open.
+    if (
+      client.over || client.state !== OPEN ||
+      client.queued <= this.#maxQueue
+    ) {
+      return;
+    }
+    client.over = true;
+    client.checks = 0;
+    this.#over.add(client);
+    this.#timer ??= startInterval(this.#check, this.#interval);
+  }
+
+  /** After the stream took from its queue: clears a client that drained. */
+  drained(client: Client<C>): void {
+    if (client.over && client.queued <= this.#maxQueue) this.unwatch(client);
+  }
+
+  /** Stops judging a client; the check stops with the last one. */
+  unwatch(client: Client<C>): void {
+    if (!client.over) return;
+    client.over = false;
+    this.#over.delete(client);
+    if (this.#over.size === 0 && this.#timer !== undefined) {
+      clearInterval(this.#timer);
+      this.#timer = undefined;
+    }
+  }
+
+  #check = (): void => {
+    for (const client of this.#over) {
+      if (client.queued <= this.#maxQueue) this.unwatch(client);
+      else if (++client.checks > CHECKS) this.#onSlow(client);
+    }
+  };
 }

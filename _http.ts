@@ -151,3 +151,51 @@ export class KeepAliveTimer {
     }
   };
 }
+
+/**
+ * The `Last-Event-ID` header, `""` if none. Header values are ByteStrings:
+ * browsers send a non-ASCII id as its UTF-8 bytes, which arrive one character
+ * per byte, so they are decoded back here.
+ *
+ * @param request A request.
+ * @returns The id the client resumes from.
+ */
+export function lastEventIdOf(request: Request): string {
+  const value = request.headers.get("last-event-id");
+  if (value === null) return "";
+  // deno-lint-ignore no-control-regex
+  if (/^[\x00-\x7f]*$/.test(value)) return value;
+  const bytes = new Uint8Array(value.length);
+  for (let i = 0; i < value.length; i++) bytes[i] = value.charCodeAt(i);
+  return new TextDecoder().decode(bytes);
+}
+
+/**
+ * The answer of an event stream to a method other than GET and HEAD.
+ *
+ * @returns 405 with `Allow: GET, HEAD` (RFC 9110 §15.5.6).
+ */
+export function notAllowed(): Response {
+  return new Response(
+    "Method not allowed: an event stream answers GET and HEAD",
+    {
+      status: 405,
+      headers: {
+        allow: "GET, HEAD",
+        "content-type": "text/plain; charset=utf-8",
+      },
+    },
+  );
+}
+
+/**
+ * The answer of a closed channel.
+ *
+ * @returns 503.
+ */
+export function unavailable(): Response {
+  return new Response("The event channel is closed", {
+    status: 503,
+    headers: { "content-type": "text/plain; charset=utf-8" },
+  });
+}

@@ -38,7 +38,8 @@ export const PAGE = 100;
 /**
  * Replayed frames are written in chunks of about this many bytes: a herd of
  * clients that resume from the same place shares the chunks (see
- * `FrameCache`), and the runtime handles a few chunks instead of hundreds.
+ * `Frames.run` in _frames.ts), and the runtime handles a few chunks instead
+ * of hundreds.
  */
 export const RUN_BYTES = 32 * 1024;
 /** How many ids of the shared subscription's last entries a channel keeps. */
@@ -73,46 +74,6 @@ export class IdWindow {
   /** Whether the id is one of the remembered ones. */
   has(id: string): boolean {
     return this.#ids.has(id);
-  }
-}
-
-/**
- * Encoded frames of replayed entries by id, so that a herd of clients that
- * resume past the same entries encodes each once and shares the bytes, as
- * live entries are shared. It keeps the newest `count` entries, and at most
- * `bytes` bytes. An entry that cannot be framed is kept as `null`, so it is
- * reported once, not once per client.
- */
-export class FrameCache {
-  #frames = new Map<string, Uint8Array | null>();
-  #bytes = 0;
-  #maxCount: number;
-  #maxBytes: number;
-
-  /**
-   * @param count How many entries to keep.
-   * @param bytes How many bytes of frames to keep.
-   */
-  constructor(count: number, bytes: number) {
-    this.#maxCount = count;
-    this.#maxBytes = bytes;
-  }
-
-  /** The frame of the entry with this id: `undefined` when not cached. */
-  get(id: string): Uint8Array | null | undefined {
-    return this.#frames.get(id);
-  }
-
-  /** Caches a frame (or `null`), forgetting the oldest beyond the bounds. */
-  set(id: string, frame: Uint8Array | null): void {
-    const frames = this.#frames;
-    frames.set(id, frame);
-    this.#bytes += frame?.byteLength ?? 0;
-    while (frames.size > this.#maxCount || this.#bytes > this.#maxBytes) {
-      const [oldest, old] = frames.entries().next().value!;
-      frames.delete(oldest);
-      this.#bytes -= old?.byteLength ?? 0;
-    }
   }
 }
 

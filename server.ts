@@ -323,7 +323,10 @@ function logError(error: unknown): void {
 }
 
 export { SSEChannel } from "./_channel.ts";
-export type { SSEChannelOptions, SSEDisconnectReason } from "./_channel.ts";
+export type {
+  SSEChannelOptions,
+  SSEDisconnectReason,
+} from "./_channel_options.ts";
 export { MemoryBroker } from "./_broker.ts";
 export type {
   MemoryBrokerOptions,
