@@ -31,16 +31,12 @@ import {
   Connection,
   DEFAULT_BACKOFF_FACTOR,
   DEFAULT_MAX_RETRY_DELAY,
-  describeFailure,
   type FetchLike,
   fetchOption,
   fromByteString,
   headersOption,
   type HeadersSource,
   isEventStream,
-  isRefusal,
-  messageOf,
-  methodProblem,
   OPEN,
   parseRetryAfter,
   type ReadyState,
@@ -48,6 +44,12 @@ import {
   resolveURL,
   unsendableId,
 } from "./_connection.ts";
+import {
+  describeFailure,
+  isRefusal,
+  messageOf,
+  methodProblem,
+} from "./_refusal.ts";
 import { Pause } from "./_pause.ts";
 
 export type { SSEEvent } from "./parser.ts";

@@ -34,12 +34,12 @@ import {
   headersOption,
   type HeadersSource,
   isEventStream,
-  isRefusal,
   OPEN,
   type ReadyState,
   requestHeaders,
   resolveURL,
 } from "./_connection.ts";
+import { isRefusal } from "./_refusal.ts";
 import { Pause } from "./_pause.ts";
 
 // §9.2.3: "initially an implementation-defined value, probably in the region
