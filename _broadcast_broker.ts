@@ -70,8 +70,8 @@ interface Stream {
 const DEFAULT_PREFIX = "sse:";
 
 /**
- * An {@linkcode SSEBroker} for the Workers of one process (Deno's `Worker`,
- * Node's `worker_threads` through the global `BroadcastChannel`, Bun): each
+ * An {@linkcode SSEBroker} for the Workers of one process (a Deno `Worker`,
+ * or any runtime whose `BroadcastChannel` reaches its workers): each
  * published entry is delivered to this Worker's subscribers at once and
  * posted on a `BroadcastChannel`, which the runtime delivers to the other
  * Workers of the process, where their brokers deliver it to theirs.

@@ -8,6 +8,16 @@
  * keep-alive comments while idle, and a source that is closed the moment the
  * client goes away.
  *
+ * {@linkcode SSEChannel} broadcasts to many clients, with topics, resume,
+ * hooks, keep-alive and slow-client protection, through an
+ * {@linkcode SSEBroker}: {@linkcode MemoryBroker} (the default) within one
+ * process; {@linkcode BroadcastChannelBroker} between the Workers of one
+ * process. Neither reaches other processes: for several servers, use
+ * `RedisBroker` (`@sse/sse/redis`); on Deno Deploy, `DenoKvBroker`
+ * (`@sse/sse/kv`). `BroadcastChannelBroker` is not for Deno Deploy: Deploy
+ * Classic, whose `BroadcastChannel` linked isolates, was shut down on
+ * 2026-07-20, and Deploy isolates are now isolated from each other.
+ *
  * @example Stream an LLM's tokens from `Deno.serve`
  * ```ts
  * import { sseResponse } from "@sse/sse/server";
