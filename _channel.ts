@@ -406,11 +406,14 @@ export class SSEChannel<C = undefined> {
     if (!(value instanceof Promise)) return value;
     // One waiter per wait, dropped when it ends: a promise that lives as long
     // as the channel would collect a reaction per connection.
-    const closing = Promise.withResolvers<typeof CLOSED_NOW>();
-    const wake = () => closing.resolve(CLOSED_NOW);
+    // (No Promise.withResolvers: Node 20 has none.)
+    let wake!: () => void;
+    const closing = new Promise<typeof CLOSED_NOW>((resolve) => {
+      wake = () => resolve(CLOSED_NOW);
+    });
     this.#sleepers.add(wake);
     try {
-      return await Promise.race([value, closing.promise]);
+      return await Promise.race([value, closing]);
     } finally {
       this.#sleepers.delete(wake);
     }
