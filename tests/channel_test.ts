@@ -849,7 +849,10 @@ test("SSEChannel is back to size 0 with nothing leaked after 2000 connect, read,
  * over, while messages are published, must see every message of their topics
  * exactly once, in order.
  */
-async function reconnectRace(broker: CountingBroker): Promise<void> {
+async function reconnectRace(
+  broker: CountingBroker,
+  options: { total?: number; away?: number } = {},
+): Promise<void> {
   const disconnected = new Counter();
   const channel = new SSEChannel({
     broker,
@@ -859,7 +862,9 @@ async function reconnectRace(broker: CountingBroker): Promise<void> {
   const server = serve((request) =>
     channel.connect(request, topicsOf(request))
   );
-  const TOTAL = 300;
+  const TOTAL = options.total ?? 300;
+  /** Messages published while a follower is away between connections. */
+  const away = options.away ?? 0;
   let connections = 0;
   let published = 0;
   const random = randomFrom(42);
@@ -898,6 +903,8 @@ async function reconnectRace(broker: CountingBroker): Promise<void> {
         seen.push(Number(event.data));
         lastEventId = event.id;
       }
+      const back = Math.min(seen.at(-1)! + away, TOTAL);
+      while (published < back) await new Promise((r) => setTimeout(r, 1));
     }
     const expected = [];
     for (let n = seen[0]!; n < TOTAL; n++) if (keep(n)) expected.push(n);
@@ -930,6 +937,14 @@ test("SSEChannel leaves no gap and no duplicate for clients that reconnect while
 
 test("SSEChannel leaves no gap and no duplicate on a broker whose subscription and history answer late", async () => {
   await reconnectRace(new CountingBroker({ lag: true }));
+});
+
+test("SSEChannel leaves no gap and no duplicate for clients that come back pages behind, while messages are published", async () => {
+  await reconnectRace(new CountingBroker(), { total: 1200, away: 250 });
+  await reconnectRace(new CountingBroker({ lag: true, seed: 5 }), {
+    total: 1200,
+    away: 250,
+  });
 });
 
 test("SSEChannel leaves no gap and no duplicate on a lagging broker, whatever the timing", async () => {
