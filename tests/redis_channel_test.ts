@@ -361,15 +361,13 @@ redisTest(
   },
 );
 
-// Pending on the channel side: SSEChannel must fall back to `resumed: false`
-// when the broker's history rejects (the broker rejects within
-// commandTimeout, tested in redis_faults_test.ts). Today connect throws, and
-// Deno.serve answers 500 (after 0.5 s here; 6 s before commandTimeout).
-// Remove `ignore` once it does.
+// The broker's history rejects within commandTimeout (tested in
+// redis_faults_test.ts); SSEChannel then answers the resuming client as one
+// that cannot resume. Before: connect threw, and Deno.serve answered 500
+// after commandTimeout (0.5 s here; 6 s before commandTimeout existed).
 Deno.test({
   name:
     "SSEChannel on RedisBroker answers a resuming client within commandTimeout while Redis is frozen, with resumed false",
-  ignore: true,
   sanitizeOps: true,
   sanitizeResources: true,
   async fn() {
