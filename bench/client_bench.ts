@@ -1,24 +1,32 @@
 // Copyright the sse authors. MIT license.
 // Client throughput over loopback: how fast each consumer turns one HTTP
-// response of ~100-byte events into events it can use (each event's `data`
-// is read), in one run, interleaved round by round.
+// response of events into events it can use (each event's `data` is read),
+// in one run, interleaved round by round.
 //
-//   deno run -A bench/client_bench.ts [--rounds 7] [--events 100000] [--size 100]
+//   deno run -A bench/client_bench.ts [--rounds 7] [--events 100000]
+//     [--size 100] [--only sseclient,fetch,...] [--json]
 //
-// Contenders:
-// - SSEClient (ours): `for await` over the client;
-// - EventSource (ours): `onmessage`;
-// - fetch + TextDecoderStream + eventsource-parser's EventSourceParserStream,
-//   read with `for await` (the usual hand-rolled consumer);
-// - npm `eventsource` (v5, the EventSource polyfill for Node), `onmessage`;
-// - Deno's built-in EventSource, `onmessage`.
+// Contenders (`--only` takes their keys):
+// - sseclient: SSEClient (ours), `for await` over the client;
+// - eventsource: EventSource (ours), `onmessage`;
+// - eventsource-parser: fetch + TextDecoderStream + eventsource-parser's
+//   EventSourceParserStream, read with `for await` (the usual hand-rolled
+//   consumer);
+// - npm-eventsource: npm `eventsource` (v5, the EventSource polyfill for
+//   Node), `onmessage`;
+// - deno-eventsource: Deno's built-in EventSource, `onmessage`;
+// - fetch: the body read with a reader and no parsing at all, the floor of
+//   every consumer above.
 //
 // The server is its own process (this file with `--serve`), so that it never
 // shares an event loop with the client measured: it sends pre-built 64 KiB
 // chunks of events `id: <8 digits>\ndata: <padding>\n\n`, `--size` bytes each.
 // Each measurement is one connection, from construction to the `--events`-th
-// event. Prints median MB/s per contender over the rounds (after one warm-up
-// round) and each one's ratio to SSEClient.
+// event (for `fetch`: to the bytes of that many events). Prints median MB/s
+// per contender over the rounds (after one warm-up round), and SSEClient's
+// and our EventSource's ratios to the others: the ratio of the medians, and
+// the lowest and highest ratio within one round, where both met the same
+// machine state.
 
 import { EventSourceParserStream } from "eventsource-parser/stream";
 import { EventSource as NpmEventSource } from "eventsource";
@@ -83,8 +91,9 @@ function serve(): void {
   });
 }
 
-// --- contenders ------------------------------------------------------------------
+// --- contenders --------------------------------------------------------------
 
+/** Reads `events` events from `url`; resolves to the data characters read. */
 type Contender = (url: string, events: number) => Promise<number>;
 
 interface EventSourceLike {
@@ -111,38 +120,69 @@ function viaEventSource(source: EventSourceLike, events: number) {
   });
 }
 
-const CONTENDERS: Record<string, Contender> = {
-  "SSEClient": async (url, events) => {
-    let count = 0;
-    let length = 0;
-    for await (const event of new SSEClient(url)) {
-      length += event.data.length;
-      if (++count === events) break;
-    }
-    return length;
+const CONTENDERS: Record<string, { name: string; run: Contender }> = {
+  "sseclient": {
+    name: "SSEClient",
+    run: async (url, events) => {
+      let count = 0;
+      let length = 0;
+      for await (const event of new SSEClient(url)) {
+        length += event.data.length;
+        if (++count === events) break;
+      }
+      return length;
+    },
   },
-  "EventSource (ours)": (url, events) =>
-    viaEventSource(new OurEventSource(url), events),
-  "fetch + eventsource-parser": async (url, events) => {
-    const response = await fetch(url);
-    const stream = response.body!
-      .pipeThrough(new TextDecoderStream())
-      .pipeThrough(new EventSourceParserStream());
-    let count = 0;
-    let length = 0;
-    for await (const event of stream) {
-      length += event.data.length;
-      if (++count === events) break;
-    }
-    return length;
+  "eventsource": {
+    name: "EventSource (ours)",
+    run: (url, events) => viaEventSource(new OurEventSource(url), events),
   },
-  "npm eventsource": (url, events) =>
-    viaEventSource(new NpmEventSource(url) as EventSourceLike, events),
-  "Deno's EventSource": (url, events) =>
-    viaEventSource(new EventSource(url) as EventSourceLike, events),
+  "eventsource-parser": {
+    name: "fetch + eventsource-parser",
+    run: async (url, events) => {
+      const response = await fetch(url);
+      const stream = response.body!
+        .pipeThrough(new TextDecoderStream())
+        .pipeThrough(new EventSourceParserStream());
+      let count = 0;
+      let length = 0;
+      for await (const event of stream) {
+        length += event.data.length;
+        if (++count === events) break;
+      }
+      return length;
+    },
+  },
+  "npm-eventsource": {
+    name: "npm eventsource",
+    run: (url, events) =>
+      viaEventSource(new NpmEventSource(url) as EventSourceLike, events),
+  },
+  "deno-eventsource": {
+    name: "Deno's EventSource",
+    run: (url, events) =>
+      viaEventSource(new EventSource(url) as EventSourceLike, events),
+  },
+  "fetch": {
+    name: "fetch, no parsing",
+    run: async (url, events) => {
+      const response = await fetch(url);
+      const reader = response.body!.getReader();
+      const bytes = events * SIZE;
+      let read = 0;
+      while (read < bytes) {
+        const { done, value } = await reader.read();
+        if (done) throw new Error(`The body ended after ${read} bytes`);
+        read += value.length;
+      }
+      await reader.cancel();
+      // What the parsing contenders report for the same bytes.
+      return events * DATA_LENGTH;
+    },
+  },
 };
 
-// --- main ------------------------------------------------------------------------
+// --- main --------------------------------------------------------------------
 
 function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
@@ -183,46 +223,127 @@ async function startServer(): Promise<{ url: string; stop(): Promise<void> }> {
   };
 }
 
-async function main(): Promise<void> {
+/** One contender's results: MB/s in each measured round. */
+export interface ClientRow {
+  key: string;
+  name: string;
+  /** Median MB/s over the rounds. */
+  mbps: number;
+  /** MB/s in each round, in round order. */
+  rounds: number[];
+}
+
+/** A ratio between two contenders: of the medians, and per round. */
+export interface ClientRatio {
+  ours: string;
+  peer: string;
+  /** ours / peer, of the median MB/s. */
+  ratio: number;
+  /** The lowest and highest ratio of one round's figures. */
+  min: number;
+  max: number;
+}
+
+/** What `--json` prints. */
+export interface ClientResult {
+  events: number;
+  size: number;
+  rounds: number;
+  rows: ClientRow[];
+  ratios: ClientRatio[];
+}
+
+function chosen(): string[] {
+  const at = Deno.args.indexOf("--only");
+  if (at < 0) return Object.keys(CONTENDERS);
+  const keys = (Deno.args[at + 1] ?? "").split(",");
+  for (const key of keys) {
+    if (!(key in CONTENDERS)) {
+      throw new TypeError(
+        `Invalid --only: unknown contender ${JSON.stringify(key)} (one of ${
+          Object.keys(CONTENDERS).join(", ")
+        })`,
+      );
+    }
+  }
+  return keys;
+}
+
+async function measure(keys: string[]): Promise<ClientResult> {
   const server = await startServer();
-  const names = Object.keys(CONTENDERS);
-  const rates = new Map<string, number[]>(names.map((name) => [name, []]));
+  const rates = new Map<string, number[]>(keys.map((key) => [key, []]));
   const bytes = EVENTS * SIZE;
   try {
     for (let round = 0; round <= ROUNDS; round++) {
       // Rotate the order so that no contender always runs first.
-      const order = names.map((_, i) => names[(i + round) % names.length]!);
-      for (const name of order) {
+      const order = keys.map((_, i) => keys[(i + round) % keys.length]!);
+      for (const key of order) {
         const started = performance.now();
-        const length = await CONTENDERS[name]!(server.url, EVENTS);
+        const length = await CONTENDERS[key]!.run(server.url, EVENTS);
         const elapsed = performance.now() - started;
         if (length !== EVENTS * DATA_LENGTH) {
-          throw new Error(`${name} read ${length} data characters`);
+          throw new Error(`${key} read ${length} data characters`);
         }
-        if (round > 0) rates.get(name)!.push(bytes / elapsed / 1000);
+        if (round > 0) rates.get(key)!.push(bytes / elapsed / 1000);
       }
     }
   } finally {
     await server.stop();
   }
-  const reference = median(rates.get("SSEClient")!);
+  const rows = keys.map((key) => ({
+    key,
+    name: CONTENDERS[key]!.name,
+    mbps: median(rates.get(key)!),
+    rounds: rates.get(key)!,
+  }));
+  const ratios: ClientRatio[] = [];
+  for (const ours of ["sseclient", "eventsource"]) {
+    if (!rates.has(ours)) continue;
+    for (const peer of keys) {
+      if (peer === "sseclient" || peer === "eventsource") continue;
+      const a = rates.get(ours)!;
+      const b = rates.get(peer)!;
+      const perRound = a.map((value, i) => value / b[i]!);
+      ratios.push({
+        ours,
+        peer,
+        ratio: median(a) / median(b),
+        min: Math.min(...perRound),
+        max: Math.max(...perRound),
+      });
+    }
+  }
+  return { events: EVENTS, size: SIZE, rounds: ROUNDS, rows, ratios };
+}
+
+function print(result: ClientResult): void {
   console.log(
-    `Client throughput, ${EVENTS} events of ${SIZE} bytes per connection, ` +
-      `loopback, median of ${ROUNDS} interleaved rounds ` +
+    `Client throughput, ${result.events} events of ${result.size} bytes per ` +
+      `connection, loopback, median of ${result.rounds} interleaved rounds ` +
       `(Deno ${Deno.version.deno}):\n`,
   );
-  console.log("| Consumer | MB/s | SSEClient is |");
-  console.log("| --- | ---: | ---: |");
-  for (const name of names) {
-    const rate = median(rates.get(name)!);
-    const ratio = name === "SSEClient"
-      ? "—"
-      : `${(reference / rate).toFixed(2)}×`;
-    console.log(`| ${name} | ${rate.toFixed(0)} | ${ratio} |`);
+  console.log("| Consumer | MB/s |");
+  console.log("| --- | ---: |");
+  for (const row of result.rows) {
+    console.log(`| ${row.name} | ${row.mbps.toFixed(0)} |`);
+  }
+  if (result.ratios.length === 0) return;
+  console.log("\n| Ours | vs | ratio of medians | per round |");
+  console.log("| --- | --- | ---: | ---: |");
+  for (const r of result.ratios) {
+    console.log(
+      `| ${CONTENDERS[r.ours]!.name} | ${CONTENDERS[r.peer]!.name} | ${
+        r.ratio.toFixed(2)
+      }× | ${r.min.toFixed(2)}–${r.max.toFixed(2)}× |`,
+    );
   }
 }
 
 if (import.meta.main) {
   if (Deno.args.includes("--serve")) serve();
-  else await main();
+  else {
+    const result = await measure(chosen());
+    if (Deno.args.includes("--json")) console.log(JSON.stringify(result));
+    else print(result);
+  }
 }
