@@ -49,12 +49,13 @@ export interface EventParserOptions {
 }
 
 /**
- * Parses event-stream bytes and hands each dispatched event to `onEvent`,
- * synchronously, in order.
+ * Parses event-stream bytes: `push` a chunk, then call `next` until it
+ * returns `undefined` (every complete event of the chunk taken), before the
+ * next `push`. Events are parsed as they are taken, so the last event ID is
+ * that of the last event taken, and comments and `retry` fields are reported
+ * in stream order between them.
  */
 export class EventParser {
-  // Called for every dispatched event.
-  #onEvent: (event: SSEEvent) => void;
   #onRetry: ((ms: number) => void) | undefined;
   #onComment: ((text: string) => void) | undefined;
   // maxEventSize, in bytes, and the most code units sure to be within it.
@@ -78,6 +79,18 @@ export class EventParser {
   // The last text ended in CR: an LF starting the next one belongs to it.
   #skipLF = false;
 
+  // The decoded text being parsed, and where its next line starts.
+  #text = "";
+  #pos = 0;
+  // Searches in #text, kept between calls to next() so that each runs once
+  // per match: the next LF, CR and U+0000 at or after #pos (the length of
+  // the text when there is none, -1 before the first search), and the next
+  // ":" in a line of the general path.
+  #lf = -1;
+  #cr = -1;
+  #nul = -1;
+  #colon = -1;
+
   // §9.2.6 buffers. #hasData distinguishes "data buffer empty" from a data
   // buffer holding only the LF of one empty `data` line.
   #data = "";
@@ -89,15 +102,7 @@ export class EventParser {
   #lastEventId: string;
   #retry: number | undefined = undefined;
 
-  // Position of the next ":" in the region being parsed (a cache that keeps
-  // the search for colons in unusual lines linear).
-  #colon = -1;
-
-  constructor(
-    onEvent: (event: SSEEvent) => void,
-    options: EventParserOptions = {},
-  ) {
-    this.#onEvent = onEvent;
+  constructor(options: EventParserOptions = {}) {
     this.#onRetry = options.onRetry;
     this.#onComment = options.onComment;
     const max = options.maxEventSize ?? DEFAULT_MAX_EVENT_SIZE;
@@ -142,6 +147,8 @@ export class EventParser {
     this.#tailBytes = -1;
     this.#atStart = true;
     this.#skipLF = false;
+    this.#text = "";
+    this.#pos = 0;
     this.#data = "";
     this.#hasData = false;
     this.#dataBytes = -1;
@@ -149,31 +156,47 @@ export class EventParser {
     this.#idBuffer = this.#lastEventId;
   }
 
-  /** Parses one chunk of the stream. */
+  /**
+   * Takes the next chunk of the stream, once every event of the previous one
+   * has been taken with {@linkcode EventParser.next}.
+   */
   push(chunk: Uint8Array): void {
     const length = chunk.length;
     if (length < SMALL_CHUNK) {
       if (length === 0) return;
-      if (this.#staged + length > STAGE_SIZE) this.#flushStage();
+      if (this.#staged + length > STAGE_SIZE) this.#unstage();
       this.#stage.set(chunk, this.#staged);
       this.#staged += length;
-      // Decode now if a line may have ended, so that no event waits.
-      if (hasLineEnd(chunk) || this.#staged > STAGE_SIZE - SMALL_CHUNK) {
-        this.#flushStage();
+      if (hasLineEnd(chunk)) {
+        // Decode now: a line may have ended, and no event may wait.
+        const text = this.#decode(this.#stage.subarray(0, this.#staged));
+        this.#staged = 0;
+        this.#begin(text);
+      } else if (this.#staged > STAGE_SIZE - SMALL_CHUNK) {
+        this.#unstage();
       } else if (this.#tail.length * 3 + this.#staged > this.#max) {
         // The staged bytes all extend the unfinished line.
         if (this.#tailSize() + this.#staged > this.#max) this.#tooLarge();
       }
       return;
     }
-    if (this.#staged > 0) this.#flushStage();
-    this.#text(this.#decode(chunk));
+    if (this.#staged > 0) this.#unstage();
+    this.#begin(this.#decode(chunk));
   }
 
-  #flushStage(): void {
-    const text = this.#decode(this.#stage.subarray(0, this.#staged));
+  // Staged bytes hold no line end (a chunk with one is decoded at once):
+  // decoded, they extend the unfinished line.
+  #unstage(): void {
+    let text = this.#decode(this.#stage.subarray(0, this.#staged));
     this.#staged = 0;
-    this.#text(text);
+    if (text === "") return;
+    if (this.#atStart) {
+      this.#atStart = false;
+      // §9.2.5: one U+FEFF at the very start of the stream is ignored.
+      if (text.charCodeAt(0) === 0xfeff) text = text.slice(1);
+    }
+    this.#skipLF = false;
+    this.#extendTail(text);
   }
 
   // Decodes the next bytes of the stream. When no character can be split at
@@ -197,8 +220,9 @@ export class EventParser {
     );
   }
 
-  // The next decoded piece of the stream.
-  #text(text: string): void {
+  // The next decoded piece of the stream: finishes the unfinished line with
+  // its first line end, and leaves the rest for next().
+  #begin(text: string): void {
     const n = text.length;
     if (n === 0) return;
     let pos = 0;
@@ -211,7 +235,8 @@ export class EventParser {
       if (text.charCodeAt(0) === LF) pos = 1;
     }
     if (this.#tail !== "") {
-      // The first line end here finishes the unfinished line.
+      // The first line end here finishes the unfinished line, which is not
+      // blank: it dispatches nothing.
       const lf = text.indexOf("\n", pos);
       const cr = text.indexOf("\r", pos);
       const end = cr === -1 || (lf !== -1 && lf < cr) ? lf : cr;
@@ -235,8 +260,12 @@ export class EventParser {
         else if (text.charCodeAt(pos) === LF) pos++;
       }
     }
-    const tail = this.#parse(text, pos);
-    if (tail < n) this.#extendTail(text.slice(tail));
+    this.#text = text;
+    this.#pos = pos;
+    this.#lf = -1;
+    this.#cr = -1;
+    this.#nul = -1;
+    this.#colon = -1;
   }
 
   // Appends to the unfinished line, within the limit.
@@ -260,31 +289,38 @@ export class EventParser {
     return this.#tailBytes;
   }
 
-  // Parses the complete lines of text[pos, …) and returns where the
-  // unfinished last line starts (text.length when there is none). Hot path:
-  // blank lines and the usual fields, each directly followed by a colon, are
-  // handled inline; other lines go through #line.
-  #parse(text: string, pos: number): number {
+  /**
+   * The next event of the chunks pushed so far, or `undefined` when every
+   * complete one has been taken (the unfinished last line is kept for the
+   * next chunk). Throws a `RangeError` when an event or line exceeds
+   * `maxEventSize`.
+   *
+   * Hot path: blank lines and the usual fields, each directly followed by a
+   * colon, are handled inline; other lines go through #line.
+   */
+  next(): SSEEvent | undefined {
+    const text = this.#text;
     const n = text.length;
-    // The next LF and CR at or after pos: n when there is none, -1 before
-    // the first search. Each search runs once per line end it finds.
-    let lf = -1;
-    let cr = -1;
-    // The next U+0000, for id values: searched once per text, not per line.
-    let nul = -1;
-    this.#colon = -1;
+    let pos = this.#pos;
+    if (pos >= n) return undefined;
+    let lf = this.#lf;
+    let cr = this.#cr;
     while (pos < n) {
       const first = text.charCodeAt(pos);
-      if (first === LF) {
-        this.#dispatch();
+      if (first === LF || first === CR) {
         pos++;
-        continue;
-      }
-      if (first === CR) {
-        this.#dispatch();
-        pos++;
-        if (pos === n) this.#skipLF = true; // its LF may begin the next chunk
-        else if (text.charCodeAt(pos) === LF) pos++;
+        if (first === CR) {
+          if (pos === n) this.#skipLF = true; // its LF may begin the next text
+          else if (text.charCodeAt(pos) === LF) pos++;
+        }
+        // §9.2.6: a blank line dispatches.
+        const event = this.#dispatch();
+        if (event !== undefined) {
+          this.#pos = pos;
+          this.#lf = lf;
+          this.#cr = cr;
+          return event;
+        }
         continue;
       }
       if (lf < pos) {
@@ -306,7 +342,7 @@ export class EventParser {
         if (next === n) this.#skipLF = true;
         else if (text.charCodeAt(next) === LF) next++;
       } else {
-        return pos;
+        break; // the unfinished last line
       }
       if (first === 100) { // d
         if (
@@ -319,12 +355,13 @@ export class EventParser {
           const value = from < end ? text.slice(from, end) : "";
           if (!this.#hasData && next < n && text.charCodeAt(next) === LF) {
             // A one-line event, followed by a blank line: dispatch it now.
-            this.#dispatchData(value);
-            pos = next + 1;
-          } else {
-            this.#addData(value);
-            pos = next;
+            this.#pos = next + 1;
+            this.#lf = lf;
+            this.#cr = cr;
+            return this.#dispatchData(value);
           }
+          this.#addData(value);
+          pos = next;
           continue;
         }
       } else if (first === 105) { // i
@@ -335,9 +372,10 @@ export class EventParser {
           let from = pos + 3;
           if (from < end && text.charCodeAt(from) === SPACE) from++;
           // An id containing U+0000 is ignored.
+          let nul = this.#nul;
           if (nul < from) {
             nul = text.indexOf("\0", from);
-            if (nul === -1) nul = n;
+            this.#nul = nul = nul === -1 ? n : nul;
           }
           if (nul >= end) {
             this.#idBuffer = from < end ? text.slice(from, end) : "";
@@ -362,7 +400,9 @@ export class EventParser {
       this.#line(text, pos, end);
       pos = next;
     }
-    return n;
+    this.#pos = n;
+    if (pos < n) this.#extendTail(text.slice(pos));
+    return undefined;
   }
 
   #addData(value: string): void {
@@ -462,41 +502,41 @@ export class EventParser {
     }
   }
 
-  // §9.2.6 "dispatch the event".
-  #dispatch(): void {
+  // §9.2.6 "dispatch the event": the event, if there is one.
+  #dispatch(): SSEEvent | undefined {
     // Step 1: the ID is committed even when nothing is dispatched.
     this.#lastEventId = this.#idBuffer;
     if (!this.#hasData) {
       // Step 2: no data, no event; the type buffer is reset too.
       this.#type = "";
-      return;
+      return undefined;
     }
     const data = this.#data;
     this.#data = "";
     this.#hasData = false;
     this.#dataBytes = -1;
-    this.#emit(data);
+    return this.#event(data);
   }
 
   // Dispatches an event whose one data line, value, has just been read.
-  #dispatchData(value: string): void {
+  #dispatchData(value: string): SSEEvent {
     if (
       value.length > this.#quick &&
       utf8Length(value, 0, value.length) > this.#max
     ) this.#tooLarge();
     this.#lastEventId = this.#idBuffer;
-    this.#emit(value);
+    return this.#event(value);
   }
 
   // The end of dispatch, once the ID is committed and the data taken.
-  #emit(data: string): void {
+  #event(data: string): SSEEvent {
     const type = this.#type;
     this.#type = "";
-    this.#onEvent({
+    return {
       type: type === "" ? "message" : type,
       data,
       id: this.#lastEventId,
-    });
+    };
   }
 }
 

@@ -398,10 +398,8 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
   #onError: ((error: Error) => void) | undefined;
   #onRetry: ((delay: number) => void) | undefined;
 
+  // Holds the last chunk read; its events are parsed as they are taken.
   #parser: EventParser;
-  // Events parsed from the last chunk and not yet handed out: #batch[#head..].
-  #batch: SSEEvent[] = [];
-  #head = 0;
 
   #state: ReadyState = CONNECTING;
   // The current attempt or open stream.
@@ -531,10 +529,7 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
     this.#onOpen = options.onOpen;
     this.#onError = options.onError;
     this.#onRetry = options.onRetry;
-    const batch = this.#batch;
-    this.#parser = new EventParser((event) => {
-      batch.push(event);
-    }, {
+    this.#parser = new EventParser({
       lastEventId,
       onComment: options.onComment,
       maxEventSize: options.maxEventSize ?? DEFAULT_MAX_EVENT_SIZE,
@@ -562,7 +557,9 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
 
   /**
    * The last event ID: the `lastEventId` option at first, then the ID each
-   * event block commits. Sent as `Last-Event-ID` when reconnecting.
+   * event block commits, as events are taken: after an event is handed out,
+   * its `id`, never that of an event still unread. Sent as `Last-Event-ID`
+   * when reconnecting.
    *
    * @returns The last event ID, `""` if none.
    */
@@ -577,8 +574,6 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
    */
   close(): void {
     if (this.#isClosed()) return;
-    this.#batch.length = 0;
-    this.#head = 0;
     this.#shutdown();
   }
 
@@ -616,20 +611,20 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
     this.close();
   };
 
-  #take(): SSEEvent {
-    const batch = this.#batch;
-    const event = batch[this.#head++]!;
-    if (this.#head === batch.length) {
-      batch.length = 0;
-      this.#head = 0;
-    }
-    return event;
-  }
-
   #next(): Promise<IteratorResult<SSEEvent>> {
-    // Hot path: hand out what the last chunk already produced.
-    if (this.#head < this.#batch.length) {
-      return Promise.resolve({ value: this.#take(), done: false });
+    // Hot path: the next event of the last chunk read. Events are parsed as
+    // they are taken, so none is handed out after close().
+    if (this.#state === OPEN) {
+      let event: SSEEvent | undefined;
+      try {
+        event = this.#parser.next();
+      } catch (error) {
+        this.#fail(error); // the pull below throws it
+      }
+      if (event !== undefined) {
+        if (!this.#progress) this.#progressed();
+        return Promise.resolve({ value: event, done: false });
+      }
     }
     const previous = this.#pulling;
     if (previous !== undefined) {
@@ -645,12 +640,16 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
     return pull;
   }
 
+  // The first event of a connection: the failures in a row end here.
+  #progressed(): void {
+    this.#progress = true;
+    this.#backoff.reset();
+    this.#retries = 0;
+  }
+
   // Reads chunks until one yields an event, reconnecting as needed.
   async #pull(): Promise<IteratorResult<SSEEvent>> {
     while (true) {
-      if (this.#head < this.#batch.length) {
-        return { value: this.#take(), done: false };
-      }
       if (this.#isClosed()) {
         const error = this.#error;
         if (error !== undefined) {
@@ -684,11 +683,10 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
           this.#drop(undefined);
         } else {
           this.#parser.push(result.value);
-          if (!this.#progress && this.#head < this.#batch.length) {
-            // Progress: the failures in a row end here.
-            this.#progress = true;
-            this.#backoff.reset();
-            this.#retries = 0;
+          const event = this.#parser.next();
+          if (event !== undefined) {
+            if (!this.#progress) this.#progressed();
+            return { value: event, done: false };
           }
         }
       } catch (error) {

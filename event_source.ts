@@ -212,7 +212,7 @@ export class EventSource extends EventTarget {
     this.#withCredentials = Boolean(eventSourceInitDict.withCredentials);
     this.#fetch = fetchOption(eventSourceInitDict.fetch);
     this.#headers = headersOption(eventSourceInitDict.headers);
-    this.#parser = new EventParser(this.#dispatchMessage);
+    this.#parser = new EventParser();
     this.#run();
   }
 
@@ -463,10 +463,7 @@ export class EventSource extends EventTarget {
   }
 
   // §9.2.6 "dispatch the event", for each event the parser completes.
-  #dispatchMessage = (event: SSEEvent): void => {
-    // Nothing after close(), even from the chunk being parsed (§9.2.6: the
-    // queued task checks readyState).
-    if (this.#isClosed()) return;
+  #dispatchMessage(event: SSEEvent): void {
     if (!this.#progress) {
       this.#progress = true;
       this.#backoff.reset();
@@ -485,7 +482,7 @@ export class EventSource extends EventTarget {
     }
     if (message.origin !== origin) defineValue(message, "origin", origin);
     this.dispatchEvent(message);
-  };
+  }
 
   // §9.2.3 processing model: fetch, then announce and read, or fail, or
   // reestablish. Never rejects.
@@ -557,8 +554,16 @@ export class EventSource extends EventTarget {
         break; // the network failed mid-stream
       }
       if (result.done || this.#isClosed()) break;
+      const parser = this.#parser;
       try {
-        this.#parser.push(result.value);
+        parser.push(result.value);
+        // Nothing after close(), not even the rest of this chunk (§9.2.6:
+        // the queued task checks readyState).
+        while (!this.#isClosed()) {
+          const event = parser.next();
+          if (event === undefined) break;
+          this.#dispatchMessage(event);
+        }
       } catch {
         // Only the size limit throws: this stream cannot be read.
         return FAIL;

@@ -106,13 +106,15 @@ export class SSEParserStream extends TransformStream<Uint8Array, SSEEvent> {
    * @throws {TypeError} When `lastEventId` is not a string.
    */
   constructor(options: SSEParserOptions = {}) {
-    let controller!: TransformStreamDefaultController<SSEEvent>;
+    const parser = new EventParser({
+      lastEventId: options.lastEventId,
+      onRetry: options.onRetry,
+      onComment: options.onComment,
+      maxEventSize: options.maxEventSize ?? DEFAULT_MAX_EVENT_SIZE,
+    });
     super(
       {
-        start(c) {
-          controller = c;
-        },
-        transform: (chunk) => {
+        transform(chunk, controller) {
           if (!(chunk instanceof Uint8Array)) {
             throw new TypeError(
               `SSEParserStream expects Uint8Array chunks: received ${
@@ -120,19 +122,18 @@ export class SSEParserStream extends TransformStream<Uint8Array, SSEEvent> {
               }`,
             );
           }
-          this.#parser.push(chunk);
+          parser.push(chunk);
+          for (let event = parser.next(); event !== undefined;) {
+            controller.enqueue(event);
+            event = parser.next();
+          }
         },
         // §9.2.5: at the end of the stream, pending data is discarded.
       },
       undefined,
       READABLE_STRATEGY,
     );
-    this.#parser = new EventParser((event) => controller.enqueue(event), {
-      lastEventId: options.lastEventId,
-      onRetry: options.onRetry,
-      onComment: options.onComment,
-      maxEventSize: options.maxEventSize ?? DEFAULT_MAX_EVENT_SIZE,
-    });
+    this.#parser = parser;
   }
 
   /**

@@ -161,6 +161,25 @@ test("SSEClient keeps the last event ID through a connection that commits nothin
   assert.equal(client.lastEventId, "…");
 });
 
+test("SSEClient's lastEventId is that of the last event taken, not of events still unread in the same chunk", async () => {
+  await using server = new TestServer(() =>
+    eventStreamResponse(
+      "id: 1\ndata: a\n\nid: 2\ndata: b\n\nid: 3\ndata: c\n\n",
+    )
+  );
+  const client = new SSEClient(server.url);
+  const iterator = client[Symbol.asyncIterator]();
+  // One chunk holds the three events; a consumer that saves lastEventId
+  // after each event it handles must never save one it has not seen.
+  assert.deepEqual(await take(iterator, 1), [message("a", "1")]);
+  assert.equal(client.lastEventId, "1");
+  assert.deepEqual(await take(iterator, 1), [message("b", "2")]);
+  assert.equal(client.lastEventId, "2");
+  client.close();
+  assert.equal(client.lastEventId, "2");
+  assert.deepEqual(await iterator.next(), DONE);
+});
+
 test("SSEClient stops sending Last-Event-ID once the stream resets the ID", async () => {
   await using server = new TestServer(({ index }) =>
     eventStreamResponse(
