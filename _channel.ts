@@ -17,11 +17,22 @@
 // - Until `init` has written its messages, entries for a client wait in its
 //   backlog (after the retry hint), then follow `init`'s in order.
 //
-// Slow clients: a client is judged on whether it drains, never on one burst
-// (DrainJudge in _client.ts). What the runtime has not taken yet waits in
-// the client's backlog (shared frames: a reference each); a client whose
-// queue stays above `maxQueue` for `drainTimeout` is dropped: its backlog is
-// forgotten and its stream closed, which the runtime ends cleanly.
+// Clients that fall behind: what the runtime has not taken yet waits in the
+// client's backlog (shared frames: a reference each), up to `maxQueue`
+// bytes. A client whose backlog would go above that falls behind: it leaves
+// the fan-out, keeps its backlog and its position (the id of the last entry
+// it was written), and once the backlog has drained it is fed from the
+// broker's history as it reads, through the same catch-up as a resume
+// (_resume.ts), which hands it back to the fan-out where they meet. So a
+// burst of any size costs each client at most `maxQueue`, and every client
+// that reads gets all of it as long as the history still holds it.
+//
+// Slow clients: a client is judged on whether it takes what it is sent,
+// never on how much waits (DrainJudge in _client.ts): one whose stream is
+// full and takes nothing for `drainTimeout` is dropped. Its backlog is
+// forgotten and its stream closed; if the runtime has still not taken what
+// the stream held after another `drainTimeout`, the stream is errored, so
+// that the runtime closes a connection whose peer never reads.
 //
 // The options and the reasons a connection ends are in _channel_options.ts,
 // the frames (encoded once, live or replayed) in _frames.ts.
@@ -30,6 +41,7 @@ import { encodeSSE, type SSEMessage } from "./encoder.ts";
 import { describe, json } from "./_json.ts";
 import { startInterval, type Timer } from "./_timer.ts";
 import {
+  cutReason,
   KEEP_ALIVE_FRAME,
   lastEventIdOf,
   notAllowed,
@@ -79,9 +91,11 @@ const KEEP_ALIVE_BYTES = new TextEncoder().encode(KEEP_ALIVE_FRAME);
  *   it in the broker and resolves to its id. Non-string `data` is
  *   JSON-encoded once. The message must not carry an `id`: the broker
  *   assigns it (`TypeError`).
- * - A client whose queue stays above `maxQueue` bytes for `drainTimeout`
- *   is dropped as slow; a burst does not drop a client that reads. A client
- *   that goes away is noticed from its stream's cancel and released at once.
+ * - At most `maxQueue` bytes wait for a client: one that falls further
+ *   behind is sent the rest from the broker's history as it reads, so a
+ *   burst drops no client that reads. A client that takes nothing for
+ *   `drainTimeout` is dropped as slow. A client that goes away is noticed
+ *   from its stream's cancel and released at once.
  * - Keep-alive comments come from one timer for the whole channel, not one
  *   per client.
  * - `close()` ends every stream and answers later connections 503.
@@ -126,6 +140,7 @@ export class SSEChannel<C = undefined> {
   #settings: ChannelSettings<C>;
   #filter: SSEChannelOptions<C>["filter"];
   #report: (error: Error) => void;
+  #maxQueue: number;
   #streamQueue: number;
   #strategy: QueuingStrategy<Uint8Array>;
   /** A filter result that is not a boolean was reported already. */
@@ -158,20 +173,7 @@ export class SSEChannel<C = undefined> {
     pull: (client) => this.#pulled(client),
     cancel: (client) => this.#disconnect(client, "client-closed"),
   };
-  #host: ResumeHost<C> = {
-    shared: this.#sharedIds,
-    history: (after) =>
-      this.#settings.broker.history(this.#settings.name, {
-        after,
-        limit: PAGE,
-      }),
-    frame: (client, entry) => this.#frameOf(client, entry),
-    write: (client, frames, first, last) =>
-      this.#writeRun(client, frames, first, last),
-    send: (client, bytes) => this.#send(client, bytes),
-    handOver: (client) => this.#handOver(client),
-    end: (client, error) => this.#endResume(client, error),
-  };
+  #host: ResumeHost<C>;
 
   /**
    * Creates a channel.
@@ -184,13 +186,38 @@ export class SSEChannel<C = undefined> {
     this.#settings = settings;
     this.#filter = settings.filter;
     this.#report = settings.report;
+    this.#maxQueue = settings.maxQueue;
     this.#streamQueue = Math.min(settings.maxQueue, STREAM_QUEUE);
     this.#strategy = { highWaterMark: this.#streamQueue, size: byteLength };
     this.#frames = new Frames(settings.name, settings.replay, settings.report);
+    this.#host = {
+      shared: this.#sharedIds,
+      maxQueue: settings.maxQueue,
+      history: (after) =>
+        this.#settings.broker.history(this.#settings.name, {
+          after,
+          limit: PAGE,
+        }),
+      frame: (client, entry) => this.#frameOf(client, entry),
+      write: (client, frames, first, last) =>
+        this.#writeRun(client, frames, first, last),
+      send: (client, bytes) => this.#write(client, bytes),
+      handOver: (client) => this.#handOver(client),
+      end: (client, error) => this.#endResume(client, error),
+    };
+    const cut = cutReason(
+      `SSEChannel: cut a connection whose client has not read the end of its stream within ${settings.drainTimeout} ms`,
+    );
     this.#drain = new DrainJudge(
-      settings.maxQueue,
       settings.drainTimeout,
       (client) => this.#end(client, "slow"),
+      (controller) => {
+        try {
+          controller.error(cut);
+        } catch {
+          // The stream is gone already.
+        }
+      },
     );
   }
 
@@ -259,7 +286,7 @@ export class SSEChannel<C = undefined> {
     );
     const stream = new ReadableStream<Uint8Array>(client, this.#strategy);
     if (this.#settings.retryBytes !== undefined) {
-      client.controller.enqueue(this.#settings.retryBytes);
+      client.enqueue(this.#settings.retryBytes);
     }
     this.#clients.add(client);
     const { keepAlive } = this.#settings;
@@ -303,6 +330,9 @@ export class SSEChannel<C = undefined> {
         client.resume = resume;
         this.#resuming.add(client);
         resume.start();
+      } else if (client.resume !== undefined && client.backlogBytes === 0) {
+        // It fell behind during init, and its backlog is in its stream.
+        client.resume.pull();
       }
     } catch (error) {
       this.#disconnect(client, "connect-failed");
@@ -382,6 +412,8 @@ export class SSEChannel<C = undefined> {
     this.#closed = true;
     for (const wake of this.#sleepers) wake();
     for (const client of this.#clients) this.#end(client, "channel-closed");
+    // Streams ended before, still in their grace, are cut now.
+    this.#drain.close();
     const shared = this.#shared;
     this.#shared = undefined;
     if (shared !== undefined) {
@@ -510,13 +542,14 @@ export class SSEChannel<C = undefined> {
     let message: SSEMessage | undefined;
     if (bytes !== undefined) {
       const topicSet = this.#byTopic.get(entry.topic);
+      const { id } = entry;
       if (this.#filter === undefined) {
-        for (const client of this.#everyone) this.#send(client, bytes);
+        for (const client of this.#everyone) this.#send(client, bytes, id);
         if (topicSet !== undefined) {
-          for (const client of topicSet) this.#send(client, bytes);
+          for (const client of topicSet) this.#send(client, bytes, id);
         }
       } else {
-        message = { ...entry.message, id: entry.id };
+        message = { ...entry.message, id };
         for (const client of this.#everyone) {
           this.#sendFiltered(client, bytes, message, entry.topic);
         }
@@ -536,14 +569,16 @@ export class SSEChannel<C = undefined> {
       if (!resume.merging) {
         resume.shared(id);
       } else if (bytes !== undefined && this.#wants(client, entry, message)) {
-        resume.collect(bytes);
+        resume.collect(bytes, id);
       }
     }
   }
 
   /** The client leaves its catch-up for the shared fan-out. */
   #handOver(client: Client<C>): void {
-    client.resume!.release();
+    const resume = client.resume!;
+    client.position = resume.position;
+    resume.release();
     client.resume = undefined;
     this.#resuming.delete(client);
     this.#join(client);
@@ -570,7 +605,9 @@ export class SSEChannel<C = undefined> {
 
   /**
    * Ends a client's stream and releases it. A slow client's backlog is
-   * forgotten; any other gets what it was sent first.
+   * forgotten; any other gets what it was sent first. Unless the channel is
+   * closing, a stream that the runtime has not taken to its end after
+   * another `drainTimeout` is then cut (see DrainJudge).
    */
   #end(client: Client<C>, reason: SSEDisconnectReason): void {
     if (client.state === CLOSED) return;
@@ -584,6 +621,9 @@ export class SSEChannel<C = undefined> {
       // The runtime closed the stream already: the client is gone.
     }
     this.#disconnect(client, reason);
+    if (open && reason !== "channel-closed") {
+      this.#drain.closed(client.controller);
+    }
   }
 
   /** A client's frame of an entry from history, if it selects it. */
@@ -608,7 +648,7 @@ export class SSEChannel<C = undefined> {
     last: string,
   ): void {
     const shared = client.topics === null && this.#filter === undefined;
-    this.#send(client, this.#frames.run(frames, first, last, shared));
+    this.#write(client, this.#frames.run(frames, first, last, shared));
   }
 
   /** Whether a client selects an entry (its topics, then `filter`). */
@@ -628,7 +668,9 @@ export class SSEChannel<C = undefined> {
     message: SSEMessage,
     topic: string,
   ): void {
-    if (this.#filtered(client, message, topic)) this.#send(client, bytes);
+    if (this.#filtered(client, message, topic)) {
+      this.#send(client, bytes, message.id as string);
+    }
   }
 
   /**
@@ -660,36 +702,59 @@ export class SSEChannel<C = undefined> {
     }
   }
 
-  /** Writes one frame; a client whose queue goes above maxQueue is watched. */
-  #send(client: Client<C>, bytes: Uint8Array): void {
+  /**
+   * Writes a live entry's frame to a client in the fan-out. A client whose
+   * backlog would go above `maxQueue` falls behind instead: the frame is not
+   * written, and it is fed from the history from its position on. (A frame
+   * bigger than `maxQueue` still goes to a client with an empty backlog.)
+   */
+  #send(client: Client<C>, bytes: Uint8Array, id: string): void {
+    const backlog = client.backlogBytes;
+    if (
+      backlog > 0 && backlog + bytes.byteLength > this.#maxQueue &&
+      client.position !== undefined
+    ) {
+      this.#fallBehind(client);
+      return;
+    }
+    client.position = id;
+    this.#write(client, bytes);
+  }
+
+  /** Writes a frame; a client whose stream is then full is judged. */
+  #write(client: Client<C>, bytes: Uint8Array): void {
     client.write(bytes);
-    if (client.backlogBytes > 0) this.#drain.watch(client);
+    if (client.full) this.#drain.watch(client);
+  }
+
+  /**
+   * Takes a client out of the fan-out, keeping its backlog and its
+   * position: once the backlog has drained, it catches up from the history
+   * (as a resume does), and rejoins where it meets the fan-out.
+   */
+  #fallBehind(client: Client<C>): void {
+    this.#leave(client);
+    client.resume = new Resume(this.#host, client, client.position!);
+    this.#resuming.add(client);
   }
 
   /** Writes `init`'s frames, then what waited meanwhile; then live. */
   #open(client: Client<C>, frames: Uint8Array[]): void {
     client.state = OPEN;
-    const { controller } = client;
-    for (const frame of frames) controller.enqueue(frame);
+    for (const frame of frames) client.enqueue(frame);
     client.flush();
-    if (client.backlogBytes > 0) this.#drain.watch(client);
+    if (client.full) this.#drain.watch(client);
   }
 
-  /** The stream took from its queue: refill it, and judge the client. */
+  /** The stream took from its queue: refill it, or go on catching up. */
   #pulled(client: Client<C>): void {
     if (client.state !== OPEN) return;
     client.flush();
-    this.#drain.drained(client);
     if (client.backlogBytes === 0) client.resume?.pull();
   }
 
-  /** Releases everything a client holds, then tells `onDisconnect`. */
-  #disconnect(client: Client<C>, reason: SSEDisconnectReason): void {
-    if (client.state === CLOSED) return;
-    client.state = CLOSED;
-    this.#clients.delete(client);
-    client.discard();
-    this.#drain.unwatch(client);
+  /** Takes a client out of the shared fan-out. */
+  #leave(client: Client<C>): void {
     const { topics } = client;
     if (topics === null) {
       this.#everyone.delete(client);
@@ -701,6 +766,16 @@ export class SSEChannel<C = undefined> {
         }
       }
     }
+  }
+
+  /** Releases everything a client holds, then tells `onDisconnect`. */
+  #disconnect(client: Client<C>, reason: SSEDisconnectReason): void {
+    if (client.state === CLOSED) return;
+    client.state = CLOSED;
+    this.#clients.delete(client);
+    client.discard();
+    this.#drain.unwatch(client);
+    this.#leave(client);
     if (client.resume !== undefined) {
       client.resume.release();
       client.resume = undefined;
@@ -731,7 +806,7 @@ export class SSEChannel<C = undefined> {
       if (client.wrote) {
         client.wrote = false;
       } else {
-        this.#send(client, KEEP_ALIVE_BYTES);
+        this.#write(client, KEEP_ALIVE_BYTES);
       }
     }
   };

@@ -49,29 +49,44 @@ export interface SSEChannelOptions<C = undefined> {
    */
   retry?: number;
   /**
-   * The most bytes that may wait for one client for longer than
-   * `drainTimeout`. A burst may queue more for a while: every client that
-   * reads gets every message of any burst. A client whose queue stays above
-   * `maxQueue` for `drainTimeout` is dropped as slow (its stream ends and
-   * what waited for it is released), so a client that stops reading neither
-   * slows others nor holds memory for long.
+   * The most bytes of messages the channel keeps waiting for one client,
+   * beyond its response stream's own queue (64 KiB at most, or `maxQueue`
+   * if smaller) and what the runtime and the kernel have taken.
+   *
+   * A client that falls further behind (a burst, a pause, a slow link)
+   * keeps what waits for it and its position (the id of the last message it
+   * was sent), and once it has taken that, it is sent the rest from the
+   * broker's history, a page at a time as it reads (as a client that
+   * reconnects with `Last-Event-ID` is), until it has caught up. So every
+   * client that reads gets every message of a burst of any size, as long
+   * as the history still holds what it has not got (`replay`); one that
+   * falls out of it is ended (`onDisconnect` reason `"replay-lost"`) and
+   * its reconnect gets `resumed: false`.
    *
    * What waits is the same encoded bytes every client is sent (a reference
-   * per message, not a copy), so a client's queue costs little beyond the
-   * messages themselves; a stalled client holds on to at most what was
-   * published during its `drainTimeout`. The runtime and the kernel buffer
-   * some more on top (a few MiB per connection on loopback) before bytes
-   * start to wait here.
+   * per message, not a copy), so a client costs at most `maxQueue` plus its
+   * stream's queue and a page of history, whatever is published.
    *
    * @default {1048576} (1 MiB)
    */
   maxQueue?: number;
   /**
-   * Milliseconds a client's queue may stay above `maxQueue` before the
-   * client is dropped as slow (`onDisconnect` reason `"slow"`). It is
-   * checked a few times over that span (every `drainTimeout / 4`), and the
-   * queue must stay above `maxQueue` the whole time: a client that catches
-   * up at any point starts afresh.
+   * Milliseconds a client may take nothing at all while its stream is full
+   * before it is dropped as slow (`onDisconnect` reason `"slow"`): what the
+   * channel held for it is released at once, and its stream is closed. A
+   * client that takes anything starts afresh, however far behind it is
+   * (see `maxQueue`). It is checked a few times over that span (every
+   * `drainTimeout / 4`).
+   *
+   * A stream the channel ended (a slow client, or `"filter-error"`,
+   * `"replay-lost"`, `"broker-error"`) whose client has still not taken its
+   * end another `drainTimeout` later is errored, so that the runtime cuts
+   * the connection: Node (`@hono/node-server`) closes it at once; Deno
+   * 2.9 and Bun 1.4 notice only once the client takes what they were
+   * writing to it (they have no write timeout), so a peer that never reads
+   * keeps its connection and the runtime's buffers until TCP gives up. With
+   * their default error handlers, Deno and Node print one line for the cut
+   * (`[SSEChannel: cut a connection …]`), Bun prints nothing.
    *
    * @default {10000}
    */
@@ -167,15 +182,16 @@ export interface SSEChannelOptions<C = undefined> {
  * told:
  *
  * - `"client-closed"`: the client closed the connection (or it broke).
- * - `"slow"`: its queue stayed above `maxQueue` for `drainTimeout`; its
- *   stream was ended. A client that reconnects with its `Last-Event-ID`
- *   resumes from there.
+ * - `"slow"`: its stream was full and it took nothing for `drainTimeout`;
+ *   its stream was ended (and later cut, see `drainTimeout`). A client that
+ *   reconnects with its `Last-Event-ID` resumes from there.
  * - `"channel-closed"`: `close()` ended it.
  * - `"filter-error"`: `filter` threw for it; its stream was ended after
  *   what it was sent before.
- * - `"replay-lost"`: while it was catching up after a reconnect, the
- *   entries it still needed left the replay window; its stream was ended
- *   rather than skip them, and its next reconnect gets `resumed: false`.
+ * - `"replay-lost"`: while it was catching up (after a reconnect, or after
+ *   falling more than `maxQueue` behind), the entries it still needed left
+ *   the replay window; its stream was ended rather than skip them, and its
+ *   next reconnect gets `resumed: false`.
  * - `"broker-error"`: while it was catching up, the broker's `history`
  *   failed; its stream was ended so that it reconnects and resumes.
  * - `"connect-failed"`: `connect` did not answer with its stream (`init` or

@@ -8,9 +8,11 @@
 // most STREAM_QUEUE bytes): what the runtime has not taken yet beyond that
 // waits in the client's backlog, a list of the same Uint8Arrays every client
 // shares, and moves into the stream as the stream pulls. So a backlog costs a
-// reference per frame, not a copy, and a client can be let go at any moment:
-// its backlog is dropped and its stream closed, cleanly, with nothing left
-// for the runtime to report.
+// reference per frame, not a copy. The channel keeps a backlog within
+// `maxQueue` bytes: a client that would need more falls behind (it keeps
+// only its position, and is fed from the broker's history as it drains; see
+// _resume.ts). A client can be let go at any moment: its backlog is dropped
+// and its stream closed.
 
 import type { Resume } from "./_resume.ts";
 import { startInterval, type Timer } from "./_timer.ts";
@@ -45,18 +47,27 @@ export class Client<C> implements UnderlyingDefaultSource<Uint8Array> {
   /** Set on every write, cleared by the keep-alive tick. */
   wrote = true;
   state: number = CONNECTING;
+  /**
+   * The id of the last entry whose frame it was written (or that its
+   * catch-up passed): where it resumes from when it falls behind.
+   */
+  position: string | undefined;
   /** While it catches up from the broker's history: the catch-up. */
   resume: Resume<C> | undefined;
-  /** Its queue went above `maxQueue` and has not come back under since. */
-  over = false;
-  /** Drain checks in a row that found it over. */
+  /** The drain judge watches it (its stream is full). */
+  watched = false;
+  /** Drain checks in a row that found it had taken nothing. */
   checks = 0;
+  /** What {@linkcode Client.taken} was at the last drain check. */
+  takenAtCheck = 0;
   /** Bytes in the backlog. */
   backlogBytes = 0;
   /** Frames not yet handed to the stream, oldest first from `#head`. */
   #backlog: Uint8Array[] = [];
   #head = 0;
   #flushing = false;
+  /** Bytes handed to the stream so far. */
+  #enqueued = 0;
   #streamQueue: number;
   #events: ClientEvents<C>;
 
@@ -95,10 +106,23 @@ export class Client<C> implements UnderlyingDefaultSource<Uint8Array> {
     this.#events.cancel(this);
   }
 
-  /** Bytes written to it that the runtime has not taken yet. */
-  get queued(): number {
+  /**
+   * Bytes the runtime has taken from the stream so far: what went in, less
+   * what is still in its queue. Only meaningful while the stream is open.
+   */
+  get taken(): number {
     const room = this.controller.desiredSize ?? this.#streamQueue;
-    return this.backlogBytes + Math.max(0, this.#streamQueue - room);
+    return this.#enqueued - (this.#streamQueue - room);
+  }
+
+  /** Whether the stream's queue is full: the runtime is not taking. */
+  get full(): boolean {
+    return this.controller.desiredSize! <= 0;
+  }
+
+  /** Whether it has written anything to its stream yet. */
+  get silent(): boolean {
+    return this.#enqueued === 0;
   }
 
   /**
@@ -109,6 +133,17 @@ export class Client<C> implements UnderlyingDefaultSource<Uint8Array> {
    */
   selects(topic: string): boolean {
     return this.topics === null || this.topics.includes(topic);
+  }
+
+  /**
+   * Hands a chunk to the stream at once, room or not (the retry hint,
+   * `init`'s messages).
+   *
+   * @param bytes The chunk.
+   */
+  enqueue(bytes: Uint8Array): void {
+    this.#enqueued += bytes.byteLength;
+    this.controller.enqueue(bytes);
   }
 
   /**
@@ -123,7 +158,7 @@ export class Client<C> implements UnderlyingDefaultSource<Uint8Array> {
       this.backlogBytes === 0 && this.state === OPEN &&
       this.controller.desiredSize! > 0
     ) {
-      this.controller.enqueue(bytes);
+      this.enqueue(bytes);
       return;
     }
     this.#backlog.push(bytes);
@@ -159,7 +194,7 @@ export class Client<C> implements UnderlyingDefaultSource<Uint8Array> {
         const bytes = backlog[this.#head]!;
         backlog[this.#head++] = undefined!;
         this.backlogBytes -= bytes.byteLength;
-        controller.enqueue(bytes);
+        this.enqueue(bytes);
       }
     } finally {
       this.#flushing = false;
@@ -177,71 +212,120 @@ export class Client<C> implements UnderlyingDefaultSource<Uint8Array> {
 const CHECKS = 4;
 
 /**
- * Judges clients on whether they drain, never on one burst. A client whose
- * queue goes above `maxQueue` is watched, and a check runs every
- * drainTimeout / CHECKS while any is; its stream pulling with its queue back
- * under `maxQueue` clears it (`drained`). A client still over at more than
- * CHECKS checks in a row is slow. Counting checks, not time, gives a client
- * the whole span even when a publisher that never yields delays the checks:
- * the event loop, and so the socket, had that many turns to drain it.
+ * Judges clients on whether they take what they are sent, never on how much
+ * waits for them. A client whose stream is full is watched, and a check runs
+ * every drainTimeout / CHECKS while any is: one that has taken anything since
+ * the previous check starts afresh, and one whose stream is no longer full
+ * is let go. A client that has taken nothing at more than CHECKS checks in a
+ * row is slow. Counting checks, not time, gives a client the whole span even
+ * when a publisher that never yields delays the checks: the event loop, and
+ * so the socket, had that many turns to take something.
+ *
+ * It also keeps the streams the channel closed that the runtime may not have
+ * taken to their end: once CHECKS more checks have passed, each is cut
+ * (`cut`), so that the runtime closes a connection whose peer never reads.
  */
 export class DrainJudge<C> {
-  #over = new Set<Client<C>>();
+  #watched = new Set<Client<C>>();
+  /** Closed streams in their grace, with the checks they have seen. */
+  #closing = new Map<ReadableStreamDefaultController<Uint8Array>, number>();
   #timer: Timer | undefined;
-  #maxQueue: number;
   #interval: number;
   #onSlow: (client: Client<C>) => void;
+  #cut: (controller: ReadableStreamDefaultController<Uint8Array>) => void;
 
   /**
-   * @param maxQueue The bytes a client may keep waiting.
-   * @param drainTimeout How long (ms) it may keep more.
-   * @param onSlow Called with a client that did not drain in time.
+   * @param drainTimeout How long (ms) a client may take nothing, and how
+   * long a closed stream has to be taken to its end.
+   * @param onSlow Called with a client that took nothing in time.
+   * @param cut Errors a closed stream whose grace ended.
    */
   constructor(
-    maxQueue: number,
     drainTimeout: number,
     onSlow: (client: Client<C>) => void,
+    cut: (controller: ReadableStreamDefaultController<Uint8Array>) => void,
   ) {
-    this.#maxQueue = maxQueue;
     this.#interval = drainTimeout / CHECKS;
     this.#onSlow = onSlow;
+    this.#cut = cut;
   }
 
-  /** After a write: starts judging an open client whose queue is over. */
+  /** After a write: starts judging an open client whose stream is full. */
   watch(client: Client<C>): void {
     // A client in init has had no chance to read: it is judged once open.
-    if (
-      client.over || client.state !== OPEN ||
-      client.queued <= this.#maxQueue
-    ) {
-      return;
-    }
-    client.over = true;
+    if (client.watched || client.state !== OPEN || !client.full) return;
+    client.watched = true;
     client.checks = 0;
-    this.#over.add(client);
+    client.takenAtCheck = client.taken;
+    this.#watched.add(client);
+    this.#arm();
+  }
+
+  /** Stops judging a client. */
+  unwatch(client: Client<C>): void {
+    if (!client.watched) return;
+    client.watched = false;
+    this.#watched.delete(client);
+    this.#disarm();
+  }
+
+  /**
+   * A stream the channel closed: cut after its grace unless the runtime has
+   * taken it to its end (cutting a stream that ended does nothing).
+   */
+  closed(controller: ReadableStreamDefaultController<Uint8Array>): void {
+    this.#closing.set(controller, 0);
+    this.#arm();
+  }
+
+  /** Cuts every closed stream still in its grace, and stops. */
+  close(): void {
+    const closing = [...this.#closing.keys()];
+    this.#closing.clear();
+    for (const client of this.#watched) client.watched = false;
+    this.#watched.clear();
+    this.#disarm();
+    for (const controller of closing) this.#cut(controller);
+  }
+
+  #arm(): void {
     this.#timer ??= startInterval(this.#check, this.#interval);
   }
 
-  /** After the stream took from its queue: clears a client that drained. */
-  drained(client: Client<C>): void {
-    if (client.over && client.queued <= this.#maxQueue) this.unwatch(client);
-  }
-
-  /** Stops judging a client; the check stops with the last one. */
-  unwatch(client: Client<C>): void {
-    if (!client.over) return;
-    client.over = false;
-    this.#over.delete(client);
-    if (this.#over.size === 0 && this.#timer !== undefined) {
+  #disarm(): void {
+    if (
+      this.#watched.size === 0 && this.#closing.size === 0 &&
+      this.#timer !== undefined
+    ) {
       clearInterval(this.#timer);
       this.#timer = undefined;
     }
   }
 
   #check = (): void => {
-    for (const client of this.#over) {
-      if (client.queued <= this.#maxQueue) this.unwatch(client);
-      else if (++client.checks > CHECKS) this.#onSlow(client);
+    // The closed streams first: a client dropped below starts its grace at
+    // the next check.
+    for (const [controller, checks] of this.#closing) {
+      if (checks < CHECKS) {
+        this.#closing.set(controller, checks + 1);
+      } else {
+        this.#closing.delete(controller);
+        this.#cut(controller);
+      }
     }
+    for (const client of this.#watched) {
+      if (!client.full) {
+        this.unwatch(client);
+        continue;
+      }
+      const taken = client.taken;
+      if (taken !== client.takenAtCheck) {
+        client.takenAtCheck = taken;
+        client.checks = 0;
+      } else if (++client.checks > CHECKS) {
+        this.#onSlow(client);
+      }
+    }
+    this.#disarm();
   };
 }

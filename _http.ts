@@ -171,6 +171,28 @@ export function lastEventIdOf(request: Request): string {
 }
 
 /**
+ * What to error a response stream with so that the runtime cuts its
+ * connection (a peer that never reads would otherwise keep it, and what the
+ * stream held, for good), printing at most one line and never a stack trace
+ * with its default error handler:
+ *
+ * - `Deno.serve` and Node through `@hono/node-server` print the reason with
+ *   `console.error`, which shows an Error whose `stack` is one line as
+ *   `[that line]` (checked on Deno 2.9.6 and Node 20 and 22);
+ * - Bun 1.4.5 prints an Error with its source lines and stack whatever its
+ *   `stack` says (and a string on two lines), but nothing for `undefined`.
+ *
+ * @param message One line: what was cut, and why.
+ * @returns An Error whose `stack` is `message`; `undefined` on Bun.
+ */
+export function cutReason(message: string): Error | undefined {
+  if ("Bun" in globalThis) return undefined;
+  const error = new Error(message);
+  error.stack = message;
+  return error;
+}
+
+/**
  * The answer of an event stream to a method other than GET and HEAD.
  *
  * @returns 405 with `Allow: GET, HEAD` (RFC 9110 §15.5.6).

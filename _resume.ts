@@ -29,6 +29,13 @@
 // twice whatever the timing of the broker's two paths. An entry the client
 // needs that left the history meanwhile (history answers `null`) ends its
 // stream: it reconnects with its Last-Event-ID and gets `resumed: false`.
+//
+// The same catch-up serves a live client that fell behind (its backlog would
+// have gone above `maxQueue`): it starts from the last entry the client was
+// written, once its backlog has drained. What a catch-up holds is bounded
+// too: a page, and while merging at most `maxQueue` bytes of shared entries;
+// a merge that would collect more is given up (those entries are still in
+// the history) and paging goes on.
 
 import type { SSEBrokerEntry } from "./_broker.ts";
 import { type Client, CLOSED, OPEN } from "./_client.ts";
@@ -86,6 +93,8 @@ function hasRoom(client: Client<unknown>): boolean {
 export interface ResumeHost<C> {
   /** The shared subscription's last ids. */
   readonly shared: IdWindow;
+  /** The most bytes of shared entries a merge collects. */
+  readonly maxQueue: number;
   /** The next page of the channel's stream after `after`. */
   history(after: string): Promise<SSEBrokerEntry[] | null>;
   /**
@@ -135,32 +144,39 @@ export class Resume<C> {
   /** The shared subscription's count when the last fetch began. */
   #countAtFetch: number;
   #until = "";
+  /** While merging: the frames collected, and their ids; their bytes. */
   #pending: Uint8Array[] = [];
+  #pendingIds: string[] = [];
+  #pendingBytes = 0;
   /** While waiting: the ids of the last page the client got. */
   #seen: Set<string> | undefined;
   /** Handed over or ended: nothing more to do. */
   #done = false;
 
   /**
-   * A catch-up that starts with a page already fetched (the one that told
-   * `connect` the client resumes).
+   * A catch-up from `position`: with a page already fetched (the one that
+   * told `connect` the client resumes), then {@linkcode Resume.start}; or
+   * with none, for a client that fell behind, which fetches its first page
+   * when the client's stream pulls with its backlog drained
+   * ({@linkcode Resume.pull}).
    *
    * @param host The channel.
    * @param client The resuming client.
-   * @param lastEventId Its `Last-Event-ID`.
-   * @param first The page of history after it.
+   * @param position The id of the last entry it has: its `Last-Event-ID`,
+   * or the last entry it was written.
+   * @param first The page of history after it, if fetched.
    * @param countAtFetch The shared subscription's count before that fetch.
    */
   constructor(
     host: ResumeHost<C>,
     client: Client<C>,
-    lastEventId: string,
-    first: SSEBrokerEntry[],
-    countAtFetch: number,
+    position: string,
+    first: SSEBrokerEntry[] = [],
+    countAtFetch: number = host.shared.count,
   ) {
     this.#host = host;
     this.#client = client;
-    this.position = lastEventId;
+    this.position = position;
     this.#page = first;
     this.#countAtFetch = countAtFetch;
   }
@@ -182,12 +198,24 @@ export class Resume<C> {
   }
 
   /**
-   * While merging: a shared entry after `until` that the client wants.
+   * While merging: a shared entry after `until` that the client wants. One
+   * that would take the collected frames above `maxQueue` gives the merge
+   * up: paging goes on from the client's position, through the history,
+   * which holds them too.
    *
    * @param bytes Its encoded frame.
+   * @param id Its id.
    */
-  collect(bytes: Uint8Array): void {
+  collect(bytes: Uint8Array, id: string): void {
+    if (this.#pendingBytes + bytes.byteLength > this.#host.maxQueue) {
+      this.#phase = PAGING;
+      this.#until = "";
+      this.#forget();
+      return;
+    }
     this.#pending.push(bytes);
+    this.#pendingIds.push(id);
+    this.#pendingBytes += bytes.byteLength;
   }
 
   /**
@@ -210,8 +238,14 @@ export class Resume<C> {
   /** Stops for good and forgets what it holds. */
   release(): void {
     this.#done = true;
-    this.#pending = [];
+    this.#forget();
     this.#page = [];
+  }
+
+  #forget(): void {
+    this.#pending = [];
+    this.#pendingIds = [];
+    this.#pendingBytes = 0;
   }
 
   /**
@@ -328,14 +362,20 @@ export class Resume<C> {
     }
   }
 
-  /** At `until`: writes the shared entries collected since, then joins. */
+  /**
+   * At `until`: writes the shared entries collected since (at most
+   * `maxQueue` bytes), then joins.
+   */
   #merge(): void {
     const client = this.#client;
-    for (const bytes of this.#pending) {
+    const pending = this.#pending;
+    const ids = this.#pendingIds;
+    this.#forget();
+    for (let i = 0; i < pending.length; i++) {
       if (client.state === CLOSED) return;
-      this.#host.send(client, bytes);
+      this.#host.send(client, pending[i]!);
+      this.position = ids[i]!;
     }
-    this.#pending = [];
     if (client.state !== CLOSED) this.#host.handOver(client);
   }
 }

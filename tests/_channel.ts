@@ -40,6 +40,29 @@ export async function within<T>(
   }
 }
 
+/**
+ * Runs a test module as a server process of its own, with `--expose-gc` so
+ * that it can measure its memory after a full collection, network access to
+ * 127.0.0.1 only, and its stdin and stdout piped.
+ *
+ * @param module The test module's URL (`import.meta.url`).
+ * @param args Its arguments: which server to run, and how.
+ */
+export function spawnServer(module: string, args: string[]): Deno.ChildProcess {
+  return new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--v8-flags=--expose-gc",
+      "--allow-net=127.0.0.1",
+      `--config=${new URL("../deno.json", import.meta.url).pathname}`,
+      new URL(module).pathname,
+      ...args,
+    ],
+    stdin: "piped",
+    stdout: "piped",
+  }).spawn();
+}
+
 /** A `Deno.serve` on 127.0.0.1, port 0, that records `onError` calls. */
 export function serve(
   handler: (request: Request) => Response | Promise<Response>,

@@ -16,8 +16,10 @@ import {
 import {
   Client,
   Counter,
+  Lines,
   RawClient,
   serve,
+  spawnServer,
   test,
   WAIT_MS,
   within,
@@ -95,8 +97,13 @@ test("SSEChannel keeps every reader through a burst of 300 messages of 4 KiB", a
 test("SSEChannel keeps a reader through a burst from a publisher that never yields, and drops the 20 stalled sockets that never drain", async () => {
   const dropped = new Counter();
   const reasons: [string, unknown][] = [];
+  // The history holds the whole burst: the reader, left behind while the
+  // publisher does not yield, catches up from it.
+  const broker = new MemoryBroker({ maxHistoryBytes: 64 * MiB });
   const channel = new SSEChannel<string>(
     {
+      broker,
+      replay: 20_000,
       keepAlive: 0,
       drainTimeout: 2000,
       onConnect: (request) => request.headers.get("x-client") ?? "",
@@ -144,6 +151,7 @@ test("SSEChannel keeps a reader through a burst from a publisher that never yiel
     await reader?.close();
     await channel.close();
     await server.shutdown();
+    await broker.close();
   }
 });
 
@@ -155,8 +163,12 @@ test("SSEChannel judges a client on whether it drains within drainTimeout, not o
   const error = console.error;
   console.error = (...args: unknown[]) => printed.push(args);
   const reasons: [string, unknown][] = [];
+  // The history holds the whole burst, which the paused client catches up
+  // from.
+  const broker = new MemoryBroker({ maxHistoryBytes: 64 * MiB });
   const channel = new SSEChannel<string>(
     {
+      broker,
       keepAlive: 0,
       drainTimeout: 1000,
       onConnect: (request) => request.headers.get("x-client") ?? "",
@@ -183,7 +195,8 @@ test("SSEChannel judges a client on whether it drains within drainTimeout, not o
     // dropped yet.
     for (let i = 0; i < 3; i++) clock.tick(250);
     assert.deepEqual(reasons, []);
-    // The paused client reads everything, then its backlog is gone.
+    // The paused client reads everything (what it fell behind on, from the
+    // history), then nothing waits for it.
     const last = String(COUNT - 1).padStart(8, "0");
     assert.equal(
       await paused.readUntil(
@@ -192,7 +205,9 @@ test("SSEChannel judges a client on whether it drains within drainTimeout, not o
       ),
       true,
     );
-    for (let i = 0; i < 8; i++) {
+    // Until the stalled client has taken nothing at 5 checks in a row (more
+    // than drainTimeout; the kernel took some of it after the burst).
+    for (let i = 0; i < 8 && reasons.length === 0; i++) {
       clock.tick(250);
       await new Promise((resolve) => setTimeout(resolve, 1));
     }
@@ -208,6 +223,12 @@ test("SSEChannel judges a client on whether it drains within drainTimeout, not o
       stalled.text.length < 16 * MiB,
       `the stalled client got ${stalled.text.length} bytes`,
     );
+    // Its grace ends: the stream was taken to its end, so there is nothing
+    // to cut.
+    for (let i = 0; i < 6; i++) {
+      clock.tick(250);
+      await new Promise((resolve) => setTimeout(resolve, 1));
+    }
     // Normal operation: nothing printed, nothing for Deno.serve's onError.
     assert.deepEqual(printed, []);
     assert.deepEqual(server.errors, []);
@@ -218,8 +239,142 @@ test("SSEChannel judges a client on whether it drains within drainTimeout, not o
     await reader?.close();
     await channel.close();
     await server.shutdown();
+    await broker.close();
     clock.uninstall();
   }
+});
+
+// What a stalled client costs: 20 sockets that never read while 200 MiB
+// (25 600 messages of 8 KiB) is published, from a publisher that lets the
+// sockets be written to every 1 MiB. The server runs in a process of its
+// own, started with --expose-gc, so that its memory is measured apart from
+// the clients': what it retains after a full garbage collection, every
+// 12.5 MiB of the burst, and its peak RSS, the kernel's high-water mark
+// (VmHWM), read from here. The same burst with no client at all is the
+// baseline: the history (4 000 messages, 32 MiB, so that a stalled client
+// stays inside it and connected) and the garbage of publishing 200 MiB are
+// there either way. drainTimeout is long, so no client is dropped as slow.
+const BURST_CLIENTS = 20;
+const BURST_COUNT = 25_600;
+const BURST_SIZE = 8 * KiB;
+
+/** Peak resident memory of a process (Linux), in bytes. */
+function peakRss(pid: number): number {
+  const status = Deno.readTextFileSync(`/proc/${pid}/status`);
+  return Number(status.match(/VmHWM:\s+(\d+) kB/)![1]) * KiB;
+}
+
+/** What {@linkcode burstServer} measured. */
+interface Burst {
+  /** Clients still connected at the end, and why the others left. */
+  size: number;
+  reasons: string[];
+  /** The most heap and buffers retained, above the start. */
+  retained: number;
+  /** The peak RSS, above the start. */
+  peak: number;
+}
+
+/** The server side of the stalled-burst test (see above). */
+async function burstServer(clients: number): Promise<void> {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  assert.ok(gc, "run with --v8-flags=--expose-gc");
+  const print = (value: unknown) => console.log(JSON.stringify(value));
+  /** The JS heap and buffers in use after a full collection. */
+  const retained = async () => {
+    // V8 frees the buffers of a collected ArrayBuffer a task after the
+    // collection: collect, let that run, collect again.
+    gc();
+    await new Promise((resolve) => setTimeout(resolve));
+    gc();
+    const { heapUsed, external } = Deno.memoryUsage();
+    return heapUsed + external;
+  };
+  const reasons: string[] = [];
+  const broker = new MemoryBroker({ maxHistoryBytes: 64 * MiB });
+  const channel = new SSEChannel({
+    broker,
+    replay: 4000,
+    keepAlive: 0,
+    drainTimeout: 60_000,
+    onDisconnect: (_context, { reason }) => reasons.push(reason),
+  });
+  const server = serveChannel(channel);
+  print({ url: server.url });
+  await server.connected.reach(clients, "the stalled clients");
+  const rss = Deno.memoryUsage().rss;
+  const before = await retained();
+  let most = 0;
+  const filler = "x".repeat(BURST_SIZE - 8);
+  for (let i = 1; i <= BURST_COUNT; i++) {
+    await channel.publish({ data: String(i).padStart(8, "0") + filler });
+    if (i % 1600 === 0) most = Math.max(most, await retained() - before);
+    else if (i % 128 === 0) await new Promise((resolve) => setTimeout(resolve));
+  }
+  print({ size: channel.size, reasons, retained: most, rss });
+  await new Lines(Deno.stdin.readable).drain();
+  await channel.close();
+  await server.shutdown();
+  await broker.close();
+}
+
+if (import.meta.main && Deno.args[0] === "--burst-server") {
+  await burstServer(Number(Deno.args[1]));
+}
+
+/** Runs {@linkcode burstServer} with `count` stalled sockets. */
+async function burst(count: number): Promise<Burst> {
+  const child = spawnServer(import.meta.url, [
+    "--burst-server",
+    String(count),
+  ]);
+  const output = new Lines(child.stdout);
+  const stdin = child.stdin.getWriter();
+  const stalled: RawClient[] = [];
+  try {
+    const { url } = JSON.parse((await within(output.next(), WAIT_MS, "url"))!);
+    for (let i = 0; i < count; i++) stalled.push(await RawClient.open(url));
+    const result = JSON.parse(
+      (await within(output.next(), 60_000, "the burst"))!,
+    );
+    return { ...result, peak: peakRss(child.pid) - result.rss };
+  } finally {
+    for (const client of stalled) client.close();
+    await stdin.close();
+    await output.drain();
+    const status = await child.status;
+    assert.equal(status.code, 0);
+  }
+}
+
+test("SSEChannel holds at most maxQueue for each stalled client, not the burst: 20 stalled sockets and 200 MiB published", async () => {
+  const alone = await burst(0);
+  const stalled = await burst(BURST_CLIENTS);
+  const mib = (bytes: number) => (bytes / MiB).toFixed(1);
+  console.log(
+    `    200 MiB published past ${BURST_CLIENTS} stalled sockets: ${
+      mib(stalled.retained - alone.retained)
+    } MiB more heap and buffers retained than with none (${
+      mib(stalled.retained)
+    } against ${mib(alone.retained)}), peak RSS ${
+      mib(stalled.peak)
+    } MiB above the start against ${mib(alone.peak)}`,
+  );
+  assert.equal(stalled.size, BURST_CLIENTS, stalled.reasons.join());
+  // Each stalled client holds at most maxQueue (1 MiB) of frames, its
+  // stream's queue (64 KiB) and a page of history: about 22 MiB for 20.
+  assert.ok(
+    stalled.retained - alone.retained < 32 * MiB,
+    `${BURST_CLIENTS} stalled clients retained ${
+      mib(stalled.retained - alone.retained)
+    } MiB`,
+  );
+  assert.ok(
+    stalled.peak - alone.peak < 96 * MiB,
+    `${BURST_CLIENTS} stalled clients raised the peak RSS by ${
+      mib(stalled.peak - alone.peak)
+    } MiB`,
+  );
 });
 
 /**
@@ -273,6 +428,76 @@ function numbers(data: string[]): number[] {
 function run(from: number, count: number): number[] {
   return Array.from({ length: count }, (_, i) => from + i);
 }
+
+/**
+ * Reads a raw client's chunked response as it arrives and collects the
+ * numbers `numbered` put at the start of each message, until `count` of
+ * them (or the end of the stream). Each chunk holds whole frames (the
+ * channel writes frames, or runs of frames, as one chunk each).
+ */
+async function readNumbers(raw: RawClient, count: number): Promise<number[]> {
+  const numbers: number[] = [];
+  const decoder = new TextDecoder();
+  const buffer = new Uint8Array(1024 * 1024);
+  let tail = "";
+  const read = async () => {
+    while (numbers.length < count) {
+      const n = await raw.conn.read(buffer);
+      if (n === null) return;
+      const text = tail + decoder.decode(buffer.subarray(0, n), {
+        stream: true,
+      });
+      const end = text.lastIndexOf("\n");
+      tail = text.slice(end + 1);
+      for (const match of text.slice(0, end + 1).matchAll(/data: (\d{8})/g)) {
+        numbers.push(Number(match[1]));
+      }
+    }
+  };
+  await within(read(), WAIT_MS, `${count} messages on a raw socket`);
+  return numbers;
+}
+
+test("SSEChannel keeps every reader through a 50 MiB burst, far above maxQueue: a reader that pauses catches up from history", async () => {
+  const broker = new StoreBroker({ maxHistoryBytes: 128 * MiB });
+  const reasons: string[] = [];
+  const channel = new SSEChannel({
+    broker,
+    replay: 8000,
+    keepAlive: 0,
+    onDisconnect: (_context, { reason }) => reasons.push(reason),
+  });
+  const server = serveChannel(channel);
+  const readers: Client[] = [];
+  let paused: RawClient | undefined;
+  try {
+    for (let i = 0; i < 5; i++) readers.push(await Client.open(server.url));
+    paused = await RawClient.open(server.url);
+    await server.connected.reach(6, "the clients to connect");
+    // 6 400 messages of 8 KiB from a publisher that never lets a socket be
+    // written to until it is done: every client is left 50 MiB behind.
+    const COUNT = 6400;
+    await publishNumbered(channel, 0, COUNT, 8 * KiB);
+    for (const reader of readers) {
+      await reader.take(COUNT);
+      assert.deepEqual(numbers(reader.data), run(0, COUNT));
+    }
+    // The paused client, which read nothing so far (far less than
+    // drainTimeout, 10 s), reads everything now.
+    assert.deepEqual(await readNumbers(paused, COUNT), run(0, COUNT));
+    // Nobody joined with a Last-Event-ID: the history was read for the
+    // clients that fell behind, and no client held the burst.
+    assert.ok(broker.historyCalls > 0, "the history was never read");
+    assert.deepEqual(reasons, []);
+    assert.equal(channel.size, 6);
+  } finally {
+    paused?.close();
+    await Promise.all(readers.map((reader) => reader.close()));
+    await channel.close();
+    await server.shutdown();
+    await broker.close();
+  }
+});
 
 test("SSEChannel catches up a resume bigger than maxQueue: 600 missed messages of 4 KiB", async () => {
   const seen: [string, boolean][] = [];

@@ -9,6 +9,7 @@
 //
 // Node, @hono/node-server, Express and Fastify come from `.ci/runtimes`.
 
+import assert from "node:assert/strict";
 import {
   assertPresent,
   ignoreWithout,
@@ -19,7 +20,7 @@ import {
   startServer,
   withBundle,
 } from "./runtime/_runtimes.ts";
-import { runScenarios } from "./runtime/_served.ts";
+import { CUT_LINE, printed, runScenarios } from "./runtime/_served.ts";
 
 // Deno 2.9 runs tests with the op and resource sanitizers off unless asked.
 const SANITIZED = { sanitizeOps: true, sanitizeResources: true } as const;
@@ -69,11 +70,14 @@ for (const node of NODES) {
               ? ["--experimental-strip-types", "--no-warnings", ...args]
               : args,
           );
+          let output: string | undefined;
           try {
-            await runScenarios(t, server.url);
+            await runScenarios(t, server.url, { cutsPendingWrite: true });
           } finally {
-            await server.stop();
+            output = await server.stop();
           }
+          // The stream the channel cut, printed by @hono/node-server.
+          assert.deepEqual(printed(output), [CUT_LINE]);
         };
         if (node.form === "sources") await serve(APP);
         else await withBundle(APP, "sse_app.mjs", serve);

@@ -1,7 +1,7 @@
 // Copyright the sse authors. MIT license.
 // One `Request => Response` app, served unchanged by each runtime's own HTTP
 // server (Node's `http` and Express through @hono/node-server, Bun.serve,
-// Deno.serve) for tests/node_test.ts and tests/bun_test.ts:
+// Deno.serve) for tests/node_test.ts, tests/bun_test.ts and tests/deno_test.ts:
 //
 //   GET  /events          SSEChannel.connect; `?name=` names the client
 //   POST /flood           publishes `?count=` messages of `?size=` bytes (no
