@@ -28,10 +28,12 @@
 // the lowest and highest ratio within one round, where both met the same
 // machine state.
 
+import process from "node:process";
 import { EventSourceParserStream } from "eventsource-parser/stream";
 import { EventSource as NpmEventSource } from "eventsource";
 import { SSEClient } from "../client.ts";
 import { EventSource as OurEventSource } from "../event_source.ts";
+import type { ClientRatio, ClientResult } from "./_results.ts";
 
 function option(name: string, fallback: number): number {
   const at = Deno.args.indexOf(`--${name}`);
@@ -223,36 +225,6 @@ async function startServer(): Promise<{ url: string; stop(): Promise<void> }> {
   };
 }
 
-/** One contender's results: MB/s in each measured round. */
-export interface ClientRow {
-  key: string;
-  name: string;
-  /** Median MB/s over the rounds. */
-  mbps: number;
-  /** MB/s in each round, in round order. */
-  rounds: number[];
-}
-
-/** A ratio between two contenders: of the medians, and per round. */
-export interface ClientRatio {
-  ours: string;
-  peer: string;
-  /** ours / peer, of the median MB/s. */
-  ratio: number;
-  /** The lowest and highest ratio of one round's figures. */
-  min: number;
-  max: number;
-}
-
-/** What `--json` prints. */
-export interface ClientResult {
-  events: number;
-  size: number;
-  rounds: number;
-  rows: ClientRow[];
-  ratios: ClientRatio[];
-}
-
 function chosen(): string[] {
   const at = Deno.args.indexOf("--only");
   if (at < 0) return Object.keys(CONTENDERS);
@@ -272,19 +244,25 @@ function chosen(): string[] {
 async function measure(keys: string[]): Promise<ClientResult> {
   const server = await startServer();
   const rates = new Map<string, number[]>(keys.map((key) => [key, []]));
+  const cpuRates = new Map<string, number[]>(keys.map((key) => [key, []]));
   const bytes = EVENTS * SIZE;
   try {
     for (let round = 0; round <= ROUNDS; round++) {
       // Rotate the order so that no contender always runs first.
       const order = keys.map((_, i) => keys[(i + round) % keys.length]!);
       for (const key of order) {
+        const cpu = process.cpuUsage();
         const started = performance.now();
         const length = await CONTENDERS[key]!.run(server.url, EVENTS);
         const elapsed = performance.now() - started;
+        const { user, system } = process.cpuUsage(cpu);
         if (length !== EVENTS * DATA_LENGTH) {
           throw new Error(`${key} read ${length} data characters`);
         }
-        if (round > 0) rates.get(key)!.push(bytes / elapsed / 1000);
+        if (round > 0) {
+          rates.get(key)!.push(bytes / elapsed / 1000);
+          cpuRates.get(key)!.push(bytes / (user + system));
+        }
       }
     }
   } finally {
@@ -295,6 +273,8 @@ async function measure(keys: string[]): Promise<ClientResult> {
     name: CONTENDERS[key]!.name,
     mbps: median(rates.get(key)!),
     rounds: rates.get(key)!,
+    cpuMbps: median(cpuRates.get(key)!),
+    cpuRounds: cpuRates.get(key)!,
   }));
   const ratios: ClientRatio[] = [];
   for (const ours of ["sseclient", "eventsource"]) {
@@ -310,6 +290,7 @@ async function measure(keys: string[]): Promise<ClientResult> {
         ratio: median(a) / median(b),
         min: Math.min(...perRound),
         max: Math.max(...perRound),
+        cpuRatio: median(cpuRates.get(ours)!) / median(cpuRates.get(peer)!),
       });
     }
   }
@@ -322,19 +303,25 @@ function print(result: ClientResult): void {
       `connection, loopback, median of ${result.rounds} interleaved rounds ` +
       `(Deno ${Deno.version.deno}):\n`,
   );
-  console.log("| Consumer | MB/s |");
-  console.log("| --- | ---: |");
+  console.log("| Consumer | MB/s | MB per CPU second |");
+  console.log("| --- | ---: | ---: |");
   for (const row of result.rows) {
-    console.log(`| ${row.name} | ${row.mbps.toFixed(0)} |`);
+    console.log(
+      `| ${row.name} | ${row.mbps.toFixed(0)} | ${row.cpuMbps.toFixed(0)} |`,
+    );
   }
   if (result.ratios.length === 0) return;
-  console.log("\n| Ours | vs | ratio of medians | per round |");
-  console.log("| --- | --- | ---: | ---: |");
+  console.log(
+    "\n| Ours | vs | ratio of medians | per round | by CPU time |",
+  );
+  console.log("| --- | --- | ---: | ---: | ---: |");
   for (const r of result.ratios) {
     console.log(
       `| ${CONTENDERS[r.ours]!.name} | ${CONTENDERS[r.peer]!.name} | ${
         r.ratio.toFixed(2)
-      }× | ${r.min.toFixed(2)}–${r.max.toFixed(2)}× |`,
+      }× | ${r.min.toFixed(2)}–${r.max.toFixed(2)}× | ${
+        r.cpuRatio.toFixed(2)
+      }× |`,
     );
   }
 }

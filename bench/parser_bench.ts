@@ -3,17 +3,23 @@
 // EventSourceParserStream behind a TextDecoderStream (the fastest JavaScript
 // parser we know), in one process, interleaved round by round.
 //
-//   deno run -A bench/parser_bench.ts [--rounds 15] [--json]
+//   deno run -A bench/parser_bench.ts [--rounds 15] [--only llm,crlf,1mib,utf8]
+//     [--scale 1] [--json]
 //
 // Prints, for each workload, median MB/s per contender and the ratio ours /
-// eventsource-parser, plus two floors that no parser can beat: TextDecoderStream
+// eventsource-parser (of the medians, the lowest and highest of one round,
+// and by CPU time), plus two floors that no parser can beat: TextDecoderStream
 // with a newline scan, and (for the LLM workload) bare objects enqueued and
-// read through a TransformStream, one per event.
+// read through a TransformStream, one per event. `--scale` multiplies the
+// size of every input (0.25 for a quick run).
 
+import process from "node:process";
 import { EventSourceParserStream } from "eventsource-parser/stream";
 import { SSEParserStream } from "../parser.ts";
+import type { ParserRow } from "./_results.ts";
 
 interface Workload {
+  key: string;
   name: string;
   input: string;
   chunks: Uint8Array[];
@@ -37,6 +43,7 @@ function split(bytes: Uint8Array, size: number): Uint8Array[] {
 // same chunk objects again, so a run lasts long enough to even out garbage
 // collection without needing more memory than the input.
 function workload(
+  key: string,
   name: string,
   input: string,
   chunkSize: number,
@@ -49,6 +56,7 @@ function workload(
     for (const chunk of once) chunks.push(chunk);
   }
   return {
+    key,
     name,
     input,
     chunks,
@@ -181,48 +189,97 @@ async function expectedDataLength(w: Workload): Promise<number> {
   return await eventsourceParser(w);
 }
 
-const args = Deno.args;
-const roundsArg = args.indexOf("--rounds");
-const rounds = roundsArg === -1 ? 15 : Number(args[roundsArg + 1]);
-const asJson = args.includes("--json");
-
-const workloads: Workload[] = [
-  workload("LLM tokens (~120 B events, 4 KiB chunks)", llmInput(40_000), 4096),
-  workload("id+event+2 data, CRLF (1 KiB chunks)", crlfInput(40_000), 1024),
-  // 8 MiB sent 4 times: runs of 8 MiB alone (~1.3 ms, shorter than one major
-  // GC) gave ratios from 1.08x to 1.33x across six bench runs.
-  workload("1 MiB events (64 KiB chunks)", hugeInput(8), 64 * 1024, 4),
-  workload("multi-byte UTF-8 (7-byte chunks)", utf8Input(30_000), 7),
-];
-
-interface Row {
-  workload: string;
-  MB: number;
-  ours: number;
-  peer: number;
-  ratio: number;
-  floor: number;
-  bare?: number;
+function option(name: string, fallback: number): number {
+  const at = Deno.args.indexOf(`--${name}`);
+  if (at < 0) return fallback;
+  const value = Number(Deno.args[at + 1]);
+  if (!(value > 0)) {
+    throw new RangeError(`Invalid --${name}: ${Deno.args[at + 1]}`);
+  }
+  return value;
 }
 
-const rows: Row[] = [];
-for (const w of workloads) {
+const rounds = Math.round(option("rounds", 15));
+const scale = option("scale", 1);
+const asJson = Deno.args.includes("--json");
+const count = (n: number) => Math.max(1, Math.round(n * scale));
+
+const WORKLOADS: Record<string, () => Workload> = {
+  llm: () =>
+    workload(
+      "llm",
+      "LLM tokens (~120 B events, 4 KiB chunks)",
+      llmInput(count(40_000)),
+      4096,
+    ),
+  crlf: () =>
+    workload(
+      "crlf",
+      "id+event+2 data, CRLF (1 KiB chunks)",
+      crlfInput(count(40_000)),
+      1024,
+    ),
+  // 8 MiB sent 4 times: runs of 8 MiB alone (~1.3 ms, shorter than one major
+  // GC) gave ratios from 1.08x to 1.33x across six bench runs.
+  "1mib": () =>
+    workload(
+      "1mib",
+      "1 MiB events (64 KiB chunks)",
+      hugeInput(count(8)),
+      64 * 1024,
+      4,
+    ),
+  utf8: () =>
+    workload(
+      "utf8",
+      "multi-byte UTF-8 (7-byte chunks)",
+      utf8Input(count(30_000)),
+      7,
+    ),
+};
+
+function chosen(): string[] {
+  const at = Deno.args.indexOf("--only");
+  if (at < 0) return Object.keys(WORKLOADS);
+  const keys = (Deno.args[at + 1] ?? "").split(",");
+  for (const key of keys) {
+    if (!(key in WORKLOADS)) {
+      throw new TypeError(
+        `Invalid --only: unknown workload ${JSON.stringify(key)} (one of ${
+          Object.keys(WORKLOADS).join(", ")
+        })`,
+      );
+    }
+  }
+  return keys;
+}
+
+function cpuMs(): number {
+  const { user, system } = process.cpuUsage();
+  return (user + system) / 1000;
+}
+
+const rows: ParserRow[] = [];
+for (const w of chosen().map((key) => WORKLOADS[key]!())) {
   const expected = await expectedDataLength(w);
   const contenders: [string, Contender][] = [
     ["ours", ours],
     ["peer", eventsourceParser],
     ["floor", decodeAndScan],
   ];
-  if (w.name.startsWith("LLM")) contenders.push(["bare", bareObjects(w)]);
+  if (w.key === "llm") contenders.push(["bare", bareObjects(w)]);
   const times = new Map<string, number[]>(contenders.map(([k]) => [k, []]));
+  const cpu = new Map<string, number[]>(contenders.map(([k]) => [k, []]));
   // Warm up every contender, then interleave, rotating the order each round.
   for (const [, run] of contenders) await run(w);
   for (let r = 0; r < rounds; r++) {
     for (let k = 0; k < contenders.length; k++) {
       const [key, run] = contenders[(k + r) % contenders.length]!;
+      const startCpu = cpuMs();
       const start = performance.now();
       const result = await run(w);
       times.get(key)!.push(performance.now() - start);
+      cpu.get(key)!.push(cpuMs() - startCpu);
       if ((key === "ours" || key === "peer") && result !== expected) {
         throw new Error(
           `${key} parsed ${result} data characters on "${w.name}", expected ${expected}`,
@@ -232,12 +289,19 @@ for (const w of workloads) {
   }
   const mbps = (key: string) =>
     w.bytes / 1e6 / (median(times.get(key)!) / 1000);
-  const row: Row = {
+  const perRound = times.get("peer")!.map((peer, i) =>
+    peer / times.get("ours")![i]!
+  );
+  const row: ParserRow = {
+    key: w.key,
     workload: w.name,
     MB: Math.round(w.bytes / 1e5) / 10,
     ours: mbps("ours"),
     peer: mbps("peer"),
     ratio: mbps("ours") / mbps("peer"),
+    min: Math.min(...perRound),
+    max: Math.max(...perRound),
+    cpuRatio: median(cpu.get("peer")!) / median(cpu.get("ours")!),
     floor: mbps("floor"),
   };
   if (times.has("bare")) row.bare = mbps("bare");
@@ -252,14 +316,16 @@ if (asJson) {
       `\nDeno ${Deno.version.deno}, ${rounds} interleaved rounds, median MB/s\n`,
   );
   console.log(
-    "| workload | ours MB/s | eventsource-parser MB/s | ratio | floor: TextDecoderStream + line scan MB/s |",
+    "| workload | ours MB/s | eventsource-parser MB/s | ratio | per round | by CPU time | floor: TextDecoderStream + line scan MB/s |",
   );
-  console.log("|---|---:|---:|---:|---:|");
+  console.log("|---|---:|---:|---:|---:|---:|---:|");
   for (const r of rows) {
     console.log(
       `| ${r.workload} | ${r.ours.toFixed(0)} | ${r.peer.toFixed(0)} | **${
         r.ratio.toFixed(2)
-      }×** | ${r.floor.toFixed(0)} |`,
+      }×** | ${r.min.toFixed(2)}–${r.max.toFixed(2)}× | ${
+        r.cpuRatio.toFixed(2)
+      }× | ${r.floor.toFixed(0)} |`,
     );
   }
   const llm = rows.find((r) => r.bare !== undefined);
