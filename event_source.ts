@@ -474,13 +474,12 @@ export class EventSource extends EventTarget {
       lastEventId: event.id,
       origin,
     });
-    // Cloudflare Workers' MessageEvent drops `lastEventId` and `origin` from
-    // its init dictionary (they are own data properties there, so they can be
-    // defined afterwards); elsewhere these checks cost two comparisons.
-    if (message.lastEventId !== event.id) {
-      defineValue(message, "lastEventId", event.id);
+    if (dropsIds()) {
+      if (message.lastEventId !== event.id) {
+        defineValue(message, "lastEventId", event.id);
+      }
+      if (message.origin !== origin) defineValue(message, "origin", origin);
     }
-    if (message.origin !== origin) defineValue(message, "origin", origin);
     this.dispatchEvent(message);
   }
 
@@ -599,6 +598,25 @@ export class EventSource extends EventTarget {
 const FAIL = 0;
 const REESTABLISH = 1;
 type Next = typeof FAIL | typeof REESTABLISH;
+
+// Cloudflare Workers' MessageEvent drops `lastEventId` and `origin` from its
+// init dictionary (they are own data properties there, so they can be defined
+// afterwards). Asked once per MessageEvent class, not per message: in Deno,
+// each read of these getters costs a brand check.
+let probed: typeof MessageEvent | undefined;
+let initDropsIds = false;
+
+function dropsIds(): boolean {
+  if (probed !== MessageEvent) {
+    probed = MessageEvent;
+    const probe = new MessageEvent("message", {
+      lastEventId: "1",
+      origin: "o",
+    });
+    initDropsIds = probe.lastEventId !== "1" || probe.origin !== "o";
+  }
+  return initDropsIds;
+}
 
 function defineValue(target: object, name: string, value: string): void {
   Object.defineProperty(target, name, {

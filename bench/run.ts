@@ -66,7 +66,7 @@ const STEPS: Step[] = [
       "--events",
       "2000",
       "--only",
-      "sseclient,fetch,eventsource-parser",
+      "sseclient,fetch,fetch-byob,eventsource-parser",
       "--json",
     ],
     quick: [
@@ -77,7 +77,7 @@ const STEPS: Step[] = [
       "--events",
       "200",
       "--only",
-      "sseclient,fetch,eventsource-parser",
+      "sseclient,fetch,fetch-byob,eventsource-parser",
       "--json",
     ],
     json: true,
