@@ -45,6 +45,7 @@ import {
   KEEP_ALIVE_FRAME,
   lastEventIdOf,
   notAllowed,
+  OPENING_FRAME,
   unavailable,
 } from "./_http.ts";
 import {
@@ -76,6 +77,7 @@ import { IdWindow, PAGE, RECENT, Resume, type ResumeHost } from "./_resume.ts";
 const CLOSED_NOW: unique symbol = Symbol("closed");
 
 const KEEP_ALIVE_BYTES = new TextEncoder().encode(KEEP_ALIVE_FRAME);
+const OPENING_BYTES = new TextEncoder().encode(OPENING_FRAME);
 
 /**
  * A broadcast channel of Server-Sent Events: every connected client receives
@@ -244,7 +246,10 @@ export class SSEChannel<C = undefined> {
    * The client is subscribed before the returned promise resolves: a message
    * published after that reaches it. On the wire it gets the retry hint (if
    * `retry` is set), then `init`'s messages, then (when resuming from
-   * `Last-Event-ID`) the messages it missed, then live messages.
+   * `Last-Event-ID`) the messages it missed, then live messages. A stream
+   * with none of these to send at once starts with an empty comment (`:` and
+   * a blank line), so that the response's head leaves at once on every
+   * runtime (Bun holds it until the first body byte).
    *
    * @param request The request; its `Last-Event-ID` header resumes.
    * @param options `topics`: the topics this client receives (every topic
@@ -334,6 +339,9 @@ export class SSEChannel<C = undefined> {
         // It fell behind during init, and its backlog is in its stream.
         client.resume.pull();
       }
+      // Nothing went first (no retry, no init message, nothing replayed or
+      // published meanwhile): a first byte, so that the head leaves at once.
+      if (client.silent) client.enqueue(OPENING_BYTES);
     } catch (error) {
       this.#disconnect(client, "connect-failed");
       // A broker closed along with the channel is no error of this request.

@@ -15,6 +15,19 @@ export const SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8";
  */
 export const KEEP_ALIVE_FRAME = ": keep-alive\n\n";
 
+/**
+ * The first bytes of an event stream that has nothing else to send first (no
+ * `retry`, no message yet): an empty comment line and a blank line. A comment
+ * dispatches nothing, nor does a blank line while no data is buffered
+ * (§9.2.6), and the blank line leaves the stream on a frame boundary. It
+ * makes the response's head leave at once: Bun 1.4.5 holds the end of a
+ * streaming response's head until the first body byte, and a proxy may hold
+ * a response until its body starts, so a client's `open` would otherwise
+ * wait for the first message. It is not a keep-alive (`keepAlive: 0` sends
+ * it too): three bytes, once per stream.
+ */
+export const OPENING_FRAME = ":\n\n";
+
 /** Default keep-alive interval, in milliseconds. */
 export const DEFAULT_KEEP_ALIVE = 15_000;
 

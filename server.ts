@@ -44,6 +44,7 @@ import {
   KEEP_ALIVE_FRAME,
   keepAliveInterval,
   KeepAliveTimer,
+  OPENING_FRAME,
   sseHeaders,
 } from "./_http.ts";
 
@@ -79,7 +80,10 @@ export interface SSEResponseInit {
   signal?: AbortSignal | undefined;
   /**
    * A reconnection delay in milliseconds, sent as the first frame
-   * (`retry: …`) before any message.
+   * (`retry: …`) before any message. Without it, the stream starts with an
+   * empty comment (`:` and a blank line) instead, so that the response's
+   * head leaves at once whatever the source does (Bun holds it until the
+   * first body byte).
    *
    * @default {undefined}
    */
@@ -126,7 +130,8 @@ interface Source {
  * cancels the body, which is what closes the source.
  *
  * Frames are written exactly as {@linkcode encodeSSE} writes them, one chunk
- * per message.
+ * per message, after the `retry` frame or, without `retry`, an empty comment
+ * (`:` and a blank line) that makes the response's head leave at once.
  *
  * @example A finite stream, read back
  * ```ts
@@ -236,7 +241,9 @@ export function sseResponse(
   const body = new ReadableStream<Uint8Array>({
     start(c) {
       controller = c;
-      if (retryFrame !== undefined) c.enqueue(encoder.encode(retryFrame));
+      // A first byte at once, so that the head leaves at once on every
+      // runtime (see OPENING_FRAME).
+      c.enqueue(encoder.encode(retryFrame ?? OPENING_FRAME));
       if (signal?.aborted) {
         onAbort();
       } else {

@@ -274,7 +274,9 @@ test("SSEChannel enqueues one encoded chunk that reaches two clients byte for by
   try {
     const first = await channel.publish({ event: "ü", data: "😀\nline" });
     const second = await channel.publish({ data: { n: 1 } });
-    const expected = frame(first, "event: ü\ndata: 😀\ndata: line\n\n") +
+    // The opening comment (nothing else went first), then the frames.
+    const expected = ":\n\n" +
+      frame(first, "event: ü\ndata: 😀\ndata: line\n\n") +
       frame(second, 'data: {"n":1}\n\n');
     const bodies = await Promise.all(responses.map(async (response) => {
       const reader = response.body!.getReader();
@@ -1110,12 +1112,18 @@ test("SSEChannel sends keep-alive comments only to idle clients, from one timer"
   try {
     assert.equal(clock.countTimers(), 1);
     const comments = (client: Client) =>
-      client.log.filter((item) => item.kind === "comment").length;
+      client.log.filter((item) =>
+        item.kind === "comment" && item.text === "keep-alive"
+      ).length;
     clock.tick(500); // first tick: both were just written to (connected)
     clock.tick(500); // second tick: nothing written since the first
     await idle.until(() => comments(idle) === 1, "a keep-alive");
     await busy.until(() => comments(busy) === 1, "a keep-alive");
-    assert.deepEqual(idle.log, [{ kind: "comment", text: "keep-alive" }]);
+    // The opening comment (nothing else went first), then the keep-alive.
+    assert.deepEqual(idle.log, [{ kind: "comment", text: "" }, {
+      kind: "comment",
+      text: "keep-alive",
+    }]);
     // From now on busy gets a message every 500 ms and needs no keep-alive,
     // while idle still gets one every 1000 ms.
     for (let i = 0; i < 6; i++) {
@@ -1125,7 +1133,7 @@ test("SSEChannel sends keep-alive comments only to idle clients, from one timer"
     await busy.take(6);
     await idle.until(() => comments(idle) === 4, "three more keep-alives");
     assert.equal(comments(busy), 1);
-    assert.equal(busy.log[0]?.kind, "comment");
+    assert.deepEqual(busy.log[1], { kind: "comment", text: "keep-alive" });
   } finally {
     await idle.close();
     await busy.close();

@@ -8,6 +8,7 @@ import {
   KEEP_ALIVE_FRAME,
   keepAliveInterval,
   KeepAliveTimer,
+  OPENING_FRAME,
   sseHeaders,
 } from "../_http.ts";
 
@@ -80,6 +81,18 @@ async function readText(
 ): Promise<string | undefined> {
   const { done, value } = await reader.read();
   return done ? undefined : decoder.decode(value);
+}
+
+/**
+ * The body of a response without `retry`, read from here: checks that it
+ * starts with the opening comment, which asks nothing of the source.
+ */
+async function opened(
+  response: Response,
+): Promise<ReadableStreamDefaultReader<Uint8Array>> {
+  const reader = response.body!.getReader();
+  assert.equal(await readText(reader), OPENING_FRAME);
+  return reader;
 }
 
 /** Serves `handler` on 127.0.0.1 with a random port. */
@@ -265,7 +278,9 @@ Deno.test(
     assert.equal(response.headers.get("x-request-id"), "7");
     assert.equal(response.headers.has("connection"), false);
     assert.equal(response.headers.has("transfer-encoding"), false);
-    assert.equal(await response.text(), "");
+    // The opening comment, so that the head leaves at once on every runtime.
+    assert.equal(await response.text(), OPENING_FRAME);
+    assert.equal(OPENING_FRAME, ":\n\n");
   },
 );
 
@@ -294,7 +309,10 @@ Deno.test(
     const source = ReadableStream.from<SSEMessage>([{ data: "x" }, {
       data: "y",
     }]);
-    assert.equal(await sseResponse(source).text(), "data: x\n\ndata: y\n\n");
+    assert.equal(
+      await sseResponse(source).text(),
+      OPENING_FRAME + "data: x\n\ndata: y\n\n",
+    );
   },
 );
 
@@ -340,7 +358,7 @@ Deno.test(
   SANITIZED,
   async () => {
     const source = new ManualSource();
-    const reader = sseResponse(source, { keepAlive: 0 }).body!.getReader();
+    const reader = await opened(sseResponse(source, { keepAlive: 0 }));
     await Promise.resolve();
     assert.equal(source.nexts, 0);
     const first = reader.read();
@@ -365,7 +383,7 @@ Deno.test(
   SANITIZED,
   async () => {
     const source = new ManualSource();
-    const reader = sseResponse(source).body!.getReader();
+    const reader = await opened(sseResponse(source));
     const read = reader.read();
     await Promise.resolve();
     assert.ok(source.waiting);
@@ -389,7 +407,7 @@ Deno.test(
         cleaned.resolve();
       }
     }
-    const reader = sseResponse(ticks()).body!.getReader();
+    const reader = await opened(sseResponse(ticks()));
     assert.equal(await readText(reader), "data: 0\n\n");
     assert.equal(await readText(reader), "data: 1\n\n");
     await reader.cancel();
@@ -408,7 +426,7 @@ Deno.test(
       },
       cancel: (reason) => cancelled.resolve(reason),
     }, { highWaterMark: 0 });
-    const reader = sseResponse(source).body!.getReader();
+    const reader = await opened(sseResponse(source));
     const read = reader.read();
     const reason = new Error("client left");
     await reader.cancel(reason);
@@ -423,8 +441,7 @@ Deno.test(
   async () => {
     const source = new ManualSource();
     const abort = new AbortController();
-    const reader = sseResponse(source, { signal: abort.signal }).body!
-      .getReader();
+    const reader = await opened(sseResponse(source, { signal: abort.signal }));
     const first = reader.read();
     await Promise.resolve();
     source.send({ data: "1" });
@@ -464,7 +481,7 @@ Deno.test(
       throw failure;
     }
     const response = sseResponse(failing(), { onError: (e) => errors.push(e) });
-    assert.equal(await response.text(), "data: before\n\n");
+    assert.equal(await response.text(), OPENING_FRAME + "data: before\n\n");
     assert.deepEqual(errors, [failure]);
   },
 );
@@ -487,7 +504,7 @@ Deno.test(
     const response = sseResponse(messages(), {
       onError: (e) => errors.push(e),
     });
-    assert.equal(await response.text(), "data: ok\n\n");
+    assert.equal(await response.text(), OPENING_FRAME + "data: ok\n\n");
     assert.equal(errors.length, 1);
     assert.ok(errors[0] instanceof TypeError);
     assert.match(errors[0].message, /^Invalid event: must not contain LF/);
@@ -512,7 +529,7 @@ Deno.test(
       }),
     };
     const response = sseResponse(broken, { onError: (e) => errors.push(e) });
-    assert.equal(await response.text(), "");
+    assert.equal(await response.text(), OPENING_FRAME);
     assert.equal(errors.length, 1);
     assert.ok(errors[0] instanceof TypeError);
     assert.equal(
@@ -538,8 +555,9 @@ Deno.test(
         throw failure;
       }
     }
-    const reader = sseResponse(messages(), { onError: (e) => errors.push(e) })
-      .body!.getReader();
+    const reader = await opened(
+      sseResponse(messages(), { onError: (e) => errors.push(e) }),
+    );
     assert.equal(await readText(reader), "data: 1\n\n");
     await reader.cancel();
     assert.deepEqual(errors, [failure]);
@@ -558,7 +576,7 @@ Deno.test(
       const failing = {
         [Symbol.asyncIterator]: () => ({ next: () => Promise.reject(failure) }),
       };
-      assert.equal(await sseResponse(failing).text(), "");
+      assert.equal(await sseResponse(failing).text(), OPENING_FRAME);
       assert.equal(logged.length, 1);
       assert.equal(logged[0]!.at(-1), failure);
 
@@ -568,7 +586,7 @@ Deno.test(
           throw thrown;
         },
       });
-      assert.equal(await response.text(), "");
+      assert.equal(await response.text(), OPENING_FRAME);
       assert.equal(logged.length, 2);
       assert.ok(logged[1]!.includes(thrown));
       assert.ok(logged[1]!.includes(failure));
@@ -588,11 +606,10 @@ Deno.test(
     try {
       const source = new ManualSource();
       const abort = new AbortController();
-      const reader = sseResponse(source, {
+      const reader = await opened(sseResponse(source, {
         keepAlive: 1000,
         signal: abort.signal,
-      })
-        .body!.getReader();
+      }));
       const chunks: string[] = [];
       const pump = (async () => {
         for (let text; (text = await readText(reader)) !== undefined;) {
@@ -635,7 +652,7 @@ Deno.test(
     const clock = fakeClock();
     try {
       const source = new ManualSource();
-      const reader = sseResponse(source, { keepAlive: 0 }).body!.getReader();
+      const reader = await opened(sseResponse(source, { keepAlive: 0 }));
       const read = reader.read();
       await clock.tickAsync(0);
       assert.equal(clock.countTimers(), 0);
@@ -656,7 +673,7 @@ Deno.test(
     const clock = fakeClock();
     try {
       const source = new ManualSource();
-      const reader = sseResponse(source).body!.getReader();
+      const reader = await opened(sseResponse(source));
       const read = reader.read();
       await clock.tickAsync(14_999);
       await clock.tickAsync(1);
@@ -676,7 +693,7 @@ Deno.test(
     const clock = fakeClock();
     try {
       const source = new ManualSource();
-      const reader = sseResponse(source, { keepAlive: 100 }).body!.getReader();
+      const reader = await opened(sseResponse(source, { keepAlive: 100 }));
       const first = reader.read();
       await clock.tickAsync(0);
       source.send({ data: "1" });
@@ -723,7 +740,7 @@ Deno.test(
         await clock.tickAsync(0);
         assert.equal(clock.countTimers(), 1, name);
         end(source, abort);
-        assert.equal(await text, "", name);
+        assert.equal(await text, OPENING_FRAME, name);
         assert.equal(clock.countTimers(), 0, name);
       }
     } finally {
@@ -811,8 +828,7 @@ Deno.test(
       sseResponse(source, { keepAlive: 60_000 })
     );
     try {
-      const response = await fetch(url);
-      const reader = response.body!.getReader();
+      const reader = await opened(await fetch(url));
       const first = reader.read();
       await source.asked();
       source.send({ data: "hi" });
@@ -841,13 +857,14 @@ Deno.test(
       const events = response.body!.pipeThrough(
         new SSEParserStream({
           onComment(text) {
-            if (comments.push(text) === 2) gotTwo.resolve();
+            if (comments.push(text) === 3) gotTwo.resolve();
           },
         }),
       );
       const reading = Array.fromAsync(events);
       await gotTwo.promise;
-      assert.deepEqual(comments, ["keep-alive", "keep-alive"]);
+      // The opening comment, then keep-alives.
+      assert.deepEqual(comments, ["", "keep-alive", "keep-alive"]);
       source.end();
       assert.deepEqual(await reading, []);
     } finally {

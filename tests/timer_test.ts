@@ -144,6 +144,7 @@ test("sseResponse and SSEChannel with keepAlive 2 ** 32 send no keep-alive, and 
   assert.equal(stderr, "");
   assert.equal(code, 0);
   const { single, broadcast } = result as { single: string; broadcast: string };
-  assert.equal(single, "data: a\n\n");
+  // The opening comment (no retry), then the message, and no keep-alive.
+  assert.equal(single, ":\n\ndata: a\n\n");
   assert.doesNotMatch(broadcast, /keep-alive/);
 });

@@ -27,6 +27,7 @@ const listener = getRequestListener(createApp());
 const ROUTES = [
   ["GET", "/events"],
   ["GET", "/stream"],
+  ["GET", "/late"],
   ["GET", "/stats"],
   ["POST", "/flood"],
 ];

@@ -74,7 +74,8 @@ export const serverSmoke: Smoke = {
       { keepAlive: 0 },
     ).text();
 
-    // Keep-alive comments while the source is idle.
+    // The opening comment, then keep-alive comments while the source is
+    // idle.
     const comments: string[] = [];
     const idle = await collect(
       sseResponse(
@@ -121,8 +122,9 @@ export const serverSmoke: Smoke = {
       fromStream,
       keepAlive: {
         events: idle.map((event) => event.data),
-        pinged: comments.length > 0 &&
-          comments.every((comment) => comment === "keep-alive"),
+        opened: comments[0] === "",
+        pinged: comments.length > 1 &&
+          comments.slice(1).every((comment) => comment === "keep-alive"),
       },
       // Frames are produced only on demand, so nothing follows the abort.
       abort: { first: first.value?.data ?? null, eventsAfterAbort: after },
@@ -145,8 +147,9 @@ export const serverSmoke: Smoke = {
       ["connection", null],
     ],
     text: "retry: 2000\n\ndata: hello\n\nevent: done\nid: 1\ndata: \n\n",
-    fromStream: "data: [1,2]\n\n",
-    keepAlive: { events: ["late"], pinged: true },
+    // Without retry, an empty comment goes first.
+    fromStream: ":\n\ndata: [1,2]\n\n",
+    keepAlive: { events: ["late"], opened: true, pinged: true },
     abort: { first: "0", eventsAfterAbort: 0 },
   },
   serve() {

@@ -9,11 +9,13 @@
 //                         leave it alone); answers { ids }
 //   GET  /stream          a one-off sseResponse: event i every `?every=` ms
 //                         (0: as fast as the client reads), `?size=` bytes each
+//   GET  /late            a one-off sseResponse whose source yields its one
+//                         event after `?first=` ms (a model that thinks)
 //   GET  /stats           what the server saw (see Stats)
 //
 // It uses web-standard APIs only, so the same code runs on every runtime.
 
-import { SSEChannel, sseResponse } from "../../server.ts";
+import { SSEChannel, type SSEMessage, sseResponse } from "../../server.ts";
 
 /** What the server saw, as GET /stats answers it. */
 export interface Stats {
@@ -80,6 +82,24 @@ export function createApp(
     }
   }
 
+  // A ReadableStream, so that the client's leaving cancels the wait at once.
+  function late(first: number): ReadableStream<SSEMessage> {
+    streams.started++;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    return new ReadableStream({
+      start(controller) {
+        timer = setTimeout(() => {
+          streams.yielded++;
+          controller.enqueue({ id: "0", data: "0" });
+        }, first);
+      },
+      cancel() {
+        clearTimeout(timer);
+        streams.closed++;
+      },
+    });
+  }
+
   return async (request) => {
     const url = new URL(request.url);
     const query = (name: string, fallback: number) =>
@@ -100,6 +120,8 @@ export function createApp(
         return sseResponse(ticks(query("every", 20), query("size", 0)), {
           keepAlive: 0,
         });
+      case "GET /late":
+        return sseResponse(late(query("first", 0)), { keepAlive: 0 });
       case "GET /stats":
         return Response.json(
           {
