@@ -22,6 +22,8 @@ export interface ParserRow {
   floor: number;
   /** Bare objects through a TransformStream, one per event: MB/s. */
   bare?: number;
+  /** Decoding, the line scan and building each line's string: MB/s. */
+  build?: number;
 }
 
 /** One contender of `bench/client_bench.ts`. */
@@ -123,6 +125,17 @@ function parserSection(step: StepResult): string[] {
       `On the LLM workload the stream machinery alone (as many bare objects as events, enqueued and read through a \`TransformStream\`) runs at ${
         mb(llm.bare)
       } MB/s equivalent.`,
+    );
+  }
+  const huge = rows.find((r) => r.build !== undefined);
+  if (huge?.build !== undefined) {
+    lines.push(
+      "",
+      `On 1 MiB events, one \`TransformStream\` that only decodes each chunk, finds the line ends and builds each line's string from the chunks it spans runs at ${
+        mb(huge.build)
+      } MB/s, ${
+        x(huge.build / huge.peer)
+      } eventsource-parser: what handing out each event as one string costs at least.`,
     );
   }
   return lines;
