@@ -167,8 +167,9 @@ export interface SSEChannelOptions<C = undefined> {
   /**
    * Called with each error the channel catches and carries on after: an
    * entry from the broker that the encoder refuses (skipped, live and on
-   * resume, and reported once; the error names the entry id, its `cause` is
-   * the encoder's error), a hook that threw (`filter`, `onDisconnect`), or a
+   * resume, and reported once, however many clients skip it: the channel
+   * remembers the ids of the last 1 024 it reported; the error names the
+   * entry id, its `cause` is the encoder's error), a hook that threw (`filter`, `onDisconnect`), or a
    * broker's `history` that failed for a resuming client. Must not throw.
    * Errors never go to `reportError`, which ends a Deno process.
    *

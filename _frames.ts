@@ -6,6 +6,7 @@
 import { encodeSSE, type SSEMessage } from "./encoder.ts";
 import { describe } from "./_json.ts";
 import { errorMessage, type SSEBrokerEntry } from "./_broker.ts";
+import { IdWindow } from "./_resume.ts";
 
 const encoder = new TextEncoder();
 // A broker id goes on the wire as an `id:` field: §9.2.6 ignores one with
@@ -14,6 +15,8 @@ const BAD_ID = /[\r\n\0]/;
 
 /** The most bytes of replayed frames a channel keeps for other resumes. */
 const CACHE_BYTES = 16 * 1024 * 1024;
+/** How many ids of skipped entries a channel remembers, not to report twice. */
+const REPORTED = 1024;
 
 /**
  * Encoded frames of replayed entries by id, so that a herd of clients that
@@ -59,7 +62,9 @@ export class FrameCache {
  * The frames of one channel's entries. A message published through the
  * channel was encoded by `publish` already (`published`), so its delivery
  * reuses that; an entry from elsewhere is encoded on delivery. An entry the
- * encoder refuses is skipped and reported once.
+ * encoder refuses is skipped every time, and reported once: the ids of the
+ * last REPORTED entries reported are remembered apart from the frames (which
+ * a long replay pushes out of their cache).
  */
 export class Frames {
   #name: string;
@@ -70,6 +75,8 @@ export class Frames {
   #replayed: FrameCache;
   /** Chunks of consecutive replayed frames, by first and last id. */
   #runs = new FrameCache(1024, CACHE_BYTES);
+  /** Entries skipped and reported already. */
+  #reported = new IdWindow(REPORTED);
 
   /**
    * @param name The channel's stream, for reports.
@@ -151,7 +158,10 @@ export class Frames {
       else this.#bodies.delete(message);
     } catch (error) {
       // A broker handed out an entry that cannot be framed: skip it rather
-      // than break every client's stream.
+      // than break every client's stream, and say so once.
+      const key = typeof id === "string" ? id : String(JSON.stringify(id));
+      if (this.#reported.has(key)) return undefined;
+      this.#reported.add(key);
       this.#report(
         new TypeError(
           `Skipped entry ${JSON.stringify(id)} of stream ${

@@ -921,6 +921,50 @@ test("SSEChannel skips an entry the encoder refuses, live and on resume, reports
   }
 });
 
+test("SSEChannel reports a poison entry once, however many clients skip it and however much is replayed after it", async () => {
+  const broker = new MemoryBroker({ maxHistoryBytes: 64 * MiB });
+  const reported: Error[] = [];
+  const channel = new SSEChannel({
+    broker,
+    keepAlive: 0,
+    onError: (error) => reported.push(error),
+  });
+  const server = serveChannel(channel);
+  const clients: Client[] = [];
+  try {
+    const live = await Client.open(server.url);
+    clients.push(live);
+    const [first] = await publishNumbered(channel, 0, 1, 100);
+    const poison = await broker.publish("default", {
+      topic: "",
+      message: { data: "x", retry: -5 },
+    }, { replay: 1000 });
+    // 24 MiB after it: more than the channel keeps of replayed frames
+    // (16 MiB), so a resume past all of it makes the channel forget it
+    // skipped the poison entry.
+    await publishNumbered(channel, 1, 96, 256 * KiB);
+    await live.take(97);
+    for (let i = 0; i < 3; i++) {
+      const resumed = await Client.open(server.url, {
+        "last-event-id": first!,
+      });
+      clients.push(resumed);
+      await resumed.take(96);
+      assert.deepEqual(numbers(resumed.data), run(1, 96));
+    }
+    // Live once, then three resumes past it: one report.
+    assert.deepEqual(
+      reported.map((error) => error.message.includes(JSON.stringify(poison))),
+      [true],
+    );
+  } finally {
+    await Promise.all(clients.map((client) => client.close()));
+    await channel.close();
+    await server.shutdown();
+    await broker.close();
+  }
+});
+
 test("SSEChannel reports on one line of stderr by default: a poison entry and a throwing hook, never a stack trace", async () => {
   const printed: unknown[][] = [];
   const error = console.error;
