@@ -831,15 +831,20 @@ test("SSEChannel does not resume from another stream's id, a future id or a malf
   }
 });
 
-test("SSEChannel skips an entry the encoder refuses, live and on resume, reports it once with its id, and carries on", async () => {
-  const broker = new MemoryBroker();
+/** A channel on `broker`, served, that records what it reports. */
+function reportingChannel(broker: SSEBroker) {
   const reported: Error[] = [];
   const channel = new SSEChannel({
     broker,
     keepAlive: 0,
     onError: (error) => reported.push(error),
   });
-  const server = serveChannel(channel);
+  return { channel, reported, server: serveChannel(channel) };
+}
+
+test("SSEChannel skips an entry the encoder refuses, live and on resume, reports it once with its id, and carries on", async () => {
+  const broker = new MemoryBroker();
+  const { channel, reported, server } = reportingChannel(broker);
   const clients: Client[] = [];
   try {
     const live = await Client.open(server.url);
@@ -923,13 +928,7 @@ test("SSEChannel skips an entry the encoder refuses, live and on resume, reports
 
 test("SSEChannel reports a poison entry once, however many clients skip it and however much is replayed after it", async () => {
   const broker = new MemoryBroker({ maxHistoryBytes: 64 * MiB });
-  const reported: Error[] = [];
-  const channel = new SSEChannel({
-    broker,
-    keepAlive: 0,
-    onError: (error) => reported.push(error),
-  });
-  const server = serveChannel(channel);
+  const { channel, reported, server } = reportingChannel(broker);
   const clients: Client[] = [];
   try {
     const live = await Client.open(server.url);
