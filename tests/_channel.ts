@@ -20,7 +20,11 @@ export function test(name: string, fn: () => Promise<void>): void {
   Deno.test({ name, ...SANITIZED, fn });
 }
 
-/** Rejects if `promise` has not settled within `ms`; clears its timer. */
+/**
+ * `promise`, or a rejection naming `what` after `ms` milliseconds of real
+ * time: for an event that must come, so that a failing test fails instead of
+ * hanging. The timer is cleared as soon as the promise settles.
+ */
 export async function within<T>(
   promise: Promise<T>,
   ms: number,

@@ -230,29 +230,7 @@ export function fakeClock(): FakeTimers.Clock {
   });
 }
 
-/**
- * `promise`, or a rejection naming `what` after `ms` milliseconds of real
- * time: for an event that must come, so that a failing test fails instead of
- * hanging. The timer is cleared as soon as the promise settles.
- */
-export async function within<T>(
-  promise: Promise<T>,
-  ms: number,
-  what: string,
-): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const expired = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new Error(`${what}: not within ${ms} ms`)),
-      ms,
-    );
-  });
-  try {
-    return await Promise.race([promise, expired]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
+export { within } from "./_channel.ts";
 
 /**
  * Asserts what a client facing a server that fails every attempt may do in

@@ -9,6 +9,7 @@
 import assert from "node:assert/strict";
 import { type SSEEvent, SSEParserStream } from "../../parser.ts";
 import type { Stats } from "./sse_app.ts";
+import { within } from "../_channel.ts";
 
 /** How long one step may wait for what it expects. */
 const WAIT = 10_000;
@@ -20,24 +21,6 @@ const STALL_WAIT = 20_000;
  * drainTimeout (1 s), checked every 250 ms.
  */
 const CUT_WAIT = 3000;
-
-/** `promise`, or a rejection naming `what` after `ms`. */
-async function within<T>(promise: Promise<T>, ms: number, what: string) {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  try {
-    return await Promise.race([
-      promise,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(
-          () => reject(new Error(`Timed out after ${ms} ms: ${what}`)),
-          ms,
-        );
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
