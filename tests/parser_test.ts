@@ -122,6 +122,25 @@ const line: fc.Arbitrary<Uint8Array> = fc.tuple(
   blank ? bytesOf(end) : concat([bytesOf(name), bytesOf(sep), v, bytesOf(end)])
 );
 
+// Mostly ASCII lines of up to about 100 bytes, as most streams send: invalid
+// bytes that decode one for one, now and then a multi-byte character.
+const shortLine: fc.Arbitrary<Uint8Array> = fc.tuple(
+  fc.constantFrom("data", "data", "data", "id", "event", "retry", "", "x"),
+  fc.constantFrom(": ", ":", ""),
+  fc.oneof(
+    { arbitrary: fc.stringMatching(/^[ -~]{0,80}$/).map(bytesOf), weight: 30 },
+    { arbitrary: fc.stringMatching(/^[0-9]{1,5}$/).map(bytesOf), weight: 5 },
+    {
+      arbitrary: fc.constantFrom([0x80], [0xff], [0xc3, 0xa9], [0xe6, 0x97])
+        .map((b) => new Uint8Array(b)),
+      weight: 1,
+    },
+  ),
+  fc.constantFrom("\n", "\n", "\n\n", "\r\n", "\r\n\r\n", "\r"),
+).map(([name, sep, v, end]) =>
+  concat([bytesOf(name), bytesOf(sep), v, bytesOf(end)])
+);
+
 // A whole stream: maybe a BOM (or two), lines, maybe an unfinished last line.
 const stream: fc.Arbitrary<Uint8Array> = fc.tuple(
   fc.constantFrom("", "", "\uFEFF", "\uFEFF\uFEFF").map(bytesOf),
@@ -177,6 +196,38 @@ Deno.test("SSEParserStream gives the same events whole, byte by byte, and in fix
         }
         assert.deepEqual(single, whole);
         assert.deepEqual(await parseChunks(sized), whole);
+      },
+    ),
+    { numRuns: 200 },
+  );
+});
+
+Deno.test("SSEParserStream matches a literal reading of the standard with chunks of 256 B to 2 KiB that end mid-line or mid-character", async () => {
+  // The chunking of a network stream of small events: a chunk rarely ends
+  // at a line end, and mostly ASCII text decodes one character per byte.
+  await fc.assert(
+    fc.asyncProperty(
+      fc.oneof(
+        fc.array(stream, { minLength: 2, maxLength: 8 }).map(concat),
+        fc.array(shortLine, { minLength: 20, maxLength: 150 }).map(concat),
+      ),
+      fc.array(fc.integer({ min: 256, max: 2048 }), {
+        minLength: 1,
+        maxLength: 8,
+      }),
+      async (bytes, sizes) => {
+        const chunks: Uint8Array[] = [];
+        for (let i = 0, k = 0; i < bytes.length; k++) {
+          const size = sizes[k % sizes.length]!;
+          chunks.push(bytes.slice(i, i + size));
+          i += size;
+        }
+        const expected = referenceParse(bytes);
+        const actual = await parseChunks(chunks);
+        assert.deepEqual(actual.events, expected.events);
+        assert.equal(actual.lastEventId, expected.lastEventId);
+        assert.deepEqual(actual.retries, expected.retries);
+        assert.deepEqual(actual.comments, expected.comments);
       },
     ),
     { numRuns: 200 },
