@@ -88,7 +88,9 @@ const OPENING_BYTES = new TextEncoder().encode(OPENING_FRAME);
  * - `connect(request)` answers a request with the event stream; a connection
  *   without `topics` receives every message, one with `topics` only messages
  *   published to one of them (use the topic `""` for messages published
- *   without a topic).
+ *   without a topic). Topics come from `connect(request, { topics })`, or
+ *   from the `topics` hook, which decides them from the context `onConnect`
+ *   returned (per-user topics, with one authentication).
  * - `publish(message, { topic })` validates and encodes the message, stores
  *   it in the broker and resolves to its id. Non-string `data` is
  *   JSON-encoded once. The message must not carry an `id`: the broker
@@ -135,6 +137,30 @@ const OPENING_BYTES = new TextEncoder().encode(OPENING_FRAME);
  * });
  * const response = await channel.connect(new Request("http://localhost/events"));
  * console.log(response.status); // 401
+ * await channel.close();
+ * ```
+ *
+ * @example Per-user topics, decided from the context
+ * ```ts
+ * import { SSEChannel } from "@sse/sse/server";
+ * import { SSEParserStream } from "@sse/sse/parser";
+ * import assert from "node:assert/strict";
+ *
+ * const channel = new SSEChannel<string>({
+ *   onConnect(request) {
+ *     const name = request.headers.get("x-user");
+ *     return name ?? new Response("Unauthorized", { status: 401 });
+ *   },
+ *   topics: (name) => [`user:${name}`, "news"],
+ * });
+ * const response = await channel.connect(
+ *   new Request("http://localhost/events", { headers: { "x-user": "ada" } }),
+ * );
+ * await channel.publish({ data: "for bo" }, { topic: "user:bo" });
+ * await channel.publish({ data: "for ada" }, { topic: "user:ada" });
+ * const events = response.body!.pipeThrough(new SSEParserStream()).getReader();
+ * assert.equal((await events.read()).value?.data, "for ada");
+ * await events.cancel();
  * await channel.close();
  * ```
  */
@@ -252,9 +278,12 @@ export class SSEChannel<C = undefined> {
    * runtime (Bun holds it until the first body byte).
    *
    * @param request The request; its `Last-Event-ID` header resumes.
-   * @param options `topics`: the topics this client receives (every topic
-   * when absent; `""` is the topic of messages published without one).
+   * @param options `topics`: the topics this client receives (`""` is the
+   * topic of messages published without one). When absent, the channel's
+   * `topics` hook decides from the context; without the hook, every topic.
    * @returns The response.
+   * @throws {TypeError} When `request` is not a `Request`, or `topics`
+   * (given, or returned by the `topics` hook) is not an array of strings.
    */
   async connect(
     request: Request,
@@ -265,7 +294,8 @@ export class SSEChannel<C = undefined> {
         `Invalid request: expected a Request, got ${describe(request)}`,
       );
     }
-    const topics = topicsOf(options?.topics);
+    const given = options?.topics;
+    let topics = topicsOf(given);
     const { method } = request;
     if (method !== "GET" && method !== "HEAD") return notAllowed();
     if (this.#closed) return unavailable();
@@ -280,6 +310,13 @@ export class SSEChannel<C = undefined> {
     // RFC 9110 §9.3.2: HEAD answers as GET would, without the content.
     if (method === "HEAD") {
       return new Response(null, { headers: this.#settings.headers });
+    }
+    if (given === undefined && this.#settings.topics !== undefined) {
+      const hooked = await this.#unlessClosed(
+        this.#settings.topics(context, request),
+      );
+      if (hooked === CLOSED_NOW) return unavailable();
+      topics = topicsOf(hooked, true);
     }
     const lastEventId = lastEventIdOf(request);
 

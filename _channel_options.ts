@@ -118,6 +118,30 @@ export interface SSEChannelOptions<C = undefined> {
    */
   onConnect?: (request: Request) => C | Response | Promise<C | Response>;
   /**
+   * Decides a connection's topics from its context, after `onConnect` has
+   * identified it: so per-user topics (`user:ada`) need no second look at
+   * the request. Returns (or resolves to) the topics, or `undefined` for
+   * every topic; `""` is the topic of messages published without one. It
+   * gets the request too, for topics the client asks for (a query
+   * parameter), to check against the context.
+   *
+   * `connect(request, { topics })` wins when it is given: the hook is not
+   * called for that connection. A HEAD request does not call it (HEAD
+   * subscribes nothing). What it returns is checked as `connect`'s
+   * `topics` are: anything but an array of strings or `undefined` rejects
+   * `connect` with a `TypeError`, and so does a throw, with what it threw;
+   * no client is created, so `onDisconnect` is not called.
+   *
+   * @default {undefined} (`connect`'s `topics`, else every topic)
+   */
+  topics?: (
+    context: C,
+    request: Request,
+  ) =>
+    | readonly string[]
+    | undefined
+    | Promise<readonly string[] | undefined>;
+  /**
    * Called once per connection, before any live message, with the context,
    * the `Last-Event-ID` the client sent (`""` if none) and `{ resumed }`.
    * `resumed` is `true` only when the client sent an id and everything it
@@ -222,6 +246,7 @@ export interface ChannelSettings<C> {
   /** The `retry` frame sent first, if any. */
   retryBytes: Uint8Array | undefined;
   onConnect: SSEChannelOptions<C>["onConnect"];
+  topics: SSEChannelOptions<C>["topics"];
   init: SSEChannelOptions<C>["init"];
   filter: SSEChannelOptions<C>["filter"];
   onDisconnect: SSEChannelOptions<C>["onDisconnect"];
@@ -290,6 +315,7 @@ export function channelSettings<C>(
       ? undefined
       : new TextEncoder().encode(encodeSSE({ retry: options.retry })),
     onConnect: hook(options, "onConnect"),
+    topics: hook(options, "topics"),
     init: hook(options, "init"),
     filter: hook(options, "filter"),
     onDisconnect: hook(options, "onDisconnect"),
@@ -311,27 +337,43 @@ function hook<C, K extends keyof SSEChannelOptions<C>>(
 }
 
 /**
- * Checks the `topics` option of `connect`.
+ * Checks the topics of a connection: `connect`'s `topics` option, or what
+ * the `topics` hook returned.
  *
- * @param topics The option as given.
- * @returns The topics without duplicates, or `null` for every topic.
- * @throws {TypeError} When it is not an array of strings.
+ * @param topics The topics as given.
+ * @param hooked Whether the `topics` hook returned them (for the message).
+ * @returns The topics without duplicates, frozen, or `null` for every topic.
+ * @throws {TypeError} When it is neither an array of strings nor undefined.
  */
-export function topicsOf(topics: unknown): readonly string[] | null {
+export function topicsOf(
+  topics: unknown,
+  hooked = false,
+): readonly string[] | null {
   if (topics === undefined) return null;
   if (!Array.isArray(topics)) {
     throw new TypeError(
-      `Invalid topics: expected an array of strings, got ${describe(topics)}`,
+      hooked
+        ? `Invalid topics: the topics hook returned ${
+          describe(topics)
+        }, expected an array of strings or undefined`
+        : `Invalid topics: expected an array of strings, got ${
+          describe(topics)
+        }`,
     );
   }
   for (const topic of topics) {
     if (typeof topic !== "string") {
       throw new TypeError(
-        `Invalid topics: expected an array of strings, found ${
-          describe(topic)
-        }`,
+        hooked
+          ? `Invalid topics: the topics hook returned an array holding ${
+            describe(topic)
+          }, expected strings only`
+          : `Invalid topics: expected an array of strings, found ${
+            describe(topic)
+          }`,
       );
     }
   }
-  return [...new Set<string>(topics)];
+  // Frozen: presence hands the same array out (see SSEChannel.clients).
+  return Object.freeze([...new Set<string>(topics)]);
 }
