@@ -71,13 +71,15 @@ import {
   STREAM_QUEUE,
 } from "./_client.ts";
 import { encodeAll, Frames } from "./_frames.ts";
+import { type SSEChannelClient, Tally } from "./_presence.ts";
 import { IdWindow, PAGE, RECENT, Resume, type ResumeHost } from "./_resume.ts";
 
 /** What `#unlessClosed` resolves to when the channel closed first. */
 const CLOSED_NOW: unique symbol = Symbol("closed");
 
-const KEEP_ALIVE_BYTES = new TextEncoder().encode(KEEP_ALIVE_FRAME);
-const OPENING_BYTES = new TextEncoder().encode(OPENING_FRAME);
+const encoder = new TextEncoder();
+const KEEP_ALIVE_BYTES = encoder.encode(KEEP_ALIVE_FRAME);
+const OPENING_BYTES = encoder.encode(OPENING_FRAME);
 
 /**
  * A broadcast channel of Server-Sent Events: every connected client receives
@@ -174,6 +176,7 @@ export class SSEChannel<C = undefined> {
   /** A filter result that is not a boolean was reported already. */
   #filterReported = false;
 
+  #tally = new Tally();
   /** Every client that has a stream, in any state but closed. */
   #clients = new Set<Client<C>>();
   /** Open clients without topics. */
@@ -320,17 +323,19 @@ export class SSEChannel<C = undefined> {
     }
     const lastEventId = lastEventIdOf(request);
 
-    const client = new Client<C>(
+    const info: SSEChannelClient<C> = Object.freeze({
       context,
       topics,
-      this.#streamQueue,
-      this.#events,
-    );
+      connectedAt: Date.now(),
+    });
+    const tally = this.#tally;
+    const client = new Client<C>(info, this.#streamQueue, this.#events, tally);
     const stream = new ReadableStream<Uint8Array>(client, this.#strategy);
     if (this.#settings.retryBytes !== undefined) {
       client.enqueue(this.#settings.retryBytes);
     }
     this.#clients.add(client);
+    tally.joined(topics);
     const { keepAlive } = this.#settings;
     if (this.#timer === undefined && keepAlive > 0) {
       // One timer for the whole channel: a tick every keepAlive / 2 writes a
@@ -365,9 +370,9 @@ export class SSEChannel<C = undefined> {
         if (messages === CLOSED_NOW) return unavailable();
         if (messages != null) frames = encodeAll(messages);
       }
-      if (client.state !== CONNECTING) return unavailable();
+      if (client.state !== CONNECTING) return this.#endedAnswer(client, stream);
       this.#open(client, frames);
-      if (client.state !== OPEN) return unavailable();
+      if (client.state !== OPEN) return this.#endedAnswer(client, stream);
       if (resume !== undefined) {
         client.resume = resume;
         this.#resuming.add(client);
@@ -386,6 +391,206 @@ export class SSEChannel<C = undefined> {
       throw error;
     }
     return new Response(stream, { headers: this.#settings.headers });
+  }
+
+  /**
+   * The answer of a connection that ended before `connect` answered: its
+   * stream (ended, with `disconnect`'s final message) when `disconnect`
+   * ended it, so that it reads as every disconnected client does; 503 when
+   * the channel closed.
+   */
+  #endedAnswer(
+    client: Client<C>,
+    stream: ReadableStream<Uint8Array>,
+  ): Response {
+    return client.reason === "disconnected"
+      ? new Response(stream, { headers: this.#settings.headers })
+      : unavailable();
+  }
+
+  /**
+   * Lists the connected clients: the contexts `onConnect` returned, with
+   * their topics and connection time. Each entry is frozen and the same
+   * object for the whole connection; the array is a new one on each call.
+   * It costs O(connected clients) (about 0.1 ms for 10 000, see the README);
+   * for a count, use {@linkcode SSEChannel.size} or
+   * {@linkcode SSEChannel.count}, which cost O(1).
+   *
+   * Clients still in `onConnect` are not listed; clients in `init` are (as
+   * `size` counts them). These are this channel's clients, in this process:
+   * servers that share a broker each list their own.
+   *
+   * @example Who is in a room
+   * ```ts
+   * import { SSEChannel } from "@sse/sse/server";
+   * import assert from "node:assert/strict";
+   *
+   * const channel = new SSEChannel<{ name: string }>({
+   *   onConnect: (request) => ({ name: request.headers.get("x-user") ?? "?" }),
+   *   topics: () => ["room:lobby"],
+   * });
+   * const responses = await Promise.all(["ada", "bo"].map((name) =>
+   *   channel.connect(
+   *     new Request("http://localhost/", { headers: { "x-user": name } }),
+   *   )
+   * ));
+   * const online = channel.clients("room:lobby").map((c) => c.context.name);
+   * assert.deepEqual(online, ["ada", "bo"]);
+   * assert.equal(channel.count("room:lobby"), 2);
+   * await Promise.all(responses.map((response) => response.body!.cancel()));
+   * await channel.close();
+   * ```
+   *
+   * @param topic Only the clients that asked for this topic by name (a
+   * client that receives every topic is listed only without `topic`).
+   * @returns The clients, in the order they connected.
+   * @throws {TypeError} When `topic` is given and is not a string.
+   */
+  clients(topic?: string): SSEChannelClient<C>[] {
+    if (topic !== undefined && typeof topic !== "string") {
+      throw new TypeError(
+        `Invalid topic: expected a string, got ${describe(topic)}`,
+      );
+    }
+    const list: SSEChannelClient<C>[] = [];
+    for (const client of this.#clients) {
+      if (topic === undefined || client.topics?.includes(topic)) {
+        list.push(client.info);
+      }
+    }
+    return list;
+  }
+
+  /**
+   * How many connected clients asked for a topic by name, in O(1) (the
+   * counts are kept as clients come and go). Clients that receive every
+   * topic are not counted: they are `size` less the rest, or
+   * `metrics().everyTopic`.
+   *
+   * @param topic A topic.
+   * @returns The number of connected clients subscribed to it by name.
+   * @throws {TypeError} When `topic` is not a string.
+   */
+  count(topic: string): number {
+    if (typeof topic !== "string") {
+      throw new TypeError(
+        `Invalid topic: expected a string, got ${describe(topic)}`,
+      );
+    }
+    return this.#tally.count(topic);
+  }
+
+  /**
+   * Ends the streams of the connected clients that `predicate` picks, at
+   * once: for a logout, a ban, a permission that changed. Each gets what
+   * was already queued for it, then `message` if given, then the end of its
+   * stream; `onDisconnect` is told `"disconnected"`. A client still in
+   * `init` gets its response with `message` alone, already ended.
+   *
+   * An SSE client reconnects after any end (`EventSource` after its retry
+   * delay, `SSEClient` too). To keep one away, use either or both:
+   *
+   * - `message`: an event the application chooses (`{ event: "signed-out"
+   *   }`), on which the page calls `source.close()`; its `retry` field, if
+   *   set, also delays the reconnection. It carries no `id`, so the
+   *   client's `Last-Event-ID` stays what it was.
+   * - `onConnect` answering that user's reconnection with 204 No Content,
+   *   which makes `EventSource` and `SSEClient` stop for good, or with 401
+   *   or 403, which `EventSource` also treats as final and `SSEClient`
+   *   throws as an `SSEError` with its `status`: revoke the session before
+   *   calling `disconnect`.
+   *
+   * @example Sign a user out everywhere
+   * ```ts
+   * import { SSEChannel } from "@sse/sse/server";
+   * import { SSEParserStream } from "@sse/sse/parser";
+   * import assert from "node:assert/strict";
+   *
+   * const sessions = new Map([["s1", "ada"], ["s2", "bo"]]);
+   * const channel = new SSEChannel<{ session: string; name: string }>({
+   *   onConnect(request) {
+   *     const session = request.headers.get("x-session") ?? "";
+   *     const name = sessions.get(session);
+   *     // A revoked session is told to stop: 204 ends EventSource for good.
+   *     if (name === undefined) return new Response(null, { status: 204 });
+   *     return { session, name };
+   *   },
+   * });
+   * const open = (session: string) =>
+   *   channel.connect(
+   *     new Request("http://localhost/", {
+   *       headers: { "x-session": session },
+   *     }),
+   *   );
+   * const ada = await open("s1");
+   * const bo = await open("s2");
+   *
+   * sessions.delete("s1");
+   * const ended = channel.disconnect((client) => client.context.session === "s1", {
+   *   message: { event: "signed-out", data: "" },
+   * });
+   * assert.equal(ended, 1);
+   * const events = await Array.fromAsync(
+   *   ada.body!.pipeThrough(new SSEParserStream()),
+   * );
+   * assert.deepEqual(events.map((event) => event.type), ["signed-out"]);
+   * assert.equal((await open("s1")).status, 204);
+   * assert.equal(channel.size, 1);
+   * await bo.body!.cancel();
+   * await channel.close();
+   * ```
+   *
+   * @param predicate Called once with each connected client (see
+   * {@linkcode SSEChannel.clients}); `true` ends it, `false` keeps it. It
+   * must be synchronous: it runs over every client before any is ended.
+   * @param options `message`: sent to each client it ends, last, encoded
+   * once.
+   * @returns How many clients it ended.
+   * @throws {TypeError} When `predicate` is not a function or returns
+   * anything but a boolean (nobody is ended then), or `message` has an `id`
+   * or is refused by `encodeSSE` (and its `RangeError`); what `predicate`
+   * throws, with nobody ended.
+   */
+  disconnect(
+    predicate: (client: SSEChannelClient<C>) => boolean,
+    options: { message?: SSEMessage } = {},
+  ): number {
+    if (typeof predicate !== "function") {
+      throw new TypeError(
+        `Invalid predicate: expected a function, got ${describe(predicate)}`,
+      );
+    }
+    const message: unknown = options?.message;
+    let last: Uint8Array | undefined;
+    if (message !== undefined) {
+      if (typeof message !== "object" || message === null) {
+        throw new TypeError(
+          `Invalid message: expected an SSE message object, got ${
+            describe(message)
+          }`,
+        );
+      }
+      if ((message as SSEMessage).id !== undefined) {
+        throw new TypeError(
+          "Invalid message: a disconnect message carries no id (it would become the client's Last-Event-ID): remove the id field",
+        );
+      }
+      last = encoder.encode(encodeSSE(message as SSEMessage));
+    }
+    const ending: Client<C>[] = [];
+    for (const client of this.#clients) {
+      const verdict: unknown = predicate(client.info);
+      if (verdict === true) ending.push(client);
+      else if (verdict !== false) {
+        throw new TypeError(
+          `Invalid predicate result: expected a boolean, got ${
+            describe(verdict)
+          } (the predicate must be synchronous): nobody was disconnected`,
+        );
+      }
+    }
+    for (const client of ending) this.#end(client, "disconnected", last);
+    return ending.length;
   }
 
   /**
@@ -654,19 +859,28 @@ export class SSEChannel<C = undefined> {
    * closing, a stream that the runtime has not taken to its end after
    * another `drainTimeout` is then cut (see DrainJudge).
    */
-  #end(client: Client<C>, reason: SSEDisconnectReason): void {
+  #end(
+    client: Client<C>,
+    reason: SSEDisconnectReason,
+    last?: Uint8Array,
+  ): void {
     if (client.state === CLOSED) return;
-    const open = client.state === OPEN;
+    // A client still in onConnect's wake (the broker, init) is answered by
+    // its connect: with its ended stream when `disconnect` ended it (see
+    // #endedAnswer), else 503.
+    const ended = client.state === OPEN || reason === "disconnected";
     try {
       if (reason === "slow") client.discard();
-      else if (open) client.flushAll();
-      // A client still in init is answered 503 by its connect.
-      if (open) client.controller.close();
+      else if (client.state === OPEN) client.flushAll();
+      if (ended) {
+        if (last !== undefined) client.enqueue(last);
+        client.controller.close();
+      }
     } catch {
       // The runtime closed the stream already: the client is gone.
     }
     this.#disconnect(client, reason);
-    if (open && reason !== "channel-closed") {
+    if (ended && reason !== "channel-closed") {
       this.#drain.closed(client.controller);
     }
   }
@@ -817,7 +1031,9 @@ export class SSEChannel<C = undefined> {
   #disconnect(client: Client<C>, reason: SSEDisconnectReason): void {
     if (client.state === CLOSED) return;
     client.state = CLOSED;
+    client.reason = reason;
     this.#clients.delete(client);
+    this.#tally.left(client.topics, reason);
     client.discard();
     this.#drain.unwatch(client);
     this.#leave(client);

@@ -210,6 +210,10 @@ export interface SSEChannelOptions<C = undefined> {
  * - `"slow"`: its stream was full and it took nothing for `drainTimeout`;
  *   its stream was ended (and later cut, see `drainTimeout`). A client that
  *   reconnects with its `Last-Event-ID` resumes from there.
+ * - `"disconnected"`: the application ended it with `disconnect()`
+ *   (logout, ban, a permission that changed), after `disconnect`'s final
+ *   message if one was given. Like any client whose stream ends, it
+ *   reconnects unless told otherwise: see `SSEChannel.disconnect`.
  * - `"channel-closed"`: `close()` ended it.
  * - `"filter-error"`: `filter` threw for it; its stream was ended after
  *   what it was sent before.
@@ -225,6 +229,7 @@ export interface SSEChannelOptions<C = undefined> {
 export type SSEDisconnectReason =
   | "client-closed"
   | "slow"
+  | "disconnected"
   | "channel-closed"
   | "filter-error"
   | "replay-lost"

@@ -15,6 +15,8 @@
 // and its stream closed.
 
 import type { Resume } from "./_resume.ts";
+import type { SSEChannelClient, Tally } from "./_presence.ts";
+import type { SSEDisconnectReason } from "./_channel_options.ts";
 import { startInterval, type Timer } from "./_timer.ts";
 
 /** The client's stream exists; `init` has not finished. */
@@ -41,9 +43,13 @@ export interface ClientEvents<C> {
  */
 export class Client<C> implements UnderlyingDefaultSource<Uint8Array> {
   controller!: ReadableStreamDefaultController<Uint8Array>;
+  /** What presence shows of it (frozen; see SSEChannel.clients). */
+  readonly info: SSEChannelClient<C>;
   readonly context: C;
   /** The topics it receives; `null` for every topic. */
   readonly topics: readonly string[] | null;
+  /** Why it ended, once it has. */
+  reason: SSEDisconnectReason | undefined;
   /** Set on every write, cleared by the keep-alive tick. */
   wrote = true;
   state: number = CONNECTING;
@@ -70,25 +76,28 @@ export class Client<C> implements UnderlyingDefaultSource<Uint8Array> {
   #enqueued = 0;
   #streamQueue: number;
   #events: ClientEvents<C>;
+  #tally: Tally;
 
   /**
    * A client, before its stream exists.
    *
-   * @param context What `onConnect` returned.
-   * @param topics Its topics, or `null` for all.
+   * @param info Its context, topics (`null` for all) and connection time.
    * @param streamQueue Its stream's high-water mark, in bytes.
    * @param events Where it reports pulls and its cancel.
+   * @param tally Where the bytes it is sent are counted.
    */
   constructor(
-    context: C,
-    topics: readonly string[] | null,
+    info: SSEChannelClient<C>,
     streamQueue: number,
     events: ClientEvents<C>,
+    tally: Tally,
   ) {
-    this.context = context;
-    this.topics = topics;
+    this.info = info;
+    this.context = info.context;
+    this.topics = info.topics;
     this.#streamQueue = streamQueue;
     this.#events = events;
+    this.#tally = tally;
   }
 
   start(controller: ReadableStreamDefaultController<Uint8Array>): void {
@@ -144,6 +153,7 @@ export class Client<C> implements UnderlyingDefaultSource<Uint8Array> {
   enqueue(bytes: Uint8Array): void {
     this.#enqueued += bytes.byteLength;
     this.controller.enqueue(bytes);
+    this.#tally.bytesSent += bytes.byteLength;
   }
 
   /**

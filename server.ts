@@ -344,6 +344,7 @@ export type {
   SSEChannelOptions,
   SSEDisconnectReason,
 } from "./_channel_options.ts";
+export type { SSEChannelClient, SSEChannelMetrics } from "./_presence.ts";
 export { MemoryBroker } from "./_broker.ts";
 export type {
   MemoryBrokerOptions,

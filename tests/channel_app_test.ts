@@ -6,8 +6,10 @@
 // clients: fetch and SSEParserStream, the library's SSEClient, and Deno's
 // built-in EventSource.
 import assert from "node:assert/strict";
-import { SSEChannel } from "../server.ts";
-import { Client, Counter, serve, test } from "./_channel.ts";
+import { SSEChannel, type SSEChannelClient } from "../server.ts";
+import { SSEClient, SSEError } from "../client.ts";
+import type { SSEEvent } from "../parser.ts";
+import { Client, Counter, serve, test, WAIT_MS, within } from "./_channel.ts";
 
 interface User {
   name: string;
@@ -167,4 +169,410 @@ test("SSEChannel answers 503 at once to a connection whose topics hook is still 
   await channel.close();
   assert.equal((await answer).status, 503);
   assert.equal(channel.size, 0);
+});
+
+/** A channel of users (onConnect: `authenticate`) on a real server. */
+function serveUsers(
+  options: ConstructorParameters<typeof SSEChannel<User>>[0] = {},
+): { channel: SSEChannel<User>; url: string; shutdown(): Promise<void> } {
+  const channel = new SSEChannel<User>({ onConnect: authenticate, ...options });
+  const server = serve((request) => {
+    const topics = new URL(request.url).searchParams.getAll("topic");
+    return channel.connect(request, topics.length > 0 ? { topics } : {});
+  });
+  return {
+    channel,
+    url: server.url,
+    async shutdown() {
+      await channel.close();
+      await server.shutdown();
+    },
+  };
+}
+
+test("SSEChannel lists who is connected, with their contexts, topics and connection time, and counts per topic as clients come and go", async () => {
+  const left = new Counter();
+  const { channel, url, shutdown } = serveUsers({ onDisconnect: left.hit });
+  const before = Date.now();
+  const ada = await Client.open(`${url}/?token=token-ada&topic=news&topic=a`);
+  const bo = await Client.open(`${url}/?token=token-bo&topic=news`);
+  const everything = await Client.open(`${url}/?token=token-bo`);
+  const after = Date.now();
+  try {
+    const listed = channel.clients();
+    assert.deepEqual(
+      listed.map((client) => [client.context.name, client.topics]),
+      [["ada", ["news", "a"]], ["bo", ["news"]], ["bo", null]],
+    );
+    for (const client of listed) {
+      assert.ok(
+        client.connectedAt >= before && client.connectedAt <= after,
+        `connectedAt ${client.connectedAt} in [${before}, ${after}]`,
+      );
+    }
+    assert.deepEqual(
+      channel.clients("news").map((client) => client.context.name),
+      ["ada", "bo"],
+    );
+    assert.deepEqual(channel.clients("nobody's"), []);
+    assert.deepEqual(
+      [channel.count("news"), channel.count("a"), channel.count("b")],
+      [2, 1, 0],
+    );
+    // The same object for the whole connection: a WeakMap key.
+    assert.equal(channel.clients()[0], listed[0]);
+
+    await ada.close();
+    await left.reach(1, "ada's disconnect");
+    assert.deepEqual(
+      channel.clients().map((client) => client.context.name),
+      ["bo", "bo"],
+    );
+    assert.deepEqual([channel.count("news"), channel.count("a")], [1, 0]);
+    assert.equal(channel.size, 2);
+  } finally {
+    await Promise.all([ada.close(), bo.close(), everything.close()]);
+    await shutdown();
+  }
+});
+
+test("SSEChannel hands out presence that its callers cannot change", async () => {
+  const { channel, url, shutdown } = serveUsers();
+  const ada = await Client.open(`${url}/?token=token-ada&topic=news`);
+  try {
+    const listed = channel.clients();
+    const [client] = listed as [SSEChannelClient<User>];
+    assert.ok(Object.isFrozen(client));
+    assert.ok(Object.isFrozen(client.topics));
+    assert.throws(() => {
+      (client as { topics: string[] | null }).topics = null;
+    }, TypeError);
+    assert.throws(() => (client.topics as string[]).push("secret"), TypeError);
+    listed.length = 0;
+    assert.equal(channel.clients().length, 1, "a fresh array on each call");
+    // Still subscribed to news only.
+    await channel.publish({ data: "secret" }, { topic: "secret" });
+    await channel.publish({ data: "news" }, { topic: "news" });
+    assert.deepEqual((await ada.take(1)).map((e) => e.data), ["news"]);
+    assert.throws(
+      () => channel.clients(7 as unknown as string),
+      /^TypeError: Invalid topic: expected a string, got number$/,
+    );
+    assert.throws(
+      () => channel.count(undefined as unknown as string),
+      /^TypeError: Invalid topic: expected a string, got undefined$/,
+    );
+  } finally {
+    await ada.close();
+    await shutdown();
+  }
+});
+
+/** A gate that hooks wait at until it is opened, counting who arrived. */
+function gate(): { arrived: Counter; open(): void; pass(): Promise<void> } {
+  const arrived = new Counter();
+  let open!: () => void;
+  const opened = new Promise<void>((resolve) => open = resolve);
+  return {
+    arrived,
+    open,
+    async pass() {
+      arrived.hit();
+      await opened;
+    },
+  };
+}
+
+test("SSEChannel lists a client that is still in init, and forgets one whose connect failed", async () => {
+  const init = gate();
+  const { channel, url, shutdown } = serveUsers({
+    async init(user) {
+      if (user.name === "bo") throw new Error("no snapshot for bo");
+      await init.pass();
+    },
+    onError() {},
+  });
+  const opening = Client.open(`${url}/?token=token-ada&topic=news`);
+  try {
+    await init.arrived.reach(1, "ada's init");
+    assert.deepEqual(channel.clients().map((c) => c.context.name), ["ada"]);
+    assert.equal(channel.count("news"), 1);
+    const failed = await fetch(`${url}/?token=token-bo&topic=news`);
+    assert.equal(failed.status, 500);
+    await failed.body?.cancel();
+    assert.deepEqual(channel.clients().map((c) => c.context.name), ["ada"]);
+    assert.equal(channel.count("news"), 1);
+  } finally {
+    init.open();
+    await (await opening).close();
+    await shutdown();
+  }
+});
+
+test("SSEChannel.disconnect ends the matching streams at once after what they were sent and a final message, tells onDisconnect why, and keeps everyone else", async () => {
+  const reasons: [string, string][] = [];
+  const { channel, url, shutdown } = serveUsers({
+    keepAlive: 0,
+    onDisconnect: (user, { reason }) => reasons.push([user.name, reason]),
+  });
+  const ada1 = await Client.open(`${url}/?token=token-ada`);
+  const ada2 = await Client.open(`${url}/?token=token-ada&topic=news`);
+  const bo = await Client.open(`${url}/?token=token-bo`);
+  try {
+    const id = await channel.publish({ data: "before" }, { topic: "news" });
+    const ended = channel.disconnect(
+      (client) => client.context.name === "ada",
+      { message: { event: "signed-out", data: "bye", retry: 60_000 } },
+    );
+    assert.equal(ended, 2);
+    assert.equal(channel.size, 1);
+    assert.deepEqual(reasons, [["ada", "disconnected"], [
+      "ada",
+      "disconnected",
+    ]]);
+    for (const ada of [ada1, ada2]) {
+      await ada.closed();
+      assert.deepEqual(
+        ada.events.map((e) => [e.type, e.data, e.id]),
+        [["message", "before", id], ["signed-out", "bye", id]],
+        "the final message keeps the client's last event id",
+      );
+      // (The parser reports a retry as it reads it, before the events of
+      // the same chunk are taken: only its presence is certain.)
+      assert.deepEqual(
+        ada.log.filter((item) => item.kind === "retry"),
+        [{ kind: "retry", ms: 60_000 }],
+      );
+    }
+    await channel.publish({ data: "after" }, { topic: "news" });
+    assert.deepEqual((await bo.take(2)).map((e) => e.data), [
+      "before",
+      "after",
+    ]);
+    assert.equal(channel.disconnect(() => false), 0);
+  } finally {
+    await Promise.all([ada1.close(), ada2.close(), bo.close()]);
+    await shutdown();
+  }
+});
+
+test("SSEChannel.disconnect refuses a bad predicate or message before ending anyone", async () => {
+  const { channel, url, shutdown } = serveUsers();
+  const ada = await Client.open(`${url}/?token=token-ada`);
+  try {
+    const cases: [() => number, RegExp][] = [
+      [
+        () => channel.disconnect("ada" as unknown as () => boolean),
+        /^TypeError: Invalid predicate: expected a function, got string$/,
+      ],
+      [
+        () =>
+          channel.disconnect(
+            (() => Promise.resolve(true)) as unknown as () => boolean,
+          ),
+        /^TypeError: Invalid predicate result: expected a boolean, got Promise \(the predicate must be synchronous\): nobody was disconnected$/,
+      ],
+      [
+        () =>
+          channel.disconnect(() => {
+            throw new Error("lookup failed");
+          }),
+        /^Error: lookup failed$/,
+      ],
+      [
+        () => channel.disconnect(() => true, { message: { id: "1" } }),
+        /^TypeError: Invalid message: a disconnect message carries no id/,
+      ],
+      [
+        () => channel.disconnect(() => true, { message: { event: "a\nb" } }),
+        /^TypeError: /,
+      ],
+      [
+        () =>
+          channel.disconnect(() => true, {
+            message: "bye" as unknown as { data: string },
+          }),
+        /^TypeError: Invalid message: expected an SSE message object, got string$/,
+      ],
+    ];
+    for (const [call, expected] of cases) {
+      assert.throws(call, (error: Error) => {
+        assert.match(`${error.name}: ${error.message}`, expected);
+        return true;
+      });
+    }
+    assert.equal(channel.size, 1);
+    await channel.publish({ data: "still here" });
+    assert.deepEqual((await ada.take(1)).map((e) => e.data), ["still here"]);
+  } finally {
+    await ada.close();
+    await shutdown();
+  }
+});
+
+test("SSEChannel.disconnect answers a client still in init with its stream, holding the final message and ended", async () => {
+  const init = gate();
+  const reasons: string[] = [];
+  const { channel, url, shutdown } = serveUsers({
+    retry: 5000,
+    async init() {
+      await init.pass();
+      return [{ event: "snapshot", data: "never sent" }];
+    },
+    onDisconnect: (_user, { reason }) => reasons.push(reason),
+  });
+  try {
+    const opening = Client.open(`${url}/?token=token-ada`);
+    await init.arrived.reach(1, "init");
+    assert.equal(
+      channel.disconnect(() => true, {
+        message: { event: "banned", data: "" },
+      }),
+      1,
+    );
+    init.open();
+    const ada = await opening;
+    await ada.closed();
+    assert.deepEqual(ada.log, [
+      { kind: "retry", ms: 5000 },
+      { kind: "event", event: { type: "banned", data: "", id: "" } },
+    ]);
+    assert.deepEqual(reasons, ["disconnected"]);
+    assert.equal(channel.size, 0);
+  } finally {
+    init.open();
+    await shutdown();
+  }
+});
+
+/** Sessions that `disconnect` revokes: onConnect refuses them with `refusal`. */
+function serveSessions(refusal: 204 | 401) {
+  const sessions = new Map([["s-ada", "ada"], ["s-bo", "bo"]]);
+  const refused = new Counter();
+  const channel = new SSEChannel<{ session: string; name: string }>({
+    retry: 20,
+    onConnect(request) {
+      const session = new URL(request.url).searchParams.get("session") ?? "";
+      const name = sessions.get(session);
+      if (name !== undefined) return { session, name };
+      refused.hit();
+      return new Response(null, { status: refusal });
+    },
+  });
+  const server = serve((request) => channel.connect(request));
+  return {
+    channel,
+    url: server.url,
+    refused,
+    /** Revokes the session, then ends its streams with a final event. */
+    signOut(session: string): number {
+      sessions.delete(session);
+      return channel.disconnect(
+        (client) => client.context.session === session,
+        { message: { event: "signed-out", data: session } },
+      );
+    },
+    async shutdown() {
+      await channel.close();
+      await server.shutdown();
+    },
+  };
+}
+
+test("An SSEClient signed out by disconnect gets the final event, reconnects once, and stops for good on 204 or throws on 401", async () => {
+  for (const refusal of [204, 401] as const) {
+    const { channel, url, refused, signOut, shutdown } = serveSessions(
+      refusal,
+    );
+    const opened = new Counter();
+    const options = { retry: 10, onOpen: opened.hit };
+    const ada = new SSEClient(`${url}/?session=s-ada`, options);
+    const bo = new SSEClient(`${url}/?session=s-bo`, options);
+    try {
+      const reading = (async () => {
+        const events: SSEEvent[] = [];
+        try {
+          for await (const event of ada) {
+            events.push(event);
+            if (event.data === "first") signOut("s-ada");
+          }
+          return { events, error: undefined };
+        } catch (error) {
+          return { events, error };
+        }
+      })();
+      const boEvents = bo[Symbol.asyncIterator]();
+      const boFirst = boEvents.next();
+      await opened.reach(2, "both streams open");
+      await channel.publish({ data: "first" });
+      const { events, error } = await within(reading, WAIT_MS, "ada's end");
+      assert.deepEqual(
+        events.map((event) => [event.type, event.data]),
+        [["message", "first"], ["signed-out", "s-ada"]],
+      );
+      assert.equal(refused.count, 1, "one reconnection, refused");
+      if (refusal === 204) {
+        assert.equal(error, undefined, "204 ends the iteration quietly");
+      } else {
+        assert.ok(error instanceof SSEError);
+        assert.equal(error.status, 401);
+      }
+      assert.equal(ada.readyState, 2);
+      // bo is still connected and reading.
+      assert.equal((await boFirst).value?.data, "first");
+      assert.deepEqual(
+        channel.clients().map((client) => client.context.name),
+        ["bo"],
+      );
+    } finally {
+      ada.close();
+      bo.close();
+      await shutdown();
+    }
+  }
+});
+
+test("Deno's EventSource signed out by disconnect gets the final event, reconnects once, and closes for good on 204 or 401", async () => {
+  for (const refusal of [204, 401] as const) {
+    const { channel, url, refused, signOut, shutdown } = serveSessions(
+      refusal,
+    );
+    const source = new EventSource(`${url}/?session=s-ada`);
+    try {
+      const seen: string[] = [];
+      const opened = new Counter();
+      const closed = new Promise<void>((resolve) => {
+        source.onopen = () => {
+          seen.push("open");
+          opened.hit();
+        };
+        source.onmessage = (event) => {
+          seen.push(`message ${event.data}`);
+          signOut("s-ada");
+        };
+        source.addEventListener("signed-out", (event) => {
+          seen.push(`signed-out ${(event as MessageEvent).data}`);
+        });
+        source.onerror = () => {
+          seen.push(`error ${source.readyState}`);
+          if (source.readyState === EventSource.CLOSED) resolve();
+        };
+      });
+      await opened.reach(1, "the stream to open");
+      await channel.publish({ data: "first" });
+      await within(closed, WAIT_MS, "the EventSource to close");
+      assert.deepEqual(seen, [
+        "open",
+        "message first",
+        "signed-out s-ada",
+        "error 0", // the stream ended: it reconnects, as any EventSource does
+        "error 2", // the reconnection was refused: closed for good
+      ]);
+      assert.equal(refused.count, 1);
+      assert.equal(channel.size, 0);
+    } finally {
+      source.close();
+      await shutdown();
+    }
+  }
 });
