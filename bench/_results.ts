@@ -201,8 +201,23 @@ function section(step: StepResult): string[] {
   if (step.key.startsWith("client")) return [...lines, ...clientSection(step)];
   const intro = INTRO[step.key];
   if (intro !== undefined) lines.push(intro, "");
-  lines.push(step.stdout);
+  lines.push(...paragraphs(step.stdout));
   return lines;
+}
+
+// A benchmark's markdown output, each table and each other line a block of
+// its own: a line right after a table would otherwise read as one of its rows.
+function paragraphs(text: string): string[] {
+  const out: string[] = [];
+  let inTable = false;
+  for (const line of text.split("\n")) {
+    if (line.trim() === "") continue;
+    const row = line.startsWith("|");
+    if (out.length > 0 && !(row && inTable)) out.push("");
+    out.push(line);
+    inTable = row;
+  }
+  return out;
 }
 
 /** bench/results.md for these results. */

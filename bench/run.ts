@@ -5,11 +5,13 @@
 // (bench/readme.ts). This is `deno task bench`.
 //
 //   deno run -A bench/run.ts [--quick] [--only parser,client,...] [--no-readme]
+//   deno run -A bench/run.ts --render
 //
 // `--quick` runs every benchmark small (about a minute in all, for checking
 // the suite itself, never for figures); `--only` runs some of them (the
 // others keep their section of the previous results.md); `--no-readme`
-// leaves the README alone.
+// leaves the README alone; `--render` runs nothing, and writes results.md
+// and the README again from bench/results.json.
 
 import {
   type BenchResults,
@@ -196,8 +198,28 @@ async function previous(): Promise<BenchResults | undefined> {
   }
 }
 
+async function write(results: BenchResults): Promise<void> {
+  await Deno.writeTextFile(RESULTS, renderResults(results));
+  // As `deno fmt` would have them, so that `deno fmt --check` passes.
+  const fmt = await new Deno.Command(Deno.execPath(), {
+    args: ["fmt", "--quiet", "bench/results.md", "bench/results.json"],
+    cwd: new URL("../", import.meta.url),
+  }).output();
+  if (!fmt.success) throw new Error("deno fmt failed on bench/results.md");
+}
+
 async function main(): Promise<void> {
   const args = Deno.args;
+  if (args.includes("--render")) {
+    const results = await previous();
+    if (results === undefined) {
+      throw new Error("Cannot render: bench/results.json is missing");
+    }
+    await write(results);
+    await updateReadme();
+    console.error("Wrote bench/results.md and the README from results.json");
+    return;
+  }
   const quick = args.includes("--quick");
   const onlyAt = args.indexOf("--only");
   const only = onlyAt < 0 ? undefined : (args[onlyAt + 1] ?? "").split(",");
@@ -242,13 +264,7 @@ async function main(): Promise<void> {
     RESULTS_JSON,
     JSON.stringify(results, null, 2) + "\n",
   );
-  await Deno.writeTextFile(RESULTS, renderResults(results));
-  // As `deno fmt` would have them, so that `deno fmt --check` passes.
-  const fmt = await new Deno.Command(Deno.execPath(), {
-    args: ["fmt", "--quiet", "bench/results.md", "bench/results.json"],
-    cwd: new URL("../", import.meta.url),
-  }).output();
-  if (!fmt.success) throw new Error("deno fmt failed on bench/results.md");
+  await write(results);
   console.error(
     `Wrote bench/results.md and bench/results.json (${
       ((performance.now() - started) / 60000).toFixed(1)
