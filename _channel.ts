@@ -104,6 +104,12 @@ const OPENING_BYTES = encoder.encode(OPENING_FRAME);
  *   from its stream's cancel and released at once.
  * - Keep-alive comments come from one timer for the whole channel, not one
  *   per client.
+ * - A client resumes from its `Last-Event-ID` header or, without one, from
+ *   the `lastEventID` query parameter (`lastEventIdParam`), which a
+ *   browser's `EventSource` can send after a page reload.
+ * - `clients()` and `count(topic)` say who is connected; `disconnect(…)`
+ *   ends chosen clients' streams (logout, ban); `metrics()` is a snapshot
+ *   of the channel's figures.
  * - `close()` ends every stream and answers later connections 503.
  * - `connect` answers GET with the stream, HEAD with its headers alone, and
  *   any other method with 405.
@@ -139,6 +145,26 @@ const OPENING_BYTES = encoder.encode(OPENING_FRAME);
  * });
  * const response = await channel.connect(new Request("http://localhost/events"));
  * console.log(response.status); // 401
+ * await channel.close();
+ * ```
+ *
+ * @example Resume after a page reload, from the query parameter
+ * ```ts
+ * import { SSEChannel } from "@sse/sse/server";
+ * import { SSEParserStream } from "@sse/sse/parser";
+ * import assert from "node:assert/strict";
+ *
+ * const channel = new SSEChannel();
+ * const seen = await channel.publish({ data: "seen before the reload" });
+ * await channel.publish({ data: "missed" });
+ * // The reloaded page opens `new EventSource("/events?lastEventID=" + id)`
+ * // with the id it kept in sessionStorage: EventSource sets no headers.
+ * const response = await channel.connect(
+ *   new Request(`http://localhost/events?lastEventID=${seen}`),
+ * );
+ * const events = response.body!.pipeThrough(new SSEParserStream()).getReader();
+ * assert.equal((await events.read()).value?.data, "missed");
+ * await events.cancel();
  * await channel.close();
  * ```
  *
@@ -280,7 +306,8 @@ export class SSEChannel<C = undefined> {
    * a blank line), so that the response's head leaves at once on every
    * runtime (Bun holds it until the first body byte).
    *
-   * @param request The request; its `Last-Event-ID` header resumes.
+   * @param request The request; its `Last-Event-ID` header resumes, and
+   * without it, its `lastEventIdParam` query parameter (`lastEventID`).
    * @param options `topics`: the topics this client receives (`""` is the
    * topic of messages published without one). When absent, the channel's
    * `topics` hook decides from the context; without the hook, every topic.
@@ -321,7 +348,7 @@ export class SSEChannel<C = undefined> {
       if (hooked === CLOSED_NOW) return unavailable();
       topics = topicsOf(hooked, true);
     }
-    const lastEventId = lastEventIdOf(request);
+    const lastEventId = lastEventIdOf(request, this.#settings.lastEventIdParam);
 
     const info: SSEChannelClient<C> = Object.freeze({
       context,

@@ -12,6 +12,8 @@ import { errorReporter, MemoryBroker, type SSEBroker } from "./_broker.ts";
 const DEFAULT_MAX_QUEUE = 1024 * 1024;
 /** Default `replay`. */
 const DEFAULT_REPLAY = 1000;
+/** Default `lastEventIdParam`: Mercure's name for the same thing. */
+const DEFAULT_LAST_EVENT_ID_PARAM = "lastEventID";
 /** Default `drainTimeout`: 10 s. */
 const DEFAULT_DRAIN_TIMEOUT = 10_000;
 
@@ -91,6 +93,21 @@ export interface SSEChannelOptions<C = undefined> {
    * @default {10000}
    */
   drainTimeout?: number;
+  /**
+   * The query parameter a client may resume from when it sends no
+   * `Last-Event-ID` header: a browser's `EventSource` cannot set headers,
+   * so after a page reload it resumes only if the page opens it with the
+   * last id it saw in its URL (`/events?lastEventID=…`, kept in
+   * `sessionStorage`). The header wins when both are sent (an
+   * `EventSource` sends the header on its own reconnections, with a newer
+   * id than its URL's). The id is checked as the header's is: one this
+   * channel's stream did not issue or no longer holds gets `resumed:
+   * false`. The default is the name Mercure reads. `null` reads the header
+   * alone.
+   *
+   * @default {"lastEventID"}
+   */
+  lastEventIdParam?: string | null;
   /**
    * Where ids, the replay history and live fan-out come from. A channel that
    * creates its own broker closes it in `close()`; a broker passed here is
@@ -248,6 +265,8 @@ export interface ChannelSettings<C> {
   /** The channel created the broker, so it closes it. */
   ownsBroker: boolean;
   headers: [string, string][];
+  /** The query parameter a client resumes from, if any. */
+  lastEventIdParam: string | null;
   /** The `retry` frame sent first, if any. */
   retryBytes: Uint8Array | undefined;
   onConnect: SSEChannelOptions<C>["onConnect"];
@@ -293,6 +312,17 @@ export function channelSettings<C>(
       `Invalid drainTimeout: expected a positive number of milliseconds, got ${drainTimeout}`,
     );
   }
+  const { lastEventIdParam = DEFAULT_LAST_EVENT_ID_PARAM } = options;
+  if (
+    lastEventIdParam !== null &&
+    (typeof lastEventIdParam !== "string" || lastEventIdParam === "")
+  ) {
+    throw new TypeError(
+      `Invalid lastEventIdParam: expected a non-empty string or null, got ${
+        lastEventIdParam === "" ? '""' : describe(lastEventIdParam)
+      }`,
+    );
+  }
   let { broker } = options;
   const ownsBroker = broker === undefined;
   if (broker === undefined) {
@@ -316,6 +346,7 @@ export function channelSettings<C>(
     broker,
     ownsBroker,
     headers: [...sseHeaders(options.headers)],
+    lastEventIdParam,
     retryBytes: options.retry === undefined
       ? undefined
       : new TextEncoder().encode(encodeSSE({ retry: options.retry })),

@@ -166,16 +166,28 @@ export class KeepAliveTimer {
 }
 
 /**
- * The `Last-Event-ID` header, `""` if none. Header values are ByteStrings:
- * browsers send a non-ASCII id as its UTF-8 bytes, which arrive one character
- * per byte, so they are decoded back here.
+ * The id a client resumes from: its `Last-Event-ID` header; when it sent
+ * none (or an empty one), the query parameter `param` of its URL, which is
+ * how a browser's `EventSource`, which cannot set headers, resumes after a
+ * page reload (Mercure reads `lastEventID` the same way). The header wins:
+ * an `EventSource` opened with the parameter sends it on every reconnection,
+ * with a newer id in the header.
+ *
+ * Header values are ByteStrings: browsers send a non-ASCII id as its UTF-8
+ * bytes, which arrive one character per byte, so they are decoded back
+ * here. A query parameter is percent-decoded as UTF-8 by the URL parser.
  *
  * @param request A request.
- * @returns The id the client resumes from.
+ * @param param The query parameter, or `null` for the header alone.
+ * @returns The id the client resumes from, `""` if none.
  */
-export function lastEventIdOf(request: Request): string {
+export function lastEventIdOf(request: Request, param: string | null): string {
   const value = request.headers.get("last-event-id");
-  if (value === null) return "";
+  if (value === null || value === "") {
+    // Most requests have no query at all: no URL to parse for them.
+    if (param === null || !request.url.includes("?")) return "";
+    return new URL(request.url).searchParams.get(param) ?? "";
+  }
   // deno-lint-ignore no-control-regex
   if (/^[\x00-\x7f]*$/.test(value)) return value;
   const bytes = new Uint8Array(value.length);

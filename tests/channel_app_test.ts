@@ -576,3 +576,147 @@ test("Deno's EventSource signed out by disconnect gets the final event, reconnec
     }
   }
 });
+
+/**
+ * A channel whose init records what it was told, with `count` messages
+ * published, on a real server.
+ */
+async function serveResumable(
+  count: number,
+  options: { lastEventIdParam?: string | null } = {},
+) {
+  const inits: [string, boolean][] = [];
+  const channel = new SSEChannel({
+    ...options,
+    init(_context, lastEventId, { resumed }) {
+      inits.push([lastEventId, resumed]);
+      return resumed ? [] : [{ event: "snapshot", data: "" }];
+    },
+  });
+  const server = serve((request) => channel.connect(request));
+  const ids: string[] = [];
+  for (let i = 0; i < count; i++) {
+    ids.push(await channel.publish({ data: String(i) }));
+  }
+  return {
+    channel,
+    url: server.url,
+    ids,
+    inits,
+    /** What a client that opens `path` (with `headers`) reads first. */
+    async first(
+      path: string,
+      headers: Record<string, string> = {},
+      events = 1,
+    ): Promise<string[]> {
+      const client = await Client.open(`${server.url}${path}`, headers);
+      try {
+        return (await client.take(events)).map((e) => `${e.type} ${e.data}`);
+      } finally {
+        await client.close();
+      }
+    },
+    async shutdown() {
+      await channel.close();
+      await server.shutdown();
+    },
+  };
+}
+
+test("SSEChannel resumes from the lastEventID query parameter when no Last-Event-ID header is sent, with exactly what was missed", async () => {
+  const { channel, url, ids, inits, shutdown } = await serveResumable(5);
+  // What a page reload does: a new EventSource, whose URL carries the id.
+  const back = await Client.open(
+    `${url}/?lastEventID=${encodeURIComponent(ids[2]!)}`,
+  );
+  try {
+    const live = await channel.publish({ data: "live" });
+    assert.deepEqual(await back.take(3), [
+      { type: "message", data: "3", id: ids[3] },
+      { type: "message", data: "4", id: ids[4] },
+      { type: "message", data: "live", id: live },
+    ]);
+    assert.deepEqual(inits, [[ids[2], true]]);
+  } finally {
+    await back.close();
+    await shutdown();
+  }
+});
+
+test("SSEChannel prefers the Last-Event-ID header to the query parameter, as an EventSource reconnecting from a resumed URL sends both", async () => {
+  const { ids, inits, first, shutdown } = await serveResumable(5);
+  try {
+    // The URL still names where the page started; the header is newer.
+    assert.deepEqual(
+      await first(`/?lastEventID=${ids[0]}`, { "last-event-id": ids[3]! }),
+      ["message 4"],
+    );
+    // An empty header is no header.
+    assert.deepEqual(
+      await first(`/?lastEventID=${ids[2]}`, { "last-event-id": "" }),
+      ["message 3"],
+    );
+    assert.deepEqual(inits, [[ids[3], true], [ids[2], true]]);
+  } finally {
+    await shutdown();
+  }
+});
+
+test("SSEChannel checks a query-parameter id as it checks the header: a foreign, malformed or empty one gets init's snapshot", async () => {
+  const { ids, inits, first, shutdown } = await serveResumable(3);
+  const other = new SSEChannel({ name: "other" });
+  try {
+    const foreign = await other.publish({ data: "elsewhere" });
+    const cases = [
+      `/?lastEventID=${encodeURIComponent(foreign)}`,
+      `/?lastEventID=${encodeURIComponent(ids[2]! + "\n")}`,
+      `/?lastEventID=not-an-id`,
+      `/?lastEventID=`,
+      `/?other=1`,
+    ];
+    for (const path of cases) {
+      assert.deepEqual(await first(path), ["snapshot "], path);
+    }
+    assert.deepEqual(inits, [
+      [foreign, false],
+      [ids[2] + "\n", false],
+      ["not-an-id", false],
+      ["", false],
+      ["", false],
+    ]);
+  } finally {
+    await other.close();
+    await shutdown();
+  }
+});
+
+test("SSEChannel reads the resume id from the query parameter its lastEventIdParam names, and from none with null", async () => {
+  const named = await serveResumable(3, { lastEventIdParam: "since" });
+  const off = await serveResumable(3, { lastEventIdParam: null });
+  try {
+    assert.deepEqual(await named.first(`/?since=${named.ids[1]}`), [
+      "message 2",
+    ]);
+    assert.deepEqual(await named.first(`/?lastEventID=${named.ids[1]}`), [
+      "snapshot ",
+    ]);
+    assert.deepEqual(await off.first(`/?lastEventID=${off.ids[1]}`), [
+      "snapshot ",
+    ]);
+    assert.deepEqual(off.inits, [["", false]]);
+    // The header still resumes.
+    assert.deepEqual(
+      await off.first("/", { "last-event-id": off.ids[1]! }),
+      ["message 2"],
+    );
+    for (const value of ["", 7]) {
+      assert.throws(
+        () => new SSEChannel({ lastEventIdParam: value as unknown as string }),
+        /^TypeError: Invalid lastEventIdParam: expected a non-empty string or null, got /,
+      );
+    }
+  } finally {
+    await named.shutdown();
+    await off.shutdown();
+  }
+});
