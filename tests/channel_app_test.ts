@@ -720,3 +720,117 @@ test("SSEChannel reads the resume id from the query parameter its lastEventIdPar
     await off.shutdown();
   }
 });
+
+/** Reads a response's body as text until `done(text)` holds. */
+async function readUntil(
+  response: Response,
+  done: (text: string) => boolean,
+): Promise<{ text: string; cancel(): Promise<void> }> {
+  const reader = response.body!.pipeThrough(new TextDecoderStream())
+    .getReader();
+  let text = "";
+  await within(
+    (async () => {
+      while (!done(text)) {
+        const { value, done: ended } = await reader.read();
+        if (ended) throw new Error(`The stream ended: ${text}`);
+        text += value;
+      }
+    })(),
+    WAIT_MS,
+    "the events",
+  );
+  return { text, cancel: () => reader.cancel() };
+}
+
+test("SSEChannel counts in metrics() its clients, per-topic counts, messages published, received and delivered, bytes sent, resumes and disconnects by reason", async () => {
+  const left = new Counter();
+  const { channel, url, shutdown } = serveUsers({
+    keepAlive: 0,
+    retry: 1000,
+    init: (_user, _id, { resumed }) =>
+      resumed ? [] : [{ event: "hello", data: "" }],
+    onDisconnect: left.hit,
+  });
+  const zero = channel.metrics();
+  assert.deepEqual(zero, {
+    clients: 0,
+    everyTopic: 0,
+    topics: {},
+    connections: 0,
+    published: 0,
+    received: 0,
+    delivered: 0,
+    bytesSent: 0,
+    resumed: 0,
+    resumeFallbacks: 0,
+    fellBehind: 0,
+    disconnects: {
+      "client-closed": 0,
+      slow: 0,
+      disconnected: 0,
+      "channel-closed": 0,
+      "filter-error": 0,
+      "replay-lost": 0,
+      "broker-error": 0,
+      "connect-failed": 0,
+    },
+  });
+  const news = await fetch(`${url}/?token=token-ada&topic=news&topic=a`);
+  const every = await fetch(`${url}/?token=token-bo`);
+  const ids = [
+    await channel.publish({ data: "n1" }, { topic: "news" }),
+    await channel.publish({ data: "x" }, { topic: "other" }),
+    await channel.publish({ data: "n2" }, { topic: "news" }),
+  ];
+  // Everything each client was sent, read to its last byte.
+  const newsRead = await readUntil(news, (text) => text.includes("n2\n\n"));
+  const everyRead = await readUntil(every, (text) => text.includes("n2\n\n"));
+  let m = channel.metrics();
+  assert.equal(m.clients, 2);
+  assert.equal(m.everyTopic, 1);
+  assert.deepEqual(m.topics, { news: 1, a: 1 });
+  assert.equal(m.connections, 2);
+  assert.equal(m.published, 3);
+  assert.equal(m.received, 3);
+  assert.equal(m.delivered, 2 + 3);
+  const bytes = (text: string) => new TextEncoder().encode(text).byteLength;
+  assert.equal(m.bytesSent, bytes(newsRead.text) + bytes(everyRead.text));
+
+  // A snapshot is the caller's: changing it changes nothing.
+  m.topics.news = 99;
+  m.disconnects.slow = 99;
+  assert.equal(channel.metrics().topics.news, 1);
+  assert.equal(channel.metrics().disconnects.slow, 0);
+
+  // Two resumes, one served from history, one that falls back to init.
+  const resumed = await fetch(`${url}/?token=token-bo`, {
+    headers: { "last-event-id": ids[0]! },
+  });
+  const resumedRead = await readUntil(resumed, (text) => text.includes("n2"));
+  const fallback = await fetch(`${url}/?token=token-bo&lastEventID=nope`);
+  const fallbackRead = await readUntil(fallback, (t) => t.includes("hello"));
+  m = channel.metrics();
+  assert.equal(m.resumed, 1);
+  assert.equal(m.resumeFallbacks, 1);
+  assert.equal(m.delivered, 5 + 2, "two replayed to the resumed client");
+
+  await newsRead.cancel();
+  await left.reach(1, "the news client's disconnect");
+  assert.equal(channel.disconnect((c) => c.topics === null), 3);
+  await everyRead.cancel();
+  await resumedRead.cancel();
+  await fallbackRead.cancel();
+  m = channel.metrics();
+  assert.equal(m.clients, 0);
+  assert.deepEqual(m.topics, {});
+  assert.equal(m.everyTopic, 0);
+  assert.equal(m.disconnects["client-closed"], 1);
+  assert.equal(m.disconnects.disconnected, 3);
+  assert.equal(
+    m.connections,
+    m.clients + Object.values(m.disconnects).reduce((a, b) => a + b),
+  );
+  await shutdown();
+  assert.equal(channel.metrics().disconnects["channel-closed"], 0);
+});

@@ -145,6 +145,11 @@ test("SSEChannel keeps a reader through a burst from a publisher that never yiel
     await dropped.reach(20, "the stalled sockets to be dropped");
     assert.deepEqual(reasons, Array(20).fill(["stalled", "slow"]));
     assert.equal(channel.size, 1);
+    // What a dashboard sees: 20 dropped as too slow, the reader kept.
+    const metrics = channel.metrics();
+    assert.equal(metrics.disconnects.slow, 20);
+    assert.equal(metrics.clients, 1);
+    assert.equal(metrics.published, COUNT);
     assert.deepEqual(server.errors, []);
   } finally {
     for (const client of stalled) client.close();
@@ -490,6 +495,11 @@ test("SSEChannel keeps every reader through a 50 MiB burst, far above maxQueue: 
     assert.ok(broker.historyCalls > 0, "the history was never read");
     assert.deepEqual(reasons, []);
     assert.equal(channel.size, 6);
+    // Every client fell behind at least once; each got every message once.
+    const metrics = channel.metrics();
+    assert.ok(metrics.fellBehind >= 6, `fellBehind ${metrics.fellBehind}`);
+    assert.equal(metrics.delivered, 6 * COUNT);
+    assert.equal(metrics.resumed + metrics.resumeFallbacks, 0);
   } finally {
     paused?.close();
     await Promise.all(readers.map((reader) => reader.close()));
