@@ -3,25 +3,38 @@
 // serve it and tests can drive it:
 //
 //   GET  /                  the page (demo/page.ts)
-//   GET  /events?room=R     the channel's event stream: topics "room:R" and
-//                           "ticker"; a snapshot for a new connection, a
-//                           "resumed" note and the missed events for one that
-//                           comes back with Last-Event-ID
-//   POST /api/chat          {"room","user","text"} → 201 {"id"}
+//   POST /api/signin        {"user"} → 201 {"user"}, and a session cookie
+//   GET  /api/session       {"user"}: the signed-in name, or null
+//   POST /api/signout       ends the session, and every stream of it at once
+//                           (a final "signed-out" event; its reconnection
+//                           gets 401, so the tab stays away until signed in)
+//   GET  /events?room=R     the channel's event stream, for a signed-in
+//                           session (else 401): topics "room:R" and "ticker",
+//                           decided from the context; a snapshot for a new
+//                           connection, a "resumed" note and the missed
+//                           events for one that comes back with
+//                           Last-Event-ID, or with ?lastEventID= after a
+//                           page reload
+//   GET  /api/online?room=R who is connected to the room: {"room","users"}
+//   POST /api/chat          {"room","user","text"} → 201 {"id"} (the
+//                           session's name when signed in)
 //   POST /api/complete      {"prompt"} → an LLM-style token stream (sseResponse)
 //   POST /api/restart       closes the channel and opens a new one on the same
 //                           broker: every stream ends, browsers reconnect and
 //                           resume
-//   GET  /stats             JSON figures
+//   GET  /stats             JSON figures, with the channel's metrics()
+//   GET  /metrics           the same for Prometheus (text format)
 //
-// The events, and what a new tab's snapshot shows (each room's chat history
-// and the last tick), live in the broker and the store it is given: with
-// DenoKvBroker and kvStore on one file, a demo started again on that file
-// goes on where the previous one stopped, and every open tab resumes.
+// The events, what a new tab's snapshot shows (each room's chat history and
+// the last tick) and the sessions live in the broker and the store it is
+// given: with DenoKvBroker and kvStore on one file, a demo started again on
+// that file goes on where the previous one stopped, and every open tab
+// resumes, still signed in.
 
 import {
   type SSEBroker,
   SSEChannel,
+  type SSEChannelMetrics,
   type SSEMessage,
   sseResponse,
 } from "../server.ts";
@@ -42,6 +55,10 @@ export interface DemoStore {
   saveChat(room: string, messages: ChatMessage[]): Promise<void>;
   /** Stores the last tick published. */
   saveTick(tick: Tick): Promise<void>;
+  /** The name signed in with a session, or `undefined`. */
+  session(id: string): Promise<string | undefined>;
+  /** Stores a session (for a week), or deletes it with `undefined`. */
+  saveSession(id: string, user: string | undefined): Promise<void>;
 }
 
 /**
@@ -50,16 +67,24 @@ export interface DemoStore {
  * @returns The store.
  */
 export function memoryStore(): DemoStore {
+  const sessions = new Map<string, string>();
   return {
     load: () => Promise.resolve({ history: new Map() }),
     saveChat: () => Promise.resolve(),
     saveTick: () => Promise.resolve(),
+    session: (id) => Promise.resolve(sessions.get(id)),
+    saveSession(id, user) {
+      if (user === undefined) sessions.delete(id);
+      else sessions.set(id, user);
+      return Promise.resolve();
+    },
   };
 }
 
 /**
  * A store in Deno KV, next to the broker's streams: under
- * `["sse-demo", "chat", room]` and `["sse-demo", "tick"]`.
+ * `["sse-demo", "chat", room]`, `["sse-demo", "tick"]` and
+ * `["sse-demo", "session", id]`.
  *
  * @param kv The database (the caller closes it).
  * @returns The store.
@@ -84,6 +109,15 @@ export function kvStore(kv: Deno.Kv): DemoStore {
     },
     async saveTick(tick) {
       await kv.set(["sse-demo", "tick"], tick);
+    },
+    async session(id) {
+      const { value } = await kv.get<string>(["sse-demo", "session", id]);
+      return typeof value === "string" ? value : undefined;
+    },
+    async saveSession(id, user) {
+      const key = ["sse-demo", "session", id];
+      if (user === undefined) await kv.delete(key);
+      else await kv.set(key, user, { expireIn: SESSION_SECONDS * 1000 });
     },
   };
 }
@@ -140,9 +174,15 @@ export interface Tick {
   time: number;
 }
 
+/** A connection: its room, and who signed in with which session. */
 interface Context {
   room: string;
+  user: string;
+  session: string;
 }
+
+const SESSION_COOKIE = "sse-demo-session";
+const SESSION_SECONDS = 7 * 24 * 3600;
 
 /**
  * Creates the demo app: the channel on the broker, the ticker, the chat
@@ -186,7 +226,7 @@ export async function createDemo(options: DemoOptions): Promise<Demo> {
       replay: 1000,
       // Browsers reconnect after this many ms (their default is about 3 s).
       retry: 1000,
-      onConnect(request) {
+      async onConnect(request) {
         const room = new URL(request.url).searchParams.get("room") ?? "lobby";
         if (!ROOMS.includes(room)) {
           return Response.json(
@@ -198,8 +238,19 @@ export async function createDemo(options: DemoOptions): Promise<Demo> {
             { status: 400 },
           );
         }
-        return { room };
+        const session = sessionOf(request);
+        const user = session === undefined
+          ? undefined
+          : await store.session(session);
+        if (session === undefined || user === undefined) {
+          // Final for EventSource: a signed-out tab stays away until the
+          // page signs in again and opens a new one.
+          return Response.json({ error: "Not signed in" }, { status: 401 });
+        }
+        return { room, user, session };
       },
+      // Topics from the context: no second look at the request.
+      topics: ({ room }) => [`room:${room}`, "ticker"],
       init({ room }, lastEventId, { resumed }): SSEMessage[] {
         // Resumed: the channel replays exactly what was missed, after this.
         if (resumed) {
@@ -242,10 +293,17 @@ export async function createDemo(options: DemoOptions): Promise<Demo> {
     });
   }, tickerInterval);
 
-  async function chat(request: Request): Promise<Response> {
+  async function chat(
+    request: Request,
+    session: string | undefined,
+  ): Promise<Response> {
     const body = await readJson(request);
     if (body instanceof Response) return body;
-    const { room, user = "guest", text } = body as Record<string, unknown>;
+    const signedIn = session === undefined
+      ? undefined
+      : await store.session(session);
+    const { room, text } = body as Record<string, unknown>;
+    const user = signedIn ?? (body as Record<string, unknown>).user ?? "guest";
     if (typeof room !== "string" || !ROOMS.includes(room)) {
       return badRequest(`Invalid room: expected one of ${ROOMS.join(", ")}`);
     }
@@ -299,6 +357,80 @@ export async function createDemo(options: DemoOptions): Promise<Demo> {
     return Response.json({ restarts });
   }
 
+  async function signIn(request: Request): Promise<Response> {
+    const body = await readJson(request);
+    if (body instanceof Response) return body;
+    const { user } = body as Record<string, unknown>;
+    if (
+      typeof user !== "string" || user.trim() === "" || user.length > MAX_USER
+    ) {
+      return badRequest(`Invalid user: expected 1 to ${MAX_USER} characters`);
+    }
+    const session = crypto.randomUUID();
+    await store.saveSession(session, user.trim());
+    return Response.json({ user: user.trim() }, {
+      status: 201,
+      headers: {
+        "set-cookie":
+          `${SESSION_COOKIE}=${session}; Path=/; HttpOnly; SameSite=Strict; Max-Age=${SESSION_SECONDS}`,
+      },
+    });
+  }
+
+  async function signOut(request: Request): Promise<Response> {
+    const session = sessionOf(request);
+    let disconnected = 0;
+    if (session !== undefined) {
+      const user = await store.session(session);
+      // Revoked first, so that the tabs' reconnections are refused (401).
+      await store.saveSession(session, undefined);
+      disconnected = channel.disconnect(
+        (client) => client.context.session === session,
+        { message: { event: "signed-out", data: { user: user ?? null } } },
+      );
+    }
+    return Response.json({ disconnected }, {
+      headers: {
+        "set-cookie":
+          `${SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0`,
+      },
+    });
+  }
+
+  async function whoAmI(request: Request): Promise<Response> {
+    const session = sessionOf(request);
+    const user = session === undefined
+      ? undefined
+      : await store.session(session);
+    return Response.json({ user: user ?? null });
+  }
+
+  function online(request: Request): Response {
+    const room = new URL(request.url).searchParams.get("room") ?? "lobby";
+    if (!ROOMS.includes(room)) {
+      return badRequest(`Invalid room: expected one of ${ROOMS.join(", ")}`);
+    }
+    // One entry per user, however many tabs: connected since the first.
+    const users = new Map<
+      string,
+      { user: string; tabs: number; since: number }
+    >();
+    for (const { context, connectedAt } of channel.clients(`room:${room}`)) {
+      const seen = users.get(context.user);
+      if (seen === undefined) {
+        users.set(context.user, {
+          user: context.user,
+          tabs: 1,
+          since: connectedAt,
+        });
+      } else {
+        seen.tabs++;
+        seen.since = Math.min(seen.since, connectedAt);
+      }
+    }
+    return Response.json({ room, users: [...users.values()] });
+  }
+
   function stats(): Response {
     return Response.json({
       clients: channel.size,
@@ -311,6 +443,7 @@ export async function createDemo(options: DemoOptions): Promise<Demo> {
       completions,
       channelRestarts: restarts,
       rssBytes: Deno.memoryUsage().rss,
+      channel: channel.metrics(),
     });
   }
 
@@ -326,21 +459,36 @@ export async function createDemo(options: DemoOptions): Promise<Demo> {
           },
         });
       case "GET /events":
-        return await channel.connect(request, {
-          topics: [`room:${roomOf(request)}`, "ticker"],
-        });
+        return await channel.connect(request);
+      case "POST /api/signin":
+        return await signIn(request);
+      case "POST /api/signout":
+        return await signOut(request);
+      case "GET /api/session":
+        return await whoAmI(request);
+      case "GET /api/online":
+        return online(request);
       case "POST /api/chat":
-        return await chat(request);
+        return await chat(request, sessionOf(request));
       case "POST /api/complete":
         return await complete(request);
       case "POST /api/restart":
         return await restart();
       case "GET /stats":
         return stats();
+      case "GET /metrics":
+        return new Response(prometheus(channel.metrics()), {
+          headers: { "content-type": "text/plain; version=0.0.4" },
+        });
     }
     const known = [
       "/",
       "/events",
+      "/api/signin",
+      "/api/signout",
+      "/api/session",
+      "/api/online",
+      "/metrics",
       "/api/chat",
       "/api/complete",
       "/api/restart",
@@ -363,9 +511,47 @@ export async function createDemo(options: DemoOptions): Promise<Demo> {
   return { handler, close };
 }
 
-// The room is checked again by onConnect, which answers 400 for a bad one.
-function roomOf(request: Request): string {
-  return new URL(request.url).searchParams.get("room") ?? "lobby";
+/** The session id in the request's cookie, if any. */
+function sessionOf(request: Request): string | undefined {
+  const cookie = request.headers.get("cookie") ?? "";
+  for (const part of cookie.split(";")) {
+    const [name, value] = part.trim().split("=", 2);
+    if (name === SESSION_COOKIE && value) return value;
+  }
+  return undefined;
+}
+
+/**
+ * The channel's metrics in Prometheus' text format: a gauge of clients (and
+ * per topic), and counters.
+ */
+function prometheus(m: SSEChannelMetrics): string {
+  const lines = [
+    "# TYPE sse_clients gauge",
+    `sse_clients ${m.clients}`,
+    ...Object.entries(m.topics).map(([topic, n]) =>
+      `sse_topic_clients{topic=${JSON.stringify(topic)}} ${n}`
+    ),
+  ];
+  const counters: [string, number][] = [
+    ["connections", m.connections],
+    ["published", m.published],
+    ["delivered", m.delivered],
+    ["sent_bytes", m.bytesSent],
+    ["resumed", m.resumed],
+    ["resume_fallbacks", m.resumeFallbacks],
+  ];
+  for (const [name, value] of counters) {
+    lines.push(
+      `# TYPE sse_${name}_total counter`,
+      `sse_${name}_total ${value}`,
+    );
+  }
+  lines.push("# TYPE sse_disconnects_total counter");
+  for (const [reason, n] of Object.entries(m.disconnects)) {
+    lines.push(`sse_disconnects_total{reason="${reason}"} ${n}`);
+  }
+  return lines.join("\n") + "\n";
 }
 
 const ANSWER = "Server-Sent Events keep one HTTP response open and write " +

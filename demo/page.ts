@@ -4,6 +4,14 @@
 // EventSource for the channel, and fetch() with a small reader for the POST
 // token stream (EventSource can only GET). User text is only ever put into
 // the page with textContent.
+//
+// The page signs in (a session cookie) before it opens its stream, and keeps
+// what it shows in sessionStorage with the last event id: a reload restores
+// it and opens the stream with ?lastEventID=, since EventSource cannot send
+// Last-Event-ID itself the first time, and the channel replays what the
+// reload missed. "Sign out" ends the session; the server ends the tab's
+// stream with a "signed-out" event, on which the page closes it (and the
+// server would refuse its reconnection anyway, with 401).
 
 /** The page at `/`. */
 export const PAGE: string = `<!doctype html>
@@ -91,6 +99,11 @@ export const PAGE: string = `<!doctype html>
     background: var(--bg); white-space: pre-wrap;
   }
   .hint { color: var(--muted); font-size: 13px; margin: 6px 0 0; }
+  #signin-form { display: inline-flex; gap: 6px; }
+  #signin-form[hidden], #me[hidden] { display: none; }
+  #online { list-style: none; margin: 0 0 10px; padding: 0; display: flex; flex-wrap: wrap; gap: 6px; }
+  #online li { padding: 2px 9px; border-radius: 999px; background: #eef8f2; border: 1px solid var(--ok); font-size: 13px; }
+  #online li.me { font-weight: 600; }
 </style>
 </head>
 <body>
@@ -101,6 +114,12 @@ export const PAGE: string = `<!doctype html>
   <span id="session" class="pill">waiting for the first event</span>
   <span class="pill">reconnects <b id="reconnects">0</b></span>
   <span class="pill">clients on the channel <b id="clients">?</b></span>
+  <form id="signin-form" hidden>
+    <input id="signin-name" maxlength="32" placeholder="your name" required autocomplete="off">
+    <button type="submit">Sign in</button>
+  </form>
+  <span id="me" class="pill" hidden>signed in as <b id="me-name"></b>
+    <button type="button" id="signout" class="secondary">Sign out</button></span>
 </header>
 <main>
   <section>
@@ -109,6 +128,8 @@ export const PAGE: string = `<!doctype html>
       <button type="button" data-room="lobby" aria-pressed="true">#lobby</button>
       <button type="button" data-room="random" aria-pressed="false">#random</button>
     </div>
+    <p class="hint">Online in this room (from <code>channel.clients()</code>):</p>
+    <ul id="online"></ul>
     <ul id="messages"></ul>
     <form class="chat" id="chat-form">
       <input id="user" name="user" maxlength="32" placeholder="name" value="guest">
@@ -152,7 +173,11 @@ export const PAGE: string = `<!doctype html>
 const $ = (id) => document.getElementById(id);
 const state = {
   room: new URLSearchParams(location.search).get("room") === "random" ? "random" : "lobby",
+  user: null,
+  signedOut: false,
   source: null,
+  /** The URL of the stream the page opened last. */
+  url: "",
   lastEventId: "",
   reconnects: 0,
   session: "",
@@ -161,9 +186,34 @@ const state = {
   gaps: 0,
   events: 0,
   chats: new Set(),
+  /** The chat messages shown, kept for a reload. */
+  shown: [],
   prices: [],
+  /** Who is online in the room, as last fetched. */
+  online: [],
 };
 window.demo = state;
+
+// What a reload needs to go on where it was: kept per tab.
+const SAVED = "sse-demo";
+function save() {
+  sessionStorage.setItem(SAVED, JSON.stringify({
+    room: state.room,
+    user: state.user,
+    lastEventId: state.lastEventId,
+    lastTick: state.lastTick,
+    prices: state.prices,
+    shown: state.shown.slice(-50),
+  }));
+}
+function saved() {
+  try {
+    const value = JSON.parse(sessionStorage.getItem(SAVED) ?? "null");
+    return value !== null && value.room === state.room && value.user === state.user ? value : null;
+  } catch {
+    return null;
+  }
+}
 
 function log(text, note) {
   const item = document.createElement("li");
@@ -183,11 +233,13 @@ function seen(event) {
   state.events++;
   if (event.lastEventId !== "") state.lastEventId = event.lastEventId;
   $("last-id").textContent = state.lastEventId || "(none)";
+  save();
 }
 
 function addChat(message, fromSnapshot) {
   if (state.chats.has(message.id)) return;
   state.chats.add(message.id);
+  state.shown.push(message);
   const list = $("messages");
   list.querySelector(".empty")?.remove();
   const item = document.createElement("li");
@@ -245,18 +297,41 @@ function connect() {
   state.source?.close();
   state.lastTick = null;
   state.chats.clear();
+  state.shown = [];
+  state.prices = [];
+  state.lastEventId = "";
   $("messages").replaceChildren();
-  const source = new EventSource("/events?room=" + encodeURIComponent(state.room));
+  let url = "/events?room=" + encodeURIComponent(state.room);
+  // After a reload: what the page showed, and the stream from where it was.
+  const before = saved();
+  if (before !== null && before.lastEventId !== "") {
+    for (const message of before.shown) addChat(message, false);
+    state.prices = before.prices;
+    if (before.lastTick !== null) {
+      state.lastTick = before.lastTick;
+      $("tick").textContent = before.lastTick;
+      $("price").textContent = (before.prices.at(-1) ?? 0).toFixed(2);
+      drawSpark();
+    }
+    state.lastEventId = before.lastEventId;
+    url += "&lastEventID=" + encodeURIComponent(before.lastEventId);
+    log("reloaded: resuming after " + before.lastEventId, true);
+  }
+  state.url = url;
+  const source = new EventSource(url);
   state.source = source;
   setStatus("connecting", "connecting");
   source.onopen = () => {
     setStatus("open", "open");
-    log("open: /events?room=" + state.room);
+    log("open: " + url);
+    refreshOnline();
   };
   source.onerror = () => {
     if (source.readyState === EventSource.CLOSED) {
+      // Refused (401: the session ended elsewhere): sign in again.
       setStatus("closed", "closed");
       log("closed by the browser", true);
+      whoAmI();
       return;
     }
     state.reconnects++;
@@ -264,9 +339,20 @@ function connect() {
     setStatus("connecting", "reconnecting");
     log("stream ended: the browser reconnects with Last-Event-ID " + (state.lastEventId || "(none)"), true);
   };
+  source.addEventListener("signed-out", () => {
+    // The server ended this stream: no reconnection.
+    source.close();
+    state.source = null;
+    state.signedOut = true;
+    sessionStorage.removeItem(SAVED);
+    setStatus("closed", "signed out");
+    log("signed out: the server ended this stream", true);
+    showSignedIn(null);
+  });
   source.addEventListener("snapshot", (event) => {
-    seen(event);
     const snapshot = JSON.parse(event.data);
+    state.shown = [];
+    state.prices = [];
     state.session = "snapshot";
     $("session").className = "pill snapshot";
     $("session").textContent = "snapshot: " + snapshot.messages.length + " messages of #" + snapshot.room +
@@ -278,9 +364,11 @@ function connect() {
       empty.textContent = "No messages in #" + snapshot.room + " yet.";
       $("messages").append(empty);
     }
+    state.chats.clear();
     for (const message of snapshot.messages) addChat(message, true);
     state.lastTick = null;
     if (snapshot.tick) showTick(snapshot.tick);
+    seen(event);
     log("snapshot: " + snapshot.messages.length + " messages, tick " + (snapshot.tick?.n ?? "none"), true);
   });
   source.addEventListener("resumed", (event) => {
@@ -294,15 +382,15 @@ function connect() {
     log("resumed after " + info.from + ": missed events follow, no snapshot", true);
   });
   source.addEventListener("chat", (event) => {
-    seen(event);
     const message = JSON.parse(event.data);
     addChat({ ...message, id: event.lastEventId }, false);
+    seen(event);
     log("#" + event.lastEventId + " chat " + message.user + ": " + message.text);
   });
   source.addEventListener("tick", (event) => {
-    seen(event);
     const tick = JSON.parse(event.data);
     showTick(tick);
+    seen(event);
     log("#" + event.lastEventId + " tick " + tick.n + " " + tick.price.toFixed(2));
   });
 }
@@ -315,7 +403,7 @@ for (const button of document.querySelectorAll("[data-room]")) {
       other.setAttribute("aria-pressed", String(other === button));
     }
     history.replaceState(null, "", "?room=" + state.room);
-    connect();
+    if (state.user !== null) connect();
   });
   button.setAttribute("aria-pressed", String(button.dataset.room === state.room));
 }
@@ -327,7 +415,7 @@ $("chat-form").addEventListener("submit", async (event) => {
   const response = await fetch("/api/chat", {
     method: "POST",
     headers: { "content-type": "application/json" },
-    body: JSON.stringify({ room: state.room, user: $("user").value.trim() || "guest", text }),
+    body: JSON.stringify({ room: state.room, user: state.user ?? ($("user").value.trim() || "guest"), text }),
   });
   if (response.ok) $("text").value = "";
   else log("chat refused: " + (await response.json()).error, true);
@@ -375,6 +463,59 @@ $("complete-form").addEventListener("submit", async (event) => {
   }
 });
 
+function showSignedIn(user) {
+  state.user = user;
+  $("signin-form").hidden = user !== null;
+  $("me").hidden = user === null;
+  $("me-name").textContent = user ?? "";
+  if (user !== null) $("user").value = user;
+  $("online").replaceChildren();
+}
+
+async function whoAmI() {
+  const { user } = await (await fetch("/api/session")).json();
+  showSignedIn(user);
+  if (user === null) setStatus("closed", state.signedOut ? "signed out" : "not signed in");
+  return user;
+}
+
+$("signin-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const response = await fetch("/api/signin", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ user: $("signin-name").value.trim() }),
+  });
+  if (!response.ok) {
+    log("sign-in refused: " + (await response.json()).error, true);
+    return;
+  }
+  state.signedOut = false;
+  showSignedIn((await response.json()).user);
+  connect();
+});
+
+$("signout").addEventListener("click", async () => {
+  log("signing out…", true);
+  await fetch("/api/signout", { method: "POST" });
+});
+
+async function refreshOnline() {
+  if (state.user === null) return;
+  try {
+    const { users } = await (await fetch("/api/online?room=" + encodeURIComponent(state.room))).json();
+    state.online = users.map((entry) => entry.user);
+    $("online").replaceChildren(...users.map((entry) => {
+      const item = document.createElement("li");
+      item.textContent = entry.user + (entry.tabs > 1 ? " ×" + entry.tabs : "");
+      if (entry.user === state.user) item.className = "me";
+      return item;
+    }));
+  } catch {
+    // The next refresh tries again.
+  }
+}
+
 async function refreshStats() {
   try {
     const stats = await (await fetch("/stats")).json();
@@ -384,9 +525,12 @@ async function refreshStats() {
   }
 }
 
-connect();
+whoAmI().then((user) => {
+  if (user !== null) connect();
+});
 refreshStats();
 setInterval(refreshStats, 3000);
+setInterval(refreshOnline, 2000);
 </script>
 </body>
 </html>

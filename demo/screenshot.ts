@@ -1,6 +1,7 @@
 // Copyright the sse authors. MIT license.
-// A screenshot of the running demo in headless Chromium, after it has had a
-// snapshot, a chat message, a token stream and a channel restart (resume):
+// A screenshot of the running demo in headless Chromium, after it has signed
+// in and had a snapshot, a chat message, a token stream and a channel restart
+// (resume):
 //
 //   deno task demo &
 //   deno run -A demo/screenshot.ts [http://127.0.0.1:8000/] [demo/screenshot.png]
@@ -34,10 +35,14 @@ async function main(): Promise<void> {
   try {
     const page = context.pages()[0] ?? await context.newPage();
     await page.goto(url);
+    await page.fill("#signin-name", "ada");
+    await page.click("#signin-form button[type=submit]");
     await page.waitForFunction(
       `document.querySelector("#session")?.textContent?.startsWith("snapshot")`,
     );
-    await page.fill("#user", "ada");
+    await page.waitForFunction(
+      `document.querySelector("#online")?.textContent?.includes("ada")`,
+    );
     await page.fill("#text", "Hello from headless Chromium");
     await page.click("#chat-form button[type=submit]");
     await page.waitForFunction(

@@ -8,9 +8,10 @@
 // is killed and started again on its file.
 
 import assert from "node:assert/strict";
-import { chromium, type Page } from "playwright-core";
+import { type Browser, chromium, type Page } from "playwright-core";
 import { SSEClient } from "../client.ts";
 import { type SSEEvent, SSEParserStream } from "../parser.ts";
+import type { SSEChannelMetrics } from "../server.ts";
 import { CHROMIUM, CHROMIUM_ARGS } from "../demo/screenshot.ts";
 
 // Deno 2.9 leaves the op and resource sanitizers off unless asked.
@@ -240,12 +241,32 @@ class Stream {
   }
 }
 
-async function post(url: string, body: unknown): Promise<Response> {
+async function post(
+  url: string,
+  body: unknown,
+  headers: Record<string, string> = {},
+): Promise<Response> {
   return await fetch(url, {
     method: "POST",
-    headers: { "content-type": "application/json" },
+    headers: { "content-type": "application/json", ...headers },
     body: JSON.stringify(body),
   });
+}
+
+/** Signs in to the demo at `url`: the session's cookie, as a header. */
+async function signIn(
+  url: string,
+  user = "ann",
+): Promise<{ cookie: string }> {
+  const response = await post(`${url}api/signin`, { user });
+  assert.equal(response.status, 201);
+  assert.deepEqual(await response.json(), { user });
+  const cookie = response.headers.get("set-cookie") ?? "";
+  assert.match(
+    cookie,
+    /^sse-demo-session=[^;]+; Path=\/; HttpOnly; SameSite=Strict/,
+  );
+  return { cookie: cookie.split(";")[0]! };
 }
 
 Deno.test(
@@ -261,7 +282,8 @@ Deno.test(
       );
       const html = await page.text();
       assert.match(html, /<title>SSE demo/);
-      assert.match(html, /new EventSource\("\/events\?room="/);
+      assert.match(html, /"\/events\?room="/);
+      assert.match(html, /new EventSource\(url\)/);
       assert.doesNotMatch(
         html,
         /<script src=|<link rel="stylesheet"/,
@@ -281,6 +303,31 @@ Deno.test(
       const badRoom = await fetch(`${url}events?room=attic`);
       assert.equal(badRoom.status, 400);
       assert.match((await badRoom.json()).error, /Unknown room: attic/);
+      // The stream is for signed-in sessions only.
+      const anonymous = await fetch(`${url}events?room=lobby`);
+      assert.equal(anonymous.status, 401);
+      assert.deepEqual(await anonymous.json(), { error: "Not signed in" });
+      const forged = await fetch(`${url}events?room=lobby`, {
+        headers: { cookie: "sse-demo-session=forged" },
+      });
+      assert.equal(forged.status, 401);
+      await forged.body?.cancel();
+      assert.deepEqual(await (await fetch(`${url}api/session`)).json(), {
+        user: null,
+      });
+      const badName = await post(`${url}api/signin`, { user: " " });
+      assert.equal(badName.status, 400);
+      assert.match((await badName.json()).error, /Invalid user/);
+      assert.deepEqual(
+        await (await fetch(`${url}api/online?room=lobby`)).json(),
+        { room: "lobby", users: [] },
+      );
+      const metrics = await fetch(`${url}metrics`);
+      assert.equal(
+        metrics.headers.get("content-type"),
+        "text/plain; version=0.0.4",
+      );
+      assert.match(await metrics.text(), /^sse_clients 0$/m);
       const badChat = await post(`${url}api/chat`, { room: "lobby", text: "" });
       assert.equal(badChat.status, 400);
       assert.match((await badChat.json()).error, /Invalid text/);
@@ -294,9 +341,14 @@ Deno.test(
   async () => {
     await withDemo(async ({ url }) => {
       // SSEClient, the library's own consumer, in the lobby.
-      const lobby = new SSEClient(`${url}events?room=lobby`);
+      const lobby = new SSEClient(`${url}events?room=lobby`, {
+        headers: await signIn(url, "ann"),
+      });
       const lobbyEvents = lobby[Symbol.asyncIterator]();
-      const random = await Stream.open(`${url}events?room=random`);
+      const random = await Stream.open(
+        `${url}events?room=random`,
+        await signIn(url, "bo"),
+      );
       try {
         const first = await within(lobbyEvents.next(), "the lobby snapshot");
         assert.equal(first.value?.type, "snapshot");
@@ -350,7 +402,8 @@ Deno.test(
   SANITIZED,
   async () => {
     await withDemo(async ({ url }) => {
-      const first = await Stream.open(`${url}events?room=lobby`);
+      const session = await signIn(url);
+      const first = await Stream.open(`${url}events?room=lobby`, session);
       const snapshot = JSON.parse((await first.next("snapshot")).data);
       assert.deepEqual(snapshot.messages, []);
       const { id: seen } = await (await post(`${url}api/chat`, {
@@ -368,6 +421,7 @@ Deno.test(
         );
       }
       const back = await Stream.open(`${url}events?room=lobby`, {
+        ...session,
         "last-event-id": seen,
       });
       try {
@@ -387,6 +441,7 @@ Deno.test(
 
       // An id the broker never issued: a snapshot with the whole history.
       const stranger = await Stream.open(`${url}events?room=lobby`, {
+        ...session,
         "last-event-id": "not-an-id",
       });
       try {
@@ -492,8 +547,14 @@ Deno.test(
       let seen: string;
       const missed: string[] = [];
       let ticks: number[];
+      // The session is kept in the KV file too: it outlives the process.
+      let session: { cookie: string };
       try {
-        const stream = await Stream.open(`${first.url}events?room=lobby`);
+        session = await signIn(first.url);
+        const stream = await Stream.open(
+          `${first.url}events?room=lobby`,
+          session,
+        );
         await stream.next("snapshot");
         ({ id: seen } = await (await post(`${first.url}api/chat`, {
           room: "lobby",
@@ -520,6 +581,7 @@ Deno.test(
       });
       try {
         const back = await Stream.open(`${second.url}events?room=lobby`, {
+          ...session,
           "last-event-id": seen,
         });
         try {
@@ -544,7 +606,10 @@ Deno.test(
           await back.close();
         }
         // A new client's snapshot has the history from before the crash.
-        const fresh = await Stream.open(`${second.url}events?room=lobby`);
+        const fresh = await Stream.open(
+          `${second.url}events?room=lobby`,
+          session,
+        );
         try {
           const snapshot = JSON.parse((await fresh.next("snapshot")).data);
           assert.deepEqual(
@@ -579,7 +644,9 @@ Deno.test(
       }
       const second = await DemoProcess.start({ dir, args: ["--memory"] });
       try {
+        // Sessions were forgotten too: a new one.
         const back = await Stream.open(`${second.url}events?room=lobby`, {
+          ...await signIn(second.url),
           "last-event-id": id,
         });
         try {
@@ -596,6 +663,32 @@ Deno.test(
     });
   },
 );
+
+/** Signs in through the page's form; its stream then opens. */
+async function signInPage(page: Page, name: string): Promise<void> {
+  await page.waitForFunction(
+    `!document.querySelector("#signin-form").hidden`,
+    null,
+    { timeout: WAIT },
+  );
+  await page.fill("#signin-name", name);
+  await page.click("#signin-form button[type=submit]");
+  await page.waitForFunction(
+    `window.demo.user === ${
+      JSON.stringify(name)
+    } && window.demo.session !== ""`,
+    null,
+    { timeout: WAIT },
+  );
+}
+
+/** The demo's figures, with its channel's metrics(). */
+async function stats(url: string): Promise<{
+  clients: number;
+  channel: SSEChannelMetrics;
+}> {
+  return await (await fetch(`${url}stats`)).json();
+}
 
 const hasChromium = (() => {
   try {
@@ -632,6 +725,7 @@ Deno.test({
         const until = (expression: string) =>
           page.waitForFunction(expression, null, { timeout: WAIT });
 
+        await signInPage(page, "ada");
         await until(
           `document.querySelector("#session").textContent.startsWith("snapshot")`,
         );
@@ -707,7 +801,10 @@ Deno.test({
         };
         const until = (tab: Page, expression: string) =>
           tab.waitForFunction(expression, null, { timeout: 2 * WAIT });
-        const tabs = [await open(), await open()];
+        // Two tabs of one browser: one session cookie, kept in the KV file.
+        const first = await open();
+        await signInPage(first, "ada");
+        const tabs = [first, await open()];
         for (const tab of tabs) {
           await until(tab, `window.demo.session === "snapshot"`);
         }
@@ -769,3 +866,167 @@ Deno.test({
     });
   },
 });
+
+/** Runs `body` with a headless Chromium, closed afterwards. */
+async function withChromium(
+  body: (browser: Browser) => Promise<void>,
+): Promise<void> {
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: CHROMIUM_ARGS,
+    headless: true,
+  });
+  try {
+    await body(browser);
+  } finally {
+    await browser.close();
+  }
+}
+
+/**
+ * A test of the demo (started with `args`) in Chromium: `body` gets the
+ * demo's URL and opens pages of their own (cookies, storage); none may
+ * throw an error.
+ */
+function browserTest(
+  name: string,
+  args: string[],
+  body: (url: string, newPage: () => Promise<Page>) => Promise<void>,
+): void {
+  Deno.test({
+    name,
+    ignore: browserIgnored,
+    ...SANITIZED,
+    async fn() {
+      await withDemo(async ({ url }) => {
+        await withChromium(async (browser) => {
+          const errors: string[] = [];
+          await body(url, async () => {
+            const page = await (await browser.newContext()).newPage();
+            page.on("pageerror", (error) => errors.push(error.message));
+            return page;
+          });
+          assert.deepEqual(errors, []);
+        });
+      }, args);
+    },
+  });
+}
+
+browserTest(
+  "Chromium shows who is online, and a sign-out kicks the tab at once, which stays away until it signs in again",
+  [],
+  async (url, newPage) => {
+    const ada = await newPage();
+    const bo = await newPage();
+    const until = (page: Page, expression: string) =>
+      page.waitForFunction(expression, null, { timeout: WAIT });
+    await ada.goto(url);
+    await signInPage(ada, "ada");
+    await until(ada, `window.demo.session === "snapshot"`);
+    await bo.goto(url);
+    await signInPage(bo, "bo");
+    await until(bo, `window.demo.session === "snapshot"`);
+    // Each tab lists both, in the order they connected.
+    for (const page of [ada, bo]) {
+      await until(page, `window.demo.online.join() === "ada,bo"`);
+    }
+    assert.equal(await ada.textContent("#online"), "adabo");
+
+    const before = (await stats(url)).channel;
+    await ada.click("#signout");
+    await until(
+      ada,
+      `window.demo.signedOut && window.demo.source === null && !document.querySelector("#signin-form").hidden`,
+    );
+    assert.equal(await ada.textContent("#status-text"), "signed out");
+    await until(bo, `window.demo.online.join() === "bo"`);
+    // Proving an absence takes time: well past the 1 s retry delay after
+    // which an EventSource whose stream ended reconnects, nothing came.
+    await new Promise((resolve) => setTimeout(resolve, 2500));
+    const after = (await stats(url)).channel;
+    assert.equal(after.connections, before.connections, "no reconnection");
+    assert.equal(after.disconnects.disconnected, 1);
+    assert.equal(after.clients, 1);
+    assert.equal(await ada.evaluate("window.demo.reconnects"), 0);
+
+    // Signed in again: a new session, a new stream.
+    await signInPage(ada, "ada");
+    await until(ada, `window.demo.session === "snapshot"`);
+    await until(bo, `window.demo.online.join() === "bo,ada"`);
+  },
+);
+
+browserTest(
+  "Chromium resumes after a page reload through the lastEventID query parameter with no gap, and from the newer header after a restart",
+  ["--tick", "200"],
+  async (url, newPage) => {
+    const page = await newPage();
+    const until = (expression: string) =>
+      page.waitForFunction(expression, null, { timeout: WAIT });
+    const streams: string[] = [];
+    page.on("request", (request) => {
+      if (request.url().includes("/events")) streams.push(request.url());
+    });
+    await page.goto(url);
+    await signInPage(page, "ada");
+    await until(`window.demo.session === "snapshot"`);
+    const chat = async (text: string) => {
+      const posted = await post(`${url}api/chat`, { room: "lobby", text });
+      assert.equal(posted.status, 201);
+      return (await posted.json()).id as string;
+    };
+    await chat("before the reload");
+    await until(
+      `window.demo.chats.size === 1 && window.demo.lastTick >= 3`,
+    );
+
+    // The reloaded page's stream is held back while a chat message is
+    // posted and ticks go by: all of it must be replayed.
+    let missed = "";
+    await page.route("**/events?*", async (route) => {
+      if (missed === "") missed = await chat("while the page reloads");
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      await route.continue();
+    });
+    const ticked = await page.evaluate("window.demo.lastTick") as number;
+    await page.reload();
+    await until(
+      `window.demo.session === "resumed" && window.demo.chats.size === 2 && window.demo.lastTick >= ${
+        ticked + 5
+      }`,
+    );
+    await page.unroute("**/events?*");
+    const reloaded = new URL(streams.at(-1)!);
+    const from = reloaded.searchParams.get("lastEventID");
+    assert.ok(from, `no lastEventID in ${reloaded}`);
+    assert.equal(await page.evaluate("window.demo.resumedFrom"), from);
+    assert.equal(await page.evaluate("window.demo.gaps"), 0);
+    assert.deepEqual(
+      await page.$$eval(
+        "#messages li span:nth-child(2)",
+        (items) => items.map((item) => item.textContent),
+      ),
+      ["before the reload", "while the page reloads"],
+    );
+    assert.ok(missed !== "");
+
+    // The channel restarts: the EventSource reconnects with its URL's
+    // old id and a newer Last-Event-ID header; the header wins.
+    const restarted = await fetch(`${url}api/restart`, { method: "POST" });
+    await restarted.body?.cancel();
+    await until(
+      `window.demo.reconnects === 1 && window.demo.resumedFrom !== ${
+        JSON.stringify(from)
+      }`,
+    );
+    const resumedFrom = await page.evaluate("window.demo.resumedFrom");
+    assert.notEqual(resumedFrom, from);
+    await until(
+      `window.demo.lastTick >= ${
+        await page.evaluate("window.demo.lastTick") as number + 3
+      }`,
+    );
+    assert.equal(await page.evaluate("window.demo.gaps"), 0);
+  },
+);
