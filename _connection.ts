@@ -9,9 +9,12 @@
 import {
   checkRequest,
   codePoint,
+  describeFailure,
   headersProblem,
+  isRefusal,
   unsendable,
 } from "./_refusal.ts";
+import { describe } from "./_json.ts";
 import { startTimeout, type Timer, timerDelay } from "./_timer.ts";
 
 /** `readyState` values, as EventSource has them. */
@@ -32,6 +35,10 @@ export type HeadersSource =
   | (() => HeadersInit | Promise<HeadersInit>);
 
 const DONE = { done: true } as ReadableStreamReadDoneResult<Uint8Array>;
+
+// What a wait races against, settled by close(): a value no fetch, headers
+// function or callback can resolve to (they may all resolve to undefined).
+const STOPPED: unique symbol = Symbol("stopped");
 
 // The buffer a body is read into, when its stream lets the reader bring one
 // (a byte stream: fetch's, in Deno, Bun, Node and Workers): read after read,
@@ -283,7 +290,7 @@ export class Connection {
   // Settles when close() is called, to release awaits the fetch signal cannot
   // reach (a headers function, an injected fetch that ignores its signal).
   #stop!: () => void;
-  #stopped: Promise<undefined>;
+  #stopped: Promise<typeof STOPPED>;
   #idleTimeout: number;
   #timer: Timer | undefined = undefined;
   // What the armed timer waits for, for its error message.
@@ -296,8 +303,8 @@ export class Connection {
    */
   constructor(idleTimeout: number) {
     this.#idleTimeout = idleTimeout;
-    this.#stopped = new Promise<undefined>((resolve) => {
-      this.#stop = () => resolve(undefined);
+    this.#stopped = new Promise<typeof STOPPED>((resolve) => {
+      this.#stop = () => resolve(STOPPED);
     });
   }
 
@@ -327,7 +334,7 @@ export class Connection {
     try {
       const value = await Promise.race([promise, this.#stopped]);
       if (this.#timedOut !== undefined) throw this.#timedOut;
-      return this.#closed ? undefined : value;
+      return value === STOPPED || this.#closed ? undefined : value;
     } finally {
       this.#disarm();
     }
@@ -336,8 +343,14 @@ export class Connection {
   /**
    * Sends the request. Resolves with the response (whatever its status),
    * whose body this connection owns from then on; rejects on a network
-   * error, an idle timeout or close(), and with a `TypeError` before anything
-   * is sent when the request can never succeed (see _refusal.ts).
+   * error (a network-error response included), an idle timeout or close(),
+   * with a `TypeError` before anything is sent when the request can never
+   * succeed (see _refusal.ts), and with an {@linkcode InvalidResponse} when
+   * an injected fetch resolves to something that is not a response.
+   *
+   * A response is anything shaped like one (a numeric `status`, `headers`
+   * with `get`, and a `body` that is `null` or has `getReader`), not only
+   * this realm's `Response`: npm undici's, node-fetch's, a polyfill's.
    */
   async open(
     fetch: FetchLike,
@@ -348,13 +361,21 @@ export class Connection {
     init.signal = this.#controller.signal;
     this.#arm(`No bytes received for ${this.#idleTimeout} ms`);
     try {
-      const pending = fetch(url, init);
-      const response = await Promise.race([pending, this.#stopped]);
-      if (response === undefined || this.#closed) {
+      const pending = Promise.resolve(fetch(url, init));
+      const result = await Promise.race([pending, this.#stopped]);
+      if (result === STOPPED || this.#closed) {
         // Closed first: a response that still arrives is released unread.
         pending.then(discard, ignore);
         throw this.#timedOut ??
           new DOMException("The connection was closed", "AbortError");
+      }
+      const response = asResponse(result);
+      if (response.type === "error" || response.status === 0) {
+        // Fetch §2.2.6: a network error, as a response (Response.error()).
+        discard(response);
+        throw new TypeError(
+          "Network error: the fetch option resolved to a network error response (status 0)",
+        );
       }
       this.#response = response;
       return response;
@@ -508,6 +529,78 @@ export class Connection {
   }
 }
 
-function discard(response: Response): void {
-  response.body?.cancel().catch(ignore);
+// Releases whatever a fetch resolved to, unread: a response's body is
+// cancelled; anything else is left alone.
+function discard(value: unknown): void {
+  try {
+    const body = (value as { body?: unknown } | null | undefined)?.body as
+      | { locked?: unknown; cancel?: unknown }
+      | null
+      | undefined;
+    if (typeof body?.cancel === "function" && body.locked !== true) {
+      (body as ReadableStream).cancel().catch(ignore);
+    }
+  } catch {
+    // A getter that throws: nothing to release.
+  }
+}
+
+/**
+ * What an injected fetch resolved to when it is not a response: a wrapper
+ * that forgot to `return`, a mock, a string. The same fetch will resolve to
+ * the same, so it is final.
+ */
+export class InvalidResponse extends TypeError {
+  override name = "TypeError";
+}
+
+// Fetch results are told apart by shape, never with `instanceof Response`:
+// a response from another realm or library is a response all the same.
+function asResponse(value: unknown): Response {
+  const candidate = value as Partial<Response> | null | undefined;
+  const body = candidate?.body;
+  if (
+    typeof value === "object" && value !== null &&
+    typeof candidate!.status === "number" &&
+    typeof candidate!.headers?.get === "function" &&
+    (body === null ||
+      typeof (body as { getReader?: unknown } | undefined)?.getReader ===
+        "function")
+  ) {
+    return value as Response;
+  }
+  throw new InvalidResponse(
+    `Invalid response: the fetch option resolved to ${
+      describe(value)
+    }, not a Response (status, headers and a body stream)`,
+  );
+}
+
+/**
+ * Why the body of a response to be read as a stream cannot be read, if it
+ * cannot: a callback locked or read it first.
+ *
+ * @returns `undefined` when it can be read, else a sentence saying why not.
+ */
+export function unreadableBody(response: Response): string | undefined {
+  const body = response.body;
+  if (body !== null && (body.locked || response.bodyUsed === true)) {
+    return "its body was locked or read before the client could read it";
+  }
+  return undefined;
+}
+
+/**
+ * How a failed attempt ends, when it must end the iteration (SSEClient) or
+ * fail the connection (EventSource): an error the same request will always
+ * meet. `undefined` for a failure that may not happen again (a network
+ * error, a timeout), which is retried.
+ *
+ * @param error What {@linkcode Connection.open} rejected with.
+ * @returns The message of the final error, or `undefined`.
+ */
+export function finalFailure(error: unknown): string | undefined {
+  if (error instanceof InvalidResponse) return error.message;
+  if (isRefusal(error)) return `Request refused: ${describeFailure(error)}`;
+  return undefined;
 }

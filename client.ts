@@ -33,6 +33,7 @@ import {
   DEFAULT_MAX_RETRY_DELAY,
   type FetchLike,
   fetchOption,
+  finalFailure,
   fromByteString,
   headersOption,
   type HeadersSource,
@@ -42,14 +43,10 @@ import {
   type ReadyState,
   requestHeaders,
   resolveURL,
+  unreadableBody,
   unsendableId,
 } from "./_connection.ts";
-import {
-  describeFailure,
-  isRefusal,
-  messageOf,
-  methodProblem,
-} from "./_refusal.ts";
+import { describeFailure, messageOf, methodProblem } from "./_refusal.ts";
 import { Pause } from "./_pause.ts";
 
 export type { SSEEvent } from "./parser.ts";
@@ -156,7 +153,13 @@ export interface SSEClientOptions {
   body?: string | Blob | BufferSource | FormData | URLSearchParams | null;
   /**
    * The `fetch` to use, for instance one that adds credentials or goes
-   * through a proxy.
+   * through a proxy. It may resolve to a response of another library or
+   * realm (npm undici's, node-fetch's): anything with a numeric `status`,
+   * `headers` with `get`, and a `body` stream (or `null`). A network-error
+   * response (`Response.error()`, status 0) is a network error, retried;
+   * anything else that is not a response (`undefined` from a wrapper that
+   * forgot to `return`) ends the iteration with an {@linkcode SSEError}
+   * (`Invalid response: …`).
    *
    * @default {globalThis.fetch}
    */
@@ -242,8 +245,10 @@ export interface SSEClientOptions {
    * - throw: iteration ends with that error.
    *
    * It may read the body of a response it retries or refuses (the error then
-   * has no `body`); reading the body of a stream it lets open leaves nothing
-   * to parse. `idleTimeout` applies to it.
+   * has no `body`); reading (or locking) the body of a stream it lets open
+   * leaves nothing to parse, and ends the iteration with an
+   * {@linkcode SSEError} (`Unreadable stream: …`). `idleTimeout` applies to
+   * it.
    *
    * @default {undefined}
    */
@@ -739,15 +744,15 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
         this.#connection = connection;
         const next = await this.#attempt(connection);
         if (this.#isClosed()) return;
-        if (next instanceof Response) {
+        if (next.kind === "open") {
           this.#state = OPEN;
           this.#progress = false;
-          this.#onOpen?.(next);
+          this.#onOpen?.(next.response);
           return;
         }
         connection.close();
         this.#connection = undefined;
-        if (next === undefined) {
+        if (next.kind === "end") {
           // No Content: the server has nothing more to send, ever.
           this.#shutdown();
           return;
@@ -761,12 +766,10 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
   }
 
   // One attempt: the headers, the request, the response. Resolves with the
-  // response of an open stream, `undefined` for 204 (or when closed
-  // meanwhile), or the failure to report and the wait before the next
-  // attempt; throws what ends the iteration.
-  async #attempt(
-    connection: Connection,
-  ): Promise<Response | Retry | undefined> {
+  // response of an open stream, the end (204, or closed meanwhile), or the
+  // failure to report and the wait before the next attempt; throws what ends
+  // the iteration.
+  async #attempt(connection: Connection): Promise<Outcome> {
     let init = this.#headers;
     if (typeof init === "function") {
       try {
@@ -777,7 +780,7 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
         if (!connection.timedOut) throw error;
         return this.#failed(error);
       }
-      if (this.#isClosed()) return undefined;
+      if (this.#isClosed()) return ENDED;
     }
     let headers: Headers;
     try {
@@ -787,7 +790,7 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
       throw new SSEError(`Request refused: ${messageOf(cause)}`, { cause });
     }
     this.#reportUnsendableId();
-    if (this.#isClosed()) return undefined; // closed by the callback
+    if (this.#isClosed()) return ENDED; // closed by the callback
     let response: Response;
     try {
       response = await connection.open(this.#fetch, this.url, {
@@ -797,13 +800,10 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
         redirect: "follow",
       });
     } catch (cause) {
-      if (this.#isClosed()) return undefined;
-      if (isRefusal(cause)) {
-        // The same request would meet the same refusal: final.
-        throw new SSEError(`Request refused: ${describeFailure(cause)}`, {
-          cause,
-        });
-      }
+      if (this.#isClosed()) return ENDED;
+      // The same request would meet the same failure: final.
+      const final = finalFailure(cause);
+      if (final !== undefined) throw new SSEError(final, { cause });
       return this.#failed(cause);
     }
     if (this.#onResponse !== undefined) {
@@ -817,7 +817,7 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
         if (!connection.timedOut) throw error;
         return this.#failed(error);
       }
-      if (this.#isClosed()) return undefined;
+      if (this.#isClosed()) return ENDED;
       if (verdict === "retry" && !this.#retriedOnRequest) {
         this.#retriedOnRequest = true;
         return RETRY_NOW;
@@ -825,21 +825,34 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
     }
     this.#retriedOnRequest = false;
     const status = response.status;
-    if (status === 200 && isEventStream(response)) return response;
-    if (status === 204) return undefined;
+    if (status === 200 && isEventStream(response)) {
+      const unreadable = unreadableBody(response);
+      if (unreadable !== undefined) {
+        throw new SSEError(
+          `Unreadable stream: ${unreadable} (by onResponse?)`,
+          {
+            status,
+            headers: response.headers,
+          },
+        );
+      }
+      return { kind: "open", response };
+    }
+    if (status === 204) return ENDED;
     // What the server said, for the error: read before judging.
     const said = {
       status,
       headers: response.headers,
       body: await connection.text(ERROR_BODY_LIMIT, ERROR_BODY_TIME),
     };
-    if (this.#isClosed()) return undefined;
+    if (this.#isClosed()) return ENDED;
     if (status === 408 || status === 429 || status >= 500) {
       const reason = `Unexpected status ${status}`;
       if (++this.#retries > this.#maxRetries) {
         throw new SSEError(`${reason}: no retries left`, said);
       }
       return {
+        kind: "retry",
         wait: this.#backoff.next(
           this.#reconnectionTime(),
           parseRetryAfter(response.headers.get("retry-after"), Date.now()),
@@ -870,6 +883,7 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
       throw new SSEError(`${reason}: no retries left`, { cause });
     }
     return {
+      kind: "retry",
       wait: this.#backoff.next(this.#reconnectionTime()),
       error: new SSEError(reason, { cause }),
     };
@@ -912,16 +926,25 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
   }
 }
 
-/**
- * Another attempt: the wait before it, and the failure to report (none when
- * an onResponse callback asked for it).
- */
+// How an attempt ends, tagged: results are never told apart by class (a
+// custom fetch may resolve to a Response of another realm or library).
+type Outcome =
+  // A stream opened.
+  | { kind: "open"; response: Response }
+  // Another attempt: the wait before it, and the failure to report (none
+  // when an onResponse callback asked for it).
+  | Retry
+  // No Content, or closed meanwhile.
+  | { kind: "end" };
+
 interface Retry {
+  kind: "retry";
   wait: number;
   error?: SSEError;
 }
 
-const RETRY_NOW: Retry = { wait: 0 };
+const RETRY_NOW: Retry = { kind: "retry", wait: 0 };
+const ENDED: Outcome = { kind: "end" };
 
 // How much of a refused response's body an SSEError keeps, and how long the
 // client waits for it.

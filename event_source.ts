@@ -31,6 +31,7 @@ import {
   DEFAULT_MAX_RETRY_DELAY,
   type FetchLike,
   fetchOption,
+  finalFailure,
   headersOption,
   type HeadersSource,
   isEventStream,
@@ -38,8 +39,8 @@ import {
   type ReadyState,
   requestHeaders,
   resolveURL,
+  unreadableBody,
 } from "./_connection.ts";
-import { isRefusal } from "./_refusal.ts";
 import { Pause } from "./_pause.ts";
 
 // §9.2.3: "initially an implementation-defined value, probably in the region
@@ -59,7 +60,11 @@ export interface EventSourceInit {
    */
   withCredentials?: boolean;
   /**
-   * Non-standard: the `fetch` to use.
+   * Non-standard: the `fetch` to use. It may resolve to a response of another
+   * library or realm (anything with a numeric `status`, `headers` with `get`
+   * and a `body` stream or `null`); a network-error response (status 0)
+   * reestablishes the connection, and anything else that is not a response
+   * fails it.
    *
    * @default {globalThis.fetch}
    */
@@ -536,11 +541,17 @@ export class EventSource extends EventTarget {
     } catch (error) {
       // §9.2.3: a network error reestablishes the connection, "unless the
       // user agent knows that to be futile, in which case the user agent may
-      // fail the connection": a request that can never succeed.
-      return isRefusal(error) ? FAIL : REESTABLISH;
+      // fail the connection": a request that can never succeed, or a fetch
+      // option that resolves to something that is not a response.
+      return finalFailure(error) === undefined ? REESTABLISH : FAIL;
     }
     if (this.#isClosed()) return FAIL;
-    if (response.status !== 200 || !isEventStream(response)) return FAIL;
+    if (
+      response.status !== 200 || !isEventStream(response) ||
+      unreadableBody(response) !== undefined
+    ) {
+      return FAIL;
+    }
     this.#origin = new URL(response.url || this.#url).origin;
     // Announce the connection.
     this.#readyState = OPEN;

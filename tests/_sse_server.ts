@@ -197,6 +197,28 @@ export function eventStreamResponse(
   return new Response(body, { ...init, headers });
 }
 
+/**
+ * A fetch whose responses are plain objects shaped like a `Response`, as npm
+ * undici's or node-fetch's are in Node: not this realm's `Response` class.
+ */
+export function foreignFetch(
+  input: string | URL | Request,
+  init?: RequestInit,
+): Promise<Response> {
+  return fetch(input, init).then((response) =>
+    ({
+      status: response.status,
+      statusText: response.statusText,
+      ok: response.ok,
+      url: response.url,
+      type: response.type,
+      headers: response.headers,
+      body: response.body,
+      bodyUsed: false,
+    }) as unknown as Response
+  );
+}
+
 /** Values pushed by callbacks, awaited one at a time by the test. */
 export class Queue<T> {
   #items: T[] = [];

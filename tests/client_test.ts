@@ -7,6 +7,7 @@ import {
   type EventStream,
   eventStreamResponse,
   fakeClock,
+  foreignFetch,
   Queue,
   test,
   TestServer,
@@ -1406,6 +1407,138 @@ test("SSEClient uses an injected fetch", async () => {
   assert.equal(seen[0]!.url, server.url.href);
   assert.ok(seen[0]!.init?.signal instanceof AbortSignal);
   assert.equal(seen[0]!.init?.signal?.aborted, true);
+});
+
+test("SSEClient reads a Response-shaped object from a custom fetch, and waits the reconnection time after it", async () => {
+  const clock = fakeClock();
+  try {
+    await using server = new TestServer(() =>
+      eventStreamResponse("data: hello\n\n")
+    );
+    const { client, iterator, retries, errors } = observedClient(server.url, {
+      fetch: foreignFetch,
+    });
+    // Before: not `instanceof Response`, so read as a retry with no wait, and
+    // the client looped with no timer (17 108 requests in 2 s).
+    const first = await Promise.race([
+      iterator.next(),
+      server.request(3).then(() => "a reconnect storm"),
+    ]);
+    assert.deepEqual(first, { done: false, value: message("hello") });
+    const next = iterator.next();
+    assert.equal(await retries.shift(), 3000);
+    await clock.tickAsync(2999);
+    assert.equal(server.requests.length, 1);
+    await clock.tickAsync(1);
+    assert.deepEqual(await next, { done: false, value: message("hello") });
+    assert.equal(errors.all.length, 0);
+    client.close();
+  } finally {
+    clock.uninstall();
+  }
+});
+
+test("SSEClient judges a Response-shaped object's status as a Response's: 503 retried, 401 final with its body", async () => {
+  await using server = new TestServer(({ index }) =>
+    index === 0
+      ? new Response("busy", { status: 503 })
+      : new Response('{"error":"invalid_token"}', { status: 401 })
+  );
+  const { iterator, errors } = observedClient(server.url, {
+    fetch: foreignFetch,
+    retry: 0,
+  });
+  await assert.rejects(iterator.next(), {
+    name: "SSEError",
+    status: 401,
+    body: '{"error":"invalid_token"}',
+  });
+  assert.equal(errors.all[0]?.message, "Unexpected status 503: retrying");
+  assert.equal(server.requests.length, 2);
+});
+
+test("SSEClient ends the iteration with an SSEError when a custom fetch resolves to something that is not a Response", async () => {
+  for (
+    const [value, what] of [
+      [undefined, "undefined"],
+      [null, "null"],
+      ["data: x\n\n", "string"],
+      [{}, "Object"],
+      [{ status: 200, headers: new Headers(), body: "data: x\n\n" }, "Object"],
+    ] as const
+  ) {
+    let calls = 0;
+    const { iterator, client, retries } = observedClient(
+      "http://127.0.0.1:8000/",
+      {
+        retry: 0,
+        // A wrapper that forgets `return`, or returns what it should not.
+        fetch: () => {
+          calls++;
+          return Promise.resolve(value as unknown as Response);
+        },
+      },
+    );
+    // Before: undefined crashed the process from a detached promise; the
+    // others ended with "Cannot read properties of undefined (reading
+    // 'locked')".
+    const outcome = await Promise.race([
+      iterator.next().then(() => "ended", (error) => error),
+      retries.shift().then(() => "retried"),
+    ]);
+    assert.ok(outcome instanceof SSEError, `${what}: ${outcome}`);
+    assert.equal(
+      outcome.message,
+      `Invalid response: the fetch option resolved to ${what}, not a Response (status, headers and a body stream)`,
+    );
+    assert.ok(outcome.cause instanceof TypeError);
+    assert.equal(calls, 1);
+    assert.equal(client.readyState, 2);
+  }
+});
+
+test("SSEClient retries a network-error response (Response.error()) from a custom fetch", async () => {
+  await using server = new TestServer(() =>
+    eventStreamResponse("data: ok\n\n")
+  );
+  let calls = 0;
+  const { client, iterator, errors } = observedClient(server.url, {
+    retry: 0,
+    fetch: (input, init) =>
+      ++calls === 1 ? Promise.resolve(Response.error()) : fetch(input, init),
+  });
+  // Before: "Unexpected status 0", final.
+  assert.deepEqual(await iterator.next(), {
+    done: false,
+    value: message("ok"),
+  });
+  assert.match(
+    errors.all[0]?.message ?? "",
+    /^Connection failed: Network error: the fetch option resolved to a network error response/,
+  );
+  client.close();
+});
+
+test("SSEClient ends the iteration with an SSEError when onResponse leaves the stream's body locked", async () => {
+  await using server = new TestServer(() => eventStreamResponse("data: x\n\n"));
+  const { iterator, retries } = observedClient(server.url, {
+    retry: 0,
+    onResponse: (response) => {
+      response.body!.getReader();
+    },
+  });
+  // Before: retried forever as "Connection lost: ReadableStream is locked".
+  const outcome = await Promise.race([
+    iterator.next().then(() => "ended", (error) => error),
+    retries.shift().then(() => "retried"),
+  ]);
+  assert.ok(outcome instanceof SSEError, String(outcome));
+  assert.equal(
+    outcome.message,
+    "Unreadable stream: its body was locked or read before the client could read it (by onResponse?)",
+  );
+  assert.equal(outcome.status, 200);
+  assert.equal(server.requests.length, 1);
 });
 
 test("SSEClient replaces a connection idle for idleTimeout; comments count as activity", async () => {

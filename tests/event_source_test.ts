@@ -9,6 +9,7 @@ import {
   type EventStream,
   eventStreamResponse,
   fakeClock,
+  foreignFetch,
   Queue,
   test,
   TestServer,
@@ -952,6 +953,63 @@ test("EventSource takes the non-standard fetch and headers options", async () =>
       ["Bearer 2", "text/event-stream", "no-cache"],
     ],
   );
+});
+
+test("EventSource reads a Response-shaped object from a custom fetch", async () => {
+  await using server = new TestServer(() =>
+    eventStreamResponse("retry: 0\ndata: hello\n\n")
+  );
+  const source = new OurEventSource(server.url, { fetch: foreignFetch });
+  const seen = record(source);
+  assert.deepEqual(withoutOrigin(await seen.take(4)), [
+    OPENED,
+    message("hello"),
+    RECONNECTING,
+    OPENED,
+  ]);
+  source.close();
+});
+
+test("EventSource fails the connection when a custom fetch resolves to something that is not a Response", async () => {
+  for (const value of [undefined, null, "data: x\n\n", {}]) {
+    let calls = 0;
+    const source = new OurEventSource("http://127.0.0.1:8000/", {
+      fetch: () => {
+        calls++;
+        return Promise.resolve(value as unknown as Response);
+      },
+    });
+    const seen = record(source);
+    // Before: undefined crashed the process from a detached promise.
+    assert.deepEqual(await seen.shift(), FAILED, String(value));
+    assert.equal(calls, 1);
+    source.close();
+  }
+});
+
+test("EventSource reestablishes the connection after a network-error response (Response.error()) from a custom fetch", async () => {
+  const clock = fakeClock();
+  try {
+    await using server = new TestServer(() =>
+      eventStreamResponse("data: ok\n\n")
+    );
+    let calls = 0;
+    const source = new OurEventSource(server.url, {
+      fetch: (input, init) =>
+        ++calls === 1 ? Promise.resolve(Response.error()) : fetch(input, init),
+    });
+    const seen = record(source);
+    // Before: a status other than 200, so the connection failed for good.
+    assert.deepEqual(await seen.shift(), RECONNECTING);
+    await clock.nextAsync();
+    assert.deepEqual(withoutOrigin(await seen.take(2)), [
+      OPENED,
+      message("ok"),
+    ]);
+    source.close();
+  } finally {
+    clock.uninstall();
+  }
 });
 
 test("EventSource fails the connection when its headers function throws", async () => {
