@@ -3,87 +3,38 @@
 // resume, hooks, keep-alive and slow-client protection. Exported from
 // server.ts.
 //
-// How an entry reaches a client (the hot path):
-// - The channel holds ONE live broker subscription (`#shared`) for all its
-//   clients. Each entry from it is encoded once (the `id:` line plus the
-//   frame) into one Uint8Array, and that same Uint8Array is enqueued to every
-//   matching client: `#everyone` (clients without topics) plus the clients in
-//   `#byTopic.get(entry.topic)`. Nothing is allocated per client per entry.
-//   Deno.serve copies chunks out without detaching them (tested).
-// - A client that resumes (`Last-Event-ID`) is sent what it missed from the
-//   broker's `history`, a page at a time as it reads, until its position
-//   meets the shared subscription's, which then takes over (see
-//   _resume.ts): no gap, no duplicate, whatever the timing.
-// - Until `init` has written its messages, entries for a client wait in its
-//   backlog (after the retry hint), then follow `init`'s in order.
-//
-// Clients that fall behind: what the runtime has not taken yet waits in the
-// client's backlog (shared frames: a reference each), up to `maxQueue`
-// bytes. A client whose backlog would go above that falls behind: it leaves
-// the fan-out, keeps its backlog and its position (the id of the last entry
-// it was written), and once the backlog has drained it is fed from the
-// broker's history as it reads, through the same catch-up as a resume
-// (_resume.ts), which hands it back to the fan-out where they meet. So a
-// burst of any size costs each client at most `maxQueue`, and every client
-// that reads gets all of it as long as the history still holds it.
-//
-// Slow clients: a client is judged on whether it takes what it is sent,
-// never on how much waits (DrainJudge in _client.ts): one whose stream is
-// full and takes nothing for `drainTimeout` is dropped. Its backlog is
-// forgotten and its stream closed; if the runtime has still not taken what
-// the stream held after another `drainTimeout`, the stream is errored, so
-// that the runtime closes a connection whose peer never reads.
-//
-// The options and the reasons a connection ends are in _channel_options.ts,
-// the frames (encoded once, live or replayed) in _frames.ts.
+// This file is the channel's public face: checking what it is given,
+// answering a connection (onConnect, the topics hook, resume, init) and
+// publishing. Its clients and how entries reach them (the fan-out, the hot
+// path; catch-ups; slow clients; keep-alive; how a client ends) are in
+// _fanout.ts; who is connected and the metrics in _presence.ts; the options
+// and the reasons a connection ends in _channel_options.ts; the frames
+// (encoded once, live or replayed) in _frames.ts.
 
 import { encodeSSE, type SSEMessage } from "./encoder.ts";
 import { describe, json } from "./_json.ts";
-import { startInterval, type Timer } from "./_timer.ts";
-import {
-  cutReason,
-  KEEP_ALIVE_FRAME,
-  lastEventIdOf,
-  notAllowed,
-  OPENING_FRAME,
-  unavailable,
-} from "./_http.ts";
-import {
-  errorMessage,
-  isBrokerId,
-  type SSEBrokerEntry,
-  type SSEBrokerSubscription,
-} from "./_broker.ts";
+import { lastEventIdOf, notAllowed, unavailable } from "./_http.ts";
+import type { SSEBrokerSubscription } from "./_broker.ts";
 import {
   type ChannelSettings,
   channelSettings,
   type SSEChannelOptions,
-  type SSEDisconnectReason,
   topicsOf,
 } from "./_channel_options.ts";
+import { type Client, CONNECTING, OPEN } from "./_client.ts";
+import { encodeAll } from "./_frames.ts";
+import { Fanout } from "./_fanout.ts";
 import {
-  Client,
-  type ClientEvents,
-  CLOSED,
-  CONNECTING,
-  DrainJudge,
-  OPEN,
-  STREAM_QUEUE,
-} from "./_client.ts";
-import { encodeAll, Frames } from "./_frames.ts";
-import {
+  finalFrame,
+  listClients,
+  pickClients,
   type SSEChannelClient,
   type SSEChannelMetrics,
-  Tally,
 } from "./_presence.ts";
-import { IdWindow, PAGE, RECENT, Resume, type ResumeHost } from "./_resume.ts";
+import type { Resume } from "./_resume.ts";
 
 /** What `#unlessClosed` resolves to when the channel closed first. */
 const CLOSED_NOW: unique symbol = Symbol("closed");
-
-const encoder = new TextEncoder();
-const KEEP_ALIVE_BYTES = encoder.encode(KEEP_ALIVE_FRAME);
-const OPENING_BYTES = encoder.encode(OPENING_FRAME);
 
 /**
  * A broadcast channel of Server-Sent Events: every connected client receives
@@ -198,43 +149,12 @@ const OPENING_BYTES = encoder.encode(OPENING_FRAME);
  */
 export class SSEChannel<C = undefined> {
   #settings: ChannelSettings<C>;
-  #filter: SSEChannelOptions<C>["filter"];
-  #report: (error: Error) => void;
-  #maxQueue: number;
-  #streamQueue: number;
-  #strategy: QueuingStrategy<Uint8Array>;
-  /** A filter result that is not a boolean was reported already. */
-  #filterReported = false;
-
-  #tally = new Tally();
-  /** Every client that has a stream, in any state but closed. */
-  #clients = new Set<Client<C>>();
-  /** Open clients without topics. */
-  #everyone = new Set<Client<C>>();
-  /** Open clients by topic. */
-  #byTopic = new Map<string, Set<Client<C>>>();
-  /** Open clients catching up from history. */
-  #resuming = new Set<Client<C>>();
-
+  #fanout: Fanout<C>;
   #shared: Promise<SSEBrokerSubscription> | undefined;
-  /** The ids the shared subscription delivered last. */
-  #sharedIds = new IdWindow(RECENT);
-  /** An entry is being fanned out; those that arrive meanwhile wait. */
-  #delivering = false;
-  #waiting: SSEBrokerEntry[] = [];
-  #frames: Frames;
-  /** The keep-alive tick. */
-  #timer: Timer | undefined;
-  #drain: DrainJudge<C>;
   #closed = false;
   /** Connections waiting in connect, woken by close (see `#unlessClosed`). */
   #sleepers = new Set<() => void>();
   #closing: Promise<void> | undefined;
-  #events: ClientEvents<C> = {
-    pull: (client) => this.#pulled(client),
-    cancel: (client) => this.#disconnect(client, "client-closed"),
-  };
-  #host: ResumeHost<C>;
 
   /**
    * Creates a channel.
@@ -245,44 +165,7 @@ export class SSEChannel<C = undefined> {
   constructor(options: SSEChannelOptions<C> = {}) {
     const settings = channelSettings(options);
     this.#settings = settings;
-    this.#filter = settings.filter;
-    this.#report = settings.report;
-    this.#maxQueue = settings.maxQueue;
-    this.#streamQueue = Math.min(settings.maxQueue, STREAM_QUEUE);
-    this.#strategy = { highWaterMark: this.#streamQueue, size: byteLength };
-    this.#frames = new Frames(settings.name, settings.replay, settings.report);
-    this.#host = {
-      shared: this.#sharedIds,
-      maxQueue: settings.maxQueue,
-      history: (after) =>
-        this.#settings.broker.history(this.#settings.name, {
-          after,
-          limit: PAGE,
-        }),
-      frame: (client, entry) => this.#frameOf(client, entry),
-      write: (client, frames, first, last) =>
-        this.#writeRun(client, frames, first, last),
-      send: (client, bytes) => {
-        this.#tally.delivered++;
-        this.#write(client, bytes);
-      },
-      handOver: (client) => this.#handOver(client),
-      end: (client, error) => this.#endResume(client, error),
-    };
-    const cut = cutReason(
-      `SSEChannel: cut a connection whose client has not read the end of its stream within ${settings.drainTimeout} ms`,
-    );
-    this.#drain = new DrainJudge(
-      settings.drainTimeout,
-      (client) => this.#end(client, "slow"),
-      (controller) => {
-        try {
-          controller.error(cut);
-        } catch {
-          // The stream is gone already.
-        }
-      },
-    );
+    this.#fanout = new Fanout(settings);
   }
 
   /**
@@ -291,7 +174,7 @@ export class SSEChannel<C = undefined> {
    * @returns Clients whose stream is open (including those still in `init`).
    */
   get size(): number {
-    return this.#clients.size;
+    return this.#fanout.clients.size;
   }
 
   /**
@@ -362,23 +245,9 @@ export class SSEChannel<C = undefined> {
       topics,
       connectedAt: Date.now(),
     });
-    const tally = this.#tally;
-    const client = new Client<C>(info, this.#streamQueue, this.#events, tally);
-    const stream = new ReadableStream<Uint8Array>(client, this.#strategy);
-    if (this.#settings.retryBytes !== undefined) {
-      client.enqueue(this.#settings.retryBytes);
-    }
-    this.#clients.add(client);
-    tally.joined(topics);
-    const { keepAlive } = this.#settings;
-    if (this.#timer === undefined && keepAlive > 0) {
-      // One timer for the whole channel: a tick every keepAlive / 2 writes a
-      // comment to each client that wrote nothing since the previous tick, so
-      // an idle client gets one every keepAlive ms (never later), and 10 000
-      // clients cost one timer, not 10 000.
-      this.#timer = startInterval(this.#tick, keepAlive / 2);
-    }
-
+    const fanout = this.#fanout;
+    const { tally } = fanout;
+    const { client, stream } = fanout.accept(info);
     try {
       // close() answers a connection that waits here at once.
       if (await this.#unlessClosed(this.#subscribeShared()) === CLOSED_NOW) {
@@ -387,7 +256,7 @@ export class SSEChannel<C = undefined> {
       let resume: Resume<C> | undefined;
       if (client.state === CONNECTING && lastEventId !== "") {
         const resuming = await this.#unlessClosed(
-          this.#resume(client, lastEventId),
+          fanout.resume(client, lastEventId),
         );
         if (resuming === CLOSED_NOW) return unavailable();
         resume = resuming;
@@ -396,7 +265,7 @@ export class SSEChannel<C = undefined> {
       }
       // Waits until init is done; a resuming client joins once caught up.
       if (client.state === CONNECTING && resume === undefined) {
-        this.#join(client);
+        fanout.join(client);
       }
       let frames: Uint8Array[] = [];
       if (init !== undefined && client.state === CONNECTING) {
@@ -407,21 +276,11 @@ export class SSEChannel<C = undefined> {
         if (messages != null) frames = encodeAll(messages);
       }
       if (client.state !== CONNECTING) return this.#endedAnswer(client, stream);
-      this.#open(client, frames);
+      fanout.open(client, frames);
       if (client.state !== OPEN) return this.#endedAnswer(client, stream);
-      if (resume !== undefined) {
-        client.resume = resume;
-        this.#resuming.add(client);
-        resume.start();
-      } else if (client.resume !== undefined && client.backlogBytes === 0) {
-        // It fell behind during init, and its backlog is in its stream.
-        client.resume.pull();
-      }
-      // Nothing went first (no retry, no init message, nothing replayed or
-      // published meanwhile): a first byte, so that the head leaves at once.
-      if (client.silent) client.enqueue(OPENING_BYTES);
+      fanout.started(client, resume);
     } catch (error) {
-      this.#disconnect(client, "connect-failed");
+      fanout.release(client, "connect-failed");
       // A broker closed along with the channel is no error of this request.
       if (this.#closed) return unavailable();
       throw error;
@@ -488,13 +347,7 @@ export class SSEChannel<C = undefined> {
         `Invalid topic: expected a string, got ${describe(topic)}`,
       );
     }
-    const list: SSEChannelClient<C>[] = [];
-    for (const client of this.#clients) {
-      if (topic === undefined || client.topics?.includes(topic)) {
-        list.push(client.info);
-      }
-    }
-    return list;
+    return listClients(this.#fanout.clients, topic);
   }
 
   /**
@@ -513,7 +366,7 @@ export class SSEChannel<C = undefined> {
         `Invalid topic: expected a string, got ${describe(topic)}`,
       );
     }
-    return this.#tally.count(topic);
+    return this.#fanout.tally.count(topic);
   }
 
   /**
@@ -596,36 +449,10 @@ export class SSEChannel<C = undefined> {
         `Invalid predicate: expected a function, got ${describe(predicate)}`,
       );
     }
-    const message: unknown = options?.message;
-    let last: Uint8Array | undefined;
-    if (message !== undefined) {
-      if (typeof message !== "object" || message === null) {
-        throw new TypeError(
-          `Invalid message: expected an SSE message object, got ${
-            describe(message)
-          }`,
-        );
-      }
-      if ((message as SSEMessage).id !== undefined) {
-        throw new TypeError(
-          "Invalid message: a disconnect message carries no id (it would become the client's Last-Event-ID): remove the id field",
-        );
-      }
-      last = encoder.encode(encodeSSE(message as SSEMessage));
-    }
-    const ending: Client<C>[] = [];
-    for (const client of this.#clients) {
-      const verdict: unknown = predicate(client.info);
-      if (verdict === true) ending.push(client);
-      else if (verdict !== false) {
-        throw new TypeError(
-          `Invalid predicate result: expected a boolean, got ${
-            describe(verdict)
-          } (the predicate must be synchronous): nobody was disconnected`,
-        );
-      }
-    }
-    for (const client of ending) this.#end(client, "disconnected", last);
+    const last = finalFrame(options?.message);
+    const fanout = this.#fanout;
+    const ending = pickClients(fanout.clients, predicate);
+    for (const client of ending) fanout.end(client, "disconnected", last);
     return ending.length;
   }
 
@@ -669,7 +496,8 @@ export class SSEChannel<C = undefined> {
    * @returns The figures now.
    */
   metrics(): SSEChannelMetrics {
-    return this.#tally.snapshot(this.#clients.size);
+    const fanout = this.#fanout;
+    return fanout.tally.snapshot(fanout.clients.size);
   }
 
   /**
@@ -719,12 +547,12 @@ export class SSEChannel<C = undefined> {
     if (data !== undefined) {
       stored.data = typeof data === "string" ? data : json(data);
     }
-    this.#frames.published(stored, encodeSSE(stored));
+    this.#fanout.frames.published(stored, encodeSSE(stored));
     const { broker, name, replay } = this.#settings;
     const id = await broker.publish(name, { topic, message: stored }, {
       replay,
     });
-    this.#tally.published++;
+    this.#fanout.tally.published++;
     return id;
   }
 
@@ -744,9 +572,8 @@ export class SSEChannel<C = undefined> {
   async #close(): Promise<void> {
     this.#closed = true;
     for (const wake of this.#sleepers) wake();
-    for (const client of this.#clients) this.#end(client, "channel-closed");
-    // Streams ended before, still in their grace, are cut now.
-    this.#drain.close();
+    // Streams ended before, still in their grace, are cut too.
+    this.#fanout.close();
     const shared = this.#shared;
     this.#shared = undefined;
     if (shared !== undefined) {
@@ -788,7 +615,8 @@ export class SSEChannel<C = undefined> {
   #subscribeShared(): Promise<SSEBrokerSubscription> {
     if (this.#shared === undefined) {
       const { broker, name } = this.#settings;
-      const shared = broker.subscribe(name, (entry) => this.#deliver(entry));
+      const fanout = this.#fanout;
+      const shared = broker.subscribe(name, (entry) => fanout.deliver(entry));
       this.#shared = shared;
       // A failed subscribe is retried by the next connection.
       shared.catch(() => {
@@ -797,369 +625,4 @@ export class SSEChannel<C = undefined> {
     }
     return this.#shared;
   }
-
-  /** Puts an open or held client into the shared fan-out. */
-  #join(client: Client<C>): void {
-    const { topics } = client;
-    if (topics === null) {
-      this.#everyone.add(client);
-      return;
-    }
-    for (const topic of topics) {
-      let set = this.#byTopic.get(topic);
-      if (set === undefined) this.#byTopic.set(topic, set = new Set());
-      set.add(client);
-    }
-  }
-
-  /**
-   * The catch-up of a client that sent a `Last-Event-ID`, with the first
-   * page of what it missed; `undefined` when the id is not a resume point of
-   * the channel's stream (the client is then sent live entries only, and
-   * `init` is told `resumed: false`).
-   */
-  async #resume(
-    client: Client<C>,
-    lastEventId: string,
-  ): Promise<Resume<C> | undefined> {
-    // Not a broker id at all: no need to ask.
-    if (!isBrokerId(lastEventId)) return undefined;
-    const count = this.#sharedIds.count;
-    let page: SSEBrokerEntry[] | null;
-    try {
-      page = await this.#host.history(lastEventId);
-    } catch (error) {
-      // The broker is down or frozen (and timed out): the client is
-      // answered anyway, as one that cannot resume, and gets a snapshot.
-      if (!this.#closed) {
-        this.#report(
-          new Error(
-            `Answered a resuming client with resumed: false: the broker's history failed: ${
-              errorMessage(error)
-            }`,
-            { cause: error },
-          ),
-        );
-      }
-      return undefined;
-    }
-    if (page === null || client.state !== CONNECTING) return undefined;
-    return new Resume(this.#host, client, lastEventId, page, count);
-  }
-
-  /**
-   * Fan-out of the entries from the shared subscription, one at a time: an
-   * entry that arrives while another is being fanned out (a hook published,
-   * and the broker delivered at once) waits until that one has reached every
-   * client, so that every client sees the entries in order.
-   */
-  #deliver(entry: SSEBrokerEntry): void {
-    if (this.#delivering) {
-      this.#waiting.push(entry);
-      return;
-    }
-    this.#delivering = true;
-    try {
-      this.#fanOut(entry);
-      const waiting = this.#waiting;
-      for (let i = 0; i < waiting.length; i++) this.#fanOut(waiting[i]!);
-    } finally {
-      this.#waiting = [];
-      this.#delivering = false;
-    }
-  }
-
-  /** Fan-out of one entry from the shared subscription. */
-  #fanOut(entry: SSEBrokerEntry): void {
-    this.#tally.received++;
-    const bytes = this.#frames.live(entry);
-    let message: SSEMessage | undefined;
-    if (bytes !== undefined) {
-      const topicSet = this.#byTopic.get(entry.topic);
-      const { id } = entry;
-      if (this.#filter === undefined) {
-        for (const client of this.#everyone) this.#send(client, bytes, id);
-        if (topicSet !== undefined) {
-          for (const client of topicSet) this.#send(client, bytes, id);
-        }
-      } else {
-        message = { ...entry.message, id };
-        for (const client of this.#everyone) {
-          this.#sendFiltered(client, bytes, message, entry.topic);
-        }
-        if (topicSet !== undefined) {
-          for (const client of topicSet) {
-            this.#sendFiltered(client, bytes, message, entry.topic);
-          }
-        }
-      }
-    }
-    const { id } = entry;
-    this.#sharedIds.add(id);
-    if (this.#resuming.size === 0) return;
-    // After the fan-out: a client that joins here gets the next entry.
-    for (const client of this.#resuming) {
-      const resume = client.resume!;
-      if (!resume.merging) {
-        resume.shared(id);
-      } else if (bytes !== undefined && this.#wants(client, entry, message)) {
-        resume.collect(bytes, id);
-      }
-    }
-  }
-
-  /** The client leaves its catch-up for the shared fan-out. */
-  #handOver(client: Client<C>): void {
-    const resume = client.resume!;
-    client.position = resume.position;
-    resume.release();
-    client.resume = undefined;
-    this.#resuming.delete(client);
-    this.#join(client);
-  }
-
-  /**
-   * Ends a catch-up that cannot go on: `history` lost the client's position
-   * or failed. Its stream is closed after what it was sent, so the client
-   * reconnects from its last id.
-   */
-  #endResume(client: Client<C>, error: unknown): void {
-    if (error !== undefined) {
-      this.#report(
-        new Error(
-          `Ended a resuming client: the broker's history failed: ${
-            errorMessage(error)
-          }`,
-          { cause: error },
-        ),
-      );
-    }
-    this.#end(client, error === undefined ? "replay-lost" : "broker-error");
-  }
-
-  /**
-   * Ends a client's stream and releases it. A slow client's backlog is
-   * forgotten; any other gets what it was sent first. Unless the channel is
-   * closing, a stream that the runtime has not taken to its end after
-   * another `drainTimeout` is then cut (see DrainJudge).
-   */
-  #end(
-    client: Client<C>,
-    reason: SSEDisconnectReason,
-    last?: Uint8Array,
-  ): void {
-    if (client.state === CLOSED) return;
-    // A client still in onConnect's wake (the broker, init) is answered by
-    // its connect: with its ended stream when `disconnect` ended it (see
-    // #endedAnswer), else 503.
-    const ended = client.state === OPEN || reason === "disconnected";
-    try {
-      if (reason === "slow") client.discard();
-      else if (client.state === OPEN) client.flushAll();
-      if (ended) {
-        if (last !== undefined) client.enqueue(last);
-        client.controller.close();
-      }
-    } catch {
-      // The runtime closed the stream already: the client is gone.
-    }
-    this.#disconnect(client, reason);
-    if (ended && reason !== "channel-closed") {
-      this.#drain.closed(client.controller);
-    }
-  }
-
-  /** A client's frame of an entry from history, if it selects it. */
-  #frameOf(client: Client<C>, entry: SSEBrokerEntry): Uint8Array | undefined {
-    if (!client.selects(entry.topic)) return undefined;
-    const bytes = this.#frames.replayed(entry);
-    if (bytes === null) return undefined;
-    if (this.#filter === undefined) return bytes;
-    const message = { ...entry.message, id: entry.id };
-    return this.#filtered(client, message, entry.topic) ? bytes : undefined;
-  }
-
-  /**
-   * Writes replayed frames as one chunk. A client that gets every entry
-   * (no topics, no filter) gets the same chunk as every such client that
-   * resumes from the same place.
-   */
-  #writeRun(
-    client: Client<C>,
-    frames: Uint8Array[],
-    first: string,
-    last: string,
-  ): void {
-    const shared = client.topics === null && this.#filter === undefined;
-    this.#tally.delivered += frames.length;
-    this.#write(client, this.#frames.run(frames, first, last, shared));
-  }
-
-  /** Whether a client selects an entry (its topics, then `filter`). */
-  #wants(
-    client: Client<C>,
-    entry: SSEBrokerEntry,
-    message: SSEMessage | undefined,
-  ): boolean {
-    if (!client.selects(entry.topic)) return false;
-    if (this.#filter === undefined) return true;
-    return this.#filtered(client, message!, entry.topic);
-  }
-
-  #sendFiltered(
-    client: Client<C>,
-    bytes: Uint8Array,
-    message: SSEMessage,
-    topic: string,
-  ): void {
-    if (this.#filtered(client, message, topic)) {
-      this.#send(client, bytes, message.id as string);
-    }
-  }
-
-  /**
-   * `filter`'s verdict: only `true` delivers. Anything else is a no (a
-   * Promise, from an async filter, included), reported once; a throw ends
-   * the client and is a no.
-   */
-  #filtered(client: Client<C>, message: SSEMessage, topic: string): boolean {
-    try {
-      const verdict: unknown = this.#filter!(client.context, message, topic);
-      if (verdict === true) return true;
-      if (verdict !== false && !this.#filterReported) {
-        this.#filterReported = true;
-        this.#report(
-          new TypeError(
-            `filter returned ${
-              describe(verdict)
-            }, not a boolean: only true delivers (a filter must be synchronous)`,
-          ),
-        );
-      }
-      return false;
-    } catch (error) {
-      this.#report(
-        new Error(`filter threw: ${errorMessage(error)}`, { cause: error }),
-      );
-      this.#end(client, "filter-error");
-      return false;
-    }
-  }
-
-  /**
-   * Writes a live entry's frame to a client in the fan-out. A client whose
-   * backlog would go above `maxQueue` falls behind instead: the frame is not
-   * written, and it is fed from the history from its position on. (A frame
-   * bigger than `maxQueue` still goes to a client with an empty backlog.)
-   */
-  #send(client: Client<C>, bytes: Uint8Array, id: string): void {
-    const backlog = client.backlogBytes;
-    if (
-      backlog > 0 && backlog + bytes.byteLength > this.#maxQueue &&
-      client.position !== undefined
-    ) {
-      this.#fallBehind(client);
-      return;
-    }
-    client.position = id;
-    this.#tally.delivered++;
-    this.#write(client, bytes);
-  }
-
-  /** Writes a frame; a client whose stream is then full is judged. */
-  #write(client: Client<C>, bytes: Uint8Array): void {
-    client.write(bytes);
-    if (client.full) this.#drain.watch(client);
-  }
-
-  /**
-   * Takes a client out of the fan-out, keeping its backlog and its
-   * position: once the backlog has drained, it catches up from the history
-   * (as a resume does), and rejoins where it meets the fan-out.
-   */
-  #fallBehind(client: Client<C>): void {
-    this.#tally.fellBehind++;
-    this.#leave(client);
-    client.resume = new Resume(this.#host, client, client.position!);
-    this.#resuming.add(client);
-  }
-
-  /** Writes `init`'s frames, then what waited meanwhile; then live. */
-  #open(client: Client<C>, frames: Uint8Array[]): void {
-    client.state = OPEN;
-    for (const frame of frames) client.enqueue(frame);
-    client.flush();
-    if (client.full) this.#drain.watch(client);
-  }
-
-  /** The stream took from its queue: refill it, or go on catching up. */
-  #pulled(client: Client<C>): void {
-    if (client.state !== OPEN) return;
-    client.flush();
-    if (client.backlogBytes === 0) client.resume?.pull();
-  }
-
-  /** Takes a client out of the shared fan-out. */
-  #leave(client: Client<C>): void {
-    const { topics } = client;
-    if (topics === null) {
-      this.#everyone.delete(client);
-    } else {
-      for (const topic of topics) {
-        const set = this.#byTopic.get(topic);
-        if (set !== undefined && set.delete(client) && set.size === 0) {
-          this.#byTopic.delete(topic);
-        }
-      }
-    }
-  }
-
-  /** Releases everything a client holds, then tells `onDisconnect`. */
-  #disconnect(client: Client<C>, reason: SSEDisconnectReason): void {
-    if (client.state === CLOSED) return;
-    client.state = CLOSED;
-    client.reason = reason;
-    this.#clients.delete(client);
-    this.#tally.left(client.topics, reason);
-    client.discard();
-    this.#drain.unwatch(client);
-    this.#leave(client);
-    if (client.resume !== undefined) {
-      client.resume.release();
-      client.resume = undefined;
-      this.#resuming.delete(client);
-    }
-    if (this.#clients.size === 0 && this.#timer !== undefined) {
-      clearInterval(this.#timer);
-      this.#timer = undefined;
-    }
-    const { onDisconnect } = this.#settings;
-    if (onDisconnect !== undefined) {
-      try {
-        onDisconnect(client.context, { reason });
-      } catch (error) {
-        this.#report(
-          new Error(`onDisconnect threw: ${errorMessage(error)}`, {
-            cause: error,
-          }),
-        );
-      }
-    }
-  }
-
-  #tick = (): void => {
-    for (const client of this.#clients) {
-      // A client with a backlog has something to read already.
-      if (client.state !== OPEN || client.backlogBytes > 0) continue;
-      if (client.wrote) {
-        client.wrote = false;
-      } else {
-        this.#write(client, KEEP_ALIVE_BYTES);
-      }
-    }
-  };
-}
-
-function byteLength(chunk: Uint8Array): number {
-  return chunk.byteLength;
 }

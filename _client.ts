@@ -1,7 +1,7 @@
 // Copyright the sse authors. MIT license.
 // One client of an SSEChannel: the underlying source of its response stream,
 // its backlog, and the little state the fan-out needs; and the judge of
-// whether clients drain. Private: used by _channel.ts and _resume.ts, never
+// whether clients drain. Private: used by _fanout.ts and _resume.ts, never
 // exported from mod.ts or deno.json.
 //
 // The response stream's own queue is kept small (its high-water mark is at

@@ -1,7 +1,8 @@
 // Copyright the sse authors. MIT license.
 // A channel's encoded frames: each entry encoded once (the `id:` line and the
 // frame) into one Uint8Array that every client is sent, live or replayed.
-// Private: used by _channel.ts, never exported from mod.ts or deno.json.
+// Private: used by _fanout.ts and _channel.ts, never exported from mod.ts or
+// deno.json.
 
 import { encodeSSE, type SSEMessage } from "./encoder.ts";
 import { describe } from "./_json.ts";

@@ -1,13 +1,19 @@
 // Copyright the sse authors. MIT license.
 // Who is connected to an SSEChannel, and what it has done: the per-topic
-// counts (kept as clients come and go, so a count is O(1)), and the counters
-// of the metrics snapshot. Private: SSEChannelClient and SSEChannelMetrics
+// counts (kept as clients come and go, so a count is O(1)), the counters of
+// the metrics snapshot, and the listing and picking of clients behind
+// `clients()` and `disconnect()`. Private: SSEChannelClient and SSEChannelMetrics
 // are exported from server.ts.
 //
 // Nothing here runs per message and per client except integer increments
 // on one object the channel holds (`delivered`, `bytesSent`).
 
+import { encodeSSE, type SSEMessage } from "./encoder.ts";
+import { describe } from "./_json.ts";
 import type { SSEDisconnectReason } from "./_channel_options.ts";
+import type { Client } from "./_client.ts";
+
+const encoder = new TextEncoder();
 
 /**
  * A client connected to an {@linkcode SSEChannel}, as `clients()` lists it
@@ -170,4 +176,78 @@ export class Tally {
       disconnects: { ...this.#disconnects },
     };
   }
+}
+
+/**
+ * The clients `clients(topic)` lists.
+ *
+ * @param clients The connected clients, in the order they connected.
+ * @param topic Only those that asked for it by name, when given.
+ * @returns Their frozen entries, in a new array.
+ */
+export function listClients<C>(
+  clients: Iterable<Client<C>>,
+  topic: string | undefined,
+): SSEChannelClient<C>[] {
+  const list: SSEChannelClient<C>[] = [];
+  for (const client of clients) {
+    if (topic === undefined || client.topics?.includes(topic)) {
+      list.push(client.info);
+    }
+  }
+  return list;
+}
+
+/**
+ * The clients `disconnect`'s predicate picks, asked about every one before
+ * any is ended.
+ *
+ * @param clients The connected clients.
+ * @param predicate `true` picks a client, `false` keeps it.
+ * @returns The clients picked.
+ * @throws {TypeError} When the predicate returns anything but a boolean;
+ * what it throws.
+ */
+export function pickClients<C>(
+  clients: Iterable<Client<C>>,
+  predicate: (client: SSEChannelClient<C>) => boolean,
+): Client<C>[] {
+  const picked: Client<C>[] = [];
+  for (const client of clients) {
+    const verdict: unknown = predicate(client.info);
+    if (verdict === true) picked.push(client);
+    else if (verdict !== false) {
+      throw new TypeError(
+        `Invalid predicate result: expected a boolean, got ${
+          describe(verdict)
+        } (the predicate must be synchronous): nobody was disconnected`,
+      );
+    }
+  }
+  return picked;
+}
+
+/**
+ * The frame of `disconnect`'s final message.
+ *
+ * @param message The message as given, if any.
+ * @returns Its frame, encoded once for every client it ends.
+ * @throws {TypeError} When it is not an object, has an `id`, or is refused
+ * by `encodeSSE` (and its `RangeError`).
+ */
+export function finalFrame(message: unknown): Uint8Array | undefined {
+  if (message === undefined) return undefined;
+  if (typeof message !== "object" || message === null) {
+    throw new TypeError(
+      `Invalid message: expected an SSE message object, got ${
+        describe(message)
+      }`,
+    );
+  }
+  if ((message as SSEMessage).id !== undefined) {
+    throw new TypeError(
+      "Invalid message: a disconnect message carries no id (it would become the client's Last-Event-ID): remove the id field",
+    );
+  }
+  return encoder.encode(encodeSSE(message as SSEMessage));
 }

@@ -1,7 +1,7 @@
 // Copyright the sse authors. MIT license.
 // A resuming client's catch-up: the entries it missed, paged from the
 // broker's history as it reads, until its position meets the channel's shared
-// live subscription, which then takes over. Private: used by _channel.ts,
+// live subscription, which then takes over. Private: used by _fanout.ts,
 // never exported from mod.ts or deno.json.
 //
 // Ids can be matched, not compared, so where the client stands relative to

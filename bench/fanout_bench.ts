@@ -3,13 +3,16 @@
 //
 //   deno run -A bench/fanout_bench.ts [--n 100,1000,10000] [--events 10] [--rate 2]
 //     [--reps 3] [--quick] [--only channel,hand,better] [--verbose]
+//     [--baseline /path/to/other/checkout/server.ts]
 //
 // Compares, in one run, on this machine:
 //   - SSEChannel from server.ts (bench/fanout/channel_server.ts);
 //   - the floor for Deno: a hand-written loop on `Deno.serve` that enqueues one
 //     encoded buffer to a Set of stream controllers (handwritten_server.ts);
 //   - better-sse 0.16.1 on Node's `http` (better_sse_server.mjs), installed on
-//     first use with `npm install --prefix .cache/bench better-sse@0.16.1`.
+//     first use with `npm install --prefix .cache/bench better-sse@0.16.1`;
+//   - with `--baseline`, SSEChannel from another copy of the library too
+//     ("SSEChannel (baseline)"), to compare two versions in one run.
 //
 // Each server runs in its own process; the N clients run in another
 // (bench/fanout/clients.ts: raw TCP, HTTP/1.1 chunked decoding, minimal SSE).
@@ -40,6 +43,8 @@ interface Options {
   only: string[] | undefined;
   /** Print each run's slowest delivery per event. */
   verbose: boolean;
+  /** Another copy's server.ts, measured as "SSEChannel (baseline)". */
+  baseline: string | undefined;
 }
 
 interface ServerSpec {
@@ -93,6 +98,7 @@ function parseOptions(args: string[]): Options {
     batch: 250,
     only: undefined,
     verbose: false,
+    baseline: undefined,
   };
   for (let i = 0; i < args.length; i++) {
     const name = args[i];
@@ -137,6 +143,10 @@ function parseOptions(args: string[]): Options {
         break;
       case "--verbose":
         options.verbose = true;
+        break;
+      case "--baseline":
+        options.baseline = value;
+        i++;
         break;
       default:
         throw new TypeError(`Unknown argument: ${name}`);
@@ -361,12 +371,17 @@ async function run(options: Options): Promise<void> {
     deno,
     "run",
     "--allow-net=127.0.0.1",
+    "--allow-read",
     "--v8-flags=--expose-gc",
     new URL(file, FANOUT).pathname,
   ];
   const specs: ServerSpec[] = [];
-  if (await exists(new URL("channel_server.ts", FANOUT))) {
-    specs.push({ name: "SSEChannel", argv: denoServer("channel_server.ts") });
+  specs.push({ name: "SSEChannel", argv: denoServer("channel_server.ts") });
+  if (options.baseline !== undefined) {
+    specs.push({
+      name: "SSEChannel (baseline)",
+      argv: [...denoServer("channel_server.ts"), "--module", options.baseline],
+    });
   }
   specs.push({
     name: "hand-written loop",

@@ -1,0 +1,561 @@
+// Copyright the sse authors. MIT license.
+// The clients of an SSEChannel and how an entry reaches them: the fan-out
+// (the hot path), catch-ups from history, slow clients, keep-alive, and how
+// a client ends. Private: used by _channel.ts, never exported from mod.ts or
+// deno.json.
+//
+// How an entry reaches a client (the hot path):
+// - The channel holds ONE live broker subscription for all its clients. Each
+//   entry from it is encoded once (the `id:` line plus the frame) into one
+//   Uint8Array, and that same Uint8Array is enqueued to every matching
+//   client: `#everyone` (clients without topics) plus the clients in
+//   `#byTopic.get(entry.topic)`. Nothing is allocated per client per entry.
+//   Deno.serve copies chunks out without detaching them (tested).
+// - A client that resumes (`Last-Event-ID`) is sent what it missed from the
+//   broker's `history`, a page at a time as it reads, until its position
+//   meets the shared subscription's, which then takes over (see
+//   _resume.ts): no gap, no duplicate, whatever the timing.
+// - Until `init` has written its messages, entries for a client wait in its
+//   backlog (after the retry hint), then follow `init`'s in order.
+//
+// Clients that fall behind: what the runtime has not taken yet waits in the
+// client's backlog (shared frames: a reference each), up to `maxQueue`
+// bytes. A client whose backlog would go above that falls behind: it leaves
+// the fan-out, keeps its backlog and its position (the id of the last entry
+// it was written), and once the backlog has drained it is fed from the
+// broker's history as it reads, through the same catch-up as a resume
+// (_resume.ts), which hands it back to the fan-out where they meet. So a
+// burst of any size costs each client at most `maxQueue`, and every client
+// that reads gets all of it as long as the history still holds it.
+//
+// Slow clients: a client is judged on whether it takes what it is sent,
+// never on how much waits (DrainJudge in _client.ts): one whose stream is
+// full and takes nothing for `drainTimeout` is dropped. Its backlog is
+// forgotten and its stream closed; if the runtime has still not taken what
+// the stream held after another `drainTimeout`, the stream is errored, so
+// that the runtime closes a connection whose peer never reads.
+
+import type { SSEMessage } from "./encoder.ts";
+import { describe } from "./_json.ts";
+import { startInterval, type Timer } from "./_timer.ts";
+import { cutReason, KEEP_ALIVE_FRAME, OPENING_FRAME } from "./_http.ts";
+import { errorMessage, isBrokerId, type SSEBrokerEntry } from "./_broker.ts";
+import type {
+  ChannelSettings,
+  SSEDisconnectReason,
+} from "./_channel_options.ts";
+import {
+  Client,
+  type ClientEvents,
+  CLOSED,
+  CONNECTING,
+  DrainJudge,
+  OPEN,
+  STREAM_QUEUE,
+} from "./_client.ts";
+import { Frames } from "./_frames.ts";
+import { type SSEChannelClient, Tally } from "./_presence.ts";
+import { IdWindow, PAGE, RECENT, Resume, type ResumeHost } from "./_resume.ts";
+
+const encoder = new TextEncoder();
+const KEEP_ALIVE_BYTES = encoder.encode(KEEP_ALIVE_FRAME);
+const OPENING_BYTES = encoder.encode(OPENING_FRAME);
+
+/**
+ * A channel's clients, from `connect` accepting one to its end, and the
+ * delivery of the shared subscription's entries to them.
+ */
+export class Fanout<C> {
+  /** Every client that has a stream, in any state but closed. */
+  readonly clients: Set<Client<C>> = new Set();
+  /** The counts behind presence and metrics. */
+  readonly tally: Tally = new Tally();
+  /** The channel's frames, encoded once for every client. */
+  readonly frames: Frames;
+  #settings: ChannelSettings<C>;
+  #filter: ChannelSettings<C>["filter"];
+  #report: (error: Error) => void;
+  #maxQueue: number;
+  #streamQueue: number;
+  #strategy: QueuingStrategy<Uint8Array>;
+  /** A filter result that is not a boolean was reported already. */
+  #filterReported = false;
+  /** Open clients without topics. */
+  #everyone = new Set<Client<C>>();
+  /** Open clients by topic. */
+  #byTopic = new Map<string, Set<Client<C>>>();
+  /** Open clients catching up from history. */
+  #resuming = new Set<Client<C>>();
+  /** The ids the shared subscription delivered last. */
+  #sharedIds = new IdWindow(RECENT);
+  /** An entry is being fanned out; those that arrive meanwhile wait. */
+  #delivering = false;
+  #waiting: SSEBrokerEntry[] = [];
+  /** The keep-alive tick. */
+  #timer: Timer | undefined;
+  #drain: DrainJudge<C>;
+  #closed = false;
+  #events: ClientEvents<C> = {
+    pull: (client) => this.#pulled(client),
+    cancel: (client) => this.release(client, "client-closed"),
+  };
+  #host: ResumeHost<C>;
+
+  /** @param settings The channel's settings. */
+  constructor(settings: ChannelSettings<C>) {
+    this.#settings = settings;
+    this.#filter = settings.filter;
+    this.#report = settings.report;
+    this.#maxQueue = settings.maxQueue;
+    this.#streamQueue = Math.min(settings.maxQueue, STREAM_QUEUE);
+    this.#strategy = { highWaterMark: this.#streamQueue, size: byteLength };
+    this.frames = new Frames(settings.name, settings.replay, settings.report);
+    this.#host = {
+      shared: this.#sharedIds,
+      maxQueue: settings.maxQueue,
+      history: (after) =>
+        settings.broker.history(settings.name, { after, limit: PAGE }),
+      frame: (client, entry) => this.#frameOf(client, entry),
+      write: (client, frames, first, last) =>
+        this.#writeRun(client, frames, first, last),
+      send: (client, bytes) => {
+        this.tally.delivered++;
+        this.#write(client, bytes);
+      },
+      handOver: (client) => this.#handOver(client),
+      end: (client, error) => this.#endResume(client, error),
+    };
+    const cut = cutReason(
+      `SSEChannel: cut a connection whose client has not read the end of its stream within ${settings.drainTimeout} ms`,
+    );
+    this.#drain = new DrainJudge(
+      settings.drainTimeout,
+      (client) => this.end(client, "slow"),
+      (controller) => {
+        try {
+          controller.error(cut);
+        } catch {
+          // The stream is gone already.
+        }
+      },
+    );
+  }
+
+  /**
+   * A new client and its response stream (with the retry hint first, if
+   * any), counted as connected from now on.
+   */
+  accept(
+    info: SSEChannelClient<C>,
+  ): { client: Client<C>; stream: ReadableStream<Uint8Array> } {
+    const tally = this.tally;
+    const client = new Client<C>(info, this.#streamQueue, this.#events, tally);
+    const stream = new ReadableStream<Uint8Array>(client, this.#strategy);
+    const { retryBytes, keepAlive } = this.#settings;
+    if (retryBytes !== undefined) client.enqueue(retryBytes);
+    this.clients.add(client);
+    tally.joined(info.topics);
+    if (this.#timer === undefined && keepAlive > 0) {
+      // One timer for the whole channel: a tick every keepAlive / 2 writes a
+      // comment to each client that wrote nothing since the previous tick, so
+      // an idle client gets one every keepAlive ms (never later), and 10 000
+      // clients cost one timer, not 10 000.
+      this.#timer = startInterval(this.#tick, keepAlive / 2);
+    }
+    return { client, stream };
+  }
+
+  /** Puts an open or held client into the shared fan-out. */
+  join(client: Client<C>): void {
+    const { topics } = client;
+    if (topics === null) {
+      this.#everyone.add(client);
+      return;
+    }
+    for (const topic of topics) {
+      let set = this.#byTopic.get(topic);
+      if (set === undefined) this.#byTopic.set(topic, set = new Set());
+      set.add(client);
+    }
+  }
+
+  /**
+   * The catch-up of a client that sent a `Last-Event-ID`, with the first
+   * page of what it missed; `undefined` when the id is not a resume point of
+   * the channel's stream (the client is then sent live entries only, and
+   * `init` is told `resumed: false`).
+   */
+  async resume(
+    client: Client<C>,
+    lastEventId: string,
+  ): Promise<Resume<C> | undefined> {
+    // Not a broker id at all: no need to ask.
+    if (!isBrokerId(lastEventId)) return undefined;
+    const count = this.#sharedIds.count;
+    let page: SSEBrokerEntry[] | null;
+    try {
+      page = await this.#host.history(lastEventId);
+    } catch (error) {
+      // The broker is down or frozen (and timed out): the client is
+      // answered anyway, as one that cannot resume, and gets a snapshot.
+      if (!this.#closed) {
+        this.#report(
+          new Error(
+            `Answered a resuming client with resumed: false: the broker's history failed: ${
+              errorMessage(error)
+            }`,
+            { cause: error },
+          ),
+        );
+      }
+      return undefined;
+    }
+    if (page === null || client.state !== CONNECTING) return undefined;
+    return new Resume(this.#host, client, lastEventId, page, count);
+  }
+
+  /** Writes `init`'s frames, then what waited meanwhile; then live. */
+  open(client: Client<C>, frames: Uint8Array[]): void {
+    client.state = OPEN;
+    for (const frame of frames) client.enqueue(frame);
+    client.flush();
+    if (client.full) this.#drain.watch(client);
+  }
+
+  /**
+   * After `open`: starts the catch-up of a resuming client, or of one that
+   * fell behind during `init`; a stream with nothing sent yet gets its
+   * opening comment.
+   */
+  started(client: Client<C>, resume: Resume<C> | undefined): void {
+    if (resume !== undefined) {
+      client.resume = resume;
+      this.#resuming.add(client);
+      resume.start();
+    } else if (client.resume !== undefined && client.backlogBytes === 0) {
+      // It fell behind during init, and its backlog is in its stream.
+      client.resume.pull();
+    }
+    // Nothing went first (no retry, no init message, nothing replayed or
+    // published meanwhile): a first byte, so that the head leaves at once.
+    if (client.silent) client.enqueue(OPENING_BYTES);
+  }
+
+  /**
+   * Fan-out of the entries from the shared subscription, one at a time: an
+   * entry that arrives while another is being fanned out (a hook published,
+   * and the broker delivered at once) waits until that one has reached every
+   * client, so that every client sees the entries in order.
+   */
+  deliver(entry: SSEBrokerEntry): void {
+    if (this.#delivering) {
+      this.#waiting.push(entry);
+      return;
+    }
+    this.#delivering = true;
+    try {
+      this.#fanOut(entry);
+      const waiting = this.#waiting;
+      for (let i = 0; i < waiting.length; i++) this.#fanOut(waiting[i]!);
+    } finally {
+      this.#waiting = [];
+      this.#delivering = false;
+    }
+  }
+
+  /**
+   * Ends every client (`"channel-closed"`), and cuts the streams ended
+   * before that are still in their grace.
+   */
+  close(): void {
+    this.#closed = true;
+    for (const client of this.clients) this.end(client, "channel-closed");
+    this.#drain.close();
+  }
+
+  /**
+   * Ends a client's stream and releases it. A slow client's backlog is
+   * forgotten; any other gets what it was sent first, then `last` if given.
+   * Unless the channel is closing, a stream that the runtime has not taken
+   * to its end after another `drainTimeout` is then cut (see DrainJudge).
+   */
+  end(
+    client: Client<C>,
+    reason: SSEDisconnectReason,
+    last?: Uint8Array,
+  ): void {
+    if (client.state === CLOSED) return;
+    // A client still in onConnect's wake (the broker, init) is answered by
+    // its connect: with its ended stream when `disconnect` ended it (see
+    // SSEChannel's #endedAnswer), else 503.
+    const ended = client.state === OPEN || reason === "disconnected";
+    try {
+      if (reason === "slow") client.discard();
+      else if (client.state === OPEN) client.flushAll();
+      if (ended) {
+        if (last !== undefined) client.enqueue(last);
+        client.controller.close();
+      }
+    } catch {
+      // The runtime closed the stream already: the client is gone.
+    }
+    this.release(client, reason);
+    if (ended && reason !== "channel-closed") {
+      this.#drain.closed(client.controller);
+    }
+  }
+
+  /** Releases everything a client holds, then tells `onDisconnect`. */
+  release(client: Client<C>, reason: SSEDisconnectReason): void {
+    if (client.state === CLOSED) return;
+    client.state = CLOSED;
+    client.reason = reason;
+    this.clients.delete(client);
+    this.tally.left(client.topics, reason);
+    client.discard();
+    this.#drain.unwatch(client);
+    this.#leave(client);
+    if (client.resume !== undefined) {
+      client.resume.release();
+      client.resume = undefined;
+      this.#resuming.delete(client);
+    }
+    if (this.clients.size === 0 && this.#timer !== undefined) {
+      clearInterval(this.#timer);
+      this.#timer = undefined;
+    }
+    const { onDisconnect } = this.#settings;
+    if (onDisconnect !== undefined) {
+      try {
+        onDisconnect(client.context, { reason });
+      } catch (error) {
+        this.#report(
+          new Error(`onDisconnect threw: ${errorMessage(error)}`, {
+            cause: error,
+          }),
+        );
+      }
+    }
+  }
+
+  /** Fan-out of one entry from the shared subscription. */
+  #fanOut(entry: SSEBrokerEntry): void {
+    this.tally.received++;
+    const bytes = this.frames.live(entry);
+    let message: SSEMessage | undefined;
+    if (bytes !== undefined) {
+      const topicSet = this.#byTopic.get(entry.topic);
+      const { id } = entry;
+      if (this.#filter === undefined) {
+        for (const client of this.#everyone) this.#send(client, bytes, id);
+        if (topicSet !== undefined) {
+          for (const client of topicSet) this.#send(client, bytes, id);
+        }
+      } else {
+        message = { ...entry.message, id };
+        for (const client of this.#everyone) {
+          this.#sendFiltered(client, bytes, message, entry.topic);
+        }
+        if (topicSet !== undefined) {
+          for (const client of topicSet) {
+            this.#sendFiltered(client, bytes, message, entry.topic);
+          }
+        }
+      }
+    }
+    const { id } = entry;
+    this.#sharedIds.add(id);
+    if (this.#resuming.size === 0) return;
+    // After the fan-out: a client that joins here gets the next entry.
+    for (const client of this.#resuming) {
+      const resume = client.resume!;
+      if (!resume.merging) {
+        resume.shared(id);
+      } else if (bytes !== undefined && this.#wants(client, entry, message)) {
+        resume.collect(bytes, id);
+      }
+    }
+  }
+
+  /** The client leaves its catch-up for the shared fan-out. */
+  #handOver(client: Client<C>): void {
+    const resume = client.resume!;
+    client.position = resume.position;
+    resume.release();
+    client.resume = undefined;
+    this.#resuming.delete(client);
+    this.join(client);
+  }
+
+  /**
+   * Ends a catch-up that cannot go on: `history` lost the client's position
+   * or failed. Its stream is closed after what it was sent, so the client
+   * reconnects from its last id.
+   */
+  #endResume(client: Client<C>, error: unknown): void {
+    if (error !== undefined) {
+      this.#report(
+        new Error(
+          `Ended a resuming client: the broker's history failed: ${
+            errorMessage(error)
+          }`,
+          { cause: error },
+        ),
+      );
+    }
+    this.end(client, error === undefined ? "replay-lost" : "broker-error");
+  }
+
+  /** A client's frame of an entry from history, if it selects it. */
+  #frameOf(client: Client<C>, entry: SSEBrokerEntry): Uint8Array | undefined {
+    if (!client.selects(entry.topic)) return undefined;
+    const bytes = this.frames.replayed(entry);
+    if (bytes === null) return undefined;
+    if (this.#filter === undefined) return bytes;
+    const message = { ...entry.message, id: entry.id };
+    return this.#filtered(client, message, entry.topic) ? bytes : undefined;
+  }
+
+  /**
+   * Writes replayed frames as one chunk. A client that gets every entry
+   * (no topics, no filter) gets the same chunk as every such client that
+   * resumes from the same place.
+   */
+  #writeRun(
+    client: Client<C>,
+    frames: Uint8Array[],
+    first: string,
+    last: string,
+  ): void {
+    const shared = client.topics === null && this.#filter === undefined;
+    this.tally.delivered += frames.length;
+    this.#write(client, this.frames.run(frames, first, last, shared));
+  }
+
+  /** Whether a client selects an entry (its topics, then `filter`). */
+  #wants(
+    client: Client<C>,
+    entry: SSEBrokerEntry,
+    message: SSEMessage | undefined,
+  ): boolean {
+    if (!client.selects(entry.topic)) return false;
+    if (this.#filter === undefined) return true;
+    return this.#filtered(client, message!, entry.topic);
+  }
+
+  #sendFiltered(
+    client: Client<C>,
+    bytes: Uint8Array,
+    message: SSEMessage,
+    topic: string,
+  ): void {
+    if (this.#filtered(client, message, topic)) {
+      this.#send(client, bytes, message.id as string);
+    }
+  }
+
+  /**
+   * `filter`'s verdict: only `true` delivers. Anything else is a no (a
+   * Promise, from an async filter, included), reported once; a throw ends
+   * the client and is a no.
+   */
+  #filtered(client: Client<C>, message: SSEMessage, topic: string): boolean {
+    try {
+      const verdict: unknown = this.#filter!(client.context, message, topic);
+      if (verdict === true) return true;
+      if (verdict !== false && !this.#filterReported) {
+        this.#filterReported = true;
+        this.#report(
+          new TypeError(
+            `filter returned ${
+              describe(verdict)
+            }, not a boolean: only true delivers (a filter must be synchronous)`,
+          ),
+        );
+      }
+      return false;
+    } catch (error) {
+      this.#report(
+        new Error(`filter threw: ${errorMessage(error)}`, { cause: error }),
+      );
+      this.end(client, "filter-error");
+      return false;
+    }
+  }
+
+  /**
+   * Writes a live entry's frame to a client in the fan-out. A client whose
+   * backlog would go above `maxQueue` falls behind instead: the frame is not
+   * written, and it is fed from the history from its position on. (A frame
+   * bigger than `maxQueue` still goes to a client with an empty backlog.)
+   */
+  #send(client: Client<C>, bytes: Uint8Array, id: string): void {
+    const backlog = client.backlogBytes;
+    if (
+      backlog > 0 && backlog + bytes.byteLength > this.#maxQueue &&
+      client.position !== undefined
+    ) {
+      this.#fallBehind(client);
+      return;
+    }
+    client.position = id;
+    this.tally.delivered++;
+    this.#write(client, bytes);
+  }
+
+  /** Writes a frame; a client whose stream is then full is judged. */
+  #write(client: Client<C>, bytes: Uint8Array): void {
+    client.write(bytes);
+    if (client.full) this.#drain.watch(client);
+  }
+
+  /**
+   * Takes a client out of the fan-out, keeping its backlog and its
+   * position: once the backlog has drained, it catches up from the history
+   * (as a resume does), and rejoins where it meets the fan-out.
+   */
+  #fallBehind(client: Client<C>): void {
+    this.tally.fellBehind++;
+    this.#leave(client);
+    client.resume = new Resume(this.#host, client, client.position!);
+    this.#resuming.add(client);
+  }
+
+  /** The stream took from its queue: refill it, or go on catching up. */
+  #pulled(client: Client<C>): void {
+    if (client.state !== OPEN) return;
+    client.flush();
+    if (client.backlogBytes === 0) client.resume?.pull();
+  }
+
+  /** Takes a client out of the shared fan-out. */
+  #leave(client: Client<C>): void {
+    const { topics } = client;
+    if (topics === null) {
+      this.#everyone.delete(client);
+    } else {
+      for (const topic of topics) {
+        const set = this.#byTopic.get(topic);
+        if (set !== undefined && set.delete(client) && set.size === 0) {
+          this.#byTopic.delete(topic);
+        }
+      }
+    }
+  }
+
+  #tick = (): void => {
+    for (const client of this.clients) {
+      // A client with a backlog has something to read already.
+      if (client.state !== OPEN || client.backlogBytes > 0) continue;
+      if (client.wrote) {
+        client.wrote = false;
+      } else {
+        this.#write(client, KEEP_ALIVE_BYTES);
+      }
+    }
+  };
+}
+
+function byteLength(chunk: Uint8Array): number {
+  return chunk.byteLength;
+}
