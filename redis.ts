@@ -185,6 +185,31 @@ const REPORTED_MAX = 1_000;
 const WAKE_TTL_MS = 3_600_000;
 
 /**
+ * `publish`, run by Redis as one step: `XADD … MAXLEN ~ replay *`, except
+ * when the stream's key does not exist. Redis numbers a new stream from its
+ * clock (`<ms>-0`), so a stream whose key was deleted (an operator's `DEL`,
+ * an eviction under `maxmemory`, `FLUSHALL`) and that starts again within
+ * the millisecond of its last entry would issue that entry's id again, or an
+ * id below what a reader has read, which the reader would then skip. A key
+ * that is gone starts instead at the millisecond after both the clock and
+ * the newest id this broker was given (`ARGV[4]`, which covers a stream lost
+ * twice within one millisecond, as evictions under load can): after every
+ * id the stream issued before, as long as the Redis server's clock does not
+ * go back. `KEYS[1]` is the stream; `ARGV` are replay, topic, message and
+ * that floor (a number of milliseconds).
+ */
+const APPEND = `
+local id = '*'
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  local now = redis.call('TIME')
+  local ms = math.max(now[1] * 1000 + math.floor(now[2] / 1000), tonumber(ARGV[4]))
+  id = string.format('%.0f', ms + 1) .. '-0'
+end
+return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id,
+  'topic', ARGV[2], 'message', ARGV[3])
+`;
+
+/**
  * An {@linkcode SSEBroker} on Redis Streams: events published on any
  * instance reach the clients of every instance, with ids ordered across all
  * of them, and a client resumes on any instance with `Last-Event-ID`.
@@ -227,6 +252,8 @@ export class RedisBroker implements SSEBroker {
   /** `key + " " + id` of the skipped entries already reported. */
   #reported = new Set<string>();
   #streams = new Map<string, Stream>();
+  /** The time part (ms) of the newest id `publish` was given: see APPEND. */
+  #newest = 0;
   /** Named at first use: Workers refuse random values in global scope. */
   #wakeKey = "";
   #wakeCursor = "0-0";
@@ -314,19 +341,25 @@ export class RedisBroker implements SSEBroker {
 
     try {
       const writer = await this.#open();
+      const key = this.#prefix + name;
+      // EVAL with the text each time, not EVALSHA: Redis may not have the
+      // script (a restart, SCRIPT FLUSH), and retrying with the text after
+      // a NOSCRIPT reply would let a later publish in flight pass this one.
       const id = await this.#link.send(writer, [
-        "XADD",
-        this.#prefix + name,
-        "MAXLEN",
-        "~",
+        "EVAL",
+        APPEND,
+        "1",
+        key,
         String(replay),
-        "*",
-        "topic",
         topic,
-        "message",
         json,
-      ]);
-      return eventId(id as string, streamTag(this.#prefix + name));
+        String(this.#newest),
+      ]) as string;
+      const ms = Number(id.slice(0, id.indexOf("-")));
+      if (ms > this.#newest && ms <= Number.MAX_SAFE_INTEGER) {
+        this.#newest = ms;
+      }
+      return eventId(id, streamTag(key));
     } catch (error) {
       if (this.#closed) {
         throw new TypeError("Cannot publish: broker is closed");

@@ -61,6 +61,15 @@ export interface BrokerContractOptions {
    * lose state (its test is then skipped).
    */
   restart?(fixture: BrokerFixture): Promise<SSEBroker>;
+  /**
+   * Makes the backend drop everything it keeps of stream `name` while the
+   * brokers run and subscribe to it, as its own expiry or eviction would (a
+   * Redis key deleted or evicted, Deno KV keys that expired, an in-memory
+   * history that expired), and resolves once it is gone. The stream then
+   * starts again with the next publish. Absent when nothing can drop a
+   * stream (its test is then skipped).
+   */
+  expire?(fixture: BrokerFixture, name: string): Promise<void>;
   /** Skip every test (the message says why). */
   ignore?: boolean;
 }
@@ -371,6 +380,55 @@ export function testBrokerContract(options: BrokerContractOptions): void {
       }
     },
     options.restart === undefined,
+  );
+
+  test(
+    "delivers every entry of a stream dropped and started again while subscribed, and never reuses an id",
+    async (fixture) => {
+      const { broker, peer } = fixture;
+      const received = new Collector();
+      const subscription = await broker.subscribe("s", received.onEntry);
+      const ids: string[] = [];
+      // Several rounds: a backend that numbers a new stream from its clock
+      // is caught when the drop and the next publish share a tick.
+      for (let round = 0; round < 5; round++) {
+        const before = await publishAll(peer, "s", [
+          `${round} a`,
+          `${round} b`,
+        ]);
+        ids.push(...before);
+        await received.untilId(before.at(-1)!);
+        await options.expire!(fixture, "s");
+        // Published at once, as a burst is: one commit, one tick.
+        const burst = await Promise.all(
+          range(4).map((i) =>
+            peer.publish("s", message(`${round} ${i}`), KEEP)
+          ),
+        );
+        ids.push(...burst);
+        await received.untilId(burst.at(-1)!);
+        // What came before the drop is gone: not a resume point, or one
+        // after which exactly the new entries follow.
+        for (const id of before) {
+          const page = await broker.history("s", { after: id, limit: 100 });
+          if (page !== null) {
+            assert.deepEqual(
+              page.map((entry) => entry.id),
+              ids.slice(ids.indexOf(id) + 1),
+              `round ${round}: history after ${id}`,
+            );
+          }
+        }
+        assert.deepEqual(
+          (await readAll(broker, "s", burst[0]!, 2))?.map((entry) => entry.id),
+          burst.slice(1),
+        );
+      }
+      assert.equal(new Set(ids).size, ids.length, "an id was issued twice");
+      assert.deepEqual(received.ids, ids);
+      subscription.unsubscribe();
+    },
+    options.expire === undefined,
   );
 
   test("shows an entry under the same id to every subscription and to history", async ({ broker, peer }) => {

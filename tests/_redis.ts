@@ -45,6 +45,11 @@ export interface RedisServerOptions {
    * @default {false}
    */
   persistent?: boolean;
+  /**
+   * More `redis-server` arguments, such as `["--maxmemory", "4mb"]`.
+   * @default {[]}
+   */
+  args?: string[];
 }
 
 /** A running `redis-server` owned by a test. */
@@ -140,6 +145,7 @@ async function spawnRedis(
   } else {
     args.push("--appendonly", "no");
   }
+  args.push(...options.args ?? []);
   const child = new Deno.Command("redis-server", {
     args,
     stdin: "null",

@@ -1,12 +1,14 @@
 // Copyright the sse authors. MIT license.
 // RedisBroker under the faults real deployments meet, each against a real
 // redis-server: a Redis that stops answering (SIGSTOP, connections still
-// open), a Redis that restarts.
+// open), a Redis that restarts, a Redis that evicts keys under maxmemory.
 import assert from "node:assert/strict";
 import { RedisBroker, type SSEBrokerEntry, type SSEMessage } from "../redis.ts";
 import { Collector } from "./_broker_contract.ts";
+import { createClient } from "@redis/client";
 import {
   publishWhenUp,
+  rawClient,
   type RedisServer,
   type RedisServerOptions,
   redisTest,
@@ -16,6 +18,7 @@ import {
 
 /** The bound the tests give every Redis command, in ms. */
 const TIMEOUT = 500;
+const KEEP = { replay: 100 };
 /** What a bounded wait may take beyond its bound on a loaded machine. */
 const SLACK = 1_000;
 
@@ -292,6 +295,76 @@ redisTest(
       for (let tick = 0; tick < ticks; tick++) await sleep(0);
       const closing = await timed(broker.close());
       assert.ok(closing.ms < 500, `closed after ${closing.ms} ms`);
+    }
+  },
+);
+
+redisTest(
+  "RedisBroker never reuses an id and delivers every entry when maxmemory evicts the stream under load",
+  async () => {
+    await using redis = await startRedis({
+      args: ["--maxmemory", "4mb", "--maxmemory-policy", "allkeys-lru"],
+    });
+    const raw = await rawClient(redis.url);
+    // Counts the evictions of the stream's key as they happen.
+    await raw.send(["CONFIG", "SET", "notify-keyspace-events", "Ke"]);
+    const listener = createClient({ url: redis.url, RESP: 2 });
+    await listener.connect();
+    let evictions = 0;
+    await listener.subscribe("__keyspace@0__:sse:s", () => evictions++);
+    const broker = new RedisBroker({ url: redis.url, onError: () => {} });
+    const received = new Collector();
+    const subscription = await broker.subscribe("s", received.onEntry);
+    // The application's other keys keep memory at the limit.
+    let filling = true;
+    const filler = (async () => {
+      for (let i = 0; filling; i++) {
+        await raw.send(["SET", `cache:${i}`, "x".repeat(20_000)]).catch(
+          () => {},
+        );
+      }
+    })();
+    const ids: string[] = [];
+    try {
+      const data = "x".repeat(1_000);
+      const deadline = performance.now() + 10_000;
+      while (evictions < 3 && performance.now() < deadline) {
+        // Bursts of publishes in flight together, as a busy app has.
+        const burst = await Promise.allSettled(
+          Array.from(
+            { length: 8 },
+            () => broker.publish("s", message(data), { replay: 1_000 }),
+          ),
+        );
+        for (const outcome of burst) {
+          if (outcome.status === "fulfilled") ids.push(outcome.value);
+        }
+      }
+      filling = false;
+      await filler;
+      assert.ok(evictions >= 3, `the stream was evicted ${evictions} times`);
+      assert.equal(ids.length - new Set(ids).size, 0, "ids issued twice");
+      // Once memory is free again, the next entry arrives as usual.
+      await raw.send(["FLUSHDB"]);
+      ids.push(await broker.publish("s", message("last"), KEEP));
+      await received.untilId(ids.at(-1)!);
+      // In order, each once. Entries are missing only where Redis threw them
+      // away before the reader got to them: right before the stream started
+      // again (its first entry, `<ms>-0`, is what follows a missing run).
+      let at = -1;
+      for (const id of received.ids) {
+        const next = ids.indexOf(id, at + 1);
+        assert.ok(next > at, `${id} out of order or twice`);
+        if (next > at + 1) assert.match(id, /^\d+-0\./, `lost before ${id}`);
+        at = next;
+      }
+    } finally {
+      filling = false;
+      await filler;
+      subscription.unsubscribe();
+      await broker.close();
+      await listener.close();
+      await raw.close();
     }
   },
 );

@@ -17,6 +17,7 @@ import { EventReader, type Instance, startInstance } from "./_instance.ts";
 import { streamTag } from "../_redis_entry.ts";
 import {
   publishWhenUp,
+  type RawClient,
   rawClient,
   REDIS_SKIP,
   type RedisServer,
@@ -27,6 +28,8 @@ import {
 
 /** The Redis server behind each contract fixture. */
 const servers = new WeakMap<BrokerFixture, RedisServer>();
+/** A raw connection to it, opened by the first `expire`. */
+const raws = new WeakMap<BrokerFixture, RawClient>();
 
 testBrokerContract({
   name: "RedisBroker",
@@ -45,7 +48,11 @@ testBrokerContract({
       peer,
       errors,
       async close() {
-        await Promise.all([broker.close(), peer.close()]);
+        await Promise.all([
+          broker.close(),
+          peer.close(),
+          raws.get(fixture)?.close(),
+        ]);
         await redis.close();
       },
     };
@@ -59,6 +66,16 @@ testBrokerContract({
     } finally {
       await raw.close();
     }
+  },
+  async expire(fixture, name) {
+    // As an operator's DEL, an eviction under maxmemory or FLUSHALL would:
+    // on a connection kept open, so that it lands within a millisecond.
+    let raw = raws.get(fixture);
+    if (raw === undefined) {
+      raw = await rawClient(servers.get(fixture)!.url);
+      raws.set(fixture, raw);
+    }
+    await raw.send(["DEL", `sse:${name}`]);
   },
   async restart(fixture) {
     // Without persistence: the new Redis starts empty.
