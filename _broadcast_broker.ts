@@ -12,6 +12,7 @@ import {
   checkHistory,
   checkPublish,
   checkSubscribe,
+  checkWellFormed,
   entryProblem,
   errorReporter,
   historyBytes,
@@ -144,8 +145,8 @@ export class BroadcastChannelBroker implements SSEBroker {
    *
    * @param options The `BroadcastChannel` name `prefix`,
    * `maxHistoryBytes` and `onError`.
-   * @throws {TypeError} When `prefix` is not a string, `maxHistoryBytes` not
-   * a number or `onError` not a function.
+   * @throws {TypeError} When `prefix` is not a string (or not well-formed
+   * Unicode), `maxHistoryBytes` not a number or `onError` not a function.
    * @throws {RangeError} When `maxHistoryBytes` is negative.
    */
   constructor(options: BroadcastChannelBrokerOptions = {}) {
@@ -155,6 +156,7 @@ export class BroadcastChannelBroker implements SSEBroker {
         `Invalid prefix: expected a string, got ${typeof prefix}`,
       );
     }
+    checkWellFormed(prefix, "prefix");
     this.#prefix = prefix;
     this.#report = errorReporter("BroadcastChannelBroker", options.onError);
     this.#maxBytes = historyBytes(options.maxHistoryBytes);

@@ -642,13 +642,14 @@ export function settle<T>(
  * must, with the errors the contract names. Internal: shared by the brokers,
  * not exported from `server.ts`.
  *
- * @param name The stream name: a string.
+ * @param name The stream name: a string of well-formed Unicode.
  * @param entry The topic (a string) and the message (an object whose `data`,
  * if any, is a string).
  * @param options `replay`: a non-negative safe integer.
  * @returns The topic, the message without its `id` (the object given when it
  * has none), and `replay`.
- * @throws {TypeError} For a name, topic or message of the wrong type.
+ * @throws {TypeError} For a name, topic or message of the wrong type, or a
+ * name that is not well-formed Unicode.
  * @throws {RangeError} For a `replay` that is not a non-negative integer.
  */
 export function checkPublish(
@@ -695,9 +696,10 @@ export function checkPublish(
  * Checks the arguments of {@linkcode SSEBroker.subscribe}, as every broker
  * must. Internal: shared by the brokers, not exported from `server.ts`.
  *
- * @param name The stream name: a string.
+ * @param name The stream name: a string of well-formed Unicode.
  * @param onEntry A function.
- * @throws {TypeError} For a name or `onEntry` of the wrong type.
+ * @throws {TypeError} For a name or `onEntry` of the wrong type, or a name
+ * that is not well-formed Unicode.
  */
 export function checkSubscribe(
   name: string,
@@ -715,12 +717,13 @@ export function checkSubscribe(
  * Checks the arguments of {@linkcode SSEBroker.history}, as every broker
  * must. Internal: shared by the brokers, not exported from `server.ts`.
  *
- * @param name The stream name: a string.
+ * @param name The stream name: a string of well-formed Unicode.
  * @param options `after`: a string (any string: one that is not an id of
  * the stream makes `history` resolve to `null`); `limit`: a positive safe
  * integer.
  * @returns `after` and `limit`.
- * @throws {TypeError} For a name or `after` that is not a string.
+ * @throws {TypeError} For a name or `after` that is not a string, or a name
+ * that is not well-formed Unicode.
  * @throws {RangeError} For a `limit` that is not a positive integer.
  */
 export function checkHistory(
@@ -749,6 +752,28 @@ function checkName(name: unknown): void {
       `Invalid stream name: expected a string, got ${typeof name}`,
     );
   }
+  checkWellFormed(name, "stream name");
+}
+
+/**
+ * Checks that a string a broker sends to its backend as a name (a stream
+ * name, a key prefix) is well-formed Unicode. A lone surrogate (as
+ * `JSON.parse('"\\ud800"')` gives) cannot be written as UTF-8: Redis, Deno KV
+ * and `BroadcastChannel` would store U+FFFD instead, so that two names share
+ * one stream, and a reply names a key the broker never asked for. Internal:
+ * shared by the brokers, not exported from `server.ts`.
+ *
+ * @param text The string.
+ * @param what What it is, for the error: "stream name", "prefix", …
+ * @throws {TypeError} When it holds a lone surrogate.
+ */
+export function checkWellFormed(text: string, what: string): void {
+  if (text.isWellFormed()) return;
+  throw new TypeError(
+    `Invalid ${what}: ${
+      JSON.stringify(text)
+    } is not well-formed Unicode (it holds a lone surrogate)`,
+  );
 }
 
 /**

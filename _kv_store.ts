@@ -13,7 +13,12 @@
 // written once, in one atomic commit with the head, so its versionstamp is
 // that commit's, and an entry's parts are there whenever its header is.
 
-import { entryProblem, errorMessage, type SSEBrokerEntry } from "./_broker.ts";
+import {
+  checkWellFormed,
+  entryProblem,
+  errorMessage,
+  type SSEBrokerEntry,
+} from "./_broker.ts";
 
 /**
  * Deno KV's limits, as Deno 2.9 sets them (`ext/kv/config.rs`) and as
@@ -93,7 +98,8 @@ export function streamKeys(prefix: Deno.KvKey, name: string): StreamKeys {
  * @param key A key.
  * @param what What to call it in an error.
  * @returns Its size.
- * @throws {TypeError} For a part that is not a key part.
+ * @throws {TypeError} For a part that is not a key part, or a string part
+ * that is not well-formed Unicode.
  */
 export function keySize(key: Deno.KvKey, what = "key"): number {
   let size = 0;
@@ -102,7 +108,10 @@ export function keySize(key: Deno.KvKey, what = "key"): number {
 }
 
 function partSize(part: unknown, what: string): number {
-  if (typeof part === "string") return bytesSize(encoder.encode(part));
+  if (typeof part === "string") {
+    checkWellFormed(part, what);
+    return bytesSize(encoder.encode(part));
+  }
   if (part instanceof Uint8Array) return bytesSize(part);
   if (typeof part === "number") return 9;
   if (typeof part === "boolean") return 1;

@@ -231,8 +231,9 @@ export class DenoKvBroker implements SSEBroker {
    *
    * @param options The database (`kv`), and `prefix`, `pollInterval`,
    * `expireIn`, `trimDelay`, `onError`.
-   * @throws {TypeError} When `kv` is not a `Deno.Kv`, or `prefix` not a key,
-   * or `onError` not a function.
+   * @throws {TypeError} When `kv` is not a `Deno.Kv`, or `prefix` not a key
+   * (or one with a string that is not well-formed Unicode), or `onError` not
+   * a function.
    * @throws {RangeError} When `pollInterval`, `expireIn` or `trimDelay` is
    * out of range, or `prefix` too long for a Deno KV key.
    */

@@ -5,11 +5,13 @@
  * a client can resume on any of them.
  *
  * - Each channel is one Redis stream, at key `prefix + name` (`"sse:news"` by
- *   default). `publish` is one `XADD … MAXLEN ~ replay`. The event id is the
- *   entry id Redis assigns, a dot, and a tag of the stream's key
- *   (`"1718000000000-0.1k2j3h4"`): ordered across every instance, and never
- *   the id of another stream's event, though Redis numbers each stream on its
- *   own and two streams often get the same entry id.
+ *   default). `publish` is one `XADD … MAXLEN ~ replay`, in a Lua script that
+ *   starts a stream whose key was lost (deleted, evicted) after every id it
+ *   issued before. The event id is the entry id Redis assigns, a dot, and a
+ *   tag of the stream's key (`"1718000000000-0.1k2j3h4"`): ordered across
+ *   every instance, never reused, and never the id of another stream's event,
+ *   though Redis numbers each stream on its own and two streams often get the
+ *   same entry id.
  * - Each broker reads new entries of all the streams its process subscribes
  *   to with one blocking `XREAD` on one connection of its own, and fans them
  *   out locally: two Redis connections per process, whatever the number of
@@ -53,6 +55,7 @@ import {
   checkHistory,
   checkPublish,
   checkSubscribe,
+  checkWellFormed,
   errorMessage,
   errorReporter,
   type SSEBroker,
@@ -251,6 +254,8 @@ export class RedisBroker implements SSEBroker {
   #link: RedisLink;
   /** `key + " " + id` of the skipped entries already reported. */
   #reported = new Set<string>();
+  /** Keys `XREAD` answered with, unasked, already reported. */
+  #strays = new Set<string>();
   #streams = new Map<string, Stream>();
   /** The time part (ms) of the newest id `publish` was given: see APPEND. */
   #newest = 0;
@@ -269,7 +274,8 @@ export class RedisBroker implements SSEBroker {
    *
    * @param options Where Redis is (`url` or `client`), the key `prefix`,
    * `commandTimeout` and `onError`.
-   * @throws {TypeError} When an option has the wrong type.
+   * @throws {TypeError} When an option has the wrong type, or `prefix` is
+   * not well-formed Unicode.
    * @throws {RangeError} When `commandTimeout` is not a positive number.
    */
   constructor(options: RedisBrokerOptions = {}) {
@@ -296,6 +302,7 @@ export class RedisBroker implements SSEBroker {
         `Invalid prefix: expected a string, got ${typeof prefix}`,
       );
     }
+    checkWellFormed(prefix, "prefix");
     if (typeof commandTimeout !== "number" || !(commandTimeout > 0)) {
       throw new RangeError(
         `Invalid commandTimeout: expected a positive number of milliseconds, got ${
@@ -659,6 +666,8 @@ export class RedisBroker implements SSEBroker {
     // a read issued while Redis is unreachable waits for the reconnection.
     const reader = this.#link.reader();
     let failures = 0;
+    /** Replies in a row that held a key the read did not ask for. */
+    let strays = 0;
     while (!this.#closed) {
       const streams: Stream[] = [];
       for (const stream of this.#streams.values()) {
@@ -693,6 +702,7 @@ export class RedisBroker implements SSEBroker {
       if (reply === null) continue;
       const byKey = new Map<string, Stream>();
       for (const stream of streams) byKey.set(stream.key, stream);
+      let stray: string | undefined;
       for (const [key, raw] of reply) {
         if (raw.length === 0) continue;
         if (key === this.#wakeKey) {
@@ -700,14 +710,42 @@ export class RedisBroker implements SSEBroker {
           continue;
         }
         const stream = byKey.get(key);
-        if (stream === undefined) continue;
+        if (stream === undefined) {
+          stray = key;
+          continue;
+        }
         for (const item of raw) {
           stream.cursor = item[0];
           const entry = this.#entry(stream, item);
           if (entry !== undefined) this.#fanOut(stream, entry);
         }
       }
+      if (stray === undefined) {
+        strays = 0;
+      } else {
+        // Entries under a key this broker did not ask for (stream names are
+        // well-formed Unicode, so Redis hands back the very keys it was
+        // given: a proxy in between may not). No cursor moves for them, so
+        // the same read would return at once, forever: wait instead.
+        const wait = backoff(strays++);
+        this.#strayKey(stray, wait);
+        await this.#retryPause.wait(wait);
+      }
     }
+  }
+
+  /** Reports a key `XREAD` answered with that it was not asked for, once. */
+  #strayKey(key: string, wait: number): void {
+    if (this.#strays.has(key)) return;
+    if (this.#strays.size >= REPORTED_MAX) this.#strays.clear();
+    this.#strays.add(key);
+    this.#report(
+      new Error(
+        `XREAD answered with entries of key ${
+          JSON.stringify(key)
+        }, which this broker did not ask for: skipped, and reading waits (${wait} ms, then longer) while it goes on`,
+      ),
+    );
   }
 
   /** Delivers a live entry to the subscribers that joined before it. */

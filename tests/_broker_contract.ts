@@ -618,6 +618,35 @@ export function testBrokerContract(options: BrokerContractOptions): void {
     }
   });
 
+  test("refuses a stream name that is not well-formed Unicode, naming it", async ({ broker }) => {
+    // A lone surrogate, as JSON.parse("\"\\ud800\"") gives: a backend that
+    // stores UTF-8 turns it into U+FFFD, so two names would share a stream
+    // and replies would name a key the broker never asked for.
+    for (const name of ["room-\ud800", "\udc00", "a\udfff\ud800b"]) {
+      const invalid = { name: "TypeError", message: /Invalid stream name/ };
+      await assert.rejects(
+        broker.publish(name, message("x"), KEEP),
+        invalid,
+        JSON.stringify(name),
+      );
+      await assert.rejects(broker.subscribe(name, () => {}), invalid);
+      await assert.rejects(
+        broker.history(name, { after: "x", limit: 1 }),
+        invalid,
+      );
+    }
+    // Well-formed names of any script, and surrogate pairs, are streams.
+    const names = ["😀", "naïve", "\u4e2d\u6587"];
+    for (const name of names) {
+      const received = new Collector();
+      const subscription = await broker.subscribe(name, received.onEntry);
+      const [id] = await publishAll(broker, name, [name]);
+      await received.untilId(id!);
+      assert.deepEqual(received.entries.map((e) => e.message.data), [name]);
+      subscription.unsubscribe();
+    }
+  });
+
   test("close ends every subscription and refuses later calls", async ({ broker, peer }) => {
     const received = new Collector();
     await broker.subscribe("s", received.onEntry);

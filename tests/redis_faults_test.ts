@@ -368,3 +368,59 @@ redisTest(
     }
   },
 );
+
+/** XREAD calls Redis has served so far. */
+async function xreads(raw: { send(args: string[]): Promise<unknown> }) {
+  const stats = String(await raw.send(["INFO", "commandstats"]));
+  return Number(/cmdstat_xread:calls=(\d+)/.exec(stats)?.[1] ?? 0);
+}
+
+redisTest(
+  "RedisBroker does not spin on a reply naming a key it did not ask for: it reports it once and waits",
+  async () => {
+    await using redis = await startRedis();
+    const raw = await rawClient(redis.url);
+    // Between the broker and Redis, a proxy that hands back stream "s" under
+    // another name (as a lone surrogate in a key once did: Redis stores it as
+    // U+FFFD and answers with that).
+    const real = createClient({ url: redis.url });
+    const template = {
+      options: real.options,
+      duplicate(overrides: { RESP: 2; disableOfflineQueue: boolean }) {
+        const client = real.duplicate(overrides);
+        const send = client.sendCommand.bind(client);
+        client.sendCommand = (async (args: string[]) => {
+          const reply = await send(args);
+          if (args[0] !== "XREAD" || !Array.isArray(reply)) return reply;
+          return reply.map(([key, entries]) => [
+            key === "sse:s" ? "sse:s\ufffd" : key,
+            entries,
+          ]);
+        }) as typeof client.sendCommand;
+        return client;
+      },
+    };
+    const errors: Error[] = [];
+    const broker = new RedisBroker({
+      client: template,
+      onError: (error) => errors.push(error),
+    });
+    try {
+      const lost = new Collector();
+      const subscription = await broker.subscribe("s", lost.onEntry);
+      await broker.publish("s", message("renamed"), KEEP);
+      const before = await xreads(raw);
+      await sleep(1_000);
+      const calls = await xreads(raw) - before;
+      // Before: 16 707 in that second, each answered at once.
+      assert.ok(calls <= 10, `${calls} XREAD calls in 1 s`);
+      assert.equal(errors.length, 1, errors.join("\n"));
+      assert.match(errors[0]!.message, /"sse:s\ufffd", which this broker/);
+      assert.deepEqual(lost.ids, []);
+      subscription.unsubscribe();
+    } finally {
+      await broker.close();
+      await raw.close();
+    }
+  },
+);
