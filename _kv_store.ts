@@ -5,18 +5,29 @@
 //
 // Keys, under the broker's prefix, for a stream `name`:
 //
-//   [...prefix, name, "head"]              { seq }: the newest entry's number
-//   [...prefix, name, "entries", seq]      { time, json }: the first bytes
+//   [...prefix, name, "head"]              { seq, inc, base }: the newest
+//                                          entry's number, the incarnation
+//   [...prefix, name, "entries", seq]      { time, json, inc, parts }: the
+//                                          first bytes
 //   [...prefix, name, "entries", seq, i]   the next bytes (Uint8Array), i ≥ 1
 //
 // where the bytes are the UTF-8 JSON of `{ topic, message }`. Every entry is
 // written once, in one atomic commit with the head, so its versionstamp is
 // that commit's, and an entry's parts are there whenever its header is.
+//
+// An incarnation of a stream begins when a publisher finds no head (a new
+// stream, one whose head expired, a new database) or one it did not write:
+// it draws a random tag (`inc`) and goes on after the newest entry still
+// there (`base`). Each entry carries its incarnation's tag, and so does its
+// id: versionstamps start over on a new database, and sequence numbers start
+// over when a stream expires, so neither alone tells an entry from one of an
+// earlier incarnation.
 
 import {
   checkWellFormed,
   entryProblem,
   errorMessage,
+  randomId,
   type SSEBrokerEntry,
 } from "./_broker.ts";
 
@@ -41,7 +52,10 @@ export const MAX_ENTRY_SIZE = 786_432;
 const FIRST_CHUNK = KV_MAX_VALUE - 256;
 /** No sequence number reaches it: the end of a stream's entry range. */
 const END = Infinity;
-const ID = /^([0-9a-f]{20})-([1-9][0-9]{0,15})$/;
+// `<versionstamp>-<seq>.<inc>`; entries written without an incarnation (by
+// an earlier version, or by hand) have ids without `.<inc>`.
+const ID = /^([0-9a-f]{20})-([1-9][0-9]{0,15})(?:\.([0-9a-z]{8}))?$/;
+const INC = /^[0-9a-z]{8}$/;
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder("utf-8", { fatal: true });
@@ -53,9 +67,15 @@ export interface StreamKeys {
   entries: Deno.KvKey;
 }
 
-/** What a process knows of a stream's head: newest sequence, versionstamp. */
+/**
+ * A stream's head: the newest entry's sequence, the incarnation's tag, and
+ * the sequence after which the incarnation began.
+ */
 export interface Head {
   seq: number;
+  inc: string;
+  base: number;
+  /** Of the commit that wrote it; `null` when there is none yet. */
   versionstamp: string | null;
 }
 
@@ -63,6 +83,8 @@ export interface Head {
 export interface RawEntry {
   seq: number;
   versionstamp: string;
+  /** Its incarnation; `undefined` for an entry written without one. */
+  inc: string | undefined;
   chunks: Uint8Array[];
   /** Why it cannot be decoded, if known already. */
   fault: string | undefined;
@@ -130,31 +152,49 @@ function bytesSize(bytes: Uint8Array): number {
 }
 
 /**
- * An entry's id: the versionstamp of its commit, a dash, its sequence.
+ * An entry's id: the versionstamp of its commit, a dash, its sequence, a
+ * dot and its incarnation's tag (no dot and tag for an entry without one).
  *
  * @param versionstamp The commit's versionstamp (20 hex digits).
  * @param seq The entry's sequence in its stream.
+ * @param inc Its incarnation's tag.
  * @returns The id.
  */
-export function entryId(versionstamp: string, seq: number): string {
-  return `${versionstamp}-${seq}`;
+export function entryId(
+  versionstamp: string,
+  seq: number,
+  inc: string | undefined,
+): string {
+  return inc === undefined
+    ? `${versionstamp}-${seq}`
+    : `${versionstamp}-${seq}.${inc}`;
 }
 
 /**
  * The parts of an id as {@linkcode entryId} writes them.
  *
  * @param id Any string.
- * @returns Versionstamp and sequence, or `undefined` when it is no such id.
+ * @returns Versionstamp, sequence and incarnation, or `undefined` when it is
+ * no such id.
  */
 export function parseId(
   id: string,
-): { versionstamp: string; seq: number } | undefined {
+): { versionstamp: string; seq: number; inc: string | undefined } | undefined {
   const match = ID.exec(id);
   if (match === null) return undefined;
   const seq = Number(match[2]);
   return Number.isSafeInteger(seq)
-    ? { versionstamp: match[1]!, seq }
+    ? { versionstamp: match[1]!, seq, inc: match[3] }
     : undefined;
+}
+
+/**
+ * A new incarnation's tag: eight random characters of `[0-9a-z]`.
+ *
+ * @returns The tag.
+ */
+export function newIncarnation(): string {
+  return randomId();
 }
 
 /**
@@ -186,21 +226,24 @@ export function partCount(size: number): number {
  * @param operation The commit being built.
  * @param keys The stream's keys.
  * @param seq The entry's sequence.
- * @param entry Its bytes, and the time it is published (for trimming).
+ * @param entry Its bytes, the time it is published (for trimming) and its
+ * incarnation.
  * @param expireIn When its keys expire, in ms.
  */
 export function setEntry(
   operation: Deno.AtomicOperation,
   keys: StreamKeys,
   seq: number,
-  entry: { bytes: Uint8Array; time: number },
+  entry: { bytes: Uint8Array; time: number; inc: string },
   expireIn: number,
 ): void {
-  const { bytes, time } = entry;
+  const { bytes, time, inc } = entry;
   // slice, not subarray: a view would serialize its whole buffer.
   operation.set([...keys.entries, seq], {
     time,
     json: bytes.slice(0, FIRST_CHUNK),
+    inc,
+    parts: partCount(bytes.length) - 1,
   }, { expireIn });
   for (
     let i = 1, at = FIRST_CHUNK;
@@ -216,7 +259,8 @@ export function setEntry(
 }
 
 /**
- * The sequence in a head's value, if it is one a broker wrote.
+ * The sequence in a head's value, if it has one: a head this version writes,
+ * or one an earlier version (`{ seq }`) or another program wrote.
  *
  * @param value The head's value.
  * @returns Its `seq`.
@@ -226,6 +270,27 @@ export function headSeq(value: unknown): number | undefined {
   return typeof seq === "number" && Number.isSafeInteger(seq) && seq >= 0
     ? seq
     : undefined;
+}
+
+/**
+ * A head as stored, if it is one this version writes: `{ seq, inc, base }`.
+ *
+ * @param entry The head's key as read (by `get` or `watch`).
+ * @returns The head, or `undefined` when there is none or it is not one.
+ */
+export function parseHead(entry: Deno.KvEntryMaybe<unknown>): Head | undefined {
+  const { value, versionstamp } = entry;
+  if (versionstamp === null) return undefined;
+  const seq = headSeq(value);
+  const { inc, base } = value as { inc?: unknown; base?: unknown };
+  if (
+    seq === undefined || typeof inc !== "string" || !INC.test(inc) ||
+    typeof base !== "number" || !Number.isSafeInteger(base) || base < 0 ||
+    base > seq
+  ) {
+    return undefined;
+  }
+  return { seq, inc, base, versionstamp };
 }
 
 /**
@@ -240,23 +305,25 @@ export function headerTime(value: unknown): number | undefined {
 }
 
 /**
- * The stream's head as stored. A stream without one (new, or expired) goes
- * on after the newest entry still there, so that a new entry never lands
- * among expired ones that are still visible.
+ * The stream's head as a publisher goes on from: the stored one, or a new
+ * incarnation when there is none that this version wrote (a new stream, one
+ * whose head expired, a head an earlier version or another program wrote).
+ * A new incarnation goes on after the newest entry still there, so that a
+ * new entry never lands among expired ones that are still visible, nor
+ * before an entry written by hand.
  *
  * @param kv The database.
  * @param keys The stream's keys.
- * @returns The head, and whether the stored one was not a head at all.
+ * @returns The head, and what is wrong with the stored one when it was
+ * neither absent nor a head (`undefined` otherwise).
  */
 export async function readHead(
   kv: Deno.Kv,
   keys: StreamKeys,
-): Promise<Head & { invalid: boolean }> {
-  const head = await kv.get(keys.head);
-  const seq = headSeq(head.value);
-  if (head.versionstamp !== null && seq !== undefined) {
-    return { seq, versionstamp: head.versionstamp, invalid: false };
-  }
+): Promise<Head & { problem: string | undefined }> {
+  const stored = await kv.get(keys.head);
+  const head = parseHead(stored);
+  if (head !== undefined) return { ...head, problem: undefined };
   let last = 0;
   const newest = kv.list({
     start: [...keys.entries, 1],
@@ -265,10 +332,20 @@ export async function readHead(
   for await (const entry of newest) {
     last = entry.key[keys.entries.length] as number;
   }
+  const seq = headSeq(stored.value);
+  let problem: string | undefined;
+  if (stored.versionstamp !== null && seq === undefined) {
+    problem = "expected { seq, inc, base }";
+  } else if (seq !== undefined && seq < last) {
+    problem = `it says entry ${seq} is the newest, but entry ${last} is there`;
+  }
+  const base = Math.max(last, seq ?? 0);
   return {
-    seq: last,
-    versionstamp: head.versionstamp,
-    invalid: head.versionstamp !== null,
+    seq: base,
+    inc: newIncarnation(),
+    base,
+    versionstamp: stored.versionstamp,
+    problem,
   };
 }
 
@@ -321,8 +398,14 @@ export async function* readEntries(
     }
     if (key.length === depth + 1) {
       if (current !== undefined) yield current;
-      current = { seq, versionstamp, chunks: [], fault: undefined };
-      const json = (value as { json?: unknown } | null)?.json;
+      const { json, inc } = (value ?? {}) as { json?: unknown; inc?: unknown };
+      current = {
+        seq,
+        versionstamp,
+        inc: typeof inc === "string" && INC.test(inc) ? inc : undefined,
+        chunks: [],
+        fault: undefined,
+      };
       if (headerTime(value) === undefined || !(json instanceof Uint8Array)) {
         current.fault = "expected { time, json }";
       } else {
@@ -354,7 +437,11 @@ export function decodeEntry(
   if (raw.fault !== undefined) return { fault: raw.fault };
   try {
     const { topic, message } = JSON.parse(decode(raw.chunks));
-    const entry = { id: entryId(raw.versionstamp, raw.seq), topic, message };
+    const entry = {
+      id: entryId(raw.versionstamp, raw.seq, raw.inc),
+      topic,
+      message,
+    };
     const fault = entryProblem(entry);
     return fault === undefined ? { entry } : { fault };
   } catch (error) {

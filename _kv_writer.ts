@@ -39,8 +39,8 @@ export interface StreamWriterOptions {
   trimDelay: number;
   /** Reads the stream's head (reporting one the broker did not write). */
   readHead: (keys: StreamKeys) => Promise<Head>;
-  /** Told the newest sequence after each commit. */
-  committed: (seq: number) => void;
+  /** Told the head after each commit. */
+  committed: (head: Head) => void;
   /** Reports a failure no caller can be told of. */
   fault: (error: unknown, context: string) => void;
 }
@@ -59,6 +59,8 @@ export class StreamWriter {
   #closed = false;
   /** As left by the last commit; read again when another publisher wrote. */
   #head: Head | undefined;
+  /** The incarnation of the entries this writer wrote or trimmed. */
+  #inc: string | undefined;
   /** Every entry up to this sequence is known to be deleted. */
   #trimmed = 0;
   /** No entry beyond `replay` is old enough to trim before this time. */
@@ -121,7 +123,7 @@ export class StreamWriter {
           continue;
         }
         for (const [i, pending] of batch.entries()) pending.resolve(ids[i]!);
-        this.#options.committed(this.#head!.seq);
+        this.#options.committed(this.#head!);
         if (!this.#closed) await this.#trim(batch.at(-1)!.replay);
       }
     } finally {
@@ -183,7 +185,8 @@ export class StreamWriter {
   async #attempt(batch: Pending[]): Promise<string[] | undefined> {
     const keys = this.#keys;
     const { kv, expireIn } = this.#options;
-    const head = this.#head ??= await this.#options.readHead(keys);
+    const head = this.#head ??= await this.#readHead();
+    const { inc, base } = head;
     const operation = kv.atomic().check({
       key: keys.head,
       versionstamp: head.versionstamp,
@@ -193,13 +196,27 @@ export class StreamWriter {
     const time = Date.now();
     for (const { bytes } of batch) {
       seqs.push(++seq);
-      setEntry(operation, keys, seq, { bytes, time }, expireIn);
+      setEntry(operation, keys, seq, { bytes, time, inc }, expireIn);
     }
-    operation.set(keys.head, { seq }, { expireIn });
+    operation.set(keys.head, { seq, inc, base }, { expireIn });
     const result = await operation.commit();
     if (!result.ok) return undefined;
-    this.#head = { seq, versionstamp: result.versionstamp };
-    return seqs.map((seq) => entryId(result.versionstamp, seq));
+    const { versionstamp } = result;
+    this.#head = { seq, inc, base, versionstamp };
+    return seqs.map((seq) => entryId(versionstamp, seq, inc));
+  }
+
+  /** The head as stored (or a new incarnation's), for the next commit. */
+  async #readHead(): Promise<Head> {
+    const head = await this.#options.readHead(this.#keys);
+    // Another incarnation: its entries are numbered from its base again, so
+    // what was trimmed of the previous one says nothing about them.
+    if (head.inc !== this.#inc) {
+      this.#inc = head.inc;
+      this.#trimmed = Math.min(this.#trimmed, head.base);
+      this.#trimAt = 0;
+    }
+    return head;
   }
 
   /**

@@ -5,9 +5,17 @@
  * file shared by processes on one machine.
  *
  * - **Ids** carry the versionstamp of the atomic commit that stored the entry
- *   (`"00000000000012a40000-42"`: versionstamp, dash, the entry's sequence
- *   number in its stream), so they are ordered and unique across every
- *   instance, and never reused, even when a stream expires and starts again.
+ *   and the tag of the stream's incarnation
+ *   (`"00000000000012a40000-42.k3x9q2mz"`: versionstamp, dash, the entry's
+ *   sequence number in its stream, dot, tag), so they are ordered and unique
+ *   across every instance, and never reused: not when a stream expires and
+ *   starts again (numbered from 1 again), nor on a brand-new database (whose
+ *   versionstamps start over). An incarnation begins when a publisher finds
+ *   no head it wrote, with a random tag. An id without the tag (as earlier
+ *   versions of this module wrote, or a hand-written entry has) names only an
+ *   entry without one: a client that comes back with an id from before an
+ *   upgrade is not resumed (`history` answers `null`, the channel sends
+ *   `init` with `resumed: false`).
  * - **Live delivery:** each process watches one small key per stream it
  *   serves (`kv.watch()`), and on each change reads every entry after the last
  *   one it delivered: a watch may skip states, so the entries never travel in
@@ -26,11 +34,11 @@
  *
  * Keys, under `prefix` (`["sse"]` by default), for a stream `name`:
  *
- * | key                                    | value                                    |
- * | -------------------------------------- | ---------------------------------------- |
- * | `[...prefix, name, "head"]`            | `{ seq }`: the newest entry's number     |
- * | `[...prefix, name, "entries", seq]`    | `{ time, json }`: first bytes of the entry |
- * | `[...prefix, name, "entries", seq, i]` | the next bytes (`Uint8Array`), `i` ≥ 1   |
+ * | key                                    | value                                                          |
+ * | -------------------------------------- | -------------------------------------------------------------- |
+ * | `[...prefix, name, "head"]`            | `{ seq, inc, base }`: the newest entry's number, the incarnation's tag, the number it began after |
+ * | `[...prefix, name, "entries", seq]`    | `{ time, json, inc, parts }`: first bytes of the entry, its incarnation, how many values follow |
+ * | `[...prefix, name, "entries", seq, i]` | the next bytes (`Uint8Array`), `i` ≥ 1                         |
  *
  * where the bytes are the UTF-8 JSON of `{ topic, message }`.
  *
@@ -407,8 +415,12 @@ export class DenoKvBroker implements SSEBroker {
     const reading = this.#task((async () => {
       for await (const raw of readEntries(this.#kv, keys, id.seq, batchSize)) {
         if (!found) {
-          // The first entry must be `after` itself, under the same commit.
-          if (raw.seq !== id.seq || raw.versionstamp !== id.versionstamp) {
+          // The first entry must be `after` itself: the same commit, of the
+          // same incarnation.
+          if (
+            raw.seq !== id.seq || raw.versionstamp !== id.versionstamp ||
+            raw.inc !== id.inc
+          ) {
             return;
           }
           found = true;
@@ -471,17 +483,17 @@ export class DenoKvBroker implements SSEBroker {
 
   /** The stream's head as stored (see `readHead`); a foreign one reported. */
   async #readHead(keys: StreamKeys): Promise<Head> {
-    const { seq, versionstamp, invalid } = await readHead(this.#kv, keys);
-    if (invalid) {
+    const { problem, ...head } = await readHead(this.#kv, keys);
+    if (problem !== undefined) {
       this.#report(
         new TypeError(
           `Invalid head of stream ${
             JSON.stringify(keys.name)
-          }: expected { seq }, going on after entry ${seq}`,
+          }: ${problem}; going on after entry ${head.seq}`,
         ),
       );
     }
-    return { seq, versionstamp };
+    return head;
   }
 
   // ---------------------------------------------------------------- publish
@@ -494,9 +506,9 @@ export class DenoKvBroker implements SSEBroker {
         expireIn: this.#expireIn,
         trimDelay: this.#trimDelay,
         readHead: (keys) => this.#readHead(keys),
-        committed: (seq) => {
+        committed: (head) => {
           const reader = this.#readers.get(name);
-          if (reader !== undefined) this.#pull(reader, seq);
+          if (reader !== undefined) this.#pull(reader, head.seq);
         },
         fault: (error, context) => this.#fault(error, context),
       });
@@ -695,9 +707,9 @@ export class DenoKvBroker implements SSEBroker {
     if ("entry" in decoded) return decoded.entry;
     this.#report(
       new SyntaxError(
-        `Invalid entry ${entryId(raw.versionstamp, raw.seq)} of stream ${
-          JSON.stringify(name)
-        }: ${decoded.fault}`,
+        `Invalid entry ${
+          entryId(raw.versionstamp, raw.seq, raw.inc)
+        } of stream ${JSON.stringify(name)}: ${decoded.fault}`,
       ),
     );
     return undefined;

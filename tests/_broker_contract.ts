@@ -363,10 +363,12 @@ export function testBrokerContract(options: BrokerContractOptions): void {
     "answers null for an id from before a restart that lost the history",
     async (fixture) => {
       const { peer } = fixture;
-      const old = await publishAll(peer, "s", range(3));
+      // Ten each: a backend whose ids restart with it (counters, clocks,
+      // versionstamps of a new database) gives some of the same ids again.
+      const old = await publishAll(peer, "s", range(10));
       const reborn = await options.restart!(fixture);
       try {
-        const fresh = await publishAll(reborn, "s", range(3, 3));
+        const fresh = await publishAll(reborn, "s", range(10, 10));
         for (const id of old) {
           assert.equal(
             await reborn.history("s", { after: id, limit: 10 }),
@@ -390,12 +392,14 @@ export function testBrokerContract(options: BrokerContractOptions): void {
       const subscription = await broker.subscribe("s", received.onEntry);
       const ids: string[] = [];
       // Several rounds: a backend that numbers a new stream from its clock
-      // is caught when the drop and the next publish share a tick.
-      for (let round = 0; round < 5; round++) {
-        const before = await publishAll(peer, "s", [
-          `${round} a`,
-          `${round} b`,
-        ]);
+      // is caught when the drop and the next publish share a tick, one that
+      // numbers it from 1 when the old one was as long as the new one.
+      for (let round = 0; round < 6; round++) {
+        const before = await publishAll(
+          peer,
+          "s",
+          range(1 + round % 3).map((i) => `${round} before ${i}`),
+        );
         ids.push(...before);
         await received.untilId(before.at(-1)!);
         await options.expire!(fixture, "s");

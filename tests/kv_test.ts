@@ -22,7 +22,13 @@ import {
 
 // Deno 2.9 leaves the op and resource sanitizers off unless asked.
 const SANITIZED = { sanitizeOps: true, sanitizeResources: true } as const;
-const ID = /^[0-9a-f]{20}-[1-9][0-9]*$/;
+const ID = /^[0-9a-f]{20}-[1-9][0-9]*\.[0-9a-z]{8}$/;
+
+/** An id's parts: versionstamp, sequence and incarnation. */
+function partsOf(id: string): { stamp: string; seq: number; inc: string } {
+  const [, stamp, seq, inc] = /^(\w+)-(\d+)(?:\.(\w+))?$/.exec(id)!;
+  return { stamp: stamp!, seq: Number(seq), inc: inc ?? "" };
+}
 
 /** A database file in a fresh temporary directory, with its handles. */
 class TempKv {
@@ -159,12 +165,14 @@ kvTest(
     assert.deepEqual([...received.ids].sort(), [...published].sort());
     for (const id of published) assert.match(id, ID);
     // Delivered in commit order, which is the ids' order.
-    const order = received.ids.map((id) => id.split("-"));
+    const order = received.ids.map(partsOf);
     for (let i = 1; i < order.length; i++) {
-      const [stamp, seq] = order[i]!;
-      const [previousStamp, previousSeq] = order[i - 1]!;
-      assert.ok(stamp! >= previousStamp!, `${stamp} after ${previousStamp}`);
-      assert.equal(Number(seq), Number(previousSeq) + 1);
+      const { stamp, seq, inc } = order[i]!;
+      const previous = order[i - 1]!;
+      assert.ok(stamp >= previous.stamp, `${stamp} after ${previous.stamp}`);
+      assert.equal(seq, previous.seq + 1);
+      // One incarnation of the stream, whoever published.
+      assert.equal(inc, previous.inc);
     }
     // Each publisher's own entries keep their order.
     for (const who of ["a", "b"]) {
@@ -208,15 +216,17 @@ kvTest(
     const a = broker(kv);
     const ids = await publishAll(a, "s", range(3));
     const [other] = await publishAll(a, "t", ["t"]);
-    const [stamp, seq] = ids[1]!.split("-");
+    const { stamp, seq, inc } = partsOf(ids[1]!);
     const notOurs = [
       "",
       "nope",
       other!, // another stream's
-      `${stamp}-9`, // a future sequence
-      `${"f".repeat(20)}-${seq}`, // another commit's
-      `${stamp}-0${seq}`, // not canonical
-      `${stamp}-${seq} `,
+      `${stamp}-9.${inc}`, // a future sequence
+      `${"f".repeat(20)}-${seq}.${inc}`, // another commit's
+      `${stamp}-${seq}.${"z".repeat(8)}`, // another incarnation's
+      `${stamp}-${seq}`, // without its incarnation, as an earlier version wrote
+      `${stamp}-0${seq}.${inc}`, // not canonical
+      `${stamp}-${seq}.${inc} `,
       ` ${ids[1]}`,
     ];
     for (const after of notOurs) {
@@ -226,7 +236,7 @@ kvTest(
     // though the same sequence numbers come back.
     for (const key of await keys(kv, ["sse", "s"])) await kv.delete(key);
     const again = await publishAll(a, "s", range(3));
-    assert.deepEqual(again.map((id) => id.split("-")[1]), ["1", "2", "3"]);
+    assert.deepEqual(again.map((id) => partsOf(id).seq), [1, 2, 3]);
     for (const old of ids) {
       assert.equal(await a.history("s", { after: old, limit: 10 }), null);
     }
@@ -235,6 +245,38 @@ kvTest(
       again.slice(1),
     );
     await a.close();
+  },
+);
+
+kvTest(
+  "DenoKvBroker never resumes an id from a lost database on a brand-new one, though versionstamps start over",
+  async (db) => {
+    // The database is lost (a file deleted, a new Deploy database) and the
+    // app starts again on a new one, whose versionstamps start over: the
+    // same (versionstamp, sequence) pairs come back now and then.
+    let resumed = 0;
+    let reused = 0;
+    for (let round = 0; round < 30; round++) {
+      const ids: string[][] = [];
+      for (const life of ["old", "new"]) {
+        const path = `${db.dir}/round-${round}-${life}.sqlite3`;
+        const kv = await Deno.openKv(path);
+        const a = broker(kv);
+        ids.push(await publishAll(a, "news", range(10).map((i) => life + i)));
+        if (life === "new") {
+          for (const old of ids[0]!) {
+            if (ids[1]!.includes(old)) reused++;
+            const page = await a.history("news", { after: old, limit: 100 });
+            if (page !== null) resumed++;
+          }
+        }
+        await a.close();
+        kv.close();
+      }
+    }
+    // Before: 12 of 300 old ids came back and resumed against new entries.
+    assert.equal(reused, 0, `${reused} of 300 ids issued again`);
+    assert.equal(resumed, 0, `${resumed} of 300 old ids resumed`);
   },
 );
 
@@ -259,7 +301,7 @@ kvTest(
     const history = await a.history("big", { after: before, limit: 5 });
     assert.equal(history?.[0]?.message.data, data);
     // Its header, then its parts under the header's key.
-    const seq = Number(id.split("-")[1]);
+    const { seq } = partsOf(id);
     const parts = (await keys(kv, ["sse", "big", "entries", seq])).length;
     assert.equal(parts, 4, "300 KiB: the header's 64 KiB and 4 more values");
     subscription.unsubscribe();
@@ -294,9 +336,9 @@ kvTest(
     // Nothing of the refused ones was stored.
     const heads = (await keys(kv, ["sse"])).filter((key) => key.length === 3);
     assert.deepEqual(heads, [["sse", "s", "head"]]);
-    assert.deepEqual(
-      (await kv.get<{ seq: number }>(["sse", "s", "head"])).value,
-      { seq: 2 },
+    assert.equal(
+      (await kv.get<{ seq: number }>(["sse", "s", "head"])).value?.seq,
+      2,
     );
     await a.close();
   },
@@ -392,7 +434,7 @@ kvTest(
     const received = new Collector();
     const subscription = await b.subscribe("s", received.onEntry);
     const [next] = await publishAll(b, "s", ["next"]);
-    assert.equal(next!.split("-")[1], "4");
+    assert.equal(partsOf(next!).seq, 4);
     await received.until(1);
     assert.deepEqual(received.ids, [next]);
     assert.deepEqual(
@@ -623,8 +665,14 @@ Deno.test("DenoKvBroker refuses invalid options, naming them", async () => {
   }
 });
 
-/** The database handle of each contract fixture, for its hooks. */
-const fixtureKv = new WeakMap<BrokerFixture, Deno.Kv>();
+/**
+ * The database handle of each contract fixture, for its hooks, and the
+ * databases its restarts opened.
+ */
+const fixtureKv = new WeakMap<
+  BrokerFixture,
+  { kv: Deno.Kv; others: TempKv[] }
+>();
 
 testBrokerContract({
   name: "DenoKvBroker",
@@ -641,29 +689,32 @@ testBrokerContract({
       trimDelay: 0,
       onError,
     });
+    const others: TempKv[] = [];
     const fixture: BrokerFixture = {
       broker,
       peer,
       errors,
       async close() {
         await Promise.all([broker.close(), peer.close()]);
-        await db[Symbol.asyncDispose]();
+        for (const other of [db, ...others]) {
+          await other[Symbol.asyncDispose]();
+        }
       },
     };
-    fixtureKv.set(fixture, kv);
+    fixtureKv.set(fixture, { kv, others });
     return fixture;
   },
   async poison(fixture, name) {
-    const kv = fixtureKv.get(fixture)!;
+    const { kv } = fixtureKv.get(fixture)!;
     await writeRaw(kv, name, [{ time: 1, json: json({ topic: "" }) }]);
   },
-  restart(fixture) {
-    // What a lost database looks like to the next instance: nothing at all.
-    const kv = fixtureKv.get(fixture)!;
-    return (async () => {
-      for (const key of await keys(kv, ["sse"])) await kv.delete(key);
-      return new DenoKvBroker({ kv, trimDelay: 0, onError: () => {} });
-    })();
+  async restart(fixture) {
+    // The database is lost, and the app starts on a brand-new one (a new
+    // file, a new Deploy database): its versionstamps start over.
+    const other = await TempKv.create();
+    fixtureKv.get(fixture)!.others.push(other);
+    const kv = await other.open();
+    return new DenoKvBroker({ kv, trimDelay: 0, onError: () => {} });
   },
 });
 
