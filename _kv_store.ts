@@ -314,16 +314,17 @@ export function headerTime(value: unknown): number | undefined {
  *
  * @param kv The database.
  * @param keys The stream's keys.
- * @returns The head, and what is wrong with the stored one when it was
- * neither absent nor a head (`undefined` otherwise).
+ * @returns The head, whether it is the stored one (not a new
+ * incarnation's), and what is wrong with the stored one when it was neither
+ * absent nor a head (`undefined` otherwise).
  */
 export async function readHead(
   kv: Deno.Kv,
   keys: StreamKeys,
-): Promise<Head & { problem: string | undefined }> {
+): Promise<Head & { stored: boolean; problem: string | undefined }> {
   const stored = await kv.get(keys.head);
   const head = parseHead(stored);
-  if (head !== undefined) return { ...head, problem: undefined };
+  if (head !== undefined) return { ...head, stored: true, problem: undefined };
   let last = 0;
   const newest = kv.list({
     start: [...keys.entries, 1],
@@ -345,6 +346,7 @@ export async function readHead(
     inc: newIncarnation(),
     base,
     versionstamp: stored.versionstamp,
+    stored: false,
     problem,
   };
 }
@@ -370,41 +372,63 @@ export function listRange(
 }
 
 /**
- * The entries of a stream from sequence `from` on, each with its parts,
+ * The entries of a stream from sequence `from` to `to`, each with its parts,
  * read in pages of `batchSize` keys (each page one snapshot).
  *
  * @param kv The database.
  * @param keys The stream's keys.
- * @param from The first sequence.
- * @param batchSize Keys per page.
- * @returns The entries.
+ * @param range The first and last sequence (`Infinity` for no bound) and
+ * the keys per page.
+ * @returns The entries, oldest first. One whose parts are not all there
+ * (trimmed while the read went on, or written by hand) has a `fault`, and
+ * `incomplete` set.
  */
 export async function* readEntries(
   kv: Deno.Kv,
   keys: StreamKeys,
-  from: number,
-  batchSize: number,
-): AsyncGenerator<RawEntry> {
+  range: { from: number; to: number; batchSize: number },
+): AsyncGenerator<RawEntry & { incomplete: boolean }> {
   const depth = keys.entries.length;
-  let current: RawEntry | undefined;
+  let current: (RawEntry & { incomplete: boolean }) | undefined;
+  /** How many parts follow the current header, when it says. */
+  let parts: number | undefined;
+  const finish = () => {
+    const entry = current!;
+    const missing = parts !== undefined && entry.chunks.length <= parts &&
+      entry.fault === undefined;
+    if (missing) {
+      entry.fault = `part ${entry.chunks.length} of ${parts} is missing`;
+      entry.incomplete = true;
+    }
+    return entry;
+  };
   const list = kv.list({
-    start: [...keys.entries, from],
-    end: [...keys.entries, END],
-  }, { batchSize });
+    start: [...keys.entries, range.from],
+    end: [...keys.entries, range.to + 1],
+  }, { batchSize: range.batchSize });
   for await (const { key, value, versionstamp } of list) {
     const seq = key[depth];
     if (typeof seq !== "number" || !Number.isSafeInteger(seq) || seq < 1) {
       continue; // not a key a broker writes
     }
     if (key.length === depth + 1) {
-      if (current !== undefined) yield current;
-      const { json, inc } = (value ?? {}) as { json?: unknown; inc?: unknown };
+      if (current !== undefined) yield finish();
+      const header = (value ?? {}) as {
+        json?: unknown;
+        inc?: unknown;
+        parts?: unknown;
+      };
+      const { json, inc } = header;
+      parts = Number.isSafeInteger(header.parts) && header.parts as number >= 0
+        ? header.parts as number
+        : undefined;
       current = {
         seq,
         versionstamp,
         inc: typeof inc === "string" && INC.test(inc) ? inc : undefined,
         chunks: [],
         fault: undefined,
+        incomplete: false,
       };
       if (headerTime(value) === undefined || !(json instanceof Uint8Array)) {
         current.fault = "expected { time, json }";
@@ -412,17 +436,17 @@ export async function* readEntries(
         current.chunks.push(json);
       }
     } else if (current?.seq === seq && current.fault === undefined) {
-      if (
-        !(value instanceof Uint8Array) ||
-        key[depth + 1] !== current.chunks.length
-      ) {
-        current.fault = `part ${String(key[depth + 1])} is not the next bytes`;
+      const index = key[depth + 1];
+      // Parts beyond the count its header gives were not written with it.
+      if (parts !== undefined && (index as number) > parts) continue;
+      if (!(value instanceof Uint8Array) || index !== current.chunks.length) {
+        current.fault = `part ${String(index)} is not the next bytes`;
       } else {
         current.chunks.push(value);
       }
     }
   }
-  if (current !== undefined) yield current;
+  if (current !== undefined) yield finish();
 }
 
 /**

@@ -18,8 +18,10 @@
  *   `init` with `resumed: false`).
  * - **Live delivery:** each process watches one small key per stream it
  *   serves (`kv.watch()`), and on each change reads every entry after the last
- *   one it delivered: a watch may skip states, so the entries never travel in
- *   it. `kv.watch()` does not see the writes of another process on a local
+ *   one it delivered, up to the newest head (a key written by hand beyond it
+ *   is not read): a watch may skip states, so the entries never travel in it.
+ *   A head of another incarnation (the stream expired and started again) is
+ *   read from the incarnation's start. `kv.watch()` does not see the writes of another process on a local
  *   SQLite file, so a poll (every `pollInterval` ms) backs it up: two
  *   `deno run` processes on one file work as they are.
  * - **History** for resume: the entries of a stream are kept in KV, about
@@ -87,6 +89,7 @@ import {
   keySize,
   KV_MAX_KEY,
   MAX_ENTRY_SIZE,
+  parseHead,
   parseId,
   type RawEntry,
   readEntries,
@@ -165,9 +168,19 @@ const PAGE = 200;
 /** One subscription's delivery state. */
 interface Subscriber {
   onEntry: (entry: SSEBrokerEntry) => void;
-  /** Sequence of the last entry delivered to it (or skipped for it). */
-  after: number;
+  /** Its reader's `delivered` when it joined: it gets the entries after. */
+  from: number;
   active: boolean;
+}
+
+/** Where a reader goes on reading. */
+interface Cursor {
+  /** Sequence of the last entry read (or of the head it started from). */
+  seq: number;
+  /** The incarnation `seq` counts in; `undefined` before any is known. */
+  inc: string | undefined;
+  /** Versionstamp of the newest head read up to (`""` before any). */
+  versionstamp: string;
 }
 
 /** The reading side of one stream in this broker, shared by subscriptions. */
@@ -175,10 +188,16 @@ interface Reader {
   name: string;
   keys: StreamKeys;
   subscribers: Set<Subscriber>;
-  /** Sequence of the last entry read; `undefined` until the head is known. */
-  cursor: number | undefined;
-  /** The newest head sequence seen by the watch, the poll or a publish. */
-  seen: number;
+  /** `undefined` until a subscribe has read the head. */
+  cursor: Cursor | undefined;
+  /**
+   * The newest head (by versionstamp) the watch, the poll, a subscribe or a
+   * publish of this broker saw: what reading goes up to, and not beyond, so
+   * that a key written by hand ahead of the head is not taken for an entry.
+   */
+  head: Head | undefined;
+  /** Entries delivered so far. */
+  delivered: number;
   pulling: Promise<void> | undefined;
   again: boolean;
   watch: ReadableStreamDefaultReader<Deno.KvEntryMaybe<unknown>[]> | undefined;
@@ -357,21 +376,22 @@ export class DenoKvBroker implements SSEBroker {
     checkSubscribe(name, onEntry);
     const reader = this.#reader(name);
     // Nothing is delivered to it until its starting point is known.
-    const subscriber: Subscriber = { onEntry, after: Infinity, active: true };
+    const subscriber: Subscriber = { onEntry, from: Infinity, active: true };
     reader.subscribers.add(subscriber);
     const release = () => this.#release(reader, subscriber);
     try {
-      const { seq } = await this.#task(this.#readHead(reader.keys));
+      const head = await this.#task(this.#readHead(reader.keys));
       if (this.#closed) {
         throw new TypeError("Cannot subscribe: broker is closed");
       }
-      subscriber.after = seq;
-      // A reader may have read past `seq` already: those entries were
-      // committed while this call was in progress, so they may be skipped.
-      if (reader.cursor === undefined || reader.cursor < seq) {
-        reader.cursor ??= seq;
-        this.#pull(reader, seq);
-      }
+      // The first subscription reads on from the head; a later one joins
+      // the reader where it is (behind the head, it may get entries that
+      // were committed while this call was in progress).
+      reader.cursor ??= head.stored
+        ? { seq: head.seq, inc: head.inc, versionstamp: head.versionstamp! }
+        : { seq: head.base, inc: undefined, versionstamp: "" };
+      subscriber.from = reader.delivered;
+      if (head.stored) this.#observe(reader, head);
       this.#ensurePoll();
       return new BrokerSubscription(release);
     } catch (error) {
@@ -413,7 +433,11 @@ export class DenoKvBroker implements SSEBroker {
     let found = false;
     const batchSize = Math.min(limit + 1, PAGE);
     const reading = this.#task((async () => {
-      for await (const raw of readEntries(this.#kv, keys, id.seq, batchSize)) {
+      // Up to the head: a key written by hand beyond it is no entry.
+      const top = headSeq((await this.#kv.get(keys.head)).value);
+      const to = top !== undefined && top >= id.seq ? top : Infinity;
+      const list = readEntries(this.#kv, keys, { from: id.seq, to, batchSize });
+      for await (const raw of list) {
         if (!found) {
           // The first entry must be `after` itself: the same commit, of the
           // same incarnation.
@@ -482,7 +506,7 @@ export class DenoKvBroker implements SSEBroker {
   }
 
   /** The stream's head as stored (see `readHead`); a foreign one reported. */
-  async #readHead(keys: StreamKeys): Promise<Head> {
+  async #readHead(keys: StreamKeys): Promise<Head & { stored: boolean }> {
     const { problem, ...head } = await readHead(this.#kv, keys);
     if (problem !== undefined) {
       this.#report(
@@ -508,7 +532,7 @@ export class DenoKvBroker implements SSEBroker {
         readHead: (keys) => this.#readHead(keys),
         committed: (head) => {
           const reader = this.#readers.get(name);
-          if (reader !== undefined) this.#pull(reader, head.seq);
+          if (reader !== undefined) this.#observe(reader, head);
         },
         fault: (error, context) => this.#fault(error, context),
       });
@@ -527,7 +551,8 @@ export class DenoKvBroker implements SSEBroker {
         keys: streamKeys(this.#prefix, name),
         subscribers: new Set(),
         cursor: undefined,
-        seen: 0,
+        head: undefined,
+        delivered: 0,
         pulling: undefined,
         again: false,
         watch: undefined,
@@ -583,8 +608,9 @@ export class DenoKvBroker implements SSEBroker {
         for (;;) {
           const { value, done } = await watch.read();
           if (done || reader.retired) return;
-          const seq = headSeq(value[0]?.value);
-          if (seq !== undefined) this.#pull(reader, seq);
+          if (value[0] !== undefined) {
+            this.#observe(reader, parseHead(value[0]));
+          }
         }
       } catch (error) {
         if (reader.retired || this.#closed) return;
@@ -609,25 +635,39 @@ export class DenoKvBroker implements SSEBroker {
     for (const reader of [...this.#readers.values()]) {
       if (reader.retired || this.#closed) continue;
       if (reader.watch === undefined) this.#startWatch(reader);
-      let seq: number | undefined;
+      let head: Head | undefined;
       try {
-        seq = headSeq((await this.#kv.get(reader.keys.head)).value);
+        head = parseHead(await this.#kv.get(reader.keys.head));
       } catch (error) {
         this.#fault(error, `Cannot read ${JSON.stringify(reader.name)}`);
         return;
       }
-      if (seq !== undefined) await this.#pull(reader, seq);
+      await this.#observe(reader, head);
     }
+  }
+
+  /**
+   * Takes note of a head (the newest by versionstamp wins: the watch, the
+   * poll and this broker's commits may report them out of order) and reads
+   * what is new.
+   *
+   * @param head A head as stored; `undefined` (none, or not one a broker
+   * wrote: it is not read up to) does nothing.
+   */
+  #observe(reader: Reader, head: Head | undefined): Promise<void> {
+    if (head === undefined) return Promise.resolve();
+    const known = reader.head;
+    if (known === undefined || head.versionstamp! > known.versionstamp!) {
+      reader.head = head;
+    }
+    return this.#pull(reader);
   }
 
   /**
    * Reads what is new in the stream, once at a time: a call while a read is
    * in flight makes it read again when done.
-   *
-   * @param seen A head sequence just observed.
    */
-  #pull(reader: Reader, seen: number): Promise<void> {
-    if (seen > reader.seen || seen < (reader.cursor ?? 0)) reader.seen = seen;
+  #pull(reader: Reader): Promise<void> {
     if (reader.pulling !== undefined) {
       reader.again = true;
       return reader.pulling;
@@ -648,15 +688,29 @@ export class DenoKvBroker implements SSEBroker {
     return pulling;
   }
 
-  /** Reads every entry after the cursor and delivers it. */
+  /**
+   * Reads every entry after the cursor up to the newest head seen, and
+   * delivers it. A head of another incarnation (the stream expired and
+   * started again, on this database or a new one) numbers its entries from
+   * its base again: the cursor goes back there, so that none is skipped.
+   */
   async #read(reader: Reader): Promise<void> {
-    if (reader.cursor === undefined || reader.retired) return;
-    if (reader.seen < reader.cursor) await this.#restarted(reader);
-    let expected = reader.cursor + 1;
-    const entries = readEntries(this.#kv, reader.keys, expected, PAGE);
+    const { cursor, head } = reader;
+    if (cursor === undefined || head === undefined || reader.retired) return;
+    if (head.versionstamp! <= cursor.versionstamp) return;
+    if (head.inc !== cursor.inc) {
+      cursor.seq = Math.min(cursor.seq, head.base);
+      cursor.inc = head.inc;
+    }
+    let expected = cursor.seq + 1;
+    const entries = readEntries(this.#kv, reader.keys, {
+      from: expected,
+      to: head.seq,
+      batchSize: PAGE,
+    });
     for await (const raw of entries) {
       if (reader.retired) return;
-      if (raw.seq > expected && reader.cursor > 0) {
+      if (raw.seq > expected) {
         this.#report(
           new Error(
             `Entries ${expected} to ${raw.seq - 1} of stream ${
@@ -665,40 +719,32 @@ export class DenoKvBroker implements SSEBroker {
           ),
         );
       }
-      reader.cursor = raw.seq;
+      cursor.seq = raw.seq;
       expected = raw.seq + 1;
       const entry = this.#decode(reader.name, raw);
-      for (const subscriber of reader.subscribers) {
-        if (!subscriber.active || subscriber.after >= raw.seq) continue;
-        subscriber.after = raw.seq;
-        if (entry === undefined) continue;
-        try {
-          subscriber.onEntry(entry);
-        } catch (error) {
-          this.#report(
-            new Error(`onEntry threw: ${errorMessage(error)}`, {
-              cause: error,
-            }),
-          );
-        }
-      }
+      if (entry !== undefined) this.#deliver(reader, entry);
     }
-    reader.seen = Math.max(reader.seen, reader.cursor);
+    // Up to the head: an entry missing at its end expired with it.
+    cursor.seq = Math.max(cursor.seq, head.seq);
+    cursor.versionstamp = head.versionstamp!;
     this.#healthy = true;
   }
 
-  /**
-   * The head is behind the cursor: the stream expired and started again,
-   * unless the entry at the cursor is still there (a stale read).
-   */
-  async #restarted(reader: Reader): Promise<void> {
-    const at = await this.#kv.get([...reader.keys.entries, reader.cursor!]);
-    if (at.versionstamp !== null) {
-      reader.seen = reader.cursor!;
-      return;
+  /** Delivers an entry to the subscribers that joined before it. */
+  #deliver(reader: Reader, entry: SSEBrokerEntry): void {
+    const position = ++reader.delivered;
+    for (const subscriber of reader.subscribers) {
+      // One that joined during this loop (from inside an onEntry) starts
+      // with the next entry.
+      if (!subscriber.active || subscriber.from >= position) continue;
+      try {
+        subscriber.onEntry(entry);
+      } catch (error) {
+        this.#report(
+          new Error(`onEntry threw: ${errorMessage(error)}`, { cause: error }),
+        );
+      }
     }
-    reader.cursor = 0;
-    for (const subscriber of reader.subscribers) subscriber.after = 0;
   }
 
   /** The entry, or `undefined` (reported) when it does not decode. */

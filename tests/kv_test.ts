@@ -466,6 +466,138 @@ kvTest(
   },
 );
 
+kvTest(
+  "DenoKvBroker delivers every entry of a stream that expired and started again to a process that only polls",
+  async (db) => {
+    // The other process's writes reach this one by the poll alone; between
+    // two polls the stream expires and five entries are published.
+    const other = Peer.process(db.dir);
+    const kv = await db.open();
+    const local = broker(kv, { pollInterval: 100 });
+    try {
+      await other.send({ open: { path: db.path, pollInterval: 100 } });
+      const received = new Collector();
+      const subscription = await local.subscribe("s", received.onEntry);
+      const before = await other.send({
+        publish: { name: "s", data: ["a", "b", "c"] },
+      });
+      await received.until(3);
+      for (const key of await keys(kv, ["sse", "s"])) await kv.delete(key);
+      const after = await other.send({
+        publish: { name: "s", data: range(5) },
+      });
+      const ids = [
+        ...before.published as string[],
+        ...after.published as string[],
+      ];
+      await received.untilId(ids.at(-1)!);
+      // Before: the first three of the five were never delivered.
+      assert.deepEqual(received.ids, ids);
+      subscription.unsubscribe();
+    } finally {
+      assert.deepEqual(await other.close(), []);
+      await local.close();
+    }
+    assert.deepEqual(local.errors, []);
+  },
+);
+
+/**
+ * A broker subscribed to stream "s" after `count` entries, with what it
+ * receives and reports, for the hand-written key tests.
+ */
+async function handWritten(
+  db: TempKv,
+  count: number,
+): Promise<{
+  kv: Deno.Kv;
+  a: DenoKvBroker & { errors: string[] };
+  received: Collector;
+  ids: string[];
+  done(): Promise<void>;
+}> {
+  const kv = await db.open();
+  const a = broker(kv);
+  const received = new Collector();
+  const subscription = await a.subscribe("s", received.onEntry);
+  const ids = await publishAll(a, "s", range(count));
+  await received.untilId(ids.at(-1)!);
+  const done = async () => {
+    subscription.unsubscribe();
+    await a.close();
+  };
+  return { kv, a, received, ids, done };
+}
+
+kvTest(
+  "DenoKvBroker goes on delivering live when a key is written by hand beyond the head",
+  async (db) => {
+    const { kv, a, received, ids, done } = await handWritten(db, 1);
+    // Another program writes a key far ahead, without touching the head.
+    await kv.set(["sse", "s", "entries", 1000], {
+      time: 1,
+      json: json("not an entry"),
+    });
+    ids.push(...await publishAll(a, "s", range(5, 1)));
+    await received.untilId(ids.at(-1)!);
+    // Before: the cursor jumped to 1000 and nothing more was delivered.
+    assert.deepEqual(received.ids, ids);
+    assert.deepEqual(
+      (await a.history("s", { after: ids[0]!, limit: 100 }))?.map((e) => e.id),
+      ids.slice(1),
+    );
+    assert.deepEqual(
+      await a.history("s", { after: ids.at(-1)!, limit: 100 }),
+      [],
+    );
+    // Nothing was "trimmed": the key beyond the head is not read.
+    assert.deepEqual(a.errors, []);
+    await done();
+  },
+);
+
+kvTest(
+  "DenoKvBroker does not let a key written by hand at the next sequences take a real entry's place",
+  async (db) => {
+    const { kv, a, received, ids, done } = await handWritten(db, 1);
+    await kv.set(["sse", "s", "entries", 3], "garbage");
+    await kv.set(["sse", "s", "entries", 3, 1], new Uint8Array([1]));
+    await kv.set(["sse", "s", "entries", 4, 5], new Uint8Array([1]));
+    ids.push(...await publishAll(a, "s", range(3, 1)));
+    await received.untilId(ids.at(-1)!);
+    // Before: entry 3 was read as the garbage, reported, then never read.
+    assert.deepEqual(received.ids, ids);
+    assert.deepEqual(
+      (await a.history("s", { after: ids[0]!, limit: 100 }))?.map((e) => e.id),
+      ids.slice(1),
+    );
+    assert.deepEqual(a.errors, []);
+    await done();
+  },
+);
+
+kvTest(
+  "DenoKvBroker starts again after the entries still there when its head is rewound by hand, and reports it once",
+  async (db) => {
+    const { kv, a, received, ids, done } = await handWritten(db, 3);
+    await kv.set(["sse", "s", "head"], { seq: 0 });
+    ids.push(...await publishAll(a, "s", ["4", "5"]));
+    await received.untilId(ids.at(-1)!);
+    // Before: entries 1 and 2 were overwritten, and reached no subscriber.
+    assert.deepEqual(received.ids, ids);
+    assert.deepEqual(
+      data((await a.history("s", { after: ids[0]!, limit: 100 }))!),
+      ["1", "2", "4", "5"],
+    );
+    assert.equal(a.errors.length, 1, a.errors.join("\n"));
+    assert.match(
+      a.errors[0]!,
+      /^Invalid head of stream "s": it says entry 0 is the newest, but entry 3 is there/,
+    );
+    await done();
+  },
+);
+
 /** Writes an entry the way another program might, at the next sequence. */
 async function writeRaw(
   kv: Deno.Kv,
@@ -707,6 +839,12 @@ testBrokerContract({
   async poison(fixture, name) {
     const { kv } = fixtureKv.get(fixture)!;
     await writeRaw(kv, name, [{ time: 1, json: json({ topic: "" }) }]);
+  },
+  async expire(fixture, name) {
+    // What Deno KV's expiry sweep leaves once every key of the stream has
+    // expired: nothing.
+    const { kv } = fixtureKv.get(fixture)!;
+    for (const key of await keys(kv, ["sse", name])) await kv.delete(key);
   },
   async restart(fixture) {
     // The database is lost, and the app starts on a brand-new one (a new
