@@ -437,6 +437,7 @@ export class DenoKvBroker implements SSEBroker {
       const top = headSeq((await this.#kv.get(keys.head)).value);
       const to = top !== undefined && top >= id.seq ? top : Infinity;
       const list = readEntries(this.#kv, keys, { from: id.seq, to, batchSize });
+      let previous = id.seq;
       for await (const raw of list) {
         if (!found) {
           // The first entry must be `after` itself: the same commit, of the
@@ -450,6 +451,14 @@ export class DenoKvBroker implements SSEBroker {
           found = true;
           continue;
         }
+        // Each page of the list is a snapshot of its own: a trim between
+        // two of them leaves a hole. What comes before it is returned, and
+        // the next call, after it, finds the hole first: not a resume point.
+        if (raw.seq !== previous + 1 || raw.incomplete) {
+          if (entries.length === 0) found = false;
+          return;
+        }
+        previous = raw.seq;
         const entry = this.#decode(name, raw);
         if (entry !== undefined) entries.push(entry);
         if (entries.length === limit) return;

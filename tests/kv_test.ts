@@ -598,6 +598,63 @@ kvTest(
   },
 );
 
+kvTest(
+  "DenoKvBroker history stops at a hole in the sequence, and the id before it is then no resume point",
+  async (db) => {
+    const kv = await db.open();
+    const a = broker(kv);
+    const ids = await publishAll(a, "s", range(10));
+    // Entries 5 and 6 go (a trim between two list pages of one read looks
+    // the same to that read).
+    await kv.delete(["sse", "s", "entries", 5]);
+    await kv.delete(["sse", "s", "entries", 6]);
+    const page = await a.history("s", { after: ids[0]!, limit: 100 });
+    // Before: entries 2 to 4, then 7 to 10, with nothing to say 5 and 6 were
+    // missed.
+    assert.deepEqual(page?.map((e) => e.id), ids.slice(1, 4));
+    assert.equal(await a.history("s", { after: ids[3]!, limit: 100 }), null);
+    assert.deepEqual(
+      (await a.history("s", { after: ids[6]!, limit: 100 }))?.map((e) => e.id),
+      ids.slice(7),
+    );
+    await a.close();
+  },
+);
+
+kvTest(
+  "DenoKvBroker history has no hole when a trim lands between the pages of one read",
+  async (db) => {
+    const kv = await db.open();
+    const reader = broker(kv);
+    // 70 KB entries take two values each, so a read of 100 spans pages.
+    const big = "x".repeat(70_000);
+    let holes = 0;
+    let pages = 0;
+    for (let round = 0; round < 8; round++) {
+      const name = `s${round}`;
+      const filler = broker(kv);
+      const ids: string[] = [];
+      for (let i = 0; i < 110; i++) {
+        ids.push(await filler.publish(name, message(big), { replay: 1_000 }));
+      }
+      await filler.close();
+      const trimmer = broker(kv, { trimDelay: 0 });
+      // The trim of all but 5 starts first, the read some ms later.
+      const trim = trimmer.publish(name, message("x"), { replay: 5 });
+      await new Promise((resolve) => setTimeout(resolve, round % 4));
+      const page = await reader.history(name, { after: ids[0]!, limit: 100 });
+      await trim;
+      await trimmer.close();
+      if (page === null) continue;
+      pages++;
+      const seqs = page.map((entry) => partsOf(entry.id).seq);
+      if (seqs.some((seq, i) => seq !== 2 + i)) holes++;
+    }
+    assert.equal(holes, 0, `${holes} of ${pages} pages had a hole`);
+    await reader.close();
+  },
+);
+
 /** Writes an entry the way another program might, at the next sequence. */
 async function writeRaw(
   kv: Deno.Kv,
