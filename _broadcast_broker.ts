@@ -22,6 +22,7 @@ import {
   type SSEBroker,
   type SSEBrokerEntry,
   type SSEBrokerSubscription,
+  withoutId,
 } from "./_broker.ts";
 import type { SSEMessage } from "./encoder.ts";
 
@@ -321,6 +322,8 @@ export class BroadcastChannelBroker implements SSEBroker {
       return;
     }
     this.#observe(entry!.id);
-    local.add(entry!, replay!);
+    // The event id is the entry's, whatever its message says.
+    const { id, topic, message } = entry!;
+    local.add({ id, topic, message: withoutId(message) }, replay!);
   }
 }

@@ -670,7 +670,7 @@ export function checkPublish(
       `Invalid replay: expected a non-negative integer, got ${replay}`,
     );
   }
-  let message = entry.message;
+  const message = entry.message;
   if (typeof message !== "object" || message === null) {
     throw new TypeError(
       `Invalid message: expected an object, got ${
@@ -684,12 +684,23 @@ export function checkPublish(
         .data}`,
     );
   }
-  // The broker assigns the id: the stored message has none.
-  if (message.id !== undefined) {
-    const { id: _, ...rest } = message;
-    message = rest;
-  }
-  return { topic, message, replay };
+  return { topic, message: withoutId(message), replay };
+}
+
+/**
+ * A message without its `id`: the broker's id is the event's, and a
+ * message's own, framed after it, would become the client's `Last-Event-ID`.
+ * Every broker stores a message without it, and drops it from an entry it
+ * reads that another program wrote. Internal: shared by the brokers, not
+ * exported from `server.ts`.
+ *
+ * @param message A message.
+ * @returns The same object when it has no `id`, else a copy without it.
+ */
+export function withoutId(message: SSEMessage): SSEMessage {
+  if (message.id === undefined) return message;
+  const { id: _, ...rest } = message;
+  return rest;
 }
 
 /**

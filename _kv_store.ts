@@ -29,6 +29,7 @@ import {
   errorMessage,
   randomId,
   type SSEBrokerEntry,
+  withoutId,
 } from "./_broker.ts";
 
 /**
@@ -467,7 +468,10 @@ export function decodeEntry(
       message,
     };
     const fault = entryProblem(entry);
-    return fault === undefined ? { entry } : { fault };
+    if (fault !== undefined) return { fault };
+    // The event id is the broker's, whatever a hand-written entry says.
+    entry.message = withoutId(entry.message);
+    return { entry };
   } catch (error) {
     return { fault: errorMessage(error) };
   }

@@ -4,7 +4,7 @@
 // process may have written) becomes an SSEBrokerEntry. Private: never
 // exported from mod.ts or deno.json.
 
-import { entryProblem, type SSEBrokerEntry } from "./_broker.ts";
+import { entryProblem, type SSEBrokerEntry, withoutId } from "./_broker.ts";
 
 /** A stream entry as RESP2 returns it: `[id, [field, value, …]]`. */
 export type RawEntry = [string, string[]];
@@ -105,9 +105,6 @@ export function decodeEntry(
   const problem = entryProblem(entry);
   if (problem !== undefined) return problem;
   // The event id is the broker's, whatever a hand-written entry says.
-  if (entry.message.id !== undefined) {
-    const { id: _, ...rest } = entry.message;
-    entry.message = rest;
-  }
+  entry.message = withoutId(entry.message);
   return entry;
 }

@@ -55,6 +55,17 @@ export interface BrokerContractOptions {
    */
   poison?(fixture: BrokerFixture, name: string): Promise<void>;
   /**
+   * Stores at the end of stream `name`, as another program (or an earlier
+   * version) could write it, one valid entry whose message is `message`
+   * (which has an `id` of its own), and resolves once it is stored. Absent
+   * for a broker that only holds entries it made itself.
+   */
+  forge?(
+    fixture: BrokerFixture,
+    name: string,
+    message: SSEMessage,
+  ): Promise<void>;
+  /**
    * A new broker on the fixture's backend after a restart that lost its
    * state (a new process, a Redis without persistence): ids from before must
    * not resume there. The test closes it. Absent when the backend cannot
@@ -578,6 +589,34 @@ export function testBrokerContract(options: BrokerContractOptions): void {
       subscription.unsubscribe();
     },
     options.poison === undefined,
+  );
+
+  test(
+    "hands out an entry written by another program under its own id, never the id inside its message",
+    async (fixture) => {
+      const { broker, peer } = fixture;
+      const received = new Collector();
+      const subscription = await broker.subscribe("s", received.onEntry);
+      const [before] = await publishAll(peer, "s", ["before"]);
+      // Its message names an older id: framed after the broker's, it would
+      // become the client's Last-Event-ID, and the client would be sent
+      // what it already has.
+      await options.forge!(fixture, "s", { data: "forged", id: before! });
+      const [after] = await publishAll(peer, "s", ["after"]);
+      await received.untilId(after!);
+      const kept = await broker.history("s", { after: before!, limit: 10 });
+      for (const entries of [received.entries.slice(1), kept!]) {
+        assert.deepEqual(
+          entries.map((entry) => entry.message),
+          [{ data: "forged" }, { data: "after" }],
+        );
+        assert.notEqual(entries[0]!.id, before);
+        assert.match(entries[0]!.id, PRINTABLE);
+      }
+      assert.equal(received.entries[1]!.id, kept![0]!.id);
+      subscription.unsubscribe();
+    },
+    options.forge === undefined,
   );
 
   test("refuses what it cannot store or read, naming what is wrong", async ({ broker }) => {

@@ -39,6 +39,22 @@ testBrokerContract({
       await new Promise((resolve) => setTimeout(resolve, 1));
     }
   },
+  // Another Worker (or another version of the library) posts a valid entry.
+  async forge(fixture, name, message) {
+    const sender = new BroadcastChannel(`sse:${name}`);
+    const receiver = new BroadcastChannel(`sse:${name}`);
+    const id = `${Date.now()}-0-forger`;
+    const arrived = new Promise((resolve) => receiver.onmessage = resolve);
+    sender.postMessage({
+      sse: 1,
+      replay: 100,
+      entry: { id, topic: "", message },
+    });
+    // Posted to every listener of the name at once: the broker has it too.
+    await arrived;
+    sender.close();
+    receiver.close();
+  },
   // A Worker that starts again: a new broker with no history.
   restart: () => Promise.resolve(new BroadcastChannelBroker()),
 });

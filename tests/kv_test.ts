@@ -897,6 +897,10 @@ testBrokerContract({
     const { kv } = fixtureKv.get(fixture)!;
     await writeRaw(kv, name, [{ time: 1, json: json({ topic: "" }) }]);
   },
+  async forge(fixture, name, message) {
+    const { kv } = fixtureKv.get(fixture)!;
+    await writeRaw(kv, name, [{ time: 1, json: json({ topic: "", message }) }]);
+  },
   async expire(fixture, name) {
     // What Deno KV's expiry sweep leaves once every key of the stream has
     // expired: nothing.

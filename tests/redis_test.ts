@@ -67,6 +67,22 @@ testBrokerContract({
       await raw.close();
     }
   },
+  async forge(fixture, name, message) {
+    const raw = await rawClient(servers.get(fixture)!.url);
+    try {
+      await raw.send([
+        "XADD",
+        `sse:${name}`,
+        "*",
+        "topic",
+        "",
+        "message",
+        JSON.stringify(message),
+      ]);
+    } finally {
+      await raw.close();
+    }
+  },
   async expire(fixture, name) {
     // As an operator's DEL, an eviction under maxmemory or FLUSHALL would:
     // on a connection kept open, so that it lands within a millisecond.
