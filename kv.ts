@@ -164,6 +164,11 @@ const DEFAULT_TRIM_DELAY = 30_000;
 const CLOSE_TIMEOUT = 1_000;
 /** Keys read per list page. */
 const PAGE = 200;
+/**
+ * How many entries that do not decode the broker remembers having reported,
+ * so that one read by every resuming client is reported once.
+ */
+const REPORTED_MAX = 1_000;
 
 /** One subscription's delivery state. */
 interface Subscriber {
@@ -244,6 +249,8 @@ export class DenoKvBroker implements SSEBroker {
   #report: (error: Error) => void;
   #writers = new Map<string, StreamWriter>();
   #readers = new Map<string, Reader>();
+  /** Stream and id of the entries reported as not decoding. */
+  #reported = new Set<string>();
   #poll: Timer | undefined;
   #polling = false;
   /** Work in flight, which `close()` waits for (up to a bound). */
@@ -760,11 +767,18 @@ export class DenoKvBroker implements SSEBroker {
   #decode(name: string, raw: RawEntry): SSEBrokerEntry | undefined {
     const decoded = decodeEntry(raw);
     if ("entry" in decoded) return decoded.entry;
+    // Once per entry, however many readers (live, every resuming client)
+    // skip it.
+    const id = entryId(raw.versionstamp, raw.seq, raw.inc);
+    const key = `${JSON.stringify(name)} ${id}`;
+    if (this.#reported.has(key)) return undefined;
+    if (this.#reported.size >= REPORTED_MAX) this.#reported.clear();
+    this.#reported.add(key);
     this.#report(
       new SyntaxError(
-        `Invalid entry ${
-          entryId(raw.versionstamp, raw.seq, raw.inc)
-        } of stream ${JSON.stringify(name)}: ${decoded.fault}`,
+        `Invalid entry ${id} of stream ${
+          JSON.stringify(name)
+        }: ${decoded.fault}`,
       ),
     );
     return undefined;

@@ -568,7 +568,7 @@ export function testBrokerContract(options: BrokerContractOptions): void {
   });
 
   test(
-    "skips an entry it cannot decode, live and in history, and reports the stream and the id",
+    "skips an entry it cannot decode, live and in history, and reports it once with the stream and the id",
     async (fixture) => {
       const { broker, peer, errors } = fixture;
       const received = new Collector();
@@ -578,9 +578,12 @@ export function testBrokerContract(options: BrokerContractOptions): void {
       const [last] = await publishAll(peer, "s", ["after"]);
       await received.untilId(last!);
       assert.deepEqual(received.ids, [first, last]);
-      const kept = await readAll(broker, "s", first!, 1);
-      assert.deepEqual(kept?.map((entry) => entry.id), [last]);
-      assert.ok(errors.length >= 1, "the poison entry was reported");
+      // Read again and again, as by every client that resumes past it.
+      for (let i = 0; i < 5; i++) {
+        const kept = await readAll(broker, "s", first!, 1);
+        assert.deepEqual(kept?.map((entry) => entry.id), [last]);
+      }
+      assert.equal(errors.length, 1, errors.join("\n"));
       for (const error of errors) {
         assert.ok(error instanceof Error);
         assert.match(error.message, /"s"/, "the stream is named");
