@@ -210,23 +210,44 @@ export const DEFAULT_MAX_RETRY_DELAY = 30_000;
 
 /**
  * The least wait after a failed attempt, in milliseconds, whatever the
- * server's `retry` (unless `maxRetryDelay` is lower): a server that asks for
- * `retry: 0` and then fails, or closes every stream before an event, is not
- * hammered in a loop.
+ * server's `retry`: a server that asks for `retry: 0` and then fails, or
+ * closes every stream before an event, is not hammered in a loop.
  */
 export const MIN_FAILURE_WAIT = 100;
 
 /**
- * The waits between attempts that fail in a row. A failed attempt is one
- * that delivered no event: a network error, a retryable status, or a stream
- * that opened and ended (or dropped) before an event. Progress (an event
- * delivered) resets it, not a successful open: a server that accepts every
- * connection and closes it at once is a failing server.
+ * A connection that delivered events and lived less than this, in
+ * milliseconds, is short: a run of short connections is a reconnect storm.
+ */
+export const SHORT_CONNECTION = 1000;
+
+/**
+ * How many short connections in a row reconnect after exactly the
+ * reconnection time, before the waits grow.
+ */
+export const STORM_ALLOWANCE = 3;
+
+/**
+ * The waits between connections, so that no server can make a client
+ * reconnect in a loop.
+ *
+ * - A failed attempt is one that delivered no event: a network error, a
+ *   retryable status, or a stream that opened and ended (or dropped) before
+ *   an event. Failures in a row wait longer and longer (see
+ *   {@linkcode Backoff.next}). A successful open does not end the run: a
+ *   server that accepts every connection and closes it at once is failing.
+ * - A connection that delivered events ends the run of failures, and the
+ *   next attempt waits exactly the reconnection time, as the standard says
+ *   and the web-platform-tests check; unless it is part of a reconnect storm
+ *   (see {@linkcode Backoff.afterProgress}): a server that sends one event
+ *   (the same snapshot, say) and closes, with `retry: 0`, is hammered too.
  */
 export class Backoff {
   #factor: number;
   #maxDelay: number;
   #failures = 0;
+  #short = 0;
+  #storming = false;
 
   /**
    * @param factor How much the wait grows with each failure in a row.
@@ -237,9 +258,33 @@ export class Backoff {
     this.#maxDelay = maxDelay;
   }
 
-  /** An event was delivered: the next wait is the reconnection time again. */
-  reset(): void {
+  /**
+   * Whether the last connection that delivered events was part of a
+   * reconnect storm: it is no progress (SSEClient's `maxRetries` keeps
+   * counting through it).
+   */
+  get storming(): boolean {
+    return this.#storming;
+  }
+
+  /**
+   * Counts a connection that delivered events, and returns the wait before
+   * the next one: the reconnection time, exactly; but from the
+   * ({@linkcode STORM_ALLOWANCE} + 1)th short connection in a row (one that
+   * lived less than {@linkcode SHORT_CONNECTION}), while the reconnection
+   * time is below that too, the wait grows as after failures, one step per
+   * short connection beyond the allowance. A connection that lived long
+   * enough ends the run.
+   *
+   * @param base The reconnection time: the server's `retry`, or the default.
+   * @param lived How long the connection was open, in milliseconds.
+   */
+  afterProgress(base: number, lived: number): number {
     this.#failures = 0;
+    this.#short = lived < SHORT_CONNECTION ? this.#short + 1 : 0;
+    const beyond = this.#short - STORM_ALLOWANCE;
+    this.#storming = beyond > 0 && base < SHORT_CONNECTION;
+    return this.#storming ? this.#grow(base, beyond) : base;
   }
 
   /**
@@ -254,14 +299,17 @@ export class Backoff {
    * @param retryAfter A `Retry-After` header, in milliseconds, if any.
    */
   next(base: number, retryAfter?: number): number {
-    const failures = ++this.#failures;
-    const floor = Math.max(base, Math.min(MIN_FAILURE_WAIT, this.#maxDelay));
-    const ceiling = Math.min(this.#maxDelay, floor * this.#factor ** failures);
-    let wait = Math.max(floor, ceiling * (0.5 + Math.random() / 2));
+    let wait = this.#grow(base, ++this.#failures);
     if (retryAfter !== undefined) {
       wait = Math.max(wait, Math.min(retryAfter, this.#maxDelay));
     }
-    return Math.round(wait);
+    return wait;
+  }
+
+  #grow(base: number, steps: number): number {
+    const floor = Math.max(base, MIN_FAILURE_WAIT);
+    const ceiling = Math.min(this.#maxDelay, floor * this.#factor ** steps);
+    return Math.round(Math.max(floor, ceiling * (0.5 + Math.random() / 2)));
   }
 }
 

@@ -105,7 +105,17 @@ export class EventParser {
   constructor(options: EventParserOptions = {}) {
     this.#onRetry = options.onRetry;
     this.#onComment = options.onComment;
-    const max = options.maxEventSize ?? DEFAULT_MAX_EVENT_SIZE;
+    // Only undefined is "not given": null (from a JSON config, say) is not.
+    const max: unknown = options.maxEventSize === undefined
+      ? DEFAULT_MAX_EVENT_SIZE
+      : options.maxEventSize;
+    if (typeof max !== "number") {
+      throw new TypeError(
+        `Invalid maxEventSize: expected a number, got ${
+          max === null ? "null" : typeof max
+        }`,
+      );
+    }
     if (!(max > 0)) {
       throw new RangeError(
         `Invalid maxEventSize: expected a positive number, got ${max}`,

@@ -22,7 +22,7 @@
  * @module
  */
 
-import { DEFAULT_MAX_EVENT_SIZE, EventParser } from "./_event_parser.ts";
+import { EventParser } from "./_event_parser.ts";
 import type { SSEEvent } from "./parser.ts";
 import {
   Backoff,
@@ -38,6 +38,7 @@ import {
   headersOption,
   type HeadersSource,
   isEventStream,
+  MIN_FAILURE_WAIT,
   OPEN,
   parseRetryAfter,
   type ReadyState,
@@ -48,6 +49,7 @@ import {
 } from "./_connection.ts";
 import { describeFailure, messageOf, methodProblem } from "./_refusal.ts";
 import { Pause } from "./_pause.ts";
+import { describe } from "./_json.ts";
 
 export type { SSEEvent } from "./parser.ts";
 
@@ -190,17 +192,19 @@ export interface SSEClientOptions {
   retry?: number;
   /**
    * The longest wait, in milliseconds, that backoff and `Retry-After` may
-   * reach. A server's `retry:` field may still ask for longer.
+   * reach: at least 100 (the least wait after a failed attempt), else a
+   * `RangeError`. A server's `retry:` field may still ask for longer.
    *
    * @default {30000}
    */
   maxRetryDelay?: number;
   /**
-   * How many reconnection attempts in a row may follow the last event
-   * delivered (or the start). When they are used up, iteration throws the
-   * last error (a stream that merely ended just ends the iteration). `0`
-   * never reconnects: right for a `POST` that must not be sent twice, such as
-   * a language model's answer.
+   * How many reconnection attempts in a row may follow the last connection
+   * that made progress (or the start): one that delivered an event, and was
+   * not part of a reconnect storm (see {@linkcode SSEClient}). When they are
+   * used up, iteration throws the last error (a stream that merely ended
+   * just ends the iteration). `0` never reconnects: right for a `POST` that
+   * must not be sent twice, such as a language model's answer.
    *
    * @default {Infinity}
    */
@@ -310,6 +314,15 @@ export interface SSEClientOptions {
  *   reconnection time; `Retry-After` is honoured up to `maxRetryDelay`. Only
  *   an event delivered resets it (not a successful open), so a server that
  *   accepts every connection and closes it at once is not hammered;
+ * - no reconnect storm: a stream that delivers events but lives less than
+ *   1 s is short. Three short ones in a row reconnect after exactly the
+ *   reconnection time; from the fourth, while the reconnection time is below
+ *   1 s, the waits grow as after failures (100–200 ms, then 200–400 ms…),
+ *   and such connections are no progress for `maxRetries`. A stream that
+ *   lives 1 s or more ends the run. So a server that sends one event and
+ *   closes, with `retry: 0`, gets a handful of requests a second at first
+ *   and fewer and fewer after, not thousands; a reconnection time of 1 s or
+ *   more is always followed exactly. Every wait is a timer, even one of 0;
  * - `204 No Content` ends the iteration normally;
  * - any other status, or a `Content-Type` that is not `text/event-stream`,
  *   makes iteration throw an {@linkcode SSEError} with its `status`, without
@@ -414,6 +427,9 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
   #pause = new Pause();
   // Whether the current connection has delivered an event.
   #progress = false;
+  // When the current connection opened (Date.now()): how long it lived
+  // tells a reconnect storm.
+  #openedAt = 0;
   // Reconnection attempts since the last event delivered.
   #retries = 0;
   // Whether the last response's onResponse asked for a retry, granted.
@@ -478,7 +494,13 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
       options.maxRetryDelay,
       DEFAULT_MAX_RETRY_DELAY,
     );
-    const maxRetries = options.maxRetries ?? Infinity;
+    if (maxRetryDelay < MIN_FAILURE_WAIT) {
+      throw new RangeError(
+        `Invalid maxRetryDelay: expected at least ${MIN_FAILURE_WAIT} ms (the least wait after a failed attempt), got ${maxRetryDelay}`,
+      );
+    }
+    const maxRetries = numberOption("maxRetries", options.maxRetries) ??
+      Infinity;
     if (
       !(maxRetries >= 0 &&
         (Number.isInteger(maxRetries) || maxRetries === Infinity))
@@ -488,14 +510,19 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
       );
     }
     this.#maxRetries = maxRetries;
-    const factor = options.backoffFactor ?? DEFAULT_BACKOFF_FACTOR;
+    const factor = numberOption("backoffFactor", options.backoffFactor) ??
+      DEFAULT_BACKOFF_FACTOR;
     if (!(factor >= 1 && factor < Infinity)) {
       throw new RangeError(
         `Invalid backoffFactor: expected a finite number of at least 1, got ${factor}`,
       );
     }
     this.#backoff = new Backoff(factor, maxRetryDelay);
-    const idle = options.idleTimeout ?? Infinity;
+    const idle = numberOption(
+      "idleTimeout",
+      options.idleTimeout,
+      "a number of milliseconds",
+    ) ?? Infinity;
     if (!(idle > 0)) {
       throw new RangeError(
         `Invalid idleTimeout: expected a positive number of milliseconds, got ${idle}`,
@@ -537,7 +564,7 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
     this.#parser = new EventParser({
       lastEventId,
       onComment: options.onComment,
-      maxEventSize: options.maxEventSize ?? DEFAULT_MAX_EVENT_SIZE,
+      maxEventSize: options.maxEventSize,
     });
 
     const signal = options.signal;
@@ -627,7 +654,7 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
         this.#fail(error); // the pull below throws it
       }
       if (event !== undefined) {
-        if (!this.#progress) this.#progressed();
+        this.#progress = true;
         return Promise.resolve({ value: event, done: false });
       }
     }
@@ -643,13 +670,6 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
     };
     pull.then(settled, settled);
     return pull;
-  }
-
-  // The first event of a connection: the failures in a row end here.
-  #progressed(): void {
-    this.#progress = true;
-    this.#backoff.reset();
-    this.#retries = 0;
   }
 
   // Reads chunks until one yields an event, reconnecting as needed.
@@ -690,7 +710,7 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
           this.#parser.push(result.value);
           const event = this.#parser.next();
           if (event !== undefined) {
-            if (!this.#progress) this.#progressed();
+            this.#progress = true;
             return { value: event, done: false };
           }
         }
@@ -701,13 +721,22 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
   }
 
   // An open stream ended or broke: reconnect after the reconnection time if
-  // it delivered an event, else after a failure's backoff.
+  // it delivered an event (unless it is part of a storm), else after a
+  // failure's backoff.
   #drop(error: SSEError | undefined): void {
     this.#connection!.close();
     this.#connection = undefined;
     // §9.2.5: an event cut off by the end of the stream is discarded; the
     // last event ID and the reconnection time carry over.
     this.#parser.reset();
+    const time = this.#reconnectionTime();
+    let wait: number | undefined = undefined;
+    if (this.#progress) {
+      wait = this.#backoff.afterProgress(time, Date.now() - this.#openedAt);
+      // Progress ends the run of attempts that count against maxRetries;
+      // a connection in a storm does not.
+      if (!this.#backoff.storming) this.#retries = 0;
+    }
     if (this.#retries >= this.#maxRetries) {
       if (error === undefined) this.#shutdown();
       else this.#fail(error);
@@ -717,10 +746,7 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
     if (error !== undefined) this.#onError?.(error);
     if (this.#isClosed()) return; // closed by the callback
     this.#retries++;
-    const time = this.#reconnectionTime();
-    this.#connecting = this.#connect(
-      this.#progress ? time : this.#backoff.next(time),
-    );
+    this.#connecting = this.#connect(wait ?? this.#backoff.next(time));
   }
 
   #reconnectionTime(): number {
@@ -737,7 +763,8 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
         if (wait !== undefined) {
           this.#onRetry?.(wait);
           if (this.#isClosed()) return;
-          if (wait > 0) await this.#pause.wait(wait);
+          // A timer even for 0: never a synchronous reconnection loop.
+          await this.#pause.wait(wait);
           if (this.#isClosed()) return;
         }
         const connection = new Connection(this.#idleTimeout);
@@ -747,6 +774,7 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
         if (next.kind === "open") {
           this.#state = OPEN;
           this.#progress = false;
+          this.#openedAt = Date.now();
           this.#onOpen?.(next.response);
           return;
         }
@@ -951,11 +979,25 @@ const ENDED: Outcome = { kind: "end" };
 const ERROR_BODY_LIMIT = 64 * 1024;
 const ERROR_BODY_TIME = 5000;
 
+// A number option, type-checked: `null` (from a JSON config, say) or a
+// string is not read as a number.
+function numberOption(
+  name: string,
+  value: unknown,
+  expected = "a number",
+): number | undefined {
+  if (value === undefined || typeof value === "number") return value;
+  throw new TypeError(
+    `Invalid ${name}: expected ${expected}, got ${describe(value)}`,
+  );
+}
+
 function milliseconds(
   name: string,
-  value: number | undefined,
+  option: number | undefined,
   fallback: number,
 ): number {
+  const value = numberOption(name, option, "a number of milliseconds");
   if (value === undefined) return fallback;
   if (!(value >= 0)) {
     throw new RangeError(

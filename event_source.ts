@@ -120,9 +120,13 @@ interface HandlerSlot {
  *   reconnection time (3 s, or the stream's `retry:`), then a new request;
  *   after an attempt that dispatched no message (a network error, a stream
  *   that ended before its first message) the wait grows as the standard
- *   allows: from the reconnection time, raised to at least 100 ms, doubling
- *   with each such attempt in a row up to 30 s, with jitter. A message
- *   dispatched brings it back to the reconnection time;
+ *   allows ("optionally, wait some more"): from the reconnection time,
+ *   raised to at least 100 ms, doubling with each such attempt in a row up
+ *   to 30 s, with jitter. A message dispatched brings it back to the
+ *   reconnection time, except in a reconnect storm: from the fourth
+ *   connection in a row that dispatched messages but lived less than 1 s,
+ *   while the reconnection time is below 1 s, the wait grows the same way,
+ *   until a connection lives 1 s;
  * - a request that can never succeed (a blocked port, a scheme fetch does not
  *   read, a redirect loop or a redirect to another scheme, headers from the
  *   `headers` option that fetch cannot send) fails the connection at once,
@@ -183,12 +187,17 @@ export class EventSource extends EventTarget {
   #origin = "";
   #connection: Connection | undefined = undefined;
   #pause = new Pause();
-  // §9.2.3 "reestablish the connection" step 2: "if the previous attempt
-  // failed, then user agents might introduce an exponential backoff delay".
-  // An attempt that delivered no message counts as failed.
+  // §9.2.3 "reestablish the connection" step 3: "Optionally, wait some
+  // more. In particular, if the previous attempt failed, then user agents
+  // might introduce an exponential backoff delay". An attempt that delivered
+  // no message counts as failed, and so does a connection in a reconnect
+  // storm (see Backoff).
   #backoff = new Backoff(DEFAULT_BACKOFF_FACTOR, DEFAULT_MAX_RETRY_DELAY);
   // Whether the current connection has dispatched a message.
   #progress = false;
+  // When the current connection opened (Date.now()): how long it lived
+  // tells a reconnect storm.
+  #openedAt = 0;
   #handlers = new Map<string, HandlerSlot>();
 
   /**
@@ -469,10 +478,7 @@ export class EventSource extends EventTarget {
 
   // §9.2.6 "dispatch the event", for each event the parser completes.
   #dispatchMessage(event: SSEEvent): void {
-    if (!this.#progress) {
-      this.#progress = true;
-      this.#backoff.reset();
-    }
+    this.#progress = true;
     const origin = this.#origin;
     const message = new MessageEvent(event.type, {
       data: event.data,
@@ -555,6 +561,7 @@ export class EventSource extends EventTarget {
     this.#origin = new URL(response.url || this.#url).origin;
     // Announce the connection.
     this.#readyState = OPEN;
+    this.#openedAt = Date.now();
     this.dispatchEvent(new Event("open"));
     while (!this.#isClosed()) {
       let result: ReadableStreamReadResult<Uint8Array>;
@@ -596,10 +603,13 @@ export class EventSource extends EventTarget {
     this.#readyState = CONNECTING;
     this.dispatchEvent(new Event("error"));
     if (this.#isClosed()) return false;
-    // Step 2: wait the reconnection time, and longer after a failed attempt.
+    // Steps 2 and 3: wait the reconnection time, and longer after a failed
+    // attempt or in a storm.
     const time = this.#parser.retry ?? DEFAULT_RECONNECTION_TIME;
     await this.#pause.wait(
-      this.#progress ? time : this.#backoff.next(time),
+      this.#progress
+        ? this.#backoff.afterProgress(time, Date.now() - this.#openedAt)
+        : this.#backoff.next(time),
     );
     return !this.#isClosed();
   }

@@ -541,6 +541,7 @@ test("SSEClient grows the backoff from at least 100 ms when the server asks for 
     await take(iterator, 1);
     const next = iterator.next();
     assert.equal(await retries.shift(), 0);
+    await clock.tickAsync(0); // a timer even for 0
     for (let failures = 1; failures <= 4; failures++) {
       const delay = await retries.shift();
       const ceiling = 100 * 2 ** failures;
@@ -565,7 +566,7 @@ test("SSEClient retries 5xx, 429 and 408 and reports each with its status", asyn
     );
     const { client, iterator, errors, retries } = observedClient(server.url, {
       retry: 10,
-      maxRetryDelay: 10,
+      maxRetryDelay: 100,
     });
     const next = iterator.next();
     for (const status of statuses) {
@@ -721,6 +722,152 @@ test("SSEClient with maxRetries stops reconnecting to streams that deliver nothi
     assert.equal(client.readyState, 2);
   } finally {
     clock.uninstall();
+  }
+});
+
+/**
+ * Reads every event of `iterator` until it ends, and counts them: a storm
+ * test's reader.
+ */
+async function drain(iterator: AsyncIterator<SSEEvent>): Promise<number> {
+  let events = 0;
+  while (!(await iterator.next()).done) events++;
+  return events;
+}
+
+for (const retry of [0, 10]) {
+  test(`SSEClient backs off from a server whose every connection delivers one event and closes at once (retry: ${retry})`, async () => {
+    const clock = fakeClock();
+    try {
+      await using server = new TestServer(() =>
+        eventStreamResponse(`retry: ${retry}\nid: 1\ndata: snapshot\n\n`)
+      );
+      const { client, iterator, retries } = observedClient(server.url);
+      const reading = drain(iterator);
+      // Before: 2 200-3 000 requests/s at retry: 0 (no timer at all), about
+      // 400/s at retry: 1, the same snapshot handed out each time.
+      const delays: number[] = [];
+      let elapsed = 0;
+      while (delays.length < 50) {
+        const delay = await retries.shift();
+        delays.push(delay);
+        elapsed += delay;
+        if (elapsed > 2000) break;
+        // A timer is armed even for a wait of 0: no request before it fires.
+        assert.equal(server.requests.length, delays.length);
+        await clock.tickAsync(delay);
+        await server.request(delays.length);
+      }
+      client.close();
+      await reading;
+      // Three short connections in a row reconnect after exactly the
+      // server's retry (what the web-platform-tests check); from the fourth,
+      // the waits grow as after failures, from 100 ms at least.
+      assert.deepEqual(delays.slice(0, 3), [retry, retry, retry]);
+      assertFailureBackoff(delays.slice(3), server.requests.length - 3);
+    } finally {
+      clock.uninstall();
+    }
+  });
+}
+
+test("SSEClient reconnects after exactly the server's retry again once a connection lived 1 s", async () => {
+  const clock = fakeClock();
+  try {
+    await using server = new TestServer();
+    const { client, iterator, retries } = observedClient(server.url);
+    const long = server.stream();
+    const delays: number[] = [];
+    let pending = iterator.next();
+    for (let index = 0; index < 6; index++) {
+      const exchange = await server.request(index);
+      if (index === 4) {
+        exchange.respond(long.response);
+        long.send("data: long\n\n");
+        await pending; // open, and read
+        await clock.tickAsync(1000);
+        long.end();
+      } else {
+        exchange.respond(eventStreamResponse(`retry: 0\ndata: ${index}\n\n`));
+        await pending;
+      }
+      pending = iterator.next();
+      const delay = await retries.shift();
+      delays.push(delay);
+      await clock.tickAsync(delay);
+    }
+    client.close();
+    assert.deepEqual(await pending, DONE);
+    const [first, second, third, fourth, afterLong, next] = delays;
+    assert.deepEqual([first, second, third], [0, 0, 0]);
+    assert.ok(fourth! >= 100 && fourth! <= 200, `fourth wait ${fourth}`);
+    // The connection that lived 1 s ends the run of short ones.
+    assert.deepEqual([afterLong, next], [0, 0]);
+  } finally {
+    clock.uninstall();
+  }
+});
+
+test("SSEClient with maxRetries stops reconnecting to a server whose every connection delivers one event and closes at once", async () => {
+  const clock = fakeClock();
+  try {
+    await using server = new TestServer(() =>
+      eventStreamResponse("retry: 10\ndata: x\n\n")
+    );
+    const { client, iterator, retries } = observedClient(server.url, {
+      maxRetries: 2,
+    });
+    const reading = drain(iterator);
+    // Before: each event reset the count, so the client never gave up (235
+    // to 656 requests in 8 s). Now a connection in a storm is no progress:
+    // three short ones, then two attempts that count.
+    for (let attempt = 0; attempt < 20; attempt++) {
+      const outcome = await Promise.race([
+        reading.then(() => "ended"),
+        retries.shift(),
+      ]);
+      if (outcome === "ended") break;
+      await clock.tickAsync(outcome as number);
+    }
+    client.close();
+    assert.equal(await reading, 5);
+    assert.equal(server.requests.length, 5);
+    assert.equal(client.readyState, 2);
+  } finally {
+    clock.uninstall();
+  }
+});
+
+test("SSEClient refuses option values of the wrong type with a TypeError naming the option", () => {
+  const url = "http://127.0.0.1:9/";
+  // Before: `retry: null` (from a JSON config, say) was read as 0, and
+  // `maxRetryDelay: null` or 0 removed the 100 ms floor after a failure:
+  // 5 000-5 800 requests/s.
+  for (
+    const [name, value, expected] of [
+      ["retry", null, "a number of milliseconds"],
+      ["retry", false, "a number of milliseconds"],
+      ["retry", "10", "a number of milliseconds"],
+      ["maxRetryDelay", null, "a number of milliseconds"],
+      ["idleTimeout", null, "a number of milliseconds"],
+      ["backoffFactor", "2", "a number"],
+      ["maxRetries", null, "a number"],
+      ["maxEventSize", null, "a number"],
+    ] as const
+  ) {
+    assert.throws(() => new SSEClient(url, { [name]: value }), {
+      name: "TypeError",
+      message: `Invalid ${name}: expected ${expected}, got ${
+        value === null ? "null" : typeof value
+      }`,
+    });
+  }
+  for (const maxRetryDelay of [0, 99]) {
+    assert.throws(() => new SSEClient(url, { maxRetryDelay }), {
+      name: "RangeError",
+      message:
+        `Invalid maxRetryDelay: expected at least 100 ms (the least wait after a failed attempt), got ${maxRetryDelay}`,
+    });
   }
 });
 

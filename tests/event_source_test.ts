@@ -656,6 +656,30 @@ for (const { name, EventSource, native } of IMPLEMENTATIONS) {
 
 // --- our EventSource only: exact timing on a fake clock, extras ---------------
 
+/**
+ * The waits of our EventSource between the connections to `server`, through
+ * 2 s of (fake) time, or 50 of them; then it is closed.
+ */
+async function followWaits(
+  server: TestServer,
+  clock: ReturnType<typeof fakeClock>,
+): Promise<number[]> {
+  const source = new OurEventSource(server.url);
+  const errors = new Queue<number>();
+  source.addEventListener("error", () => errors.push(source.readyState));
+  const start = Date.now();
+  const delays: number[] = [];
+  while (delays.length < 50 && Date.now() - start <= 2000) {
+    assert.equal(await errors.shift(), 0);
+    const before = Date.now();
+    await clock.nextAsync();
+    delays.push(Date.now() - before);
+    await server.request(delays.length);
+  }
+  source.close();
+  return delays;
+}
+
 test("EventSource waits exactly the reconnection time (fake clock)", async () => {
   const clock = fakeClock();
   try {
@@ -697,20 +721,7 @@ for (const retry of [0, 1]) {
       await using server = new TestServer(({ index }) =>
         eventStreamResponse(index === 0 ? `retry: ${retry}\n\n` : "")
       );
-      const source = new OurEventSource(server.url);
-      const errors = new Queue<number>();
-      source.addEventListener("error", () => errors.push(source.readyState));
-      // Follow each wait through 2 s of (fake) time, or 50 of them.
-      const start = Date.now();
-      const delays: number[] = [];
-      while (delays.length < 50 && Date.now() - start <= 2000) {
-        assert.equal(await errors.shift(), 0);
-        const before = Date.now();
-        await clock.nextAsync();
-        delays.push(Date.now() - before);
-        await server.request(delays.length);
-      }
-      source.close();
+      const delays = await followWaits(server, clock);
       // The standard lets a user agent wait longer after a failed attempt:
       // a connection that delivers nothing counts as one, and the waits grow
       // from 100 ms at least.
@@ -720,6 +731,25 @@ for (const retry of [0, 1]) {
     }
   });
 }
+
+test("EventSource backs off from a server whose every connection delivers one event and closes at once", async () => {
+  const clock = fakeClock();
+  try {
+    await using server = new TestServer(() =>
+      eventStreamResponse("retry: 0\nid: 1\ndata: snapshot\n\n")
+    );
+    // Before: about 380 requests/s.
+    const delays = await followWaits(server, clock);
+    // Three short connections in a row reconnect after exactly the
+    // reconnection time; from the fourth, the waits grow as after failures
+    // (§9.2.3 "reestablish the connection" step 3: "optionally, wait some
+    // more").
+    assert.deepEqual(delays.slice(0, 3), [0, 0, 0]);
+    assertFailureBackoff(delays.slice(3), server.requests.length - 3);
+  } finally {
+    clock.uninstall();
+  }
+});
 
 test("EventSource waits 3000 ms when the stream never set a valid retry (format-field-retry-empty)", async () => {
   const clock = fakeClock();
