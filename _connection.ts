@@ -15,7 +15,7 @@ import {
   unsendable,
 } from "./_refusal.ts";
 import { describe } from "./_json.ts";
-import { startTimeout, type Timer, timerDelay } from "./_timer.ts";
+import { MAX_DELAY, startTimeout, type Timer, timerDelay } from "./_timer.ts";
 
 /** `readyState` values, as EventSource has them. */
 export const CONNECTING = 0;
@@ -241,6 +241,11 @@ export const STORM_ALLOWANCE = 3;
  *   and the web-platform-tests check; unless it is part of a reconnect storm
  *   (see {@linkcode Backoff.afterProgress}): a server that sends one event
  *   (the same snapshot, say) and closes, with `retry: 0`, is hammered too.
+ *
+ * Every wait is at most {@linkcode MAX_DELAY}, the longest a timer holds
+ * (about 24.8 days): a server's `retry: 2147483648` or more is a long wait,
+ * not "never", which would arm no timer and let a script whose main loop is
+ * the iteration exit at once.
  */
 export class Backoff {
   #factor: number;
@@ -284,7 +289,9 @@ export class Backoff {
     this.#short = lived < SHORT_CONNECTION ? this.#short + 1 : 0;
     const beyond = this.#short - STORM_ALLOWANCE;
     this.#storming = beyond > 0 && base < SHORT_CONNECTION;
-    return this.#storming ? this.#grow(base, beyond) : base;
+    return this.#storming
+      ? this.#grow(base, beyond)
+      : Math.min(base, MAX_DELAY);
   }
 
   /**
@@ -303,7 +310,7 @@ export class Backoff {
     if (retryAfter !== undefined) {
       wait = Math.max(wait, Math.min(retryAfter, this.#maxDelay));
     }
-    return wait;
+    return Math.min(wait, MAX_DELAY);
   }
 
   #grow(base: number, steps: number): number {

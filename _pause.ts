@@ -3,7 +3,7 @@
 // EventSource before reconnecting, RedisBroker before reading again. Private:
 // never exported from mod.ts or deno.json.
 
-import { startTimeout, type Timer } from "./_timer.ts";
+import { MAX_DELAY, startTimeout, type Timer } from "./_timer.ts";
 
 /**
  * A cancellable wait: the pause between attempts. `cancel()` clears the timer
@@ -17,7 +17,8 @@ export class Pause {
    * Waits, or until {@linkcode Pause.cancel}.
    *
    * @param ms How long, in milliseconds. A delay longer than a timer can
-   * hold (2^31 - 1 ms, about 24.8 days) waits until `cancel()`.
+   * hold is cut to {@linkcode MAX_DELAY} (about 24.8 days): a pause that
+   * armed no timer would let a process whose only work is waiting exit.
    * @returns Resolves when the time is up or the wait is cancelled.
    */
   wait(ms: number): Promise<void> {
@@ -27,7 +28,7 @@ export class Pause {
         this.#timer = undefined;
         this.#wake = undefined;
         resolve();
-      }, ms);
+      }, Math.min(ms, MAX_DELAY));
     });
   }
 

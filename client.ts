@@ -185,7 +185,10 @@ export interface SSEClientOptions {
   lastEventId?: string;
   /**
    * The initial reconnection time in milliseconds: how long to wait after a
-   * stream ends or drops. The server's `retry:` field replaces it.
+   * stream ends or drops. The server's `retry:` field replaces it. A wait
+   * beyond 2^31 - 1 ms (about 24.8 days, the longest a timer holds), from
+   * this option or from the server, is cut to that: a long wait, never
+   * "never".
    *
    * @default {3000}
    */

@@ -60,8 +60,9 @@ export interface SSEMessage {
    */
   id?: string | number | undefined;
   /**
-   * The client's reconnection delay in milliseconds: a non-negative safe
-   * integer, otherwise `RangeError`.
+   * The client's reconnection delay in milliseconds: an integer from 0 to
+   * 2^31 - 1 (about 24.8 days, the longest wait a timer holds), otherwise
+   * `RangeError`.
    */
   retry?: number | undefined;
   /**
@@ -75,6 +76,9 @@ export interface SSEMessage {
 // (refused first, with their names): U+0001–U+0008, U+000B–U+001F, DEL.
 // deno-lint-ignore no-control-regex
 const CONTROL = /[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]/;
+
+// The longest reconnection time a client can wait: a timer's longest delay.
+const MAX_RETRY = 2 ** 31 - 1;
 
 // Line breaks as §9.2.5 defines them: CRLF, then a lone CR or LF.
 const LINE_BREAK = /\r\n|\r|\n/g;
@@ -111,8 +115,8 @@ function hasLineBreak(text: string): boolean {
  * field has the wrong type, a forbidden character (CR or LF in `event` or
  * `id`; NUL or another control character but tab in `id`) or cannot be
  * JSON-encoded.
- * @throws {RangeError} When `retry` is not a non-negative safe integer, or a
- * numeric `id` is not finite.
+ * @throws {RangeError} When `retry` is not an integer from 0 to 2^31 - 1, or
+ * a numeric `id` is not finite.
  */
 export function encodeSSE(message: SSEMessage): string {
   if (typeof message !== "object" || message === null) {
@@ -200,6 +204,13 @@ export function encodeSSE(message: SSEMessage): string {
     if (!Number.isSafeInteger(retry) || retry < 0) {
       throw new RangeError(
         `Invalid retry: expected a non-negative integer of milliseconds, got ${retry}`,
+      );
+    }
+    if (retry > MAX_RETRY) {
+      // Clients arm a timer, which holds at most 2^31 - 1 ms; ours wait that
+      // long, others reconnect after 1 ms.
+      throw new RangeError(
+        `Invalid retry: ${retry} ms is more than a client can wait (${MAX_RETRY} ms, about 24.8 days)`,
       );
     }
     frame += "retry: " + retry + "\n";

@@ -370,6 +370,31 @@ test("SSEClient takes its initial reconnection time from the retry option, then 
   }
 });
 
+for (const retry of ["2147483648", "99999999999999999999"]) {
+  test(`SSEClient reconnects after the longest wait a timer holds when the server asks for retry: ${retry}`, async () => {
+    const clock = fakeClock();
+    try {
+      await using server = new TestServer(() =>
+        eventStreamResponse(`retry: ${retry}\ndata: x\n\n`)
+      );
+      const { client, iterator, retries } = observedClient(server.url);
+      await iterator.next();
+      const next = iterator.next();
+      // Before: no timer at all ("never"), so a script whose main loop is
+      // this iteration exited with "Top-level await promise never resolved".
+      assert.equal(await retries.shift(), 2 ** 31 - 1);
+      assert.equal(clock.countTimers(), 1);
+      await clock.tickAsync(2 ** 31 - 2);
+      assert.equal(server.requests.length, 1);
+      await clock.tickAsync(1);
+      assert.deepEqual(await next, { done: false, value: message("x") });
+      client.close();
+    } finally {
+      clock.uninstall();
+    }
+  });
+}
+
 test("SSEClient ignores a bogus retry field", async () => {
   const clock = fakeClock();
   try {

@@ -262,14 +262,19 @@ Deno.test(
 );
 
 Deno.test(
-  "encodeSSE accepts every non-negative safe integer as retry",
+  "encodeSSE accepts every integer from 0 to 2^31 - 1 as retry, the longest wait a client's timer holds",
   SANITIZED,
   () => {
     assert.equal(encodeSSE({ retry: 0 }), "retry: 0\n\n");
-    assert.equal(
-      encodeSSE({ retry: Number.MAX_SAFE_INTEGER }),
-      `retry: ${Number.MAX_SAFE_INTEGER}\n\n`,
-    );
+    assert.equal(encodeSSE({ retry: 2 ** 31 - 1 }), "retry: 2147483647\n\n");
+    // Before: accepted up to 2^53 - 1, a wait no client can arm.
+    for (const retry of [2 ** 31, Number.MAX_SAFE_INTEGER]) {
+      assert.throws(() => encodeSSE({ retry }), {
+        name: "RangeError",
+        message:
+          `Invalid retry: ${retry} ms is more than a client can wait (2147483647 ms, about 24.8 days)`,
+      });
+    }
   },
 );
 
@@ -364,6 +369,7 @@ const refused: [unknown, typeof TypeError | typeof RangeError, RegExp][] = [
   [{ retry: NaN }, RangeError, /^Invalid retry: .* got NaN$/],
   [{ retry: Infinity }, RangeError, /^Invalid retry: .* got Infinity$/],
   [{ retry: 2 ** 53 }, RangeError, /^Invalid retry: .* got 9007199254740992$/],
+  [{ retry: 2 ** 31 }, RangeError, /^Invalid retry: 2147483648 ms is more/],
   [
     { retry: "3000" },
     TypeError,

@@ -751,6 +751,31 @@ test("EventSource backs off from a server whose every connection delivers one ev
   }
 });
 
+test("EventSource reconnects after the longest wait a timer holds when the server asks for retry: 2147483648", async () => {
+  const clock = fakeClock();
+  try {
+    await using server = new TestServer(() =>
+      eventStreamResponse("retry: 2147483648\ndata: x\n\n")
+    );
+    const source = new OurEventSource(server.url);
+    const seen = record(source);
+    assert.deepEqual(withoutOrigin(await seen.take(3)), [
+      OPENED,
+      message("x"),
+      RECONNECTING,
+    ]);
+    // Before: no timer at all, and the source went quiet for good.
+    assert.equal(clock.countTimers(), 1);
+    await clock.tickAsync(2 ** 31 - 2);
+    assert.equal(server.requests.length, 1);
+    await clock.tickAsync(1);
+    await server.request(1);
+    source.close();
+  } finally {
+    clock.uninstall();
+  }
+});
+
 test("EventSource waits 3000 ms when the stream never set a valid retry (format-field-retry-empty)", async () => {
   const clock = fakeClock();
   try {

@@ -106,9 +106,10 @@ test("SSEClient and EventSource wait for a server's retry: 4294967296 without re
   `);
   assert.equal(stderr, "");
   assert.equal(code, 0);
-  // One request each: the stream ended and asked for 2^32 ms before the next.
+  // One request each: the stream ended and asked for 2^32 ms before the
+  // next, which waits as long as a timer can: 2^31 - 1 ms.
   assert.deepEqual(result, {
-    retries: [4294967296],
+    retries: [2147483647],
     clientRequests: 1,
     sourceRequests: 1,
     errors: [0],
@@ -147,4 +148,53 @@ test("sseResponse and SSEChannel with keepAlive 2 ** 32 send no keep-alive, and 
   // The opening comment (no retry), then the message, and no keep-alive.
   assert.equal(single, ":\n\ndata: a\n\n");
   assert.doesNotMatch(broadcast, /keep-alive/);
+});
+
+test("A script whose main loop iterates an SSEClient waits out a server's retry: 2147483648 instead of exiting", async () => {
+  // The script's only pending work is the iteration: after the stream ends,
+  // the reconnection timer is what keeps it alive.
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    () =>
+      new Response("retry: 2147483648\ndata: a\n\n", {
+        headers: { "content-type": "text/event-stream" },
+      }),
+  );
+  const program = `
+    import { SSEClient } from ${
+    JSON.stringify(new URL("client.ts", ROOT).href)
+  };
+    const client = new SSEClient("http://127.0.0.1:${server.addr.port}/", {
+      onRetry: (ms) => console.log("retry " + ms),
+    });
+    for await (const event of client) console.log("event " + event.data);
+  `;
+  const process = new Deno.Command(Deno.execPath(), {
+    args: ["eval", "--no-check", program],
+    cwd: ROOT,
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).spawn();
+  const lines = process.stdout.pipeThrough(new TextDecoderStream())
+    .getReader();
+  let out = "";
+  while (!out.includes("retry ")) {
+    const { done, value } = await lines.read();
+    if (done) break;
+    out += value;
+  }
+  // Before: "Top-level await promise never resolved", exit code 1, at once.
+  const exited = await Promise.race([
+    process.status.then((status) => `exited with ${status.code}`),
+    new Promise((resolve) => setTimeout(resolve, WATCH, "running")),
+  ]);
+  if (exited === "running") process.kill();
+  await process.status;
+  await lines.cancel();
+  const stderr = await new Response(process.stderr).text();
+  await server.shutdown();
+  assert.equal(exited, "running", stderr);
+  assert.equal(out, "event a\nretry 2147483647\n");
+  assert.equal(stderr, "");
 });
