@@ -38,19 +38,33 @@ import {
  * (serialized), 819 200 bytes of keys and values and 1000 mutations in one
  * atomic commit.
  */
-export const KV_MAX_KEY = 2_048;
 export const KV_MAX_VALUE = 65_536;
-export const KV_MAX_COMMIT = 819_200;
 export const KV_MAX_MUTATIONS = 1_000;
+/**
+ * What one atomic commit may hold, as Deno KV counts it (`ext/kv`, checked
+ * here): every key once, the key of each `set` once more with its value;
+ * and, apart, the keys of its `set`s.
+ */
+export const KV_MAX_COMMIT = 819_200;
+export const KV_MAX_COMMIT_KEYS = 81_920;
 
 /** The largest entry stored, in bytes of JSON (768 KiB, 13 values). */
 export const MAX_ENTRY_SIZE = 786_432;
+/**
+ * The longest key of a stream (an entry's part: prefix, name, "entries",
+ * sequence, index), in bytes. Keys count twice in a commit's 800 KiB: with
+ * keys of up to 1 KiB, the head and an entry of 768 KiB fit in one commit
+ * (816 367 bytes at the limit), whatever the stream's name.
+ */
+export const MAX_STREAM_KEY = 1_024;
+/** Room in a commit for an entry's header beyond its first bytes. */
+const HEADER_MARGIN = 256;
 
 /**
  * The first bytes of an entry sit in an object with its time, whose
  * serialization adds about 50 bytes to them.
  */
-const FIRST_CHUNK = KV_MAX_VALUE - 256;
+const FIRST_CHUNK = KV_MAX_VALUE - HEADER_MARGIN;
 /** No sequence number reaches it: the end of a stream's entry range. */
 const END = Infinity;
 // `<versionstamp>-<seq>.<inc>`; entries written without an incarnation (by
@@ -66,6 +80,20 @@ export interface StreamKeys {
   name: string;
   head: Deno.KvKey;
   entries: Deno.KvKey;
+  /** The bytes the head's key takes. */
+  headSize: number;
+  /** The bytes an entry's header key takes (a part's takes 9 more). */
+  entrySize: number;
+}
+
+/** What a piece of an atomic commit costs against Deno KV's limits. */
+export interface CommitCost {
+  /** Against {@linkcode KV_MAX_COMMIT}. */
+  bytes: number;
+  /** Against {@linkcode KV_MAX_COMMIT_KEYS}. */
+  keyBytes: number;
+  /** Against {@linkcode KV_MAX_MUTATIONS}. */
+  mutations: number;
 }
 
 /**
@@ -101,16 +129,53 @@ export interface RawEntry {
  */
 export function streamKeys(prefix: Deno.KvKey, name: string): StreamKeys {
   // The longest key is an entry's part: name, "entries", seq, index.
-  const size = keySize([...prefix, name, "entries"]) + 18;
-  if (size > KV_MAX_KEY) {
+  const entrySize = keySize([...prefix, name, "entries"]) + 9;
+  if (entrySize + 9 > MAX_STREAM_KEY) {
     throw new RangeError(
-      `Invalid stream name: its Deno KV keys would take ${size} bytes, the limit is ${KV_MAX_KEY}`,
+      `Invalid stream name: its Deno KV keys would take ${
+        entrySize + 9
+      } bytes, the limit is ${MAX_STREAM_KEY} (with the prefix), so that an entry of 768 KiB fits in one commit`,
     );
   }
+  const head: Deno.KvKey = [...prefix, name, "head"];
   return {
     name,
-    head: [...prefix, name, "head"],
+    head,
     entries: [...prefix, name, "entries"],
+    headSize: keySize(head),
+    entrySize,
+  };
+}
+
+/**
+ * What the head's check and `set` cost in a commit.
+ *
+ * @param keys The stream's keys.
+ * @returns The cost.
+ */
+export function headCost(keys: StreamKeys): CommitCost {
+  // Checked, set (key twice), and a value of a few dozen bytes.
+  return {
+    bytes: 3 * keys.headSize + 64,
+    keyBytes: keys.headSize,
+    mutations: 1,
+  };
+}
+
+/**
+ * What an entry of `size` bytes costs in a commit: its header and parts.
+ *
+ * @param keys The stream's keys.
+ * @param size Its bytes of JSON.
+ * @returns The cost.
+ */
+export function entryCost(keys: StreamKeys, size: number): CommitCost {
+  const parts = partCount(size);
+  const keyBytes = parts * keys.entrySize + (parts - 1) * 9;
+  return {
+    bytes: size + HEADER_MARGIN + 2 * keyBytes,
+    keyBytes,
+    mutations: parts,
   };
 }
 

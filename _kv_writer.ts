@@ -6,15 +6,16 @@
 
 import { errorMessage } from "./_broker.ts";
 import {
+  entryCost,
   entryId,
   type Head,
+  headCost,
   headerTime,
   isBusy,
-  keySize,
   KV_MAX_COMMIT,
+  KV_MAX_COMMIT_KEYS,
   KV_MAX_MUTATIONS,
   listRange,
-  partCount,
   setEntry,
   type StreamKeys,
 } from "./_kv_store.ts";
@@ -45,8 +46,6 @@ export interface StreamWriterOptions {
   fault: (error: unknown, context: string) => void;
 }
 
-/** What one key adds to a commit beyond its bytes, for the budget. */
-const KEY_MARGIN = 16;
 /** Commits that lost the race in a row before `publish` gives up. */
 const MAX_ATTEMPTS = 50;
 
@@ -65,6 +64,8 @@ export class StreamWriter {
   #trimmed = 0;
   /** No entry beyond `replay` is old enough to trim before this time. */
   #trimAt = 0;
+  /** The most keys one trimming commit deletes. */
+  #deletes: number;
   /** The wait between two attempts, cancelled by `close()`. */
   #pause = new Pause();
 
@@ -77,6 +78,12 @@ export class StreamWriter {
   constructor(keys: StreamKeys, options: StreamWriterOptions) {
     this.#keys = keys;
     this.#options = options;
+    // A delete counts its key against the commit's bytes: long keys allow
+    // fewer than the 1 000 mutations.
+    this.#deletes = Math.min(
+      KV_MAX_MUTATIONS,
+      Math.floor(KV_MAX_COMMIT / (keys.entrySize + 9)),
+    );
   }
 
   /**
@@ -131,21 +138,23 @@ export class StreamWriter {
     }
   }
 
-  /** Takes the queued publishes that fit in one commit. */
+  /**
+   * Takes the queued publishes that fit in one commit, as Deno KV counts
+   * it: its bytes (keys twice), its keys, its mutations.
+   */
   #batch(): Pending[] {
-    const entryKey = keySize(this.#keys.entries) + 18;
-    let size = keySize(this.#keys.head) * 2 + 64;
-    let mutations = 1;
+    let { bytes, keyBytes, mutations } = headCost(this.#keys);
     let count = 0;
     for (const pending of this.#queue) {
-      const parts = partCount(pending.bytes.length);
-      const cost = pending.bytes.length + 64 + parts * (entryKey + KEY_MARGIN);
+      const cost = entryCost(this.#keys, pending.bytes.length);
       if (
-        count > 0 && (size + cost > KV_MAX_COMMIT ||
-          mutations + parts > KV_MAX_MUTATIONS)
+        count > 0 && (bytes + cost.bytes > KV_MAX_COMMIT ||
+          keyBytes + cost.keyBytes > KV_MAX_COMMIT_KEYS ||
+          mutations + cost.mutations > KV_MAX_MUTATIONS)
       ) break;
-      size += cost;
-      mutations += parts;
+      bytes += cost.bytes;
+      keyBytes += cost.keyBytes;
+      mutations += cost.mutations;
       count++;
     }
     return this.#queue.splice(0, count);
@@ -240,7 +249,7 @@ export class StreamWriter {
       const list = listRange(kv, this.#keys, {
         from: this.#trimmed + 1,
         to: floor,
-        limit: KV_MAX_MUTATIONS,
+        limit: this.#deletes,
       });
       for await (const { key, value } of list) {
         const time = headerTime(value);
@@ -252,7 +261,7 @@ export class StreamWriter {
         }
         doomed.push(key);
       }
-      if (last === floor && doomed.length === KV_MAX_MUTATIONS) {
+      if (last === floor && doomed.length === this.#deletes) {
         // A full page: its last entry may have more parts; it goes next time.
         last = (doomed.at(-1)![depth] as number) - 1;
         doomed = doomed.filter((key) => (key[depth] as number) <= last);

@@ -32,7 +32,9 @@
  * - **Large events:** Deno KV holds at most 64 KiB in a value, so a larger
  *   entry is split over several keys written in the same atomic commit and
  *   joined again when read, up to {@linkcode DENO_KV_MAX_ENTRY_SIZE} bytes
- *   (768 KiB of JSON: an atomic commit holds at most 800 KiB).
+ *   (768 KiB of JSON: an atomic commit holds at most 800 KiB, keys counted
+ *   twice), whatever the stream's name: a name whose keys would take more
+ *   than 1 KiB (about 990 bytes of name) is refused.
  *
  * Keys, under `prefix` (`["sse"]` by default), for a stream `name`:
  *
@@ -87,8 +89,8 @@ import {
   type Head,
   headSeq,
   keySize,
-  KV_MAX_KEY,
   MAX_ENTRY_SIZE,
+  MAX_STREAM_KEY,
   parseHead,
   parseId,
   type RawEntry,
@@ -104,8 +106,9 @@ export type { SSEBroker, SSEBrokerEntry, SSEBrokerSubscription, SSEMessage };
 
 /**
  * The largest entry {@linkcode DenoKvBroker} stores, in bytes: its topic and
- * message as UTF-8 JSON (768 KiB). Deno KV holds at most 64 KiB in a value,
- * and 800 KiB of keys and values in one atomic commit.
+ * message as UTF-8 JSON (768 KiB), under any stream name the broker takes.
+ * Deno KV holds at most 64 KiB in a value, and 800 KiB of keys and values in
+ * one atomic commit.
  */
 export const DENO_KV_MAX_ENTRY_SIZE: number = MAX_ENTRY_SIZE;
 
@@ -311,10 +314,10 @@ export class DenoKvBroker implements SSEBroker {
     this.#kv = kv;
     this.#prefix = [...prefix];
     const prefixSize = keySize(this.#prefix, "prefix");
-    if (prefixSize > KV_MAX_KEY / 2) {
+    if (prefixSize > MAX_STREAM_KEY / 2) {
       throw new RangeError(
         `Invalid prefix: it takes ${prefixSize} bytes of a Deno KV key, at most ${
-          KV_MAX_KEY / 2
+          MAX_STREAM_KEY / 2
         } leave room for stream names`,
       );
     }
@@ -334,8 +337,9 @@ export class DenoKvBroker implements SSEBroker {
    * @returns The id, once the entry is committed. Rejects, storing nothing,
    * when the commit fails.
    * @throws {RangeError} When the entry is larger than
-   * {@linkcode DENO_KV_MAX_ENTRY_SIZE} or the name makes a key longer than
-   * Deno KV allows (the promise rejects).
+   * {@linkcode DENO_KV_MAX_ENTRY_SIZE}, or the name (with the prefix) makes
+   * the stream's keys longer than 1 KiB, which would leave no room for such
+   * an entry in one commit (the promise rejects).
    * @throws {TypeError} When an argument is invalid, or the broker is closed
    * (the promise rejects).
    */

@@ -331,7 +331,7 @@ kvTest(
     );
     await assert.rejects(
       a.publish("x".repeat(2040), message("x"), { replay: 10 }),
-      /Invalid stream name: .*2048/,
+      /Invalid stream name: .*the limit is 1024/,
     );
     // Nothing of the refused ones was stored.
     const heads = (await keys(kv, ["sse"])).filter((key) => key.length === 3);
@@ -341,6 +341,101 @@ kvTest(
       2,
     );
     await a.close();
+  },
+);
+
+kvTest(
+  "DenoKvBroker stores a 768 KiB event under any stream name it accepts, and refuses a name that would not leave room for one",
+  async (db) => {
+    const kv = await db.open();
+    const a = broker(kv);
+    // {"topic":"","message":{"data":"…"}} is 34 bytes around the data.
+    const ascii = "x".repeat(DENO_KV_MAX_ENTRY_SIZE - 34);
+    const accented = "é".repeat((DENO_KV_MAX_ENTRY_SIZE - 34) / 2);
+    // The longest name: its keys take 1 024 bytes (990 + 34 of key parts).
+    const longest = "n".repeat(990);
+    const received = new Collector();
+    const subscription = await a.subscribe(longest, received.onEntry);
+    const ids = await Promise.all([
+      a.publish(longest, message(ascii), { replay: 10 }),
+      a.publish(longest, message(accented), { replay: 10 }),
+      a.publish(longest, message("small"), { replay: 10 }),
+    ]);
+    await received.untilId(ids[2]!);
+    assert.deepEqual(received.ids, ids);
+    assert.deepEqual(data(received.entries), [ascii, accented, "small"]);
+    // Before: names up to 2 014 bytes were taken, and from 1 098 bytes on a
+    // 768 KiB event failed with "Total mutation size too large".
+    for (const name of ["n".repeat(991), "n".repeat(1_500)]) {
+      await assert.rejects(
+        a.publish(name, message(ascii), { replay: 10 }),
+        (error: Error) => {
+          assert.equal(error.name, "RangeError");
+          assert.match(
+            error.message,
+            /^Invalid stream name: its Deno KV keys would take \d+ bytes, the limit is 1024/,
+          );
+          return true;
+        },
+      );
+    }
+    subscription.unsubscribe();
+    await a.close();
+  },
+);
+
+kvTest(
+  "DenoKvBroker commits publishes queued under a long stream name in batches within Deno KV's limits",
+  async (db) => {
+    const a = broker(await db.open());
+    const name = "n".repeat(990);
+    // Queued at once: committed together, as many per commit as fit in
+    // 800 KiB, 80 KiB of keys and 1 000 mutations.
+    const sizes = [
+      ...Array.from({ length: 150 }, () => 10),
+      70_000,
+      400_000,
+      ...Array.from({ length: 50 }, () => 100),
+    ];
+    const settled = await Promise.allSettled(
+      sizes.map((size) =>
+        a.publish(name, message("x".repeat(size)), { replay: 1_000 })
+      ),
+    );
+    const failed = settled.filter((outcome) => outcome.status === "rejected");
+    // Before: 201 of 202 rejected with "Total mutation size too large".
+    assert.deepEqual(failed, []);
+    await a.close();
+  },
+);
+
+kvTest(
+  "DenoKvBroker trims a long-named stream within Deno KV's commit limit",
+  async (db) => {
+    const kv = await db.open();
+    const name = "n".repeat(990);
+    const filler = broker(kv);
+    const ids = await Promise.all(
+      range(900).map((i) =>
+        filler.publish(name, message(i), { replay: 1_000 })
+      ),
+    );
+    await filler.close();
+    // One publish that keeps 10: 890 entries go, more keys than one commit
+    // of deletes can take with keys of 1 KiB.
+    const trimmer = broker(kv, { trimDelay: 0 });
+    await trimmer.publish(name, message("last"), { replay: 10 });
+    await trimmer.close();
+    const kept = (await keys(kv, ["sse", name, "entries"])).length;
+    // Before: "Total mutation size too large", and nothing trimmed.
+    assert.deepEqual(trimmer.errors, []);
+    assert.ok(kept <= 120, `${kept} kept`);
+    const reader = broker(kv);
+    assert.equal(
+      await reader.history(name, { after: ids[0]!, limit: 1 }),
+      null,
+    );
+    await reader.close();
   },
 );
 
