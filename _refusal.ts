@@ -4,7 +4,8 @@
 // and the client. Such requests are caught before they are sent where the
 // rule is known (the checks below, the same on every runtime), and
 // recognised afterwards where only fetch knows (redirects: a loop, a
-// redirect to another scheme or to a blocked port). Everything else that
+// redirect to another scheme, to a blocked port, or to a Location that is
+// not a URL). Everything else that
 // rejects a fetch is a network error, which may work next time. Private:
 // never exported from mod.ts or deno.json.
 
@@ -140,6 +141,8 @@ const REFUSAL_CODES = new Set([
   "ERR_INVALID_CHAR",
   "TooManyRedirects",
   "UnsupportedRedirectProtocol",
+  // Bun: a Location header that is not a URL.
+  "RedirectURLInvalid",
 ]);
 
 // Where a runtime gives no structure, its own words for the same refusals,
@@ -154,6 +157,9 @@ const REFUSAL_MESSAGES = new RegExp(
     "Fetch failed: Requests to port \\d+ are blocked",
     "Url scheme '[^']*' not supported",
     "failed to parse header value",
+    // A Location header that is not a URL (the request URL is checked
+    // before fetch is called, so this one comes from a redirect).
+    "Invalid URL: '.*' with base '",
     // Node (undici)
     "redirect count exceeded",
     "URL scheme must be a HTTP\\(S\\) scheme",

@@ -333,8 +333,11 @@ export interface SSEClientOptions {
  * - a request that can never succeed is not retried either: iteration throws
  *   an {@linkcode SSEError} (`Request refused: …`, no `status`) for a URL on
  *   a port the Fetch standard blocks, headers from a `headers` function that
- *   fetch cannot send, a redirect loop, or a redirect to another scheme or
- *   to a blocked port. Only network errors, 5xx, 429 and 408 are retried.
+ *   fetch cannot send, a redirect loop, or a redirect to another scheme, to
+ *   a blocked port or to a `Location` that is not a URL; and a custom
+ *   `fetch` that resolves to something that is not a response ends it with
+ *   `Invalid response: …`. Only network errors, 5xx, 429 and 408 are
+ *   retried.
  *
  * An {@linkcode SSEError} caused by a response carries its `status`,
  * `headers` and the start of its `body` (64 KiB at most). The `onResponse`

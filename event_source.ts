@@ -128,8 +128,10 @@ interface HandlerSlot {
  *   while the reconnection time is below 1 s, the wait grows the same way,
  *   until a connection lives 1 s;
  * - a request that can never succeed (a blocked port, a scheme fetch does not
- *   read, a redirect loop or a redirect to another scheme, headers from the
- *   `headers` option that fetch cannot send) fails the connection at once,
+ *   read, a redirect loop or a redirect to another scheme or to a `Location`
+ *   that is not a URL, headers from the `headers` option that fetch cannot
+ *   send, a `fetch` option that resolves to something that is not a
+ *   response) fails the connection at once,
  *   as the standard allows when reestablishing it is known to be futile;
  * - each message is a `MessageEvent` with `data`, `lastEventId` and `origin`
  *   (the origin of the final URL, after redirects); events with an `event`

@@ -994,15 +994,30 @@ test("SSEClient with maxRetries gives up on a refused connection", async () => {
 
 // --- what can never succeed ---------------------------------------------------
 
-/** A server that redirects: /loop to itself, /file, /blocked and /data away. */
+/** Location headers that are not URLs, relative or absolute. */
+const UNPARSABLE_LOCATIONS = [
+  "http://[::1/",
+  "http://127.0.0.1:99999/",
+  "http://%zz/",
+  "//",
+  "http://exa mple.com/",
+];
+
+/**
+ * A server that redirects: /loop to itself, /file, /blocked and /data away,
+ * /unparsable/<n> to the n-th of {@linkcode UNPARSABLE_LOCATIONS}.
+ */
 function redirectingServer(): TestServer {
   return new TestServer(({ url }) => {
-    const location = {
-      "/loop": "/loop",
-      "/file": "file:///etc/passwd",
-      "/blocked": "http://127.0.0.1:10080/",
-      "/data": "data:text/event-stream,data:%20x%0A%0A",
-    }[url.pathname];
+    const unparsable = /^\/unparsable\/(\d+)$/.exec(url.pathname);
+    const location = unparsable === null
+      ? {
+        "/loop": "/loop",
+        "/file": "file:///etc/passwd",
+        "/blocked": "http://127.0.0.1:10080/",
+        "/data": "data:text/event-stream,data:%20x%0A%0A",
+      }[url.pathname]
+      : UNPARSABLE_LOCATIONS[Number(unparsable[1])];
     return location === undefined
       ? eventStreamResponse("data: x\n\n")
       : new Response(null, { status: 302, headers: { location } });
@@ -1109,6 +1124,21 @@ test("SSEClient ends the iteration with an SSEError on a redirect fetch never fo
   }
 });
 
+test("SSEClient ends the iteration with an SSEError on a redirect to a Location that is not a URL", async () => {
+  await using server = redirectingServer();
+  for (const [index, location] of UNPARSABLE_LOCATIONS.entries()) {
+    const before = server.requests.length;
+    const { outcome, error } = await firstOutcome(
+      new URL(`/unparsable/${index}`, server.url),
+    );
+    // Before: retried forever as "Connection failed: Invalid URL: …".
+    assert.equal(outcome, "ended with an error", location);
+    assert.ok(error instanceof SSEError);
+    assert.match(error.message, /^Request refused: Invalid URL: /);
+    assert.equal(server.requests.length, before + 1);
+  }
+});
+
 test("SSEClient ends the iteration with an SSEError on a blocked port, without a request", async () => {
   for (const port of [10080, 6697, 1]) {
     let calls = 0;
@@ -1162,7 +1192,7 @@ for (
     ["Bun", "node_modules/.bin/bun", ["-e"]],
   ] as const
 ) {
-  test(`SSEClient on ${runtime} gives up on a redirect loop and a redirect to file:, and retries a refused connection`, async () => {
+  test(`SSEClient on ${runtime} gives up on a redirect loop, a redirect to file: and one to a Location that is not a URL, and retries a refused connection`, async () => {
     const bin = new URL(`../.cache/runtimes/${path}`, import.meta.url);
     try {
       Deno.statSync(bin);
@@ -1183,6 +1213,7 @@ for (
       JSON.stringify([
         new URL("/loop", server.url).href,
         new URL("/file", server.url).href,
+        new URL("/unparsable/0", server.url).href,
         refused,
       ])
     }) {
@@ -1213,6 +1244,10 @@ for (
     );
     assert.match(
       out[new URL("/file", server.url).href],
+      /^SSEError: Request refused: /,
+    );
+    assert.match(
+      out[new URL("/unparsable/0", server.url).href],
       /^SSEError: Request refused: /,
     );
     assert.equal(out[refused], "retried");

@@ -1154,6 +1154,7 @@ test("EventSource fails the connection for good on a request that can never succ
       "/loop": "/loop",
       "/file": "file:///etc/passwd",
       "/blocked": "http://127.0.0.1:10080/",
+      "/unparsable": "http://[::1/",
     }[url.pathname];
     return location === undefined
       ? eventStreamResponse("data: x\n\n")
@@ -1163,6 +1164,7 @@ test("EventSource fails the connection for good on a request that can never succ
     [new URL("/loop", server.url).href, {}],
     [new URL("/file", server.url).href, {}],
     [new URL("/blocked", server.url).href, {}],
+    [new URL("/unparsable", server.url).href, {}],
     ["http://127.0.0.1:10080/", {}],
     ["ftp://127.0.0.1/", {}],
     [server.url.href, { headers: () => ({ authorization: "a\x01b" }) }],
@@ -1175,7 +1177,7 @@ test("EventSource fails the connection for good on a request that can never succ
     assert.equal(source.readyState, 2);
   }
   // 21 requests for the loop (one attempt), 1 for each other redirect.
-  assert.equal(server.requests.length, 23);
+  assert.equal(server.requests.length, 24);
 });
 
 test("EventSource refuses a headers option that fetch can never send, at once", () => {
