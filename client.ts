@@ -659,7 +659,8 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
       } catch (error) {
         this.#fail(error); // the pull below throws it
       }
-      if (event !== undefined) {
+      // An onComment callback may have closed the client meanwhile.
+      if (event !== undefined && !this.#isClosed()) {
         this.#progress = true;
         return Promise.resolve({ value: event, done: false });
       }
@@ -715,7 +716,8 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
         } else {
           this.#parser.push(result.value);
           const event = this.#parser.next();
-          if (event !== undefined) {
+          // Not after close() from an onComment callback: the loop ends.
+          if (event !== undefined && !this.#isClosed()) {
             this.#progress = true;
             return { value: event, done: false };
           }

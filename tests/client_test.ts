@@ -2149,6 +2149,36 @@ test("SSEClient discards events already received when closed", async () => {
   assert.deepEqual(seen, ["1"]);
 });
 
+test("SSEClient hands out no event after a callback closes it, not even the rest of the chunk", async () => {
+  // One chunk: an event, a comment, two more events.
+  const body =
+    "data: before\n\n: stop here\ndata: after 1\n\ndata: after 2\n\n";
+  for (
+    const [name, stopsAfter] of [
+      ["onComment", ["before"]],
+      ["onOpen", []],
+      ["onResponse", []],
+    ] as const
+  ) {
+    await using server = new TestServer(() => eventStreamResponse(body));
+    const client: SSEClient = new SSEClient(server.url, {
+      [name]: () => client.close(),
+    });
+    const seen: string[] = [];
+    // Before: close() from onComment still let "after 1" out, with
+    // readyState 2.
+    for await (const event of client) {
+      seen.push(`${event.data} (readyState ${client.readyState})`);
+    }
+    assert.deepEqual(
+      seen,
+      stopsAfter.map((data) => `${data} (readyState 1)`),
+      name,
+    );
+    assert.equal(server.requests.length, 1, name);
+  }
+});
+
 test("SSEClient closes when a for await loop is left", async () => {
   await using server = new TestServer();
   const client = new SSEClient(server.url);
