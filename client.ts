@@ -169,8 +169,13 @@ export interface SSEClientOptions {
     Response
   >;
   /**
-   * Closes the client when aborted: iteration ends and no request is made
-   * after it.
+   * Closes the client when aborted, at once, and no request is made after
+   * it. Aborted with the default reason (`controller.abort()`: an
+   * `"AbortError"` `DOMException`), iteration just ends, as with `close()`.
+   * Aborted with any other reason (the `"TimeoutError"` of
+   * `AbortSignal.timeout()`, a reason of yours), iteration throws that
+   * reason, as `fetch` rejects with it: a timeout mid-answer does not look
+   * like a complete answer.
    *
    * @default {undefined}
    */
@@ -345,7 +350,9 @@ export interface SSEClientOptions {
  * after refreshing a token for instance.
  *
  * `close()`, the `signal` option, or leaving a `for await` loop ends
- * iteration at once, whatever the client is doing, and releases everything.
+ * iteration at once, whatever the client is doing, and releases everything;
+ * a signal aborted with a reason other than the default `"AbortError"` (a
+ * `TimeoutError` from `AbortSignal.timeout()`) makes it throw that reason.
  * Connection state is observable through `readyState` and the `onOpen`,
  * `onError` and `onRetry` callbacks. A callback that throws ends the
  * iteration with its error.
@@ -361,9 +368,15 @@ export interface SSEClientOptions {
  *   maxRetries: 0, // never send the prompt twice
  *   signal: AbortSignal.timeout(60_000),
  * });
- * for await (const { data } of client) {
- *   if (data === "[DONE]") break; // leaving the loop closes the client
- *   console.log(JSON.parse(data).choices[0].delta.content);
+ * try {
+ *   for await (const { data } of client) {
+ *     if (data === "[DONE]") break; // leaving the loop closes the client
+ *     console.log(JSON.parse(data).choices[0].delta.content);
+ *   }
+ * } catch (error) {
+ *   // The timeout fired mid-answer: the loop throws its TimeoutError.
+ *   if ((error as Error).name !== "TimeoutError") throw error;
+ *   console.log("(no complete answer within 60 s)");
  * }
  * ```
  *
@@ -443,7 +456,8 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
   // The last event ID last reported as one that cannot be sent.
   #unsentId = "";
   // The error that ends the iteration, until it has been thrown.
-  #error: Error | undefined = undefined;
+  // (An abort reason may be anything but undefined: it is thrown as is.)
+  #error: unknown = undefined;
   // A next() in progress: later calls wait for it, so results stay in order.
   #pulling: Promise<IteratorResult<SSEEvent>> | undefined = undefined;
 
@@ -576,6 +590,7 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
     const signal = options.signal;
     if (signal?.aborted) {
       this.#state = CLOSED;
+      if (!isDefaultAbort(signal.reason)) this.#error = signal.reason;
       return;
     }
     this.#signal = signal;
@@ -622,8 +637,9 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
    * Its `next()` rejects once, with the error that ends the iteration: an
    * {@linkcode SSEError} (a status or content type that is not an event
    * stream, a request that can never succeed, retries used up), a
-   * `RangeError` (an event over `maxEventSize`), or what a callback or the
-   * `headers` function threw.
+   * `RangeError` (an event over `maxEventSize`), what a callback or the
+   * `headers` function threw, or the reason the `signal` aborted with (other
+   * than the default `"AbortError"`, which just ends it).
    *
    * @returns An async iterator of events.
    */
@@ -645,8 +661,15 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
     return this.#state === CLOSED;
   }
 
+  // The default reason (what `controller.abort()` gives) is a stop, as
+  // close() is; any other (a TimeoutError from AbortSignal.timeout(), a
+  // custom reason) ends the iteration with that reason, as fetch rejects
+  // with it: a timeout mid-answer must not look like a complete answer.
   #onAbort = (): void => {
-    this.close();
+    const reason = this.#signal?.reason;
+    if (this.#isClosed()) return;
+    if (isDefaultAbort(reason)) this.#shutdown();
+    else this.#end(reason);
   };
 
   #next(): Promise<IteratorResult<SSEEvent>> {
@@ -938,17 +961,24 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
   // The end: the error is thrown once by the iteration.
   #fail(error: unknown): void {
     if (this.#isClosed()) return;
-    const final = error instanceof Error
-      ? error
-      : new SSEError(`Unexpected error: ${messageOf(error)}`, {
-        cause: error,
-      });
-    this.#error = final;
+    this.#end(
+      error instanceof Error
+        ? error
+        : new SSEError(`Unexpected error: ${messageOf(error)}`, {
+          cause: error,
+        }),
+    );
+  }
+
+  // Ends the iteration with `error`, thrown once, as is.
+  #end(error: unknown): void {
+    this.#error = error;
     this.#shutdown();
+    if (!(error instanceof Error)) return;
     try {
-      this.#onError?.(final);
+      this.#onError?.(error);
     } catch {
-      // The iteration already ends with `final`; it cannot end twice.
+      // The iteration already ends with `error`; it cannot end twice.
     }
   }
 
@@ -981,6 +1011,13 @@ interface Retry {
 
 const RETRY_NOW: Retry = { kind: "retry", wait: 0 };
 const ENDED: Outcome = { kind: "end" };
+
+// Whether an abort reason is the one `abort()` gives when none is passed:
+// an "AbortError" DOMException.
+function isDefaultAbort(reason: unknown): boolean {
+  return typeof reason === "object" && reason !== null &&
+    (reason as { name?: unknown }).name === "AbortError";
+}
 
 // How much of a refused response's body an SSEError keeps, and how long the
 // client waits for it.

@@ -2209,6 +2209,87 @@ test("SSEClient stops when its signal aborts, in any state", async () => {
   await stream.cancelled;
 });
 
+test("SSEClient throws the reason its signal aborts with, unless it is the default AbortError", async () => {
+  const timeout = new DOMException("Signal timed out.", "TimeoutError");
+  const custom = new Error("the user left");
+  for (
+    const [name, reason, outcome] of [
+      ["no reason (AbortError)", undefined, "done"],
+      ["an AbortError", new DOMException("stop", "AbortError"), "done"],
+      ["a TimeoutError", timeout, timeout],
+      ["an Error", custom, custom],
+      ["a string", "stop", "stop"],
+    ] as const
+  ) {
+    await using server = new TestServer();
+    const controller = new AbortController();
+    const errors: unknown[] = [];
+    const client = new SSEClient(server.url, {
+      signal: controller.signal,
+      onError: (error) => errors.push(error),
+    });
+    const stream = server.stream();
+    (await server.request(0)).respond(stream.response);
+    stream.send("data: 1\n\n");
+    const iterator = client[Symbol.asyncIterator]();
+    assert.deepEqual(await take(iterator, 1), [message("1")]);
+    // A token on its way, when the signal aborts.
+    const next = iterator.next();
+    controller.abort(reason);
+    // Before: every abort ended the loop as a complete stream does.
+    const result = await next.then(
+      (result) => (result.done ? "done" : result),
+      (error) => error,
+    );
+    assert.equal(result, outcome, name);
+    assert.equal(client.readyState, 2);
+    // Thrown once; the iteration is over after it.
+    assert.deepEqual(await iterator.next(), DONE);
+    assert.deepEqual(errors, outcome instanceof Error ? [outcome] : [], name);
+    await stream.cancelled;
+  }
+});
+
+test("SSEClient throws the reason of a signal aborted before it was created, unless it is the default AbortError", async () => {
+  const timeout = new DOMException("Signal timed out.", "TimeoutError");
+  for (
+    const [signal, outcome] of [
+      [AbortSignal.abort(), "done"],
+      [AbortSignal.abort(timeout), timeout],
+    ] as const
+  ) {
+    const client = new SSEClient("http://127.0.0.1:9/", {
+      signal,
+      fetch: () => assert.fail("no request may be made"),
+    });
+    const result = await client[Symbol.asyncIterator]().next().then(
+      (result) => (result.done ? "done" : result),
+      (error) => error,
+    );
+    assert.equal(result, outcome);
+  }
+});
+
+test("SSEClient throws a TimeoutError when AbortSignal.timeout() fires mid-stream", async () => {
+  await using server = new TestServer();
+  const client = new SSEClient(server.url, {
+    signal: AbortSignal.timeout(100),
+  });
+  const stream = server.stream();
+  (await server.request(0)).respond(stream.response);
+  stream.send("data: token 1\n\n");
+  const tokens: string[] = [];
+  // The answer stalls after its first token: the timeout fires.
+  await assert.rejects(
+    async () => {
+      for await (const { data } of client) tokens.push(data);
+    },
+    { name: "TimeoutError" },
+  );
+  assert.deepEqual(tokens, ["token 1"]);
+  await stream.cancelled;
+});
+
 test("SSEClient makes no request when its signal is already aborted", async () => {
   let calls = 0;
   const client = new SSEClient("http://127.0.0.1:9/", {
