@@ -108,3 +108,32 @@ export function decodeEntry(
   entry.message = withoutId(entry.message);
   return entry;
 }
+
+/**
+ * The length of a string in UTF-8, without encoding it.
+ *
+ * @param text A string (a lone surrogate counts as U+FFFD, three bytes).
+ * @returns Its bytes in UTF-8.
+ */
+export function utf8Length(text: string): number {
+  let bytes = text.length;
+  for (let i = 0; i < text.length; i++) {
+    const unit = text.charCodeAt(i);
+    if (unit < 0x80) continue;
+    if (unit < 0x800) {
+      bytes += 1;
+    } else if (unit >= 0xd800 && unit < 0xdc00 && i + 1 < text.length) {
+      const next = text.charCodeAt(i + 1);
+      // A surrogate pair: four bytes for two units.
+      if (next >= 0xdc00 && next < 0xe000) {
+        bytes += 2;
+        i++;
+      } else {
+        bytes += 2;
+      }
+    } else {
+      bytes += 2;
+    }
+  }
+  return bytes;
+}

@@ -1,5 +1,6 @@
 // Copyright the sse authors. MIT license.
 import assert from "node:assert/strict";
+import fc from "fast-check";
 import { createClient } from "@redis/client";
 import {
   RedisBroker,
@@ -14,7 +15,7 @@ import {
   testBrokerContract,
 } from "./_broker_contract.ts";
 import { EventReader, type Instance, startInstance } from "./_instance.ts";
-import { streamTag } from "../_redis_entry.ts";
+import { streamTag, utf8Length } from "../_redis_entry.ts";
 import {
   publishWhenUp,
   type RawClient,
@@ -646,3 +647,71 @@ redisTest(
     }
   },
 );
+
+redisTest(
+  "RedisBroker refuses an entry larger than maxEntrySize with a RangeError naming the limit, storing nothing",
+  async () => {
+    await using redis = await startRedis();
+    const raw = await rawClient(redis.url);
+    const small = new RedisBroker({ url: redis.url, maxEntrySize: 1_000 });
+    const broker = new RedisBroker({ url: redis.url });
+    try {
+      // The topic and the message's JSON, in UTF-8: {"data":"…"} is 11
+      // bytes around the data, and "é" takes two.
+      const id = await small.publish("s", {
+        topic: "t",
+        message: { data: "é".repeat(494) },
+      }, KEEP);
+      await assert.rejects(
+        small.publish("s", {
+          topic: "t",
+          message: { data: "é".repeat(494) + "x" },
+        }, KEEP),
+        (error: Error) => {
+          assert.equal(error.name, "RangeError");
+          assert.equal(
+            error.message,
+            'Entry too large for "s": 1001 bytes, the limit is 1000 (maxEntrySize)',
+          );
+          return true;
+        },
+      );
+      // The default: 64 MiB. Before, 300 MB was sent and failed with "no
+      // answer from Redis within 3000 ms" (the entry may still be stored),
+      // and 500 MB with "The client is closed", at 2.5 GB of memory.
+      const started = performance.now();
+      await assert.rejects(
+        broker.publish("s", message("x".repeat(64 * 1024 * 1024)), KEEP),
+        {
+          name: "RangeError",
+          message: /the limit is 67108864 \(maxEntrySize\)$/,
+        },
+      );
+      assert.ok(performance.now() - started < 1_000);
+      const stored = await raw.send(["XRANGE", "sse:s", "-", "+"]) as unknown[];
+      assert.equal(stored.length, 1);
+      assert.equal(tagOf(id), tagOf(`x.${streamTag("sse:s")}`));
+      for (const maxEntrySize of [0, -1, 1.5, NaN]) {
+        assert.throws(
+          () => new RedisBroker({ maxEntrySize }),
+          { name: "RangeError", message: /Invalid maxEntrySize/ },
+        );
+      }
+    } finally {
+      await raw.close();
+      await Promise.all([small.close(), broker.close()]);
+    }
+  },
+);
+
+Deno.test("RedisBroker counts an entry's bytes as UTF-8 does, lone surrogates included", () => {
+  fc.assert(
+    fc.property(fc.string({ unit: "binary" }), (text) => {
+      assert.equal(utf8Length(text), new TextEncoder().encode(text).length);
+    }),
+    { numRuns: 2_000 },
+  );
+  for (const text of ["\ud800", "\udc00", "\ud800x", "a\ud83d\ude00b", ""]) {
+    assert.equal(utf8Length(text), new TextEncoder().encode(text).length);
+  }
+});
