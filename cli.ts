@@ -15,6 +15,12 @@
  * per line. Options are read by `node:util`'s `parseArgs`: `--count=3`, `-n3`
  * and `--` work as usual.
  *
+ * Standard error gets one line per reconnection, saying why (`sse:
+ * reconnecting in 250 ms (Unexpected status 503: retrying)`), and, on an
+ * error that ends the stream, its message and the first lines of what the
+ * server said (the response body, at most 5 lines of 200 characters), with
+ * control characters escaped as `\xNN`.
+ *
  * Exit status: 0 when the stream ends for good (204, `--count` reached,
  * `--until` seen, a stream with a request body ended, or the reader of the
  * output went away, as with `| head`), 1 on an error such as a 401, 2 on a bad
@@ -31,7 +37,7 @@
  */
 
 import { parseArgs as parseCommandLine } from "node:util";
-import { SSEClient, type SSEClientOptions } from "./client.ts";
+import { SSEClient, type SSEClientOptions, SSEError } from "./client.ts";
 import type { SSEEvent } from "./parser.ts";
 
 export type { ResponseVerdict, SSEClientOptions } from "./client.ts";
@@ -321,10 +327,30 @@ export async function main(
       return 0;
     }
     if (options.count === 0) return 0;
+    // Each reconnection is one line saying why. An error that no retry
+    // follows at once (an ID left out of Last-Event-ID) gets its own line;
+    // the one that ends the stream is printed below.
+    const explained = new WeakSet<Error>();
     client = new SSEClient(options.url, {
       ...options.client,
       ...(signal ? { signal } : {}),
-      onRetry: (ms) => console.error(`sse: reconnecting in ${ms} ms`),
+      onRetry: (ms, error) => {
+        if (error !== undefined) explained.add(error);
+        console.error(
+          `sse: reconnecting in ${ms} ms (${
+            error === undefined ? "the stream ended" : visible(error.message)
+          })`,
+        );
+      },
+      onError: (error) => {
+        if (client.readyState === 2) return;
+        // onRetry, when one follows, is called in the same turn.
+        queueMicrotask(() => {
+          if (!explained.has(error)) {
+            console.error(`sse: ${visible(error.message)}`);
+          }
+        });
+      },
     });
   } catch (error) {
     if (error instanceof Deno.errors.BrokenPipe) return 0;
@@ -364,11 +390,55 @@ export async function main(
     // The reader of the output went away (`sse … | head -1`): done.
     if (error instanceof Deno.errors.BrokenPipe) return 0;
     if (signal?.aborted) return 0;
-    console.error(`sse: ${(error as Error).message}`);
+    console.error(`sse: ${visible((error as Error).message)}`);
+    // What the server said (a JSON error, an HTML page): its first lines.
+    if (error instanceof SSEError && error.body !== undefined) {
+      for (const line of bodyLines(error.body)) console.error(line);
+    }
     return 1;
   } finally {
     client.close();
   }
+}
+
+// How much of a refused response's body is printed.
+const BODY_LINES = 5;
+const BODY_LINE_LENGTH = 200;
+
+// The start of a response body, as lines for standard error: one line when
+// it is one line, else a heading and its first lines, indented; each cut at
+// BODY_LINE_LENGTH characters, control characters escaped.
+function bodyLines(body: string): string[] {
+  const lines = body.replace(/\s+$/, "").split(/\r\n|\r|\n/);
+  if (lines.length === 1 && lines[0] === "") return [];
+  const shown = lines.slice(0, BODY_LINES).map((line) => visible(cut(line)));
+  if (lines.length === 1) return [`sse: response body: ${shown[0]}`];
+  const heading = lines.length > BODY_LINES
+    ? `sse: response body (${BODY_LINES} of ${lines.length} lines):`
+    : "sse: response body:";
+  return [heading, ...shown.map((line) => `  ${line}`)];
+}
+
+function cut(line: string): string {
+  if (line.length <= BODY_LINE_LENGTH) return line;
+  let end = BODY_LINE_LENGTH - 1;
+  // Not between the two halves of a surrogate pair.
+  const code = line.charCodeAt(end - 1);
+  if (code >= 0xd800 && code <= 0xdbff) end--;
+  return line.slice(0, end) + "…";
+}
+
+// deno-lint-ignore no-control-regex
+const CONTROL = /[\x00-\x08\x0a-\x1f\x7f]/g;
+
+// Text a server sent, made harmless for a terminal: each control character
+// but tab (C0 and DEL: ESC sequences can set a terminal's title, clear its
+// screen, …) written as \xNN.
+function visible(text: string): string {
+  return text.replace(
+    CONTROL,
+    (char) => `\\x${char.charCodeAt(0).toString(16).padStart(2, "0")}`,
+  );
 }
 
 // Writes all of `bytes` to standard output.

@@ -284,11 +284,14 @@ export interface SSEClientOptions {
   onError?: (error: Error) => void;
   /**
    * Called with the wait, in milliseconds, each time a reconnection is
-   * scheduled (`readyState` is `0`, CONNECTING).
+   * scheduled (`readyState` is `0`, CONNECTING), and with why: the error
+   * `onError` was just given (a failed attempt, a dropped stream), or
+   * `undefined` when the stream ended normally or `onResponse` asked for a
+   * retry.
    *
    * @default {undefined}
    */
-  onRetry?: (delay: number) => void;
+  onRetry?: (delay: number, error?: Error) => void;
   /**
    * Called with each comment line the server sends (keep-alives, usually):
    * the text after the `:`, one leading space removed.
@@ -433,7 +436,7 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
     | undefined;
   #onOpen: ((response: Response) => void) | undefined;
   #onError: ((error: Error) => void) | undefined;
-  #onRetry: ((delay: number) => void) | undefined;
+  #onRetry: ((delay: number, error?: Error) => void) | undefined;
 
   // Holds the last chunk read; its events are parsed as they are taken.
   #parser: EventParser;
@@ -777,7 +780,7 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
     if (error !== undefined) this.#onError?.(error);
     if (this.#isClosed()) return; // closed by the callback
     this.#retries++;
-    this.#connecting = this.#connect(wait ?? this.#backoff.next(time));
+    this.#connecting = this.#connect(wait ?? this.#backoff.next(time), error);
   }
 
   #reconnectionTime(): number {
@@ -787,12 +790,17 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
   // Attempts until a stream opens, the client closes, or an error is final.
   // Never rejects.
   // `wait` is undefined for the very first attempt.
-  async #connect(wait: number | undefined): Promise<void> {
+  // `reason` is what made the connection end or the attempt fail, if
+  // anything did, for onRetry.
+  async #connect(
+    wait: number | undefined,
+    reason?: SSEError,
+  ): Promise<void> {
     try {
       while (true) {
         if (this.#isClosed()) return;
         if (wait !== undefined) {
-          this.#onRetry?.(wait);
+          this.#onRetry?.(wait, reason);
           if (this.#isClosed()) return;
           // A timer even for 0: never a synchronous reconnection loop.
           await this.#pause.wait(wait);
@@ -817,7 +825,8 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
           return;
         }
         wait = next.wait;
-        if (next.error !== undefined) this.#onError?.(next.error);
+        reason = next.error;
+        if (reason !== undefined) this.#onError?.(reason);
       }
     } catch (error) {
       this.#fail(error);

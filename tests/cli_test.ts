@@ -10,6 +10,7 @@ interface Seen {
   headers: Headers;
   method: string;
   body: string;
+  path?: string;
 }
 
 // A server that streams three events, answers reconnections with 204 and
@@ -18,13 +19,31 @@ function serve(seen: Seen[]) {
   return Deno.serve(
     { hostname: "127.0.0.1", port: 0, onListen() {} },
     async (request) => {
+      const path = new URL(request.url).pathname;
       seen.push({
         headers: request.headers,
         method: request.method,
         body: await request.text(),
+        path,
       });
-      const path = new URL(request.url).pathname;
-      if (path === "/private") return new Response("no", { status: 401 });
+      if (path === "/private") {
+        return Response.json({ error: "invalid_token" }, { status: 401 });
+      }
+      if (path === "/verbose") {
+        const lines = Array.from({ length: 8 }, (_, i) => `line ${i + 1}`);
+        lines[1] = "x".repeat(300);
+        lines[2] = "\x1b[2Jcleared";
+        return new Response(lines.join("\n") + "\n", { status: 403 });
+      }
+      if (path === "/flaky") {
+        // 503, then a stream that ends, then 204.
+        const attempt = seen.filter((s) => s.path === "/flaky").length;
+        if (attempt === 1) return new Response("busy", { status: 503 });
+        if (attempt === 3) return new Response(null, { status: 204 });
+        return new Response("retry: 10\ndata: x\n\n", {
+          headers: { "content-type": "text/event-stream" },
+        });
+      }
       // A reconnection (it carries the last event ID) is told to stop.
       if (request.headers.has("last-event-id")) {
         return new Response(null, { status: 204 });
@@ -153,7 +172,7 @@ Deno.test(
 );
 
 Deno.test(
-  "sse exits 1 with the status when the server refuses the stream",
+  "sse exits 1 with the status and the start of what the server said when it refuses the stream",
   sanitize,
   async () => {
     await withServer(async (url) => {
@@ -162,10 +181,49 @@ Deno.test(
       ]);
       assert.equal(code, 1);
       assert.equal(stdout, "");
+      // Before: the status line alone.
       assert.equal(
         stderr,
-        "sse: Unexpected status 401: expected 200 with text/event-stream\n",
+        "sse: Unexpected status 401: expected 200 with text/event-stream\n" +
+          'sse: response body: {"error":"invalid_token"}\n',
       );
+      // A longer body: its first lines, each cut short, controls escaped.
+      const verbose = await run([new URL("/verbose", url).href]);
+      assert.equal(verbose.code, 1);
+      assert.equal(
+        verbose.stderr,
+        "sse: Unexpected status 403: expected 200 with text/event-stream\n" +
+          "sse: response body (5 of 8 lines):\n" +
+          "  line 1\n" +
+          `  ${"x".repeat(199)}…\n` +
+          "  \\x1b[2Jcleared\n" +
+          "  line 4\n" +
+          "  line 5\n",
+      );
+    });
+  },
+);
+
+Deno.test(
+  "sse says in one line why it reconnects",
+  sanitize,
+  async () => {
+    await withServer(async (url) => {
+      const { code, stdout, stderr } = await run([
+        "--retry",
+        "10",
+        new URL("/flaky", url).href,
+      ]);
+      assert.equal(code, 0, stderr);
+      assert.equal(stdout, "event: message\ndata: x\n\n");
+      // Before: "sse: reconnecting in N ms", and never why.
+      const lines = stderr.trimEnd().split("\n");
+      assert.equal(lines.length, 2, stderr);
+      assert.match(
+        lines[0]!,
+        /^sse: reconnecting in 1\d\d ms \(Unexpected status 503: retrying\)$/,
+      );
+      assert.equal(lines[1], "sse: reconnecting in 10 ms (the stream ended)");
     });
   },
 );
