@@ -790,8 +790,9 @@ export function checkWellFormed(text: string, what: string): void {
 /**
  * The `onError` option of a broker (or of the channel), checked, as the
  * function to call with each error caught. The default writes one line to
- * stderr, `"<owner>: <message>"`, never a stack trace; a user's function that
- * throws gets the same line for what it threw. Errors never reach
+ * stderr, `"<owner>: <message>"` (line breaks in the message written as
+ * `\n`, `\r`), never a stack trace; when a user's function throws, the
+ * error it was given and what it threw are written so, one line each. Errors never reach
  * `reportError`, which ends a Deno process. Internal: shared by the brokers
  * and the channel, not exported from `server.ts`.
  *
@@ -815,14 +816,30 @@ export function errorReporter(
     try {
       onError(error);
     } catch (thrown) {
+      // Both: what happened, and why it was not handled.
+      logLine(owner, error);
       logLine(owner, new Error(`onError threw: ${errorMessage(thrown)}`));
     }
   };
 }
 
+// Line breaks as JavaScript writes them in a string, so that one report is
+// one line of a log whatever its message holds.
+const LINE_BREAK = /\r|\n|\u2028|\u2029/g;
+const ESCAPED: Record<string, string> = {
+  "\r": "\\r",
+  "\n": "\\n",
+  "\u2028": "\\u2028",
+  "\u2029": "\\u2029",
+};
+
 function logLine(owner: string, error: Error): void {
+  const message = String(error.message).replace(
+    LINE_BREAK,
+    (brk) => ESCAPED[brk]!,
+  );
   // deno-lint-ignore no-console
-  console.error(`${owner}: ${error.message}`);
+  console.error(`${owner}: ${message}`);
 }
 
 /**

@@ -220,6 +220,30 @@ test("MemoryBroker reports a throwing subscriber on one line of stderr by defaul
   }
 });
 
+test("MemoryBroker reports an error whose message spans lines on one line of stderr by default", async () => {
+  const lines: unknown[][] = [];
+  const original = console.error;
+  console.error = (...args: unknown[]) => lines.push(args);
+  const broker = new MemoryBroker();
+  try {
+    await broker.subscribe("s", () => {
+      throw new Error("first line\nsecond line\r\nthird\rfourth\u2028fifth");
+    });
+    await publish(broker, "a");
+    // Before: five lines on the terminal, four of them without the owner.
+    assert.equal(lines.length, 1);
+    const line = lines[0]![0] as string;
+    assert.doesNotMatch(line, /[\n\r\u2028\u2029]/);
+    assert.match(
+      line,
+      /^MemoryBroker: .*first line\\nsecond line\\r\\nthird\\rfourth\\u2028fifth$/,
+    );
+  } finally {
+    console.error = original;
+    await broker.close();
+  }
+});
+
 test("MemoryBroker survives an onError that throws, and refuses one that is not a function", async () => {
   const lines: unknown[][] = [];
   const original = console.error;
@@ -234,8 +258,10 @@ test("MemoryBroker survives an onError that throws, and refuses one that is not 
       throw new Error("subscriber bug");
     });
     await publish(broker, "a");
-    assert.equal(lines.length, 1);
-    assert.match(lines[0]![0] as string, /^MemoryBroker: .*onError bug/);
+    // Before: only "onError threw: onError bug", the error itself lost.
+    assert.deepEqual(lines.map((line) => line.length), [1, 1]);
+    assert.match(lines[0]![0] as string, /^MemoryBroker: .*subscriber bug$/);
+    assert.equal(lines[1]![0], "MemoryBroker: onError threw: onError bug");
   } finally {
     console.error = original;
     await broker.close();
