@@ -140,7 +140,7 @@ export function requestHeaders(
   // empty `id` none does (§9.2.3: only "if the last event ID string is not
   // the empty string").
   headers.delete("last-event-id");
-  if (lastEventId !== "" && unsendable(lastEventId) === undefined) {
+  if (lastEventId !== "" && unsendableId(lastEventId) === undefined) {
     headers.set("last-event-id", toByteString(lastEventId));
   }
   return headers;
@@ -150,20 +150,33 @@ export function requestHeaders(
  * Why a last event ID cannot go out as `Last-Event-ID`, if it cannot. The
  * event stream allows any character but NUL, CR and LF in an `id`; a header
  * value does not allow the other control characters (fetch refuses the whole
- * request). Such an ID is left out, so that reconnection still reaches the
- * server (which then starts the client afresh), instead of failing before a
- * byte is sent, every time.
+ * request), nor a leading or trailing space or tab (`Headers` strips them, so
+ * the server would read another ID: " 5 " as "5"). Such an ID is left out,
+ * so that reconnection still reaches the server (which then starts the
+ * client afresh), instead of failing before a byte is sent, every time, or
+ * resuming from the wrong place.
  *
  * @returns `undefined` when it can be sent, else a sentence saying why not.
  */
 export function unsendableId(lastEventId: string): string | undefined {
   const bad = unsendable(lastEventId);
-  if (bad === undefined) return undefined;
+  let why: string;
+  if (bad !== undefined) {
+    why = `it contains ${codePoint(bad.char)} at index ${bad.index}`;
+  } else if (/^[\t ]/.test(lastEventId)) {
+    why = `it begins with ${
+      codePoint(lastEventId[0]!)
+    }, which a header value cannot`;
+  } else if (/[\t ]$/.test(lastEventId)) {
+    why = `it ends with ${
+      codePoint(lastEventId.at(-1)!)
+    }, which a header value cannot`;
+  } else {
+    return undefined;
+  }
   return `Last event ID ${
     JSON.stringify(lastEventId)
-  } cannot be sent as Last-Event-ID (it contains ${
-    codePoint(bad.char)
-  } at index ${bad.index})`;
+  } cannot be sent as Last-Event-ID (${why})`;
 }
 
 /**

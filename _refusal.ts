@@ -82,6 +82,24 @@ export function methodProblem(method: string): string | undefined {
   return undefined;
 }
 
+// Fetch §2.2.1 "normalize a method": these six are upper-cased, byte-case-
+// insensitively; any other goes out as given (RFC 9110 §9.1: methods are
+// case-sensitive, so "mkcol" is not "MKCOL").
+const NORMALIZED_METHODS = new Set([
+  "DELETE",
+  "GET",
+  "HEAD",
+  "OPTIONS",
+  "POST",
+  "PUT",
+]);
+
+/** A method as fetch sends it (see above). */
+export function normalizeMethod(method: string): string {
+  const upper = method.toUpperCase();
+  return NORMALIZED_METHODS.has(upper) ? upper : method;
+}
+
 /** What is wrong with a URL that fetch never requests, if anything. */
 export function urlProblem(url: URL): string | undefined {
   if (!FETCH_SCHEMES.has(url.protocol)) {

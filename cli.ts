@@ -10,10 +10,14 @@
  * deno run --allow-net jsr:@sse/sse/cli -X POST -d '{"stream":true}' --until '[DONE]' URL
  * ```
  *
- * Each event is printed as `event: <type>`, `id: <id>` (when set) and its
- * `data` lines followed by a blank line, or, with `--json`, as one JSON object
- * per line. Options are read by `node:util`'s `parseArgs`: `--count=3`, `-n3`
- * and `--` work as usual.
+ * Each event is printed as `event: <type>`, `id: <id>` (when set; an empty
+ * `id:` when the stream reset it, so that the output parses back to the same
+ * IDs) and its `data` lines followed by a blank line, or, with `--json`, as
+ * one JSON object per line. On a terminal, control characters from the server
+ * (C0 but tab, DEL, C1: the escape sequences that set a terminal's title or
+ * clear its screen) are shown escaped, as `\x1b` (`\u007f` in JSON); to a pipe
+ * or a file they are written as they came. Options are read by `node:util`'s
+ * `parseArgs`: `--count=3`, `-n3` and `--` work as usual.
  *
  * Standard error gets one line per reconnection, saying why (`sse:
  * reconnecting in 250 ms (Unexpected status 503: retrying)`), and, on an
@@ -186,8 +190,16 @@ export function parseArgs(args: string[]): CLIOptions | "help" | "version" {
     client.body = values.data;
     client.method ??= "POST";
   }
-  if (values["last-event-id"] !== undefined) {
-    client.lastEventId = values["last-event-id"];
+  const lastEventId = values["last-event-id"];
+  if (lastEventId !== undefined) {
+    if (/[\0\n\r]/.test(lastEventId)) {
+      throw new TypeError(
+        `Invalid --last-event-id: an ID cannot contain NUL, CR or LF, got ${
+          JSON.stringify(lastEventId)
+        }`,
+      );
+    }
+    client.lastEventId = lastEventId;
   }
   if (values.retry !== undefined) {
     client.retry = milliseconds("--retry", values.retry, 0);
@@ -264,6 +276,33 @@ function milliseconds(name: string, text: string, least: number): number {
   return n;
 }
 
+/** How {@linkcode formatEvent} writes an event. */
+export interface FormatOptions {
+  /**
+   * One JSON object per line instead of the event-stream form.
+   *
+   * @default {false}
+   */
+  json?: boolean;
+  /**
+   * The ID of the event printed before, if any: when the event's ID is `""`
+   * and this one is not, an empty `id:` line says that the stream reset it,
+   * so that the output parses back to the same IDs.
+   *
+   * @default {""}
+   */
+  previousId?: string;
+  /**
+   * Writes control characters (C0 but tab, DEL, C1) visibly, for a terminal,
+   * which would otherwise obey the escape sequences a server sends (set its
+   * title, clear its screen): `\x1b` in the event-stream form, `\u007f` in
+   * JSON (which escapes C0 itself).
+   *
+   * @default {false}
+   */
+  escape?: boolean;
+}
+
 /**
  * Formats one event as `sse` prints it.
  *
@@ -275,23 +314,38 @@ function milliseconds(name: string, text: string, least: number): number {
  * const event = { type: "message", data: "a\nb", id: "7" };
  * assert.equal(formatEvent(event, false), "event: message\nid: 7\ndata: a\ndata: b\n\n");
  * assert.equal(formatEvent(event, true), '{"type":"message","data":"a\\nb","id":"7"}\n');
+ * // The stream reset the ID: an empty id line says so.
+ * assert.equal(
+ *   formatEvent({ type: "message", data: "c", id: "" }, { previousId: "7" }),
+ *   "event: message\nid:\ndata: c\n\n",
+ * );
  * ```
  *
  * @param event The event.
- * @param json One JSON object per line instead of the event-stream form.
+ * @param options How to write it; `true` or `false` is `{ json }`.
  * @returns The text to print, ending with a line break.
  */
-export function formatEvent(event: SSEEvent, json: boolean): string {
+export function formatEvent(
+  event: SSEEvent,
+  options: boolean | FormatOptions,
+): string {
+  const { json = false, previousId = "", escape = false } =
+    typeof options === "boolean" ? { json: options } : options;
   if (json) {
-    return JSON.stringify({
+    const line = JSON.stringify({
       type: event.type,
       data: event.data,
       id: event.id,
-    }) + "\n";
+    });
+    // JSON escapes C0 (tab too); DEL and C1 are left to escape here.
+    return (escape ? line.replace(UNESCAPED_BY_JSON, unicodeEscape) : line) +
+      "\n";
   }
-  let out = `event: ${event.type}\n`;
-  if (event.id !== "") out += `id: ${event.id}\n`;
-  for (const line of event.data.split("\n")) out += `data: ${line}\n`;
+  const show = escape ? visible : (text: string) => text;
+  let out = `event: ${show(event.type)}\n`;
+  if (event.id !== "") out += `id: ${show(event.id)}\n`;
+  else if (previousId !== "") out += "id:\n";
+  for (const line of event.data.split("\n")) out += `data: ${show(line)}\n`;
   return out + "\n";
 }
 
@@ -366,12 +420,20 @@ export async function main(
       else signal.addEventListener("abort", () => resolve("stopped"));
     });
   let printed = 0;
+  const format: FormatOptions = {
+    json: options.json,
+    previousId: "",
+    // Escape sequences from a server reach a terminal only as text.
+    escape: Deno.stdout.isTerminal(),
+  };
   try {
     for await (const event of client) {
       if (options.types.length > 0 && !options.types.includes(event.type)) {
         continue;
       }
-      const written = write(encoder.encode(formatEvent(event, options.json)));
+      const text = formatEvent(event, format);
+      format.previousId = event.id;
+      const written = write(encoder.encode(text));
       // A blocked output must not hold up a stop.
       if (
         stopped !== undefined &&
@@ -429,16 +491,21 @@ function cut(line: string): string {
 }
 
 // deno-lint-ignore no-control-regex
-const CONTROL = /[\x00-\x08\x0a-\x1f\x7f]/g;
+const CONTROL = /[\x00-\x08\x0a-\x1f\x7f-\x9f]/g;
+const UNESCAPED_BY_JSON = /[\x7f-\x9f]/g;
 
 // Text a server sent, made harmless for a terminal: each control character
-// but tab (C0 and DEL: ESC sequences can set a terminal's title, clear its
-// screen, …) written as \xNN.
+// but tab (C0, DEL and C1: ESC sequences can set a terminal's title, clear
+// its screen, …) written as \xNN.
 function visible(text: string): string {
   return text.replace(
     CONTROL,
     (char) => `\\x${char.charCodeAt(0).toString(16).padStart(2, "0")}`,
   );
+}
+
+function unicodeEscape(char: string): string {
+  return `\\u${char.charCodeAt(0).toString(16).padStart(4, "0")}`;
 }
 
 // Writes all of `bytes` to standard output.

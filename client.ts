@@ -47,7 +47,12 @@ import {
   unreadableBody,
   unsendableId,
 } from "./_connection.ts";
-import { describeFailure, messageOf, methodProblem } from "./_refusal.ts";
+import {
+  describeFailure,
+  messageOf,
+  methodProblem,
+  normalizeMethod,
+} from "./_refusal.ts";
 import { Pause } from "./_pause.ts";
 import { describe } from "./_json.ts";
 
@@ -130,6 +135,9 @@ export interface SSEClientOptions {
   /**
    * The request method: an HTTP token, other than the methods fetch forbids
    * (`CONNECT`, `TRACE`, `TRACK`), else the constructor throws a `TypeError`.
+   * As in fetch, `DELETE`, `GET`, `HEAD`, `OPTIONS`, `POST` and `PUT` are
+   * sent upper-cased whatever their case; any other method is sent as given
+   * (methods are case-sensitive: write `PATCH`, not `patch`).
    *
    * @default {"GET"}
    */
@@ -309,8 +317,10 @@ export interface SSEClientOptions {
  * it is iterated. On every request it sends `Accept: text/event-stream` and,
  * once an ID is known, `Last-Event-ID` (UTF-8 bytes, as browsers send it).
  * An ID that a header cannot carry (one with a control character other than
- * tab, which the event stream allows) is left out, so that reconnection
- * still reaches the server, and reported once through `onError`.
+ * tab, which the event stream allows, or with a space or tab at either end,
+ * which a header value loses: `" 5 "` would reach the server as `"5"`) is
+ * left out, so that reconnection still reaches the server and never resumes
+ * from an ID it did not send, and reported once through `onError`.
  *
  * Reconnection follows the standard and adds what a robust client needs:
  * - a stream that delivered an event and then ends or drops is reopened after
@@ -495,7 +505,7 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
     const method = options.method ?? "GET";
     const problem = methodProblem(method);
     if (problem !== undefined) throw new TypeError(problem);
-    this.#method = method.toUpperCase();
+    this.#method = normalizeMethod(method);
     const body = options.body ?? null;
     if (body !== null) {
       if (this.#method === "GET" || this.#method === "HEAD") {

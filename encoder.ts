@@ -21,6 +21,7 @@
  */
 
 import { describe, json } from "./_json.ts";
+import { codePoint } from "./_refusal.ts";
 
 /**
  * One message to send. Every field is optional, but a message must have at
@@ -54,8 +55,9 @@ export interface SSEMessage {
   /**
    * The event ID a reconnecting client sends back as `Last-Event-ID`. It must
    * not contain CR, LF or NUL, which the event stream cannot carry, nor any
-   * other control character but tab (U+0001–U+001F, DEL), which the header
-   * cannot carry: otherwise `TypeError`. A number must be finite
+   * other control character but tab (U+0001–U+001F, DEL), nor begin or end
+   * with a space or tab, which the header cannot carry (a header value loses
+   * them: `" 5 "` would come back as `"5"`): otherwise `TypeError`. A number must be finite
    * (`RangeError`). `""` resets the client's last event ID.
    */
   id?: string | number | undefined;
@@ -79,6 +81,10 @@ const CONTROL = /[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]/;
 
 // The longest reconnection time a client can wait: a timer's longest delay.
 const MAX_RETRY = 2 ** 31 - 1;
+
+function isSpaceOrTab(code: number): boolean {
+  return code === 0x20 || code === 0x09;
+}
 
 // Line breaks as §9.2.5 defines them: CRLF, then a lone CR or LF.
 const LINE_BREAK = /\r\n|\r|\n/g;
@@ -113,8 +119,8 @@ function hasLineBreak(text: string): boolean {
  * @returns The frame, ending with a blank line.
  * @throws {TypeError} When the message is not an object, has no field, or a
  * field has the wrong type, a forbidden character (CR or LF in `event` or
- * `id`; NUL or another control character but tab in `id`) or cannot be
- * JSON-encoded.
+ * `id`; NUL or another control character but tab in `id`, or a space or tab
+ * at either end of it) or cannot be JSON-encoded.
  * @throws {RangeError} When `retry` is not an integer from 0 to 2^31 - 1, or
  * a numeric `id` is not finite.
  */
@@ -169,9 +175,23 @@ export function encodeSSE(message: SSEMessage): string {
       const control = CONTROL.exec(id);
       if (control !== null) {
         throw new TypeError(
-          `Invalid id: must not contain U+${
-            control[0].charCodeAt(0).toString(16).toUpperCase().padStart(4, "0")
+          `Invalid id: must not contain ${
+            codePoint(control[0])
           }, which Last-Event-ID cannot carry: found at index ${control.index}`,
+        );
+      }
+      // Nor a leading or trailing space or tab: a header value loses them,
+      // and the server would read another ID (" 5 " as "5").
+      const edge = isSpaceOrTab(id.charCodeAt(0))
+        ? 0
+        : isSpaceOrTab(id.charCodeAt(id.length - 1))
+        ? id.length - 1
+        : -1;
+      if (edge !== -1) {
+        throw new TypeError(
+          `Invalid id: must not begin or end with a space or tab, which Last-Event-ID cannot carry: found ${
+            codePoint(id[edge]!)
+          } at index ${edge}`,
         );
       }
       wellFormed("id", id);

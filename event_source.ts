@@ -109,9 +109,10 @@ interface HandlerSlot {
  * It behaves as the HTML standard's processing model (§9.2.3) says:
  * - the request carries `Accept: text/event-stream`, `Cache-Control:
  *   no-cache` and, once an ID is known, `Last-Event-ID` (UTF-8 bytes; an ID
- *   with a control character other than tab, which no header can carry, is
- *   left out, so that reconnection still reaches the server); redirects are
- *   followed;
+ *   with a control character other than tab, or with a space or tab at
+ *   either end, which no header value can carry as it is, is left out, so
+ *   that reconnection still reaches the server and never resumes from
+ *   another ID); redirects are followed;
  * - a `200` response with a `text/event-stream` content type opens the
  *   connection (`open`); any other status, `204` included, or any other
  *   content type fails it: `error` with `readyState` CLOSED, and no retry;

@@ -1,6 +1,7 @@
 // Copyright the sse authors. MIT license.
 import assert from "node:assert/strict";
 import { formatEvent, parseArgs } from "../cli.ts";
+import { SSEParserStream } from "../parser.ts";
 import { within } from "./_sse_server.ts";
 
 const sanitize = { sanitizeOps: true, sanitizeResources: true };
@@ -12,6 +13,10 @@ interface Seen {
   body: string;
   path?: string;
 }
+
+// One event whose type, ID and data hold terminal escape sequences.
+const ESCAPES =
+  "id: 1\x1b[31m\nevent: e\x1b]0;PWNED\x07\ndata: \x1b[2J\x1b[H cleared\x7f\tok\u009b\n\n";
 
 // A server that streams three events, answers reconnections with 204 and
 // /private with 401, and records every request.
@@ -34,6 +39,18 @@ function serve(seen: Seen[]) {
         lines[1] = "x".repeat(300);
         lines[2] = "\x1b[2Jcleared";
         return new Response(lines.join("\n") + "\n", { status: 403 });
+      }
+      if (path === "/esc") {
+        // Terminal escapes in every field: a title, a colour, a clear screen.
+        return new Response(ESCAPES, {
+          headers: { "content-type": "text/event-stream" },
+        });
+      }
+      if (path === "/reset") {
+        return new Response(
+          "id: 1\ndata: a\n\nid\ndata: b\n\ndata: c\n\nid: 4\ndata: d\n\n",
+          { headers: { "content-type": "text/event-stream" } },
+        );
       }
       if (path === "/flaky") {
         // 503, then a stream that ends, then 204.
@@ -269,6 +286,10 @@ Deno.test(
       [
         ["-H", "x: a\x01b", url],
         "sse: Invalid header x: its value contains U+0001 at index 1, which fetch cannot send",
+      ],
+      [
+        ["--last-event-id", "a\nb", url],
+        'sse: Invalid --last-event-id: an ID cannot contain NUL, CR or LF, got "a\\nb"',
       ],
       [
         ["-H", "novalue", url],
@@ -531,3 +552,106 @@ Deno.test("formatEvent writes the event-stream form or one JSON line", () => {
     '{"type":"t","data":"a\\nb","id":""}\n',
   );
 });
+
+/**
+ * Runs sse with a terminal as its standard output (through `script`), and
+ * returns what it printed there; `undefined` where `script` is missing.
+ */
+async function runOnTerminal(args: string[]): Promise<string | undefined> {
+  const command = [
+    Deno.execPath(),
+    "run",
+    "--allow-net=127.0.0.1",
+    cli,
+    ...args,
+  ]
+    .map((arg) => `'${arg.replaceAll("'", "'\\''")}'`).join(" ");
+  let output: Deno.CommandOutput;
+  try {
+    output = await new Deno.Command("script", {
+      args: ["-qec", command, "/dev/null"],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+      env: { NO_COLOR: "1" },
+    }).output();
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return undefined;
+    throw error;
+  }
+  assert.equal(output.code, 0, new TextDecoder().decode(output.stderr));
+  // The terminal turns each line feed into CR LF.
+  return new TextDecoder().decode(output.stdout).replaceAll("\r\n", "\n");
+}
+
+Deno.test(
+  "sse shows control characters escaped on a terminal, and writes them as they came to a pipe",
+  sanitize,
+  async () => {
+    await withServer(async (url) => {
+      const esc = new URL("/esc", url).href;
+      const piped = await run(["-n", "1", esc]);
+      assert.equal(piped.code, 0, piped.stderr);
+      assert.equal(
+        piped.stdout,
+        "event: e\x1b]0;PWNED\x07\nid: 1\x1b[31m\n" +
+          "data: \x1b[2J\x1b[H cleared\x7f\tok\u009b\n\n",
+      );
+      const shown = await runOnTerminal(["-n", "1", esc]);
+      if (shown === undefined) {
+        console.log("script (util-linux) missing: terminal output not checked");
+        return;
+      }
+      // Before: the escapes reached the terminal, which set its title,
+      // changed colour and cleared the screen.
+      assert.equal(
+        shown,
+        "event: e\\x1b]0;PWNED\\x07\nid: 1\\x1b[31m\n" +
+          "data: \\x1b[2J\\x1b[H cleared\\x7f\tok\\x9b\n\n",
+      );
+      const json = await runOnTerminal(["--json", "-n", "1", esc]);
+      assert.equal(
+        json,
+        '{"type":"e\\u001b]0;PWNED\\u0007","data":"\\u001b[2J\\u001b[H cleared\\u007f\\tok\\u009b","id":"1\\u001b[31m"}\n',
+      );
+      assert.deepEqual(JSON.parse(json!), {
+        type: "e\x1b]0;PWNED\x07",
+        data: "\x1b[2J\x1b[H cleared\x7f\tok\u009b",
+        id: "1\x1b[31m",
+      });
+    });
+  },
+);
+
+Deno.test(
+  "sse writes an empty id: line when the stream resets the ID, so that its output parses back to the same IDs",
+  sanitize,
+  async () => {
+    await withServer(async (url) => {
+      const { code, stdout, stderr } = await run([
+        "-n",
+        "4",
+        new URL("/reset", url).href,
+      ]);
+      assert.equal(code, 0, stderr);
+      // Before: no line for the reset, so "b" parsed back with ID "1".
+      assert.equal(
+        stdout,
+        "event: message\nid: 1\ndata: a\n\n" +
+          "event: message\nid:\ndata: b\n\n" +
+          "event: message\ndata: c\n\n" +
+          "event: message\nid: 4\ndata: d\n\n",
+      );
+      const parsed = await Array.fromAsync(
+        ReadableStream.from([new TextEncoder().encode(stdout)])
+          .pipeThrough(new SSEParserStream()),
+      );
+      assert.deepEqual(parsed.map((event) => [event.data, event.id]), [
+        ["a", "1"],
+        ["b", ""],
+        ["c", ""],
+        ["d", "4"],
+      ]);
+    });
+  },
+);

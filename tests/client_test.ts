@@ -236,6 +236,92 @@ test("SSEClient reconnects without a last event ID it cannot send as a header, a
   );
 });
 
+test("SSEClient reconnects without a last event ID that begins or ends with a space or tab, and reports it once", async () => {
+  for (
+    const [id, where] of [
+      [" 5 ", "begins with U+0020"],
+      ["5\t", "ends with U+0009"],
+    ] as const
+  ) {
+    await using server = new TestServer(({ index }) =>
+      eventStreamResponse(
+        index === 0 ? `retry: 0\nid: ${id}\ndata: x\n\n` : `data: ${index}\n\n`,
+      )
+    );
+    const { client, iterator, errors } = observedClient(server.url);
+    assert.deepEqual(await take(iterator, 3), [
+      message("x", id),
+      message("1", id),
+      message("2", id),
+    ]);
+    client.close();
+    // Before: Headers strip HTTP whitespace, so the server read "5", an ID
+    // it never sent, and nothing was reported.
+    for (const index of [1, 2]) {
+      assert.equal(server.requests[index]!.headers.get("last-event-id"), null);
+    }
+    assert.deepEqual(errors.all.map((error) => error.message), [
+      `Last event ID ${
+        JSON.stringify(id)
+      } cannot be sent as Last-Event-ID (it ${where}, which a header value cannot): reconnecting without it`,
+    ]);
+  }
+  // The seed too.
+  await using server = new TestServer(() => eventStreamResponse("data: x\n\n"));
+  const { client, iterator, errors } = observedClient(server.url, {
+    lastEventId: "\t7",
+  });
+  await take(iterator, 1);
+  client.close();
+  assert.equal(server.requests[0]!.headers.get("last-event-id"), null);
+  assert.equal(errors.all.length, 1);
+});
+
+test("SSEClient sends the six methods fetch normalises in upper case, and any other as given", async () => {
+  await using server = new TestServer(() =>
+    new Response(null, { status: 204 })
+  );
+  const sent: [string, string][] = [];
+  for (
+    const method of [
+      "get",
+      "Post",
+      "put",
+      "delete",
+      "options",
+      "head",
+      "patch",
+      "mkcol",
+      "Search",
+    ]
+  ) {
+    const client = new SSEClient(server.url, { method });
+    for await (const _ of client) assert.fail("204 has no event");
+    sent.push([method, server.requests.at(-1)!.method]);
+  }
+  // Before: every method was upper-cased (mkcol went out as MKCOL). RFC 9110
+  // §9.1: methods are case-sensitive; Fetch normalises only these six.
+  assert.deepEqual(sent, [
+    ["get", "GET"],
+    ["Post", "POST"],
+    ["put", "PUT"],
+    ["delete", "DELETE"],
+    ["options", "OPTIONS"],
+    ["head", "HEAD"],
+    ["patch", "patch"],
+    ["mkcol", "mkcol"],
+    ["Search", "Search"],
+  ]);
+  // A body is refused with get and head, whatever their case.
+  assert.throws(
+    () => new SSEClient(server.url, { method: "hEaD", body: "x" }),
+    {
+      name: "TypeError",
+      message: "Invalid body: a HEAD request cannot have one",
+    },
+  );
+});
+
 test("SSEClient takes a Last-Event-ID header as the seed, then manages the header alone", async () => {
   await using server = new TestServer(({ index }) =>
     eventStreamResponse(

@@ -107,9 +107,12 @@ const tricky = fc.string({
   maxLength: 12,
 }).filter((s) => s.isWellFormed());
 const oneLine = tricky.map((s) => s.replace(/[\r\n]/g, ""));
-// What a header value can carry: no control character but tab.
-// deno-lint-ignore no-control-regex
-const idText = oneLine.map((s) => s.replace(/[\0-\x08\x0a-\x1f\x7f]/g, ""));
+// What a header value can carry: no control character but tab, and no
+// space or tab at either end.
+const idText = oneLine.map((s) =>
+  // deno-lint-ignore no-control-regex
+  s.replace(/[\0-\x08\x0a-\x1f\x7f]/g, "").replace(/^[\t ]+|[\t ]+$/g, "")
+);
 const validMessage: fc.Arbitrary<SSEMessage> = fc.record({
   data: fc.oneof(tricky, fc.jsonValue({ maxDepth: 2 })),
   // "" included: it is written, and read as "message".
@@ -156,10 +159,10 @@ Deno.test(
   SANITIZED,
   async () => {
     const bytes = encoder.encode(
-      encodeSSE({ event: " e", id: " 1", data: " a\n:b\n  c" }),
+      encodeSSE({ event: " e", id: ":1", data: " a\n:b\n  c" }),
     );
     assert.deepEqual((await parse(bytes)).events, [
-      { type: " e", data: " a\n:b\n  c", id: " 1" },
+      { type: " e", data: " a\n:b\n  c", id: ":1" },
     ]);
   },
 );
@@ -343,6 +346,18 @@ const refused: [unknown, typeof TypeError | typeof RangeError, RegExp][] = [
     { id: "x\x7f" },
     TypeError,
     /^Invalid id: must not contain U\+007F, which Last-Event-ID cannot carry: found at index 1$/,
+  ],
+  // Nor a leading or trailing space or tab, which a header value loses: the
+  // server would read another ID (" 5 " comes back as "5").
+  [
+    { id: " 5" },
+    TypeError,
+    /^Invalid id: must not begin or end with a space or tab, which Last-Event-ID cannot carry: found U\+0020 at index 0$/,
+  ],
+  [
+    { id: "5\t" },
+    TypeError,
+    /^Invalid id: must not begin or end with a space or tab, which Last-Event-ID cannot carry: found U\+0009 at index 1$/,
   ],
   [
     { id: {} },

@@ -1220,6 +1220,26 @@ test("EventSource reconnects without a last event ID it cannot send as a header"
   assert.equal(server.requests[1]!.headers.get("last-event-id"), null);
 });
 
+test("EventSource reconnects without a last event ID that begins or ends with a space or tab", async () => {
+  await using server = new TestServer(({ index }) =>
+    eventStreamResponse(
+      index === 0 ? "retry: 0\nid:  5 \ndata: x\n\n" : `data: ${index}\n\n`,
+    )
+  );
+  const source = new OurEventSource(server.url);
+  const seen = record(source);
+  assert.deepEqual(withoutOrigin(await seen.take(5)), [
+    OPENED,
+    message("x", " 5 "),
+    RECONNECTING,
+    OPENED,
+    message("1", " 5 "),
+  ]);
+  source.close();
+  // Before: "5", an ID the server never sent.
+  assert.equal(server.requests[1]!.headers.get("last-event-id"), null);
+});
+
 test("EventSource ignores a Last-Event-ID in its headers option: the header is the protocol's", async () => {
   for (
     const headers of [
