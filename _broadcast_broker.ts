@@ -15,8 +15,6 @@ import {
   checkWellFormed,
   entryProblem,
   errorReporter,
-  historyBytes,
-  LocalStream,
   randomId,
   settle,
   type SSEBroker,
@@ -25,6 +23,12 @@ import {
   withoutId,
 } from "./_broker.ts";
 import type { SSEMessage } from "./encoder.ts";
+import {
+  expireIn,
+  historyBytes,
+  type LocalStream,
+  LocalStreams,
+} from "./_local_stream.ts";
 
 /** Options of {@linkcode BroadcastChannelBroker}. */
 export interface BroadcastChannelBrokerOptions {
@@ -46,6 +50,16 @@ export interface BroadcastChannelBrokerOptions {
    */
   maxHistoryBytes?: number;
   /**
+   * Milliseconds after which a stream that received no entry forgets its
+   * history in this Worker, and is freed (its `BroadcastChannel` closed) if
+   * nothing here subscribes to it. A stream that has no subscriber and keeps
+   * nothing (`replay: 0`) is freed at once. `Infinity` keeps history until
+   * `close()`.
+   *
+   * @default {86400000} (one day)
+   */
+  expireIn?: number;
+  /**
    * Called with each error the broker catches: an entry from another Worker
    * that it cannot use (skipped; the error names the stream, the entry id
    * and the reason), or a subscriber's `onEntry` that threw. Must not throw.
@@ -60,13 +74,6 @@ interface Envelope {
   sse: 1;
   entry: SSEBrokerEntry;
   replay: number;
-}
-
-/** One stream as this broker has seen it. */
-interface Stream {
-  channel: BroadcastChannel;
-  /** Kept entries in the order they reached this broker; subscribers. */
-  local: LocalStream;
 }
 
 const DEFAULT_PREFIX = "sse:";
@@ -105,9 +112,10 @@ const DEFAULT_PREFIX = "sse:";
  *   here and handed to the runtime; delivery to other Workers is as reliable
  *   as the runtime's `BroadcastChannel`.
  *
- * A stream is listened to from its first `publish`, `subscribe` or `history`
- * until `close()`, so that its history keeps growing while no client is
- * connected. An entry from another Worker that is not a valid entry is
+ * A stream is listened to from its first `publish` or `subscribe` while it
+ * has a subscriber or keeps entries (up to `expireIn` after the last one
+ * arrived), so that its history keeps growing while no client is connected;
+ * a stream that holds nothing is freed, its `BroadcastChannel` closed. An entry from another Worker that is not a valid entry is
  * skipped and reported to `onError`; messages on the channel that are not
  * this broker's envelopes are ignored.
  *
@@ -131,13 +139,14 @@ const DEFAULT_PREFIX = "sse:";
 export class BroadcastChannelBroker implements SSEBroker {
   #prefix: string;
   #report: (error: Error) => void;
-  #maxBytes: number;
   /** This broker's random id, chosen at its first publish. */
   #origin: string | undefined;
   /** The hybrid logical clock: the newest time part seen, and its counter. */
   #time = 0;
   #seq = 0;
-  #streams = new Map<string, Stream>();
+  #streams: LocalStreams;
+  /** The channel of each stream this broker holds. */
+  #channels = new Map<string, BroadcastChannel>();
   #closed = false;
 
   /**
@@ -160,7 +169,15 @@ export class BroadcastChannelBroker implements SSEBroker {
     checkWellFormed(prefix, "prefix");
     this.#prefix = prefix;
     this.#report = errorReporter("BroadcastChannelBroker", options.onError);
-    this.#maxBytes = historyBytes(options.maxHistoryBytes);
+    this.#streams = new LocalStreams({
+      report: this.#report,
+      maxBytes: historyBytes(options.maxHistoryBytes),
+      expireIn: expireIn(options.expireIn),
+      onFree: (name) => {
+        this.#channels.get(name)?.close();
+        this.#channels.delete(name);
+      },
+    });
   }
 
   /**
@@ -182,7 +199,8 @@ export class BroadcastChannelBroker implements SSEBroker {
   ): Promise<string> {
     return settle(this.#closed, "publish", () => {
       const { topic, message, replay } = checkPublish(name, entry, options);
-      const stream = this.#stream(name);
+      const now = Date.now();
+      const local = this.#stream(name, now);
       const stored: SSEBrokerEntry = {
         id: this.#nextId(),
         topic,
@@ -191,8 +209,14 @@ export class BroadcastChannelBroker implements SSEBroker {
       // Structured clone: the other Workers get their own copy, and a
       // message that cannot be cloned throws here, before anything happens.
       const envelope: Envelope = { sse: 1, entry: stored, replay };
-      stream.channel.postMessage(envelope);
-      stream.local.add(stored, replay);
+      try {
+        this.#channels.get(name)!.postMessage(envelope);
+      } catch (error) {
+        // Nothing kept: a stream made for it holds nothing.
+        this.#streams.settle(local);
+        throw error;
+      }
+      this.#keep(local, stored, replay, now);
       return stored.id;
     });
   }
@@ -213,9 +237,12 @@ export class BroadcastChannelBroker implements SSEBroker {
   ): Promise<SSEBrokerSubscription> {
     return settle(this.#closed, "subscribe", () => {
       checkSubscribe(name, onEntry);
-      return new BrokerSubscription(
-        this.#stream(name).local.subscribe(onEntry),
-      );
+      const local = this.#stream(name, Date.now());
+      const release = local.subscribe(onEntry);
+      return new BrokerSubscription(() => {
+        release();
+        this.#streams.settle(local);
+      });
     });
   }
 
@@ -235,7 +262,9 @@ export class BroadcastChannelBroker implements SSEBroker {
   ): Promise<SSEBrokerEntry[] | null> {
     return settle(this.#closed, "read history", () => {
       const { after, limit } = checkHistory(name, options);
-      return this.#stream(name).local.history(after, limit);
+      const now = Date.now();
+      this.#streams.sweep(now);
+      return this.#streams.get(name, now)?.history(after, limit) ?? null;
     });
   }
 
@@ -248,11 +277,9 @@ export class BroadcastChannelBroker implements SSEBroker {
    */
   close(): Promise<void> {
     this.#closed = true;
-    for (const stream of this.#streams.values()) {
-      stream.local.close();
-      stream.channel.close();
-    }
-    this.#streams.clear();
+    this.#streams.close();
+    for (const channel of this.#channels.values()) channel.close();
+    this.#channels.clear();
     return Promise.resolve();
   }
 
@@ -279,22 +306,37 @@ export class BroadcastChannelBroker implements SSEBroker {
     }
   }
 
-  #stream(name: string): Stream {
-    let stream = this.#streams.get(name);
-    if (stream !== undefined) return stream;
-    const channel = new BroadcastChannel(this.#prefix + name);
-    const local = new LocalStream(name, this.#maxBytes, this.#report);
-    channel.onmessage = (event: MessageEvent) => {
-      if (!this.#closed) this.#receive(local, event.data);
-    };
-    stream = { channel, local };
-    this.#streams.set(name, stream);
-    return stream;
+  /** The stream, listened to on its channel from now on. */
+  #stream(name: string, now: number): LocalStream {
+    this.#streams.sweep(now);
+    const local = this.#streams.open(name, now);
+    if (!this.#channels.has(name)) {
+      const channel = new BroadcastChannel(this.#prefix + name);
+      channel.onmessage = (event: MessageEvent) => {
+        if (!this.#closed) this.#receive(name, event.data);
+      };
+      this.#channels.set(name, channel);
+    }
+    return local;
+  }
+
+  /** Keeps an entry and delivers it; frees the stream if it keeps none. */
+  #keep(
+    local: LocalStream,
+    entry: SSEBrokerEntry,
+    replay: number,
+    now: number,
+  ): void {
+    local.add(entry, replay);
+    local.touched = now;
+    this.#streams.settle(local);
   }
 
   /** Keeps an entry from another Worker and delivers it here. */
-  #receive(local: LocalStream, data: unknown): void {
+  #receive(name: string, data: unknown): void {
     if (typeof data !== "object" || data === null) return;
+    const now = Date.now();
+    const local = this.#stream(name, now);
     const { sse, entry, replay } = data as Partial<Envelope>;
     // Messages that are not this broker's envelopes (same channel name,
     // other code) are none of its business.
@@ -324,6 +366,6 @@ export class BroadcastChannelBroker implements SSEBroker {
     this.#observe(entry!.id);
     // The event id is the entry's, whatever its message says.
     const { id, topic, message } = entry!;
-    local.add({ id, topic, message: withoutId(message) }, replay!);
+    this.#keep(local, { id, topic, message: withoutId(message) }, replay!, now);
   }
 }

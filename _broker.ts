@@ -52,6 +52,7 @@
  */
 
 import type { SSEMessage } from "./encoder.ts";
+import { expireIn, historyBytes, LocalStreams } from "./_local_stream.ts";
 
 /** One stored message, as a broker hands it out. */
 export interface SSEBrokerEntry {
@@ -168,6 +169,16 @@ export interface MemoryBrokerOptions {
    */
   maxHistoryBytes?: number;
   /**
+   * Milliseconds after which a stream to which nothing was published forgets
+   * its history (a client that comes back later is not resumed), and is
+   * freed if nothing subscribes to it. A stream that has no subscriber and
+   * keeps nothing (`replay: 0`) is freed at once. `Infinity` keeps history
+   * until `close()`.
+   *
+   * @default {86400000} (one day)
+   */
+  expireIn?: number;
+  /**
    * Called with each error the broker catches: a subscriber's `onEntry`
    * that threw. Must not throw.
    *
@@ -182,10 +193,12 @@ export interface MemoryBrokerOptions {
  * Ids look like `"m1a2b3c4d5-42"`: a prefix chosen at random for each broker
  * object (so an id from before a restart is never mistaken for a current one),
  * a dash, and a sequence number shared by all the broker's streams. Each
- * stream keeps its last `replay` entries for resume; only those ids (and the
- * newest one dropped, after which nothing is missing) are resume points of
- * that stream. Delivery is synchronous: when `publish` resolves, every
- * subscriber has had `onEntry` called.
+ * stream keeps its last `replay` entries for resume, for up to `expireIn`
+ * after its last publish; only those ids (and the newest one dropped, after
+ * which nothing is missing) are resume points of that stream. A stream that
+ * keeps nothing and has no subscriber takes no memory. Delivery is
+ * synchronous: when `publish` resolves, every subscriber has had `onEntry`
+ * called.
  *
  * @example Publish, then page what came after an id
  * ```ts
@@ -207,23 +220,25 @@ export class MemoryBroker implements SSEBroker {
   /** Chosen at the first publish (see {@linkcode randomId}). */
   #prefix: string | undefined;
   #seq = 0;
-  #streams = new Map<string, LocalStream>();
+  #streams: LocalStreams;
   #closed = false;
-  #report: (error: Error) => void;
-  #maxBytes: number;
 
   /**
    * Creates a broker. Its random id prefix is chosen at the first `publish`,
    * so that a broker can be created in a Worker's global scope.
    *
-   * @param options `maxHistoryBytes` and `onError`.
+   * @param options `maxHistoryBytes`, `expireIn` and `onError`.
    * @throws {TypeError} When `onError` is given and is not a function, or
-   * `maxHistoryBytes` is not a number.
-   * @throws {RangeError} When `maxHistoryBytes` is negative.
+   * `maxHistoryBytes` or `expireIn` is not a number.
+   * @throws {RangeError} When `maxHistoryBytes` is negative, or `expireIn`
+   * not positive.
    */
   constructor(options: MemoryBrokerOptions = {}) {
-    this.#report = errorReporter("MemoryBroker", options?.onError);
-    this.#maxBytes = historyBytes(options?.maxHistoryBytes);
+    this.#streams = new LocalStreams({
+      report: errorReporter("MemoryBroker", options?.onError),
+      maxBytes: historyBytes(options?.maxHistoryBytes),
+      expireIn: expireIn(options?.expireIn),
+    });
   }
 
   /**
@@ -250,7 +265,12 @@ export class MemoryBroker implements SSEBroker {
         topic,
         message,
       };
-      this.#stream(name).add(stored, replay);
+      const now = Date.now();
+      this.#streams.sweep(now);
+      const stream = this.#streams.open(name, now);
+      stream.add(stored, replay);
+      stream.touched = now;
+      this.#streams.settle(stream);
       return stored.id;
     });
   }
@@ -270,7 +290,14 @@ export class MemoryBroker implements SSEBroker {
   ): Promise<SSEBrokerSubscription> {
     return settle(this.#closed, "subscribe", () => {
       checkSubscribe(name, onEntry);
-      return new BrokerSubscription(this.#stream(name).subscribe(onEntry));
+      const now = Date.now();
+      this.#streams.sweep(now);
+      const stream = this.#streams.open(name, now);
+      const release = stream.subscribe(onEntry);
+      return new BrokerSubscription(() => {
+        release();
+        this.#streams.settle(stream);
+      });
     });
   }
 
@@ -289,7 +316,9 @@ export class MemoryBroker implements SSEBroker {
   ): Promise<SSEBrokerEntry[] | null> {
     return settle(this.#closed, "read history", () => {
       const { after, limit } = checkHistory(name, options);
-      return this.#streams.get(name)?.history(after, limit) ?? null;
+      const now = Date.now();
+      this.#streams.sweep(now);
+      return this.#streams.get(name, now)?.history(after, limit) ?? null;
     });
   }
 
@@ -301,18 +330,8 @@ export class MemoryBroker implements SSEBroker {
    */
   close(): Promise<void> {
     this.#closed = true;
-    for (const stream of this.#streams.values()) stream.close();
-    this.#streams.clear();
+    this.#streams.close();
     return Promise.resolve();
-  }
-
-  #stream(name: string): LocalStream {
-    let stream = this.#streams.get(name);
-    if (stream === undefined) {
-      stream = new LocalStream(name, this.#maxBytes, this.#report);
-      this.#streams.set(name, stream);
-    }
-    return stream;
   }
 }
 
@@ -339,230 +358,6 @@ export class BrokerSubscription implements SSEBrokerSubscription {
     this.#release = undefined;
     release?.();
   }
-}
-
-/** One subscriber of a {@linkcode LocalStream}. */
-interface Subscriber {
-  onEntry: (entry: SSEBrokerEntry) => void;
-  /** Only entries at a greater position are delivered to it. */
-  after: number;
-}
-
-/**
- * One stream as one broker object holds it: its last entries, kept for
- * `history`, and its subscribers in this process, to which it delivers
- * synchronously. Both {@linkcode MemoryBroker} and `BroadcastChannelBroker`
- * keep their streams in it; the ids are theirs. Each entry gets a position
- * in the stream (1, 2, 3, … in the order entries are added); an id is a
- * resume point of the stream when it is kept, or is the newest one dropped
- * (nothing after it is missing). An entry added while another is being
- * delivered (a subscriber that publishes) is delivered right after it, so
- * every subscriber sees the entries in order. Internal: not exported from
- * `server.ts`.
- */
-export class LocalStream {
-  readonly name: string;
-  /** Kept entries, oldest first, from index `#head`. */
-  #entries: (SSEBrokerEntry | undefined)[] = [];
-  #head = 0;
-  /** Position of `#entries[#head]`; the newest is `#first + count - 1`. */
-  #first = 1;
-  /** Positions of the kept entries' ids, and of the newest dropped one. */
-  #positions = new Map<string, number>();
-  #droppedId: string | undefined;
-  /** Bytes of the kept entries (see `entryBytes`), and the most kept. */
-  #bytes = 0;
-  #maxBytes: number;
-  #subscribers = new Set<Subscriber>();
-  /** Entries added during a delivery, with their positions, in order. */
-  #queue: (SSEBrokerEntry | number)[] = [];
-  #delivering = false;
-  #report: (error: Error) => void;
-
-  /**
-   * An empty stream.
-   *
-   * @param name Its name, for error reports.
-   * @param maxBytes The most bytes of entries it keeps.
-   * @param report Where a throwing subscriber is reported.
-   */
-  constructor(
-    name: string,
-    maxBytes: number,
-    report: (error: Error) => void,
-  ) {
-    this.name = name;
-    this.#maxBytes = maxBytes;
-    this.#report = report;
-  }
-
-  /** Position of the newest entry added (0 before the first). */
-  get #newest(): number {
-    return this.#first + this.#entries.length - this.#head - 1;
-  }
-
-  /**
-   * Keeps an entry (the newest `replay` are kept, within the stream's bytes)
-   * and delivers it to every subscriber.
-   *
-   * @param entry The entry; its id must be new to the stream.
-   * @param replay How many entries to keep.
-   */
-  add(entry: SSEBrokerEntry, replay: number): void {
-    this.#entries.push(entry);
-    this.#bytes += entryBytes(entry);
-    const position = this.#newest;
-    this.#positions.set(entry.id, position);
-    this.#trim(replay);
-    // Added from inside a delivery (a subscriber that publishes): delivered
-    // once the current entry has reached every subscriber, so that every
-    // subscriber sees ids in order.
-    if (this.#delivering) {
-      this.#queue.push(entry, position);
-      return;
-    }
-    this.#delivering = true;
-    try {
-      this.#deliver(entry, position);
-      const queue = this.#queue;
-      for (let i = 0; i < queue.length; i += 2) {
-        this.#deliver(queue[i] as SSEBrokerEntry, queue[i + 1] as number);
-      }
-    } finally {
-      this.#queue = [];
-      this.#delivering = false;
-    }
-  }
-
-  #deliver(entry: SSEBrokerEntry, position: number): void {
-    for (const subscriber of this.#subscribers) {
-      // A subscriber added after the entry was published does not get it.
-      if (subscriber.after >= position) continue;
-      try {
-        subscriber.onEntry(entry);
-      } catch (error) {
-        this.#report(
-          new Error(
-            `A subscriber of stream ${
-              JSON.stringify(this.name)
-            } threw on entry ${entry.id}: ${errorMessage(error)}`,
-            { cause: error },
-          ),
-        );
-      }
-    }
-  }
-
-  /**
-   * Whether an entry with this id was added and is still a resume point.
-   *
-   * @param id An id.
-   * @returns `true` when `history(id, …)` would not be `null`.
-   */
-  has(id: string): boolean {
-    return this.#positions.has(id);
-  }
-
-  /**
-   * Up to `limit` kept entries after the one with id `after`.
-   *
-   * @param after An id.
-   * @param limit A positive integer.
-   * @returns The entries, oldest first; `null` when `after` is neither kept
-   * nor the newest dropped id.
-   */
-  history(after: string, limit: number): SSEBrokerEntry[] | null {
-    const position = this.#positions.get(after);
-    if (position === undefined) return null;
-    const from = this.#head + (position + 1 - this.#first);
-    return this.#entries.slice(
-      from,
-      Math.min(from + limit, this.#entries.length),
-    ) as SSEBrokerEntry[];
-  }
-
-  /**
-   * Delivers every entry added from now on.
-   *
-   * @param onEntry Called with each entry; a throw is reported.
-   * @returns Stops delivery at once.
-   */
-  subscribe(onEntry: (entry: SSEBrokerEntry) => void): () => void {
-    const subscriber: Subscriber = { onEntry, after: this.#newest };
-    this.#subscribers.add(subscriber);
-    return () => this.#subscribers.delete(subscriber);
-  }
-
-  /** Ends every subscription and forgets the history. */
-  close(): void {
-    this.#subscribers.clear();
-    this.#entries = [];
-    this.#head = 0;
-    this.#bytes = 0;
-    this.#positions.clear();
-  }
-
-  /**
-   * Drops the oldest entries until at most `replay` are kept, in at most
-   * the stream's bytes.
-   */
-  #trim(replay: number): void {
-    const entries = this.#entries;
-    let count = entries.length - this.#head;
-    if (count <= replay && this.#bytes <= this.#maxBytes) return;
-    while (count > replay || (count > 0 && this.#bytes > this.#maxBytes)) {
-      const dropped = entries[this.#head]!;
-      entries[this.#head++] = undefined;
-      this.#bytes -= entryBytes(dropped);
-      this.#first++;
-      count--;
-      // Only the newest dropped id stays a resume point.
-      if (this.#droppedId !== undefined) {
-        this.#positions.delete(this.#droppedId);
-      }
-      this.#droppedId = dropped.id;
-    }
-    // Compact once the dropped slots outnumber the kept entries.
-    if (this.#head > 32 && this.#head > count) {
-      this.#entries = entries.slice(this.#head);
-      this.#head = 0;
-    }
-  }
-}
-
-/** Default `maxHistoryBytes`: 16 MiB per stream. */
-const DEFAULT_HISTORY_BYTES = 16 * 1024 * 1024;
-
-/**
- * Checks a `maxHistoryBytes` option: a non-negative number of bytes
- * (`Infinity` for no bound). Internal: shared by the in-memory brokers.
- *
- * @param value The option as given.
- * @returns The bound, the default when `undefined`.
- * @throws {TypeError} When it is not a number.
- * @throws {RangeError} When it is negative or NaN.
- */
-export function historyBytes(value: unknown): number {
-  if (value === undefined) return DEFAULT_HISTORY_BYTES;
-  if (typeof value !== "number") {
-    throw new TypeError(
-      `Invalid maxHistoryBytes: expected a number of bytes, got ${typeof value}`,
-    );
-  }
-  if (!(value >= 0)) {
-    throw new RangeError(
-      `Invalid maxHistoryBytes: expected a non-negative number of bytes, got ${value}`,
-    );
-  }
-  return value;
-}
-
-/** An entry's size for `maxHistoryBytes`: the length of its strings. */
-function entryBytes(entry: SSEBrokerEntry): number {
-  const { message } = entry;
-  return entry.id.length + entry.topic.length +
-    (message.data as string | undefined ?? "").length +
-    (message.event?.length ?? 0) + (message.comment?.length ?? 0) + 8;
 }
 
 // Printable ASCII, U+0021 to U+007E: an id goes on the wire in an `id:` field

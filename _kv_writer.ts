@@ -99,6 +99,11 @@ export class StreamWriter {
     return this.#write();
   }
 
+  /** Whether it has nothing to commit: it can be dropped. */
+  get idle(): boolean {
+    return !this.#running && this.#queue.length === 0;
+  }
+
   /** Rejects what is queued and cuts a wait short; a commit in flight ends. */
   close(): void {
     this.#closed = true;

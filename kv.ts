@@ -168,6 +168,11 @@ const CLOSE_TIMEOUT = 1_000;
 /** Keys read per list page. */
 const PAGE = 200;
 /**
+ * The most streams whose publishing state (the head it knows, what it
+ * trimmed) a broker keeps: about a kilobyte each.
+ */
+const MAX_WRITERS = 1_000;
+/**
  * How many entries that do not decode the broker remembers having reported,
  * so that one read by every resuming client is reported once.
  */
@@ -545,6 +550,7 @@ export class DenoKvBroker implements SSEBroker {
   #writer(name: string): StreamWriter {
     let writer = this.#writers.get(name);
     if (writer === undefined) {
+      this.#dropWriters();
       writer = new StreamWriter(streamKeys(this.#prefix, name), {
         kv: this.#kv,
         expireIn: this.#expireIn,
@@ -559,6 +565,19 @@ export class DenoKvBroker implements SSEBroker {
       this.#writers.set(name, writer);
     }
     return writer;
+  }
+
+  /**
+   * Keeps at most {@linkcode MAX_WRITERS} writers: per-user streams must not
+   * pile up. The oldest idle ones go (a later publish to their stream reads
+   * its head again); busy ones are looked at again later.
+   */
+  #dropWriters(): void {
+    for (let i = 0; i < 4 && this.#writers.size >= MAX_WRITERS; i++) {
+      const [name, writer] = this.#writers.entries().next().value!;
+      this.#writers.delete(name);
+      if (!writer.idle) this.#writers.set(name, writer);
+    }
   }
 
   // ---------------------------------------------------------------- read

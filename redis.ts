@@ -194,6 +194,12 @@ const DEFAULT_MAX_ENTRY_SIZE = 64 * 1024 * 1024;
 /** Entries read per stream per `XREAD`, to bound one reply's size. */
 const READ_COUNT = 1_000;
 /**
+ * About how many characters of entries one `XREAD` brings, at most: after
+ * a reply, the next asks for as many entries per stream as this holds of
+ * the largest entry in it (at least one, at most `READ_COUNT`).
+ */
+const READ_BYTES = 16 * 1024 * 1024;
+/**
  * How many skipped entries the broker remembers having reported, so that one
  * bad entry read by every resuming client is reported once.
  */
@@ -705,6 +711,8 @@ export class RedisBroker implements SSEBroker {
     let failures = 0;
     /** Replies in a row that held a key the read did not ask for. */
     let strays = 0;
+    /** Entries per stream the next read asks for: fewer when they are big. */
+    let count = READ_COUNT;
     while (!this.#closed) {
       const streams: Stream[] = [];
       for (const stream of this.#streams.values()) {
@@ -716,7 +724,7 @@ export class RedisBroker implements SSEBroker {
         }
         streams.push(stream);
       }
-      const args = ["XREAD", "COUNT", String(READ_COUNT)];
+      const args = ["XREAD", "COUNT", String(count)];
       args.push("BLOCK", String(BLOCK_MS), "STREAMS");
       for (const stream of streams) args.push(stream.key);
       args.push(this.#wakeKey);
@@ -740,8 +748,14 @@ export class RedisBroker implements SSEBroker {
       const byKey = new Map<string, Stream>();
       for (const stream of streams) byKey.set(stream.key, stream);
       let stray: string | undefined;
+      let largest = 0;
       for (const [key, raw] of reply) {
         if (raw.length === 0) continue;
+        for (const [, fields] of raw) {
+          let size = 0;
+          for (const field of fields) size += field.length;
+          if (size > largest) largest = size;
+        }
         if (key === this.#wakeKey) {
           this.#wakeCursor = raw[raw.length - 1]![0];
           continue;
@@ -757,6 +771,12 @@ export class RedisBroker implements SSEBroker {
           if (entry !== undefined) this.#fanOut(stream, entry);
         }
       }
+      // A reply of READ_BYTES or so, whatever the size of the entries: a
+      // reader behind by many big ones reads them a few at a time.
+      count = Math.max(
+        1,
+        Math.min(READ_COUNT, Math.floor(READ_BYTES / Math.max(largest, 1))),
+      );
       if (stray === undefined) {
         strays = 0;
       } else {

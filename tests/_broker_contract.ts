@@ -11,6 +11,7 @@
 
 import assert from "node:assert/strict";
 import fc from "fast-check";
+import FakeTimers from "@sinonjs/fake-timers";
 import type {
   SSEBroker,
   SSEBrokerEntry,
@@ -196,6 +197,32 @@ export async function readAll(
     if (page.length === 0) return all;
     all.push(...page);
     position = page.at(-1)!.id;
+  }
+}
+
+/**
+ * The `expire` hook of a broker whose streams forget their history
+ * `expireIn` ms after the last entry, by `Date.now()`, as the in-process
+ * brokers do: moves the clock past it while the broker looks at the stream.
+ *
+ * @param broker The broker.
+ * @param name The stream.
+ * @param expireIn The broker's `expireIn`, in ms.
+ */
+export async function expireByClock(
+  broker: SSEBroker,
+  name: string,
+  expireIn: number,
+): Promise<void> {
+  // Only Date: the test's own timers run on real time.
+  const clock = FakeTimers.install({
+    toFake: ["Date"],
+    now: Date.now() + expireIn,
+  });
+  try {
+    assert.equal(await broker.history(name, { after: "-", limit: 1 }), null);
+  } finally {
+    clock.uninstall();
   }
 }
 

@@ -4,6 +4,7 @@ import { BroadcastChannelBroker } from "../_broadcast_broker.ts";
 import type { SSEBrokerEntry } from "../_broker.ts";
 import {
   Collector,
+  expireByClock,
   SANITIZED,
   testBrokerContract,
 } from "./_broker_contract.ts";
@@ -40,7 +41,7 @@ testBrokerContract({
     }
   },
   // Another Worker (or another version of the library) posts a valid entry.
-  async forge(fixture, name, message) {
+  async forge(_fixture, name, message) {
     const sender = new BroadcastChannel(`sse:${name}`);
     const receiver = new BroadcastChannel(`sse:${name}`);
     const id = `${Date.now()}-0-forger`;
@@ -55,6 +56,8 @@ testBrokerContract({
     sender.close();
     receiver.close();
   },
+  // A stream idle for expireIn (one day by default) forgets its history.
+  expire: ({ broker }, name) => expireByClock(broker, name, 86_400_000),
   // A Worker that starts again: a new broker with no history.
   restart: () => Promise.resolve(new BroadcastChannelBroker()),
 });
@@ -301,10 +304,14 @@ Deno.test({
     await small.close();
 
     const broker = new BroadcastChannelBroker({ prefix: "bytes-default:" });
+    // Subscribed, as a channel with clients is: the stream stays when it
+    // keeps nothing, and the newest id resumes.
+    const subscription = await broker.subscribe("s", () => {});
     const before = await publish(broker, "a");
     const big = await publish(broker, "x".repeat(20 * 1024 * 1024));
     assert.equal(await broker.history("s", { after: before, limit: 10 }), null);
     assert.deepEqual(await broker.history("s", { after: big, limit: 10 }), []);
+    subscription.unsubscribe();
     await broker.close();
   },
 });

@@ -1,8 +1,13 @@
 // Copyright the sse authors. MIT license.
 import assert from "node:assert/strict";
 import fc from "fast-check";
+import FakeTimers from "@sinonjs/fake-timers";
 import { MemoryBroker, type SSEBrokerEntry } from "../server.ts";
-import { SANITIZED, testBrokerContract } from "./_broker_contract.ts";
+import {
+  expireByClock,
+  SANITIZED,
+  testBrokerContract,
+} from "./_broker_contract.ts";
 
 testBrokerContract({
   name: "MemoryBroker",
@@ -18,6 +23,8 @@ testBrokerContract({
   },
   // A process restart: a new broker object.
   restart: () => Promise.resolve(new MemoryBroker()),
+  // A stream idle for expireIn (one day by default) forgets its history.
+  expire: ({ broker }, name) => expireByClock(broker, name, 86_400_000),
 });
 
 /** A test with the op and resource sanitizers on (Deno 2.9 leaves them off). */
@@ -142,12 +149,17 @@ test("MemoryBroker answers null for an unknown id or one older than the replay w
   await broker.close();
 });
 
-test("MemoryBroker keeps nothing with replay 0, yet the newest id still resumes", async () => {
+test("MemoryBroker keeps nothing with replay 0, yet the newest id resumes while the stream is subscribed", async () => {
   const broker = new MemoryBroker();
+  const { unsubscribe } = await collect(broker, "s");
   const first = await publish(broker, "a", { replay: 0 });
   const second = await publish(broker, "b", { replay: 0 });
   assert.equal(await dataAfter(broker, first), null);
   assert.deepEqual(await dataAfter(broker, second), []);
+  // Nobody subscribes and nothing is kept: the stream is gone, with its
+  // last resume point.
+  unsubscribe();
+  assert.equal(await dataAfter(broker, second), null);
   await broker.close();
 });
 
@@ -322,6 +334,8 @@ test("MemoryBroker history matches a model for any publishes, windows, resume po
       fc.integer({ min: 1, max: 8 }),
       async (replays, pick, limit) => {
         const broker = new MemoryBroker();
+        // Subscribed, as a channel's stream is while it has clients.
+        const { unsubscribe } = await collect(broker, "s");
         const ids: string[] = [];
         // Model: the entries kept are the last `replay` ones at each publish,
         // and once dropped an entry never comes back.
@@ -341,6 +355,7 @@ test("MemoryBroker history matches a model for any publishes, windows, resume po
         } else {
           assert.equal(page, null);
         }
+        unsubscribe();
         await broker.close();
       },
     ),
@@ -380,6 +395,7 @@ test("MemoryBroker keeps at most maxHistoryBytes of a stream's history, dropping
 
 test("MemoryBroker bounds a stream's history at 16 MiB by default: a 20 MiB message does not stay", async () => {
   const broker = new MemoryBroker();
+  const { unsubscribe } = await collect(broker, "s");
   const before = await publish(broker, "a");
   const big = await publish(broker, "x".repeat(20 * 1024 * 1024));
   assert.equal(await dataAfter(broker, before), null);
@@ -387,5 +403,58 @@ test("MemoryBroker bounds a stream's history at 16 MiB by default: a 20 MiB mess
   const after = await publish(broker, "b");
   assert.deepEqual(await dataAfter(broker, big), ["b"]);
   assert.deepEqual(await dataAfter(broker, after), []);
+  unsubscribe();
   await broker.close();
+});
+
+test("MemoryBroker forgets a stream's history expireIn after its last publish, and frees it when nobody subscribes", async () => {
+  // Only Date is fake: the broker reads the time from it.
+  const clock = FakeTimers.install({ toFake: ["Date"], now: Date.now() });
+  const broker = new MemoryBroker({ expireIn: 60_000 });
+  try {
+    const { entries, unsubscribe } = await collect(broker, "kept");
+    const kept = await publish(broker, "a", { name: "kept" });
+    const idle = await publish(broker, "b", { name: "idle" });
+    clock.tick(59_000);
+    assert.deepEqual(await dataAfter(broker, kept, "kept"), []);
+    const fresh = await publish(broker, "c", { name: "kept" });
+    clock.tick(2_000);
+    // "idle" had nothing for 61 s: forgotten. "kept" had an entry 2 s ago.
+    assert.equal(await dataAfter(broker, idle, "idle"), null);
+    assert.deepEqual(await dataAfter(broker, kept, "kept"), ["c"]);
+    clock.tick(60_000);
+    // Subscribed: its history goes, its subscriber stays.
+    assert.equal(await dataAfter(broker, fresh, "kept"), null);
+    const last = await publish(broker, "d", { name: "kept" });
+    assert.deepEqual(dataOf(entries), ["a", "c", "d"]);
+    assert.deepEqual(await dataAfter(broker, last, "kept"), []);
+    unsubscribe();
+    assert.throws(() => new MemoryBroker({ expireIn: 0 }), RangeError);
+    assert.throws(
+      () => new MemoryBroker({ expireIn: "1" as unknown as number }),
+      TypeError,
+    );
+  } finally {
+    clock.uninstall();
+    await broker.close();
+  }
+});
+
+test("MemoryBroker and BroadcastChannelBroker hold no memory for streams that keep nothing and have no subscriber", async () => {
+  // Measured in a process of its own, with a garbage collector to call.
+  const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--v8-flags=--expose-gc",
+      new URL("./fixtures/broker_state.ts", import.meta.url).pathname,
+    ],
+  }).output();
+  assert.equal(code, 0, new TextDecoder().decode(stderr));
+  const perStream = JSON.parse(new TextDecoder().decode(stdout));
+  // Before, per stream, kept until close(): 808 bytes (MemoryBroker), 1 916
+  // (BroadcastChannelBroker, with an open channel), 841 (MemoryBroker with
+  // history, idle past expireIn). Now 20, 18 and 4.
+  for (const [broker, bytes] of Object.entries(perStream)) {
+    assert.ok((bytes as number) < 100, `${broker}: ${bytes} bytes per stream`);
+  }
 });

@@ -424,3 +424,39 @@ redisTest(
     }
   },
 );
+
+redisTest(
+  "RedisBroker reads big entries a few at a time, so that a reader behind never takes them all in one reply",
+  async () => {
+    await using redis = await startRedis();
+    const raw = await rawClient(redis.url);
+    const broker = new RedisBroker({ url: redis.url, commandTimeout: 10_000 });
+    try {
+      const received = new Collector();
+      const subscription = await broker.subscribe("s", received.onEntry);
+      const big = JSON.stringify({ data: "x".repeat(4 * 1024 * 1024) });
+      // Stored at once (one transaction), as for a reader that fell behind.
+      const store = async (count: number) => {
+        await raw.send(["MULTI"]);
+        for (let i = 0; i < count; i++) {
+          await raw.send(["XADD", "sse:s", "*", "topic", "", "message", big]);
+        }
+        await raw.send(["EXEC"]);
+      };
+      await store(4);
+      await received.until(4);
+      const before = await xreads(raw);
+      await store(20);
+      await received.until(24);
+      // 4 MiB entries, about 16 MiB a reply: four or five per read. Before:
+      // one XREAD took all 20 (80 MiB; 40 of 10 MB peaked at 779 MB of
+      // memory in the reader, 283 MB now).
+      const calls = await xreads(raw) - before;
+      assert.ok(calls >= 5, `${calls} XREAD calls for 20 entries of 4 MiB`);
+      subscription.unsubscribe();
+    } finally {
+      await broker.close();
+      await raw.close();
+    }
+  },
+);
