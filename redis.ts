@@ -170,6 +170,12 @@ interface Stream {
   subscribers: Set<Subscriber>;
   /** Entries fanned out so far: a subscriber gets those after its `from`. */
   delivered: number;
+  /**
+   * What its key holds when it is not a stream (written by another program:
+   * `XREAD` refuses it, and every stream read with it): it is left out of
+   * the read until it is a stream again, or gone.
+   */
+  wrongType: string | undefined;
 }
 
 /** One subscription's delivery state. */
@@ -572,6 +578,7 @@ export class RedisBroker implements SSEBroker {
       ready: Promise.resolve(),
       subscribers: new Set(),
       delivered: 0,
+      wrongType: undefined,
     };
     created.ready = this.#start(created);
     // Every subscriber awaits `ready`; this only keeps an unawaited rejection
@@ -713,8 +720,11 @@ export class RedisBroker implements SSEBroker {
     let strays = 0;
     /** Entries per stream the next read asks for: fewer when they are big. */
     let count = READ_COUNT;
+    /** When streams left out for their key's type are looked at again. */
+    let recheckAt = 0;
     while (!this.#closed) {
       const streams: Stream[] = [];
+      let wrongTyped = false;
       for (const stream of this.#streams.values()) {
         if (!stream.watched) continue;
         if (stream.subscribers.size === 0) {
@@ -722,7 +732,16 @@ export class RedisBroker implements SSEBroker {
           this.#streams.delete(stream.name);
           continue;
         }
-        streams.push(stream);
+        if (stream.wrongType === undefined) streams.push(stream);
+        else wrongTyped = true;
+      }
+      if (wrongTyped && performance.now() >= recheckAt) {
+        // Left out for a while: a stream again (or gone) reads on.
+        recheckAt = performance.now() + BLOCK_MS;
+        const fixed = await this.#checkTypes(
+          [...this.#streams.values()].filter((stream) => stream.wrongType),
+        ).catch(() => []);
+        if (fixed.length > 0) continue;
       }
       const args = ["XREAD", "COUNT", String(count)];
       args.push("BLOCK", String(BLOCK_MS), "STREAMS");
@@ -736,6 +755,14 @@ export class RedisBroker implements SSEBroker {
         reply = await this.#link.send(reader, args, BLOCK_MS) as typeof reply;
       } catch (error) {
         if (this.#closed) return;
+        // A key of another type makes the whole read fail: find it, and read
+        // the others without it.
+        if (
+          /^WRONGTYPE/.test(errorMessage(error)) &&
+          (await this.#checkTypes(streams).catch(() => [])).length > 0
+        ) {
+          continue;
+        }
         this.#link.fault(error, "Reading streams failed");
         // Cut short when the reader is connected again.
         await this.#retryPause.wait(backoff(failures++));
@@ -789,6 +816,45 @@ export class RedisBroker implements SSEBroker {
         await this.#retryPause.wait(wait);
       }
     }
+  }
+
+  /**
+   * Looks at the type of each stream's key (and of the wake stream's):
+   * marks and reports those that hold something else than a stream, and
+   * clears those that are a stream again (or gone).
+   *
+   * @returns The streams whose mark changed (and a new wake stream, if its
+   * key was taken).
+   */
+  async #checkTypes(streams: Stream[]): Promise<unknown[]> {
+    const writer = await this.#link.open();
+    const changed: unknown[] = [];
+    const typeOf = async (key: string) =>
+      await this.#link.send(writer, ["TYPE", key]) as string;
+    for (const stream of streams) {
+      const type = await typeOf(stream.key);
+      const wrong = type === "stream" || type === "none" ? undefined : type;
+      if (wrong === stream.wrongType) continue;
+      stream.wrongType = wrong;
+      changed.push(stream);
+      if (wrong !== undefined) {
+        this.#report(
+          new TypeError(
+            `Stream ${JSON.stringify(stream.name)} cannot be read: its key ${
+              JSON.stringify(stream.key)
+            } holds a ${wrong}, not a stream (written by another program); its subscribers get nothing until it is a stream again`,
+          ),
+        );
+      }
+    }
+    const wake = await typeOf(this.#wakeKey);
+    if (wake !== "stream" && wake !== "none") {
+      // Not ours any more: take another.
+      this.#wakeKey = `${this.#prefix}~wake:${crypto.randomUUID()}`;
+      this.#wakeCursor = "0-0";
+      changed.push(this.#wakeKey);
+    }
+    return changed;
   }
 
   /** Reports a key `XREAD` answered with that it was not asked for, once. */

@@ -74,6 +74,14 @@ export interface BrokerContractOptions {
    */
   restart?(fixture: BrokerFixture): Promise<SSEBroker>;
   /**
+   * Overwrites by hand, where the backend keeps stream `name`, what the
+   * broker wrote with something that is not one of its streams (a Redis key
+   * of another type; a Deno KV head that is not one, and a key beyond it),
+   * as another program could, and resolves once it is stored. Absent for a
+   * broker whose streams no other program can reach.
+   */
+  clobber?(fixture: BrokerFixture, name: string): Promise<void>;
+  /**
    * Makes the backend drop everything it keeps of stream `name` while the
    * brokers run and subscribe to it, as its own expiry or eviction would (a
    * Redis key deleted or evicted, Deno KV keys that expired, an in-memory
@@ -647,6 +655,41 @@ export function testBrokerContract(options: BrokerContractOptions): void {
       subscription.unsubscribe();
     },
     options.forge === undefined,
+  );
+
+  test(
+    "keeps every other stream live when one is overwritten by hand, and reports it naming that stream",
+    async (fixture) => {
+      const { broker, peer, errors } = fixture;
+      const clobbered = new Collector();
+      const other = new Collector();
+      const subscriptions = [
+        await broker.subscribe("s", clobbered.onEntry),
+        await broker.subscribe("t", other.onEntry),
+      ];
+      const ids = await publishAll(peer, "t", ["1"]);
+      await publishAll(peer, "s", ["s1"]);
+      await other.untilId(ids[0]!);
+      await options.clobber!(fixture, "s");
+      // Published to the stream overwritten: refused, naming it, or taken
+      // (the broker starts the stream again), then delivered.
+      let taken: string | undefined;
+      try {
+        taken = await peer.publish("s", message("s2"), KEEP);
+      } catch (error) {
+        assert.match(String(error), /"s"/);
+      }
+      ids.push(...await publishAll(peer, "t", ["2", "3"]));
+      await other.untilId(ids.at(-1)!);
+      assert.deepEqual(other.ids, ids);
+      if (taken !== undefined) await clobbered.untilId(taken);
+      assert.ok(
+        errors.some((error) => /"s"/.test(error.message)),
+        `reported: ${errors.join("\n")}`,
+      );
+      for (const subscription of subscriptions) subscription.unsubscribe();
+    },
+    options.clobber === undefined,
   );
 
   test("refuses what it cannot store or read, naming what is wrong", async ({ broker }) => {

@@ -1018,6 +1018,11 @@ testBrokerContract({
     const { kv } = fixtureKv.get(fixture)!;
     await writeRaw(kv, name, [{ time: 1, json: json({ topic: "", message }) }]);
   },
+  async clobber(fixture, name) {
+    const { kv } = fixtureKv.get(fixture)!;
+    await kv.set(["sse", name, "head"], "not a head");
+    await kv.set(["sse", name, "entries", 1000], { time: 1, json: json(1) });
+  },
   async expire(fixture, name) {
     // What Deno KV's expiry sweep leaves once every key of the stream has
     // expired: nothing.

@@ -460,3 +460,45 @@ redisTest(
     }
   },
 );
+
+redisTest(
+  "RedisBroker reads a stream again once its key, overwritten by hand, is removed",
+  async () => {
+    await using redis = await startRedis();
+    const raw = await rawClient(redis.url);
+    const errors: Error[] = [];
+    const broker = new RedisBroker({
+      url: redis.url,
+      onError: (error) => errors.push(error),
+    });
+    try {
+      const s = new Collector();
+      const t = new Collector();
+      const subscriptions = [
+        await broker.subscribe("s", s.onEntry),
+        await broker.subscribe("t", t.onEntry),
+      ];
+      await raw.send(["SET", "sse:s", "not a stream"]);
+      await assert.rejects(
+        broker.publish("s", message("refused"), KEEP),
+        /^Error: Cannot publish to "s": WRONGTYPE/,
+      );
+      // Before: every stream of the process stopped, XREAD failing forever.
+      const [first] = [await broker.publish("t", message("t1"), KEEP)];
+      await t.untilId(first!);
+      assert.equal(errors.length, 1, errors.join("\n"));
+      assert.match(
+        errors[0]!.message,
+        /^Stream "s" cannot be read: .* a string/,
+      );
+      await raw.send(["DEL", "sse:s"]);
+      const again = await broker.publish("s", message("again"), KEEP);
+      await s.untilId(again);
+      assert.deepEqual(s.ids, [again]);
+      for (const subscription of subscriptions) subscription.unsubscribe();
+    } finally {
+      await broker.close();
+      await raw.close();
+    }
+  },
+);

@@ -84,6 +84,14 @@ testBrokerContract({
       await raw.close();
     }
   },
+  async clobber(fixture, name) {
+    const raw = await rawClient(servers.get(fixture)!.url);
+    try {
+      await raw.send(["SET", `sse:${name}`, "not a stream"]);
+    } finally {
+      await raw.close();
+    }
+  },
   async expire(fixture, name) {
     // As an operator's DEL, an eviction under maxmemory or FLUSHALL would:
     // on a connection kept open, so that it lands within a millisecond.
