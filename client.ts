@@ -483,9 +483,12 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
    * https:, when `method` is not an HTTP token or is one fetch forbids
    * (`CONNECT`, `TRACE`, `TRACK`), when `headers` holds a value fetch cannot
    * send (a control character other than tab), when `body` is given with
-   * `GET` or `HEAD` or is a stream, when `lastEventId` contains NUL, CR or
-   * LF, or when `fetch` is not a function.
-   * @throws {RangeError} When a number option is out of its range.
+   * `GET` or `HEAD` or is a stream, when `lastEventId` is not a string or
+   * contains NUL, CR or LF, when a number option is not a number (`null`
+   * included), when `signal` is not an `AbortSignal`, or when `fetch` or a
+   * callback is not a function.
+   * @throws {RangeError} When a number option is out of its range
+   * (`maxRetryDelay` below 100 ms included).
    */
   constructor(url: string | URL, options: SSEClientOptions = {}) {
     let resolved: URL;
@@ -562,6 +565,16 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
       );
     }
     this.#idleTimeout = idle;
+    if (
+      options.lastEventId !== undefined &&
+      typeof options.lastEventId !== "string"
+    ) {
+      throw new TypeError(
+        `Invalid lastEventId: expected a string, got ${
+          describe(options.lastEventId)
+        }`,
+      );
+    }
     let lastEventId = options.lastEventId ?? "";
     // A Last-Event-ID among fixed headers is the seed; the client sends the
     // header itself from then on.
@@ -590,17 +603,22 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
         }`,
       );
     }
-    this.#onResponse = options.onResponse;
-    this.#onOpen = options.onOpen;
-    this.#onError = options.onError;
-    this.#onRetry = options.onRetry;
+    this.#onResponse = callback("onResponse", options.onResponse);
+    this.#onOpen = callback("onOpen", options.onOpen);
+    this.#onError = callback("onError", options.onError);
+    this.#onRetry = callback("onRetry", options.onRetry);
     this.#parser = new EventParser({
       lastEventId,
-      onComment: options.onComment,
+      onComment: callback("onComment", options.onComment),
       maxEventSize: options.maxEventSize,
     });
 
     const signal = options.signal;
+    if (signal !== undefined && !(signal instanceof AbortSignal)) {
+      throw new TypeError(
+        `Invalid signal: expected an AbortSignal, got ${describe(signal)}`,
+      );
+    }
     if (signal?.aborted) {
       this.#state = CLOSED;
       if (!isDefaultAbort(signal.reason)) this.#error = signal.reason;
@@ -1042,6 +1060,15 @@ function isDefaultAbort(reason: unknown): boolean {
 // client waits for it.
 const ERROR_BODY_LIMIT = 64 * 1024;
 const ERROR_BODY_TIME = 5000;
+
+// A callback option, type-checked: one that is not a function would throw
+// only when called, in the middle of the stream.
+function callback<T>(name: string, value: T): T {
+  if (value === undefined || typeof value === "function") return value;
+  throw new TypeError(
+    `Invalid ${name}: expected a function, got ${describe(value)}`,
+  );
+}
 
 // A number option, type-checked: `null` (from a JSON config, say) or a
 // string is not read as a number.

@@ -54,6 +54,13 @@ function message(data: string, id = ""): SSEEvent {
   return { type: "message", data, id };
 }
 
+/** What a value is, as the client's errors name it. */
+function describeValue(value: unknown): string {
+  if (value === null) return "null";
+  if (typeof value === "object") return value.constructor.name;
+  return typeof value;
+}
+
 function latin1ToUtf8(value: string): string {
   return new TextDecoder().decode(
     Uint8Array.from(value, (c) => c.charCodeAt(0)),
@@ -972,6 +979,28 @@ test("SSEClient refuses option values of the wrong type with a TypeError naming 
         value === null ? "null" : typeof value
       }`,
     });
+  }
+  // Siblings: a lastEventId that is not a string, a signal that is not an
+  // AbortSignal (before: "signal?.addEventListener is not a function"), a
+  // callback that is not a function (before: accepted, and thrown when
+  // called).
+  for (
+    const [name, value, expected] of [
+      ["lastEventId", null, "a string"],
+      ["signal", {}, "an AbortSignal"],
+      ["onError", "x", "a function"],
+      ["onRetry", 1, "a function"],
+      ["onOpen", null, "a function"],
+      ["onComment", {}, "a function"],
+      ["onResponse", true, "a function"],
+    ] as const
+  ) {
+    assert.throws(() => new SSEClient(url, { [name]: value }), {
+      name: "TypeError",
+      message: `Invalid ${name}: expected ${expected}, got ${
+        describeValue(value)
+      }`,
+    }, name);
   }
   for (const maxRetryDelay of [0, 99]) {
     assert.throws(() => new SSEClient(url, { maxRetryDelay }), {
