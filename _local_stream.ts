@@ -296,12 +296,15 @@ const SWEEP_STEP = 2;
  * pile up); one with no entry added for `expireIn` forgets its history, and
  * is freed if nobody subscribes. That is checked without a timer: for the
  * stream a call touches, and for the least recently looked at ones, a few
- * per call (each is moved to the end once looked at), so every idle stream
- * is reached after about as many calls as there are streams.
+ * per call and millisecond (each is moved to the end once looked at), so
+ * every idle stream is reached after about as many calls as there are
+ * streams.
  */
 export class LocalStreams {
   #streams = new Map<string, LocalStream>();
   #options: LocalStreamsOptions;
+  /** When `sweep` last looked. */
+  #swept = 0;
 
   /**
    * An empty set.
@@ -366,6 +369,9 @@ export class LocalStreams {
    * @param now `Date.now()`.
    */
   sweep(now: number): void {
+    // At most once per millisecond: a burst of publishes pays nothing.
+    if (now === this.#swept) return;
+    this.#swept = now;
     for (let i = 0; i < SWEEP_STEP; i++) {
       const first = this.#streams.values().next();
       if (first.done) return;
