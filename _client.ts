@@ -4,8 +4,8 @@
 // whether clients drain. Private: used by _fanout.ts and _resume.ts, never
 // exported from mod.ts or deno.json.
 //
-// The response stream's own queue is kept small (its high-water mark is at
-// most STREAM_QUEUE bytes): what the runtime has not taken yet beyond that
+// The response stream's own queue is kept small (at most STREAM_QUEUE bytes,
+// or `maxQueue` if smaller): what the runtime has not taken yet beyond that
 // waits in the client's backlog, a list of the same Uint8Arrays every client
 // shares, and moves into the stream as the stream pulls. So a backlog costs a
 // reference per frame, not a copy. The channel keeps a backlog within
@@ -13,6 +13,26 @@
 // only its position, and is fed from the broker's history as it drains; see
 // _resume.ts). A client can be let go at any moment: its backlog is dropped
 // and its stream closed.
+//
+// The fan-out's hot path is one write per client per event, so what the
+// stream machinery does per chunk is most of the fan-out's cost beyond a
+// hand-written loop (bench/fanout/hot_path.mjs measures it on Deno, Bun and
+// Node). Three choices keep it near the loop's:
+//
+// - The stream's high-water mark is 0. A stream calls `pull` whenever its
+//   desired size is above 0, which with a positive high-water mark means
+//   after each chunk a waiting reader takes, twice (once as the chunk is
+//   handed over, once as the reader asks again); with 0, only when a reader
+//   finds the queue empty, the one moment the channel needs.
+// - While a client has no backlog and no catch-up, `pull` returns a promise
+//   that stays pending (the client is "parked"): a stream does not call
+//   `pull` again before that promise settles, it only notes that it would
+//   have (a flag). A client that keeps up thus costs no `pull` call (the
+//   call and its promises) per chunk. Once it needs its pulls (a frame went
+//   to its backlog, or a catch-up began), the promise is resolved, and the
+//   stream calls `pull` at its next drain.
+// - The queue counts chunks (no `size` function to call per chunk), and the
+//   client bounds its bytes itself (`#room`).
 
 import type { Resume } from "./_resume.ts";
 import type { SSEChannelClient, Tally } from "./_presence.ts";
@@ -58,9 +78,8 @@ export class Client<C> implements UnderlyingDefaultSource<Uint8Array> {
    * catch-up passed): where it resumes from when it falls behind.
    */
   position: string | undefined;
-  /** While it catches up from the broker's history: the catch-up. */
-  resume: Resume<C> | undefined;
-  /** The drain judge watches it (its stream is full). */
+  #resume: Resume<C> | undefined;
+  /** The drain judge watches it (frames wait for it: see `blocked`). */
   watched = false;
   /** Drain checks in a row that found it had taken nothing. */
   checks = 0;
@@ -72,8 +91,15 @@ export class Client<C> implements UnderlyingDefaultSource<Uint8Array> {
   #backlog: Uint8Array[] = [];
   #head = 0;
   #flushing = false;
-  /** Bytes handed to the stream so far. */
-  #enqueued = 0;
+  /** Resolves the promise `pull` returned while the client was parked. */
+  #parked: (() => void) | undefined;
+  /** Chunks handed to the stream so far. */
+  #chunks = 0;
+  /**
+   * At least the bytes in the stream's queue: what went in since the queue
+   * was last found empty (see `#room`).
+   */
+  #bound = 0;
   #streamQueue: number;
   #events: ClientEvents<C>;
   #tally: Tally;
@@ -82,7 +108,7 @@ export class Client<C> implements UnderlyingDefaultSource<Uint8Array> {
    * A client, before its stream exists.
    *
    * @param info Its context, topics (`null` for all) and connection time.
-   * @param streamQueue Its stream's high-water mark, in bytes.
+   * @param streamQueue The most bytes its stream's queue holds.
    * @param events Where it reports pulls and its cancel.
    * @param tally Where the bytes it is sent are counted.
    */
@@ -104,9 +130,26 @@ export class Client<C> implements UnderlyingDefaultSource<Uint8Array> {
     this.controller = controller;
   }
 
-  pull(): void {
+  pull(): Promise<void> | undefined {
     // An enqueue can make the stream pull at once: not while flushing.
-    if (!this.#flushing) this.#events.pull(this);
+    if (this.#flushing) return undefined;
+    this.#events.pull(this);
+    if (this.backlogBytes > 0 || this.#resume !== undefined) return undefined;
+    // Parked: the stream calls pull again once this settles (see the header).
+    return new Promise<void>((resolve) => {
+      this.#parked = resolve;
+    });
+  }
+
+  /** While it catches up from the broker's history: the catch-up. */
+  get resume(): Resume<C> | undefined {
+    return this.#resume;
+  }
+
+  set resume(resume: Resume<C> | undefined) {
+    this.#resume = resume;
+    // A catch-up goes on as the client reads: it needs its pulls.
+    if (resume !== undefined) this.#unpark();
   }
 
   // The response stream's cancel is the proof of a disconnect: Deno.serve's
@@ -116,22 +159,33 @@ export class Client<C> implements UnderlyingDefaultSource<Uint8Array> {
   }
 
   /**
-   * Bytes the runtime has taken from the stream so far: what went in, less
-   * what is still in its queue. Only meaningful while the stream is open.
+   * Chunks the runtime has taken from the stream so far: what went in, less
+   * what is still in its queue (the queue counts chunks, and its high-water
+   * mark is 0: its desired size is minus the chunks it holds). Only
+   * meaningful while the stream is open.
    */
   get taken(): number {
-    const room = this.controller.desiredSize ?? this.#streamQueue;
-    return this.#enqueued - (this.#streamQueue - room);
+    return this.#chunks + (this.controller.desiredSize ?? 0);
   }
 
-  /** Whether the stream's queue is full: the runtime is not taking. */
-  get full(): boolean {
-    return this.controller.desiredSize! <= 0;
+  /**
+   * Whether frames wait for the runtime to take them: the stream's queue is
+   * at its bound, or frames wait in the backlog. (A backlog with an empty
+   * queue means the runtime holds the last chunk it took and has not asked
+   * for more: the stream pulls only when a read finds it empty.)
+   */
+  get blocked(): boolean {
+    return this.backlogBytes > 0 || !this.#room();
+  }
+
+  /** Whether a frame goes into the stream now: room, and no backlog. */
+  get ready(): boolean {
+    return this.backlogBytes === 0 && this.#room();
   }
 
   /** Whether it has written anything to its stream yet. */
   get silent(): boolean {
-    return this.#enqueued === 0;
+    return this.#chunks === 0;
   }
 
   /**
@@ -151,9 +205,11 @@ export class Client<C> implements UnderlyingDefaultSource<Uint8Array> {
    * @param bytes The chunk.
    */
   enqueue(bytes: Uint8Array): void {
-    this.#enqueued += bytes.byteLength;
+    const length = bytes.byteLength;
+    this.#chunks++;
+    this.#bound += length;
     this.controller.enqueue(bytes);
-    this.#tally.bytesSent += bytes.byteLength;
+    this.#tally.bytesSent += length;
   }
 
   /**
@@ -164,15 +220,14 @@ export class Client<C> implements UnderlyingDefaultSource<Uint8Array> {
    */
   write(bytes: Uint8Array): void {
     this.wrote = true;
-    if (
-      this.backlogBytes === 0 && this.state === OPEN &&
-      this.controller.desiredSize! > 0
-    ) {
+    if (this.backlogBytes === 0 && this.state === OPEN && this.#room()) {
       this.enqueue(bytes);
       return;
     }
     this.#backlog.push(bytes);
     this.backlogBytes += bytes.byteLength;
+    // The backlog moves into the stream as it pulls.
+    this.#unpark();
   }
 
   /** Moves frames from the backlog into the stream while it has room. */
@@ -192,15 +247,37 @@ export class Client<C> implements UnderlyingDefaultSource<Uint8Array> {
     this.backlogBytes = 0;
   }
 
+  /** Lets the stream call `pull` again (at its next drain). */
+  #unpark(): void {
+    const resolve = this.#parked;
+    if (resolve !== undefined) {
+      this.#parked = undefined;
+      resolve();
+    }
+  }
+
+  /**
+   * Whether the stream's queue holds less than `streamQueue` bytes. What
+   * went in since the queue was last found empty bounds it; only once that
+   * reaches `streamQueue` is the queue looked at (its desired size, minus
+   * the chunks it holds), and it has room again once the runtime has taken
+   * every chunk. So a client that keeps up is looked at once per
+   * `streamQueue` bytes, not once per frame. (An open client's stream is
+   * readable: one that closes or errors has released its client first.)
+   */
+  #room(): boolean {
+    if (this.#bound < this.#streamQueue) return true;
+    if (this.controller.desiredSize !== 0) return false;
+    this.#bound = 0;
+    return true;
+  }
+
   #move(all: boolean): void {
     if (this.#flushing || this.backlogBytes === 0) return;
     this.#flushing = true;
     const backlog = this.#backlog;
-    const { controller } = this;
     try {
-      while (
-        this.#head < backlog.length && (all || controller.desiredSize! > 0)
-      ) {
+      while (this.#head < backlog.length && (all || this.#room())) {
         const bytes = backlog[this.#head]!;
         backlog[this.#head++] = undefined!;
         this.backlogBytes -= bytes.byteLength;
@@ -223,10 +300,10 @@ const CHECKS = 4;
 
 /**
  * Judges clients on whether they take what they are sent, never on how much
- * waits for them. A client whose stream is full is watched, and a check runs
- * every drainTimeout / CHECKS while any is: one that has taken anything since
- * the previous check starts afresh, and one whose stream is no longer full
- * is let go. A client that has taken nothing at more than CHECKS checks in a
+ * waits for them. A client that is blocked (frames wait for it) is watched,
+ * and a check runs every drainTimeout / CHECKS while any is: one that has
+ * taken anything since the previous check starts afresh, and one that is no
+ * longer blocked is let go. A client that has taken nothing at more than CHECKS checks in a
  * row is slow. Counting checks, not time, gives a client the whole span even
  * when a publisher that never yields delays the checks: the event loop, and
  * so the socket, had that many turns to take something.
@@ -260,10 +337,10 @@ export class DrainJudge<C> {
     this.#cut = cut;
   }
 
-  /** After a write: starts judging an open client whose stream is full. */
+  /** After a write: starts judging an open client that is blocked. */
   watch(client: Client<C>): void {
     // A client in init has had no chance to read: it is judged once open.
-    if (client.watched || client.state !== OPEN || !client.full) return;
+    if (client.watched || client.state !== OPEN || !client.blocked) return;
     client.watched = true;
     client.checks = 0;
     client.takenAtCheck = client.taken;
@@ -324,7 +401,7 @@ export class DrainJudge<C> {
       }
     }
     for (const client of this.#watched) {
-      if (!client.full) {
+      if (!client.blocked) {
         this.unwatch(client);
         continue;
       }

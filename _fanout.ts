@@ -29,8 +29,9 @@
 // that reads gets all of it as long as the history still holds it.
 //
 // Slow clients: a client is judged on whether it takes what it is sent,
-// never on how much waits (DrainJudge in _client.ts): one whose stream is
-// full and takes nothing for `drainTimeout` is dropped. Its backlog is
+// never on how much waits (DrainJudge in _client.ts): one that has frames
+// waiting (its stream's queue at its bound, or a backlog) and takes nothing
+// for `drainTimeout` is dropped. Its backlog is
 // forgotten and its stream closed; if the runtime has still not taken what
 // the stream held after another `drainTimeout`, the stream is errored, so
 // that the runtime closes a connection whose peer never reads.
@@ -77,7 +78,11 @@ export class Fanout<C> {
   #report: (error: Error) => void;
   #maxQueue: number;
   #streamQueue: number;
-  #strategy: QueuingStrategy<Uint8Array>;
+  /**
+   * A stream that pulls only when it ran dry, counting chunks: the client
+   * bounds its bytes (see _client.ts).
+   */
+  #strategy: QueuingStrategy<Uint8Array> = { highWaterMark: 0 };
   /** A filter result that is not a boolean was reported already. */
   #filterReported = false;
   /** Open clients without topics. */
@@ -108,7 +113,6 @@ export class Fanout<C> {
     this.#report = settings.report;
     this.#maxQueue = settings.maxQueue;
     this.#streamQueue = Math.min(settings.maxQueue, STREAM_QUEUE);
-    this.#strategy = { highWaterMark: this.#streamQueue, size: byteLength };
     this.frames = new Frames(settings.name, settings.replay, settings.report);
     this.#host = {
       shared: this.#sharedIds,
@@ -219,7 +223,7 @@ export class Fanout<C> {
     client.state = OPEN;
     for (const frame of frames) client.enqueue(frame);
     client.flush();
-    if (client.full) this.#drain.watch(client);
+    if (client.blocked) this.#drain.watch(client);
   }
 
   /**
@@ -503,10 +507,10 @@ export class Fanout<C> {
     this.#write(client, bytes);
   }
 
-  /** Writes a frame; a client whose stream is then full is judged. */
+  /** Writes a frame; a client that then has frames waiting is judged. */
   #write(client: Client<C>, bytes: Uint8Array): void {
     client.write(bytes);
-    if (client.full) this.#drain.watch(client);
+    if (client.blocked) this.#drain.watch(client);
   }
 
   /**
@@ -554,8 +558,4 @@ export class Fanout<C> {
       }
     }
   };
-}
-
-function byteLength(chunk: Uint8Array): number {
-  return chunk.byteLength;
 }

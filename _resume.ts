@@ -84,11 +84,6 @@ export class IdWindow {
   }
 }
 
-/** Whether the client's stream takes a frame now, with nothing waiting. */
-function hasRoom(client: Client<unknown>): boolean {
-  return client.backlogBytes === 0 && client.controller.desiredSize! > 0;
-}
-
 /** What a catch-up needs from its channel. */
 export interface ResumeHost<C> {
   /** The shared subscription's last ids. */
@@ -263,7 +258,7 @@ export class Resume<C> {
     }
     if (
       this.#index === this.#page.length && !this.#busy && !this.#done &&
-      this.#phase !== WAIT && hasRoom(client)
+      this.#phase !== WAIT && client.ready
     ) {
       this.#fetch();
     }
@@ -311,7 +306,7 @@ export class Resume<C> {
       bytes = 0;
     };
     while (this.#index < page.length) {
-      if (run.length === 0 && !hasRoom(client)) return;
+      if (run.length === 0 && !client.ready) return;
       const entry = page[this.#index++]!;
       const { id } = entry;
       const frame = host.frame(client, entry);
