@@ -1,18 +1,29 @@
 // Copyright the sse authors. MIT license.
-// Fan-out: one publisher, N idle SSE clients, every event to every client.
+// Fan-out: one publisher, N idle SSE clients, every event to every client,
+// on Deno, Bun and Node.
 //
-//   deno run -A bench/fanout_bench.ts [--n 100,1000,10000] [--events 10] [--rate 2]
-//     [--reps 3] [--quick] [--only channel,hand,better] [--verbose]
-//     [--baseline /path/to/other/checkout/server.ts]
+//   deno run -A bench/fanout_bench.ts [--n 1000,10000] [--events 10] [--rate 2]
+//     [--reps 3] [--quick] [--only deno,bun,node,channel,hand,better]
+//     [--verbose] [--baseline /path/to/other/checkout/server.ts]
 //
-// Compares, in one run, on this machine:
-//   - SSEChannel from server.ts (bench/fanout/channel_server.ts);
-//   - the floor for Deno: a hand-written loop on `Deno.serve` that enqueues one
-//     encoded buffer to a Set of stream controllers (handwritten_server.ts);
-//   - better-sse 0.16.1 on Node's `http` (better_sse_server.mjs), installed on
-//     first use with `npm install --prefix .cache/bench better-sse@0.16.1`;
-//   - with `--baseline`, SSEChannel from another copy of the library too
-//     ("SSEChannel (baseline)"), to compare two versions in one run.
+// Compares, in one run, on this machine, each runtime's SSEChannel with that
+// runtime's floor, a hand-written broadcast loop:
+//   - Deno: SSEChannel from server.ts on `Deno.serve`
+//     (bench/fanout/channel_server.ts), beside a loop on `Deno.serve` that
+//     enqueues one encoded buffer to a Set of stream controllers
+//     (handwritten_server.ts);
+//   - Bun (1.4.5 from .cache/runtimes): SSEChannel on `Bun.serve`, beside
+//     the same loop on `Bun.serve` (runtime_server.mjs; the library bundled
+//     to one ESM file with `deno bundle`);
+//   - Node (22 from .cache/runtimes): SSEChannel through `@hono/node-server`'s
+//     `getRequestListener` on `node:http`, beside a loop writing one Buffer to
+//     a Set of `node:http` responses (runtime_server.mjs), and better-sse
+//     0.16.1 on `node:http` (better_sse_server.mjs, installed on first use
+//     with `npm install --prefix .cache/bench better-sse@0.16.1`);
+//   - with `--baseline`, SSEChannel on Deno from another copy of the library
+//     too ("SSEChannel (baseline)"), to compare two versions in one run.
+// Bun, Node and @hono/node-server come from `.ci/runtimes`, run first if they
+// are missing.
 //
 // Each server runs in its own process; the N clients run in another
 // (bench/fanout/clients.ts: raw TCP, HTTP/1.1 chunked decoding, minimal SSE).
@@ -23,8 +34,11 @@
 // Latency is from the moment this driver sends the publish request (its
 // timestamp travels in the event) to the moment a client's read returns the
 // bytes that complete the event: the queueing of a server that falls behind
-// counts. Servers alternate in order between repetitions; each figure is the
-// median over the repetitions.
+// counts. The server's CPU time (user + system, all threads) over the K
+// events, per event, is its cost of one event to N clients: steadier than
+// latency on a shared machine. Servers alternate in order between
+// repetitions; each figure is the median over the repetitions, with the
+// lowest and highest.
 
 const ROOT = new URL("../", import.meta.url);
 const FANOUT = new URL("fanout/", import.meta.url);
@@ -32,6 +46,13 @@ import { Child, live } from "./fanout/_child.ts";
 
 const BETTER_SSE_VERSION = "0.16.1";
 const CACHE = new URL(".cache/bench/", ROOT);
+const RUNTIMES = new URL(".cache/runtimes/", ROOT);
+const BUN = new URL("node_modules/.bin/bun", RUNTIMES);
+const NODE = new URL("node_modules/.bin/node", RUNTIMES);
+const HONO_NODE_SERVER = new URL(
+  "node_modules/@hono/node-server/package.json",
+  RUNTIMES,
+);
 
 interface Options {
   sizes: number[];
@@ -48,7 +69,12 @@ interface Options {
 }
 
 interface ServerSpec {
+  /** What `--only` matches: runtime-server, e.g. "bun-channel". */
+  key: string;
   name: string;
+  runtime: "Deno" | "Bun" | "Node";
+  /** The runtime's hand-written loop, the floor its SSEChannel is held to. */
+  floor: boolean;
   argv: string[];
 }
 
@@ -57,6 +83,7 @@ interface Stats {
   heapUsed: number;
   external: number;
   connected: number;
+  cpu: number;
 }
 
 interface ClientResult {
@@ -77,6 +104,9 @@ interface Measurement {
   eventsPerSecond: number;
   kibPerConnection: number;
   heapKibPerConnection: number;
+  externalKibPerConnection: number;
+  /** Server CPU time over the measured events, per event (ms). */
+  cpuPerEvent: number;
   /** RSS growth from server start to N idle clients, / N. */
   growthPerConnection: number;
   delivered: number;
@@ -91,7 +121,7 @@ function now(): number {
 
 function parseOptions(args: string[]): Options {
   const options: Options = {
-    sizes: [100, 1000, 10000],
+    sizes: [1000, 10000],
     events: 10,
     rate: 2,
     reps: 3,
@@ -155,8 +185,10 @@ function parseOptions(args: string[]): Options {
   return options;
 }
 
-async function getStats(port: number): Promise<Stats> {
-  const response = await fetch(`http://127.0.0.1:${port}/stats`);
+async function getStats(port: number, collect = true): Promise<Stats> {
+  const response = await fetch(
+    `http://127.0.0.1:${port}/stats${collect ? "" : "?gc=0"}`,
+  );
   return await response.json() as Stats;
 }
 
@@ -182,103 +214,190 @@ async function publish(port: number, seq: number, t = now()): Promise<void> {
   if (!response.ok) throw new Error(`Publish failed: ${response.status}`);
 }
 
-async function measure(
-  spec: ServerSpec,
+/** One server of a round, with its clients. */
+interface Contender {
+  spec: ServerSpec;
+  server: Child;
+  clients: Child | undefined;
+  port: number;
+  start: Stats;
+  before: Stats;
+  idle: Stats;
+  connected: number;
+  cpuBefore: number;
+  firstPublish: number;
+  notes: string[];
+}
+
+const settle = (ms: number) =>
+  new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * One round: every server at once, each with its own N clients, and the
+ * events interleaved: event k goes to each server in turn (the order
+ * rotating with k), each publish once the previous server's clients all had
+ * theirs, so that no two servers ever work at the same time and every server
+ * meets the machine's load of the same moments.
+ */
+async function measureRound(
+  specs: ServerSpec[],
+  n: number,
+  options: Options,
+): Promise<Measurement[]> {
+  const contenders: Contender[] = [];
+  try {
+    for (const spec of specs) {
+      const server = new Child(spec.name, spec.argv);
+      const contender: Contender = {
+        spec,
+        server,
+        clients: undefined,
+        port: 0,
+        start: undefined!,
+        before: undefined!,
+        idle: undefined!,
+        connected: 0,
+        cpuBefore: NaN,
+        firstPublish: NaN,
+        notes: [],
+      };
+      contenders.push(contender);
+      const listening = await server.message("listening", 30_000);
+      contender.port = listening.port as number;
+      contender.start = await getStats(contender.port);
+    }
+    for (const contender of contenders) await connect(contender, n, options);
+    for (const contender of contenders) {
+      await publish(contender.port, -1);
+      await contender.clients!.message("warm", 30_000).catch((error) => {
+        contender.notes.push(`warm-up incomplete (${error.message})`);
+      });
+    }
+    await settle(200);
+    for (const contender of contenders) {
+      contender.cpuBefore = (await getStats(contender.port, false)).cpu;
+    }
+    // The events, back to back: the interval between two events to one
+    // server is at least 1000 / rate ms.
+    const interval = 1000 / options.rate;
+    for (let seq = 0; seq < options.events; seq++) {
+      const began = now();
+      for (let i = 0; i < contenders.length; i++) {
+        const contender = contenders[(seq + i) % contenders.length]!;
+        if (seq === 0) contender.firstPublish = now();
+        await publish(contender.port, seq);
+        await contender.clients!.message("event", 30_000).catch((error) => {
+          contender.notes.push(`event ${seq} incomplete (${error.message})`);
+        });
+        // What the server does after its last write is its own time too.
+        await settle(20);
+      }
+      const left = began + interval - now();
+      if (left > 0) await settle(left);
+    }
+    const measurements: Measurement[] = [];
+    for (const contender of contenders) {
+      measurements.push(await finish(contender, n, options));
+    }
+    return measurements;
+  } finally {
+    for (const contender of contenders) {
+      await contender.clients?.stop(0);
+      await contender.server.stop(0);
+    }
+  }
+}
+
+/**
+ * Opens a server's N clients, reading its memory at N/10 and at N: the
+ * growth between, divided by the clients added, is what one more idle
+ * connection costs, without the one-time costs of the first connections
+ * (JIT, pools) that dominate at small N. Growth from startup / N is logged
+ * per run as well.
+ */
+async function connect(
+  contender: Contender,
+  n: number,
+  options: Options,
+): Promise<void> {
+  const { port, notes } = contender;
+  const pauseAt = Math.floor(n / 10);
+  const clients = new Child(`clients of ${contender.spec.key}`, [
+    Deno.execPath(),
+    "run",
+    "--allow-net=127.0.0.1",
+    new URL("clients.ts", FANOUT).pathname,
+    ...["--port", String(port), "--n", String(n)],
+    ...["--events", String(options.events), "--batch", String(options.batch)],
+    ...["--pause-at", String(pauseAt)],
+  ]);
+  contender.clients = clients;
+  const paused = await clients.message("paused", 120_000);
+  await waitForConnected(port, paused.connected as number, 30_000);
+  await settle(500);
+  contender.before = await getStats(port);
+  await clients.send("continue");
+  const opened = await clients.message("connected", 120_000);
+  const connected = opened.connected as number;
+  contender.connected = connected;
+  if (connected < n) notes.push(`${n - connected} connections failed`);
+  const seen = await waitForConnected(port, connected, 30_000);
+  if (seen.connected !== connected) {
+    notes.push(`server counted ${seen.connected} of ${connected}`);
+  }
+  await settle(1000);
+  contender.idle = await getStats(port);
+}
+
+/** Collects a server's figures once its events are out, and lets it go. */
+async function finish(
+  contender: Contender,
   n: number,
   options: Options,
 ): Promise<Measurement> {
-  const notes: string[] = [];
-  let growthPerConnection = NaN;
-  const server = new Child(spec.name, spec.argv);
-  let clients: Child | undefined;
-  try {
-    const listening = await server.message("listening", 30_000);
-    const port = listening.port as number;
-    const start = await getStats(port);
-    // Memory is read at N/10 clients and at N: the growth between, divided by
-    // the clients added, is what one more idle connection costs, without the
-    // one-time costs of the first connections (JIT, pools) that dominate at
-    // small N. Growth from startup / N is logged per run as well.
-    const pauseAt = Math.floor(n / 10);
-    clients = new Child("clients", [
-      Deno.execPath(),
-      "run",
-      "--allow-net=127.0.0.1",
-      new URL("clients.ts", FANOUT).pathname,
-      ...["--port", String(port), "--n", String(n)],
-      ...["--events", String(options.events), "--batch", String(options.batch)],
-      ...["--pause-at", String(pauseAt)],
-    ]);
-    const paused = await clients.message("paused", 120_000);
-    const partial = paused.connected as number;
-    await waitForConnected(port, partial, 30_000);
-    await new Promise((resolve) => setTimeout(resolve, 500));
-    const before = await getStats(port);
-    await clients.send("continue");
-    const opened = await clients.message("connected", 120_000);
-    const connected = opened.connected as number;
-    if (connected < n) notes.push(`${n - connected} connections failed`);
-    const seen = await waitForConnected(port, connected, 30_000);
-    if (seen.connected !== connected) {
-      notes.push(`server counted ${seen.connected} of ${connected}`);
-    }
-    await new Promise((resolve) => setTimeout(resolve, 1000));
-    const idle = await getStats(port);
-    const added = Math.max(1, idle.connected - before.connected);
-    growthPerConnection = (idle.rss - start.rss) / connected / 1024;
-
-    await publish(port, -1);
-    await clients.message("warm", 30_000).catch((error) => {
-      notes.push(`warm-up incomplete (${(error as Error).message})`);
-    });
-
-    // Open loop: each publish leaves on schedule, whatever the last one did.
-    const interval = 1000 / options.rate;
-    const first = now() + 20;
-    const publishes: Promise<void>[] = [];
-    for (let seq = 0; seq < options.events; seq++) {
-      const wait = first + seq * interval - now();
-      if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
-      publishes.push(publish(port, seq));
-    }
-    await Promise.all(publishes);
-    const result = await clients.message("result", 30_000).catch(async () => {
-      notes.push("stopped waiting 30 s after the last publish");
-      await clients!.send("stop");
-      return await clients!.message("result", 10_000);
-    }) as unknown as ClientResult;
-    if (result.received < result.expected) {
-      notes.push(`${result.expected - result.received} events not delivered`);
-    }
-
-    await clients.send("exit");
-    await clients.stop(10_000);
-    clients = undefined;
-    const after = await waitForConnected(port, 0, 10_000);
-    if (after.connected !== 0) {
-      notes.push(`${after.connected} clients still held after disconnect`);
-    }
-    return {
-      server: spec.name,
-      n,
-      connected,
-      p50: result.p50,
-      p99: result.p99,
-      eventsPerSecond: result.received / ((result.lastReceive - first) / 1000),
-      kibPerConnection: (idle.rss - before.rss) / added / 1024,
-      heapKibPerConnection: (idle.heapUsed - before.heapUsed) / added / 1024,
-      growthPerConnection,
-      delivered: result.received / Math.max(1, result.expected),
-      notes,
-      slowest: result.slowest,
-    };
-  } finally {
-    await clients?.stop(0);
-    await server.stop(0);
-    if (server.stderr.trim() !== "") {
-      notes.push(`server stderr: ${server.stderr.trim().slice(0, 500)}`);
-    }
+  const { spec, port, notes, before, idle, start, connected } = contender;
+  const clients = contender.clients!;
+  const result = await clients.message("result", 30_000).catch(async () => {
+    notes.push("stopped waiting 30 s after the last publish");
+    await clients.send("stop");
+    return await clients.message("result", 10_000);
+  }) as unknown as ClientResult;
+  if (result.received < result.expected) {
+    notes.push(`${result.expected - result.received} events not delivered`);
   }
+  const cpuAfter = (await getStats(port, false)).cpu;
+  await clients.send("exit");
+  await clients.stop(10_000);
+  contender.clients = undefined;
+  const after = await waitForConnected(port, 0, 10_000);
+  if (after.connected !== 0) {
+    notes.push(`${after.connected} clients still held after disconnect`);
+  }
+  await contender.server.stop(0);
+  if (contender.server.stderr.trim() !== "") {
+    notes.push(
+      `server stderr: ${contender.server.stderr.trim().slice(0, 500)}`,
+    );
+  }
+  const added = Math.max(1, idle.connected - before.connected);
+  return {
+    server: spec.key,
+    n,
+    connected,
+    p50: result.p50,
+    p99: result.p99,
+    eventsPerSecond: result.received /
+      ((result.lastReceive - contender.firstPublish) / 1000),
+    kibPerConnection: (idle.rss - before.rss) / added / 1024,
+    heapKibPerConnection: (idle.heapUsed - before.heapUsed) / added / 1024,
+    externalKibPerConnection: (idle.external - before.external) / added /
+      1024,
+    cpuPerEvent: (cpuAfter - contender.cpuBefore) / options.events,
+    growthPerConnection: (idle.rss - start.rss) / connected / 1024,
+    delivered: result.received / Math.max(1, result.expected),
+    notes,
+    slowest: result.slowest,
+  };
 }
 
 async function exists(url: URL): Promise<boolean> {
@@ -350,6 +469,420 @@ async function version(command: string): Promise<string> {
   }
 }
 
+/** Runs `.ci/runtimes` when Bun, Node or @hono/node-server is missing. */
+async function ensureRuntimes(): Promise<boolean> {
+  const present = async () =>
+    await exists(BUN) && await exists(NODE) && await exists(HONO_NODE_SERVER);
+  if (await present()) return true;
+  console.error("Installing Bun, Node and @hono/node-server: .ci/runtimes");
+  try {
+    await new Deno.Command("bash", {
+      args: [new URL(".ci/runtimes", ROOT).pathname],
+      cwd: ROOT,
+      stdout: "null",
+      stderr: "inherit",
+    }).output();
+  } catch {
+    return false;
+  }
+  return await present();
+}
+
+/** server.ts bundled into one ESM file, for Bun and Node. */
+async function bundleLibrary(
+  dir: string,
+  entry: string,
+  name: string,
+): Promise<string> {
+  const output = `${dir}/${name}`;
+  const { success, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "bundle",
+      "--quiet",
+      "--platform",
+      "browser",
+      "--output",
+      output,
+      entry,
+    ],
+    cwd: ROOT,
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  if (!success) {
+    throw new Error(
+      `deno bundle ${entry} failed: ${new TextDecoder().decode(stderr)}`,
+    );
+  }
+  return output;
+}
+
+async function specsFor(
+  options: Options,
+  library: string | undefined,
+  baseline: string | undefined,
+): Promise<ServerSpec[]> {
+  const deno = Deno.execPath();
+  const denoServer = (file: string): string[] => [
+    deno,
+    "run",
+    "--allow-net=127.0.0.1",
+    "--allow-read",
+    "--v8-flags=--expose-gc",
+    new URL(file, FANOUT).pathname,
+  ];
+  const runtimeServer = new URL("runtime_server.mjs", FANOUT).pathname;
+  const specs: ServerSpec[] = [
+    {
+      key: "deno-channel",
+      name: "SSEChannel",
+      runtime: "Deno",
+      floor: false,
+      argv: denoServer("channel_server.ts"),
+    },
+    {
+      key: "deno-hand",
+      name: "hand-written loop",
+      runtime: "Deno",
+      floor: true,
+      argv: denoServer("handwritten_server.ts"),
+    },
+  ];
+  if (options.baseline !== undefined) {
+    specs.push({
+      key: "deno-baseline",
+      name: "SSEChannel (baseline)",
+      runtime: "Deno",
+      floor: false,
+      argv: [...denoServer("channel_server.ts"), "--module", options.baseline],
+    });
+  }
+  if (library !== undefined) {
+    const bun = [BUN.pathname, runtimeServer];
+    const node = [NODE.pathname, "--expose-gc", runtimeServer];
+    const modules = ["--modules", RUNTIMES.pathname];
+    specs.push(
+      {
+        key: "bun-channel",
+        name: "SSEChannel",
+        runtime: "Bun",
+        floor: false,
+        argv: [...bun, "--server", "channel", "--library", library],
+      },
+      {
+        key: "bun-hand",
+        name: "hand-written loop",
+        runtime: "Bun",
+        floor: true,
+        argv: [...bun, "--server", "hand"],
+      },
+      ...(baseline === undefined ? [] : [{
+        key: "bun-baseline",
+        name: "SSEChannel (baseline)",
+        runtime: "Bun" as const,
+        floor: false,
+        argv: [...bun, "--server", "channel", "--library", baseline],
+      }]),
+      {
+        key: "node-channel",
+        name: "SSEChannel (@hono/node-server)",
+        runtime: "Node",
+        floor: false,
+        argv: [
+          ...node,
+          "--server",
+          "channel",
+          "--library",
+          library,
+          ...modules,
+        ],
+      },
+      {
+        key: "node-hand",
+        name: "hand-written loop",
+        runtime: "Node",
+        floor: true,
+        argv: [...node, "--server", "hand"],
+      },
+      ...(baseline === undefined ? [] : [{
+        key: "node-baseline",
+        name: "SSEChannel (baseline, @hono/node-server)",
+        runtime: "Node" as const,
+        floor: false,
+        argv: [
+          ...node,
+          "--server",
+          "channel",
+          "--library",
+          baseline,
+          ...modules,
+        ],
+      }]),
+    );
+    if (await ensureBetterSse()) {
+      specs.push({
+        key: "node-better-sse",
+        name: "better-sse",
+        runtime: "Node",
+        floor: false,
+        argv: [
+          NODE.pathname,
+          "--expose-gc",
+          new URL("better_sse_server.mjs", FANOUT).pathname,
+          "--prefix",
+          CACHE.pathname,
+        ],
+      });
+    } else {
+      console.error("better-sse is not installed and npm failed: skipping it");
+    }
+  }
+  const only = options.only;
+  if (only === undefined) return specs;
+  return specs.filter((spec) => only.some((part) => spec.key.includes(part)));
+}
+
+function failed(spec: ServerSpec, n: number, error: unknown): Measurement {
+  return {
+    server: spec.key,
+    n,
+    connected: 0,
+    p50: NaN,
+    p99: NaN,
+    eventsPerSecond: NaN,
+    kibPerConnection: NaN,
+    heapKibPerConnection: NaN,
+    externalKibPerConnection: NaN,
+    cpuPerEvent: NaN,
+    growthPerConnection: NaN,
+    delivered: 0,
+    notes: [`failed: ${(error as Error).message}`],
+    slowest: [],
+  };
+}
+
+/** The median of the repetitions, and their lowest and highest. */
+interface Spread {
+  median: number;
+  min: number;
+  max: number;
+}
+
+function spread(values: number[]): Spread {
+  const finite = values.filter(Number.isFinite);
+  return {
+    median: median(finite),
+    min: finite.length > 0 ? Math.min(...finite) : NaN,
+    max: finite.length > 0 ? Math.max(...finite) : NaN,
+  };
+}
+
+interface Row {
+  spec: ServerSpec;
+  n: number;
+  runs: Measurement[];
+  p50: number;
+  p99: Spread;
+  cpu: Spread;
+  kib: Spread;
+  heap: number;
+  external: number;
+  delivered: number;
+  notes: string[];
+}
+
+function range(value: Spread, digits = 1): string {
+  return `${format(value.median, digits)} (${format(value.min, digits)}–${
+    format(value.max, digits)
+  })`;
+}
+
+async function run(options: Options): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "sse-fanout-" });
+  try {
+    await runIn(options, dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+async function runIn(options: Options, dir: string): Promise<void> {
+  const wantsOthers = options.only === undefined ||
+    options.only.some((part) => !"deno-channel deno-hand".includes(part));
+  let library: string | undefined;
+  let baseline: string | undefined;
+  if (wantsOthers) {
+    if (await ensureRuntimes()) {
+      const entry = new URL("server.ts", ROOT).pathname;
+      library = await bundleLibrary(dir, entry, "server.js");
+      if (options.baseline !== undefined) {
+        baseline = await bundleLibrary(dir, options.baseline, "baseline.js");
+      }
+    } else {
+      console.error("Bun and Node are missing: measuring Deno alone");
+    }
+  }
+  const specs = await specsFor(options, library, baseline);
+
+  const load = Deno.loadavg().map((value) => value.toFixed(2)).join(", ");
+  console.log(
+    `fan-out: Deno ${Deno.version.deno}, Bun ${
+      library === undefined ? "–" : await version(BUN.pathname)
+    }, Node ${
+      library === undefined ? "–" : await version(NODE.pathname)
+    }, ${navigator.hardwareConcurrency} cores, load average ${load}`,
+  );
+  console.log(
+    `N = ${options.sizes.join(", ")}; 1 warm-up + ${options.events} events ` +
+      `at ${options.rate}/s; ${options.reps} repetition(s), order alternating`,
+  );
+
+  const results = new Map<string, Measurement[]>();
+  const started = performance.now();
+  for (const n of options.sizes) {
+    for (let rep = 0; rep < options.reps; rep++) {
+      // Servers connect in a rotated order each round.
+      const shift = rep % specs.length;
+      const order = [...specs.slice(shift), ...specs.slice(0, shift)];
+      let measurements: Measurement[];
+      try {
+        measurements = await measureRound(order, n, options);
+      } catch (error) {
+        measurements = order.map((spec) => failed(spec, n, error));
+      }
+      for (const measurement of measurements) {
+        const spec = specs.find((spec) => spec.key === measurement.server)!;
+        console.error(
+          `  ${spec.name} (${spec.runtime}), N = ${n}, round ${rep + 1}: p99 ${
+            format(measurement.p99)
+          } ms, ${format(measurement.cpuPerEvent)} CPU ms/event, ${
+            format(measurement.kibPerConnection)
+          } KiB/conn (${
+            format(measurement.growthPerConnection)
+          } KiB/conn from startup)` +
+            (measurement.notes.length > 0
+              ? ` (${measurement.notes.join("; ")})`
+              : "") +
+            (options.verbose
+              ? `; slowest per event: ${measurement.slowest.join(", ")} ms`
+              : ""),
+        );
+        const key = `${spec.key}\0${n}`;
+        results.set(key, [...(results.get(key) ?? []), measurement]);
+      }
+    }
+  }
+
+  const rows: Row[] = [];
+  for (const n of options.sizes) {
+    for (const spec of specs) {
+      const runs = results.get(`${spec.key}\0${n}`) ?? [];
+      rows.push({
+        spec,
+        n,
+        runs,
+        p50: median(runs.map((run) => run.p50)),
+        p99: spread(runs.map((run) => run.p99)),
+        cpu: spread(runs.map((run) => run.cpuPerEvent)),
+        kib: spread(runs.map((run) => run.kibPerConnection)),
+        heap: median(runs.map((run) => run.heapKibPerConnection)),
+        external: median(runs.map((run) => run.externalKibPerConnection)),
+        delivered: Math.min(...runs.map((run) => run.delivered)),
+        notes: [...new Set(runs.flatMap((run) => run.notes))],
+      });
+    }
+  }
+  const find = (key: string, n: number) =>
+    rows.find((row) => row.spec.key === key && row.n === n);
+  const floorOf = (row: Row) =>
+    rows.find((other) =>
+      other.n === row.n && other.spec.runtime === row.spec.runtime &&
+      other.spec.floor
+    );
+
+  console.log();
+  console.log(
+    "| runtime | server | N | p50 ms | p99 ms (lowest–highest) | " +
+      "server CPU ms per event | KiB/conn | JS heap KiB/conn | " +
+      "external KiB/conn | p99 / runtime's loop | CPU / runtime's loop | " +
+      "KiB/conn / runtime's loop |",
+  );
+  console.log("| --- | --- | ---: |" + " ---: |".repeat(9));
+  for (const row of rows) {
+    const floor = floorOf(row);
+    const ours = row.spec.name.startsWith("SSEChannel");
+    const name = ours ? `**${row.spec.name}**` : row.spec.name;
+    console.log(
+      `| ${row.spec.runtime} | ${name} | ${row.n.toLocaleString("en-US")} | ${
+        format(row.p50)
+      } | ${range(row.p99)} | ${range(row.cpu)} | ${range(row.kib)} | ${
+        format(row.heap)
+      } | ${format(row.external)} | ${
+        ratio(row.p99.median, floor?.p99.median)
+      } | ${ratio(row.cpu.median, floor?.cpu.median)} | ${
+        ratio(row.kib.median, floor?.kib.median)
+      } |`,
+    );
+  }
+
+  // The issue's targets, from the same figures.
+  const targets: string[] = [];
+  for (const n of options.sizes) {
+    const channel = find("deno-channel", n);
+    const hand = find("deno-hand", n);
+    const better = find("node-better-sse", n);
+    if (channel !== undefined && (hand !== undefined || better !== undefined)) {
+      const best = Math.min(
+        hand?.p99.median ?? Infinity,
+        better?.p99.median ?? Infinity,
+      );
+      targets.push(
+        `N = ${n.toLocaleString("en-US")}: SSEChannel on Deno p99 ${
+          ratio(channel.p99.median, best)
+        } the best of the Deno loop and better-sse (target ≤ 1.10×)`,
+      );
+    }
+    const node = find("node-channel", n);
+    if (node !== undefined && better !== undefined) {
+      targets.push(
+        `N = ${n.toLocaleString("en-US")}: SSEChannel on Node ${
+          ratio(node.kib.median, better.kib.median)
+        } better-sse's KiB/conn (target ≤ 1.20×), p99 ${
+          ratio(node.p99.median, better.p99.median)
+        } better-sse's`,
+      );
+    }
+  }
+  if (targets.length > 0) {
+    console.log();
+    for (const line of targets) console.log(`- ${line}`);
+  }
+
+  const problems = rows.filter((row) => row.notes.length > 0);
+  if (problems.length > 0) {
+    console.log();
+    for (const row of problems) {
+      console.log(
+        `${row.spec.name} (${row.spec.runtime}), N = ${row.n}: ${
+          row.notes.join("; ")
+        }`,
+      );
+    }
+  }
+  console.log();
+  console.log(
+    `Latency: publish request sent → client read returned the event, over ` +
+      `every client and event; median of the repetitions, and their lowest ` +
+      `and highest. Server CPU: the server process's user + system time ` +
+      `over the ${options.events} events, per event. KiB/conn: server RSS ` +
+      `growth from N/10 to N idle clients, per client added, after a GC; ` +
+      `JS heap and external: the same for V8's (JavaScriptCore's on Bun) ` +
+      `used heap and external memory. ${
+        format((performance.now() - started) / 1000, 0)
+      } s in all.`,
+  );
+}
+
 async function main(): Promise<void> {
   const options = parseOptions(Deno.args);
   const interrupt = () => {
@@ -363,166 +896,6 @@ async function main(): Promise<void> {
   } finally {
     Deno.removeSignalListener("SIGINT", interrupt);
   }
-}
-
-async function run(options: Options): Promise<void> {
-  const deno = Deno.execPath();
-  const denoServer = (file: string): string[] => [
-    deno,
-    "run",
-    "--allow-net=127.0.0.1",
-    "--allow-read",
-    "--v8-flags=--expose-gc",
-    new URL(file, FANOUT).pathname,
-  ];
-  const specs: ServerSpec[] = [];
-  specs.push({ name: "SSEChannel", argv: denoServer("channel_server.ts") });
-  if (options.baseline !== undefined) {
-    specs.push({
-      name: "SSEChannel (baseline)",
-      argv: [...denoServer("channel_server.ts"), "--module", options.baseline],
-    });
-  }
-  specs.push({
-    name: "hand-written loop",
-    argv: denoServer("handwritten_server.ts"),
-  });
-  if (await ensureBetterSse()) {
-    specs.push({
-      name: "better-sse (Node)",
-      argv: [
-        "node",
-        "--expose-gc",
-        new URL("better_sse_server.mjs", FANOUT).pathname,
-        "--prefix",
-        CACHE.pathname,
-      ],
-    });
-  } else {
-    console.error("better-sse is not installed and npm failed: skipping it");
-  }
-
-  if (options.only !== undefined) {
-    const only = options.only;
-    for (let i = specs.length - 1; i >= 0; i--) {
-      const name = specs[i]!.name.toLowerCase();
-      if (!only.some((part) => name.includes(part))) specs.splice(i, 1);
-    }
-  }
-
-  const load = Deno.loadavg().map((value) => value.toFixed(2)).join(", ");
-  console.log(
-    `fan-out: ${Deno.version.deno}, ${await version("node")}, ` +
-      `${navigator.hardwareConcurrency} cores, load average ${load}`,
-  );
-  console.log(
-    `N = ${options.sizes.join(", ")}; 1 warm-up + ${options.events} events ` +
-      `at ${options.rate}/s; ${options.reps} repetition(s), order alternating`,
-  );
-
-  const results = new Map<string, Measurement[]>();
-  const started = performance.now();
-  for (const n of options.sizes) {
-    for (let rep = 0; rep < options.reps; rep++) {
-      const order = rep % 2 === 0 ? specs : [...specs].reverse();
-      for (const spec of order) {
-        const key = `${spec.name}\0${n}`;
-        let measurement: Measurement;
-        try {
-          measurement = await measure(spec, n, options);
-        } catch (error) {
-          measurement = {
-            server: spec.name,
-            n,
-            connected: 0,
-            p50: NaN,
-            p99: NaN,
-            eventsPerSecond: NaN,
-            kibPerConnection: NaN,
-            heapKibPerConnection: NaN,
-            growthPerConnection: NaN,
-            delivered: 0,
-            notes: [`failed: ${(error as Error).message}`],
-            slowest: [],
-          };
-        }
-        console.error(
-          `  ${spec.name}, N = ${n}, rep ${rep + 1}: p99 ${
-            format(measurement.p99)
-          } ms, ${format(measurement.kibPerConnection)} KiB/conn (${
-            format(measurement.growthPerConnection)
-          } KiB/conn from startup)` +
-            (measurement.notes.length > 0
-              ? ` (${measurement.notes.join("; ")})`
-              : "") +
-            (options.verbose
-              ? `; slowest per event: ${measurement.slowest.join(", ")} ms`
-              : ""),
-        );
-        results.set(key, [...(results.get(key) ?? []), measurement]);
-      }
-    }
-  }
-
-  const rows = [...results.values()].map((runs): Measurement => ({
-    server: runs[0]!.server,
-    n: runs[0]!.n,
-    connected: Math.min(...runs.map((run) => run.connected)),
-    p50: median(runs.map((run) => run.p50)),
-    p99: median(runs.map((run) => run.p99)),
-    eventsPerSecond: median(runs.map((run) => run.eventsPerSecond)),
-    kibPerConnection: median(runs.map((run) => run.kibPerConnection)),
-    heapKibPerConnection: median(runs.map((run) => run.heapKibPerConnection)),
-    growthPerConnection: median(runs.map((run) => run.growthPerConnection)),
-    delivered: Math.min(...runs.map((run) => run.delivered)),
-    notes: [...new Set(runs.flatMap((run) => run.notes))],
-    slowest: [],
-  }));
-  const find = (server: string, n: number) =>
-    rows.find((row) => row.server === server && row.n === n);
-
-  console.log();
-  console.log(
-    "| server | N | p50 ms | p99 ms | events/s delivered | KiB/conn | " +
-      "JS heap KiB/conn | p99 vs hand-written | p99 vs better-sse | " +
-      "KiB/conn vs hand-written |",
-  );
-  console.log("|" + " --- |".repeat(10));
-  for (const n of options.sizes) {
-    const hand = find("hand-written loop", n);
-    const better = find("better-sse (Node)", n);
-    for (const spec of specs) {
-      const row = find(spec.name, n);
-      if (row === undefined) continue;
-      console.log(
-        `| ${row.server} | ${row.n.toLocaleString("en-US")} | ${
-          format(row.p50)
-        } | ${format(row.p99)} | ${format(row.eventsPerSecond, 0)} | ${
-          format(row.kibPerConnection)
-        } | ${format(row.heapKibPerConnection)} | ${
-          ratio(row.p99, hand?.p99)
-        } | ${ratio(row.p99, better?.p99)} | ${
-          ratio(row.kibPerConnection, hand?.kibPerConnection)
-        } |`,
-      );
-    }
-  }
-  const problems = rows.filter((row) => row.notes.length > 0);
-  if (problems.length > 0) {
-    console.log();
-    for (const row of problems) {
-      console.log(`${row.server}, N = ${row.n}: ${row.notes.join("; ")}`);
-    }
-  }
-  console.log();
-  console.log(
-    `Latency: publish request sent → client read returned the event, over ` +
-      `every client and event (median of the repetitions). KiB/conn: server ` +
-      `RSS growth from N/10 to N idle clients, per client added, after a GC; ` +
-      `JS heap: the same for V8's used heap. ${
-        format((performance.now() - started) / 1000, 0)
-      } s in all.`,
-  );
 }
 
 // `deno bench bench/` loads every *_bench.ts: this one runs only as a program.

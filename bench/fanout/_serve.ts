@@ -4,11 +4,16 @@
 //
 //   GET  /sse                      the event stream under test
 //   POST /publish?t=<ms>&seq=<n>   broadcast `{"t":<ms>,"seq":<n>}` to every client
-//   GET  /stats                    {"rss","heapUsed","external","connected"} after a GC
+//   GET  /stats                    {"rss","heapUsed","external","connected","cpu"}
+//                                  after a GC (cpu: the process's user + system
+//                                  CPU time so far, ms, read before the GC)
 //
 // The first stdout line is {"type":"listening","port":P,"rss":R}. Every /stats
 // reading is also printed, so the RSS before and after the clients connected
 // shows in the server's own output. stderr carries errors only.
+// bench/fanout/runtime_server.mjs is the same surface on Bun and Node.
+
+import process from "node:process";
 
 /** What a fan-out server under test provides. */
 export interface FanoutServer {
@@ -26,16 +31,20 @@ export interface MemoryStats {
   heapUsed: number;
   external: number;
   connected: number;
+  /** User + system CPU time of the process so far, ms. */
+  cpu: number;
 }
 
-function stats(server: FanoutServer): MemoryStats {
-  (globalThis as { gc?: () => void }).gc?.();
+function stats(server: FanoutServer, collect = true): MemoryStats {
+  const { user, system } = process.cpuUsage();
+  if (collect) (globalThis as { gc?: () => void }).gc?.();
   const memory = Deno.memoryUsage();
   return {
     rss: memory.rss,
     heapUsed: memory.heapUsed,
     external: memory.external,
     connected: server.connected(),
+    cpu: (user + system) / 1000,
   };
 }
 
@@ -77,7 +86,7 @@ export function serveFanout(server: FanoutServer): Deno.HttpServer {
       return new Response(null, { status: 204 });
     }
     if (url.pathname === "/stats") {
-      const reading = stats(server);
+      const reading = stats(server, url.searchParams.get("gc") !== "0");
       console.log(JSON.stringify({ type: "stats", ...reading }));
       return Response.json(reading);
     }

@@ -22,14 +22,17 @@ const { createChannel, createSession } = require("better-sse");
 
 const channel = createChannel();
 
-function stats() {
-  globalThis.gc?.();
+function stats(collect = true) {
+  // CPU first: the GC below is the reading's cost, not the server's.
+  const cpu = process.cpuUsage();
+  if (collect) globalThis.gc?.();
   const memory = process.memoryUsage();
   return {
     rss: memory.rss,
     heapUsed: memory.heapUsed,
     external: memory.external,
     connected: channel.sessionCount,
+    cpu: (cpu.user + cpu.system) / 1000,
   };
 }
 
@@ -52,7 +55,7 @@ const server = createServer(async (req, res) => {
       return;
     }
     if (url.pathname === "/stats") {
-      const reading = stats();
+      const reading = stats(url.searchParams.get("gc") !== "0");
       console.log(JSON.stringify({ type: "stats", ...reading }));
       res.writeHead(200, { "content-type": "application/json" });
       res.end(JSON.stringify(reading));

@@ -18,6 +18,7 @@
 // stdout, one JSON object per line:
 //   {"type":"connected","connected":N,"failed":F,"ms":M}  all heads received
 //   {"type":"warm","received":W}      every client got the warm-up (seq < 0)
+//   {"type":"event","seq":S}          every client got measured event S
 //   {"type":"result",...}             every client got every measured event,
 //                                     or "stop" arrived on stdin
 //   {"type":"paused",...}             --pause-at reached; waits for "continue"
@@ -76,6 +77,8 @@ const acceptEncoding = args.get("accept-encoding");
 const latencies = new Float64Array(n * events);
 // The event each latency belongs to, for the per-event maximum.
 const sequences = new Uint32Array(n * events);
+// How many clients got each measured event so far.
+const receivedPerEvent = new Uint32Array(events);
 let measured = 0;
 let warmReceived = 0;
 let connected = 0;
@@ -311,6 +314,9 @@ class Client {
     } else if (measured < latencies.length) {
       sequences[measured] = seq;
       latencies[measured++] = time - t;
+      if (seq < events && ++receivedPerEvent[seq]! === connected) {
+        emit({ type: "event", seq });
+      }
       if (time < firstReceive) firstReceive = time;
       if (time > lastReceive) lastReceive = time;
     }
