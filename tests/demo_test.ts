@@ -13,6 +13,7 @@ import { SSEClient } from "../client.ts";
 import { type SSEEvent, SSEParserStream } from "../parser.ts";
 import type { SSEChannelMetrics } from "../server.ts";
 import { CHROMIUM, CHROMIUM_ARGS } from "../demo/screenshot.ts";
+import { within } from "./_channel.ts";
 
 // Deno 2.9 leaves the op and resource sanitizers off unless asked.
 const SANITIZED = { sanitizeOps: true, sanitizeResources: true } as const;
@@ -181,26 +182,6 @@ async function withDemo(
   });
 }
 
-/** Rejects after `ms` unless `promise` settles first; no timer left behind. */
-async function within<T>(
-  promise: Promise<T>,
-  what: string,
-  ms = WAIT,
-): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new Error(`Timed out waiting for ${what}`)),
-      ms,
-    );
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
 /** An event stream of the demo, read event by event. */
 class Stream {
   #reader: ReadableStreamDefaultReader<SSEEvent>;
@@ -232,6 +213,7 @@ class Stream {
           if (types.includes(value.type)) return value;
         }
       })(),
+      WAIT,
       `a ${types.join("/")} event`,
     );
   }
@@ -350,7 +332,11 @@ Deno.test(
         await signIn(url, "bo"),
       );
       try {
-        const first = await within(lobbyEvents.next(), "the lobby snapshot");
+        const first = await within(
+          lobbyEvents.next(),
+          WAIT,
+          "the lobby snapshot",
+        );
         assert.equal(first.value?.type, "snapshot");
         assert.equal(JSON.parse(first.value.data).room, "lobby");
         assert.equal((await random.next("snapshot")).type, "snapshot");
@@ -364,7 +350,11 @@ Deno.test(
         const { id } = await posted.json();
         let chat: SSEEvent | undefined;
         while (chat === undefined) {
-          const { value } = await within(lobbyEvents.next(), "the chat event");
+          const { value } = await within(
+            lobbyEvents.next(),
+            WAIT,
+            "the chat event",
+          );
           if (value?.type === "chat") chat = value;
         }
         assert.equal(chat.id, id);
