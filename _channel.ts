@@ -573,7 +573,7 @@ export class SSEChannel<C = undefined> {
     this.#closed = true;
     for (const wake of this.#sleepers) wake();
     // Streams ended before, still in their grace, are cut too.
-    this.#fanout.close();
+    await this.#fanout.close();
     const shared = this.#shared;
     this.#shared = undefined;
     if (shared !== undefined) {
