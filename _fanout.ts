@@ -105,6 +105,11 @@ export class Fanout<C> {
     cancel: (client) => this.release(client, "client-closed"),
   };
   #host: ResumeHost<C>;
+  /**
+   * Told of every client released, whatever ended it: the channel wakes a
+   * `connect` still waiting for that client (`init`, the broker).
+   */
+  onRelease: ((client: Client<C>) => void) | undefined;
 
   /** @param settings The channel's settings. */
   constructor(settings: ChannelSettings<C>) {
@@ -328,6 +333,7 @@ export class Fanout<C> {
       clearInterval(this.#timer);
       this.#timer = undefined;
     }
+    this.onRelease?.(client);
     const { onDisconnect } = this.#settings;
     if (onDisconnect !== undefined) {
       try {
