@@ -15,6 +15,7 @@ import {
   unsendable,
 } from "./_refusal.ts";
 import { describe } from "./_json.ts";
+import { isResponse } from "./_response.ts";
 import { MAX_DELAY, startTimeout, type Timer, timerDelay } from "./_timer.ts";
 
 /** `readyState` values, as EventSource has them. */
@@ -622,21 +623,10 @@ export class InvalidResponse extends TypeError {
   override name = "TypeError";
 }
 
-// Fetch results are told apart by shape, never with `instanceof Response`:
-// a response from another realm or library is a response all the same.
+// Fetch results are told apart by shape, never with `instanceof Response`
+// (see _response.ts).
 function asResponse(value: unknown): Response {
-  const candidate = value as Partial<Response> | null | undefined;
-  const body = candidate?.body;
-  if (
-    typeof value === "object" && value !== null &&
-    typeof candidate!.status === "number" &&
-    typeof candidate!.headers?.get === "function" &&
-    (body === null ||
-      typeof (body as { getReader?: unknown } | undefined)?.getReader ===
-        "function")
-  ) {
-    return value as Response;
-  }
+  if (isResponse(value)) return value;
   throw new InvalidResponse(
     `Invalid response: the fetch option resolved to ${
       describe(value)
