@@ -14,6 +14,8 @@ const DEFAULT_MAX_QUEUE = 1024 * 1024;
 const DEFAULT_REPLAY = 1000;
 /** Default `lastEventIdParam`: Mercure's name for the same thing. */
 const DEFAULT_LAST_EVENT_ID_PARAM = "lastEventID";
+/** Default `maxBacklog`: 128 MiB. */
+const DEFAULT_MAX_BACKLOG = 128 * 1024 * 1024;
 /** Default `drainTimeout`: 10 s. */
 const DEFAULT_DRAIN_TIMEOUT = 10_000;
 
@@ -72,6 +74,17 @@ export interface SSEChannelOptions<C = undefined> {
    * @default {1048576} (1 MiB)
    */
   maxQueue?: number;
+  /**
+   * The most bytes of messages one client's backlog refers to, in bytes of
+   * encoded frames. The frames are shared: every client is sent the same
+   * bytes, so a backlog costs a reference (8 bytes) per message, and
+   * clients that lag by the same stretch pin it once. A client whose
+   * backlog would go above it keeps only its position, and is sent the
+   * rest from the broker's history as it reads (see `maxQueue`).
+   *
+   * @default {134217728} (128 MiB)
+   */
+  maxBacklog?: number;
   /**
    * Milliseconds a client may take nothing at all while its stream is full
    * before it is dropped as slow (`onDisconnect` reason `"slow"`): what the
@@ -260,6 +273,7 @@ export interface ChannelSettings<C> {
   /** Milliseconds; 0 when off. */
   keepAlive: number;
   maxQueue: number;
+  maxBacklog: number;
   drainTimeout: number;
   broker: SSEBroker;
   /** The channel created the broker, so it closes it. */
@@ -306,6 +320,12 @@ export function channelSettings<C>(
       `Invalid maxQueue: expected a positive number of bytes, got ${maxQueue}`,
     );
   }
+  const maxBacklog = options.maxBacklog ?? DEFAULT_MAX_BACKLOG;
+  if (typeof maxBacklog !== "number" || !(maxBacklog > 0)) {
+    throw new RangeError(
+      `Invalid maxBacklog: expected a positive number of bytes, got ${maxBacklog}`,
+    );
+  }
   const drainTimeout = options.drainTimeout ?? DEFAULT_DRAIN_TIMEOUT;
   if (typeof drainTimeout !== "number" || !(drainTimeout > 0)) {
     throw new RangeError(
@@ -342,6 +362,7 @@ export function channelSettings<C>(
     replay,
     keepAlive: keepAliveInterval(options.keepAlive),
     maxQueue,
+    maxBacklog,
     drainTimeout,
     broker,
     ownsBroker,
