@@ -3,7 +3,7 @@
 // on Deno, Bun and Node.
 //
 //   deno run -A bench/fanout_bench.ts [--n 1000,10000] [--events 10] [--rate 2]
-//     [--reps 3] [--quick] [--only deno,bun,node,channel,hand,better]
+//     [--reps 3] [--budget 600] [--quick] [--only deno,bun,node,channel,hand,better]
 //     [--verbose] [--baseline /path/to/other/checkout/server.ts]
 //
 // Compares, in one run, on this machine, each runtime's SSEChannel with that
@@ -17,9 +17,11 @@
 //     to one ESM file with `deno bundle`);
 //   - Node (22 from .cache/runtimes): SSEChannel through `@hono/node-server`'s
 //     `getRequestListener` on `node:http`, beside a loop writing one Buffer to
-//     a Set of `node:http` responses (runtime_server.mjs), and better-sse
-//     0.16.1 on `node:http` (better_sse_server.mjs, installed on first use
-//     with `npm install --prefix .cache/bench better-sse@0.16.1`);
+//     a Set of `node:http` responses (runtime_server.mjs), the Bun loop
+//     (web streams) served through `@hono/node-server` as SSEChannel is
+//     (what the web stream and the adapter cost any such handler), and
+//     better-sse 0.16.1 on `node:http` (better_sse_server.mjs, installed on
+//     first use with `npm install --prefix .cache/bench better-sse@0.16.1`);
 //   - with `--baseline`, SSEChannel on Deno from another copy of the library
 //     too ("SSEChannel (baseline)"), to compare two versions in one run.
 // Bun, Node and @hono/node-server come from `.ci/runtimes`, run first if they
@@ -36,9 +38,11 @@
 // bytes that complete the event: the queueing of a server that falls behind
 // counts. The server's CPU time (user + system, all threads) over the K
 // events, per event, is its cost of one event to N clients: steadier than
-// latency on a shared machine. Servers alternate in order between
-// repetitions; each figure is the median over the repetitions, with the
-// lowest and highest.
+// latency on a shared machine. Each repetition measures every N in turn,
+// servers alternating in order between repetitions; each figure is the
+// median over the repetitions, with the lowest and highest. `--budget`
+// bounds the run: no repetition starts (after the first) that the previous
+// one's duration says would end past that many seconds.
 
 const ROOT = new URL("../", import.meta.url);
 const FANOUT = new URL("fanout/", import.meta.url);
@@ -59,6 +63,8 @@ interface Options {
   events: number;
   rate: number;
   reps: number;
+  /** Seconds: no repetition after the first starts that would end later. */
+  budget: number;
   batch: number;
   /** Lower-case name fragments: run only the servers whose name has one. */
   only: string[] | undefined;
@@ -125,6 +131,7 @@ function parseOptions(args: string[]): Options {
     events: 10,
     rate: 2,
     reps: 3,
+    budget: Infinity,
     batch: 250,
     only: undefined,
     verbose: false,
@@ -166,6 +173,9 @@ function parseOptions(args: string[]): Options {
         break;
       case "--batch":
         options.batch = count("--batch");
+        break;
+      case "--budget":
+        options.budget = count("--budget");
         break;
       case "--only":
         options.only = value.toLowerCase().split(",").filter(Boolean);
@@ -604,6 +614,13 @@ async function specsFor(
         floor: true,
         argv: [...node, "--server", "hand"],
       },
+      {
+        key: "node-web-hand",
+        name: "hand-written loop, web streams (@hono/node-server)",
+        runtime: "Node",
+        floor: false,
+        argv: [...node, "--server", "web-hand", ...modules],
+      },
       ...(baseline === undefined ? [] : [{
         key: "node-baseline",
         name: "SSEChannel (baseline, @hono/node-server)",
@@ -739,8 +756,14 @@ async function runIn(options: Options, dir: string): Promise<void> {
 
   const results = new Map<string, Measurement[]>();
   const started = performance.now();
-  for (const n of options.sizes) {
-    for (let rep = 0; rep < options.reps; rep++) {
+  let reps = 0;
+  let repSeconds = 0;
+  for (let rep = 0; rep < options.reps; rep++) {
+    const elapsed = (performance.now() - started) / 1000;
+    if (rep > 0 && elapsed + repSeconds > options.budget) break;
+    const repStarted = performance.now();
+    reps++;
+    for (const n of options.sizes) {
       // Servers connect in a rotated order each round.
       const shift = rep % specs.length;
       const order = [...specs.slice(shift), ...specs.slice(0, shift)];
@@ -771,6 +794,14 @@ async function runIn(options: Options, dir: string): Promise<void> {
         results.set(key, [...(results.get(key) ?? []), measurement]);
       }
     }
+    repSeconds = (performance.now() - repStarted) / 1000;
+  }
+  if (reps < options.reps) {
+    console.log(
+      `Stopped after ${reps} of ${options.reps} repetitions: one more ` +
+        `(${format(repSeconds, 0)} s) would have passed --budget ` +
+        `${options.budget} s.`,
+    );
   }
 
   const rows: Row[] = [];
@@ -825,37 +856,116 @@ async function runIn(options: Options, dir: string): Promise<void> {
     );
   }
 
-  // The issue's targets, from the same figures.
+  // The targets, from the same figures: ours / theirs, of the medians.
   const targets: string[] = [];
+  const target = (
+    n: number,
+    what: string,
+    ours: number,
+    theirs: number,
+    limit: number | undefined,
+  ) => {
+    const value = ours / theirs;
+    const met = limit === undefined || !Number.isFinite(value)
+      ? "–"
+      : value <= limit
+      ? "met"
+      : "**not met**";
+    targets.push(
+      `| ${n.toLocaleString("en-US")} | ${what} | ${format(ours)} | ${
+        format(theirs)
+      } | ${ratio(ours, theirs)} | ${
+        limit === undefined ? "–" : `≤ ${format(limit, 2)}×`
+      } | ${met} |`,
+    );
+  };
   for (const n of options.sizes) {
-    const channel = find("deno-channel", n);
-    const hand = find("deno-hand", n);
     const better = find("node-better-sse", n);
-    if (channel !== undefined && (hand !== undefined || better !== undefined)) {
-      const best = Math.min(
-        hand?.p99.median ?? Infinity,
-        better?.p99.median ?? Infinity,
+    const denoChannel = find("deno-channel", n);
+    const denoHand = find("deno-hand", n);
+    if (
+      denoChannel !== undefined && denoHand !== undefined &&
+      better !== undefined
+    ) {
+      const best = denoHand.p99.median <= better.p99.median ? denoHand : better;
+      target(
+        n,
+        `Deno SSEChannel p99 ms / the best of Deno's loop and better-sse (${
+          best === better ? "better-sse" : "Deno's loop"
+        })`,
+        denoChannel.p99.median,
+        best.p99.median,
+        1.1,
       );
-      targets.push(
-        `N = ${n.toLocaleString("en-US")}: SSEChannel on Deno p99 ${
-          ratio(channel.p99.median, best)
-        } the best of the Deno loop and better-sse (target ≤ 1.10×)`,
+    }
+    for (const runtime of ["deno", "bun", "node"]) {
+      const channel = find(`${runtime}-channel`, n);
+      const hand = find(`${runtime}-hand`, n);
+      if (channel === undefined || hand === undefined) continue;
+      const name = channel.spec.runtime;
+      target(
+        n,
+        `${name} SSEChannel p99 ms / ${name}'s loop`,
+        channel.p99.median,
+        hand.p99.median,
+        1.1,
+      );
+      target(
+        n,
+        `${name} SSEChannel KiB/conn / ${name}'s loop`,
+        channel.kib.median,
+        hand.kib.median,
+        1.1,
+      );
+      target(
+        n,
+        `${name} SSEChannel CPU ms per event / ${name}'s loop`,
+        channel.cpu.median,
+        hand.cpu.median,
+        undefined,
       );
     }
     const node = find("node-channel", n);
+    const web = find("node-web-hand", n);
     if (node !== undefined && better !== undefined) {
-      targets.push(
-        `N = ${n.toLocaleString("en-US")}: SSEChannel on Node ${
-          ratio(node.kib.median, better.kib.median)
-        } better-sse's KiB/conn (target ≤ 1.20×), p99 ${
-          ratio(node.p99.median, better.p99.median)
-        } better-sse's`,
+      target(
+        n,
+        "Node SSEChannel KiB/conn / better-sse",
+        node.kib.median,
+        better.kib.median,
+        1.2,
       );
+      target(
+        n,
+        "Node SSEChannel p99 ms / better-sse",
+        node.p99.median,
+        better.p99.median,
+        undefined,
+      );
+    }
+    if (node !== undefined && web !== undefined) {
+      for (
+        const [what, pick] of [
+          ["p99 ms", (row: Row) => row.p99.median],
+          ["KiB/conn", (row: Row) => row.kib.median],
+          ["CPU ms per event", (row: Row) => row.cpu.median],
+        ] as const
+      ) {
+        target(
+          n,
+          `Node SSEChannel ${what} / the web-streams loop through @hono/node-server`,
+          pick(node),
+          pick(web),
+          undefined,
+        );
+      }
     }
   }
   if (targets.length > 0) {
     console.log();
-    for (const line of targets) console.log(`- ${line}`);
+    console.log("| N | target | ours | against | ratio | limit | met |");
+    console.log("| ---: | --- | ---: | ---: | ---: | ---: | --- |");
+    for (const line of targets) console.log(line);
   }
 
   const problems = rows.filter((row) => row.notes.length > 0);

@@ -4,7 +4,7 @@
 // that bench/fanout_bench.ts drives every runtime the same way:
 //
 //   bun  runtime_server.mjs --server channel|hand --library <server.js>
-//   node --expose-gc runtime_server.mjs --server channel|hand \
+//   node --expose-gc runtime_server.mjs --server channel|hand|web-hand \
 //     --library <server.js> --modules .cache/runtimes
 //
 // - `channel`: SSEChannel with its defaults, from `--library` (server.ts
@@ -16,6 +16,11 @@
 //   `ReadableStream` per client and a Set of their controllers (as the Deno
 //   floor), on Node `node:http` and a Set of responses, one shared buffer
 //   written to each.
+// - `web-hand` (Node): the Bun floor's loop, a `ReadableStream` per client
+//   and a Set of their controllers, served through `@hono/node-server` as
+//   `channel` is: what any `Request => Response` handler pays on Node for
+//   the web stream and the adapter's copy of it to `node:http`, before it
+//   does anything of its own.
 //
 // /stats reports after a full GC (`Bun.gc(true)`, or `gc()` with Node's
 // --expose-gc): RSS, JS heap, external memory, connected clients, and the
@@ -54,8 +59,11 @@ async function channelServer() {
   };
 }
 
-/** Bun's floor: a Set of stream controllers, one buffer to each. */
-function bunHandServer() {
+/**
+ * Bun's floor (and Node's through @hono/node-server): a Set of stream
+ * controllers, one buffer to each.
+ */
+function webHandServer() {
   const controllers = new Set();
   const first = encoder.encode(":\n\n");
   let nextId = 0;
@@ -167,7 +175,7 @@ function nodeHandListener() {
 
 const before = stats(0);
 if (Bun !== undefined) {
-  const server = kind === "hand" ? bunHandServer() : await channelServer();
+  const server = kind === "hand" ? webHandServer() : await channelServer();
   const bun = Bun.serve({
     hostname: "127.0.0.1",
     port,
@@ -190,7 +198,10 @@ if (Bun !== undefined) {
     const { getRequestListener } = await import(
       pathToFileURL(require.resolve("@hono/node-server")).href
     );
-    listener = getRequestListener(handler(await channelServer()));
+    const server = kind === "web-hand"
+      ? webHandServer()
+      : await channelServer();
+    listener = getRequestListener(handler(server));
   }
   const server = createServer(listener);
   server.on("clientError", (error, socket) => {
