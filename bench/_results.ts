@@ -177,7 +177,9 @@ const INTRO: Record<string, string> = {
   encoder:
     '"hand" is the obvious string-concat + `TextEncoder` encoder, made safe by splitting data lines; "hono" is `streamSSE`\'s `writeSSE` over a `TransformStream`.',
   fanout:
-    "One publisher, N idle clients on raw TCP in a separate process; `SSEChannel` beside a hand-written broadcast loop on `Deno.serve` and better-sse on Node.",
+    "One publisher, N idle clients on raw TCP in a separate process; on each runtime `SSEChannel` beside that runtime's hand-written broadcast loop (`Deno.serve`, `Bun.serve`, `node:http`), and on Node also the same loop over web streams through `@hono/node-server` (as `SSEChannel` is served there) and better-sse. All servers of a round are up at once, each with its own clients, and every event goes to one server at a time in rotating order.",
+  presence:
+    "`clients()`, `count()`, `metrics()` and `disconnect()` at N connections in one process, per call, against copying N references into an array; and what presence and metrics keep per connection.",
   broker:
     "1 000 clients in two load processes; burst = events as fast as accepted, paced = events at a fixed rate; each broker in its own setup.",
   resume:

@@ -3,7 +3,7 @@
 // misses K events of B bytes, as after a deploy or a network blip.
 //
 //   deno run -A bench/resume_bench.ts [--clients 1000] [--missed 500]
-//     [--size 200] [--module ./server.ts] [--only resume|live]
+//     [--size 200] [--module ./server.ts] [--only resume|live|hand]
 //
 // Compares, in one run, on this machine, for SSEChannel from `--module`
 // (default: this checkout's server.ts) with a MemoryBroker:
@@ -11,11 +11,17 @@
 //     with the id of the event before them and catch up from the history;
 //   - live: the N clients connect first, then the same K events are
 //     published and fanned out as they come: the same bytes to the same
-//     clients, the floor a resume can hope for.
+//     clients, the floor a resume can hope for;
+//   - hand: the floor of any resume on `Deno.serve`: a hand-written server
+//     whose history is the K frames already encoded, in shared chunks of
+//     32 KiB, and whose response streams (high-water mark 0) enqueue the
+//     next chunk each time the runtime pulls: nothing held per client but
+//     the runtime's own connection and what is being written.
 // For each: the server's peak RSS (VmHWM, in its own process, against its
 // RSS before the clients connect) and the time from the first connection to
 // the moment every client has every event. The ratio resume / live shows
-// what catching up costs over live delivery. `--module` points at another
+// what catching up costs over live delivery, resume / hand what it costs
+// over the floor. `--module` points at another
 // copy of the library to measure it the same way (an older commit, say).
 //
 // The server and the clients run in processes of their own (the clients:
@@ -84,11 +90,12 @@ async function server(args: Map<string, string>): Promise<void> {
     keepAlive: 0,
     replay: Math.max(1000, missed),
   });
+  const filler = "x".repeat(size - 8);
+  const hand = mode === "hand" ? handReplay(missed, filler) : undefined;
   const http = Deno.serve(
     { hostname: "127.0.0.1", port: 0, onListen() {} },
-    (request) => channel.connect(request),
+    (request) => hand?.(request) ?? channel.connect(request),
   );
-  const filler = "x".repeat(size - 8);
   const publish = async () => {
     for (let i = 0; i < missed; i++) {
       await channel.publish({ data: String(i).padStart(8, "0") + filler });
@@ -121,6 +128,39 @@ async function server(args: Map<string, string>): Promise<void> {
   }
   await channel.close();
   await http.shutdown();
+}
+
+/**
+ * The hand-written floor: the frames of events 1 to `missed` (after the
+ * "start" event, id 0), encoded once into shared chunks of about 32 KiB, and
+ * a stream per client that enqueues the next chunk when the runtime pulls.
+ */
+function handReplay(
+  missed: number,
+  filler: string,
+): (request: Request) => Response {
+  const encoder = new TextEncoder();
+  const chunks: Uint8Array[] = [];
+  let text = "";
+  for (let i = 0; i < missed; i++) {
+    text += `id: ${i + 1}\ndata: ${String(i).padStart(8, "0")}${filler}\n\n`;
+    if (text.length >= 32 * 1024 || i === missed - 1) {
+      chunks.push(encoder.encode(text));
+      text = "";
+    }
+  }
+  return () => {
+    let next = 0;
+    const body = new ReadableStream<Uint8Array>({
+      pull(controller) {
+        // The last chunk sent, the stream stays open, as a live one does.
+        if (next < chunks.length) controller.enqueue(chunks[next++]!);
+      },
+    }, { highWaterMark: 0 });
+    return new Response(body, {
+      headers: { "content-type": "text/event-stream; charset=utf-8" },
+    });
+  };
 }
 
 /**
@@ -187,7 +227,7 @@ interface Result {
 }
 
 async function run(
-  mode: "resume" | "live",
+  mode: "resume" | "live" | "hand",
   args: Map<string, string>,
 ): Promise<Result> {
   const module = args.get("module") ??
@@ -226,7 +266,7 @@ async function run(
       "clients",
       "--port",
       String(ready.port),
-      ...(mode === "resume" ? ["--start", String(ready.start)] : []),
+      ...(mode === "live" ? [] : ["--start", String(ready.start)]),
       ...common,
     ]);
     if (mode === "live") {
@@ -272,7 +312,7 @@ async function main(): Promise<void> {
   );
   const results: Result[] = [];
   const only = args.get("only");
-  for (const mode of ["resume", "live"] as const) {
+  for (const mode of ["resume", "live", "hand"] as const) {
     if (only === undefined || only === mode) {
       results.push(await run(mode, args));
     }
@@ -293,11 +333,31 @@ async function main(): Promise<void> {
       }           |`,
     );
   }
-  const [resume, live_] = results;
-  if (results.length === 2) {
+  const find = (mode: string) => results.find((r) => r.mode === mode);
+  const resume = find("resume");
+  for (const other of [find("live"), find("hand")]) {
+    if (resume === undefined || other === undefined) continue;
     console.log(
-      `resume / live: peak RSS ${(resume!.peak / live_!.peak).toFixed(2)}x, ` +
-        `time ${(resume!.ms / live_!.ms).toFixed(2)}x`,
+      `resume / ${other.mode}: peak RSS ${
+        (resume.peak / other.peak).toFixed(2)
+      }x, growth ${
+        ((resume.peak - resume.baseline) / (other.peak - other.baseline))
+          .toFixed(2)
+      }x, time ${(resume.ms / other.ms).toFixed(2)}x`,
+    );
+  }
+  if (resume !== undefined) {
+    const peak = resume.peak / MiB;
+    console.log(
+      `Target: resume peak RSS ${peak.toFixed(0)} MiB, at most 160 MiB: ${
+        peak <= 160 ? "met" : "**not met**"
+      }${
+        find("hand") === undefined
+          ? ""
+          : ` (hand-written floor: ${
+            (find("hand")!.peak / MiB).toFixed(0)
+          } MiB)`
+      }`,
     );
   }
 }

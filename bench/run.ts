@@ -7,8 +7,10 @@
 //   deno run -A bench/run.ts [--quick] [--only parser,client,...] [--no-readme]
 //   deno run -A bench/run.ts --render
 //
-// `--quick` runs every benchmark small (about a minute in all, for checking
-// the suite itself, never for figures); `--only` runs some of them (the
+// A full run takes about 10 minutes, most of it the fan-out across three
+// runtimes (bounded by its --budget). `--quick` runs every benchmark small
+// (about two minutes in all, for checking the suite itself, never for
+// figures); `--only` runs some of them (the
 // others keep their section of the previous results.md); `--no-readme`
 // leaves the README alone; `--render` runs nothing, and writes results.md
 // and the README again from bench/results.json.
@@ -24,6 +26,8 @@ interface Step {
   key: string;
   title: string;
   script: string;
+  /** Deno's own flags, before the script. */
+  flags?: string[];
   args: string[];
   /** The arguments of a --quick run. */
   quick: string[];
@@ -88,8 +92,28 @@ const STEPS: Step[] = [
     key: "fanout",
     title: "Fan-out",
     script: "bench/fanout_bench.ts",
-    args: [],
+    // About 75 s a repetition on 2 cores: 5 of them, or fewer when the
+    // machine is slow enough that a 6th minute would be passed.
+    args: [
+      "--n",
+      "1000,10000",
+      "--events",
+      "10",
+      "--reps",
+      "5",
+      "--budget",
+      "420",
+    ],
     quick: ["--quick", "--reps", "1", "--events", "3"],
+    json: false,
+  },
+  {
+    key: "presence",
+    title: "Presence and metrics",
+    script: "bench/presence_bench.ts",
+    flags: ["--v8-flags=--expose-gc"],
+    args: ["--n", "10000", "--rounds", "200"],
+    quick: ["--n", "1000", "--rounds", "20"],
     json: false,
   },
   {
@@ -145,7 +169,13 @@ function clock(): string {
 }
 
 async function runStep(step: Step, quick: boolean): Promise<StepResult> {
-  const args = ["run", "-A", step.script, ...(quick ? step.quick : step.args)];
+  const args = [
+    "run",
+    "-A",
+    ...(step.flags ?? []),
+    step.script,
+    ...(quick ? step.quick : step.args),
+  ];
   const loadBefore = await loadAverage();
   console.error(
     `${clock()} ${step.title}: deno ${args.join(" ")} (load ${loadBefore})`,
