@@ -155,7 +155,7 @@ export class Frames {
           }`,
         );
       }
-      if (body === undefined) body = encodeSSE(message);
+      if (body === undefined) body = encodeSSE(withoutId(message));
       else this.#bodies.delete(message);
     } catch (error) {
       // A broker handed out an entry that cannot be framed: skip it rather
@@ -198,6 +198,21 @@ export function encodeAll(messages: Iterable<SSEMessage>): Uint8Array[] {
     frames.push(encoder.encode(encodeSSE(message)));
   }
   return frames;
+}
+
+/**
+ * The message without an `id` of its own: the broker's entry id alone goes
+ * on the wire. A message that carries one (written by another program, or
+ * handed out by a broker that keeps it) would put a second `id:` line after
+ * the channel's, and the last one wins (§9.2.6: each `id` field sets the
+ * last event ID buffer), so a client would resume from a forged id.
+ */
+function withoutId(message: SSEMessage): SSEMessage {
+  if (message === null || typeof message !== "object" || !("id" in message)) {
+    return message;
+  }
+  const { id: _, ...rest } = message;
+  return rest;
 }
 
 function concat(chunks: Uint8Array[]): Uint8Array {
