@@ -202,17 +202,21 @@ export function listClients<C>(
  * The clients `disconnect`'s predicate picks, asked about every one before
  * any is ended.
  *
- * @param clients The connected clients.
+ * @param clients The connected clients (or connections in progress: anything
+ * with the `info` the predicate is asked about).
  * @param predicate `true` picks a client, `false` keeps it.
  * @returns The clients picked.
  * @throws {TypeError} When the predicate returns anything but a boolean;
  * what it throws.
  */
-export function pickClients<C>(
-  clients: Iterable<Client<C>>,
+export function pickClients<
+  C,
+  T extends { readonly info: SSEChannelClient<C> },
+>(
+  clients: Iterable<T>,
   predicate: (client: SSEChannelClient<C>) => boolean,
-): Client<C>[] {
-  const picked: Client<C>[] = [];
+): T[] {
+  const picked: T[] = [];
   for (const client of clients) {
     const verdict: unknown = predicate(client.info);
     if (verdict === true) picked.push(client);
