@@ -134,7 +134,8 @@ export type ResponseVerdict = void | undefined | "retry";
 export interface SSEClientOptions {
   /**
    * The request method: an HTTP token, other than the methods fetch forbids
-   * (`CONNECT`, `TRACE`, `TRACK`), else the constructor throws a `TypeError`.
+   * (`CONNECT`, `TRACE`, `TRACK`) and `HEAD` (whose response never has a
+   * body), else the constructor throws a `TypeError`.
    * As in fetch, `DELETE`, `GET`, `HEAD`, `OPTIONS`, `POST` and `PUT` are
    * sent upper-cased whatever their case; any other method is sent as given
    * (methods are case-sensitive: write `PATCH`, not `patch`).
@@ -156,7 +157,7 @@ export interface SSEClientOptions {
   headers?: HeadersInit | (() => HeadersInit | Promise<HeadersInit>);
   /**
    * The request body, sent again on every attempt (so it cannot be a stream).
-   * Not allowed with `GET` or `HEAD`.
+   * Not allowed with `GET`.
    *
    * @default {null}
    */
@@ -480,10 +481,11 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
    * @param url The event stream's URL.
    * @param options Request, reconnection and callback options.
    * @throws {TypeError} When the URL cannot be parsed or is not http: or
-   * https:, when `method` is not an HTTP token or is one fetch forbids
-   * (`CONNECT`, `TRACE`, `TRACK`), when `headers` holds a value fetch cannot
-   * send (a control character other than tab), when `body` is given with
-   * `GET` or `HEAD` or is a stream, when `lastEventId` is not a string or
+   * https:, when `method` is not an HTTP token, is one fetch forbids
+   * (`CONNECT`, `TRACE`, `TRACK`) or is `HEAD` (no body: no event could
+   * arrive), when `headers` holds a value fetch cannot send (a control
+   * character other than tab), when `body` is given with `GET` or is a
+   * stream, when `lastEventId` is not a string or
    * contains NUL, CR or LF, when a number option is not a number (`null`
    * included), when `signal` is not an `AbortSignal`, or when `fetch` or a
    * callback is not a function.
@@ -509,9 +511,16 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
     const problem = methodProblem(method);
     if (problem !== undefined) throw new TypeError(problem);
     this.#method = normalizeMethod(method);
+    if (this.#method === "HEAD") {
+      // RFC 9110 §9.3.2: a response to HEAD never has content, so every
+      // attempt would be a stream that ends before an event: retried forever.
+      throw new TypeError(
+        "Invalid method: a response to HEAD has no body, so no event could ever arrive",
+      );
+    }
     const body = options.body ?? null;
     if (body !== null) {
-      if (this.#method === "GET" || this.#method === "HEAD") {
+      if (this.#method === "GET") {
         throw new TypeError(
           `Invalid body: a ${this.#method} request cannot have one`,
         );

@@ -284,6 +284,10 @@ Deno.test(
         'sse: Invalid method: "BAD METHOD" is not an HTTP token',
       ],
       [
+        ["-X", "HEAD", url],
+        "sse: Invalid method: a response to HEAD has no body, so no event could ever arrive",
+      ],
+      [
         ["-H", "x: a\x01b", url],
         "sse: Invalid header x: its value contains U+0001 at index 1, which fetch cannot send",
       ],

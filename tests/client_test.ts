@@ -1166,7 +1166,7 @@ async function firstOutcome(
   return { outcome, error, client };
 }
 
-test("SSEClient refuses at once a method or header value that fetch can never send", () => {
+test("SSEClient refuses at once a method or header value that fetch can never send, and HEAD, whose response has no body", () => {
   const fetch = () => assert.fail("no request may be made");
   const url = "http://127.0.0.1:8/";
   for (
@@ -1187,6 +1187,10 @@ test("SSEClient refuses at once a method or header value that fetch can never se
       [
         { method: "Track" },
         "Invalid method: TRACK is forbidden by the Fetch standard",
+      ],
+      [
+        { method: "head" },
+        "Invalid method: a response to HEAD has no body, so no event could ever arrive",
       ],
       [
         { headers: { "x-a": "a\x01b" } },
