@@ -41,6 +41,7 @@
  */
 
 import { parseArgs as parseCommandLine } from "node:util";
+import { argumentError } from "./_args.ts";
 import { SSEClient, type SSEClientOptions, SSEError } from "./client.ts";
 import type { SSEEvent } from "./parser.ts";
 
@@ -136,7 +137,7 @@ export function parseArgs(args: string[]): CLIOptions | "help" | "version" {
       strict: true,
     });
   } catch (error) {
-    throw new TypeError(parseError(error));
+    throw new TypeError(argumentError(error));
   }
   const { values, positionals } = parsed;
   if (values.help) return "help";
@@ -230,25 +231,6 @@ export function parseArgs(args: string[]): CLIOptions | "help" | "version" {
   }
   if (values.until !== undefined) options.until = values.until;
   return options;
-}
-
-// The message of a node:util parseArgs error, in one line that names the
-// argument.
-function parseError(error: unknown): string {
-  const { code, message = String(error) } = error as {
-    code?: string;
-    message?: string;
-  };
-  const name = /'([^']*)'/.exec(message)?.[1];
-  if (name !== undefined) {
-    if (code === "ERR_PARSE_ARGS_UNKNOWN_OPTION") {
-      return `Unknown option: ${name}`;
-    }
-    if (message.includes("ambiguous")) {
-      return `Ambiguous value for ${name}: write ${name}=<value> for a value that starts with "-"`;
-    }
-  }
-  return message.replaceAll("\n", " ");
 }
 
 function integer(name: string, text: string): number {

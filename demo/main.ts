@@ -27,6 +27,7 @@
 
 import { dirname } from "node:path";
 import { parseArgs } from "node:util";
+import { argumentError } from "../_args.ts";
 import { DenoKvBroker } from "../kv.ts";
 import { MemoryBroker, type SSEBroker } from "../server.ts";
 import {
@@ -98,7 +99,7 @@ function readSettings(args: string[]): Settings | "help" {
       allowPositionals: false,
     }));
   } catch (error) {
-    throw new UsageError(`${(error as Error).message} (see --help)`);
+    throw new UsageError(`${argumentError(error)} (see --help)`);
   }
   if (values.help) return "help";
   const chosen = ["kv", "memory", "redis"].filter((name) =>

@@ -502,8 +502,17 @@ Deno.test(
   async () => {
     await withDir(async (dir) => {
       const cases: [string[], RegExp][] = [
-        [["--nope"], /^Unknown option '--nope' \(see --help\)$/],
+        [["--nope"], /^Unknown option: --nope \(see --help\)$/],
         [["--port", "http"], /^Invalid --port: .*"http"$/],
+        [
+          ["--port", "-1"],
+          /^Ambiguous value for --port: write --port=<value> for a value that starts with "-" \(see --help\)$/,
+        ],
+        [["--port=-1"], /^Invalid --port: .*"-1"$/],
+        [
+          ["--tick"],
+          /^Option '--tick <value>' argument missing \(see --help\)$/,
+        ],
         [["--port", "70000"], /^Invalid --port: .*65535/],
         [["--tick", "5"], /^Invalid --tick: expected at least 10 ms/],
         [["--memory", "--redis", "redis://127.0.0.1:1"], /^Choose one of/],
