@@ -9,10 +9,16 @@
 // waits in the client's backlog, a list of the same Uint8Arrays every client
 // shares, and moves into the stream as the stream pulls. So a backlog costs a
 // reference per frame, not a copy. The channel keeps a backlog within
-// `maxQueue` bytes: a client that would need more falls behind (it keeps
+// `maxBacklog` bytes: a client that would need more falls behind (it keeps
 // only its position, and is fed from the broker's history as it drains; see
 // _resume.ts). A client can be let go at any moment: its backlog is dropped
-// and its stream closed.
+// and its stream closed once the runtime has taken what its queue holds.
+//
+// Each chunk in the backlog is one message's frame (a run of replayed frames
+// is written only into a stream with room, and keep-alives only into an
+// empty queue), so a message is counted as delivered when its frame is
+// handed to the stream, never when it only waits in a backlog that may be
+// dropped.
 //
 // The fan-out's hot path is one write per client per event, so what the
 // stream machinery does per chunk is most of the fan-out's cost beyond a
@@ -37,7 +43,7 @@
 import type { Resume } from "./_resume.ts";
 import type { SSEChannelClient, Tally } from "./_presence.ts";
 import type { SSEDisconnectReason } from "./_channel_options.ts";
-import { startInterval, type Timer } from "./_timer.ts";
+import { startInterval, startTimeout, type Timer } from "./_timer.ts";
 
 /** The client's stream exists; `init` has not finished. */
 export const CONNECTING: number = 0;
@@ -48,6 +54,18 @@ export const CLOSED: number = 2;
 
 /** The most bytes a response stream's own queue holds. */
 export const STREAM_QUEUE = 64 * 1024;
+
+/** A client's bounds, the same for every client of a channel. */
+export interface ClientLimits {
+  /** The most bytes its stream's queue holds. */
+  streamQueue: number;
+  /**
+   * The backlog's bytes above which frames wait for it beyond `maxQueue`
+   * (its stream's queue full, and this much more): it is judged on whether
+   * it drains (see DrainJudge). 0 when `maxQueue` is the stream's bound.
+   */
+  slowAt: number;
+}
 
 /** What a client tells its channel. */
 export interface ClientEvents<C> {
@@ -96,11 +114,18 @@ export class Client<C> implements UnderlyingDefaultSource<Uint8Array> {
   /** Chunks handed to the stream so far. */
   #chunks = 0;
   /**
+   * Its stream is to close once the runtime has taken what its queue holds
+   * (see `finish`); called then, or when the stream is cancelled first.
+   */
+  #ending = false;
+  onEnd: ((client: Client<C>) => void) | undefined;
+  /**
    * At least the bytes in the stream's queue: what went in since the queue
    * was last found empty (see `#room`).
    */
   #bound = 0;
   #streamQueue: number;
+  #slowAt: number;
   #events: ClientEvents<C>;
   #tally: Tally;
 
@@ -108,20 +133,21 @@ export class Client<C> implements UnderlyingDefaultSource<Uint8Array> {
    * A client, before its stream exists.
    *
    * @param info Its context, topics (`null` for all) and connection time.
-   * @param streamQueue The most bytes its stream's queue holds.
+   * @param limits Its stream's bound, and when it is judged.
    * @param events Where it reports pulls and its cancel.
-   * @param tally Where the bytes it is sent are counted.
+   * @param tally Where the bytes and messages it is sent are counted.
    */
   constructor(
     info: SSEChannelClient<C>,
-    streamQueue: number,
+    limits: ClientLimits,
     events: ClientEvents<C>,
     tally: Tally,
   ) {
     this.info = info;
     this.context = info.context;
     this.topics = info.topics;
-    this.#streamQueue = streamQueue;
+    this.#streamQueue = limits.streamQueue;
+    this.#slowAt = limits.slowAt;
     this.#events = events;
     this.#tally = tally;
   }
@@ -131,6 +157,11 @@ export class Client<C> implements UnderlyingDefaultSource<Uint8Array> {
   }
 
   pull(): Promise<void> | undefined {
+    // The runtime took the last chunk and asks for more: the end.
+    if (this.#ending) {
+      this.#end();
+      return undefined;
+    }
     // An enqueue can make the stream pull at once: not while flushing.
     if (this.#flushing) return undefined;
     this.#events.pull(this);
@@ -155,7 +186,47 @@ export class Client<C> implements UnderlyingDefaultSource<Uint8Array> {
   // The response stream's cancel is the proof of a disconnect: Deno.serve's
   // request.signal also fires when a response completes normally.
   cancel(): void {
+    if (this.#ending) this.#end();
     this.#events.cancel(this);
+  }
+
+  /**
+   * Closes the stream once the runtime has taken every chunk in its queue:
+   * at once when it is empty; else when the stream next pulls (it pulls
+   * only when a read finds the queue empty), so that the channel knows when
+   * the end was taken (`onEnd`).
+   *
+   * @returns Whether the end is still to be taken.
+   */
+  finish(): boolean {
+    // Empty and open (the high-water mark is 0), or closed or errored.
+    const size = this.controller.desiredSize;
+    if (size === null || size >= 0) {
+      try {
+        this.controller.close();
+      } catch {
+        // The runtime closed the stream already: the client is gone.
+      }
+      return false;
+    }
+    this.#ending = true;
+    this.#unpark();
+    return true;
+  }
+
+  /** Whether its end is still to be taken (see `finish`). */
+  get ending(): boolean {
+    return this.#ending;
+  }
+
+  #end(): void {
+    this.#ending = false;
+    try {
+      this.controller.close();
+    } catch {
+      // Cancelled, or cut meanwhile.
+    }
+    this.onEnd?.(this);
   }
 
   /**
@@ -169,13 +240,15 @@ export class Client<C> implements UnderlyingDefaultSource<Uint8Array> {
   }
 
   /**
-   * Whether frames wait for the runtime to take them: the stream's queue is
-   * at its bound, or frames wait in the backlog. (A backlog with an empty
-   * queue means the runtime holds the last chunk it took and has not asked
-   * for more: the stream pulls only when a read finds it empty.)
+   * Whether more than `maxQueue` bytes wait for the runtime to take them:
+   * the stream's queue is at its bound and the backlog holds more than
+   * `slowAt`. (A backlog with an empty queue means the runtime holds the
+   * last chunk it took and has not asked for more: the stream pulls only
+   * when a read finds it empty.)
    */
   get blocked(): boolean {
-    return this.backlogBytes > 0 || !this.#room();
+    const slowAt = this.#slowAt;
+    return this.backlogBytes > slowAt || (slowAt === 0 && !this.#room());
   }
 
   /** Whether a frame goes into the stream now: room, and no backlog. */
@@ -213,14 +286,16 @@ export class Client<C> implements UnderlyingDefaultSource<Uint8Array> {
   }
 
   /**
-   * Writes a frame: into the stream when it has room and nothing waits
-   * before it, else at the end of the backlog (always while connecting).
+   * Writes a message's frame: into the stream when it has room and nothing
+   * waits before it (delivered), else at the end of the backlog (always
+   * while connecting).
    *
    * @param bytes The frame; shared, never changed.
    */
   write(bytes: Uint8Array): void {
     this.wrote = true;
     if (this.backlogBytes === 0 && this.state === OPEN && this.#room()) {
+      this.#tally.delivered++;
       this.enqueue(bytes);
       return;
     }
@@ -281,6 +356,7 @@ export class Client<C> implements UnderlyingDefaultSource<Uint8Array> {
         const bytes = backlog[this.#head]!;
         backlog[this.#head++] = undefined!;
         this.backlogBytes -= bytes.byteLength;
+        this.#tally.delivered++;
         this.enqueue(bytes);
       }
     } finally {
@@ -300,37 +376,49 @@ const CHECKS = 4;
 
 /**
  * Judges clients on whether they take what they are sent, never on how much
- * waits for them. A client that is blocked (frames wait for it) is watched,
- * and a check runs every drainTimeout / CHECKS while any is: one that has
- * taken anything since the previous check starts afresh, and one that is no
- * longer blocked is let go. A client that has taken nothing at more than CHECKS checks in a
- * row is slow. Counting checks, not time, gives a client the whole span even
- * when a publisher that never yields delays the checks: the event loop, and
- * so the socket, had that many turns to take something.
+ * waits for them. A client that is blocked (more than `maxQueue` waits for
+ * it) is watched, and a check runs every drainTimeout / CHECKS while any is:
+ * one that has taken anything since the previous check starts afresh, and
+ * one that is no longer blocked is let go. A client that has taken nothing
+ * at more than CHECKS checks in a row is slow. Counting checks, not time,
+ * gives a client the whole span even when a publisher that never yields
+ * delays the checks: the event loop, and so the socket, had that many turns
+ * to take something.
  *
- * It also keeps the streams the channel closed that the runtime may not have
- * taken to their end: once CHECKS more checks have passed, each is cut
- * (`cut`), so that the runtime closes a connection whose peer never reads.
+ * It also keeps the streams the channel ended whose end the runtime has not
+ * taken yet (see `Client.finish`): once CHECKS more checks have passed, each
+ * is cut (`cut`), so that the runtime closes a connection whose peer never
+ * reads. `close` gives them all a last, shorter grace.
  */
 export class DrainJudge<C> {
   #watched = new Set<Client<C>>();
-  /** Closed streams in their grace, with the checks they have seen. */
-  #closing = new Map<ReadableStreamDefaultController<Uint8Array>, number>();
+  /** Ended clients whose end is still to be taken, with their checks. */
+  #closing = new Map<Client<C>, number>();
   #timer: Timer | undefined;
   #interval: number;
   #onSlow: (client: Client<C>) => void;
-  #cut: (controller: ReadableStreamDefaultController<Uint8Array>) => void;
+  #cut: (client: Client<C>) => void;
+  /** While `close` waits: resolves it once nothing is left to take. */
+  #closed: (() => void) | undefined;
+  #taken = (client: Client<C>): void => {
+    if (!this.#closing.delete(client)) return;
+    if (this.#closed !== undefined) {
+      if (this.#closing.size === 0) this.#closed();
+    } else {
+      this.#disarm();
+    }
+  };
 
   /**
    * @param drainTimeout How long (ms) a client may take nothing, and how
-   * long a closed stream has to be taken to its end.
+   * long an ended stream has to be taken to its end.
    * @param onSlow Called with a client that took nothing in time.
-   * @param cut Errors a closed stream whose grace ended.
+   * @param cut Errors the stream of an ended client whose grace ended.
    */
   constructor(
     drainTimeout: number,
     onSlow: (client: Client<C>) => void,
-    cut: (controller: ReadableStreamDefaultController<Uint8Array>) => void,
+    cut: (client: Client<C>) => void,
   ) {
     this.#interval = drainTimeout / CHECKS;
     this.#onSlow = onSlow;
@@ -357,22 +445,44 @@ export class DrainJudge<C> {
   }
 
   /**
-   * A stream the channel closed: cut after its grace unless the runtime has
-   * taken it to its end (cutting a stream that ended does nothing).
+   * An ended client whose end is still to be taken (`Client.finish` said
+   * so): cut after its grace unless the runtime takes it first.
    */
-  closed(controller: ReadableStreamDefaultController<Uint8Array>): void {
-    this.#closing.set(controller, 0);
-    this.#arm();
+  ended(client: Client<C>): void {
+    client.onEnd = this.#taken;
+    this.#closing.set(client, 0);
+    if (this.#closed === undefined) this.#arm();
   }
 
-  /** Cuts every closed stream still in its grace, and stops. */
-  close(): void {
-    const closing = [...this.#closing.keys()];
-    this.#closing.clear();
+  /**
+   * Stops judging, and waits until the runtime has taken the end of every
+   * ended stream, for at most `grace` ms: then cuts those it has not.
+   *
+   * @param grace Milliseconds.
+   * @returns Once every stream is ended or cut; no timer is left.
+   */
+  close(grace: number): Promise<void> {
     for (const client of this.#watched) client.watched = false;
     this.#watched.clear();
-    this.#disarm();
-    for (const controller of closing) this.#cut(controller);
+    if (this.#timer !== undefined) {
+      clearInterval(this.#timer);
+      this.#timer = undefined;
+    }
+    if (this.#closing.size === 0) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const timer = startTimeout(() => {
+        this.#closed = undefined;
+        const closing = [...this.#closing.keys()];
+        this.#closing.clear();
+        for (const client of closing) this.#cut(client);
+        resolve();
+      }, grace);
+      this.#closed = () => {
+        clearTimeout(timer);
+        this.#closed = undefined;
+        resolve();
+      };
+    });
   }
 
   #arm(): void {
@@ -390,14 +500,14 @@ export class DrainJudge<C> {
   }
 
   #check = (): void => {
-    // The closed streams first: a client dropped below starts its grace at
+    // The ended streams first: a client dropped below starts its grace at
     // the next check.
-    for (const [controller, checks] of this.#closing) {
+    for (const [client, checks] of this.#closing) {
       if (checks < CHECKS) {
-        this.#closing.set(controller, checks + 1);
+        this.#closing.set(client, checks + 1);
       } else {
-        this.#closing.delete(controller);
-        this.#cut(controller);
+        this.#closing.delete(client);
+        this.#cut(client);
       }
     }
     for (const client of this.#watched) {

@@ -19,22 +19,25 @@
 //   backlog (after the retry hint), then follow `init`'s in order.
 //
 // Clients that fall behind: what the runtime has not taken yet waits in the
-// client's backlog (shared frames: a reference each), up to `maxQueue`
-// bytes. A client whose backlog would go above that falls behind: it leaves
-// the fan-out, keeps its backlog and its position (the id of the last entry
-// it was written), and once the backlog has drained it is fed from the
-// broker's history as it reads, through the same catch-up as a resume
-// (_resume.ts), which hands it back to the fan-out where they meet. So a
-// burst of any size costs each client at most `maxQueue`, and every client
-// that reads gets all of it as long as the history still holds it.
+// client's backlog (shared frames: a reference each), up to `maxBacklog`
+// bytes. So a burst that the publisher sends without yielding (nothing
+// reaches a socket until it yields) reaches every reader whole, and clients
+// that lag by the same stretch pin the same frames once. A client whose
+// backlog would go above `maxBacklog` falls behind: it leaves the fan-out,
+// keeps its backlog and its position (the id of the last entry it was
+// written), and once the backlog has drained it is fed from the broker's
+// history as it reads, through the same catch-up as a resume (_resume.ts),
+// which hands it back to the fan-out where they meet; one whose position
+// left the history meanwhile is ended ("replay-lost").
 //
 // Slow clients: a client is judged on whether it takes what it is sent,
-// never on how much waits (DrainJudge in _client.ts): one that has frames
-// waiting (its stream's queue at its bound, or a backlog) and takes nothing
-// for `drainTimeout` is dropped. Its backlog is
-// forgotten and its stream closed; if the runtime has still not taken what
-// the stream held after another `drainTimeout`, the stream is errored, so
-// that the runtime closes a connection whose peer never reads.
+// never on how much waits (DrainJudge in _client.ts): one that has more than
+// `maxQueue` bytes waiting and takes nothing for `drainTimeout` is dropped.
+// Its backlog is forgotten and its stream closed once the runtime has taken
+// what the stream holds; if it has not after another `drainTimeout`, the
+// stream is errored, so that the runtime closes a connection whose peer
+// never reads. `close()` ends every stream the same way, with a grace of
+// min(drainTimeout, CLOSE_GRACE).
 
 import type { SSEMessage } from "./encoder.ts";
 import { describe } from "./_json.ts";
@@ -48,6 +51,7 @@ import type {
 import {
   Client,
   type ClientEvents,
+  type ClientLimits,
   CLOSED,
   CONNECTING,
   DrainJudge,
@@ -61,6 +65,8 @@ import { IdWindow, PAGE, RECENT, Resume, type ResumeHost } from "./_resume.ts";
 const encoder = new TextEncoder();
 const KEEP_ALIVE_BYTES = encoder.encode(KEEP_ALIVE_FRAME);
 const OPENING_BYTES = encoder.encode(OPENING_FRAME);
+/** The most milliseconds `close()` waits for a stream's end to be taken. */
+export const CLOSE_GRACE = 1000;
 
 /**
  * A channel's clients, from `connect` accepting one to its end, and the
@@ -76,8 +82,8 @@ export class Fanout<C> {
   #settings: ChannelSettings<C>;
   #filter: ChannelSettings<C>["filter"];
   #report: (error: Error) => void;
-  #maxQueue: number;
-  #streamQueue: number;
+  #maxBacklog: number;
+  #limits: ClientLimits;
   /**
    * A stream that pulls only when it ran dry, counting chunks: the client
    * bounds its bytes (see _client.ts).
@@ -99,6 +105,8 @@ export class Fanout<C> {
   /** The keep-alive tick. */
   #timer: Timer | undefined;
   #drain: DrainJudge<C>;
+  /** How long `close()` waits for a stream's end to be taken. */
+  #grace: number;
   #closed = false;
   #events: ClientEvents<C> = {
     pull: (client) => this.#pulled(client),
@@ -116,33 +124,35 @@ export class Fanout<C> {
     this.#settings = settings;
     this.#filter = settings.filter;
     this.#report = settings.report;
-    this.#maxQueue = settings.maxQueue;
-    this.#streamQueue = Math.min(settings.maxQueue, STREAM_QUEUE);
+    this.#maxBacklog = settings.maxBacklog;
+    const streamQueue = Math.min(settings.maxQueue, STREAM_QUEUE);
+    this.#limits = { streamQueue, slowAt: settings.maxQueue - streamQueue };
     this.frames = new Frames(settings.name, settings.replay, settings.report);
     this.#host = {
       shared: this.#sharedIds,
-      maxQueue: settings.maxQueue,
+      maxBacklog: settings.maxBacklog,
       history: (after) =>
         settings.broker.history(settings.name, { after, limit: PAGE }),
       frame: (client, entry) => this.#frameOf(client, entry),
       write: (client, frames, first, last) =>
         this.#writeRun(client, frames, first, last),
-      send: (client, bytes) => {
-        this.tally.delivered++;
-        this.#write(client, bytes);
-      },
+      send: (client, bytes) => this.#write(client, bytes),
       handOver: (client) => this.#handOver(client),
       end: (client, error) => this.#endResume(client, error),
     };
-    const cut = cutReason(
-      `SSEChannel: cut a connection whose client has not read the end of its stream within ${settings.drainTimeout} ms`,
-    );
+    const cutAfter = (ms: number) =>
+      cutReason(
+        `SSEChannel: cut a connection whose client has not read the end of its stream within ${ms} ms`,
+      );
+    const cut = cutAfter(settings.drainTimeout);
+    this.#grace = Math.min(settings.drainTimeout, CLOSE_GRACE);
+    const closeCut = cutAfter(this.#grace);
     this.#drain = new DrainJudge(
       settings.drainTimeout,
       (client) => this.end(client, "slow"),
-      (controller) => {
+      (client) => {
         try {
-          controller.error(cut);
+          client.controller.error(this.#closed ? closeCut : cut);
         } catch {
           // The stream is gone already.
         }
@@ -158,7 +168,7 @@ export class Fanout<C> {
     info: SSEChannelClient<C>,
   ): { client: Client<C>; stream: ReadableStream<Uint8Array> } {
     const tally = this.tally;
-    const client = new Client<C>(info, this.#streamQueue, this.#events, tally);
+    const client = new Client<C>(info, this.#limits, this.#events, tally);
     const stream = new ReadableStream<Uint8Array>(client, this.#strategy);
     const { retryBytes, keepAlive } = this.#settings;
     if (retryBytes !== undefined) client.enqueue(retryBytes);
@@ -273,20 +283,26 @@ export class Fanout<C> {
   }
 
   /**
-   * Ends every client (`"channel-closed"`), and cuts the streams ended
-   * before that are still in their grace.
+   * Ends every client (`"channel-closed"`) after what it was sent, then
+   * waits until the runtime has taken the end of every stream the channel
+   * ended (these and any ended before, still in their grace), for at most
+   * min(drainTimeout, CLOSE_GRACE) ms, and cuts (errors) those it has not
+   * taken by then: a peer that never reads cannot hold the channel, and the
+   * runtime is told to close its connection. No timer is left.
+   *
+   * @returns Once every stream is ended or cut.
    */
-  close(): void {
+  close(): Promise<void> {
     this.#closed = true;
     for (const client of this.clients) this.end(client, "channel-closed");
-    this.#drain.close();
+    return this.#drain.close(this.#grace);
   }
 
   /**
    * Ends a client's stream and releases it. A slow client's backlog is
    * forgotten; any other gets what it was sent first, then `last` if given.
-   * Unless the channel is closing, a stream that the runtime has not taken
-   * to its end after another `drainTimeout` is then cut (see DrainJudge).
+   * A stream whose end the runtime has not taken (its queue holds chunks)
+   * is cut if it has not after another `drainTimeout` (see DrainJudge).
    */
   end(
     client: Client<C>,
@@ -297,21 +313,20 @@ export class Fanout<C> {
     // A client still in onConnect's wake (the broker, init) is answered by
     // its connect: with its ended stream when `disconnect` ended it (see
     // SSEChannel's #endedAnswer), else 503.
-    const ended = client.state === OPEN || reason === "disconnected";
+    let ended = client.state === OPEN || reason === "disconnected";
     try {
       if (reason === "slow") client.discard();
       else if (client.state === OPEN) client.flushAll();
       if (ended) {
         if (last !== undefined) client.enqueue(last);
-        client.controller.close();
+        ended = client.finish();
       }
     } catch {
       // The runtime closed the stream already: the client is gone.
+      ended = false;
     }
     this.release(client, reason);
-    if (ended && reason !== "channel-closed") {
-      this.#drain.closed(client.controller);
-    }
+    if (ended) this.#drain.ended(client);
   }
 
   /** Releases everything a client holds, then tells `onDisconnect`. */
@@ -437,9 +452,16 @@ export class Fanout<C> {
     first: string,
     last: string,
   ): void {
+    if (!client.ready) {
+      // A backlog holds one message per chunk (see _client.ts).
+      for (const frame of frames) this.#write(client, frame);
+      return;
+    }
     const shared = client.topics === null && this.#filter === undefined;
     this.tally.delivered += frames.length;
-    this.#write(client, this.frames.run(frames, first, last, shared));
+    client.wrote = true;
+    client.enqueue(this.frames.run(frames, first, last, shared));
+    if (client.blocked) this.#drain.watch(client);
   }
 
   /** Whether a client selects an entry (its topics, then `filter`). */
@@ -495,21 +517,21 @@ export class Fanout<C> {
 
   /**
    * Writes a live entry's frame to a client in the fan-out. A client whose
-   * backlog would go above `maxQueue` falls behind instead: the frame is not
-   * written, and it is fed from the history from its position on. (A frame
-   * bigger than `maxQueue` still goes to a client with an empty backlog.)
+   * backlog would go above `maxBacklog` falls behind instead: the frame is
+   * not written, and it is fed from the history from its position on. (A
+   * frame bigger than `maxBacklog` still goes to a client with an empty
+   * backlog.)
    */
   #send(client: Client<C>, bytes: Uint8Array, id: string): void {
     const backlog = client.backlogBytes;
     if (
-      backlog > 0 && backlog + bytes.byteLength > this.#maxQueue &&
+      backlog > 0 && backlog + bytes.byteLength > this.#maxBacklog &&
       client.position !== undefined
     ) {
       this.#fallBehind(client);
       return;
     }
     client.position = id;
-    this.tally.delivered++;
     this.#write(client, bytes);
   }
 
@@ -555,12 +577,15 @@ export class Fanout<C> {
 
   #tick = (): void => {
     for (const client of this.clients) {
-      // A client with a backlog has something to read already.
-      if (client.state !== OPEN || client.backlogBytes > 0) continue;
+      // A client with a backlog, or a full queue, has something to read
+      // already: a keep-alive goes only into a stream with room (and so
+      // never into a backlog, which holds messages only).
+      if (client.state !== OPEN || !client.ready) continue;
       if (client.wrote) {
         client.wrote = false;
       } else {
-        this.#write(client, KEEP_ALIVE_BYTES);
+        client.wrote = true;
+        client.enqueue(KEEP_ALIVE_BYTES);
       }
     }
   };

@@ -31,9 +31,10 @@
 // stream: it reconnects with its Last-Event-ID and gets `resumed: false`.
 //
 // The same catch-up serves a live client that fell behind (its backlog would
-// have gone above `maxQueue`): it starts from the last entry the client was
+// have gone above `maxBacklog`): it starts from the last entry the client was
 // written, once its backlog has drained. What a catch-up holds is bounded
-// too: a page, and while merging at most `maxQueue` bytes of shared entries;
+// too: a page, and while merging at most `maxBacklog` bytes of shared
+// entries (references to the frames every client is sent);
 // a merge that would collect more is given up (those entries are still in
 // the history) and paging goes on.
 
@@ -89,7 +90,7 @@ export interface ResumeHost<C> {
   /** The shared subscription's last ids. */
   readonly shared: IdWindow;
   /** The most bytes of shared entries a merge collects. */
-  readonly maxQueue: number;
+  readonly maxBacklog: number;
   /** The next page of the channel's stream after `after`. */
   history(after: string): Promise<SSEBrokerEntry[] | null>;
   /**
@@ -194,7 +195,7 @@ export class Resume<C> {
 
   /**
    * While merging: a shared entry after `until` that the client wants. One
-   * that would take the collected frames above `maxQueue` gives the merge
+   * that would take the collected frames above `maxBacklog` gives the merge
    * up: paging goes on from the client's position, through the history,
    * which holds them too.
    *
@@ -202,7 +203,7 @@ export class Resume<C> {
    * @param id Its id.
    */
   collect(bytes: Uint8Array, id: string): void {
-    if (this.#pendingBytes + bytes.byteLength > this.#host.maxQueue) {
+    if (this.#pendingBytes + bytes.byteLength > this.#host.maxBacklog) {
       this.#phase = PAGING;
       this.#until = "";
       this.#forget();
@@ -359,7 +360,7 @@ export class Resume<C> {
 
   /**
    * At `until`: writes the shared entries collected since (at most
-   * `maxQueue` bytes), then joins.
+   * `maxBacklog` bytes), then joins.
    */
   #merge(): void {
     const client = this.#client;

@@ -352,7 +352,7 @@ async function burst(count: number): Promise<Burst> {
   }
 }
 
-test("SSEChannel holds at most maxQueue for each stalled client, not the burst: 20 stalled sockets and 200 MiB published", async () => {
+test("SSEChannel holds at most maxBacklog of shared frames for stalled clients, not the burst: 20 stalled sockets and 200 MiB published", async () => {
   const alone = await burst(0);
   const stalled = await burst(BURST_CLIENTS);
   const mib = (bytes: number) => (bytes / MiB).toFixed(1);
@@ -366,16 +366,18 @@ test("SSEChannel holds at most maxQueue for each stalled client, not the burst: 
     } MiB above the start against ${mib(alone.peak)}`,
   );
   assert.equal(stalled.size, BURST_CLIENTS, stalled.reasons.join());
-  // Each stalled client holds at most maxQueue (1 MiB) of frames, its
-  // stream's queue (64 KiB) and a page of history: about 22 MiB for 20.
+  // Each stalled client refers to at most maxBacklog (128 MiB) of frames,
+  // the same frames for all 20 (they stalled together), then keeps only its
+  // position; and a reference (8 bytes) per frame: about 130 MiB for 20.
+  const maxBacklog = 128 * MiB;
   assert.ok(
-    stalled.retained - alone.retained < 32 * MiB,
+    stalled.retained - alone.retained < maxBacklog + 16 * MiB,
     `${BURST_CLIENTS} stalled clients retained ${
       mib(stalled.retained - alone.retained)
     } MiB`,
   );
   assert.ok(
-    stalled.peak - alone.peak < 96 * MiB,
+    stalled.peak - alone.peak < maxBacklog + 96 * MiB,
     `${BURST_CLIENTS} stalled clients raised the peak RSS by ${
       mib(stalled.peak - alone.peak)
     } MiB`,
@@ -463,12 +465,16 @@ async function readNumbers(raw: RawClient, count: number): Promise<number[]> {
   return numbers;
 }
 
-test("SSEChannel keeps every reader through a 50 MiB burst, far above maxQueue: a reader that pauses catches up from history", async () => {
+test("SSEChannel keeps every reader through a 50 MiB burst, far above maxBacklog: a reader that pauses catches up from a history that holds the burst", async () => {
+  // The history holds the whole burst (8 000 entries, 128 MiB), and each
+  // client's backlog holds at most 8 MiB: beyond it, a client catches up
+  // from the history.
   const broker = new StoreBroker({ maxHistoryBytes: 128 * MiB });
   const reasons: string[] = [];
   const channel = new SSEChannel({
     broker,
     replay: 8000,
+    maxBacklog: 8 * MiB,
     keepAlive: 0,
     onDisconnect: (_context, { reason }) => reasons.push(reason),
   });
