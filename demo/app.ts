@@ -29,7 +29,10 @@
 // the last tick) and the sessions live in the broker and the store it is
 // given: with DenoKvBroker and kvStore on one file, a demo started again on
 // that file goes on where the previous one stopped, and every open tab
-// resumes, still signed in.
+// resumes, still signed in. Several demos on one store (processes on one
+// file, instances on Deno Deploy) are one app: snapshots are read from the
+// store, and one of them at a time runs the ticker (a lease in the store,
+// taken over when its holder stops or stalls).
 
 import {
   type SSEBroker,
@@ -47,14 +50,26 @@ const MAX_USER = 32;
 const MAX_TEXT = 500;
 const MAX_PROMPT = 2000;
 
-/** Where the demo keeps what a new tab's snapshot shows. */
+/**
+ * Where the demo keeps what a new tab's snapshot shows. Every demo on one
+ * store shares it: nothing of it is kept in a process.
+ */
 export interface DemoStore {
-  /** Each room's chat history (oldest first) and the last tick, if any. */
-  load(): Promise<{ history: Map<string, ChatMessage[]>; tick?: Tick }>;
-  /** Stores a room's chat history. */
-  saveChat(room: string, messages: ChatMessage[]): Promise<void>;
+  /** A room's chat history, oldest first. */
+  chat(room: string): Promise<ChatMessage[]>;
+  /** Adds a message to its room's history, which keeps the last `keep`. */
+  addChat(message: ChatMessage, keep: number): Promise<void>;
+  /** The last tick published, if any. */
+  tick(): Promise<Tick | undefined>;
   /** Stores the last tick published. */
   saveTick(tick: Tick): Promise<void>;
+  /**
+   * Takes the ticker for `owner`, or keeps it, for the next `ms`: one demo
+   * per store ticks. Whether `owner` holds it.
+   */
+  claimTicker(owner: string, ms: number): Promise<boolean>;
+  /** Lets the ticker go at once, if `owner` holds it. */
+  releaseTicker(owner: string): Promise<void>;
   /** The name signed in with a session, or `undefined`. */
   session(id: string): Promise<string | undefined>;
   /** Stores a session (for a week), or deletes it with `undefined`. */
@@ -68,10 +83,23 @@ export interface DemoStore {
  */
 export function memoryStore(): DemoStore {
   const sessions = new Map<string, string>();
+  const chats = new Map<string, ChatMessage[]>();
+  let last: Tick | undefined;
   return {
-    load: () => Promise.resolve({ history: new Map() }),
-    saveChat: () => Promise.resolve(),
-    saveTick: () => Promise.resolve(),
+    chat: (room) => Promise.resolve([...chats.get(room) ?? []]),
+    addChat(message, keep) {
+      const kept = [...chats.get(message.room) ?? [], message];
+      chats.set(message.room, kept.slice(-keep));
+      return Promise.resolve();
+    },
+    tick: () => Promise.resolve(last),
+    saveTick(tick) {
+      last = tick;
+      return Promise.resolve();
+    },
+    // One process: it always ticks.
+    claimTicker: () => Promise.resolve(true),
+    releaseTicker: () => Promise.resolve(),
     session: (id) => Promise.resolve(sessions.get(id)),
     saveSession(id, user) {
       if (user === undefined) sessions.delete(id);
@@ -90,25 +118,44 @@ export function memoryStore(): DemoStore {
  * @returns The store.
  */
 export function kvStore(kv: Deno.Kv): DemoStore {
+  const lease = ["sse-demo", "ticker"];
   return {
-    async load() {
-      const history = new Map<string, ChatMessage[]>();
-      for (const room of ROOMS) {
-        const { value } = await kv.get<ChatMessage[]>([
-          "sse-demo",
-          "chat",
-          room,
-        ]);
-        if (Array.isArray(value)) history.set(room, value);
-      }
-      const { value: tick } = await kv.get<Tick>(["sse-demo", "tick"]);
-      return tick === null ? { history } : { history, tick };
+    async chat(room) {
+      const { value } = await kv.get<ChatMessage[]>(["sse-demo", "chat", room]);
+      return Array.isArray(value) ? value : [];
     },
-    async saveChat(room, messages) {
-      await kv.set(["sse-demo", "chat", room], messages);
+    async addChat(message, keep) {
+      // Read, add, write only if no other demo wrote meanwhile; else again.
+      const key = ["sse-demo", "chat", message.room];
+      for (;;) {
+        const entry = await kv.get<ChatMessage[]>(key);
+        const kept = Array.isArray(entry.value) ? entry.value : [];
+        const next = [...kept, message].slice(-keep);
+        if ((await kv.atomic().check(entry).set(key, next).commit()).ok) return;
+      }
+    },
+    async tick() {
+      const { value } = await kv.get<Tick>(["sse-demo", "tick"]);
+      return value ?? undefined;
     },
     async saveTick(tick) {
       await kv.set(["sse-demo", "tick"], tick);
+    },
+    async claimTicker(owner, ms) {
+      const entry = await kv.get<{ owner: string; until: number }>(lease);
+      const held = entry.value;
+      const now = Date.now();
+      if (held !== null && held.owner !== owner && held.until > now) {
+        return false;
+      }
+      const { ok } = await kv.atomic().check(entry)
+        .set(lease, { owner, until: now + ms }).commit();
+      return ok;
+    },
+    async releaseTicker(owner) {
+      const entry = await kv.get<{ owner: string }>(lease);
+      if (entry.value?.owner !== owner) return;
+      await kv.atomic().check(entry).delete(lease).commit();
     },
     async session(id) {
       const { value } = await kv.get<string>(["sse-demo", "session", id]);
@@ -208,13 +255,13 @@ export async function createDemo(options: DemoOptions): Promise<Demo> {
   // The broker outlives channels (and, on a shared store, processes): a
   // restarted channel on it still resumes clients from ids handed out before.
   const { broker, store = memoryStore() } = options;
-  const saved = await store.load();
-  const history = new Map<string, ChatMessage[]>(
-    ROOMS.map((room) => [room, saved.history.get(room) ?? []]),
-  );
   const shutdown = new AbortController();
-  let lastTick: Tick | undefined = saved.tick;
-  let price = saved.tick?.price ?? 100;
+  // This demo among those on the store, for the ticker's lease.
+  const owner = crypto.randomUUID();
+  // Whether this demo ticked last: if not, it goes on from the store's tick.
+  let ticking = false;
+  let lastTick: Tick | undefined = await store.tick();
+  let price = lastTick?.price ?? 100;
   let restarts = 0;
   let published = 0;
   let completions = 0;
@@ -251,7 +298,7 @@ export async function createDemo(options: DemoOptions): Promise<Demo> {
       },
       // Topics from the context: no second look at the request.
       topics: ({ room }) => [`room:${room}`, "ticker"],
-      init({ room }, lastEventId, { resumed }): SSEMessage[] {
+      async init({ room }, lastEventId, { resumed }): Promise<SSEMessage[]> {
         // Resumed: the channel replays exactly what was missed, after this.
         if (resumed) {
           return [{ event: "resumed", data: { from: lastEventId, room } }];
@@ -261,8 +308,8 @@ export async function createDemo(options: DemoOptions): Promise<Demo> {
           event: "snapshot",
           data: {
             room,
-            messages: history.get(room),
-            tick: lastTick ?? null,
+            messages: await store.chat(room),
+            tick: await store.tick() ?? null,
             lastEventId,
           },
         }];
@@ -272,6 +319,18 @@ export async function createDemo(options: DemoOptions): Promise<Demo> {
   let channel = createChannel();
 
   async function tick(): Promise<void> {
+    // Long enough that a busy holder keeps it, short enough that another
+    // demo takes over soon after the holder is killed.
+    if (!await store.claimTicker(owner, Math.max(3 * tickerInterval, 2000))) {
+      ticking = false;
+      return;
+    }
+    if (!ticking) {
+      // Taken over (or started): from the last tick any demo published.
+      lastTick = await store.tick() ?? lastTick;
+      price = lastTick?.price ?? price;
+      ticking = true;
+    }
     price = Math.max(1, price * (1 + (Math.random() - 0.5) * 0.01));
     const next: Tick = {
       n: (lastTick?.n ?? 0) + 1,
@@ -285,12 +344,19 @@ export async function createDemo(options: DemoOptions): Promise<Demo> {
     // tick again (a tab takes it for the one it has), never skips one.
     await store.saveTick(next);
   }
+  // The tick in flight, which close() waits for before letting the ticker go.
+  let ticked: Promise<void> = Promise.resolve();
+  let inFlight = false;
   const ticker = setInterval(() => {
-    tick().catch((error) => {
+    // A slow store skips a beat rather than run two ticks at once, which
+    // could publish their numbers out of order.
+    if (inFlight) return;
+    inFlight = true;
+    ticked = tick().catch((error) => {
       if (!closed) {
         console.error(`demo: a tick was not published: ${error.message}`);
       }
-    });
+    }).finally(() => inFlight = false);
   }, tickerInterval);
 
   async function chat(
@@ -327,10 +393,7 @@ export async function createDemo(options: DemoOptions): Promise<Demo> {
       topic: `room:${room}`,
     });
     published++;
-    const kept = history.get(room)!;
-    kept.push({ id, ...message });
-    if (kept.length > HISTORY) kept.shift();
-    await store.saveChat(room, kept);
+    await store.addChat({ id, ...message }, HISTORY);
     return Response.json({ id }, { status: 201 });
   }
 
@@ -431,14 +494,15 @@ export async function createDemo(options: DemoOptions): Promise<Demo> {
     return Response.json({ room, users: [...users.values()] });
   }
 
-  function stats(): Response {
+  async function stats(): Promise<Response> {
+    const messages: Record<string, number> = {};
+    for (const room of ROOMS) messages[room] = (await store.chat(room)).length;
     return Response.json({
       clients: channel.size,
       uptimeSeconds: Math.round((Date.now() - started) / 1000),
-      ticks: lastTick?.n ?? 0,
-      messages: Object.fromEntries(
-        ROOMS.map((room) => [room, history.get(room)!.length]),
-      ),
+      // The store's: any demo on it may have ticked last.
+      ticks: (await store.tick())?.n ?? 0,
+      messages,
       published,
       completions,
       channelRestarts: restarts,
@@ -475,7 +539,7 @@ export async function createDemo(options: DemoOptions): Promise<Demo> {
       case "POST /api/restart":
         return await restart();
       case "GET /stats":
-        return stats();
+        return await stats();
       case "GET /metrics":
         return new Response(prometheus(channel.metrics()), {
           headers: { "content-type": "text/plain; version=0.0.4" },
@@ -505,6 +569,9 @@ export async function createDemo(options: DemoOptions): Promise<Demo> {
     closed = true;
     clearInterval(ticker);
     shutdown.abort();
+    await ticked;
+    // Another demo on the store takes the ticker over at once.
+    await store.releaseTicker(owner).catch(() => {});
     await channel.close();
   }
 

@@ -626,6 +626,88 @@ Deno.test(
   },
 );
 
+/** `count` ticks in a row from `stream`: their numbers. */
+async function ticksOf(stream: Stream, count: number): Promise<number[]> {
+  const ticks: number[] = [];
+  while (ticks.length < count) {
+    ticks.push(JSON.parse((await stream.next("tick")).data).n);
+  }
+  return ticks;
+}
+
+/** The ids of the chat messages of a new tab's snapshot. */
+async function snapshotChat(
+  url: string,
+  session: { cookie: string },
+): Promise<string[]> {
+  const stream = await Stream.open(`${url}events?room=lobby`, session);
+  try {
+    const snapshot = JSON.parse((await stream.next("snapshot")).data);
+    return snapshot.messages.map((message: { id: string }) => message.id);
+  } finally {
+    await stream.close();
+  }
+}
+
+Deno.test(
+  "Two demos on one KV file tick as one, show each other's chat in a new tab's snapshot, and one goes on ticking when the other stops",
+  SANITIZED,
+  async () => {
+    await withDir(async (dir) => {
+      const a = await DemoProcess.start({ dir, args: ["--tick", "50"] });
+      try {
+        const b = await DemoProcess.start({ dir, args: ["--tick", "50"] });
+        let last: number;
+        // Sessions are in the file: one sign-in serves both.
+        const session = await signIn(a.url);
+        const ids: string[] = [];
+        try {
+          for (
+            const [demo, text] of [[a, "to a"], [b, "to b"], [a, "a again"]]
+          ) {
+            const response = await post(`${demo.url}api/chat`, {
+              room: "lobby",
+              text,
+            });
+            assert.equal(response.status, 201);
+            ids.push((await response.json()).id);
+          }
+          assert.deepEqual(await snapshotChat(a.url, session), ids);
+          assert.deepEqual(await snapshotChat(b.url, session), ids);
+          const stream = await Stream.open(
+            `${b.url}events?room=lobby`,
+            session,
+          );
+          try {
+            const ticks = await ticksOf(stream, 20);
+            for (let i = 1; i < ticks.length; i++) {
+              assert.equal(ticks[i], ticks[i - 1]! + 1, `ticks ${ticks}`);
+            }
+            last = ticks.at(-1)!;
+          } finally {
+            await stream.close();
+          }
+        } finally {
+          await stopCleanly(b);
+        }
+        // Whichever ticked, a goes on from where the ticker was.
+        const stream = await Stream.open(`${a.url}events?room=lobby`, session);
+        try {
+          const ticks = await ticksOf(stream, 10);
+          assert.ok(ticks[0]! > last, `ticks ${ticks} after ${last}`);
+          for (let i = 1; i < ticks.length; i++) {
+            assert.equal(ticks[i], ticks[i - 1]! + 1, `ticks ${ticks}`);
+          }
+        } finally {
+          await stream.close();
+        }
+      } finally {
+        await stopCleanly(a);
+      }
+    });
+  },
+);
+
 Deno.test(
   "A demo on --memory forgets on restart: a client back with an old id gets a snapshot",
   SANITIZED,
