@@ -311,9 +311,9 @@ export class Fanout<C> {
   ): void {
     if (client.state === CLOSED) return;
     // A client still in onConnect's wake (the broker, init) is answered by
-    // its connect: with its ended stream when `disconnect` ended it (see
-    // SSEChannel's #endedAnswer), else 503.
-    let ended = client.state === OPEN || reason === "disconnected";
+    // its connect: 503 when the channel closed, else with its stream, ended
+    // as an open client's is (see SSEChannel's #stopped).
+    let ended = client.state === OPEN || reason !== "channel-closed";
     try {
       if (reason === "slow") client.discard();
       else if (client.state === OPEN) client.flushAll();
