@@ -112,6 +112,16 @@ function report(): void {
     const seq = sequences[i]!;
     if (seq < events) slowest[seq] = Math.max(slowest[seq]!, latencies[i]!);
   }
+  // Each event's own p99: one event hit by a pause elsewhere on the machine
+  // moves only its own.
+  const perEvent = Array.from({ length: events }, () => [] as number[]);
+  for (let i = 0; i < measured; i++) {
+    const seq = sequences[i]!;
+    if (seq < events) perEvent[seq]!.push(latencies[i]!);
+  }
+  const eventP99 = perEvent.map((values) =>
+    percentile(Float64Array.from(values).sort(), 0.99)
+  );
   let sum = 0;
   for (const value of sorted) sum += value;
   emit({
@@ -127,6 +137,7 @@ function report(): void {
     lastReceive,
     readErrors,
     slowest: slowest.map((value) => Math.round(value)),
+    eventP99,
   });
 }
 
