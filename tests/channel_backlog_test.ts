@@ -5,6 +5,7 @@
 // whose peer never reads, and the metrics of delivery. Each scenario runs
 // over a real Deno.serve and real sockets.
 import assert from "node:assert/strict";
+import FakeTimers from "@sinonjs/fake-timers";
 import {
   MemoryBroker,
   type SSEBrokerEntry,
@@ -37,6 +38,37 @@ function numbers(events: SSEEvent[]): number[] {
 
 function run(from: number, count: number): number[] {
   return Array.from({ length: count }, (_, i) => from + i);
+}
+
+/** Resolves once `done()` holds, checking every few milliseconds. */
+async function until(done: () => boolean, what: string): Promise<void> {
+  await within(
+    (async () => {
+      while (!done()) await new Promise((resolve) => setTimeout(resolve, 5));
+    })(),
+    WAIT_MS,
+    what,
+  );
+}
+
+/** A turn of the event loop with real time. */
+function turn(): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, 1));
+}
+
+/** A channel on a real server, with every disconnect reason it reports. */
+function served<C = undefined>(
+  options: ConstructorParameters<typeof SSEChannel<C>>[0] = {},
+) {
+  const reasons: string[] = [];
+  const channel = new SSEChannel<C>({
+    ...options,
+    onDisconnect: (_context, { reason }) => reasons.push(reason),
+  });
+  const server = serve((request) => channel.connect(request));
+  /** Reasons other than the readers' own close at the end of a test. */
+  const dropped = () => reasons.filter((reason) => reason !== "client-closed");
+  return { channel, server, reasons, dropped };
 }
 
 /**
@@ -138,5 +170,133 @@ test("SSEChannel writes the broker's id alone, never the id a stored message car
       await server.shutdown();
       await broker.close();
     }
+  }
+});
+
+test("SSEChannel with default options delivers a burst of 300 messages of 4 KiB whole to 5 SSEClient readers, from their backlogs", async () => {
+  const { channel, server, dropped } = served();
+  try {
+    const readers = Array.from({ length: 5 }, () => read(server.url, 300));
+    await until(() => channel.size === 5, "5 readers");
+    for (let i = 0; i < 300; i++) await channel.publish(numbered(i, 4 * KiB));
+    for (const { events } of await Promise.all(readers)) {
+      assert.deepEqual(numbers(events), run(0, 300));
+    }
+    assert.deepEqual(dropped(), []);
+    const metrics = channel.metrics();
+    // Nobody reconnected, nobody fell back to the history.
+    assert.equal(metrics.connections, 5);
+    assert.equal(metrics.fellBehind, 0);
+    assert.equal(metrics.delivered, 1500);
+  } finally {
+    await channel.close();
+    await server.shutdown();
+  }
+});
+
+test("SSEChannel with default options delivers 16 384 messages of 4 KiB from a publisher that never yields to a reader beside 20 stalled sockets, and drops the stalled ones", async () => {
+  const clock = FakeTimers.install({
+    toFake: ["setInterval", "clearInterval"],
+  });
+  const { channel, server, reasons, dropped } = served();
+  const stalled: RawClient[] = [];
+  try {
+    for (let i = 0; i < 20; i++) stalled.push(await RawClient.open(server.url));
+    await until(() => channel.size === 20, "the stalled sockets to connect");
+    const COUNT = 16_384;
+    const reading = read(server.url, COUNT);
+    await until(() => channel.size === 21, "the reader to connect");
+    // Every publish runs to its end without a turn of the event loop:
+    // nothing reaches a socket until all 64 MiB are published.
+    const publishing: Promise<string>[] = [];
+    for (let i = 0; i < COUNT; i++) {
+      publishing.push(channel.publish(numbered(i, 4 * KiB)));
+    }
+    await Promise.all(publishing);
+    const { events } = await reading;
+    assert.deepEqual(numbers(events), run(0, COUNT));
+    // The stalled sockets take nothing for drainTimeout (10 s, checked
+    // every 2.5 s): dropped as slow, the reader kept.
+    for (let i = 0; i < 8 && dropped().length < 20; i++) {
+      clock.tick(2500);
+      await turn();
+    }
+    assert.deepEqual(dropped(), Array(20).fill("slow"));
+    assert.equal(reasons.length, 21);
+    const metrics = channel.metrics();
+    assert.equal(metrics.connections, 21);
+    assert.equal(metrics.fellBehind, 0);
+  } finally {
+    for (const client of stalled) client.close();
+    await channel.close();
+    await server.shutdown();
+    clock.uninstall();
+  }
+});
+
+test("SSEChannel with default options delivers one message of 20 MiB after a 200 KiB burst to every reader", async () => {
+  const HUGE = 20 * MiB;
+  const { channel, server, dropped } = served();
+  try {
+    const readers = Array.from(
+      { length: 5 },
+      () => read(server.url, 202, { maxEventSize: 32 * MiB }),
+    );
+    await until(() => channel.size === 5, "5 readers");
+    for (let i = 0; i < 200; i++) await channel.publish(numbered(i, KiB));
+    await channel.publish({ data: "H".repeat(HUGE) });
+    await channel.publish({ data: "after" });
+    for (const { events } of await Promise.all(readers)) {
+      assert.deepEqual(numbers(events.slice(0, 200)), run(0, 200));
+      assert.equal(events[200]!.data.length, HUGE);
+      assert.equal(events[201]!.data, "after");
+    }
+    assert.deepEqual(dropped(), []);
+    assert.equal(channel.metrics().connections, 5);
+  } finally {
+    await channel.close();
+    await server.shutdown();
+  }
+});
+
+test("SSEChannel counts a message as delivered when it is handed to a response stream, not when it waits in a backlog dropped with a slow client", async () => {
+  const clock = FakeTimers.install({
+    toFake: ["setInterval", "clearInterval"],
+  });
+  const { channel, server, dropped } = served({
+    keepAlive: 0,
+    drainTimeout: 1000,
+  });
+  let raw: RawClient | undefined;
+  try {
+    raw = await RawClient.open(server.url);
+    await until(() => channel.size === 1, "the raw client");
+    // 24 MiB, far more than loopback's socket buffers take.
+    const COUNT = 3000;
+    for (let i = 0; i < COUNT; i++) {
+      await channel.publish(numbered(i, 8 * KiB));
+      if (i % 50 === 0) await turn();
+    }
+    for (let i = 0; i < 8 && dropped().length === 0; i++) {
+      clock.tick(250);
+      await turn();
+    }
+    assert.deepEqual(dropped(), ["slow"]);
+    const { delivered } = channel.metrics();
+    assert.ok(delivered < COUNT, `delivered ${delivered} of ${COUNT}`);
+    // The client now reads all it will ever get: what was handed to its
+    // stream, then the end of the response (no check ran: nothing is cut).
+    const client = raw;
+    assert.equal(
+      await client.readUntil(() => client.ended, "the end of the stream"),
+      true,
+    );
+    const got = client.text.match(/^data: /gm)?.length ?? 0;
+    assert.equal(got, delivered);
+  } finally {
+    raw?.close();
+    await channel.close();
+    await server.shutdown();
+    clock.uninstall();
   }
 });
