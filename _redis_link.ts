@@ -76,6 +76,13 @@ export class RedisLink {
   /** Failed reconnection attempts in a row, for the backoff. */
   #reconnects = 0;
   #healthy = true;
+  /**
+   * Why a connection last failed, until one is ready again: what a command
+   * sent meanwhile rejects with, rather than node-redis's "The client is
+   * closed", which says nothing of the cause (a wrong password, a refused
+   * connection, a server that is not Redis).
+   */
+  #failure: unknown = undefined;
   #closed = false;
   /** The waits #bounded is timing, so that they can be ended together. */
   #bounds = new Set<Bound>();
@@ -134,6 +141,18 @@ export class RedisLink {
    * @returns The reply.
    */
   send(client: Connection, args: string[], extra = 0): Promise<unknown> {
+    // The writer only: the reader's offline queue holds a read until then.
+    if (
+      client === this.#writer && !client.isOpen &&
+      this.#failure !== undefined && !this.#closed
+    ) {
+      const failure = this.#failure;
+      return Promise.reject(
+        new Error(`not connected to Redis: ${errorMessage(failure)}`, {
+          cause: failure,
+        }),
+      );
+    }
     return this.#bounded(client, client.sendCommand(args), extra);
   }
 
@@ -219,8 +238,12 @@ export class RedisLink {
         keyPrefix: undefined,
         socket: { ...template.options?.socket, reconnectStrategy: false },
       } as unknown as { RESP: 2; disableOfflineQueue: boolean })) as Connection;
-    client.on("error", (error) => this.fault(error, "Redis connection failed"));
+    client.on("error", (error) => {
+      this.#failure = error;
+      this.fault(error, "Redis connection failed");
+    });
     client.on("ready", () => {
+      this.#failure = undefined;
       this.#reconnects = 0;
       this.recovered();
       // Redis is back: reconnect the other connection now rather than after
@@ -266,6 +289,7 @@ export class RedisLink {
       // Every command waiting on this connection fails with this reason, not
       // with the "disconnected" that destroying it gives them.
       const error = new Error(`no answer from Redis within ${ms} ms`);
+      this.#failure = error;
       for (const other of this.#bounds) {
         if (other.client === client) other.fail(error);
       }

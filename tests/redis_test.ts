@@ -405,7 +405,7 @@ redisTest(
 );
 
 redisTest(
-  "RedisBroker publish rejects at once while Redis is unreachable, and subscribe and history too",
+  "RedisBroker publish rejects at once while Redis is unreachable, and subscribe and history too, each saying why",
   async () => {
     const url = await unreachableRedisUrl();
     const errors: Error[] = [];
@@ -415,17 +415,47 @@ redisTest(
       await assert.rejects(broker.publish("s", message("x"), { replay: 1 }), {
         message: /^Cannot publish to "s": .*ECONNREFUSED/,
       });
+      // Not node-redis's "The client is closed": what is wrong, every time.
       await assert.rejects(broker.publish("s", message("x"), { replay: 1 }), {
-        message: /^Cannot publish to "s": /,
+        message: /^Cannot publish to "s": .*ECONNREFUSED/,
       });
-      await assert.rejects(broker.subscribe("s", () => {}), Error);
+      await assert.rejects(broker.subscribe("s", () => {}), {
+        message: /^Cannot subscribe to "s": .*ECONNREFUSED/,
+      });
       await assert.rejects(
         broker.history("s", { after: `1-0.${streamTag("sse:s")}`, limit: 1 }),
-        /^Error: Cannot read the history of "s": /,
+        /^Error: Cannot read the history of "s": .*ECONNREFUSED/,
       );
       assert.ok(performance.now() - started < 1_000);
       assert.equal(errors.length, 1);
       assert.match(errors[0]!.message, /^Redis connection failed: /);
+    } finally {
+      await broker.close();
+    }
+  },
+);
+
+redisTest(
+  "RedisBroker with a wrong password says so in every rejection, and reports it once",
+  async () => {
+    await using redis = await startRedis({ args: ["--requirepass", "right"] });
+    const errors: Error[] = [];
+    const broker = new RedisBroker({
+      url: redis.url.replace("redis://", "redis://:wrong@"),
+      onError: (e) => errors.push(e),
+    });
+    try {
+      for (let i = 0; i < 3; i++) {
+        await assert.rejects(
+          broker.publish("s", message("x"), { replay: 1 }),
+          { message: /^Cannot publish to "s": .*WRONGPASS/ },
+        );
+      }
+      await assert.rejects(broker.subscribe("s", () => {}), {
+        message: /^Cannot subscribe to "s": .*WRONGPASS/,
+      });
+      assert.equal(errors.length, 1);
+      assert.match(errors[0]!.message, /WRONGPASS/);
     } finally {
       await broker.close();
     }
