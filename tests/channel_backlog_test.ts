@@ -14,14 +14,7 @@ import {
 } from "../server.ts";
 import { SSEClient } from "../client.ts";
 import type { SSEEvent } from "../parser.ts";
-import {
-  Counter,
-  RawClient,
-  serve,
-  test,
-  WAIT_MS,
-  within,
-} from "./_channel.ts";
+import { Client, RawClient, serve, test, WAIT_MS, within } from "./_channel.ts";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -298,5 +291,80 @@ test("SSEChannel counts a message as delivered when it is handed to a response s
     await channel.close();
     await server.shutdown();
     clock.uninstall();
+  }
+});
+
+test("SSEChannel close ends every stream, cuts one whose peer never reads after min(drainTimeout, 1000 ms), and resolves then, no timer left", async () => {
+  for (const drainTimeout of [undefined, 300]) {
+    const grace = Math.min(drainTimeout ?? 10_000, 1000);
+    const { channel, server } = served(
+      drainTimeout === undefined ? {} : { drainTimeout },
+    );
+    let stalled: RawClient | undefined;
+    let reader: Client | undefined;
+    try {
+      stalled = await RawClient.open(server.url);
+      await until(() => channel.size === 1, "the stalled socket");
+      reader = await Client.open(server.url);
+      // 16 MiB: more than loopback's socket buffers and the runtime take
+      // from a socket that is never read.
+      const COUNT = 2048;
+      for (let i = 0; i < COUNT; i++) {
+        await channel.publish(numbered(i, 8 * KiB));
+        if (i % 64 === 0) await turn();
+      }
+      await reader.take(COUNT);
+      const started = performance.now();
+      await channel.close();
+      const took = performance.now() - started;
+      assert.ok(
+        took >= grace - 20 && took < grace + 1000,
+        `close() took ${took.toFixed(0)} ms, grace ${grace} ms`,
+      );
+      // The reader got a clean end after everything.
+      await reader.closed();
+      assert.equal(reader.error, undefined);
+      assert.deepEqual(numbers(reader.events), run(0, COUNT));
+      // The stalled peer gets what was on its way, then the connection
+      // ends without the response's last chunk: its stream was cut.
+      const raw = stalled;
+      assert.equal(await raw.readUntil(() => false, "the cut"), false);
+      assert.equal(raw.ended, false);
+      raw.close();
+      await within(server.shutdown(), WAIT_MS, "server.shutdown()");
+      assert.match(
+        String(server.errors[0]),
+        new RegExp(`has not read the end of its stream within ${grace} ms`),
+      );
+    } finally {
+      stalled?.close();
+      await reader?.close();
+      await channel.close();
+      await server.shutdown();
+    }
+  }
+});
+
+test("SSEChannel close resolves as soon as every client has taken the end of its stream", async () => {
+  const { channel, server } = served();
+  const readers: Client[] = [];
+  try {
+    for (let i = 0; i < 5; i++) readers.push(await Client.open(server.url));
+    await until(() => channel.size === 5, "5 readers");
+    for (let i = 0; i < 300; i++) await channel.publish(numbered(i, 4 * KiB));
+    const started = performance.now();
+    await channel.close();
+    const took = performance.now() - started;
+    // Far less than the grace (1 000 ms): no client needed it.
+    assert.ok(took < 500, `close() took ${took.toFixed(0)} ms`);
+    for (const reader of readers) {
+      await reader.closed();
+      assert.equal(reader.error, undefined);
+      assert.deepEqual(numbers(reader.events), run(0, 300));
+    }
+  } finally {
+    await Promise.all(readers.map((reader) => reader.close()));
+    await channel.close();
+    await server.shutdown();
   }
 });
