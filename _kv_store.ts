@@ -543,6 +543,21 @@ export function decodeEntry(
 }
 
 /**
+ * The message of a failed database operation, for an error of the broker's:
+ * a `Deno.Kv` its caller closed under the broker says so, rather than the
+ * runtime's "Bad resource ID".
+ *
+ * @param error What the operation threw.
+ * @returns The message.
+ */
+export function kvErrorMessage(error: unknown): string {
+  if ((error as { name?: unknown } | null)?.name === "BadResource") {
+    return "its Deno.Kv is closed (close the broker before it)";
+  }
+  return errorMessage(error);
+}
+
+/**
  * Whether an error is SQLite's "database is locked": another connection was
  * writing, so the same operation may succeed a moment later.
  *

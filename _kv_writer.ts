@@ -4,7 +4,6 @@
 // allow, after the stream's head; then the trimming of old entries. Private:
 // never exported from mod.ts or deno.json.
 
-import { errorMessage } from "./_broker.ts";
 import {
   entryCost,
   entryId,
@@ -15,6 +14,7 @@ import {
   KV_MAX_COMMIT,
   KV_MAX_COMMIT_KEYS,
   KV_MAX_MUTATIONS,
+  kvErrorMessage,
   listRange,
   setEntry,
   type StreamKeys,
@@ -127,7 +127,7 @@ export class StreamWriter {
             ? new TypeError("Cannot publish: broker is closed")
             : new Error(
               `Cannot publish to ${JSON.stringify(this.#keys.name)}: ${
-                errorMessage(error)
+                kvErrorMessage(error)
               }`,
               { cause: error },
             );

@@ -89,6 +89,7 @@ import {
   type Head,
   headSeq,
   keySize,
+  kvErrorMessage,
   MAX_ENTRY_SIZE,
   MAX_STREAM_KEY,
   parseHead,
@@ -414,7 +415,7 @@ export class DenoKvBroker implements SSEBroker {
       release();
       if (error instanceof TypeError) throw error;
       throw new Error(
-        `Cannot subscribe to ${JSON.stringify(name)}: ${errorMessage(error)}`,
+        `Cannot subscribe to ${JSON.stringify(name)}: ${kvErrorMessage(error)}`,
         { cause: error },
       );
     }
@@ -480,7 +481,17 @@ export class DenoKvBroker implements SSEBroker {
         if (entries.length === limit) return;
       }
     })());
-    await reading;
+    try {
+      await reading;
+    } catch (error) {
+      if (error instanceof TypeError) throw error; // closed meanwhile
+      throw new Error(
+        `Cannot read the history of ${JSON.stringify(name)}: ${
+          kvErrorMessage(error)
+        }`,
+        { cause: error },
+      );
+    }
     return found ? entries : null;
   }
 
@@ -812,7 +823,7 @@ export class DenoKvBroker implements SSEBroker {
     if (this.#closed || !this.#healthy) return;
     this.#healthy = false;
     this.#report(
-      new Error(`${context}: ${errorMessage(error)}`, { cause: error }),
+      new Error(`${context}: ${kvErrorMessage(error)}`, { cause: error }),
     );
   }
 }

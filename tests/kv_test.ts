@@ -126,6 +126,41 @@ function broker(
 }
 
 kvTest(
+  "DenoKvBroker says that its Deno.Kv was closed when the caller closes it under a running broker, in every rejection and in one report",
+  async (db) => {
+    const kv = await db.open();
+    const closedUnder = broker(kv, { pollInterval: 20 });
+    const received = new Collector();
+    const subscription = await closedUnder.subscribe("s", received.onEntry);
+    const [first] = await publishAll(closedUnder, "s", ["a"]);
+    await received.until(1);
+    kv.close();
+    const said = /its Deno\.Kv is closed \(close the broker before it\)$/;
+    await assert.rejects(
+      closedUnder.publish("s", message("b"), { replay: 9 }),
+      {
+        message: new RegExp(`^Cannot publish to "s": ${said.source}`),
+      },
+    );
+    await assert.rejects(
+      closedUnder.history("s", { after: first!, limit: 9 }),
+      {
+        message: new RegExp(`^Cannot read the history of "s": ${said.source}`),
+      },
+    );
+    await assert.rejects(closedUnder.subscribe("t", () => {}), {
+      message: new RegExp(`^Cannot subscribe to "t": ${said.source}`),
+    });
+    // The poll meets it too: one report, whatever the number of polls.
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    subscription.unsubscribe();
+    await closedUnder.close();
+    assert.equal(closedUnder.errors.length, 1, closedUnder.errors.join("\n"));
+    assert.match(closedUnder.errors[0]!, said);
+  },
+);
+
+kvTest(
   "DenoKvBroker delivers between two handles of one file by the watch alone",
   async (db) => {
     const publisher = broker(await db.open(), { pollInterval: Infinity });
