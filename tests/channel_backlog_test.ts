@@ -368,3 +368,79 @@ test("SSEChannel close resolves as soon as every client has taken the end of its
     await server.shutdown();
   }
 });
+
+/**
+ * The labels of one sample line of the Prometheus text exposition format,
+ * read as strictly as prometheus/common's parser does: a label value is
+ * any UTF-8 text in double quotes where a backslash starts only `\\`, `\"`
+ * or `\n`, and a raw line feed cannot appear.
+ */
+function exposedLabels(line: string): Map<string, string> {
+  const labels = new Map<string, string>();
+  const open = line.indexOf("{");
+  let i = open + 1;
+  while (line[i] !== "}") {
+    const name = /^[a-zA-Z_][a-zA-Z0-9_]*="/.exec(line.slice(i));
+    assert.ok(name, `a label name at ${i} of ${JSON.stringify(line)}`);
+    i += name[0].length;
+    let value = "";
+    for (;;) {
+      const c = line[i++];
+      assert.ok(c !== undefined && c !== "\n", "an unterminated label value");
+      if (c === '"') break;
+      if (c === "\\") {
+        const escaped = line[i++];
+        assert.ok(
+          escaped === "\\" || escaped === '"' || escaped === "n",
+          `invalid escape sequence '\\${escaped}' in ${JSON.stringify(line)}`,
+        );
+        value += escaped === "n" ? "\n" : escaped;
+      } else {
+        value += c;
+      }
+    }
+    labels.set(name[0].slice(0, -2), value);
+    if (line[i] === ",") i++;
+  }
+  assert.match(line.slice(i + 1), /^ \d+$/);
+  return labels;
+}
+
+test("The README's /metrics example writes label values as the Prometheus text format allows, whatever a topic holds", async () => {
+  const readme = await Deno.readTextFile(
+    new URL("../README.md", import.meta.url),
+  );
+  const section = readme.slice(readme.indexOf("### Metrics"));
+  const start = section.indexOf("```ts\n") + "```ts\n".length;
+  const code = section.slice(start, section.indexOf("```\n", start));
+  const root = new URL("../", import.meta.url);
+  const file = new URL(
+    `.readme_metrics_${crypto.randomUUID()}.ts`,
+    root,
+  ).pathname;
+  await Deno.writeTextFile(file, code);
+  try {
+    const { code: status, stdout, stderr } = await new Deno.Command(
+      Deno.execPath(),
+      {
+        args: [
+          "run",
+          "--allow-net=127.0.0.1",
+          `--config=${new URL("deno.json", root).pathname}`,
+          file,
+        ],
+        stdout: "piped",
+        stderr: "piped",
+      },
+    ).output();
+    assert.equal(status, 0, new TextDecoder().decode(stderr));
+    const line = new TextDecoder().decode(stdout).trimEnd();
+    assert.match(line, /^sse_topic_clients\{/);
+    assert.deepEqual(
+      exposedLabels(line),
+      new Map([["topic", 'tab\t"quoted"\nnext line']]),
+    );
+  } finally {
+    await Deno.remove(file);
+  }
+});
