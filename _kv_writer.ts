@@ -258,7 +258,15 @@ export class StreamWriter {
       });
       for await (const { key, value } of list) {
         const time = headerTime(value);
-        if (key.length === depth + 1 && time !== undefined && time > old) {
+        // An entry dated more than trimDelay ahead was written by a clock
+        // this one cannot compare with (set back since, or another
+        // instance's, running fast): its age is unknown, so it counts as
+        // old. Else no trim would run here until this clock caught up (an
+        // hour after a clock set back an hour), the stream growing meanwhile.
+        if (
+          key.length === depth + 1 && time !== undefined && time > old &&
+          time <= now + trimDelay
+        ) {
           // Too young: try again when it is old enough.
           this.#trimAt = time + trimDelay;
           last = (key[depth] as number) - 1;

@@ -147,7 +147,9 @@ export interface DenoKvBrokerOptions {
    * An entry beyond the newest `replay` of its stream is deleted once it is
    * at least this many milliseconds old, so that every instance (polling, or
    * slowed down) has read it before it goes. Until then a stream keeps more
-   * than `replay` entries.
+   * than `replay` entries. An entry dated more than this ahead of the
+   * trimming instance's clock (a clock set back, or another instance's
+   * running fast) counts as old: its age cannot be known.
    * @default {30_000}
    */
   trimDelay?: number;
