@@ -62,9 +62,11 @@ export interface SSEChannelMetrics {
    */
   received: number;
   /**
-   * Messages written to clients, each copy counted once per client: live
-   * ones and those replayed from history (not `init`'s messages, not
-   * keep-alives).
+   * Messages handed to clients' response streams, each copy counted once
+   * per client: live ones and those replayed from history (not `init`'s
+   * messages, not keep-alives). A message counts when the channel hands its
+   * frame to the stream, not while it waits in a client's backlog: a
+   * backlog dropped with a slow client is not delivered.
    */
   delivered: number;
   /**
@@ -82,8 +84,8 @@ export interface SSEChannelMetrics {
    */
   resumeFallbacks: number;
   /**
-   * Times a live client fell more than `maxQueue` behind and was sent the
-   * rest from history (see `maxQueue`).
+   * Times a live client fell more than `maxBacklog` behind and was sent the
+   * rest from history (see `maxBacklog`).
    */
   fellBehind: number;
   /**
