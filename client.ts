@@ -480,8 +480,8 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
    *
    * @param url The event stream's URL.
    * @param options Request, reconnection and callback options.
-   * @throws {TypeError} When the URL cannot be parsed or is not http: or
-   * https:, when `method` is not an HTTP token, is one fetch forbids
+   * @throws {TypeError} When the URL is a `Request` (pass its `url`), cannot
+   * be parsed or is not http: or https:, when `method` is not an HTTP token, is one fetch forbids
    * (`CONNECT`, `TRACE`, `TRACK`) or is `HEAD` (no body: no event could
    * arrive), when `headers` holds a value fetch cannot send (a control
    * character other than tab), when `body` is given with `GET` or is a
@@ -493,6 +493,12 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
    * (`maxRetryDelay` below 100 ms included).
    */
   constructor(url: string | URL, options: SSEClientOptions = {}) {
+    if (isRequest(url)) {
+      // As fetch takes it: its method, headers and body would be lost.
+      throw new TypeError(
+        "Invalid URL: expected a string or a URL, got a Request (pass request.url, and its method, headers and body as options)",
+      );
+    }
     let resolved: URL;
     try {
       resolved = resolveURL(url);
@@ -1069,6 +1075,14 @@ function isDefaultAbort(reason: unknown): boolean {
 // client waits for it.
 const ERROR_BODY_LIMIT = 64 * 1024;
 const ERROR_BODY_TIME = 5000;
+
+// Whether a value is a fetch Request (of this realm or another): what
+// stringifies to "[object Request]", not to its URL.
+function isRequest(value: unknown): boolean {
+  return typeof value === "object" && value !== null &&
+    !(value instanceof URL) &&
+    Object.prototype.toString.call(value) === "[object Request]";
+}
 
 // A callback option, type-checked: one that is not a function would throw
 // only when called, in the middle of the stream.

@@ -284,7 +284,7 @@ test("SSEClient reconnects without a last event ID that begins or ends with a sp
   assert.equal(errors.all.length, 1);
 });
 
-test("SSEClient sends the six methods fetch normalises in upper case, and any other as given", async () => {
+test("SSEClient sends the methods fetch normalises in upper case (HEAD is refused), and any other as given", async () => {
   await using server = new TestServer(() =>
     new Response(null, { status: 204 })
   );
@@ -296,7 +296,6 @@ test("SSEClient sends the six methods fetch normalises in upper case, and any ot
       "put",
       "delete",
       "options",
-      "head",
       "patch",
       "mkcol",
       "Search",
@@ -314,19 +313,23 @@ test("SSEClient sends the six methods fetch normalises in upper case, and any ot
     ["put", "PUT"],
     ["delete", "DELETE"],
     ["options", "OPTIONS"],
-    ["head", "HEAD"],
     ["patch", "patch"],
     ["mkcol", "mkcol"],
     ["Search", "Search"],
   ]);
-  // A body is refused with get and head, whatever their case.
+  // A body is refused with GET, and HEAD itself, whatever their case.
   assert.throws(
-    () => new SSEClient(server.url, { method: "hEaD", body: "x" }),
+    () => new SSEClient(server.url, { method: "gEt", body: "x" }),
     {
       name: "TypeError",
-      message: "Invalid body: a HEAD request cannot have one",
+      message: "Invalid body: a GET request cannot have one",
     },
   );
+  assert.throws(() => new SSEClient(server.url, { method: "hEaD" }), {
+    name: "TypeError",
+    message:
+      "Invalid method: a response to HEAD has no body, so no event could ever arrive",
+  });
 });
 
 test("SSEClient takes a Last-Event-ID header as the seed, then manages the header alone", async () => {
@@ -2508,6 +2511,16 @@ test("SSEClient rejects invalid options at once", () => {
     name: "TypeError",
     message: "Invalid URL: expected http: or https:, got ftp:",
   });
+  // A Request, as fetch takes: its method, headers (a Last-Event-ID among
+  // them) and body would be lost; before: "Invalid URL: [object Request]".
+  assert.throws(
+    () => new SSEClient(new Request(url) as unknown as string),
+    {
+      name: "TypeError",
+      message:
+        "Invalid URL: expected a string or a URL, got a Request (pass request.url, and its method, headers and body as options)",
+    },
+  );
   assert.throws(() => new SSEClient(url, { retry: -1 }), {
     name: "RangeError",
     message:
