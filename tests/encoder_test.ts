@@ -410,6 +410,18 @@ const refused: [unknown, typeof TypeError | typeof RangeError, RegExp][] = [
     TypeError,
     /^Invalid data: cannot be encoded as JSON: .*BigInt/,
   ],
+  // One line: V8's message for a cycle takes three.
+  [
+    {
+      data: (() => {
+        const cycle: Record<string, unknown> = {};
+        cycle.self = cycle;
+        return cycle;
+      })(),
+    },
+    TypeError,
+    /^Invalid data: cannot be encoded as JSON: Converting circular structure to JSON [^\n]*'self' closes the circle$/,
+  ],
   [
     { data: { toJSON: () => undefined } },
     TypeError,
