@@ -17,6 +17,9 @@
 //     32 KiB, and whose response streams (high-water mark 0) enqueue the
 //     next chunk each time the runtime pulls: nothing held per client but
 //     the runtime's own connection and what is being written.
+// Then resume and hand again with V8's young generation held small
+// (`--max-semi-space-size=1`, MiB): how much of a peak is V8 sizing its
+// young generation to the allocation rate, rather than anything kept.
 // For each: the server's peak RSS (VmHWM, in its own process, against its
 // RSS before the clients connect) and the time from the first connection to
 // the moment every client has every event. The ratio resume / live shows
@@ -105,6 +108,11 @@ async function server(args: Map<string, string>): Promise<void> {
   if (mode === "resume") await publish();
   (globalThis as { gc?: () => void }).gc?.();
   const before = await memory();
+  // The JS heap's peak, sampled: heapUsed counts garbage not yet collected.
+  let heapPeak = 0;
+  const sampler = setInterval(() => {
+    heapPeak = Math.max(heapPeak, Deno.memoryUsage().heapUsed);
+  }, 5);
   print({ type: "ready", port: http.addr.port, start, rss: before.rss });
   const lines = Deno.stdin.readable.pipeThrough(new TextDecoderStream());
   let pending = "";
@@ -122,10 +130,11 @@ async function server(args: Map<string, string>): Promise<void> {
         await publish();
         print({ type: "published" });
       } else if (line === "memory") {
-        print({ type: "memory", ...await memory() });
+        print({ type: "memory", ...await memory(), heapPeak });
       }
     }
   }
+  clearInterval(sampler);
   await channel.close();
   await http.shutdown();
 }
@@ -223,12 +232,16 @@ interface Result {
   mode: string;
   baseline: number;
   peak: number;
+  heapPeak: number;
   ms: number;
 }
 
+type Mode = "resume" | "live" | "hand";
+
 async function run(
-  mode: "resume" | "live" | "hand",
+  mode: Mode,
   args: Map<string, string>,
+  smallYoung = false,
 ): Promise<Result> {
   const module = args.get("module") ??
     new URL("../server.ts", import.meta.url).pathname;
@@ -244,7 +257,7 @@ async function run(
     Deno.execPath(),
     "run",
     "-A",
-    "--v8-flags=--expose-gc",
+    `--v8-flags=--expose-gc${smallYoung ? ",--max-semi-space-size=1" : ""}`,
     SELF,
     "--role",
     "server",
@@ -276,11 +289,12 @@ async function run(
     }
     const caughtUp = await clientChild.message("caught-up", 300_000);
     await serverChild.send("memory");
-    const { peak } = await serverChild.message("memory", 10_000);
+    const { peak, heapPeak } = await serverChild.message("memory", 10_000);
     return {
-      mode,
+      mode: smallYoung ? `${mode}, young generation 1 MiB` : mode,
       baseline: ready.rss as number,
       peak: peak as number,
+      heapPeak: heapPeak as number,
       ms: caughtUp.ms as number,
     };
   } finally {
@@ -312,33 +326,42 @@ async function main(): Promise<void> {
   );
   const results: Result[] = [];
   const only = args.get("only");
-  for (const mode of ["resume", "live", "hand"] as const) {
+  const runs: [Mode, boolean][] = [
+    ["resume", false],
+    ["live", false],
+    ["hand", false],
+    ["resume", true],
+    ["hand", true],
+  ];
+  for (const [mode, smallYoung] of runs) {
     if (only === undefined || only === mode) {
-      results.push(await run(mode, args));
+      results.push(await run(mode, args, smallYoung));
     }
   }
-  const mib = (bytes: number) => (bytes / MiB).toFixed(0).padStart(6);
+  const mib = (bytes: number) => (bytes / MiB).toFixed(0);
   console.log(
-    "| mode   | RSS before (MiB) | peak RSS (MiB) | growth (MiB) | all caught up (ms) |",
+    "| mode | RSS before (MiB) | peak RSS (MiB) | growth (MiB) | peak JS heap (MiB) | all caught up (ms) |",
   );
-  console.log(
-    "| ------ | ---------------: | -------------: | -----------: | -----------------: |",
-  );
+  console.log("| --- | ---: | ---: | ---: | ---: | ---: |");
   for (const result of results) {
     console.log(
-      `| ${result.mode.padEnd(6)} | ${mib(result.baseline)}           | ${
-        mib(result.peak)
-      }         | ${mib(result.peak - result.baseline)}       | ${
-        result.ms.toFixed(0).padStart(8)
-      }           |`,
+      `| ${result.mode} | ${mib(result.baseline)} | ${mib(result.peak)} | ${
+        mib(result.peak - result.baseline)
+      } | ${mib(result.heapPeak)} | ${result.ms.toFixed(0)} |`,
     );
   }
   const find = (mode: string) => results.find((r) => r.mode === mode);
   const resume = find("resume");
-  for (const other of [find("live"), find("hand")]) {
+  const young = ", young generation 1 MiB";
+  const pairs = [
+    [resume, find("live")],
+    [resume, find("hand")],
+    [find(`resume${young}`), find(`hand${young}`)],
+  ];
+  for (const [resume, other] of pairs) {
     if (resume === undefined || other === undefined) continue;
     console.log(
-      `resume / ${other.mode}: peak RSS ${
+      `${resume.mode} / ${other.mode}: peak RSS ${
         (resume.peak / other.peak).toFixed(2)
       }x, growth ${
         ((resume.peak - resume.baseline) / (other.peak - other.baseline))
