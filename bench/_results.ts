@@ -83,6 +83,8 @@ export interface StepResult {
 /** bench/results.json. */
 export interface BenchResults {
   date: string;
+  /** The commit measured ("+ changes" when the checkout had any). */
+  commit?: string;
   quick: boolean;
   machine: {
     cpu: string;
@@ -183,7 +185,7 @@ const INTRO: Record<string, string> = {
   broker:
     "1 000 clients in two load processes; burst = events as fast as accepted, paced = events at a fixed rate; each broker in its own setup.",
   resume:
-    "N clients reconnect at once, each missing K events; the server's peak RSS and the time until every client has caught up, against the same events delivered live.",
+    "N clients reconnect at once, each missing K events; the server's peak RSS and the time until every client has caught up, against the same events delivered live, and against a hand-written floor on `Deno.serve` (the frames encoded once, in shared 32 KiB chunks, each response stream pulling the next); then resume and floor again with V8's young generation held to 1 MiB semi-spaces.",
 };
 
 function section(step: StepResult): string[] {
@@ -233,8 +235,8 @@ export function renderResults(results: BenchResults): string {
     "by bench/readme.ts. Machine-readable: bench/results.json.",
     "",
     README_START,
-    `Measured ${
-      results.date.slice(0, 10)
+    `Measured ${results.date.slice(0, 10)}${
+      results.commit === undefined ? "" : ` at commit ${results.commit}`
     } on ${m.cpu}, ${m.cores} cores (${m.os}), Deno ${m.deno} (V8 ${m.v8}); every benchmark runs ours and its peers in the same run, interleaved, and gives medians. The machine is shared: each benchmark gives the load average (1, 5 and 15 minutes) around it, and ratios measured in one run are what to read.${
       results.quick
         ? " **A --quick run: a check of the suite, not figures.**"

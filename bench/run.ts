@@ -164,6 +164,36 @@ async function cpuModel(): Promise<string> {
   }
 }
 
+/** The commit measured, with "+ changes" when the checkout has any. */
+async function commit(): Promise<string> {
+  const git = async (...args: string[]) => {
+    const { success, stdout } = await new Deno.Command("git", {
+      args,
+      cwd: new URL("../", import.meta.url),
+      stdout: "piped",
+      stderr: "null",
+    }).output();
+    return success ? new TextDecoder().decode(stdout).trim() : undefined;
+  };
+  try {
+    const head = await git("rev-parse", "--short", "HEAD");
+    if (head === undefined) return "unknown";
+    // Only what the benchmarks run: the results themselves change as they go.
+    const changes = await git(
+      "status",
+      "--porcelain",
+      "--",
+      ".",
+      ":!bench/results.md",
+      ":!bench/results.json",
+      ":!README.md",
+    );
+    return changes === "" ? head : `${head} + changes`;
+  } catch {
+    return "unknown";
+  }
+}
+
 function clock(): string {
   return new Date().toISOString().slice(11, 19);
 }
@@ -269,6 +299,7 @@ async function main(): Promise<void> {
     }: ${chosen.map((step) => step.key).join(", ")}\n`,
   );
   const started = performance.now();
+  const measured = await commit();
   const before = only === undefined ? undefined : await previous();
   const steps: StepResult[] = [];
   for (const step of STEPS) {
@@ -280,6 +311,7 @@ async function main(): Promise<void> {
   }
   const results: BenchResults = {
     date: new Date().toISOString(),
+    commit: measured,
     quick,
     machine: {
       cpu: await cpuModel(),
