@@ -164,6 +164,9 @@ export interface DenoKvBrokerOptions {
 
 const DEFAULT_PREFIX: Deno.KvKey = ["sse"];
 const DEFAULT_POLL_INTERVAL = 1_000;
+
+/** The wait before watching again after a watch that ended within it, ms. */
+const REWATCH_DELAY = 1_000;
 const DEFAULT_EXPIRE_IN = 86_400_000;
 const DEFAULT_TRIM_DELAY = 30_000;
 /** How long `close()` waits for operations in flight. */
@@ -217,6 +220,8 @@ interface Reader {
   pulling: Promise<void> | undefined;
   again: boolean;
   watch: ReadableStreamDefaultReader<Deno.KvEntryMaybe<unknown>[]> | undefined;
+  /** A new watch to come, after one that ended by itself (see #startWatch). */
+  rewatch: Timer | undefined;
   retired: boolean;
 }
 
@@ -608,6 +613,7 @@ export class DenoKvBroker implements SSEBroker {
         pulling: undefined,
         again: false,
         watch: undefined,
+        rewatch: undefined,
         retired: false,
       };
       this.#readers.set(name, reader);
@@ -638,6 +644,8 @@ export class DenoKvBroker implements SSEBroker {
     const watch = reader.watch;
     reader.watch = undefined;
     if (watch !== undefined) this.#track(watch.cancel());
+    clearTimeout(reader.rewatch);
+    reader.rewatch = undefined;
   }
 
   /**
@@ -655,15 +663,31 @@ export class DenoKvBroker implements SSEBroker {
       return;
     }
     reader.watch = watch;
+    const started = Date.now();
     this.#track((async () => {
       try {
         for (;;) {
           const { value, done } = await watch.read();
-          if (done || reader.retired) return;
+          if (reader.retired || this.#closed) return;
+          if (done) break;
           if (value[0] !== undefined) {
             this.#observe(reader, parseHead(value[0]));
           }
         }
+        // Ended by itself (a service closing long watches): watch again,
+        // whether or not a poll runs (with none, nothing would be delivered
+        // any more). A new watch reports the head as it is first, so nothing
+        // is missed; one that ends at once waits a little, never spinning.
+        if (reader.watch !== watch) return;
+        reader.watch = undefined;
+        const lived = Date.now() - started;
+        reader.rewatch = startTimeout(() => {
+          reader.rewatch = undefined;
+          // (Unless the poll watched again first.)
+          if (!reader.retired && !this.#closed && reader.watch === undefined) {
+            this.#startWatch(reader);
+          }
+        }, lived < REWATCH_DELAY ? REWATCH_DELAY : 0);
       } catch (error) {
         if (reader.retired || this.#closed) return;
         // The poll starts a new watch.

@@ -160,6 +160,67 @@ kvTest(
   },
 );
 
+/**
+ * The database, with watches that end after `reads` changes, as a watch whose
+ * connection the service closes (on Deno Deploy, say) ends: cleanly, not
+ * with an error. Returns the wrapper and how many watches were opened.
+ */
+function endingWatches(
+  kv: Deno.Kv,
+  reads: number,
+): { kv: Deno.Kv; watches: () => number } {
+  let watches = 0;
+  const wrapped = Object.create(kv) as Deno.Kv;
+  wrapped.watch = ((keys: Deno.KvKey[]) => {
+    watches++;
+    const reader = kv.watch(keys).getReader();
+    let left = reads;
+    return new ReadableStream<Deno.KvEntryMaybe<unknown>[]>({
+      async pull(controller) {
+        if (left-- === 0) {
+          await reader.cancel();
+          controller.close();
+          return;
+        }
+        const { value, done } = await reader.read();
+        if (done) controller.close();
+        else controller.enqueue(value);
+      },
+      cancel: () => reader.cancel(),
+    });
+  }) as Deno.Kv["watch"];
+  for (const method of ["atomic", "get", "list"] as const) {
+    // deno-lint-ignore no-explicit-any
+    (wrapped as any)[method] = (kv[method] as any).bind(kv);
+  }
+  return { kv: wrapped, watches: () => watches };
+}
+
+kvTest(
+  "DenoKvBroker watches again when a watch ends by itself, also with the poll off, losing nothing",
+  async (db) => {
+    const kv = await db.open();
+    const { kv: ending, watches } = endingWatches(kv, 3);
+    const reader = broker(ending, { pollInterval: Infinity });
+    const publisher = broker(kv, { pollInterval: Infinity });
+    const received = new Collector();
+    const subscription = await reader.subscribe("s", received.onEntry);
+    const ids: string[] = [];
+    for (let i = 0; i < 6; i++) {
+      ids.push(...await publishAll(publisher, "s", [String(i)]));
+      // Each one through the watch (before: the first watch ended after two
+      // changes, and nothing more was delivered).
+      await received.untilId(ids.at(-1)!);
+    }
+    assert.deepEqual(received.ids, ids);
+    assert.ok(watches() >= 3, `${watches()} watches`);
+    subscription.unsubscribe();
+    await publisher.close();
+    await reader.close();
+    assert.deepEqual([...publisher.errors, ...reader.errors], []);
+  },
+);
+
 kvTest(
   "DenoKvBroker delivers between two handles of one file by the watch alone",
   async (db) => {
