@@ -369,7 +369,8 @@ async function main(): Promise<void> {
       }x, time ${(resume.ms / other.ms).toFixed(2)}x`,
     );
   }
-  if (resume !== undefined) {
+  // The target is for the issue's herd: 1 000 clients x 500 events of 200 B.
+  if (resume !== undefined && n === 1000 && missed === 500 && size === 200) {
     const peak = resume.peak / MiB;
     console.log(
       `Target: resume peak RSS ${peak.toFixed(0)} MiB, at most 160 MiB: ${

@@ -182,6 +182,7 @@ async function commit(): Promise<string> {
     const changes = await git(
       "status",
       "--porcelain",
+      "--untracked-files=no",
       "--",
       ".",
       ":!bench/results.md",
