@@ -215,7 +215,11 @@ function paragraphs(text: string): string[] {
   const out: string[] = [];
   let inTable = false;
   for (const line of text.split("\n")) {
-    if (line.trim() === "") continue;
+    // A blank line ends a table: the next one starts a table of its own.
+    if (line.trim() === "") {
+      inTable = false;
+      continue;
+    }
     const row = line.startsWith("|");
     if (out.length > 0 && !(row && inTable)) out.push("");
     out.push(line);
