@@ -658,13 +658,14 @@ export class DenoKvBroker implements SSEBroker {
     try {
       watch = this.#kv.watch([reader.keys.head]).getReader();
     } catch (error) {
-      // The poll tries again.
       this.#fault(error, `Cannot watch ${JSON.stringify(reader.name)}`);
+      this.#rewatch(reader, REWATCH_DELAY);
       return;
     }
     reader.watch = watch;
     const started = Date.now();
     this.#track((async () => {
+      let failed = false;
       try {
         for (;;) {
           const { value, done } = await watch.read();
@@ -674,27 +675,36 @@ export class DenoKvBroker implements SSEBroker {
             this.#observe(reader, parseHead(value[0]));
           }
         }
-        // Ended by itself (a service closing long watches): watch again,
-        // whether or not a poll runs (with none, nothing would be delivered
-        // any more). A new watch reports the head as it is first, so nothing
-        // is missed; one that ends at once waits a little, never spinning.
-        if (reader.watch !== watch) return;
-        reader.watch = undefined;
-        const lived = Date.now() - started;
-        reader.rewatch = startTimeout(() => {
-          reader.rewatch = undefined;
-          // (Unless the poll watched again first.)
-          if (!reader.retired && !this.#closed && reader.watch === undefined) {
-            this.#startWatch(reader);
-          }
-        }, lived < REWATCH_DELAY ? REWATCH_DELAY : 0);
       } catch (error) {
         if (reader.retired || this.#closed) return;
-        // The poll starts a new watch.
-        if (reader.watch === watch) reader.watch = undefined;
+        failed = true;
         this.#fault(error, `Cannot watch ${JSON.stringify(reader.name)}`);
       }
+      // Ended by itself (a service closing long watches) or failed: watch
+      // again, whether or not a poll runs (with none, nothing would be
+      // delivered any more). A new watch reports the head as it is first, so
+      // nothing is missed; after a failure, or a watch that ended at once,
+      // it waits a little, never spinning.
+      if (reader.watch !== watch) return;
+      reader.watch = undefined;
+      const lived = Date.now() - started;
+      this.#rewatch(
+        reader,
+        failed || lived < REWATCH_DELAY ? REWATCH_DELAY : 0,
+      );
     })());
+  }
+
+  /** Watches `reader`'s stream again after `delay` ms. */
+  #rewatch(reader: Reader, delay: number): void {
+    if (reader.rewatch !== undefined || reader.retired || this.#closed) return;
+    reader.rewatch = startTimeout(() => {
+      reader.rewatch = undefined;
+      // (Unless the poll watched again first.)
+      if (!reader.retired && !this.#closed && reader.watch === undefined) {
+        this.#startWatch(reader);
+      }
+    }, delay);
   }
 
   #ensurePoll(): void {

@@ -161,13 +161,15 @@ kvTest(
 );
 
 /**
- * The database, with watches that end after `reads` changes, as a watch whose
- * connection the service closes (on Deno Deploy, say) ends: cleanly, not
- * with an error. Returns the wrapper and how many watches were opened.
+ * The database, with watches that end after `reads` changes: cleanly, as a
+ * watch whose connection the service closes (on Deno Deploy, say) ends, or
+ * with an error (`fail`). Returns the wrapper and how many watches were
+ * opened.
  */
 function endingWatches(
   kv: Deno.Kv,
   reads: number,
+  fail = false,
 ): { kv: Deno.Kv; watches: () => number } {
   let watches = 0;
   const wrapped = Object.create(kv) as Deno.Kv;
@@ -179,7 +181,8 @@ function endingWatches(
       async pull(controller) {
         if (left-- === 0) {
           await reader.cancel();
-          controller.close();
+          if (fail) controller.error(new Error("watch connection reset"));
+          else controller.close();
           return;
         }
         const { value, done } = await reader.read();
@@ -196,30 +199,39 @@ function endingWatches(
   return { kv: wrapped, watches: () => watches };
 }
 
-kvTest(
-  "DenoKvBroker watches again when a watch ends by itself, also with the poll off, losing nothing",
-  async (db) => {
-    const kv = await db.open();
-    const { kv: ending, watches } = endingWatches(kv, 3);
-    const reader = broker(ending, { pollInterval: Infinity });
-    const publisher = broker(kv, { pollInterval: Infinity });
-    const received = new Collector();
-    const subscription = await reader.subscribe("s", received.onEntry);
-    const ids: string[] = [];
-    for (let i = 0; i < 6; i++) {
-      ids.push(...await publishAll(publisher, "s", [String(i)]));
-      // Each one through the watch (before: the first watch ended after two
-      // changes, and nothing more was delivered).
-      await received.untilId(ids.at(-1)!);
-    }
-    assert.deepEqual(received.ids, ids);
-    assert.ok(watches() >= 3, `${watches()} watches`);
-    subscription.unsubscribe();
-    await publisher.close();
-    await reader.close();
-    assert.deepEqual([...publisher.errors, ...reader.errors], []);
-  },
-);
+for (const fail of [false, true]) {
+  kvTest(
+    `DenoKvBroker watches again when a watch ${
+      fail ? "fails" : "ends by itself"
+    }, also with the poll off, losing nothing`,
+    async (db) => {
+      const kv = await db.open();
+      const { kv: ending, watches } = endingWatches(kv, 3, fail);
+      const reader = broker(ending, { pollInterval: Infinity });
+      const publisher = broker(kv, { pollInterval: Infinity });
+      const received = new Collector();
+      const subscription = await reader.subscribe("s", received.onEntry);
+      const ids: string[] = [];
+      for (let i = 0; i < 6; i++) {
+        ids.push(...await publishAll(publisher, "s", [String(i)]));
+        // Each one through the watch (before: the first watch ended after two
+        // changes, and nothing more was delivered).
+        await received.untilId(ids.at(-1)!);
+      }
+      assert.deepEqual(received.ids, ids);
+      assert.ok(watches() >= 3, `${watches()} watches`);
+      subscription.unsubscribe();
+      await publisher.close();
+      await reader.close();
+      assert.deepEqual(publisher.errors, []);
+      // Each failure is reported (two here: reads worked in between).
+      assert.equal(reader.errors.length > 0, fail);
+      for (const error of reader.errors) {
+        assert.equal(error, 'Cannot watch "s": watch connection reset');
+      }
+    },
+  );
+}
 
 kvTest(
   "DenoKvBroker delivers between two handles of one file by the watch alone",
