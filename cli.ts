@@ -185,6 +185,11 @@ export function parseArgs(args: string[]): CLIOptions | "help" | "version" {
       );
     }
   }
+  if (values.resend && values.data === undefined) {
+    throw new TypeError(
+      "Invalid --resend: it sends the body again, so it needs --data",
+    );
+  }
   const client: SSEClientOptions = { headers };
   if (values.method !== undefined) client.method = values.method;
   if (values.data !== undefined) {

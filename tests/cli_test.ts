@@ -284,6 +284,10 @@ Deno.test(
         'sse: Invalid method: "BAD METHOD" is not an HTTP token',
       ],
       [
+        ["--resend", url],
+        "sse: Invalid --resend: it sends the body again, so it needs --data",
+      ],
+      [
         ["-X", "HEAD", url],
         "sse: Invalid method: a response to HEAD has no body, so no event could ever arrive",
       ],
