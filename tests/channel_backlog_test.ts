@@ -444,3 +444,44 @@ test("The README's /metrics example writes label values as the Prometheus text f
     await Deno.remove(file);
   }
 });
+
+test("SSEChannel refuses a maxBacklog that is not a positive number of bytes", () => {
+  for (const maxBacklog of [0, -1, NaN, "8" as unknown as number]) {
+    assert.throws(
+      () => new SSEChannel({ maxBacklog }),
+      (error: unknown) =>
+        error instanceof RangeError &&
+        error.message.startsWith(
+          "Invalid maxBacklog: expected a positive number of bytes, got ",
+        ),
+    );
+  }
+  return Promise.resolve();
+});
+
+test("SSEChannel sends a message larger than maxBacklog to a reader with nothing waiting, and one that falls beyond maxBacklog catches up from the history", async () => {
+  const { channel, server, dropped } = served({ maxBacklog: MiB });
+  try {
+    const reading = read(server.url, 52, { maxEventSize: 4 * MiB });
+    await until(() => channel.size === 1, "the reader");
+    await channel.publish({ data: "B".repeat(2 * MiB) });
+    // 50 messages of 64 KiB without a turn of the event loop: 3 MiB, more
+    // than maxBacklog, behind the big one.
+    const publishing: Promise<string>[] = [];
+    for (let i = 0; i < 50; i++) {
+      publishing.push(channel.publish(numbered(i, 64 * KiB)));
+    }
+    await Promise.all(publishing);
+    await channel.publish({ data: "after" });
+    const { events } = await reading;
+    assert.equal(events[0]!.data.length, 2 * MiB);
+    assert.deepEqual(numbers(events.slice(1, 51)), run(0, 50));
+    assert.equal(events[51]!.data, "after");
+    assert.deepEqual(dropped(), []);
+    assert.equal(channel.metrics().connections, 1);
+    assert.equal(channel.metrics().fellBehind, 1);
+  } finally {
+    await channel.close();
+    await server.shutdown();
+  }
+});
