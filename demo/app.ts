@@ -5,7 +5,8 @@
 //   GET  /                  the page (demo/page.ts)
 //   POST /api/signin        {"user"} → 201 {"user"}, and a session cookie
 //   GET  /api/session       {"user"}: the signed-in name, or null
-//   POST /api/signout       ends the session, and every stream of it at once
+//   POST /api/signout       ends the session, and every stream of it at once,
+//                           on every demo on the broker
 //                           (a final "signed-out" event; its reconnection
 //                           gets 401, so the tab stays away until signed in)
 //   GET  /events?room=R     the channel's event stream, for a signed-in
@@ -36,6 +37,7 @@
 
 import {
   type SSEBroker,
+  type SSEBrokerSubscription,
   SSEChannel,
   type SSEChannelMetrics,
   type SSEMessage,
@@ -229,6 +231,9 @@ interface Context {
 }
 
 const SESSION_COOKIE = "sse-demo-session";
+// The broker stream on which a demo tells the others on the broker that a
+// session signed out, so that each ends that session's streams.
+const SIGNOUTS = "sse-demo-signouts";
 const SESSION_SECONDS = 7 * 24 * 3600;
 
 /**
@@ -317,6 +322,36 @@ export async function createDemo(options: DemoOptions): Promise<Demo> {
     });
   }
   let channel = createChannel();
+
+  /** Ends the streams of a session here, with a final event: how many. */
+  function signedOut(session: string, user: string | null): number {
+    return channel.disconnect(
+      (client) => client.context.session === session,
+      { message: { event: "signed-out", data: { user } } },
+    );
+  }
+  // Sign-outs made on the other demos on the broker. A broker that cannot
+  // be reached yet (a Redis still starting) is tried again every 2 s: it
+  // reports the outage itself.
+  let signouts: SSEBrokerSubscription | undefined;
+  let resubscribe: ReturnType<typeof setTimeout> | undefined;
+  async function listen(): Promise<void> {
+    try {
+      const subscription = await broker.subscribe(SIGNOUTS, ({ message }) => {
+        try {
+          const { session, user } = JSON.parse(String(message.data));
+          if (typeof session === "string") signedOut(session, user ?? null);
+        } catch {
+          // Not one of ours: nothing to end.
+        }
+      });
+      if (closed) subscription.unsubscribe();
+      else signouts = subscription;
+    } catch {
+      if (!closed) resubscribe = setTimeout(listen, 2000);
+    }
+  }
+  await listen();
 
   async function tick(): Promise<void> {
     // Long enough that a busy holder keeps it, short enough that another
@@ -447,10 +482,12 @@ export async function createDemo(options: DemoOptions): Promise<Demo> {
       const user = await store.session(session);
       // Revoked first, so that the tabs' reconnections are refused (401).
       await store.saveSession(session, undefined);
-      disconnected = channel.disconnect(
-        (client) => client.context.session === session,
-        { message: { event: "signed-out", data: { user: user ?? null } } },
-      );
+      disconnected = signedOut(session, user ?? null);
+      // And on every other demo on the broker (they share the store).
+      await broker.publish(SIGNOUTS, {
+        topic: "",
+        message: { data: JSON.stringify({ session, user: user ?? null }) },
+      }, { replay: 0 });
     }
     return Response.json({ disconnected }, {
       headers: {
@@ -567,6 +604,8 @@ export async function createDemo(options: DemoOptions): Promise<Demo> {
   async function close(): Promise<void> {
     if (closed) return;
     closed = true;
+    clearTimeout(resubscribe);
+    signouts?.unsubscribe();
     clearInterval(ticker);
     shutdown.abort();
     await ticked;

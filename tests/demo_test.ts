@@ -663,7 +663,10 @@ Deno.test(
         const ids: string[] = [];
         try {
           for (
-            const [demo, text] of [[a, "to a"], [b, "to b"], [a, "a again"]]
+            const [demo, text] of [[a, "to a"], [b, "to b"], [
+              a,
+              "a again",
+            ]] as [DemoProcess, string][]
           ) {
             const response = await post(`${demo.url}api/chat`, {
               room: "lobby",
@@ -700,6 +703,52 @@ Deno.test(
           }
         } finally {
           await stream.close();
+        }
+      } finally {
+        await stopCleanly(a);
+      }
+    });
+  },
+);
+
+Deno.test(
+  "Signing out on one of two demos on one KV file ends that session's streams on both at once, and only those",
+  SANITIZED,
+  async () => {
+    await withDir(async (dir) => {
+      const a = await DemoProcess.start({ dir });
+      try {
+        const b = await DemoProcess.start({ dir });
+        try {
+          const leaving = await signIn(a.url, "ann");
+          const staying = await signIn(a.url, "bob");
+          const onA = await Stream.open(`${a.url}events?room=lobby`, leaving);
+          const onB = await Stream.open(`${b.url}events?room=lobby`, leaving);
+          const other = await Stream.open(
+            `${b.url}events?room=lobby`,
+            staying,
+          );
+          try {
+            for (const stream of [onA, onB, other]) {
+              await stream.next("snapshot");
+            }
+            const out = await post(`${a.url}api/signout`, {}, leaving);
+            assert.equal(out.status, 200);
+            await out.body?.cancel();
+            // Before: only a's stream ended; b's went on streaming to a
+            // session that no longer exists.
+            for (const stream of [onA, onB]) {
+              const event = await stream.next("signed-out");
+              assert.deepEqual(JSON.parse(event.data), { user: "ann" });
+              await assert.rejects(stream.next("tick"), /ended before/);
+            }
+            // Bob's stream on b goes on.
+            await other.next("tick");
+          } finally {
+            for (const stream of [onA, onB, other]) await stream.close();
+          }
+        } finally {
+          await stopCleanly(b);
         }
       } finally {
         await stopCleanly(a);
