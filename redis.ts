@@ -97,8 +97,8 @@ export interface RedisClientTemplate {
 /** Options of {@linkcode RedisBroker}. */
 export interface RedisBrokerOptions {
   /**
-   * The Redis server, as `redis[s]://[[user][:password]@]host[:port][/db]`.
-   * Ignored when `client` is given.
+   * The Redis server, as `redis[s]://[[user][:password]@]host[:port][/db]`
+   * (anything else throws a `TypeError`). Ignored when `client` is given.
    * @default {"redis://127.0.0.1:6379"}
    */
   url?: string;
@@ -245,8 +245,8 @@ export class RedisBroker implements SSEBroker {
    *
    * @param options Where Redis is (`url` or `client`), the key `prefix`,
    * `commandTimeout` and `onError`.
-   * @throws {TypeError} When an option has the wrong type, or `prefix` is
-   * not well-formed Unicode.
+   * @throws {TypeError} When an option has the wrong type, `url` is not a
+   * `redis:` or `rediss:` URL, or `prefix` is not well-formed Unicode.
    * @throws {RangeError} When `commandTimeout` is not a positive number.
    */
   constructor(options: RedisBrokerOptions = {}) {
@@ -260,6 +260,21 @@ export class RedisBroker implements SSEBroker {
     } = options;
     if (url !== undefined && typeof url !== "string") {
       throw new TypeError(`Invalid url: expected a string, got ${typeof url}`);
+    }
+    if (url !== undefined) {
+      // What node-redis can never connect to: refused now, not at every
+      // command. The URL itself stays out of the message (a password).
+      let protocol: string;
+      try {
+        protocol = new URL(url).protocol;
+      } catch {
+        protocol = "text that is not a URL";
+      }
+      if (protocol !== "redis:" && protocol !== "rediss:") {
+        throw new TypeError(
+          `Invalid url: expected a redis: or rediss: URL, got ${protocol}`,
+        );
+      }
     }
     if (
       client !== undefined &&

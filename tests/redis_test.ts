@@ -742,6 +742,40 @@ redisTest(
   },
 );
 
+Deno.test("RedisBroker refuses at construction a url that can never reach Redis, naming it", async () => {
+  // Before: accepted, then every publish rejected ("Protocol - http: - is not
+  // a valid Redis protocol", "Invalid URL: 'not a url'").
+  for (
+    const [url, message] of [
+      [
+        "http://127.0.0.1:6379",
+        "Invalid url: expected a redis: or rediss: URL, got http:",
+      ],
+      [
+        "not a url",
+        "Invalid url: expected a redis: or rediss: URL, got text that is not a URL",
+      ],
+      [
+        "",
+        "Invalid url: expected a redis: or rediss: URL, got text that is not a URL",
+      ],
+    ]
+  ) {
+    assert.throws(() => new RedisBroker({ url }), {
+      name: "TypeError",
+      message,
+    });
+  }
+  // The password stays out of the message.
+  assert.throws(
+    () => new RedisBroker({ url: "http://user:secret@127.0.0.1/" }),
+    (error: Error) => !error.message.includes("secret"),
+  );
+  for (const url of ["redis://127.0.0.1:1", "rediss://h:1/0", "REDIS://h"]) {
+    await new RedisBroker({ url }).close();
+  }
+});
+
 Deno.test("RedisBroker counts an entry's bytes as UTF-8 does, lone surrogates included", () => {
   fc.assert(
     fc.property(fc.string({ unit: "binary" }), (text) => {
