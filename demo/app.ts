@@ -72,6 +72,18 @@ export interface DemoStore {
   claimTicker(owner: string, ms: number): Promise<boolean>;
   /** Lets the ticker go at once, if `owner` holds it. */
   releaseTicker(owner: string): Promise<void>;
+  /**
+   * Stores who is connected to `room` on the demo `owner`, for the next `ms`
+   * (an empty list removes it).
+   */
+  savePresence(
+    owner: string,
+    room: string,
+    users: OnlineUser[],
+    ms: number,
+  ): Promise<void>;
+  /** Who is connected to `room`, per demo whose entry is fresh. */
+  presence(room: string): Promise<{ owner: string; users: OnlineUser[] }[]>;
   /** The name signed in with a session, or `undefined`. */
   session(id: string): Promise<string | undefined>;
   /** Stores a session (for a week), or deletes it with `undefined`. */
@@ -102,6 +114,9 @@ export function memoryStore(): DemoStore {
     // One process: it always ticks.
     claimTicker: () => Promise.resolve(true),
     releaseTicker: () => Promise.resolve(),
+    // One process: its own list, which it reads from its channel.
+    savePresence: () => Promise.resolve(),
+    presence: () => Promise.resolve([]),
     session: (id) => Promise.resolve(sessions.get(id)),
     saveSession(id, user) {
       if (user === undefined) sessions.delete(id);
@@ -153,6 +168,28 @@ export function kvStore(kv: Deno.Kv): DemoStore {
       const { ok } = await kv.atomic().check(entry)
         .set(lease, { owner, until: now + ms }).commit();
       return ok;
+    },
+    async savePresence(owner, room, users, ms) {
+      const key = ["sse-demo", "online", room, owner];
+      if (users.length === 0) await kv.delete(key);
+      // expireIn is a bound on what a killed demo leaves; `until` is what
+      // readers go by (KV deletes expired keys lazily).
+      else {await kv.set(key, { users, until: Date.now() + ms }, {
+          expireIn: ms,
+        });}
+    },
+    async presence(room) {
+      const lists: { owner: string; users: OnlineUser[] }[] = [];
+      const now = Date.now();
+      const entries = kv.list<{ users: OnlineUser[]; until: number }>({
+        prefix: ["sse-demo", "online", room],
+      });
+      for await (const { key, value } of entries) {
+        if (value.until > now && Array.isArray(value.users)) {
+          lists.push({ owner: String(key.at(-1)), users: value.users });
+        }
+      }
+      return lists;
     },
     async releaseTicker(owner) {
       const entry = await kv.get<{ owner: string }>(lease);
@@ -216,6 +253,13 @@ export interface ChatMessage {
   time: number;
 }
 
+/** A user connected to a room, with how many tabs, since when (ms). */
+export interface OnlineUser {
+  user: string;
+  tabs: number;
+  since: number;
+}
+
 /** One tick of the ticker. */
 export interface Tick {
   n: number;
@@ -231,6 +275,9 @@ interface Context {
 }
 
 const SESSION_COOKIE = "sse-demo-session";
+// How long what a demo says about who is connected to it holds, in ms: it
+// says it again every third of that.
+const PRESENCE_TTL = 3000;
 // The broker stream on which a demo tells the others on the broker that a
 // session signed out, so that each ends that session's streams.
 const SIGNOUTS = "sse-demo-signouts";
@@ -379,6 +426,17 @@ export async function createDemo(options: DemoOptions): Promise<Demo> {
     // tick again (a tab takes it for the one it has), never skips one.
     await store.saveTick(next);
   }
+  // Who is connected here, for the other demos on the store, refreshed well
+  // within its time to live; removed on close.
+  let sharing: Promise<void> = Promise.resolve();
+  const presenceTimer = setInterval(() => {
+    sharing = sharing.then(sharePresence).catch((error) => {
+      if (!closed) {
+        console.error(`demo: presence was not stored: ${error.message}`);
+      }
+    });
+  }, PRESENCE_TTL / 3);
+
   // The tick in flight, which close() waits for before letting the ticker go.
   let ticked: Promise<void> = Promise.resolve();
   let inFlight = false;
@@ -505,16 +563,9 @@ export async function createDemo(options: DemoOptions): Promise<Demo> {
     return Response.json({ user: user ?? null });
   }
 
-  function online(request: Request): Response {
-    const room = new URL(request.url).searchParams.get("room") ?? "lobby";
-    if (!ROOMS.includes(room)) {
-      return badRequest(`Invalid room: expected one of ${ROOMS.join(", ")}`);
-    }
-    // One entry per user, however many tabs: connected since the first.
-    const users = new Map<
-      string,
-      { user: string; tabs: number; since: number }
-    >();
+  /** Who is connected to `room` here: one entry per user, however many tabs. */
+  function localPresence(room: string): OnlineUser[] {
+    const users = new Map<string, OnlineUser>();
     for (const { context, connectedAt } of channel.clients(`room:${room}`)) {
       const seen = users.get(context.user);
       if (seen === undefined) {
@@ -528,7 +579,39 @@ export async function createDemo(options: DemoOptions): Promise<Demo> {
         seen.since = Math.min(seen.since, connectedAt);
       }
     }
-    return Response.json({ room, users: [...users.values()] });
+    return [...users.values()];
+  }
+
+  /** Stores who is connected here, for the other demos on the store. */
+  async function sharePresence(): Promise<void> {
+    for (const room of ROOMS) {
+      await store.savePresence(owner, room, localPresence(room), PRESENCE_TTL);
+    }
+  }
+
+  async function online(request: Request): Promise<Response> {
+    const room = new URL(request.url).searchParams.get("room") ?? "lobby";
+    if (!ROOMS.includes(room)) {
+      return badRequest(`Invalid room: expected one of ${ROOMS.join(", ")}`);
+    }
+    // Here, as it is now; then the other demos on the store, as they last
+    // said: each user once, with the tabs of every demo, since the first.
+    const users = new Map(
+      localPresence(room).map((entry) => [entry.user, entry]),
+    );
+    for (const shared of await store.presence(room)) {
+      if (shared.owner === owner) continue; // this demo's, older
+      for (const other of shared.users) {
+        const seen = users.get(other.user);
+        if (seen === undefined) users.set(other.user, { ...other });
+        else {
+          seen.tabs += other.tabs;
+          seen.since = Math.min(seen.since, other.since);
+        }
+      }
+    }
+    const merged = [...users.values()].sort((x, y) => x.since - y.since);
+    return Response.json({ room, users: merged });
   }
 
   async function stats(): Promise<Response> {
@@ -568,7 +651,7 @@ export async function createDemo(options: DemoOptions): Promise<Demo> {
       case "GET /api/session":
         return await whoAmI(request);
       case "GET /api/online":
-        return online(request);
+        return await online(request);
       case "POST /api/chat":
         return await chat(request, sessionOf(request));
       case "POST /api/complete":
@@ -611,6 +694,11 @@ export async function createDemo(options: DemoOptions): Promise<Demo> {
     await ticked;
     // Another demo on the store takes the ticker over at once.
     await store.releaseTicker(owner).catch(() => {});
+    clearInterval(presenceTimer);
+    await sharing;
+    for (const room of ROOMS) {
+      await store.savePresence(owner, room, [], 0).catch(() => {});
+    }
     await channel.close();
   }
 

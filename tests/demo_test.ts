@@ -757,6 +757,59 @@ Deno.test(
   },
 );
 
+/** The users /api/online lists for the lobby, once it lists `expected`. */
+async function onlineUntil(url: string, expected: string[]): Promise<void> {
+  let users: string[] = [];
+  const deadline = Date.now() + WAIT;
+  while (Date.now() < deadline) {
+    const body = await (await fetch(`${url}api/online?room=lobby`)).json();
+    users = body.users.map((entry: { user: string }) => entry.user).sort();
+    if (users.join() === [...expected].sort().join()) return;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  assert.fail(`online: ${users} (expected ${expected})`);
+}
+
+Deno.test(
+  "Two demos on one KV file each list who is online on either, and forget a demo that stops",
+  SANITIZED,
+  async () => {
+    await withDir(async (dir) => {
+      const a = await DemoProcess.start({ dir });
+      let ann: Stream | undefined;
+      try {
+        const b = await DemoProcess.start({ dir });
+        ann = await Stream.open(
+          `${a.url}events?room=lobby`,
+          await signIn(a.url, "ann"),
+        );
+        let bob: Stream | undefined;
+        try {
+          bob = await Stream.open(
+            `${b.url}events?room=lobby`,
+            await signIn(b.url, "bob"),
+          );
+          await ann.next("snapshot");
+          await bob.next("snapshot");
+          // Before: each listed only its own clients (["ann"] on a).
+          await onlineUntil(a.url, ["ann", "bob"]);
+          await onlineUntil(b.url, ["ann", "bob"]);
+          await bob.close();
+          bob = undefined;
+          await onlineUntil(a.url, ["ann"]);
+        } finally {
+          await bob?.close();
+          await stopCleanly(b);
+        }
+        await onlineUntil(a.url, ["ann"]);
+      } finally {
+        await ann?.close();
+        await stopCleanly(a);
+      }
+    });
+  },
+);
+
 Deno.test(
   "A demo on --memory forgets on restart: a client back with an old id gets a snapshot",
   SANITIZED,
