@@ -759,7 +759,7 @@ Deno.test("RedisBroker refuses at construction a url that can never reach Redis,
         "",
         "Invalid url: expected a redis: or rediss: URL, got text that is not a URL",
       ],
-    ]
+    ] as [string, string][]
   ) {
     assert.throws(() => new RedisBroker({ url }), {
       name: "TypeError",
