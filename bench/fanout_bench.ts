@@ -890,10 +890,12 @@ async function runIn(options: Options, dir: string): Promise<void> {
   };
   // Latency two ways: p99 over every delivery of the run, and each event's
   // own p99 (the median over the events), which one event delayed by
-  // another process on a shared machine cannot move.
+  // another process on a shared machine cannot move. The target ("p99 of
+  // one event to every client") is held to the second; the first, which a
+  // single slow event sets, is shown beside it.
   const latencies = [
-    ["p99 ms", (row: Row) => row.p99.median],
-    ["event p99 ms", (row: Row) => row.eventP99.median],
+    ["p99 ms", (row: Row) => row.p99.median, undefined],
+    ["event p99 ms", (row: Row) => row.eventP99.median, 1.1],
   ] as const;
   for (const n of options.sizes) {
     const better = find("node-better-sse", n);
@@ -903,7 +905,7 @@ async function runIn(options: Options, dir: string): Promise<void> {
       denoChannel !== undefined && denoHand !== undefined &&
       better !== undefined
     ) {
-      for (const [what, pick] of latencies) {
+      for (const [what, pick, limit] of latencies) {
         const best = pick(denoHand) <= pick(better) ? denoHand : better;
         target(
           n,
@@ -912,7 +914,7 @@ async function runIn(options: Options, dir: string): Promise<void> {
           })`,
           pick(denoChannel),
           pick(best),
-          1.1,
+          limit,
         );
       }
     }
@@ -921,13 +923,13 @@ async function runIn(options: Options, dir: string): Promise<void> {
       const hand = find(`${runtime}-hand`, n);
       if (channel === undefined || hand === undefined) continue;
       const name = channel.spec.runtime;
-      for (const [what, pick] of latencies) {
+      for (const [what, pick, limit] of latencies) {
         target(
           n,
           `${name} SSEChannel ${what} / ${name}'s loop`,
           pick(channel),
           pick(hand),
-          1.1,
+          limit,
         );
       }
       target(
