@@ -71,11 +71,12 @@ interface Settings {
   tokenDelay?: number;
 }
 
+// `name` as the user wrote it: an option ("--port") or a variable ("PORT").
 function integer(name: string, raw: string, max: number): number {
   const value = Number(raw);
   if (!/^\d+$/.test(raw) || value > max) {
     throw new UsageError(
-      `Invalid --${name}: expected an integer from 0 to ${max}, got "${raw}"`,
+      `Invalid ${name}: expected an integer from 0 to ${max}, got "${raw}"`,
     );
   }
   return value;
@@ -126,7 +127,9 @@ function readSettings(args: string[]): Settings | "help" {
     throw new UsageError("Invalid --kv: expected a file path");
   }
   let port = values.port;
+  let portName = "--port";
   if (port === undefined) {
+    portName = "PORT";
     const permission = Deno.permissions.querySync({
       name: "env",
       variable: "PORT",
@@ -136,11 +139,11 @@ function readSettings(args: string[]): Settings | "help" {
   const settings: Settings = {
     port: port === undefined || port === ""
       ? 8000
-      : integer("port", port, 65535),
+      : integer(portName, port, 65535),
     backend,
   };
   if (values.tick !== undefined) {
-    settings.tickerInterval = integer("tick", values.tick, 3_600_000);
+    settings.tickerInterval = integer("--tick", values.tick, 3_600_000);
     if (settings.tickerInterval < 10) {
       throw new UsageError(
         `Invalid --tick: expected at least 10 ms, got ${values.tick}`,
@@ -148,7 +151,11 @@ function readSettings(args: string[]): Settings | "help" {
     }
   }
   if (values["token-delay"] !== undefined) {
-    settings.tokenDelay = integer("token-delay", values["token-delay"], 10_000);
+    settings.tokenDelay = integer(
+      "--token-delay",
+      values["token-delay"],
+      10_000,
+    );
   }
   return settings;
 }

@@ -26,12 +26,15 @@ interface DemoStart {
   dir: string;
   /** More arguments (later ones win). */
   args?: string[];
-  /** @default {0} */
-  port?: number;
+  /** `null`: no `--port` (the PORT variable, or 8000). @default {0} */
+  port?: number | null;
+  /** More environment variables. @default {{}} */
+  env?: Record<string, string>;
 }
 
 /** The demo's command line, with the demo task's permissions. */
 function demoArgs({ dir, args = [], port = 0 }: DemoStart): string[] {
+  const portArgs = port === null ? [] : ["--port", String(port)];
   // The KV file in `dir`, unless the test asks for another backend.
   const kv = args.some((arg) => /^--(memory|redis|kv)\b/.test(arg))
     ? []
@@ -45,8 +48,7 @@ function demoArgs({ dir, args = [], port = 0 }: DemoStart): string[] {
     `--allow-write=${dir}`,
     MAIN,
     ...kv,
-    "--port",
-    String(port),
+    ...portArgs,
     "--token-delay",
     "1",
     ...args,
@@ -60,7 +62,7 @@ async function runDemo(
   const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
     args: demoArgs(start),
     stdin: "null",
-    env: { NO_COLOR: "1" },
+    env: { NO_COLOR: "1", ...start.env },
   }).output();
   const decoder = new TextDecoder();
   return {
@@ -528,6 +530,19 @@ Deno.test(
         const lines = stderr.trimEnd().split("\n");
         assert.equal(lines.length, 1, `one line: ${stderr}`);
         assert.match(lines[0]!, expected);
+      }
+      // From the environment: named as such (before: "Invalid --port").
+      for (const value of ["abc", "-1", "70000"]) {
+        const { code, stderr } = await runDemo({
+          dir,
+          port: null,
+          env: { PORT: value },
+        });
+        assert.equal(code, 2);
+        assert.equal(
+          stderr,
+          `Invalid PORT: expected an integer from 0 to 65535, got "${value}"\n`,
+        );
       }
       const help = await runDemo({ dir, args: ["--help"] });
       assert.equal(help.code, 0);
