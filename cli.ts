@@ -205,6 +205,16 @@ export function parseArgs(args: string[]): CLIOptions | "help" | "version" {
         }`,
       );
     }
+    const header = headers.get("last-event-id");
+    if (header !== null && header !== lastEventId) {
+      throw new TypeError(
+        `Invalid --last-event-id: ${
+          JSON.stringify(lastEventId)
+        } contradicts the Last-Event-ID header given with --header (${
+          JSON.stringify(header)
+        }): give one of them`,
+      );
+    }
     client.lastEventId = lastEventId;
   }
   if (values.retry !== undefined) {

@@ -284,6 +284,10 @@ Deno.test(
         'sse: Invalid method: "BAD METHOD" is not an HTTP token',
       ],
       [
+        ["-H", "Last-Event-ID: 5", "--last-event-id", "6", url],
+        'sse: Invalid --last-event-id: "6" contradicts the Last-Event-ID header given with --header ("5"): give one of them',
+      ],
+      [
         ["--resend", url],
         "sse: Invalid --resend: it sends the body again, so it needs --data",
       ],
