@@ -30,13 +30,8 @@ import { parseArgs } from "node:util";
 import { argumentError } from "../_args.ts";
 import { DenoKvBroker } from "../kv.ts";
 import { MemoryBroker, type SSEBroker } from "../server.ts";
-import {
-  createDemo,
-  type Demo,
-  type DemoStore,
-  kvStore,
-  memoryStore,
-} from "./app.ts";
+import { createDemo, type Demo } from "./app.ts";
+import { type DemoStore, kvStore, memoryStore } from "./store.ts";
 
 const DEFAULT_KV = new URL("./.data/demo.sqlite3", import.meta.url).pathname;
 
