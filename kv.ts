@@ -75,7 +75,6 @@ import {
   checkHistory,
   checkPublish,
   checkSubscribe,
-  errorMessage,
   errorReporter,
   type SSEBroker,
   type SSEBrokerEntry,
@@ -92,7 +91,6 @@ import {
   kvErrorMessage,
   MAX_ENTRY_SIZE,
   MAX_STREAM_KEY,
-  parseHead,
   parseId,
   type RawEntry,
   readEntries,
@@ -101,6 +99,12 @@ import {
   streamKeys,
 } from "./_kv_store.ts";
 import { StreamWriter } from "./_kv_writer.ts";
+import {
+  PAGE,
+  type ReaderHost,
+  StreamReader,
+  type Subscriber,
+} from "./_kv_reader.ts";
 import { startInterval, startTimeout, type Timer } from "./_timer.ts";
 
 export type { SSEBroker, SSEBrokerEntry, SSEBrokerSubscription, SSEMessage };
@@ -164,15 +168,10 @@ export interface DenoKvBrokerOptions {
 
 const DEFAULT_PREFIX: Deno.KvKey = ["sse"];
 const DEFAULT_POLL_INTERVAL = 1_000;
-
-/** The wait before watching again after a watch that ended within it, ms. */
-const REWATCH_DELAY = 1_000;
 const DEFAULT_EXPIRE_IN = 86_400_000;
 const DEFAULT_TRIM_DELAY = 30_000;
 /** How long `close()` waits for operations in flight. */
 const CLOSE_TIMEOUT = 1_000;
-/** Keys read per list page. */
-const PAGE = 200;
 /**
  * The most streams whose publishing state (the head it knows, what it
  * trimmed) a broker keeps: about a kilobyte each.
@@ -183,47 +182,6 @@ const MAX_WRITERS = 1_000;
  * so that one read by every resuming client is reported once.
  */
 const REPORTED_MAX = 1_000;
-
-/** One subscription's delivery state. */
-interface Subscriber {
-  onEntry: (entry: SSEBrokerEntry) => void;
-  /** Its reader's `delivered` when it joined: it gets the entries after. */
-  from: number;
-  active: boolean;
-}
-
-/** Where a reader goes on reading. */
-interface Cursor {
-  /** Sequence of the last entry read (or of the head it started from). */
-  seq: number;
-  /** The incarnation `seq` counts in; `undefined` before any is known. */
-  inc: string | undefined;
-  /** Versionstamp of the newest head read up to (`""` before any). */
-  versionstamp: string;
-}
-
-/** The reading side of one stream in this broker, shared by subscriptions. */
-interface Reader {
-  name: string;
-  keys: StreamKeys;
-  subscribers: Set<Subscriber>;
-  /** `undefined` until a subscribe has read the head. */
-  cursor: Cursor | undefined;
-  /**
-   * The newest head (by versionstamp) the watch, the poll, a subscribe or a
-   * publish of this broker saw: what reading goes up to, and not beyond, so
-   * that a key written by hand ahead of the head is not taken for an entry.
-   */
-  head: Head | undefined;
-  /** Entries delivered so far. */
-  delivered: number;
-  pulling: Promise<void> | undefined;
-  again: boolean;
-  watch: ReadableStreamDefaultReader<Deno.KvEntryMaybe<unknown>[]> | undefined;
-  /** A new watch to come, after one that ended by itself (see #startWatch). */
-  rewatch: Timer | undefined;
-  retired: boolean;
-}
 
 /**
  * An {@linkcode SSEBroker} on Deno KV: events published on any instance of a
@@ -264,7 +222,9 @@ export class DenoKvBroker implements SSEBroker {
   /** Calls `onError`, or writes one line to stderr; never throws. */
   #report: (error: Error) => void;
   #writers = new Map<string, StreamWriter>();
-  #readers = new Map<string, Reader>();
+  #readers = new Map<string, StreamReader>();
+  /** What the readers use of the broker. */
+  #host: ReaderHost;
   /** Stream and id of the entries reported as not decoding. */
   #reported = new Set<string>();
   #poll: Timer | undefined;
@@ -325,6 +285,16 @@ export class DenoKvBroker implements SSEBroker {
     }
     this.#report = errorReporter("DenoKvBroker", onError);
     this.#kv = kv;
+    this.#host = {
+      kv,
+      closed: () => this.#closed,
+      task: (promise) => this.#task(promise),
+      track: (promise) => this.#track(promise),
+      fault: (error, context) => this.#fault(error, context),
+      recovered: () => this.#healthy = true,
+      report: (error) => this.#report(error),
+      decode: (name, raw) => this.#decode(name, raw),
+    };
     this.#prefix = [...prefix];
     const prefixSize = keySize(this.#prefix, "prefix");
     if (prefixSize > MAX_STREAM_KEY / 2) {
@@ -415,7 +385,7 @@ export class DenoKvBroker implements SSEBroker {
         ? { seq: head.seq, inc: head.inc, versionstamp: head.versionstamp! }
         : { seq: head.base, inc: undefined, versionstamp: "" };
       subscriber.from = reader.delivered;
-      if (head.stored) this.#observe(reader, head);
+      if (head.stored) reader.observe(head);
       this.#ensurePoll();
       return new BrokerSubscription(release);
     } catch (error) {
@@ -518,7 +488,7 @@ export class DenoKvBroker implements SSEBroker {
     this.#poll = undefined;
     for (const writer of this.#writers.values()) writer.close();
     this.#writers.clear();
-    for (const reader of this.#readers.values()) this.#retire(reader);
+    for (const reader of this.#readers.values()) reader.retire();
     this.#readers.clear();
     this.#closing = this.#settle();
     return this.#closing;
@@ -576,7 +546,7 @@ export class DenoKvBroker implements SSEBroker {
         readHead: (keys) => this.#readHead(keys),
         committed: (head) => {
           const reader = this.#readers.get(name);
-          if (reader !== undefined) this.#observe(reader, head);
+          if (reader !== undefined) reader.observe(head);
         },
         fault: (error, context) => this.#fault(error, context),
       });
@@ -600,111 +570,31 @@ export class DenoKvBroker implements SSEBroker {
 
   // ---------------------------------------------------------------- read
 
-  #reader(name: string): Reader {
+  #reader(name: string): StreamReader {
     let reader = this.#readers.get(name);
     if (reader === undefined) {
-      reader = {
+      reader = new StreamReader(
         name,
-        keys: streamKeys(this.#prefix, name),
-        subscribers: new Set(),
-        cursor: undefined,
-        head: undefined,
-        delivered: 0,
-        pulling: undefined,
-        again: false,
-        watch: undefined,
-        rewatch: undefined,
-        retired: false,
-      };
+        streamKeys(this.#prefix, name),
+        this.#host,
+      );
       this.#readers.set(name, reader);
-      this.#startWatch(reader);
     }
     return reader;
   }
 
-  #release(reader: Reader, subscriber: Subscriber): void {
+  #release(reader: StreamReader, subscriber: Subscriber): void {
     subscriber.active = false;
     reader.subscribers.delete(subscriber);
     if (reader.subscribers.size > 0 || reader.retired) return;
     if (this.#readers.get(reader.name) === reader) {
       this.#readers.delete(reader.name);
     }
-    this.#retire(reader);
+    reader.retire();
     if (this.#readers.size === 0) {
       clearInterval(this.#poll);
       this.#poll = undefined;
     }
-  }
-
-  /** Stops a reader: no more delivery, its watch cancelled. */
-  #retire(reader: Reader): void {
-    reader.retired = true;
-    for (const subscriber of reader.subscribers) subscriber.active = false;
-    reader.subscribers.clear();
-    const watch = reader.watch;
-    reader.watch = undefined;
-    if (watch !== undefined) this.#track(watch.cancel());
-    clearTimeout(reader.rewatch);
-    reader.rewatch = undefined;
-  }
-
-  /**
-   * Watches the stream's head: each change it reports makes the reader read
-   * what is new. It reports changes made through any handle of this process
-   * (and, on Deno Deploy, anywhere); the poll covers the rest.
-   */
-  #startWatch(reader: Reader): void {
-    let watch: ReadableStreamDefaultReader<Deno.KvEntryMaybe<unknown>[]>;
-    try {
-      watch = this.#kv.watch([reader.keys.head]).getReader();
-    } catch (error) {
-      this.#fault(error, `Cannot watch ${JSON.stringify(reader.name)}`);
-      this.#rewatch(reader, REWATCH_DELAY);
-      return;
-    }
-    reader.watch = watch;
-    const started = Date.now();
-    this.#track((async () => {
-      let failed = false;
-      try {
-        for (;;) {
-          const { value, done } = await watch.read();
-          if (reader.retired || this.#closed) return;
-          if (done) break;
-          if (value[0] !== undefined) {
-            this.#observe(reader, parseHead(value[0]));
-          }
-        }
-      } catch (error) {
-        if (reader.retired || this.#closed) return;
-        failed = true;
-        this.#fault(error, `Cannot watch ${JSON.stringify(reader.name)}`);
-      }
-      // Ended by itself (a service closing long watches) or failed: watch
-      // again, whether or not a poll runs (with none, nothing would be
-      // delivered any more). A new watch reports the head as it is first, so
-      // nothing is missed; after a failure, or a watch that ended at once,
-      // it waits a little, never spinning.
-      if (reader.watch !== watch) return;
-      reader.watch = undefined;
-      const lived = Date.now() - started;
-      this.#rewatch(
-        reader,
-        failed || lived < REWATCH_DELAY ? REWATCH_DELAY : 0,
-      );
-    })());
-  }
-
-  /** Watches `reader`'s stream again after `delay` ms. */
-  #rewatch(reader: Reader, delay: number): void {
-    if (reader.rewatch !== undefined || reader.retired || this.#closed) return;
-    reader.rewatch = startTimeout(() => {
-      reader.rewatch = undefined;
-      // (Unless the poll watched again first.)
-      if (!reader.retired && !this.#closed && reader.watch === undefined) {
-        this.#startWatch(reader);
-      }
-    }, delay);
   }
 
   #ensurePoll(): void {
@@ -720,116 +610,7 @@ export class DenoKvBroker implements SSEBroker {
   async #pollAll(): Promise<void> {
     for (const reader of [...this.#readers.values()]) {
       if (reader.retired || this.#closed) continue;
-      if (reader.watch === undefined) this.#startWatch(reader);
-      let head: Head | undefined;
-      try {
-        head = parseHead(await this.#kv.get(reader.keys.head));
-      } catch (error) {
-        this.#fault(error, `Cannot read ${JSON.stringify(reader.name)}`);
-        return;
-      }
-      await this.#observe(reader, head);
-    }
-  }
-
-  /**
-   * Takes note of a head (the newest by versionstamp wins: the watch, the
-   * poll and this broker's commits may report them out of order) and reads
-   * what is new.
-   *
-   * @param head A head as stored; `undefined` (none, or not one a broker
-   * wrote: it is not read up to) does nothing.
-   */
-  #observe(reader: Reader, head: Head | undefined): Promise<void> {
-    if (head === undefined) return Promise.resolve();
-    const known = reader.head;
-    if (known === undefined || head.versionstamp! > known.versionstamp!) {
-      reader.head = head;
-    }
-    return this.#pull(reader);
-  }
-
-  /**
-   * Reads what is new in the stream, once at a time: a call while a read is
-   * in flight makes it read again when done.
-   */
-  #pull(reader: Reader): Promise<void> {
-    if (reader.pulling !== undefined) {
-      reader.again = true;
-      return reader.pulling;
-    }
-    const pulling = this.#task((async () => {
-      try {
-        do {
-          reader.again = false;
-          await this.#read(reader);
-        } while (reader.again && !reader.retired);
-      } catch (error) {
-        this.#fault(error, `Cannot read ${JSON.stringify(reader.name)}`);
-      } finally {
-        reader.pulling = undefined;
-      }
-    })());
-    reader.pulling = pulling;
-    return pulling;
-  }
-
-  /**
-   * Reads every entry after the cursor up to the newest head seen, and
-   * delivers it. A head of another incarnation (the stream expired and
-   * started again, on this database or a new one) numbers its entries from
-   * its base again: the cursor goes back there, so that none is skipped.
-   */
-  async #read(reader: Reader): Promise<void> {
-    const { cursor, head } = reader;
-    if (cursor === undefined || head === undefined || reader.retired) return;
-    if (head.versionstamp! <= cursor.versionstamp) return;
-    if (head.inc !== cursor.inc) {
-      cursor.seq = Math.min(cursor.seq, head.base);
-      cursor.inc = head.inc;
-    }
-    let expected = cursor.seq + 1;
-    const entries = readEntries(this.#kv, reader.keys, {
-      from: expected,
-      to: head.seq,
-      batchSize: PAGE,
-    });
-    for await (const raw of entries) {
-      if (reader.retired) return;
-      if (raw.seq > expected) {
-        this.#report(
-          new Error(
-            `Entries ${expected} to ${raw.seq - 1} of stream ${
-              JSON.stringify(reader.name)
-            } were trimmed or expired before this broker read them`,
-          ),
-        );
-      }
-      cursor.seq = raw.seq;
-      expected = raw.seq + 1;
-      const entry = this.#decode(reader.name, raw);
-      if (entry !== undefined) this.#deliver(reader, entry);
-    }
-    // Up to the head: an entry missing at its end expired with it.
-    cursor.seq = Math.max(cursor.seq, head.seq);
-    cursor.versionstamp = head.versionstamp!;
-    this.#healthy = true;
-  }
-
-  /** Delivers an entry to the subscribers that joined before it. */
-  #deliver(reader: Reader, entry: SSEBrokerEntry): void {
-    const position = ++reader.delivered;
-    for (const subscriber of reader.subscribers) {
-      // One that joined during this loop (from inside an onEntry) starts
-      // with the next entry.
-      if (!subscriber.active || subscriber.from >= position) continue;
-      try {
-        subscriber.onEntry(entry);
-      } catch (error) {
-        this.#report(
-          new Error(`onEntry threw: ${errorMessage(error)}`, { cause: error }),
-        );
-      }
+      if (!await reader.poll()) return;
     }
   }
 
