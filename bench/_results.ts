@@ -180,6 +180,8 @@ const INTRO: Record<string, string> = {
     '"hand" is the obvious string-concat + `TextEncoder` encoder, made safe by splitting data lines; "hono" is `streamSSE`\'s `writeSSE` over a `TransformStream`.',
   fanout:
     "One publisher, N idle clients on raw TCP in a separate process; on each runtime `SSEChannel` beside that runtime's hand-written broadcast loop (`Deno.serve`, `Bun.serve`, `node:http`), and on Node also the same loop over web streams through `@hono/node-server` (as `SSEChannel` is served there) and better-sse. All servers of a round are up at once, each with its own clients, and every event goes to one server at a time in rotating order.",
+  hotpath:
+    "The fan-out without sockets: N response streams in one process, each read as a runtime's server reads it, and one event to all of them; the CPU time per client per event of `SSEChannel` (publish, broker, encoding and its write to each stream) against a loop enqueuing one buffer to a Set of stream controllers. What the library itself costs, apart from the HTTP server and the kernel.",
   presence:
     "`clients()`, `count()`, `metrics()` and `disconnect()` at N connections in one process, per call, against copying N references into an array; and what presence and metrics keep per connection.",
   broker:

@@ -47,16 +47,18 @@
 const ROOT = new URL("../", import.meta.url);
 const FANOUT = new URL("fanout/", import.meta.url);
 import { Child, live } from "./fanout/_child.ts";
+import {
+  BUN,
+  bundleLibrary,
+  ensureRuntimes,
+  exists,
+  NODE,
+  RUNTIMES,
+  version,
+} from "./fanout/_runtimes.ts";
 
 const BETTER_SSE_VERSION = "0.16.1";
 const CACHE = new URL(".cache/bench/", ROOT);
-const RUNTIMES = new URL(".cache/runtimes/", ROOT);
-const BUN = new URL("node_modules/.bin/bun", RUNTIMES);
-const NODE = new URL("node_modules/.bin/node", RUNTIMES);
-const HONO_NODE_SERVER = new URL(
-  "node_modules/@hono/node-server/package.json",
-  RUNTIMES,
-);
 
 interface Options {
   sizes: number[];
@@ -415,16 +417,6 @@ async function finish(
   };
 }
 
-async function exists(url: URL): Promise<boolean> {
-  try {
-    await Deno.stat(url);
-    return true;
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return false;
-    throw error;
-  }
-}
-
 async function ensureBetterSse(): Promise<boolean> {
   const installed = new URL("node_modules/better-sse/package.json", CACHE);
   if (await exists(installed)) return true;
@@ -472,64 +464,6 @@ function format(value: number, digits = 1): string {
 function ratio(value: number, base: number | undefined): string {
   if (base === undefined || !Number.isFinite(value) || !(base > 0)) return "–";
   return `${format(value / base, 2)}×`;
-}
-
-async function version(command: string): Promise<string> {
-  try {
-    const { stdout } = await new Deno.Command(command, { args: ["--version"] })
-      .output();
-    return new TextDecoder().decode(stdout).split("\n")[0]!.trim();
-  } catch {
-    return "missing";
-  }
-}
-
-/** Runs `.ci/runtimes` when Bun, Node or @hono/node-server is missing. */
-async function ensureRuntimes(): Promise<boolean> {
-  const present = async () =>
-    await exists(BUN) && await exists(NODE) && await exists(HONO_NODE_SERVER);
-  if (await present()) return true;
-  console.error("Installing Bun, Node and @hono/node-server: .ci/runtimes");
-  try {
-    await new Deno.Command("bash", {
-      args: [new URL(".ci/runtimes", ROOT).pathname],
-      cwd: ROOT,
-      stdout: "null",
-      stderr: "inherit",
-    }).output();
-  } catch {
-    return false;
-  }
-  return await present();
-}
-
-/** server.ts bundled into one ESM file, for Bun and Node. */
-async function bundleLibrary(
-  dir: string,
-  entry: string,
-  name: string,
-): Promise<string> {
-  const output = `${dir}/${name}`;
-  const { success, stderr } = await new Deno.Command(Deno.execPath(), {
-    args: [
-      "bundle",
-      "--quiet",
-      "--platform",
-      "browser",
-      "--output",
-      output,
-      entry,
-    ],
-    cwd: ROOT,
-    stdout: "null",
-    stderr: "piped",
-  }).output();
-  if (!success) {
-    throw new Error(
-      `deno bundle ${entry} failed: ${new TextDecoder().decode(stderr)}`,
-    );
-  }
-  return output;
 }
 
 async function specsFor(

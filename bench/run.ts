@@ -108,6 +108,14 @@ const STEPS: Step[] = [
     json: false,
   },
   {
+    key: "hotpath",
+    title: "Fan-out hot path",
+    script: "bench/hot_path_bench.ts",
+    args: ["--runs", "7"],
+    quick: ["--n", "1000", "--rounds", "20", "--runs", "1"],
+    json: false,
+  },
+  {
     key: "presence",
     title: "Presence and metrics",
     script: "bench/presence_bench.ts",
