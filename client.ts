@@ -29,36 +29,23 @@ import {
   CLOSED,
   CONNECTING,
   Connection,
-  DEFAULT_BACKOFF_FACTOR,
-  DEFAULT_MAX_RETRY_DELAY,
   type FetchLike,
-  fetchOption,
   finalFailure,
-  fromByteString,
-  headersOption,
   type HeadersSource,
   isEventStream,
-  MIN_FAILURE_WAIT,
   OPEN,
   parseRetryAfter,
   type ReadyState,
   requestHeaders,
-  resolveURL,
   unreadableBody,
   unsendableId,
 } from "./_connection.ts";
-import {
-  describeFailure,
-  messageOf,
-  methodProblem,
-  normalizeMethod,
-} from "./_refusal.ts";
+import { describeFailure, messageOf } from "./_refusal.ts";
 import { Pause } from "./_pause.ts";
+import { clientSettings } from "./_client_options.ts";
 import { describe } from "./_json.ts";
 
 export type { SSEEvent } from "./parser.ts";
-
-const DEFAULT_RETRY = 3000;
 
 /** Options of {@linkcode SSEError}. */
 export interface SSEErrorOptions {
@@ -480,151 +467,36 @@ export class SSEClient implements AsyncIterable<SSEEvent> {
    *
    * @param url The event stream's URL.
    * @param options Request, reconnection and callback options.
-   * @throws {TypeError} When the URL is a `Request` (pass its `url`), cannot
-   * be parsed or is not http: or https:, when `method` is not an HTTP token, is one fetch forbids
-   * (`CONNECT`, `TRACE`, `TRACK`) or is `HEAD` (no body: no event could
-   * arrive), when `headers` holds a value fetch cannot send (a control
-   * character other than tab), when `body` is given with `GET` or is a
-   * stream, when `lastEventId` is not a string or
-   * contains NUL, CR or LF, when a number option is not a number (`null`
-   * included), when `signal` is not an `AbortSignal`, or when `fetch` or a
+   * @throws {TypeError} When the URL is a `Request` (pass its `url`),
+   * cannot be parsed or is not http: or https:; when `method` is not an HTTP
+   * token, is one fetch forbids (`CONNECT`, `TRACE`, `TRACK`) or is `HEAD`
+   * (no body: no event could arrive); when `headers` holds a value fetch
+   * cannot send (a control character other than tab); when `body` is given
+   * with `GET` or is a stream; when `lastEventId` is not a string or
+   * contains NUL, CR or LF; when a number option is not a number (`null`
+   * included); when `signal` is not an `AbortSignal`; or when `fetch` or a
    * callback is not a function.
    * @throws {RangeError} When a number option is out of its range
    * (`maxRetryDelay` below 100 ms included).
    */
   constructor(url: string | URL, options: SSEClientOptions = {}) {
-    if (isRequest(url)) {
-      // As fetch takes it: its method, headers and body would be lost.
-      throw new TypeError(
-        "Invalid URL: expected a string or a URL, got a Request (pass request.url, and its method, headers and body as options)",
-      );
-    }
-    let resolved: URL;
-    try {
-      resolved = resolveURL(url);
-    } catch {
-      throw new TypeError(`Invalid URL: ${String(url)}`);
-    }
-    if (resolved.protocol !== "http:" && resolved.protocol !== "https:") {
-      throw new TypeError(
-        `Invalid URL: expected http: or https:, got ${resolved.protocol}`,
-      );
-    }
-    this.url = resolved.href;
-
-    this.#fetch = fetchOption(options.fetch);
-    const method = options.method ?? "GET";
-    const problem = methodProblem(method);
-    if (problem !== undefined) throw new TypeError(problem);
-    this.#method = normalizeMethod(method);
-    if (this.#method === "HEAD") {
-      // RFC 9110 §9.3.2: a response to HEAD never has content, so every
-      // attempt would be a stream that ends before an event: retried forever.
-      throw new TypeError(
-        "Invalid method: a response to HEAD has no body, so no event could ever arrive",
-      );
-    }
-    const body = options.body ?? null;
-    if (body !== null) {
-      if (this.#method === "GET") {
-        throw new TypeError(
-          `Invalid body: a ${this.#method} request cannot have one`,
-        );
-      }
-      if (body instanceof ReadableStream) {
-        throw new TypeError(
-          "Invalid body: a stream cannot be sent again on every attempt",
-        );
-      }
-    }
-    this.#body = body;
-    this.#headers = headersOption(options.headers);
-    this.#retry = milliseconds("retry", options.retry, DEFAULT_RETRY);
-    const maxRetryDelay = milliseconds(
-      "maxRetryDelay",
-      options.maxRetryDelay,
-      DEFAULT_MAX_RETRY_DELAY,
-    );
-    if (maxRetryDelay < MIN_FAILURE_WAIT) {
-      throw new RangeError(
-        `Invalid maxRetryDelay: expected at least ${MIN_FAILURE_WAIT} ms (the least wait after a failed attempt), got ${maxRetryDelay}`,
-      );
-    }
-    const maxRetries = numberOption("maxRetries", options.maxRetries) ??
-      Infinity;
-    if (
-      !(maxRetries >= 0 &&
-        (Number.isInteger(maxRetries) || maxRetries === Infinity))
-    ) {
-      throw new RangeError(
-        `Invalid maxRetries: expected a non-negative integer or Infinity, got ${maxRetries}`,
-      );
-    }
-    this.#maxRetries = maxRetries;
-    const factor = numberOption("backoffFactor", options.backoffFactor) ??
-      DEFAULT_BACKOFF_FACTOR;
-    if (!(factor >= 1 && factor < Infinity)) {
-      throw new RangeError(
-        `Invalid backoffFactor: expected a finite number of at least 1, got ${factor}`,
-      );
-    }
-    this.#backoff = new Backoff(factor, maxRetryDelay);
-    const idle = numberOption(
-      "idleTimeout",
-      options.idleTimeout,
-      "a number of milliseconds",
-    ) ?? Infinity;
-    if (!(idle > 0)) {
-      throw new RangeError(
-        `Invalid idleTimeout: expected a positive number of milliseconds, got ${idle}`,
-      );
-    }
-    this.#idleTimeout = idle;
-    if (
-      options.lastEventId !== undefined &&
-      typeof options.lastEventId !== "string"
-    ) {
-      throw new TypeError(
-        `Invalid lastEventId: expected a string, got ${
-          describe(options.lastEventId)
-        }`,
-      );
-    }
-    let lastEventId = options.lastEventId ?? "";
-    // A Last-Event-ID among fixed headers is the seed; the client sends the
-    // header itself from then on.
-    const header = this.#headers === undefined ||
-        typeof this.#headers === "function"
-      ? null
-      : new Headers(this.#headers).get("last-event-id");
-    if (header !== null) {
-      const seed = fromByteString(header);
-      if (options.lastEventId === undefined) {
-        lastEventId = seed;
-      } else if (seed !== lastEventId) {
-        throw new TypeError(
-          `Invalid headers: Last-Event-ID ${
-            JSON.stringify(seed)
-          } contradicts the lastEventId option ${
-            JSON.stringify(lastEventId)
-          }: give one of them`,
-        );
-      }
-    }
-    if (typeof lastEventId === "string" && /[\0\n\r]/.test(lastEventId)) {
-      throw new TypeError(
-        `Invalid lastEventId: an ID cannot contain NUL, CR or LF, got ${
-          JSON.stringify(lastEventId)
-        }`,
-      );
-    }
-    this.#onResponse = callback("onResponse", options.onResponse);
-    this.#onOpen = callback("onOpen", options.onOpen);
-    this.#onError = callback("onError", options.onError);
-    this.#onRetry = callback("onRetry", options.onRetry);
+    const settings = clientSettings(url, options);
+    this.url = settings.url;
+    this.#fetch = settings.fetch;
+    this.#method = settings.method;
+    this.#body = settings.body;
+    this.#headers = settings.headers;
+    this.#retry = settings.retry;
+    this.#maxRetries = settings.maxRetries;
+    this.#backoff = new Backoff(settings.backoffFactor, settings.maxRetryDelay);
+    this.#idleTimeout = settings.idleTimeout;
+    this.#onResponse = settings.onResponse;
+    this.#onOpen = settings.onOpen;
+    this.#onError = settings.onError;
+    this.#onRetry = settings.onRetry;
     this.#parser = new EventParser({
-      lastEventId,
-      onComment: callback("onComment", options.onComment),
+      lastEventId: settings.lastEventId,
+      onComment: settings.onComment,
       maxEventSize: options.maxEventSize,
     });
 
@@ -1075,48 +947,3 @@ function isDefaultAbort(reason: unknown): boolean {
 // client waits for it.
 const ERROR_BODY_LIMIT = 64 * 1024;
 const ERROR_BODY_TIME = 5000;
-
-// Whether a value is a fetch Request (of this realm or another): what
-// stringifies to "[object Request]", not to its URL.
-function isRequest(value: unknown): boolean {
-  return typeof value === "object" && value !== null &&
-    !(value instanceof URL) &&
-    Object.prototype.toString.call(value) === "[object Request]";
-}
-
-// A callback option, type-checked: one that is not a function would throw
-// only when called, in the middle of the stream.
-function callback<T>(name: string, value: T): T {
-  if (value === undefined || typeof value === "function") return value;
-  throw new TypeError(
-    `Invalid ${name}: expected a function, got ${describe(value)}`,
-  );
-}
-
-// A number option, type-checked: `null` (from a JSON config, say) or a
-// string is not read as a number.
-function numberOption(
-  name: string,
-  value: unknown,
-  expected = "a number",
-): number | undefined {
-  if (value === undefined || typeof value === "number") return value;
-  throw new TypeError(
-    `Invalid ${name}: expected ${expected}, got ${describe(value)}`,
-  );
-}
-
-function milliseconds(
-  name: string,
-  option: number | undefined,
-  fallback: number,
-): number {
-  const value = numberOption(name, option, "a number of milliseconds");
-  if (value === undefined) return fallback;
-  if (!(value >= 0)) {
-    throw new RangeError(
-      `Invalid ${name}: expected a non-negative number of milliseconds, got ${value}`,
-    );
-  }
-  return value;
-}
