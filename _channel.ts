@@ -13,15 +13,23 @@
 
 import { encodeSSE, type SSEMessage } from "./encoder.ts";
 import { describe, json } from "./_json.ts";
-import { lastEventIdOf, notAllowed, unavailable } from "./_http.ts";
+import {
+  lastEventIdOf,
+  nativeResponse,
+  notAllowed,
+  unavailable,
+} from "./_http.ts";
 import type { SSEBrokerSubscription } from "./_broker.ts";
 import {
   type ChannelSettings,
   channelSettings,
+  isThenable,
+  observe,
   type SSEChannelOptions,
   topicsOf,
 } from "./_channel_options.ts";
-import { type Client, CONNECTING, OPEN } from "./_client.ts";
+import { type Client, CLOSED, OPEN } from "./_client.ts";
+import { isResponse } from "./_response.ts";
 import { encodeAll } from "./_frames.ts";
 import { Fanout } from "./_fanout.ts";
 import {
@@ -33,8 +41,46 @@ import {
 } from "./_presence.ts";
 import type { Resume } from "./_resume.ts";
 
-/** What `#unlessClosed` resolves to when the channel closed first. */
-const CLOSED_NOW: unique symbol = Symbol("closed");
+/**
+ * What a wait in `connect` resolves to when the connection stopped first:
+ * the channel closed, or the connection was ended (see `Connection`).
+ */
+const STOPPED: unique symbol = Symbol("stopped");
+
+const ignore = (): void => {};
+
+/**
+ * A connection inside `connect`, from the call to its answer. `close()`
+ * wakes it, and so does the end of its client (`disconnect`, a `filter`
+ * that threw); `disconnect` asks about it once its context is known and
+ * before it has a client (while the `topics` hook runs).
+ */
+class Connection<C> {
+  /** What `disconnect`'s predicate is asked about, once `onConnect` answered. */
+  info: SSEChannelClient<C> | undefined;
+  /** Its client, once accepted. */
+  client: Client<C> | undefined;
+  /** `disconnect` picked it before it had a client: its final frame, if any. */
+  disconnected: { last: Uint8Array | undefined } | undefined;
+  /** Its client's response stream, once accepted. */
+  stream: ReadableStream<Uint8Array> | undefined;
+  /** Ends the current wait (see `SSEChannel.#wait`). */
+  wake: (() => void) | undefined;
+
+  /** Whether it is ended, apart from the channel closing. */
+  get ended(): boolean {
+    return this.disconnected !== undefined || this.client?.state === CLOSED;
+  }
+
+  /**
+   * Whether `disconnect` asks about it: its context is known, it has no
+   * client yet (a client is asked about as one), and it is not ended.
+   */
+  get asked(): boolean {
+    return this.info !== undefined && this.client === undefined &&
+      this.disconnected === undefined;
+  }
+}
 
 /**
  * A broadcast channel of Server-Sent Events: every connected client receives
@@ -65,7 +111,8 @@ const CLOSED_NOW: unique symbol = Symbol("closed");
  * - `clients()` and `count(topic)` say who is connected; `disconnect(…)`
  *   ends chosen clients' streams (logout, ban); `metrics()` is a snapshot
  *   of the channel's figures.
- * - `close()` ends every stream and answers later connections 503.
+ * - `close()` ends every stream, answers the connections still in progress
+ *   and later ones 503, and accepts nothing after that.
  * - `connect` answers GET with the stream, HEAD with its headers alone, and
  *   any other method with 405.
  *
@@ -152,8 +199,10 @@ export class SSEChannel<C = undefined> {
   #fanout: Fanout<C>;
   #shared: Promise<SSEBrokerSubscription> | undefined;
   #closed = false;
-  /** Connections waiting in connect, woken by close (see `#unlessClosed`). */
-  #sleepers = new Set<() => void>();
+  /** The connections inside `connect`. */
+  #connections = new Set<Connection<C>>();
+  /** Those with a client, by client: its end wakes them. */
+  #accepted = new Map<Client<C>, Connection<C>>();
   #closing: Promise<void> | undefined;
 
   /**
@@ -161,11 +210,17 @@ export class SSEChannel<C = undefined> {
    *
    * @param options Name, replay window, keep-alive, retry hint, queue limit,
    * broker, headers and hooks.
+   * @throws {TypeError} For an option of the wrong type (a hook that is not a
+   * function, a broker without its methods, a `name` that is not a string).
+   * @throws {RangeError} For a number out of range: `keepAlive` below 1000
+   * (but 0 or `Infinity`, off), `drainTimeout`, `maxQueue` or `maxBacklog`
+   * not positive, `replay` not a non-negative integer, an invalid `retry`.
    */
   constructor(options: SSEChannelOptions<C> = {}) {
     const settings = channelSettings(options);
     this.#settings = settings;
     this.#fanout = new Fanout(settings);
+    this.#fanout.onRelease = (client) => this.#accepted.get(client)?.wake?.();
   }
 
   /**
@@ -184,9 +239,15 @@ export class SSEChannel<C = undefined> {
    * - GET subscribes the client (see below).
    * - HEAD runs `onConnect`, then answers what GET would (the status and
    *   headers) without a body, and subscribes nothing.
-   * - Any other method gets 405 with `Allow: GET, HEAD`, before `onConnect`.
+   * - Any other method gets 405 with `Allow: GET, HEAD`, before `onConnect`
+   *   and before `topics` is looked at.
    * - Once the channel is closed, 503; `close()` also answers 503 at once to
-   *   the connections still waiting in `onConnect`, the broker or `init`.
+   *   the connections still waiting in `onConnect`, the `topics` hook, the
+   *   broker or `init`, and nothing is accepted after it.
+   * - A connection ended while it waits (`disconnect`, a `filter` that threw
+   *   for it) is answered at once with its stream, ended as an open
+   *   client's would be for the same reason: 200, never 503, so that the
+   *   client reconnects as after any end.
    *
    * The client is subscribed before the returned promise resolves: a message
    * published after that reaches it. On the wire it gets the retry hint (if
@@ -214,28 +275,55 @@ export class SSEChannel<C = undefined> {
         `Invalid request: expected a Request, got ${describe(request)}`,
       );
     }
-    const given = options?.topics;
-    let topics = topicsOf(given);
+    // The method first: a POST is answered 405 whatever else it carries.
     const { method } = request;
     if (method !== "GET" && method !== "HEAD") return notAllowed();
+    const given = options?.topics;
+    const topics = topicsOf(given);
     if (this.#closed) return unavailable();
+    const connection = new Connection<C>();
+    this.#connections.add(connection);
+    try {
+      return await this.#answer(request, connection, given, topics);
+    } finally {
+      this.#connections.delete(connection);
+      if (connection.client !== undefined) {
+        this.#accepted.delete(connection.client);
+      }
+    }
+  }
+
+  /** `connect`, once the request is checked (see there). */
+  async #answer(
+    request: Request,
+    connection: Connection<C>,
+    given: readonly string[] | undefined,
+    topics: readonly string[] | null,
+  ): Promise<Response> {
     const { onConnect, init } = this.#settings;
     let context = undefined as C;
     if (onConnect !== undefined) {
-      const result = await this.#unlessClosed(onConnect(request));
-      if (result === CLOSED_NOW) return unavailable();
-      if (result instanceof Response) return result;
+      const result = await this.#wait(connection, onConnect(request));
+      if (result === STOPPED || this.#closed) return unavailable();
+      // A Response of any realm or library refuses (see _response.ts).
+      if (isResponse(result)) return nativeResponse(result);
       context = result;
     }
     // RFC 9110 §9.3.2: HEAD answers as GET would, without the content.
-    if (method === "HEAD") {
+    if (request.method === "HEAD") {
       return new Response(null, { headers: this.#settings.headers });
     }
+    const connectedAt = Date.now();
     if (given === undefined && this.#settings.topics !== undefined) {
-      const hooked = await this.#unlessClosed(
+      // disconnect() sees it from now on, its topics not decided yet.
+      connection.info = Object.freeze({ context, topics: null, connectedAt });
+      const hooked = await this.#wait(
+        connection,
         this.#settings.topics(context, request),
       );
-      if (hooked === CLOSED_NOW) return unavailable();
+      if (hooked === STOPPED || this.#stops(connection)) {
+        return this.#stopped(connection);
+      }
       topics = topicsOf(hooked, true);
     }
     const lastEventId = lastEventIdOf(request, this.#settings.lastEventIdParam);
@@ -243,41 +331,49 @@ export class SSEChannel<C = undefined> {
     const info: SSEChannelClient<C> = Object.freeze({
       context,
       topics,
-      connectedAt: Date.now(),
+      connectedAt,
     });
     const fanout = this.#fanout;
     const { tally } = fanout;
     const { client, stream } = fanout.accept(info);
+    connection.client = client;
+    connection.stream = stream;
+    this.#accepted.set(client, connection);
     try {
-      // close() answers a connection that waits here at once.
-      if (await this.#unlessClosed(this.#subscribeShared()) === CLOSED_NOW) {
-        return unavailable();
+      // close() and the client's end answer a connection that waits here at
+      // once.
+      const shared = await this.#wait(connection, this.#subscribeShared());
+      if (shared === STOPPED || this.#stops(connection)) {
+        return this.#stopped(connection);
       }
       let resume: Resume<C> | undefined;
-      if (client.state === CONNECTING && lastEventId !== "") {
-        const resuming = await this.#unlessClosed(
+      if (lastEventId !== "") {
+        const resuming = await this.#wait(
+          connection,
           fanout.resume(client, lastEventId),
         );
-        if (resuming === CLOSED_NOW) return unavailable();
+        if (resuming === STOPPED || this.#stops(connection)) {
+          return this.#stopped(connection);
+        }
         resume = resuming;
         if (resume !== undefined) tally.resumed++;
-        else if (client.state === CONNECTING) tally.resumeFallbacks++;
+        else tally.resumeFallbacks++;
       }
       // Waits until init is done; a resuming client joins once caught up.
-      if (client.state === CONNECTING && resume === undefined) {
-        fanout.join(client);
-      }
+      if (resume === undefined) fanout.join(client);
       let frames: Uint8Array[] = [];
-      if (init !== undefined && client.state === CONNECTING) {
-        const messages = await this.#unlessClosed(
+      if (init !== undefined) {
+        const messages = await this.#wait(
+          connection,
           init(context, lastEventId, { resumed: resume !== undefined }),
         );
-        if (messages === CLOSED_NOW) return unavailable();
+        if (messages === STOPPED || this.#stops(connection)) {
+          return this.#stopped(connection);
+        }
         if (messages != null) frames = encodeAll(messages);
       }
-      if (client.state !== CONNECTING) return this.#endedAnswer(client, stream);
       fanout.open(client, frames);
-      if (client.state !== OPEN) return this.#endedAnswer(client, stream);
+      if (client.state !== OPEN) return this.#stopped(connection);
       fanout.started(client, resume);
     } catch (error) {
       fanout.release(client, "connect-failed");
@@ -289,18 +385,66 @@ export class SSEChannel<C = undefined> {
   }
 
   /**
-   * The answer of a connection that ended before `connect` answered: its
-   * stream (ended, with `disconnect`'s final message) when `disconnect`
-   * ended it, so that it reads as every disconnected client does; 503 when
-   * the channel closed.
+   * What `value` resolves to, or STOPPED as soon as the channel closes or
+   * the connection is ended, whichever comes first. Any thenable is waited for as a promise is (a query builder, a promise
+   * of another library or realm); its rejection is observed however the
+   * wait ends.
    */
-  #endedAnswer(
-    client: Client<C>,
-    stream: ReadableStream<Uint8Array>,
-  ): Response {
-    return client.reason === "disconnected"
-      ? new Response(stream, { headers: this.#settings.headers })
-      : unavailable();
+  async #wait<T>(
+    connection: Connection<C>,
+    value: T | PromiseLike<T>,
+  ): Promise<T | typeof STOPPED> {
+    if (this.#stops(connection)) {
+      observe(value, ignore);
+      return STOPPED;
+    }
+    if (!isThenable(value)) return value;
+    // One waiter per wait, dropped when it ends: a promise that lives as long
+    // as the channel would collect a reaction per connection.
+    // (No Promise.withResolvers: Node 20 has none.)
+    const stopped = new Promise<typeof STOPPED>((resolve) => {
+      connection.wake = () => resolve(STOPPED);
+    });
+    try {
+      return await Promise.race([value, stopped]);
+    } finally {
+      connection.wake = undefined;
+    }
+  }
+
+  /**
+   * Whether a connection must stop: the channel closed, or the connection
+   * was ended. Checked after every wait in `connect` (a wait's value may
+   * come a few microtasks after `close()`), so that nothing is accepted
+   * after `close()`.
+   */
+  #stops(connection: Connection<C>): boolean {
+    return this.#closed || connection.ended;
+  }
+
+  /**
+   * The answer of a connection that stopped before `connect` answered: 503
+   * when the channel closed; else its stream, which the fan-out ended as it
+   * ends an open client's for the same reason (after the retry hint, and
+   * `disconnect`'s final message if one was given), so that it reconnects
+   * as after any end. `init`'s messages are not sent: a client that
+   * reconnects without having seen them gets them then.
+   */
+  #stopped(connection: Connection<C>): Response {
+    const fanout = this.#fanout;
+    const { client } = connection;
+    if (this.#closed) {
+      if (client !== undefined) fanout.end(client, "channel-closed");
+      return unavailable();
+    }
+    let { stream } = connection;
+    if (client === undefined) {
+      // disconnect() picked it in its topics hook: a client only to end.
+      let picked: Client<C>;
+      ({ client: picked, stream } = fanout.accept(connection.info!));
+      fanout.end(picked, "disconnected", connection.disconnected!.last);
+    }
+    return new Response(stream, { headers: this.#settings.headers });
   }
 
   /**
@@ -373,8 +517,15 @@ export class SSEChannel<C = undefined> {
    * Ends the streams of the connected clients that `predicate` picks, at
    * once: for a logout, a ban, a permission that changed. Each gets what
    * was already queued for it, then `message` if given, then the end of its
-   * stream; `onDisconnect` is told `"disconnected"`. A client still in
-   * `init` gets its response with `message` alone, already ended.
+   * stream; `onDisconnect` is told `"disconnected"`.
+   *
+   * Connections still in progress are asked about too once their context
+   * is known (after `onConnect`): one in the `topics` hook (asked about
+   * with `topics: null`, not decided yet), waiting for the broker, or in
+   * `init`. A picked one is answered at once with its response: the retry
+   * hint and `message` if any, already ended, and counted in the return
+   * value. A connection still in `onConnect` is not asked about: revoke
+   * the session first, so that `onConnect` refuses it.
    *
    * An SSE client reconnects after any end (`EventSource` after its retry
    * delay, `SSEClient` too). To keep one away, use either or both:
@@ -430,8 +581,9 @@ export class SSEChannel<C = undefined> {
    * ```
    *
    * @param predicate Called once with each connected client (see
-   * {@linkcode SSEChannel.clients}); `true` ends it, `false` keeps it. It
-   * must be synchronous: it runs over every client before any is ended.
+   * {@linkcode SSEChannel.clients}) and connection in progress; `true` ends
+   * it, `false` keeps it. It must be synchronous: it runs over every client
+   * before any is ended (a Promise it returns is refused, and observed).
    * @param options `message`: sent to each client it ends, last, encoded
    * once.
    * @returns How many clients it ended.
@@ -450,10 +602,29 @@ export class SSEChannel<C = undefined> {
       );
     }
     const last = finalFrame(options?.message);
+    // An async predicate is refused (not a boolean); its promise is observed.
+    const ask = (client: SSEChannelClient<C>): boolean => {
+      const verdict = predicate(client);
+      if (verdict !== true && verdict !== false) observe(verdict, ignore);
+      return verdict;
+    };
     const fanout = this.#fanout;
-    const ending = pickClients(fanout.clients, predicate);
+    const ending = pickClients(fanout.clients, ask);
+    // Connections still in their topics hook: asked about too, before any
+    // is ended.
+    const waiting = pickClients(
+      [...this.#connections].filter((connection) => connection.asked) as (
+        & Connection<C>
+        & { info: SSEChannelClient<C> }
+      )[],
+      ask,
+    );
     for (const client of ending) fanout.end(client, "disconnected", last);
-    return ending.length;
+    for (const connection of waiting) {
+      connection.disconnected = { last };
+      connection.wake?.();
+    }
+    return ending.length + waiting.length;
   }
 
   /**
@@ -571,7 +742,7 @@ export class SSEChannel<C = undefined> {
 
   async #close(): Promise<void> {
     this.#closed = true;
-    for (const wake of this.#sleepers) wake();
+    for (const connection of this.#connections) connection.wake?.();
     // Streams ended before, still in their grace, are cut too.
     await this.#fanout.close();
     const shared = this.#shared;
@@ -584,31 +755,6 @@ export class SSEChannel<C = undefined> {
       }
     }
     if (this.#settings.ownsBroker) await this.#settings.broker.close();
-  }
-
-  /**
-   * What `value` resolves to, or CLOSED_NOW as soon as the channel closes,
-   * whichever comes first: a connection waiting for a hook or the broker is
-   * answered at once when the channel closes.
-   */
-  async #unlessClosed<T>(
-    value: T | Promise<T>,
-  ): Promise<T | typeof CLOSED_NOW> {
-    if (this.#closed) return CLOSED_NOW;
-    if (!(value instanceof Promise)) return value;
-    // One waiter per wait, dropped when it ends: a promise that lives as long
-    // as the channel would collect a reaction per connection.
-    // (No Promise.withResolvers: Node 20 has none.)
-    let wake!: () => void;
-    const closing = new Promise<typeof CLOSED_NOW>((resolve) => {
-      wake = () => resolve(CLOSED_NOW);
-    });
-    this.#sleepers.add(wake);
-    try {
-      return await Promise.race([value, closing]);
-    } finally {
-      this.#sleepers.delete(wake);
-    }
   }
 
   /** Subscribes the channel to its stream once, for all its clients. */

@@ -6,7 +6,12 @@
 import { encodeSSE, type SSEMessage } from "./encoder.ts";
 import { describe } from "./_json.ts";
 import { keepAliveInterval, sseHeaders } from "./_http.ts";
-import { errorReporter, MemoryBroker, type SSEBroker } from "./_broker.ts";
+import {
+  errorMessage,
+  errorReporter,
+  MemoryBroker,
+  type SSEBroker,
+} from "./_broker.ts";
 
 /** Default `maxQueue`: 1 MiB. */
 const DEFAULT_MAX_QUEUE = 1024 * 1024;
@@ -40,7 +45,11 @@ export interface SSEChannelOptions<C = undefined> {
   /**
    * Milliseconds without a write after which a client is sent a keep-alive
    * comment (`: keep-alive`), so proxies keep the connection open. 0 or
-   * `Infinity` turns keep-alive off.
+   * `Infinity` turns keep-alive off; anything else must be at least 1000
+   * (proxies wait tens of seconds before closing a silent connection, so
+   * more often keeps nothing more open and costs a write per client per
+   * tick): below that, or negative or `NaN`, the constructor throws a
+   * `RangeError` naming the floor.
    *
    * @default {15000}
    */
@@ -103,6 +112,13 @@ export interface SSEChannelOptions<C = undefined> {
    * their default error handlers, Deno and Node print one line for the cut
    * (`[SSEChannel: cut a connection …]`), Bun prints nothing.
    *
+   * `Infinity` means never: a client that stops reading is never dropped
+   * as slow, and a stream the channel ended is never cut, except by
+   * `close()`, which still cuts what is left after 1 000 ms. What such a
+   * client holds stays bounded all the same (`maxBacklog`, then its
+   * position only). Anything but a positive number (or `Infinity`) makes
+   * the constructor throw a `RangeError`.
+   *
    * @default {10000}
    */
   drainTimeout?: number;
@@ -141,12 +157,18 @@ export interface SSEChannelOptions<C = undefined> {
    * Called first for every connection, with the request. Return the
    * connection's context (anything: a user, a session), which `init`,
    * `filter` and `onDisconnect` receive; or return a `Response` to refuse the
-   * connection with it (for example 401). May be async. A throw rejects
+   * connection with it (for example 401). A Response is told apart by its
+   * shape (a numeric `status`, `headers` with `get`, a `body` stream or
+   * `null`), so one made by another library or realm (npm undici's on
+   * Node) refuses too, copied into a `Response` of the runtime's if it is
+   * not one. May be async, or return any thenable (a query builder): it is
+   * awaited as a Promise, and `close()` answers a connection waiting on it
+   * with 503 at once (its later rejection is observed). A throw rejects
    * `connect`.
    *
    * @default {undefined} (every connection is accepted; the context is `undefined`)
    */
-  onConnect?: (request: Request) => C | Response | Promise<C | Response>;
+  onConnect?: (request: Request) => C | Response | PromiseLike<C | Response>;
   /**
    * Decides a connection's topics from its context, after `onConnect` has
    * identified it: so per-user topics (`user:ada`) need no second look at
@@ -160,7 +182,10 @@ export interface SSEChannelOptions<C = undefined> {
    * subscribes nothing). What it returns is checked as `connect`'s
    * `topics` are: anything but an array of strings or `undefined` rejects
    * `connect` with a `TypeError`, and so does a throw, with what it threw;
-   * no client is created, so `onDisconnect` is not called.
+   * no client is created, so `onDisconnect` is not called. A thenable is
+   * awaited as a Promise. While it runs, `close()` answers the connection
+   * 503 at once, and `disconnect()` asks about it (with `topics: null`, not
+   * decided yet) and ends it when picked.
    *
    * @default {undefined} (`connect`'s `topics`, else every topic)
    */
@@ -170,7 +195,7 @@ export interface SSEChannelOptions<C = undefined> {
   ) =>
     | readonly string[]
     | undefined
-    | Promise<readonly string[] | undefined>;
+    | PromiseLike<readonly string[] | undefined>;
   /**
    * Called once per connection, before any live message, with the context,
    * the `Last-Event-ID` the client sent (`""` if none) and `{ resumed }`.
@@ -186,6 +211,11 @@ export interface SSEChannelOptions<C = undefined> {
    * once the client is subscribed, so a snapshot taken here misses nothing:
    * every message published from then on follows it (held until `init` is
    * done). A throw, or a message `encodeSSE` refuses, rejects `connect`.
+   * A thenable is awaited as a Promise. A connection ended while `init`
+   * runs is answered at once, without waiting for it: 503 when the
+   * channel closed, else its stream, ended as an open client's would be
+   * for the same reason (`disconnect`'s final message; a `filter` that
+   * threw), without `init`'s messages.
    *
    * @default {undefined}
    */
@@ -196,14 +226,15 @@ export interface SSEChannelOptions<C = undefined> {
   ) =>
     | Iterable<SSEMessage>
     | void
-    | Promise<Iterable<SSEMessage> | void>;
+    | PromiseLike<Iterable<SSEMessage> | void>;
   /**
    * Decides, per client and per message, whether the client gets it. It must
    * be synchronous (it runs inside the fan-out loop). `message` carries the
    * assigned `id`, and `data` as sent (a string: JSON text for non-string
    * data). Only `true` delivers: anything else does not (a Promise from an
-   * async filter included: it fails closed), and a result that is not a
-   * boolean is reported to `onError` (once per channel). A throw ends that
+   * async filter included: it fails closed, and its rejection is caught),
+   * and a result that is not a boolean is reported to `onError` (once per
+   * channel). A throw ends that
    * client's stream (after what it was sent before; `onDisconnect` reason
    * `"filter-error"`) and goes to `onError`.
    *
@@ -213,7 +244,9 @@ export interface SSEChannelOptions<C = undefined> {
   /**
    * Called once when a connection ends, after everything it held is
    * released, with why it ended (see {@linkcode SSEDisconnectReason}). Must
-   * not throw (a throw goes to `onError`).
+   * not throw (a throw goes to `onError`). It may be async (marking a user
+   * offline in a database): nothing waits for it, and a rejection goes to
+   * `onError` as `onDisconnect rejected: …`.
    *
    * @default {undefined}
    */
@@ -225,7 +258,9 @@ export interface SSEChannelOptions<C = undefined> {
    * remembers the ids of the last 1 024 it reported; the error names the
    * entry id, its `cause` is the encoder's error), a hook that threw (`filter`, `onDisconnect`), or a
    * broker's `history` that failed for a resuming client. Must not throw.
-   * Errors never go to `reportError`, which ends a Deno process.
+   * Errors never go to `reportError`, which ends a Deno process. It may be
+   * async: nothing waits for it, and if it rejects (or throws), the error
+   * and the rejection are written to stderr, one line each.
    *
    * @default {(error) => console.error("SSEChannel: " + error.message)} (one line, no stack trace)
    */
@@ -343,6 +378,7 @@ export function channelSettings<C>(
       }`,
     );
   }
+  const report = channelReporter(options.onError);
   let { broker } = options;
   const ownsBroker = broker === undefined;
   if (broker === undefined) {
@@ -374,10 +410,114 @@ export function channelSettings<C>(
     onConnect: hook(options, "onConnect"),
     topics: hook(options, "topics"),
     init: hook(options, "init"),
-    filter: hook(options, "filter"),
-    onDisconnect: hook(options, "onDisconnect"),
-    report: errorReporter("SSEChannel", options.onError),
+    filter: observedFilter(hook(options, "filter")),
+    onDisconnect: observedOnDisconnect(hook(options, "onDisconnect"), report),
+    report,
   };
+}
+
+/**
+ * Whether a value is a thenable: a Promise of this realm or any other
+ * object or function with a `then` method (a query builder, a promise from
+ * another library or realm), which `await` would follow. A `then` getter
+ * that throws counts: `await` would meet the same throw.
+ *
+ * @param value Anything.
+ * @returns `true` when awaiting it would call its `then`.
+ */
+export function isThenable(value: unknown): value is PromiseLike<unknown> {
+  if (value instanceof Promise) return true;
+  if (
+    value === null || (typeof value !== "object" && typeof value !== "function")
+  ) {
+    return false;
+  }
+  try {
+    return typeof (value as { then?: unknown }).then === "function";
+  } catch {
+    return true;
+  }
+}
+
+/**
+ * Observes what a hook returned where no one awaits it (a hook that must be
+ * synchronous, written async): a thenable gets a rejection handler, so that
+ * its rejection is never unhandled (which ends a Deno process), and
+ * `onRejected` is told. Anything else is left alone.
+ *
+ * @param value What the hook returned.
+ * @param onRejected Told the rejection, if it rejects.
+ */
+export function observe(
+  value: unknown,
+  onRejected: (reason: unknown) => void,
+): void {
+  if (!isThenable(value)) return;
+  // Promise.resolve follows any thenable, and turns a then that throws
+  // into a rejection: nothing here throws.
+  Promise.resolve(value).then(undefined, (reason) => {
+    try {
+      onRejected(reason);
+    } catch {
+      // onRejected reports, and reporting never throws.
+    }
+  });
+}
+
+const ignore = (): void => {};
+
+/**
+ * `filter`, with its thenables observed: an async filter's promise fails
+ * closed (only `true` delivers, and the fan-out reports a non-boolean
+ * once), and its rejection, once per call, is caught and dropped: the
+ * report already says that the filter must be synchronous.
+ */
+function observedFilter<C>(
+  filter: SSEChannelOptions<C>["filter"],
+): SSEChannelOptions<C>["filter"] {
+  if (filter === undefined) return undefined;
+  return (context, message, topic) => {
+    const verdict = filter(context, message, topic);
+    if (verdict !== true && verdict !== false) observe(verdict, ignore);
+    return verdict;
+  };
+}
+
+/**
+ * `onDisconnect`, with its thenable observed: an async `onDisconnect` that
+ * rejects is reported as one that throws is.
+ */
+function observedOnDisconnect<C>(
+  onDisconnect: SSEChannelOptions<C>["onDisconnect"],
+  report: (error: Error) => void,
+): SSEChannelOptions<C>["onDisconnect"] {
+  if (onDisconnect === undefined) return undefined;
+  return (context, info) => {
+    observe(onDisconnect(context, info), (reason) =>
+      report(
+        new Error(`onDisconnect rejected: ${errorMessage(reason)}`, {
+          cause: reason,
+        }),
+      ));
+  };
+}
+
+/**
+ * The channel's reporter: `onError`, never throwing (see `errorReporter`),
+ * and with its thenable observed: an async `onError` that rejects gets the
+ * default report of the error it was given, and one line for the rejection.
+ */
+function channelReporter(onError: unknown): (error: Error) => void {
+  if (typeof onError !== "function") {
+    return errorReporter("SSEChannel", onError);
+  }
+  const log = errorReporter("SSEChannel", undefined);
+  return errorReporter("SSEChannel", (error: Error) => {
+    observe(onError(error), (reason) => {
+      log(error);
+      log(new Error(`onError rejected: ${errorMessage(reason)}`));
+    });
+  });
 }
 
 function hook<C, K extends keyof SSEChannelOptions<C>>(

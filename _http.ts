@@ -31,6 +31,14 @@ export const OPENING_FRAME = ":\n\n";
 /** Default keep-alive interval, in milliseconds. */
 export const DEFAULT_KEEP_ALIVE = 15_000;
 
+/**
+ * The shortest keep-alive interval, in milliseconds. Proxies close a
+ * connection after tens of seconds of silence, so a keep-alive more often
+ * than every second keeps nothing more open: it only costs a write per
+ * client (0.0001 ticked about every millisecond).
+ */
+export const MIN_KEEP_ALIVE = 1000;
+
 // Connection-specific ("hop-by-hop") fields: RFC 9110 §7.6.1 and RFC 9113
 // §8.2.2. They describe one connection, which the runtime owns; HTTP/2 and
 // HTTP/3 treat a response carrying them as malformed. `content-length` is not
@@ -80,11 +88,13 @@ export function sseHeaders(init?: HeadersInit): Headers {
 }
 
 /**
- * Checks a `keepAlive` option: a non-negative number of milliseconds, where 0
- * (or `Infinity`) turns keep-alive off.
+ * Checks a `keepAlive` option: 0 or `Infinity` turns keep-alive off, and
+ * anything else is at least {@linkcode MIN_KEEP_ALIVE} milliseconds.
  *
  * @param value The option as given (`undefined` for the default).
  * @returns The interval in milliseconds, 0 when off.
+ * @throws {TypeError} When it is not a number.
+ * @throws {RangeError} When it is below the floor, negative or NaN.
  */
 export function keepAliveInterval(value: unknown): number {
   if (value === undefined) return DEFAULT_KEEP_ALIVE;
@@ -93,12 +103,13 @@ export function keepAliveInterval(value: unknown): number {
       `Invalid keepAlive: expected a number of milliseconds, got ${typeof value}`,
     );
   }
-  if (!(value >= 0)) {
+  if (value === 0 || value === Infinity) return 0;
+  if (!(value >= MIN_KEEP_ALIVE)) {
     throw new RangeError(
-      `Invalid keepAlive: expected a non-negative number of milliseconds, got ${value}`,
+      `Invalid keepAlive: expected 0 or Infinity (off), or at least ${MIN_KEEP_ALIVE} milliseconds, got ${value}`,
     );
   }
-  return value === Infinity ? 0 : value;
+  return value;
 }
 
 /**
@@ -233,6 +244,44 @@ export function notAllowed(): Response {
       },
     },
   );
+}
+
+/**
+ * A Response this runtime's server takes, from a Response of any realm or
+ * library (npm undici's on Node, a polyfill): the same one when it is this
+ * realm's, else a copy of its status, status text, headers and body.
+ *
+ * @param response A Response by its shape (see `isResponse`).
+ * @returns A `Response` of this realm.
+ */
+export function nativeResponse(response: Response): Response {
+  if (response instanceof Response) return response;
+  const foreign: Response = response;
+  const headers = new Headers();
+  // Headers of another library iterate as Headers do; `get` alone is not.
+  if (typeof foreign.headers.forEach === "function") {
+    foreign.headers.forEach((value, name) => headers.append(name, value));
+  }
+  const body: ReadableStream<Uint8Array> | null = foreign.body;
+  return new Response(
+    body === null || body instanceof ReadableStream ? body : copy(body),
+    { status: foreign.status, statusText: foreign.statusText, headers },
+  );
+}
+
+/** A stream of this realm that reads another realm's. */
+function copy(
+  body: ReadableStream<Uint8Array>,
+): ReadableStream<Uint8Array> {
+  const reader = body.getReader();
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      const { done, value } = await reader.read();
+      if (done) controller.close();
+      else controller.enqueue(value);
+    },
+    cancel: (reason) => reader.cancel(reason),
+  });
 }
 
 /**

@@ -66,7 +66,10 @@ export interface SSEResponseInit {
   /**
    * After this many milliseconds without a write, a `: keep-alive` comment is
    * sent, so that proxies and load balancers do not close an idle stream.
-   * Every write restarts the wait. `0` turns keep-alive off.
+   * Every write restarts the wait. `0` or `Infinity` turns keep-alive off;
+   * anything else must be at least 1000 (a `RangeError` otherwise):
+   * proxies wait tens of seconds before closing a silent stream, so more
+   * often keeps nothing more open.
    *
    * @default {15000}
    */
@@ -177,8 +180,9 @@ interface Source {
  * @param init Headers, keep-alive, abort signal, initial `retry`, `onError`.
  * @returns A `Response` with status 200 whose body is the event stream.
  * @throws {TypeError} When `source` is neither, or an option has the wrong type.
- * @throws {RangeError} When `keepAlive` is negative or `retry` is not a
- * non-negative integer.
+ * @throws {RangeError} When `keepAlive` is below 1000 (but 0 or `Infinity`,
+ * which turn it off), negative or `NaN`, or `retry` is not a non-negative
+ * integer.
  */
 export function sseResponse(
   source: AsyncIterable<SSEMessage> | ReadableStream<SSEMessage>,

@@ -169,19 +169,22 @@ Deno.test(
 );
 
 Deno.test(
-  "keepAliveInterval defaults to 15 s and refuses a negative or non-number value",
+  "keepAliveInterval defaults to 15 s, turns off at 0 and Infinity, and refuses a non-number or anything below 1000 ms",
   SANITIZED,
   () => {
     assert.equal(keepAliveInterval(undefined), DEFAULT_KEEP_ALIVE);
     assert.equal(DEFAULT_KEEP_ALIVE, 15_000);
     assert.equal(keepAliveInterval(0), 0);
     assert.equal(keepAliveInterval(Infinity), 0);
-    assert.equal(keepAliveInterval(250), 250);
-    assert.throws(() => keepAliveInterval(-1), {
-      name: "RangeError",
-      message:
-        "Invalid keepAlive: expected a non-negative number of milliseconds, got -1",
-    });
+    assert.equal(keepAliveInterval(1000), 1000);
+    assert.equal(keepAliveInterval(2500.5), 2500.5);
+    for (const value of [-1, 0.0001, 250, 999.9]) {
+      assert.throws(() => keepAliveInterval(value), {
+        name: "RangeError",
+        message:
+          `Invalid keepAlive: expected 0 or Infinity (off), or at least 1000 milliseconds, got ${value}`,
+      });
+    }
     assert.throws(() => keepAliveInterval(NaN), RangeError);
     assert.throws(() => keepAliveInterval("15000"), {
       name: "TypeError",
@@ -693,7 +696,7 @@ Deno.test(
     const clock = fakeClock();
     try {
       const source = new ManualSource();
-      const reader = await opened(sseResponse(source, { keepAlive: 100 }));
+      const reader = await opened(sseResponse(source, { keepAlive: 1000 }));
       const first = reader.read();
       await clock.tickAsync(0);
       source.send({ data: "1" });
@@ -732,7 +735,7 @@ Deno.test(
         const source = new ManualSource();
         const abort = new AbortController();
         const response = sseResponse(source, {
-          keepAlive: 50,
+          keepAlive: 1000,
           signal: abort.signal,
           onError() {},
         });
@@ -848,8 +851,11 @@ Deno.test(
   "sseResponse on Deno.serve sends keep-alive comments while idle",
   SANITIZED,
   async () => {
+    const clock = fakeClock();
     const source = new ManualSource();
-    const { server, url } = serve(() => sseResponse(source, { keepAlive: 20 }));
+    const { server, url } = serve(() =>
+      sseResponse(source, { keepAlive: 1000 })
+    );
     try {
       const response = await fetch(url);
       const comments: string[] = [];
@@ -862,6 +868,7 @@ Deno.test(
         }),
       );
       const reading = Array.fromAsync(events);
+      while (comments.length < 3) await clock.tickAsync(500);
       await gotTwo.promise;
       // The opening comment, then keep-alives.
       assert.deepEqual(comments, ["", "keep-alive", "keep-alive"]);
@@ -869,6 +876,7 @@ Deno.test(
       assert.deepEqual(await reading, []);
     } finally {
       await server.shutdown();
+      clock.uninstall();
     }
   },
 );

@@ -75,15 +75,15 @@ export const serverSmoke: Smoke = {
     ).text();
 
     // The opening comment, then keep-alive comments while the source is
-    // idle.
+    // idle (1000 ms is the shortest keep-alive there is).
     const comments: string[] = [];
     const idle = await collect(
       sseResponse(
         (async function* () {
-          await sleep(80);
+          await sleep(1500);
           yield { data: "late" };
         })(),
-        { keepAlive: 10 },
+        { keepAlive: 1000 },
       ).body!.pipeThrough(
         new SSEParserStream({ onComment: (text) => comments.push(text) }),
       ),
