@@ -99,7 +99,9 @@ try {
   const lines = [
     `${
       n.toLocaleString("en-US")
-    } clients, one event to all, ${rounds} events a run, ${runs} runs interleaved; load average ${
+    } clients, one event to all, ${rounds} events a run, ${runs} run${
+      runs === 1 ? "" : "s"
+    } interleaved; load average ${
       Deno.loadavg().map((x) => x.toFixed(2)).join(", ")
     }`,
     "",
