@@ -6,6 +6,8 @@
 // runs over a real Deno.serve on 127.0.0.1 with real sockets.
 import assert from "node:assert/strict";
 import FakeTimers from "@sinonjs/fake-timers";
+import { chromium } from "playwright-core";
+import { CHROMIUM, CHROMIUM_ARGS } from "../demo/screenshot.ts";
 import {
   MemoryBroker,
   SSEChannel,
@@ -610,4 +612,149 @@ test("SSEChannel with drainTimeout: Infinity never drops a client that stops rea
     await shutdown();
     clock.uninstall();
   }
+});
+
+// ------------------------------------------------ CORS, as the README shows
+
+/**
+ * The README's handler for a cross-origin `SSEClient`: the channel's
+ * responses allow the page's origin, and the app answers the preflight that
+ * `Last-Event-ID` (not a CORS-safelisted header) makes the browser send.
+ */
+function corsApp(origin: string) {
+  const channel = new SSEChannel({
+    headers: { "access-control-allow-origin": origin, vary: "origin" },
+  });
+  const handler = (request: Request): Promise<Response> | Response => {
+    if (request.method === "OPTIONS") {
+      return new Response(null, {
+        status: 204,
+        headers: {
+          "access-control-allow-origin": origin,
+          "access-control-allow-methods": "GET",
+          "access-control-allow-headers": "last-event-id",
+          "access-control-max-age": "86400",
+          vary: "origin",
+        },
+      });
+    }
+    return channel.connect(request);
+  };
+  return { channel, handler };
+}
+
+test("SSEChannel serves a cross-origin client that resumes with Last-Event-ID once the app answers its preflight as the README shows", async () => {
+  const page = "http://app.example";
+  const { channel, handler } = corsApp(page);
+  const server = serve(handler);
+  try {
+    const seen = await channel.publish({ data: "seen" });
+    await channel.publish({ data: "missed" });
+    // What a browser asks before a fetch with Last-Event-ID, and checks.
+    const preflight = await fetch(server.url, {
+      method: "OPTIONS",
+      headers: {
+        origin: page,
+        "access-control-request-method": "GET",
+        "access-control-request-headers": "last-event-id",
+      },
+    });
+    await preflight.body?.cancel();
+    assert.equal(preflight.status, 204);
+    assert.equal(preflight.headers.get("access-control-allow-origin"), page);
+    assert.match(
+      preflight.headers.get("access-control-allow-methods") ?? "",
+      /\bGET\b/,
+    );
+    assert.match(
+      preflight.headers.get("access-control-allow-headers") ?? "",
+      /\blast-event-id\b/i,
+    );
+    const client = await Client.open(server.url, {
+      origin: page,
+      "last-event-id": seen,
+    });
+    assert.equal(
+      client.response.headers.get("access-control-allow-origin"),
+      page,
+    );
+    assert.deepEqual((await client.take(1)).map((event) => event.data), [
+      "missed",
+    ]);
+    await client.close();
+  } finally {
+    await channel.close();
+    await server.shutdown();
+  }
+});
+
+const hasChromium = (() => {
+  try {
+    return Deno.statSync(CHROMIUM).isFile;
+  } catch {
+    return false;
+  }
+})();
+
+Deno.test({
+  name:
+    "SSEChannel serves Chromium's cross-origin fetch with Last-Event-ID once the app answers the preflight, and Chromium refuses it without",
+  ignore: !hasChromium && Deno.env.get("CI") !== "true",
+  sanitizeOps: true,
+  sanitizeResources: true,
+  async fn() {
+    // The page's origin and the events' origin differ by their port.
+    const site = serve(() =>
+      new Response("<!doctype html><title>app</title>", {
+        headers: { "content-type": "text/html" },
+      })
+    );
+    const { channel, handler } = corsApp(site.url);
+    const events = serve(handler);
+    const bare = serve((request) =>
+      request.method === "OPTIONS"
+        ? new Response(null, { status: 405 })
+        : handler(request)
+    );
+    const browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: CHROMIUM_ARGS,
+      headless: true,
+    });
+    try {
+      const seen = await channel.publish({ data: "seen" });
+      await channel.publish({ data: "missed" });
+      const page = await browser.newPage();
+      await page.goto(site.url);
+      // As SSEClient does: fetch with Last-Event-ID, read the stream.
+      const read = (url: string) =>
+        page.evaluate(async ([url, id]) => {
+          try {
+            const response = await fetch(url!, {
+              headers: { "last-event-id": id!, accept: "text/event-stream" },
+            });
+            const reader = response.body!.pipeThrough(new TextDecoderStream())
+              .getReader();
+            let text = "";
+            while (!text.includes("data: missed\n")) {
+              const { done, value } = await reader.read();
+              if (done) break;
+              text += value;
+            }
+            await reader.cancel();
+            return text.includes("data: missed\n") ? "missed" : text;
+          } catch (error) {
+            return `refused: ${(error as Error).message}`;
+          }
+        }, [url, seen]);
+      assert.equal(await read(events.url), "missed");
+      assert.match(await read(bare.url), /^refused: /);
+    } finally {
+      await browser.close();
+      await channel.close();
+      await site.shutdown();
+      await events.shutdown();
+      await bare.shutdown();
+    }
+  },
 });
