@@ -7,7 +7,7 @@
 //   deno run -A bench/run.ts [--quick] [--only parser,client,...] [--no-readme]
 //   deno run -A bench/run.ts --render
 //
-// A full run takes about 10 minutes, most of it the fan-out across three
+// A full run takes about 11 minutes, most of it the fan-out across three
 // runtimes (bounded by its --budget). `--quick` runs every benchmark small
 // (about two minutes in all, for checking the suite itself, never for
 // figures); `--only` runs some of them (the
@@ -92,17 +92,17 @@ const STEPS: Step[] = [
     key: "fanout",
     title: "Fan-out",
     script: "bench/fanout_bench.ts",
-    // About 75 s a repetition on 2 cores: 5 of them, or fewer when the
-    // machine is slow enough that a 6th minute would be passed.
+    // About 80 s a repetition on 2 cores: 6 of them, or fewer when the
+    // machine is slow enough that a 9th minute would be passed.
     args: [
       "--n",
       "1000,10000",
       "--events",
       "10",
       "--reps",
-      "5",
+      "6",
       "--budget",
-      "420",
+      "540",
     ],
     quick: ["--quick", "--reps", "1", "--events", "3"],
     json: false,
