@@ -60,6 +60,8 @@ class Connection<C> {
   info: SSEChannelClient<C> | undefined;
   /** Its client, once accepted. */
   client: Client<C> | undefined;
+  /** Its client left before it was answered (see `connect`'s `signal`). */
+  left = false;
   /** `disconnect` picked it before it had a client: its final frame, if any. */
   disconnected: { last: Uint8Array | undefined } | undefined;
   /** Its client's response stream, once accepted. */
@@ -69,7 +71,8 @@ class Connection<C> {
 
   /** Whether it is ended, apart from the channel closing. */
   get ended(): boolean {
-    return this.disconnected !== undefined || this.client?.state === CLOSED;
+    return this.left || this.disconnected !== undefined ||
+      this.client?.state === CLOSED;
   }
 
   /**
@@ -78,7 +81,7 @@ class Connection<C> {
    */
   get asked(): boolean {
     return this.info !== undefined && this.client === undefined &&
-      this.disconnected === undefined;
+      !this.ended;
   }
 }
 
@@ -259,16 +262,33 @@ export class SSEChannel<C = undefined> {
    *
    * @param request The request; its `Last-Event-ID` header resumes, and
    * without it, its `lastEventIdParam` query parameter (`lastEventID`).
+   * A client that goes away once its stream is answered is noticed from the
+   * stream's cancel. Before that (a slow `onConnect`, `topics` hook or
+   * `init`), only the request's signal can tell, and the channel does not
+   * read `request.signal` itself: on Deno 2.9, reading it prints a notice
+   * about its legacy behaviour. Pass it as `signal` where it tells that the
+   * client left: Node (`@hono/node-server`), Bun, Cloudflare Workers, and
+   * Deno (which prints that notice once per process unless run with
+   * `--unstable-no-legacy-abort`). The channel stops listening to it as
+   * soon as it answers, so its firing when a response completes (Deno's
+   * legacy behaviour) ends nothing.
+   *
+   * @param request The request; its `Last-Event-ID` header resumes, and
+   * without it, its `lastEventIdParam` query parameter (`lastEventID`).
    * @param options `topics`: the topics this client receives (`""` is the
    * topic of messages published without one). When absent, the channel's
    * `topics` hook decides from the context; without the hook, every topic.
+   * `signal`: aborted when the client leaves before it is answered; the
+   * connection then ends at once, whatever it waits for (a client already
+   * accepted is released, `onDisconnect` reason `"client-closed"`).
    * @returns The response.
-   * @throws {TypeError} When `request` is not a `Request`, or `topics`
-   * (given, or returned by the `topics` hook) is not an array of strings.
+   * @throws {TypeError} When `request` is not a `Request`, `topics` (given,
+   * or returned by the `topics` hook) is not an array of strings, or
+   * `signal` is not an `AbortSignal`.
    */
   async connect(
     request: Request,
-    options: { topics?: readonly string[] } = {},
+    options: { topics?: readonly string[]; signal?: AbortSignal } = {},
   ): Promise<Response> {
     if (!(request instanceof Request)) {
       throw new TypeError(
@@ -280,17 +300,40 @@ export class SSEChannel<C = undefined> {
     if (method !== "GET" && method !== "HEAD") return notAllowed();
     const given = options?.topics;
     const topics = topicsOf(given);
+    const signal = options?.signal;
+    if (signal !== undefined && !(signal instanceof AbortSignal)) {
+      throw new TypeError(
+        `Invalid signal: expected an AbortSignal, got ${describe(signal)}`,
+      );
+    }
     if (this.#closed) return unavailable();
     const connection = new Connection<C>();
     this.#connections.add(connection);
+    const leave = () => this.#leave(connection);
+    signal?.addEventListener("abort", leave);
+    if (signal?.aborted) leave();
     try {
       return await this.#answer(request, connection, given, topics);
     } finally {
+      signal?.removeEventListener("abort", leave);
       this.#connections.delete(connection);
       if (connection.client !== undefined) {
         this.#accepted.delete(connection.client);
       }
     }
+  }
+
+  /**
+   * The client of a connection in progress left (its request's signal):
+   * its client, if accepted, is released at once (`"client-closed"`), and
+   * its wait ends.
+   */
+  #leave(connection: Connection<C>): void {
+    connection.left = true;
+    const { client } = connection;
+    // Its end wakes the connection (onRelease).
+    if (client !== undefined) this.#fanout.end(client, "client-closed");
+    else connection.wake?.();
   }
 
   /** `connect`, once the request is checked (see there). */
@@ -304,7 +347,9 @@ export class SSEChannel<C = undefined> {
     let context = undefined as C;
     if (onConnect !== undefined) {
       const result = await this.#wait(connection, onConnect(request));
-      if (result === STOPPED || this.#closed) return unavailable();
+      if (result === STOPPED || this.#stops(connection)) {
+        return this.#stopped(connection);
+      }
       // A Response of any realm or library refuses (see _response.ts).
       if (isResponse(result)) return nativeResponse(result);
       context = result;
@@ -438,6 +483,10 @@ export class SSEChannel<C = undefined> {
       return unavailable();
     }
     let { stream } = connection;
+    if (client === undefined && connection.disconnected === undefined) {
+      // It left before it was accepted: nothing was held, nobody reads this.
+      return new Response(null, { headers: this.#settings.headers });
+    }
     if (client === undefined) {
       // disconnect() picked it in its topics hook: a client only to end.
       let picked: Client<C>;

@@ -464,6 +464,78 @@ test("SSEChannel answers 200 and ends the stream of a connection whose filter th
   }
 });
 
+// ------------------------------------------------ a client that leaves early
+
+test("SSEChannel releases at once a client that leaves while its connection is in onConnect, the topics hook or init, when connect is given the request's signal", async () => {
+  for (const hook of ["onConnect", "topics", "init"] as const) {
+    const { gate, called, hook: wait } = gated<never>();
+    const reasons: SSEDisconnectReason[] = [];
+    const left = new Counter();
+    const answered = new Counter();
+    const channel = new SSEChannel<string>({
+      ...(hook === "onConnect"
+        ? { onConnect: wait }
+        : hook === "topics"
+        ? { onConnect: () => "u", topics: wait }
+        : { onConnect: () => "u", init: wait }),
+      onDisconnect(_context, { reason }) {
+        reasons.push(reason);
+        left.hit();
+      },
+    });
+    const server = serve(async (request) => {
+      const response = await channel.connect(request, {
+        signal: request.signal,
+      });
+      answered.hit();
+      return response;
+    });
+    try {
+      const abort = new AbortController();
+      const answer = fetch(server.url, { signal: abort.signal }).catch(
+        (error) => error,
+      );
+      await called.reach(1, `${hook} called`);
+      abort.abort();
+      await answer;
+      // connect answers at once, without waiting for the hook.
+      await answered.reach(1, `${hook}: connect answered`);
+      if (hook === "init") {
+        // Accepted already: released, and told.
+        await left.reach(1, "onDisconnect");
+        assert.deepEqual(reasons, ["client-closed"]);
+      } else {
+        assert.deepEqual(reasons, []);
+      }
+      assert.equal(channel.size, 0, hook);
+      assert.deepEqual(channel.clients(), [], hook);
+      assert.equal(channel.metrics().connections, reasons.length, hook);
+    } finally {
+      gate.reject(new Error("late"));
+      await channel.close();
+      await server.shutdown();
+    }
+  }
+});
+
+test("SSEChannel.connect refuses a signal that is not an AbortSignal with a TypeError", async () => {
+  const channel = new SSEChannel();
+  try {
+    await assert.rejects(
+      channel.connect(new Request("http://x/"), {
+        signal: "abort" as unknown as AbortSignal,
+      }),
+      {
+        name: "TypeError",
+        message: "Invalid signal: expected an AbortSignal, got string",
+      },
+    );
+    assert.equal(channel.size, 0);
+  } finally {
+    await channel.close();
+  }
+});
+
 // ------------------------------------------------ a Response from elsewhere
 
 /** A Response as another library makes it (npm undici on Node): no instance of this realm's. */
