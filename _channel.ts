@@ -9,7 +9,8 @@
 // path; catch-ups; slow clients; keep-alive; how a client ends) are in
 // _fanout.ts; who is connected and the metrics in _presence.ts; the options
 // and the reasons a connection ends in _channel_options.ts; the frames
-// (encoded once, live or replayed) in _frames.ts.
+// (encoded once, live or replayed) in _frames.ts; a connection while
+// `connect` answers it (what stops it at once) in _connecting.ts.
 
 import { encodeSSE, type SSEMessage } from "./encoder.ts";
 import { describe, json } from "./_json.ts";
@@ -23,12 +24,12 @@ import type { SSEBrokerSubscription } from "./_broker.ts";
 import {
   type ChannelSettings,
   channelSettings,
-  isThenable,
   observe,
   type SSEChannelOptions,
   topicsOf,
 } from "./_channel_options.ts";
-import { type Client, CLOSED, OPEN } from "./_client.ts";
+import { type Client, OPEN } from "./_client.ts";
+import { Connection, ignore, STOPPED } from "./_connecting.ts";
 import { isResponse } from "./_response.ts";
 import { encodeAll } from "./_frames.ts";
 import { Fanout } from "./_fanout.ts";
@@ -40,50 +41,6 @@ import {
   type SSEChannelMetrics,
 } from "./_presence.ts";
 import type { Resume } from "./_resume.ts";
-
-/**
- * What a wait in `connect` resolves to when the connection stopped first:
- * the channel closed, or the connection was ended (see `Connection`).
- */
-const STOPPED: unique symbol = Symbol("stopped");
-
-const ignore = (): void => {};
-
-/**
- * A connection inside `connect`, from the call to its answer. `close()`
- * wakes it, and so does the end of its client (`disconnect`, a `filter`
- * that threw); `disconnect` asks about it once its context is known and
- * before it has a client (while the `topics` hook runs).
- */
-class Connection<C> {
-  /** What `disconnect`'s predicate is asked about, once `onConnect` answered. */
-  info: SSEChannelClient<C> | undefined;
-  /** Its client, once accepted. */
-  client: Client<C> | undefined;
-  /** Its client left before it was answered (see `connect`'s `signal`). */
-  left = false;
-  /** `disconnect` picked it before it had a client: its final frame, if any. */
-  disconnected: { last: Uint8Array | undefined } | undefined;
-  /** Its client's response stream, once accepted. */
-  stream: ReadableStream<Uint8Array> | undefined;
-  /** Ends the current wait (see `SSEChannel.#wait`). */
-  wake: (() => void) | undefined;
-
-  /** Whether it is ended, apart from the channel closing. */
-  get ended(): boolean {
-    return this.left || this.disconnected !== undefined ||
-      this.client?.state === CLOSED;
-  }
-
-  /**
-   * Whether `disconnect` asks about it: its context is known, it has no
-   * client yet (a client is asked about as one), and it is not ended.
-   */
-  get asked(): boolean {
-    return this.info !== undefined && this.client === undefined &&
-      !this.ended;
-  }
-}
 
 /**
  * A broadcast channel of Server-Sent Events: every connected client receives
@@ -346,7 +303,7 @@ export class SSEChannel<C = undefined> {
     const { onConnect, init } = this.#settings;
     let context = undefined as C;
     if (onConnect !== undefined) {
-      const result = await this.#wait(connection, onConnect(request));
+      const result = await connection.wait(this.#closed, onConnect(request));
       if (result === STOPPED || this.#stops(connection)) {
         return this.#stopped(connection);
       }
@@ -362,8 +319,8 @@ export class SSEChannel<C = undefined> {
     if (given === undefined && this.#settings.topics !== undefined) {
       // disconnect() sees it from now on, its topics not decided yet.
       connection.info = Object.freeze({ context, topics: null, connectedAt });
-      const hooked = await this.#wait(
-        connection,
+      const hooked = await connection.wait(
+        this.#closed,
         this.#settings.topics(context, request),
       );
       if (hooked === STOPPED || this.#stops(connection)) {
@@ -387,14 +344,17 @@ export class SSEChannel<C = undefined> {
     try {
       // close() and the client's end answer a connection that waits here at
       // once.
-      const shared = await this.#wait(connection, this.#subscribeShared());
+      const shared = await connection.wait(
+        this.#closed,
+        this.#subscribeShared(),
+      );
       if (shared === STOPPED || this.#stops(connection)) {
         return this.#stopped(connection);
       }
       let resume: Resume<C> | undefined;
       if (lastEventId !== "") {
-        const resuming = await this.#wait(
-          connection,
+        const resuming = await connection.wait(
+          this.#closed,
           fanout.resume(client, lastEventId),
         );
         if (resuming === STOPPED || this.#stops(connection)) {
@@ -408,8 +368,8 @@ export class SSEChannel<C = undefined> {
       if (resume === undefined) fanout.join(client);
       let frames: Uint8Array[] = [];
       if (init !== undefined) {
-        const messages = await this.#wait(
-          connection,
+        const messages = await connection.wait(
+          this.#closed,
           init(context, lastEventId, { resumed: resume !== undefined }),
         );
         if (messages === STOPPED || this.#stops(connection)) {
@@ -427,34 +387,6 @@ export class SSEChannel<C = undefined> {
       throw error;
     }
     return new Response(stream, { headers: this.#settings.headers });
-  }
-
-  /**
-   * What `value` resolves to, or STOPPED as soon as the channel closes or
-   * the connection is ended, whichever comes first. Any thenable is waited for as a promise is (a query builder, a promise
-   * of another library or realm); its rejection is observed however the
-   * wait ends.
-   */
-  async #wait<T>(
-    connection: Connection<C>,
-    value: T | PromiseLike<T>,
-  ): Promise<T | typeof STOPPED> {
-    if (this.#stops(connection)) {
-      observe(value, ignore);
-      return STOPPED;
-    }
-    if (!isThenable(value)) return value;
-    // One waiter per wait, dropped when it ends: a promise that lives as long
-    // as the channel would collect a reaction per connection.
-    // (No Promise.withResolvers: Node 20 has none.)
-    const stopped = new Promise<typeof STOPPED>((resolve) => {
-      connection.wake = () => resolve(STOPPED);
-    });
-    try {
-      return await Promise.race([value, stopped]);
-    } finally {
-      connection.wake = undefined;
-    }
   }
 
   /**
