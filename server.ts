@@ -47,6 +47,7 @@ import {
   OPENING_FRAME,
   sseHeaders,
 } from "./_http.ts";
+import { observe } from "./_channel_options.ts";
 
 export type { SSEMessage } from "./encoder.ts";
 
@@ -96,7 +97,8 @@ export interface SSEResponseInit {
    * `encodeSSE` refused, or of closing the source) after the stream has ended
    * cleanly. The client sees a normal end of stream and no error detail. It
    * should not throw; if it does, what it threw is logged with
-   * `console.error`.
+   * `console.error`. It may be async: nothing waits for it, and a rejection
+   * is logged the same way.
    *
    * @default {(error) => console.error(…)}
    */
@@ -209,7 +211,10 @@ export function sseResponse(
 
   const report = (error: unknown): void => {
     try {
-      onError(error);
+      // An async onError is not waited for, and never rejects unhandled.
+      observe(onError(error), (thrown) => {
+        console.error("sseResponse: onError rejected", thrown, "on", error);
+      });
     } catch (thrown) {
       console.error("sseResponse: onError threw", thrown, "on", error);
     }

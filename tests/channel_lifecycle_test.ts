@@ -205,6 +205,34 @@ test("SSEChannel reports an async onError that rejects on stderr, one line for t
   }
 });
 
+test("sseResponse logs an async onError that rejects, and the process carries on", async () => {
+  const lines: unknown[][] = [];
+  const error = console.error;
+  console.error = (...args: unknown[]) => lines.push(args);
+  const server = serve(() =>
+    sseResponse(
+      (async function* () {
+        yield { data: "one" };
+        throw new Error("feed down");
+      })(),
+      { onError: rejecting("log sink down") },
+    )
+  );
+  try {
+    const client = await Client.open(server.url);
+    await client.closed();
+    assert.deepEqual(client.data, ["one"]);
+    await turn();
+    assert.equal(lines.length, 1);
+    assert.equal(lines[0]![0], "sseResponse: onError rejected");
+    assert.equal((lines[0]![1] as Error).message, "log sink down");
+    assert.equal((lines[0]![3] as Error).message, "feed down");
+  } finally {
+    console.error = error;
+    await server.shutdown();
+  }
+});
+
 test("SSEChannel.close() answers 503 at once a connection waiting on onConnect, the topics hook or init, a promise or any thenable, and observes its later rejection", async () => {
   for (const kind of ["promise", "thenable"] as const) {
     for (const hook of ["onConnect", "topics", "init"] as const) {
