@@ -566,7 +566,11 @@ test("SSEChannel.connect refuses a signal that is not an AbortSignal with a Type
 
 // ------------------------------------------------ a Response from elsewhere
 
-/** A Response as another library makes it (npm undici on Node): no instance of this realm's. */
+/**
+ * A Response as another library makes it (npm undici's on Node): no
+ * instance of this realm's; its body a stream of this realm, or with
+ * `foreignBody` one of another (a reader, no ReadableStream).
+ */
 class ForeignResponse {
   readonly status: number;
   readonly statusText: string;
@@ -574,12 +578,20 @@ class ForeignResponse {
   readonly body: ReadableStream<Uint8Array> | null;
   readonly bodyUsed = false;
   readonly ok: boolean;
-  constructor(text: string | null, status: number, headers: HeadersInit) {
+  constructor(
+    text: string | null,
+    status: number,
+    headers: HeadersInit,
+    foreignBody = false,
+  ) {
     this.status = status;
     this.ok = status >= 200 && status < 300;
     this.statusText = status === 401 ? "Unauthorized" : "";
     this.headers = new Headers(headers);
-    this.body = text === null ? null : new Response(text).body;
+    const body = text === null ? null : new Response(text).body!;
+    this.body = body !== null && foreignBody
+      ? { getReader: () => body.getReader() } as ReadableStream<Uint8Array>
+      : body;
   }
   get [Symbol.toStringTag](): string {
     return "Response";
@@ -596,6 +608,7 @@ test("SSEChannel refuses a connection with what onConnect returned when it is a 
       "Unauthorized",
     ],
     [new ForeignResponse(null, 204, {}), 204, ""],
+    [new ForeignResponse("Forbidden", 403, {}, true), 403, "Forbidden"],
   ];
   for (const [refusal, status, body] of cases) {
     const { url, channel, reasons, shutdown } = served<unknown>({
