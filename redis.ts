@@ -158,6 +158,14 @@ export interface RedisBrokerOptions {
 const DEFAULT_URL = "redis://127.0.0.1:6379";
 const DEFAULT_PREFIX = "sse:";
 const DEFAULT_COMMAND_TIMEOUT = 3_000;
+/**
+ * The fewest entries `publish` trims a stream to, whatever its `replay`:
+ * `XADD … MAXLEN ~` trims at once, and an entry must still be there when the
+ * blocking read of every instance asks for it (with `replay: 0`, none was:
+ * nothing was delivered live). A burst of more than this while a reader is
+ * behind can still be trimmed before it is read.
+ */
+const MIN_KEPT = 100;
 const DEFAULT_MAX_ENTRY_SIZE = 64 * 1024 * 1024;
 /**
  * How many skipped entries the broker remembers having reported, so that one
@@ -324,8 +332,9 @@ export class RedisBroker implements SSEBroker {
 
   /**
    * Appends the message to the stream with `XADD`, trimming it to about
-   * `replay` entries (`MAXLEN ~`). Every subscriber of the stream, in every
-   * process, then receives it.
+   * `replay` entries, and never below 100 (`MAXLEN ~`), so that the readers
+   * of every process find it before it is trimmed. Every subscriber of the
+   * stream, in every process, then receives it.
    *
    * @param name The stream (the channel's `name`); the key is `prefix + name`.
    * @param entry The topic (`""` for none) and the message; its `id`, if any,
@@ -371,7 +380,7 @@ export class RedisBroker implements SSEBroker {
         APPEND,
         "1",
         key,
-        String(replay),
+        String(Math.max(replay, MIN_KEPT)),
         topic,
         json,
         String(this.#newest),

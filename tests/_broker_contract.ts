@@ -49,6 +49,13 @@ export interface BrokerContractOptions {
   /** fast-check runs of the property tests. @default {25} */
   numRuns?: number;
   /**
+   * Whether the fixture trims entries beyond `replay` at once, before every
+   * reader has read them (DenoKvBroker with `trimDelay: 0`): the live
+   * delivery of a burst published with a tiny `replay` is then not asked of
+   * it. @default {false}
+   */
+  trimsAtOnce?: boolean;
+  /**
    * Stores, in stream `name` of the fixture's backend, one entry that the
    * broker cannot decode, as another process could write it, and resolves
    * once it is stored. Absent for a broker that only holds entries it made
@@ -293,6 +300,33 @@ export function testBrokerContract(options: BrokerContractOptions): void {
     assert.deepEqual(kept, received.entries.slice(1));
     subscription.unsubscribe();
   });
+
+  test(
+    "delivers live what is published with replay 0 or 1, a burst included: replay is history, not delivery",
+    async ({ broker, peer }) => {
+      // Before (RedisBroker): XADD MAXLEN ~ 0 trimmed each entry before any
+      // reader read it: 0 of 5 delivered, so a channel with replay 0 on Redis
+      // delivered nothing live.
+      for (const replay of [0, 1]) {
+        const received = new Collector();
+        const subscription = await broker.subscribe(
+          `r${replay}`,
+          received.onEntry,
+        );
+        const ids = await Promise.all(
+          range(50).map((data) =>
+            peer.publish(`r${replay}`, message(data), { replay })
+          ),
+        );
+        await received.until(ids.length);
+        // Each once (the order of concurrent publishes is the broker's).
+        assert.equal(received.ids.length, ids.length);
+        assert.deepEqual(new Set(received.ids), new Set(ids));
+        subscription.unsubscribe();
+      }
+    },
+    options.trimsAtOnce,
+  );
 
   test("issues ids of printable ASCII, unique, in publish order", async ({ broker, peer }) => {
     const ids = [

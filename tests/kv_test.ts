@@ -234,6 +234,32 @@ for (const fail of [false, true]) {
 }
 
 kvTest(
+  "DenoKvBroker delivers live a burst published with replay 0 or 1: trimDelay keeps entries until every reader has read them",
+  async (db) => {
+    const reader = broker(await db.open());
+    const publisher = broker(await db.open());
+    for (const replay of [0, 1]) {
+      const received = new Collector();
+      const subscription = await reader.subscribe(
+        `r${replay}`,
+        received.onEntry,
+      );
+      const ids = await Promise.all(
+        range(50).map((item) =>
+          publisher.publish(`r${replay}`, message(item), { replay })
+        ),
+      );
+      await received.until(ids.length);
+      assert.deepEqual(new Set(received.ids), new Set(ids));
+      subscription.unsubscribe();
+    }
+    await publisher.close();
+    await reader.close();
+    assert.deepEqual([...publisher.errors, ...reader.errors], []);
+  },
+);
+
+kvTest(
   "DenoKvBroker delivers between two handles of one file by the watch alone",
   async (db) => {
     const publisher = broker(await db.open(), { pollInterval: Infinity });
@@ -1119,6 +1145,8 @@ const fixtureKv = new WeakMap<
 testBrokerContract({
   name: "DenoKvBroker",
   numRuns: 15,
+  // trimDelay 0 below; the default keeps entries until read (tested apart).
+  trimsAtOnce: true,
   async open() {
     const db = await TempKv.create();
     const kv = await db.open();

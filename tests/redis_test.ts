@@ -189,21 +189,31 @@ redisTest(
 );
 
 redisTest(
-  "RedisBroker trims a stream to about replay entries (XADD MAXLEN ~)",
+  "RedisBroker trims a stream to about replay entries (XADD MAXLEN ~), and never below 100, so that readers find them",
   async () => {
     await using redis = await startRedis();
     const broker = new RedisBroker({ url: redis.url });
     const raw = await rawClient(redis.url);
     try {
-      await Promise.all(
-        Array.from(
-          { length: 600 },
-          (_, i) => broker.publish("s", message(String(i)), { replay: 50 }),
-        ),
-      );
-      const length = await raw.send(["XLEN", "sse:s"]) as number;
-      // At least replay, plus at most a radix-tree node or two (100 each).
-      assert.ok(length >= 50 && length <= 250, `XLEN ${length}`);
+      const cases: [string, number, number][] = [["s", 500, 500], [
+        "t",
+        0,
+        100,
+      ]];
+      for (const [stream, replay, least] of cases) {
+        await Promise.all(
+          Array.from(
+            { length: 1200 },
+            (_, i) => broker.publish(stream, message(String(i)), { replay }),
+          ),
+        );
+        const length = await raw.send(["XLEN", `sse:${stream}`]) as number;
+        // At least that, plus at most a radix-tree node or two (100 each).
+        assert.ok(
+          length >= least && length <= least + 200,
+          `XLEN ${length} with replay ${replay}`,
+        );
+      }
     } finally {
       await raw.close();
       await broker.close();
