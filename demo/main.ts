@@ -9,7 +9,8 @@
 // --kv PATH) through DenoKvBroker: stop the demo and start it again, and every
 // open tab resumes with nothing missed. --memory keeps them in the process
 // (MemoryBroker: a restart forgets them); --redis URL publishes through
-// RedisBroker (snapshots stay in memory).
+// RedisBroker, keeping the snapshots and sessions in that Redis too (so that
+// demos on several servers behind one Redis are one app).
 //
 // The port comes from --port, else the PORT environment variable, else 8000;
 // 0 picks a free one. --tick is the ticker's interval and --token-delay the
@@ -31,7 +32,7 @@ import { argumentError } from "../_args.ts";
 import { DenoKvBroker } from "../kv.ts";
 import { MemoryBroker, type SSEBroker } from "../server.ts";
 import { createDemo, type Demo } from "./app.ts";
-import { type DemoStore, kvStore, memoryStore } from "./store.ts";
+import { type DemoStore, kvStore, memoryStore, redisStore } from "./store.ts";
 
 const DEFAULT_KV = new URL("./.data/demo.sqlite3", import.meta.url).pathname;
 
@@ -170,8 +171,28 @@ async function open(backend: Backend): Promise<Opened> {
   if (backend.kind === "redis") {
     // Loaded only when asked for: the npm Redis client is not needed else.
     const { RedisBroker } = await import("../redis.ts");
+    const { createClient } = await import("@redis/client");
     const broker = new RedisBroker({ url: backend.url });
-    return { broker, store: memoryStore(), close: () => broker.close() };
+    // The store's own connection: node-redis reconnects it by itself, and
+    // the broker reports the outage, so its errors are not printed again.
+    const client = createClient({ url: backend.url, RESP: 2 });
+    client.on("error", () => {});
+    try {
+      await client.connect();
+    } catch (error) {
+      await broker.close();
+      throw new UsageError(
+        `Cannot reach ${backend.url}: ${(error as Error).message}`,
+      );
+    }
+    return {
+      broker,
+      store: redisStore((args) => client.sendCommand(args)),
+      async close() {
+        await broker.close();
+        await client.close();
+      },
+    };
   }
   let kv: Deno.Kv;
   try {

@@ -184,3 +184,96 @@ export function kvStore(kv: Deno.Kv): DemoStore {
     },
   };
 }
+
+/** Sends one Redis command and resolves with its reply (RESP2). */
+export type RedisSend = (args: string[]) => Promise<unknown>;
+
+// The ticker's lease: taken when free or already ours, for `ms`.
+const CLAIM = `local held = redis.call("GET", KEYS[1])
+if held == false or held == ARGV[1] then
+  redis.call("SET", KEYS[1], ARGV[1], "PX", ARGV[2])
+  return 1
+end
+return 0`;
+
+// Let go only if ours.
+const RELEASE = `if redis.call("GET", KEYS[1]) == ARGV[1] then
+  return redis.call("DEL", KEYS[1])
+end
+return 0`;
+
+/**
+ * A store in Redis, next to RedisBroker's streams, under `sse-demo:*` keys:
+ * what several demos on one Redis (servers behind a load balancer) share.
+ *
+ * @param send Sends a command (a node-redis client's `sendCommand`, RESP2).
+ * @returns The store.
+ */
+export function redisStore(send: RedisSend): DemoStore {
+  const chatKey = (room: string) => `sse-demo:chat:${room}`;
+  const presenceKey = (room: string) => `sse-demo:online:${room}`;
+  return {
+    async chat(room) {
+      const items = await send(["LRANGE", chatKey(room), "0", "-1"]);
+      return (items as string[]).map((item) => JSON.parse(item));
+    },
+    async addChat(message, keep) {
+      const key = chatKey(message.room);
+      await send(["RPUSH", key, JSON.stringify(message)]);
+      await send(["LTRIM", key, String(-keep), "-1"]);
+    },
+    async tick() {
+      const value = await send(["GET", "sse-demo:tick"]);
+      return typeof value === "string" ? JSON.parse(value) : undefined;
+    },
+    async saveTick(tick) {
+      await send(["SET", "sse-demo:tick", JSON.stringify(tick)]);
+    },
+    async claimTicker(owner, ms) {
+      const claimed = await send([
+        "EVAL",
+        CLAIM,
+        "1",
+        "sse-demo:ticker",
+        owner,
+        String(Math.ceil(ms)),
+      ]);
+      return Number(claimed) === 1;
+    },
+    async releaseTicker(owner) {
+      await send(["EVAL", RELEASE, "1", "sse-demo:ticker", owner]);
+    },
+    async session(id) {
+      const value = await send(["GET", `sse-demo:session:${id}`]);
+      return typeof value === "string" ? value : undefined;
+    },
+    async saveSession(id, user) {
+      const key = `sse-demo:session:${id}`;
+      if (user === undefined) await send(["DEL", key]);
+      else await send(["SET", key, user, "EX", String(SESSION_SECONDS)]);
+    },
+    async savePresence(owner, room, users, ms) {
+      const key = presenceKey(room);
+      if (users.length === 0) {
+        await send(["HDEL", key, owner]);
+        return;
+      }
+      const value = JSON.stringify({ users, until: Date.now() + ms });
+      await send(["HSET", key, owner, value]);
+      // What a killed demo leaves goes with the hash, once nobody refreshes it.
+      await send(["PEXPIRE", key, String(Math.ceil(ms))]);
+    },
+    async presence(room) {
+      const flat = await send(["HGETALL", presenceKey(room)]) as string[];
+      const lists: { owner: string; users: OnlineUser[] }[] = [];
+      const now = Date.now();
+      for (let i = 0; i + 1 < flat.length; i += 2) {
+        const { users, until } = JSON.parse(flat[i + 1]!);
+        if (until > now && Array.isArray(users)) {
+          lists.push({ owner: flat[i]!, users });
+        }
+      }
+      return lists;
+    },
+  };
+}

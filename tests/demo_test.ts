@@ -14,6 +14,7 @@ import { type SSEEvent, SSEParserStream } from "../parser.ts";
 import type { SSEChannelMetrics } from "../server.ts";
 import { CHROMIUM, CHROMIUM_ARGS } from "../demo/screenshot.ts";
 import { within } from "./_channel.ts";
+import { REDIS_SKIP, startRedis } from "./_redis.ts";
 
 // Deno 2.9 leaves the op and resource sanitizers off unless asked.
 const SANITIZED = { sanitizeOps: true, sanitizeResources: true } as const;
@@ -664,113 +665,131 @@ async function snapshotChat(
   }
 }
 
-Deno.test(
-  "Two demos on one KV file tick as one, show each other's chat in a new tab's snapshot, and one goes on ticking when the other stops",
-  SANITIZED,
-  async () => {
-    await withDir(async (dir) => {
-      const a = await DemoProcess.start({ dir, args: ["--tick", "50"] });
+for (const backend of ["KV file", "Redis"] as const) {
+  Deno.test({
+    name:
+      `Two demos on one ${backend} tick as one, show each other's chat in a new tab's snapshot, and one goes on ticking when the other stops`,
+    ...SANITIZED,
+    ignore: backend === "Redis" && REDIS_SKIP !== undefined,
+    fn: () => twoDemos(backend),
+  });
+}
+
+async function twoDemos(backend: "KV file" | "Redis"): Promise<void> {
+  await using redis = backend === "Redis" ? await startRedis() : undefined;
+  const args = redis === undefined
+    ? ["--tick", "50"]
+    : ["--redis", redis.url, "--tick", "50"];
+  await withDir(async (dir) => {
+    const a = await DemoProcess.start({ dir, args });
+    try {
+      const b = await DemoProcess.start({ dir, args });
+      let last: number;
+      // Sessions are in the file: one sign-in serves both.
+      const session = await signIn(a.url);
+      const ids: string[] = [];
       try {
-        const b = await DemoProcess.start({ dir, args: ["--tick", "50"] });
-        let last: number;
-        // Sessions are in the file: one sign-in serves both.
-        const session = await signIn(a.url);
-        const ids: string[] = [];
-        try {
-          for (
-            const [demo, text] of [[a, "to a"], [b, "to b"], [
-              a,
-              "a again",
-            ]] as [DemoProcess, string][]
-          ) {
-            const response = await post(`${demo.url}api/chat`, {
-              room: "lobby",
-              text,
-            });
-            assert.equal(response.status, 201);
-            ids.push((await response.json()).id);
-          }
-          assert.deepEqual(await snapshotChat(a.url, session), ids);
-          assert.deepEqual(await snapshotChat(b.url, session), ids);
-          const stream = await Stream.open(
-            `${b.url}events?room=lobby`,
-            session,
-          );
-          try {
-            const ticks = await ticksOf(stream, 20);
-            for (let i = 1; i < ticks.length; i++) {
-              assert.equal(ticks[i], ticks[i - 1]! + 1, `ticks ${ticks}`);
-            }
-            last = ticks.at(-1)!;
-          } finally {
-            await stream.close();
-          }
-        } finally {
-          await stopCleanly(b);
+        for (
+          const [demo, text] of [[a, "to a"], [b, "to b"], [
+            a,
+            "a again",
+          ]] as [DemoProcess, string][]
+        ) {
+          const response = await post(`${demo.url}api/chat`, {
+            room: "lobby",
+            text,
+          });
+          assert.equal(response.status, 201);
+          ids.push((await response.json()).id);
         }
-        // Whichever ticked, a goes on from where the ticker was.
-        const stream = await Stream.open(`${a.url}events?room=lobby`, session);
+        assert.deepEqual(await snapshotChat(a.url, session), ids);
+        assert.deepEqual(await snapshotChat(b.url, session), ids);
+        const stream = await Stream.open(
+          `${b.url}events?room=lobby`,
+          session,
+        );
         try {
-          const ticks = await ticksOf(stream, 10);
-          assert.ok(ticks[0]! > last, `ticks ${ticks} after ${last}`);
+          const ticks = await ticksOf(stream, 20);
           for (let i = 1; i < ticks.length; i++) {
             assert.equal(ticks[i], ticks[i - 1]! + 1, `ticks ${ticks}`);
           }
+          last = ticks.at(-1)!;
         } finally {
           await stream.close();
         }
       } finally {
-        await stopCleanly(a);
+        await stopCleanly(b);
       }
-    });
-  },
-);
-
-Deno.test(
-  "Signing out on one of two demos on one KV file ends that session's streams on both at once, and only those",
-  SANITIZED,
-  async () => {
-    await withDir(async (dir) => {
-      const a = await DemoProcess.start({ dir });
+      // Whichever ticked, a goes on from where the ticker was.
+      const stream = await Stream.open(`${a.url}events?room=lobby`, session);
       try {
-        const b = await DemoProcess.start({ dir });
-        try {
-          const leaving = await signIn(a.url, "ann");
-          const staying = await signIn(a.url, "bob");
-          const onA = await Stream.open(`${a.url}events?room=lobby`, leaving);
-          const onB = await Stream.open(`${b.url}events?room=lobby`, leaving);
-          const other = await Stream.open(
-            `${b.url}events?room=lobby`,
-            staying,
-          );
-          try {
-            for (const stream of [onA, onB, other]) {
-              await stream.next("snapshot");
-            }
-            const out = await post(`${a.url}api/signout`, {}, leaving);
-            assert.equal(out.status, 200);
-            await out.body?.cancel();
-            // Before: only a's stream ended; b's went on streaming to a
-            // session that no longer exists.
-            for (const stream of [onA, onB]) {
-              const event = await stream.next("signed-out");
-              assert.deepEqual(JSON.parse(event.data), { user: "ann" });
-              await assert.rejects(stream.next("tick"), /ended before/);
-            }
-            // Bob's stream on b goes on.
-            await other.next("tick");
-          } finally {
-            for (const stream of [onA, onB, other]) await stream.close();
-          }
-        } finally {
-          await stopCleanly(b);
+        const ticks = await ticksOf(stream, 10);
+        assert.ok(ticks[0]! > last, `ticks ${ticks} after ${last}`);
+        for (let i = 1; i < ticks.length; i++) {
+          assert.equal(ticks[i], ticks[i - 1]! + 1, `ticks ${ticks}`);
         }
       } finally {
-        await stopCleanly(a);
+        await stream.close();
       }
-    });
-  },
-);
+    } finally {
+      await stopCleanly(a);
+    }
+  });
+}
+
+for (const backend of ["KV file", "Redis"] as const) {
+  Deno.test({
+    name:
+      `Signing out on one of two demos on one ${backend} ends that session's streams on both at once, and only those`,
+    ...SANITIZED,
+    ignore: backend === "Redis" && REDIS_SKIP !== undefined,
+    fn: () => signOutOnTwo(backend),
+  });
+}
+
+async function signOutOnTwo(backend: "KV file" | "Redis"): Promise<void> {
+  await using redis = backend === "Redis" ? await startRedis() : undefined;
+  const args = redis === undefined ? [] : ["--redis", redis.url];
+  await withDir(async (dir) => {
+    const a = await DemoProcess.start({ dir, args });
+    try {
+      const b = await DemoProcess.start({ dir, args });
+      try {
+        const leaving = await signIn(a.url, "ann");
+        const staying = await signIn(a.url, "bob");
+        const onA = await Stream.open(`${a.url}events?room=lobby`, leaving);
+        const onB = await Stream.open(`${b.url}events?room=lobby`, leaving);
+        const other = await Stream.open(
+          `${b.url}events?room=lobby`,
+          staying,
+        );
+        try {
+          for (const stream of [onA, onB, other]) {
+            await stream.next("snapshot");
+          }
+          const out = await post(`${a.url}api/signout`, {}, leaving);
+          assert.equal(out.status, 200);
+          await out.body?.cancel();
+          // Before: only a's stream ended; b's went on streaming to a
+          // session that no longer exists.
+          for (const stream of [onA, onB]) {
+            const event = await stream.next("signed-out");
+            assert.deepEqual(JSON.parse(event.data), { user: "ann" });
+            await assert.rejects(stream.next("tick"), /ended before/);
+          }
+          // Bob's stream on b goes on.
+          await other.next("tick");
+        } finally {
+          for (const stream of [onA, onB, other]) await stream.close();
+        }
+      } finally {
+        await stopCleanly(b);
+      }
+    } finally {
+      await stopCleanly(a);
+    }
+  });
+}
 
 /** The users /api/online lists for the lobby, once it lists `expected`. */
 async function onlineUntil(url: string, expected: string[]): Promise<void> {
@@ -785,45 +804,53 @@ async function onlineUntil(url: string, expected: string[]): Promise<void> {
   assert.fail(`online: ${users} (expected ${expected})`);
 }
 
-Deno.test(
-  "Two demos on one KV file each list who is online on either, and forget a demo that stops",
-  SANITIZED,
-  async () => {
-    await withDir(async (dir) => {
-      const a = await DemoProcess.start({ dir });
-      let ann: Stream | undefined;
+for (const backend of ["KV file", "Redis"] as const) {
+  Deno.test({
+    name:
+      `Two demos on one ${backend} each list who is online on either, and forget a demo that stops`,
+    ...SANITIZED,
+    ignore: backend === "Redis" && REDIS_SKIP !== undefined,
+    fn: () => onlineOnTwo(backend),
+  });
+}
+
+async function onlineOnTwo(backend: "KV file" | "Redis"): Promise<void> {
+  await using redis = backend === "Redis" ? await startRedis() : undefined;
+  const args = redis === undefined ? [] : ["--redis", redis.url];
+  await withDir(async (dir) => {
+    const a = await DemoProcess.start({ dir, args });
+    let ann: Stream | undefined;
+    try {
+      const b = await DemoProcess.start({ dir, args });
+      ann = await Stream.open(
+        `${a.url}events?room=lobby`,
+        await signIn(a.url, "ann"),
+      );
+      let bob: Stream | undefined;
       try {
-        const b = await DemoProcess.start({ dir });
-        ann = await Stream.open(
-          `${a.url}events?room=lobby`,
-          await signIn(a.url, "ann"),
+        bob = await Stream.open(
+          `${b.url}events?room=lobby`,
+          await signIn(b.url, "bob"),
         );
-        let bob: Stream | undefined;
-        try {
-          bob = await Stream.open(
-            `${b.url}events?room=lobby`,
-            await signIn(b.url, "bob"),
-          );
-          await ann.next("snapshot");
-          await bob.next("snapshot");
-          // Before: each listed only its own clients (["ann"] on a).
-          await onlineUntil(a.url, ["ann", "bob"]);
-          await onlineUntil(b.url, ["ann", "bob"]);
-          await bob.close();
-          bob = undefined;
-          await onlineUntil(a.url, ["ann"]);
-        } finally {
-          await bob?.close();
-          await stopCleanly(b);
-        }
+        await ann.next("snapshot");
+        await bob.next("snapshot");
+        // Before: each listed only its own clients (["ann"] on a).
+        await onlineUntil(a.url, ["ann", "bob"]);
+        await onlineUntil(b.url, ["ann", "bob"]);
+        await bob.close();
+        bob = undefined;
         await onlineUntil(a.url, ["ann"]);
       } finally {
-        await ann?.close();
-        await stopCleanly(a);
+        await bob?.close();
+        await stopCleanly(b);
       }
-    });
-  },
-);
+      await onlineUntil(a.url, ["ann"]);
+    } finally {
+      await ann?.close();
+      await stopCleanly(a);
+    }
+  });
+}
 
 Deno.test(
   "A demo on --memory forgets on restart: a client back with an old id gets a snapshot",
