@@ -7,6 +7,8 @@ import assert from "node:assert/strict";
 import { RedisBroker } from "../redis.ts";
 import { SSEChannel, type SSEDisconnectReason } from "../server.ts";
 import type { SSEMessage } from "../encoder.ts";
+import { SSEParserStream } from "../parser.ts";
+import { within } from "./_channel.ts";
 import { EventReader, startInstance } from "./_instance.ts";
 import {
   rawClient,
@@ -396,3 +398,50 @@ Deno.test({
     }
   },
 });
+
+redisTest(
+  "SSEChannel with replay 0 on RedisBroker delivers live what another instance publishes",
+  async () => {
+    // Before: XADD MAXLEN ~ 0 trimmed each entry before it was read, and the
+    // client got nothing but its snapshot.
+    await using redis = await startRedis();
+    const brokers = [0, 1].map(() => new RedisBroker({ url: redis.url }));
+    const [here, there] = brokers.map((broker) =>
+      new SSEChannel({ name: "live", broker, replay: 0, keepAlive: 0 })
+    );
+    const server = Deno.serve(
+      { hostname: "127.0.0.1", port: 0, onListen() {} },
+      (request) => here!.connect(request),
+    );
+    try {
+      const response = await fetch(`http://127.0.0.1:${server.addr.port}/`);
+      const events = response.body!.pipeThrough(new SSEParserStream())
+        .getReader();
+      const ids: string[] = [];
+      for (const data of ["a", "b", "c"]) {
+        ids.push(await there!.publish({ data }));
+      }
+      const got: string[] = [];
+      await within(
+        (async () => {
+          while (got.length < 3) {
+            const { value, done } = await events.read();
+            if (done) break;
+            got.push(value.id);
+          }
+        })(),
+        10_000,
+        "three live events",
+      ).catch((error) => {
+        events.cancel();
+        throw error;
+      });
+      assert.deepEqual(got, ids);
+      await events.cancel();
+    } finally {
+      await Promise.all([here!.close(), there!.close()]);
+      await server.shutdown();
+      await Promise.all(brokers.map((broker) => broker.close()));
+    }
+  },
+);
