@@ -283,6 +283,8 @@ try {
   Deno.exit(2);
 }
 
+/** Milliseconds Ctrl+C waits for open connections once every stream ended. */
+const SHUTDOWN_GRACE = 1_000;
 let stopping: Promise<void> | undefined;
 function stop(): void {
   stopping ??= (async () => {
@@ -290,7 +292,24 @@ function stop(): void {
     Deno.removeSignalListener("SIGTERM", stop);
     // Streams end first: the server's shutdown waits for open responses.
     await demo.close();
-    await server.shutdown();
+    // The channel cuts a stream whose peer never reads, but Deno closes
+    // that connection only once the peer reads again: wait for the server
+    // at most SHUTDOWN_GRACE ms, then leave without it.
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = await Promise.race([
+      server.shutdown().then(() => false),
+      new Promise<boolean>((resolve) => {
+        timer = setTimeout(() => resolve(true), SHUTDOWN_GRACE);
+      }),
+    ]);
+    clearTimeout(timer);
+    if (late) {
+      console.error(
+        `demo: stopped without waiting for a client that does not read`,
+      );
+      await opened?.close();
+      Deno.exit(0);
+    }
   })();
 }
 Deno.addSignalListener("SIGINT", stop);

@@ -853,6 +853,54 @@ async function onlineOnTwo(backend: "KV file" | "Redis"): Promise<void> {
 }
 
 Deno.test(
+  "The demo stops within 3 s of SIGTERM though a client has stopped reading its stream",
+  SANITIZED,
+  async () => {
+    await withDir(async (dir) => {
+      const demo = await DemoProcess.start({ dir, args: ["--memory"] });
+      const session = await signIn(demo.url);
+      // A tab that stopped reading (a frozen laptop): a socket never read.
+      const frozen = await Deno.connect({
+        hostname: "127.0.0.1",
+        port: demo.port,
+      });
+      try {
+        await frozen.write(
+          new TextEncoder().encode(
+            `GET /events?room=lobby HTTP/1.1\r\nhost: x\r\ncookie: ${session.cookie}\r\n\r\n`,
+          ),
+        );
+        // 9 MB of chat (1.5 KB each) fills its socket's buffers both ways.
+        const text = "\u4e2d".repeat(500);
+        let posted = 0;
+        await Promise.all(Array.from({ length: 16 }, async () => {
+          while (posted < 6_000) {
+            posted++;
+            const response = await post(`${demo.url}api/chat`, {
+              room: "lobby",
+              text,
+            }, session);
+            assert.equal(response.status, 201);
+            await response.body?.cancel();
+          }
+        }));
+        const started = performance.now();
+        const { code, output } = await demo.stop();
+        const took = performance.now() - started;
+        assert.equal(code, 0, output);
+        assert.ok(took < 3_000, `the demo took ${Math.round(took)} ms to stop`);
+        assert.match(
+          output,
+          /stopped without waiting for a client that does not read/,
+        );
+      } finally {
+        frozen.close();
+      }
+    });
+  },
+);
+
+Deno.test(
   "A demo on --memory forgets on restart: a client back with an old id gets a snapshot",
   SANITIZED,
   async () => {
