@@ -58,9 +58,10 @@ import type { Resume } from "./_resume.ts";
  *   it in the broker and resolves to its id. Non-string `data` is
  *   JSON-encoded once. The message must not carry an `id`: the broker
  *   assigns it (`TypeError`).
- * - At most `maxQueue` bytes wait for a client: one that falls further
- *   behind is sent the rest from the broker's history as it reads, so a
- *   burst drops no client that reads. A client that takes nothing for
+ * - What a client has not taken waits as references to the shared frames,
+ *   up to `maxBacklog` (128 MiB); beyond, it is sent the rest from the
+ *   broker's history as it reads, so a burst drops no client that reads. A
+ *   client with more than `maxQueue` waiting that takes nothing for
  *   `drainTimeout` is dropped as slow. A client that goes away is noticed
  *   from its stream's cancel and released at once.
  * - Keep-alive comments come from one timer for the whole channel, not one
@@ -713,6 +714,14 @@ export class SSEChannel<C = undefined> {
    * queued for it), nothing more is sent, subscriptions and timers are
    * released, and later connections are answered 503. A broker the channel
    * created is closed too. Idempotent.
+   *
+   * A stream whose client has not taken its end within
+   * min(`drainTimeout`, 1000 ms) (a peer that never reads) is then cut, so
+   * ending the streams takes at most that long, well within Deno Deploy's
+   * 5 s between SIGINT and SIGKILL. Deno 2.9 and Bun close a cut
+   * connection only when its peer reads again, so `server.shutdown()` may
+   * still wait for such a peer: bound it in the app (the demo waits at most
+   * 1 s, then exits); Node closes it at once.
    *
    * @returns Once everything is released.
    */

@@ -17,7 +17,7 @@ import {
 const DEFAULT_MAX_QUEUE = 1024 * 1024;
 /** Default `replay`. */
 const DEFAULT_REPLAY = 1000;
-/** Default `lastEventIdParam`: Mercure's name for the same thing. */
+/** Default `lastEventIdParam` (Mercure's name before its protocol 1.0). */
 const DEFAULT_LAST_EVENT_ID_PARAM = "lastEventID";
 /** Default `maxBacklog`: 128 MiB. */
 const DEFAULT_MAX_BACKLOG = 128 * 1024 * 1024;
@@ -62,23 +62,12 @@ export interface SSEChannelOptions<C = undefined> {
    */
   retry?: number;
   /**
-   * The most bytes of messages the channel keeps waiting for one client,
-   * beyond its response stream's own queue (64 KiB at most, or `maxQueue`
-   * if smaller) and what the runtime and the kernel have taken.
-   *
-   * A client that falls further behind (a burst, a pause, a slow link)
-   * keeps what waits for it and its position (the id of the last message it
-   * was sent), and once it has taken that, it is sent the rest from the
-   * broker's history, a page at a time as it reads (as a client that
-   * reconnects with `Last-Event-ID` is), until it has caught up. So every
-   * client that reads gets every message of a burst of any size, as long
-   * as the history still holds what it has not got (`replay`); one that
-   * falls out of it is ended (`onDisconnect` reason `"replay-lost"`) and
-   * its reconnect gets `resumed: false`.
-   *
-   * What waits is the same encoded bytes every client is sent (a reference
-   * per message, not a copy), so a client costs at most `maxQueue` plus its
-   * stream's queue and a page of history, whatever is published.
+   * The bytes waiting for one client (beyond what the runtime and the
+   * kernel took) above which a client that takes nothing for
+   * `drainTimeout` is dropped as slow (`onDisconnect` reason `"slow"`). A
+   * burst alone never drops a client: what counts is whether it takes
+   * anything. Its response stream holds at most 64 KiB (or `maxQueue` if
+   * smaller); the rest waits in its backlog, up to `maxBacklog`.
    *
    * @default {1048576} (1 MiB)
    */
@@ -89,18 +78,23 @@ export interface SSEChannelOptions<C = undefined> {
    * bytes, so a backlog costs a reference (8 bytes) per message, and
    * clients that lag by the same stretch pin it once. A client whose
    * backlog would go above it keeps only its position, and is sent the
-   * rest from the broker's history as it reads (see `maxQueue`).
+   * rest from the broker's history, a page at a time as it reads (as a
+   * client that reconnects with `Last-Event-ID` is), until it has caught
+   * up. So every client that reads gets every message of a burst of any
+   * size, as long as the history still holds what it has not got
+   * (`replay`); one that falls out of it is ended (`onDisconnect` reason
+   * `"replay-lost"`) and its reconnect gets `resumed: false`.
    *
    * @default {134217728} (128 MiB)
    */
   maxBacklog?: number;
   /**
-   * Milliseconds a client may take nothing at all while its stream is full
-   * before it is dropped as slow (`onDisconnect` reason `"slow"`): what the
-   * channel held for it is released at once, and its stream is closed. A
-   * client that takes anything starts afresh, however far behind it is
-   * (see `maxQueue`). It is checked a few times over that span (every
-   * `drainTimeout / 4`).
+   * Milliseconds a client may take nothing at all while more than
+   * `maxQueue` waits for it before it is dropped as slow (`onDisconnect`
+   * reason `"slow"`): what the channel held for it is released at once,
+   * and its stream is closed. A client that takes anything starts afresh,
+   * however far behind it is. It is checked a few times over that span
+   * (every `drainTimeout / 4`).
    *
    * A stream the channel ended (a slow client, or `"filter-error"`,
    * `"replay-lost"`, `"broker-error"`) whose client has still not taken its
@@ -131,8 +125,9 @@ export interface SSEChannelOptions<C = undefined> {
    * `EventSource` sends the header on its own reconnections, with a newer
    * id than its URL's). The id is checked as the header's is: one this
    * channel's stream did not issue or no longer holds gets `resumed:
-   * false`. The default is the name Mercure reads. `null` reads the header
-   * alone.
+   * false`. The default is the name Mercure read before its protocol 1.0
+   * (now `last_event_id`: set this option to match). `null` reads the
+   * header alone.
    *
    * @default {"lastEventID"}
    */
@@ -283,7 +278,7 @@ export interface SSEChannelOptions<C = undefined> {
  * - `"filter-error"`: `filter` threw for it; its stream was ended after
  *   what it was sent before.
  * - `"replay-lost"`: while it was catching up (after a reconnect, or after
- *   falling more than `maxQueue` behind), the entries it still needed left
+ *   falling more than `maxBacklog` behind), the entries it still needed left
  *   the replay window; its stream was ended rather than skip them, and its
  *   next reconnect gets `resumed: false`.
  * - `"broker-error"`: while it was catching up, the broker's `history`
