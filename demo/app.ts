@@ -545,6 +545,14 @@ function sessionOf(request: Request): string | undefined {
 }
 
 /**
+ * A Prometheus label value: the text format escapes backslash, double quote
+ * and line feed, and nothing else (JSON's other escapes are refused).
+ */
+function label(value: string): string {
+  return value.replace(/[\\"\n]/g, (c) => c === "\n" ? "\\n" : "\\" + c);
+}
+
+/**
  * The channel's metrics in Prometheus' text format: a gauge of clients (and
  * per topic), and counters.
  */
@@ -553,7 +561,7 @@ function prometheus(m: SSEChannelMetrics): string {
     "# TYPE sse_clients gauge",
     `sse_clients ${m.clients}`,
     ...Object.entries(m.topics).map(([topic, n]) =>
-      `sse_topic_clients{topic=${JSON.stringify(topic)}} ${n}`
+      `sse_topic_clients{topic="${label(topic)}"} ${n}`
     ),
   ];
   const counters: [string, number][] = [
