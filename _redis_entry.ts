@@ -9,6 +9,70 @@ import { entryProblem, type SSEBrokerEntry, withoutId } from "./_broker.ts";
 /** A stream entry as RESP2 returns it: `[id, [field, value, …]]`. */
 export type RawEntry = [string, string[]];
 
+/**
+ * `publish`, run by Redis as one step: `XADD … MAXLEN ~ replay *` of the
+ * fields `seq`, `topic` and `message`, where `seq` numbers the entries of
+ * the stream (1, 2, 3, …): one more than the newest entry's, or 1 for the
+ * first entry of a stream (or after an entry without one, written by an
+ * older version or by hand). A reader that gets an entry whose `seq` is not
+ * one more than that of the entry before it knows that the entries in
+ * between were trimmed before it read them (it fell behind by more than the
+ * stream keeps), and a `seq` of 1 after others that the stream was dropped
+ * and started again: XREAD itself just returns what is left. Reading the
+ * newest entry costs the script one `XREVRANGE … COUNT 1`.
+ *
+ * Redis numbers a new stream from its clock (`<ms>-0`), so a stream whose
+ * key was deleted (an operator's `DEL`, an eviction under `maxmemory`,
+ * `FLUSHALL`) and that starts again within the millisecond of its last
+ * entry would issue that entry's id again, or an id below what a reader has
+ * read, which the reader would then skip. A key that is gone starts instead
+ * at the millisecond after both the clock and the newest id this broker was
+ * given (`ARGV[4]`, which covers a stream lost twice within one millisecond,
+ * as evictions under load can): after every id the stream issued before, as
+ * long as the Redis server's clock does not go back. `KEYS[1]` is the
+ * stream; `ARGV` are replay, topic, message and that floor (a number of
+ * milliseconds).
+ */
+export const APPEND = `
+local id = '*'
+local seq = 1
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+if newest then
+  local fields = newest[2]
+  for i = 1, #fields - 1, 2 do
+    if fields[i] == 'seq' then
+      seq = (tonumber(fields[i + 1]) or 0) + 1
+      break
+    end
+  end
+elseif redis.call('EXISTS', KEYS[1]) == 0 then
+  local now = redis.call('TIME')
+  local ms = math.max(now[1] * 1000 + math.floor(now[2] / 1000), tonumber(ARGV[4]))
+  id = string.format('%.0f', ms + 1) .. '-0'
+end
+return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id,
+  'seq', string.format('%.0f', seq), 'topic', ARGV[2], 'message', ARGV[3])
+`;
+
+const SEQ = /^[1-9]\d{0,15}$/;
+
+/**
+ * The sequence number {@linkcode APPEND} stored in an entry.
+ *
+ * @param fields The entry's fields and values.
+ * @returns Its `seq`, or `undefined` for an entry without a valid one
+ * (written by an older version, or by hand).
+ */
+export function entrySeq(fields: string[]): number | undefined {
+  for (let i = 0; i + 1 < fields.length; i += 2) {
+    if (fields[i] === "seq") {
+      const value = fields[i + 1]!;
+      return SEQ.test(value) ? Number(value) : undefined;
+    }
+  }
+  return undefined;
+}
+
 // Only the canonical spelling: Redis reads "5-01" as "5-1", but never wrote it.
 const EVENT_ID = /^((0|[1-9]\d{0,19})-(0|[1-9]\d{0,19}))\.([0-9a-z]+)$/;
 const U64_MAX = 2n ** 64n - 1n;

@@ -7,7 +7,7 @@
 import { errorMessage, type SSEBrokerEntry } from "./_broker.ts";
 import { Pause } from "./_pause.ts";
 import { backoff, type RedisLink } from "./_redis_link.ts";
-import { type RawEntry, streamTag } from "./_redis_entry.ts";
+import { entrySeq, eventId, type RawEntry, streamTag } from "./_redis_entry.ts";
 
 /** One Redis stream read by a {@linkcode RedisReader}. */
 export interface Stream {
@@ -17,6 +17,11 @@ export interface Stream {
   readonly tag: string;
   /** Id of the last entry read from Redis (`"0-0"` before any). */
   cursor: string;
+  /**
+   * The `seq` of the entry at `cursor` (see `APPEND`), if it has one: the
+   * next entry read should have one more, or those in between are gone.
+   */
+  seq: number | undefined;
   /** Whether `cursor` is known, so the blocking read includes this stream. */
   watched: boolean;
   /** Settles when `cursor` is known. */
@@ -148,6 +153,7 @@ export class RedisReader {
       key,
       tag: streamTag(key),
       cursor: "0-0",
+      seq: undefined,
       watched: false,
       ready: Promise.resolve(),
       subscribers: new Set(),
@@ -183,6 +189,7 @@ export class RedisReader {
         ],
       ) as RawEntry[];
       stream.cursor = last[0]?.[0] ?? "0-0";
+      stream.seq = last[0] && entrySeq(last[0][1]);
     } catch (error) {
       if (this.#streams.get(stream.name) === stream) {
         this.#streams.delete(stream.name);
@@ -311,7 +318,7 @@ export class RedisReader {
           continue;
         }
         for (const item of raw) {
-          stream.cursor = item[0];
+          this.#follow(stream, item);
           const entry = this.#options.decode(stream, item);
           if (entry !== undefined) this.#fanOut(stream, entry);
         }
@@ -373,6 +380,45 @@ export class RedisReader {
       changed.push(this.#wakeKey);
     }
     return changed;
+  }
+
+  /**
+   * Moves the stream's cursor to an entry read, and reports what went
+   * missing before it: `XREAD` returns what the stream still holds after the
+   * cursor, so entries trimmed before this reader got to them (it fell
+   * behind by more than the stream keeps), or a stream dropped and started
+   * again, show only as a jump in the entries' `seq`. Reported once per gap.
+   */
+  #follow(stream: Stream, [id, fields]: RawEntry): void {
+    const seq = entrySeq(fields);
+    const last = stream.seq;
+    if (seq !== undefined && last !== undefined && seq !== last + 1) {
+      const where = `stream ${JSON.stringify(stream.name)} (key ${
+        JSON.stringify(stream.key)
+      })`;
+      const before = eventId(stream.cursor, stream.tag);
+      const next = eventId(id, stream.tag);
+      if (seq > last + 1) {
+        const lost = seq - last - 1;
+        this.#options.report(
+          new Error(
+            `Entries after ${before} and before ${next} of ${where} were trimmed before this broker read them: ${lost} ${
+              lost === 1 ? "entry" : "entries"
+            } (seq ${last + 1} to ${
+              seq - 1
+            }) lost to its subscribers, as it was behind by more than the stream keeps`,
+          ),
+        );
+      } else if (seq === 1) {
+        this.#options.report(
+          new Error(
+            `The ${where} was dropped (its key deleted, evicted or flushed) and started again at ${next}: entries stored after ${before} that this broker had not read yet, if any, are lost to its subscribers`,
+          ),
+        );
+      }
+    }
+    stream.cursor = id;
+    stream.seq = seq;
   }
 
   /** Reports a key `XREAD` answered with that it was not asked for, once. */

@@ -66,6 +66,7 @@ import type { SSEMessage } from "./encoder.ts";
 import { type Connection, RedisLink } from "./_redis_link.ts";
 import { RedisReader, type Stream, type Subscriber } from "./_redis_reader.ts";
 import {
+  APPEND,
   decodeEntry,
   eventId,
   type RawEntry,
@@ -172,30 +173,6 @@ const DEFAULT_MAX_ENTRY_SIZE = 64 * 1024 * 1024;
  * bad entry read by every resuming client is reported once.
  */
 const REPORTED_MAX = 1_000;
-/**
- * `publish`, run by Redis as one step: `XADD … MAXLEN ~ replay *`, except
- * when the stream's key does not exist. Redis numbers a new stream from its
- * clock (`<ms>-0`), so a stream whose key was deleted (an operator's `DEL`,
- * an eviction under `maxmemory`, `FLUSHALL`) and that starts again within
- * the millisecond of its last entry would issue that entry's id again, or an
- * id below what a reader has read, which the reader would then skip. A key
- * that is gone starts instead at the millisecond after both the clock and
- * the newest id this broker was given (`ARGV[4]`, which covers a stream lost
- * twice within one millisecond, as evictions under load can): after every
- * id the stream issued before, as long as the Redis server's clock does not
- * go back. `KEYS[1]` is the stream; `ARGV` are replay, topic, message and
- * that floor (a number of milliseconds).
- */
-const APPEND = `
-local id = '*'
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  local now = redis.call('TIME')
-  local ms = math.max(now[1] * 1000 + math.floor(now[2] / 1000), tonumber(ARGV[4]))
-  id = string.format('%.0f', ms + 1) .. '-0'
-end
-return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id,
-  'topic', ARGV[2], 'message', ARGV[3])
-`;
 
 /**
  * An {@linkcode SSEBroker} on Redis Streams: events published on any

@@ -97,6 +97,17 @@ export interface BrokerContractOptions {
    * stream (its test is then skipped).
    */
   expire?(fixture: BrokerFixture, name: string): Promise<void>;
+  /**
+   * Publishes `count` entries `{ data: "behind" }` (topic `""`) to stream
+   * `name` from outside this process while it is held back (its event loop
+   * busy, as under a CPU-heavy request or a long garbage collection), with a
+   * `replay` that keeps fewer than `count`, so that a live reader of the
+   * stream in this process finds the oldest of them gone; returns once they
+   * are stored. Absent for a broker that cannot lose an entry before its
+   * subscribers get it (it delivers each as it is published, as
+   * MemoryBroker does): its test is then skipped.
+   */
+  fallBehind?(fixture: BrokerFixture, name: string, count: number): void;
   /** Skip every test (the message says why). */
   ignore?: boolean;
 }
@@ -326,6 +337,45 @@ export function testBrokerContract(options: BrokerContractOptions): void {
       }
     },
     options.trimsAtOnce,
+  );
+
+  test(
+    "reports entries trimmed before its live reader read them, once per gap, naming the stream and the range",
+    async (fixture) => {
+      // Before (RedisBroker): XREAD returned what was left, 104 of 502
+      // delivered and nothing reported.
+      const { broker, peer, errors } = fixture;
+      const received = new Collector();
+      const subscription = await broker.subscribe("s", received.onEntry);
+      const count = 500;
+      for (let round = 1; round <= 2; round++) {
+        const [start] = await publishAll(peer, "s", [`start ${round}`]);
+        await received.untilId(start!);
+        const had = received.entries.length;
+        options.fallBehind!(fixture, "s", count);
+        const [end] = await publishAll(peer, "s", [`end ${round}`]);
+        await received.untilId(end!);
+        const burst = received.entries.slice(had, -1);
+        assert.ok(
+          burst.length < count,
+          `${burst.length} of ${count}: none lost`,
+        );
+        assert.ok(burst.every((entry) => entry.message.data === "behind"));
+        assert.equal(errors.length, round, errors.join("\n"));
+        const report = errors.at(-1)!.message;
+        assert.match(report, /"s"/, "the stream is named");
+        assert.match(report, /trimmed/);
+        assert.match(
+          report,
+          /\d+.* to \d+|after \S+ and before \S+/,
+          "a range",
+        );
+        assert.doesNotMatch(report, /\n/, "one line");
+      }
+      assert.equal(new Set(received.ids).size, received.ids.length);
+      subscription.unsubscribe();
+    },
+    options.fallBehind === undefined,
   );
 
   test("issues ids of printable ASCII, unique, in publish order", async ({ broker, peer }) => {

@@ -326,3 +326,30 @@ export async function unreachableRedisUrl(): Promise<string> {
   await redis.close();
   return redis.url;
 }
+
+/**
+ * Runs Redis commands from another process (`redis-cli`) while this process
+ * is held back: its event loop waits for them, as under a CPU-heavy request
+ * or a long garbage collection, so that a broker here reads nothing until
+ * they are all done. Each command is `[repeat, ...args]`: run `repeat`
+ * times in a row.
+ *
+ * @param redis The server.
+ * @param commands The commands, in order.
+ */
+export function runWhileHeld(
+  redis: RedisServer,
+  ...commands: [number, ...string[]][]
+): void {
+  for (const [repeat, ...args] of commands) {
+    const { success, stderr } = new Deno.Command("redis-cli", {
+      args: ["-p", String(redis.port), "-r", String(repeat), ...args],
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+    }).outputSync();
+    if (!success) {
+      throw new Error(`redis-cli failed: ${new TextDecoder().decode(stderr)}`);
+    }
+  }
+}

@@ -15,7 +15,7 @@ import {
   testBrokerContract,
 } from "./_broker_contract.ts";
 import { EventReader, type Instance, startInstance } from "./_instance.ts";
-import { streamTag, utf8Length } from "../_redis_entry.ts";
+import { APPEND, streamTag, utf8Length } from "../_redis_entry.ts";
 import {
   publishWhenUp,
   type RawClient,
@@ -23,6 +23,7 @@ import {
   REDIS_SKIP,
   type RedisServer,
   redisTest,
+  runWhileHeld,
   startRedis,
   unreachableRedisUrl,
 } from "./_redis.ts";
@@ -102,6 +103,15 @@ testBrokerContract({
     }
     await raw.send(["DEL", `sse:${name}`]);
   },
+  fallBehind(fixture, name, count) {
+    // Another instance publishes, with the broker's own script, while this
+    // process is held back.
+    const entry = ["", JSON.stringify({ data: "behind" })];
+    runWhileHeld(servers.get(fixture)!, [
+      count,
+      ...["EVAL", APPEND, "1", `sse:${name}`, "100", ...entry, "0"],
+    ]);
+  },
   async restart(fixture) {
     // Without persistence: the new Redis starts empty.
     const redis = servers.get(fixture)!;
@@ -142,7 +152,7 @@ function byStreamId(a: string, b: string): number {
 }
 
 redisTest(
-  "RedisBroker ids are the Redis entry ids tagged with the stream, ordered across instances, and entries are topic and message fields",
+  "RedisBroker ids are the Redis entry ids tagged with the stream, ordered across instances, and entries are seq, topic and message fields",
   async () => {
     await using redis = await startRedis();
     const a = new RedisBroker({ url: redis.url, prefix: "app:" });
@@ -171,11 +181,14 @@ redisTest(
       assert.deepEqual(stored.map(([id]) => id), ids.map(redisId));
       for (const [i, [, fields]] of stored.entries()) {
         assert.deepEqual(fields.filter((_, j) => j % 2 === 0), [
+          "seq",
           "topic",
           "message",
         ]);
-        assert.equal(fields[1], i % 3 ? "t" : "");
-        assert.deepEqual(JSON.parse(fields[3]!), {
+        // Numbered 1, 2, 3, … whichever instance published.
+        assert.equal(fields[1], String(i + 1));
+        assert.equal(fields[3], i % 3 ? "t" : "");
+        assert.deepEqual(JSON.parse(fields[5]!), {
           event: "e",
           data: `d${i}`,
           retry: i,
