@@ -6,12 +6,15 @@ import assert from "node:assert/strict";
 import { RedisBroker, type SSEBrokerEntry, type SSEMessage } from "../redis.ts";
 import { Collector } from "./_broker_contract.ts";
 import { createClient } from "@redis/client";
+import { APPEND } from "../_redis_entry.ts";
 import {
   publishWhenUp,
+  type RawClient,
   rawClient,
   type RedisServer,
   type RedisServerOptions,
   redisTest,
+  runWhileHeld,
   startRedis,
   unreachableRedisUrl,
 } from "./_redis.ts";
@@ -312,7 +315,11 @@ redisTest(
     await listener.connect();
     let evictions = 0;
     await listener.subscribe("__keyspace@0__:sse:s", () => evictions++);
-    const broker = new RedisBroker({ url: redis.url, onError: () => {} });
+    const errors: Error[] = [];
+    const broker = new RedisBroker({
+      url: redis.url,
+      onError: (error) => errors.push(error),
+    });
     const received = new Collector();
     const subscription = await broker.subscribe("s", received.onEntry);
     // The application's other keys keep memory at the limit.
@@ -351,11 +358,21 @@ redisTest(
       // In order, each once. Entries are missing only where Redis threw them
       // away before the reader got to them: right before the stream started
       // again (its first entry, `<ms>-0`, is what follows a missing run).
+      // Each such run is reported, naming where the stream started again.
       let at = -1;
       for (const id of received.ids) {
         const next = ids.indexOf(id, at + 1);
         assert.ok(next > at, `${id} out of order or twice`);
-        if (next > at + 1) assert.match(id, /^\d+-0\./, `lost before ${id}`);
+        if (next > at + 1) {
+          assert.match(id, /^\d+-0\./, `lost before ${id}`);
+          assert.ok(
+            errors.some((error) =>
+              error.message.includes(`was dropped`) &&
+              error.message.includes(`started again at ${id}:`)
+            ),
+            `the loss before ${id} is reported: ${errors.join("\n")}`,
+          );
+        }
         at = next;
       }
     } finally {
@@ -501,4 +518,137 @@ redisTest(
       await raw.close();
     }
   },
+);
+
+/** Opens a broker and a subscription to "s" on a fresh Redis, for `fn`. */
+async function withReader(
+  fn: (context: {
+    redis: RedisServer;
+    raw: RawClient;
+    broker: RedisBroker;
+    received: Collector;
+    errors: Error[];
+  }) => Promise<void>,
+): Promise<void> {
+  await using redis = await startRedis();
+  const raw = await rawClient(redis.url);
+  const errors: Error[] = [];
+  const broker = new RedisBroker({
+    url: redis.url,
+    onError: (error) => errors.push(error),
+  });
+  try {
+    const received = new Collector();
+    const subscription = await broker.subscribe("s", received.onEntry);
+    await fn({ redis, raw, broker, received, errors });
+    subscription.unsubscribe();
+  } finally {
+    await broker.close();
+    await raw.close();
+  }
+}
+
+/** `publish` as another instance runs it, for {@linkcode runWhileHeld}. */
+function publishCommand(count: number, data: string): [number, ...string[]] {
+  const entry = ["", JSON.stringify({ data })];
+  return [count, "EVAL", APPEND, "1", "sse:s", "100", ...entry, "0"];
+}
+
+redisTest(
+  "RedisBroker reports a stream dropped and started again while its reader was behind, once, naming it and where it read up to",
+  () =>
+    withReader(async ({ redis, broker, received, errors }) => {
+      const [first] = [await broker.publish("s", message("first"), KEEP)];
+      await received.untilId(first!);
+      // Held back while the stream gets entries, is deleted (an operator's
+      // DEL, an eviction, FLUSHALL) and starts again.
+      runWhileHeld(
+        redis,
+        publishCommand(3, "old"),
+        [1, "DEL", "sse:s"],
+        publishCommand(3, "new"),
+      );
+      const last = await broker.publish("s", message("last"), KEEP);
+      await received.untilId(last);
+      const data = received.entries.map((entry) => entry.message.data);
+      // A blocking read already in flight got the first "old" one; the rest
+      // of them went with the key. Before: nothing reported.
+      assert.ok(data.filter((item) => item === "old").length <= 1, `${data}`);
+      assert.deepEqual(data.filter((item) => item !== "old"), [
+        "first",
+        "new",
+        "new",
+        "new",
+        "last",
+      ]);
+      const restart = data.indexOf("new");
+      assert.equal(errors.length, 1, errors.join("\n"));
+      assert.equal(
+        errors[0]!.message,
+        `The stream "s" (key "sse:s") was dropped (its key deleted, evicted or flushed) and started again at ${
+          received.ids[restart]
+        }: entries stored after ${
+          received.ids[restart - 1]
+        } that this broker had not read yet, if any, are lost to its subscribers`,
+      );
+    }),
+);
+
+redisTest(
+  "RedisBroker reads entries without a seq (an older version's, or written by hand) among its own, and reports no gap",
+  () =>
+    withReader(async ({ raw, broker, received, errors }) => {
+      const ids: string[] = [];
+      const older = async (data: string) => {
+        const id = await raw.send([
+          "XADD",
+          "sse:s",
+          "*",
+          "topic",
+          "",
+          "message",
+          JSON.stringify({ data }),
+        ]) as string;
+        ids.push(`${id}.${ids[0]!.split(".")[1]}`);
+      };
+      ids.push(await broker.publish("s", message("1"), KEEP));
+      await older("2");
+      await older("3");
+      ids.push(await broker.publish("s", message("4"), KEEP));
+      ids.push(await broker.publish("s", message("5"), KEEP));
+      await older("6");
+      ids.push(await broker.publish("s", message("7"), KEEP));
+      await received.untilId(ids.at(-1)!);
+      assert.deepEqual(received.ids, ids);
+      assert.deepEqual(
+        received.entries.map((entry) => entry.message.data),
+        ["1", "2", "3", "4", "5", "6", "7"],
+      );
+      const kept = await broker.history("s", { after: ids[0]!, limit: 10 });
+      assert.deepEqual(kept?.map((entry) => entry.id), ids.slice(1));
+      assert.deepEqual(errors, []);
+    }),
+);
+
+redisTest(
+  "RedisBroker history answers null, never a page with a hole, for a resume whose window was trimmed, also between two pages",
+  () =>
+    withReader(async ({ redis, broker, received }) => {
+      const ids: string[] = [];
+      for (let i = 0; i < 10; i++) {
+        ids.push(await broker.publish("s", message(String(i)), KEEP));
+      }
+      await received.untilId(ids.at(-1)!);
+      const page = await broker.history("s", { after: ids[0]!, limit: 3 });
+      assert.deepEqual(page?.map((entry) => entry.id), ids.slice(1, 4));
+      // A burst trims the rest of this client's window before its next page.
+      runWhileHeld(redis, publishCommand(400, "burst"));
+      for (const after of [ids[0]!, page!.at(-1)!.id, ids.at(-1)!]) {
+        assert.equal(
+          await broker.history("s", { after, limit: 3 }),
+          null,
+          `after ${after}`,
+        );
+      }
+    }),
 );
