@@ -26,6 +26,12 @@
  *   `commandTimeout` for a Redis that stopped answering.
  * - Entries written by others that it cannot decode (not JSON, missing or
  *   mistyped fields) are skipped and reported through `onError`, once each.
+ * - Each entry carries its number in the stream (a `seq` field), so a reader
+ *   that fell behind by more than the stream keeps, and finds entries
+ *   trimmed before it read them, reports the gap through `onError` (once,
+ *   naming the stream and the ids around it) instead of skipping it
+ *   silently; so does a reader that finds its stream dropped and started
+ *   again.
  *
  * It needs one Redis server (5.0 or later; the one primary of a replicated
  * setup): Redis Cluster is not supported, as one `XREAD` spans every stream.
@@ -149,8 +155,9 @@ export interface RedisBrokerOptions {
    * Called with the errors no caller can be told of: Redis became
    * unreachable or stopped answering (once per outage, not once per
    * reconnection attempt; the broker keeps retrying either way), an entry
-   * that cannot be decoded was skipped (once per entry), a subscriber's
-   * `onEntry` threw. Must not throw.
+   * that cannot be decoded was skipped (once per entry), entries trimmed
+   * before this process read them, or its stream dropped and started again
+   * (once per gap), a subscriber's `onEntry` threw. Must not throw.
    * @default {writes one line to stderr: "RedisBroker: " and the message}
    */
   onError?: (error: Error) => void;
@@ -164,7 +171,7 @@ const DEFAULT_COMMAND_TIMEOUT = 3_000;
  * `XADD … MAXLEN ~` trims at once, and an entry must still be there when the
  * blocking read of every instance asks for it (with `replay: 0`, none was:
  * nothing was delivered live). A burst of more than this while a reader is
- * behind can still be trimmed before it is read.
+ * behind can still be trimmed before it is read: the reader reports it.
  */
 const MIN_KEPT = 100;
 const DEFAULT_MAX_ENTRY_SIZE = 64 * 1024 * 1024;
@@ -187,7 +194,10 @@ const REPORTED_MAX = 1_000;
  * (persisted as your Redis configuration says: use `appendonly yes` if a
  * Redis restart must lose nothing), and from then on every subscriber in every
  * process receives it, also across a Redis restart or outage, and `history`
- * returns it while Redis keeps it. `publish` rejects at once when Redis is
+ * returns it while Redis keeps it. The one exception is a process whose read
+ * falls behind by more than the stream keeps (`replay`, and at least 100
+ * entries): what is trimmed before it reads it is lost to its subscribers,
+ * and it reports so through `onError`, once per gap. `publish` rejects at once when Redis is
  * unreachable (no offline queue), and after `commandTimeout` when it does not
  * answer; if the connection breaks (or is given up) after the command was
  * sent, it rejects although Redis may have stored the entry, in which case it
