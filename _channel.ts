@@ -231,8 +231,6 @@ export class SSEChannel<C = undefined> {
    * soon as it answers, so its firing when a response completes (Deno's
    * legacy behaviour) ends nothing.
    *
-   * @param request The request; its `Last-Event-ID` header resumes, and
-   * without it, its `lastEventIdParam` query parameter (`lastEventID`).
    * @param options `topics`: the topics this client receives (`""` is the
    * topic of messages published without one). When absent, the channel's
    * `topics` hook decides from the context; without the hook, every topic.
