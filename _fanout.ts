@@ -60,7 +60,13 @@ import {
 } from "./_client.ts";
 import { Frames } from "./_frames.ts";
 import { type SSEChannelClient, Tally } from "./_presence.ts";
-import { IdWindow, PAGE, RECENT, Resume, type ResumeHost } from "./_resume.ts";
+import {
+  historyPage,
+  IdWindow,
+  RECENT,
+  Resume,
+  type ResumeHost,
+} from "./_resume.ts";
 
 const encoder = new TextEncoder();
 const KEEP_ALIVE_BYTES = encoder.encode(KEEP_ALIVE_FRAME);
@@ -131,8 +137,7 @@ export class Fanout<C> {
     this.#host = {
       shared: this.#sharedIds,
       maxBacklog: settings.maxBacklog,
-      history: (after) =>
-        settings.broker.history(settings.name, { after, limit: PAGE }),
+      history: (after) => historyPage(settings.broker, settings.name, after),
       frame: (client, entry) => this.#frameOf(client, entry),
       write: (client, frames, first, last) =>
         this.#writeRun(client, frames, first, last),
@@ -367,6 +372,8 @@ export class Fanout<C> {
   #fanOut(entry: SSEBrokerEntry): void {
     this.tally.received++;
     const bytes = this.frames.live(entry);
+    // Not an entry (no string id): skipped, reported, and no position.
+    if (bytes === undefined && typeof entry?.id !== "string") return;
     let message: SSEMessage | undefined;
     if (bytes !== undefined) {
       const topicSet = this.#byTopic.get(entry.topic);

@@ -103,7 +103,7 @@ export class Frames {
   live(entry: SSEBrokerEntry): Uint8Array | undefined {
     const frame = this.#encode(entry);
     // Reported once: a resume past it skips it without a word.
-    if (frame === undefined && typeof entry.id === "string") {
+    if (frame === undefined && typeof entry?.id === "string") {
       this.#replayed.set(entry.id, null);
     }
     return frame;
@@ -145,7 +145,9 @@ export class Frames {
   }
 
   #encode(entry: SSEBrokerEntry): Uint8Array | undefined {
-    const { id, message } = entry;
+    // A broker may hand out anything (null included): skipped as below.
+    const id = entry?.id;
+    const message = entry?.message;
     let body = this.#bodies.get(message);
     try {
       if (typeof id !== "string" || BAD_ID.test(id)) {

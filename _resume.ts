@@ -38,8 +38,9 @@
 // a merge that would collect more is given up (those entries are still in
 // the history) and paging goes on.
 
-import type { SSEBrokerEntry } from "./_broker.ts";
+import type { SSEBroker, SSEBrokerEntry } from "./_broker.ts";
 import { type Client, CLOSED, OPEN } from "./_client.ts";
+import { describe } from "./_json.ts";
 
 /** Entries per `history` call. */
 export const PAGE = 100;
@@ -52,6 +53,50 @@ export const PAGE = 100;
 export const RUN_BYTES = 32 * 1024;
 /** How many ids of the shared subscription's last entries a channel keeps. */
 export const RECENT = 256;
+
+/**
+ * The next page of a stream's history after `after`, as the broker contract
+ * says it is: `null`, or an array of entries (objects with a string id; an
+ * entry whose message cannot be framed is skipped later, and reported).
+ * Anything else a broker does (throwing instead of rejecting, resolving to
+ * something that is not a page) is a rejection, so that `connect` falls
+ * back to `resumed: false` and a catch-up ends as after any failed read,
+ * reported, instead of crashing the process or stalling the client.
+ *
+ * @param broker The channel's broker.
+ * @param name The channel's stream.
+ * @param after The id of the last entry the client has.
+ * @returns The page, or `null` when `after` is not a resume point.
+ * @throws {TypeError} When the broker answered something that is not a page.
+ */
+export async function historyPage(
+  broker: SSEBroker,
+  name: string,
+  after: string,
+): Promise<SSEBrokerEntry[] | null> {
+  const page: unknown = await broker.history(name, { after, limit: PAGE });
+  if (page === null) return null;
+  if (!Array.isArray(page)) {
+    throw new TypeError(
+      `Invalid history page: expected an array of entries or null, got ${
+        describe(page)
+      }`,
+    );
+  }
+  for (const entry of page as unknown[]) {
+    if (
+      typeof entry !== "object" || entry === null ||
+      typeof (entry as { id?: unknown }).id !== "string"
+    ) {
+      throw new TypeError(
+        `Invalid history page: expected entries with a string id, got ${
+          describe(entry)
+        }`,
+      );
+    }
+  }
+  return page as SSEBrokerEntry[];
+}
 
 /** The last ids some subscription delivered, newest `size` of them. */
 export class IdWindow {
