@@ -12,14 +12,18 @@ export type RawEntry = [string, string[]];
 /**
  * `publish`, run by Redis as one step: `XADD … MAXLEN ~ replay *` of the
  * fields `seq`, `topic` and `message`, where `seq` numbers the entries of
- * the stream (1, 2, 3, …): one more than the newest entry's, or 1 for the
- * first entry of a stream (or after an entry without one, written by an
- * older version or by hand). A reader that gets an entry whose `seq` is not
- * one more than that of the entry before it knows that the entries in
- * between were trimmed before it read them (it fell behind by more than the
- * stream keeps), and a `seq` of 1 after others that the stream was dropped
- * and started again: XREAD itself just returns what is left. Reading the
- * newest entry costs the script one `XREVRANGE … COUNT 1`.
+ * the stream (1, 2, 3, …), counted in a key of its own (`KEYS[2]`, a
+ * string), which outlives the stream's key when only that one is deleted. A
+ * reader that gets an entry whose `seq` is not one more than that of the
+ * entry before it knows that the entries in between were trimmed (it fell
+ * behind by more than the stream keeps) or deleted before it read them, and
+ * a `seq` of 1 after others that the stream and its count were dropped
+ * (evicted, flushed) and started again: `XREAD` itself just returns what is
+ * left. The count is written after the `XADD`, so a publish that fails
+ * numbers nothing. When the count is gone but the stream is not (an
+ * eviction took one key of the two, or an earlier version wrote the stream),
+ * it goes on from the newest entry's `seq`; reading that entry is the only
+ * step whose cost grows with the entries' size, and it runs only then.
  *
  * Redis numbers a new stream from its clock (`<ms>-0`), so a stream whose
  * key was deleted (an operator's `DEL`, an eviction under `maxmemory`,
@@ -29,30 +33,46 @@ export type RawEntry = [string, string[]];
  * at the millisecond after both the clock and the newest id this broker was
  * given (`ARGV[4]`, which covers a stream lost twice within one millisecond,
  * as evictions under load can): after every id the stream issued before, as
- * long as the Redis server's clock does not go back. `KEYS[1]` is the
- * stream; `ARGV` are replay, topic, message and that floor (a number of
- * milliseconds).
+ * long as the Redis server's clock does not go back. `KEYS` are the stream
+ * and its count; `ARGV` are replay, topic, message and that floor (a number
+ * of milliseconds).
  */
 export const APPEND = `
 local id = '*'
-local seq = 1
-local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
-if newest then
-  local fields = newest[2]
-  for i = 1, #fields - 1, 2 do
-    if fields[i] == 'seq' then
-      seq = (tonumber(fields[i + 1]) or 0) + 1
-      break
-    end
-  end
-elseif redis.call('EXISTS', KEYS[1]) == 0 then
+local seq = tonumber(redis.call('GET', KEYS[2]))
+if redis.call('EXISTS', KEYS[1]) == 0 then
   local now = redis.call('TIME')
   local ms = math.max(now[1] * 1000 + math.floor(now[2] / 1000), tonumber(ARGV[4]))
   id = string.format('%.0f', ms + 1) .. '-0'
+elseif not seq then
+  local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+  if newest then
+    local fields = newest[2]
+    for i = 1, #fields - 1, 2 do
+      if fields[i] == 'seq' then
+        seq = tonumber(fields[i + 1])
+        break
+      end
+    end
+  end
 end
-return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id,
-  'seq', string.format('%.0f', seq), 'topic', ARGV[2], 'message', ARGV[3])
+seq = string.format('%.0f', (seq or 0) + 1)
+local added = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id,
+  'seq', seq, 'topic', ARGV[2], 'message', ARGV[3])
+redis.call('SET', KEYS[2], seq)
+return added
 `;
+
+/**
+ * The key of the count {@linkcode APPEND} keeps for a stream.
+ *
+ * @param prefix The broker's key prefix.
+ * @param name The stream.
+ * @returns `prefix + "~seq:" + name`.
+ */
+export function countKey(prefix: string, name: string): string {
+  return `${prefix}~seq:${name}`;
+}
 
 const SEQ = /^[1-9]\d{0,15}$/;
 

@@ -386,8 +386,9 @@ export class RedisReader {
    * Moves the stream's cursor to an entry read, and reports what went
    * missing before it: `XREAD` returns what the stream still holds after the
    * cursor, so entries trimmed before this reader got to them (it fell
-   * behind by more than the stream keeps), or a stream dropped and started
-   * again, show only as a jump in the entries' `seq`. Reported once per gap.
+   * behind by more than the stream keeps) or deleted, or a stream dropped
+   * with its count and started again, show only in the entries' `seq`.
+   * Reported once per gap.
    */
   #follow(stream: Stream, [id, fields]: RawEntry): void {
     const seq = entrySeq(fields);
@@ -402,7 +403,7 @@ export class RedisReader {
         const lost = seq - last - 1;
         this.#options.report(
           new Error(
-            `Entries after ${before} and before ${next} of ${where} were trimmed before this broker read them: ${lost} ${
+            `Entries after ${before} and before ${next} of ${where} were trimmed or deleted before this broker read them: ${lost} ${
               lost === 1 ? "entry" : "entries"
             } (seq ${last + 1} to ${
               seq - 1
@@ -412,7 +413,7 @@ export class RedisReader {
       } else if (seq === 1) {
         this.#options.report(
           new Error(
-            `The ${where} was dropped (its key deleted, evicted or flushed) and started again at ${next}: entries stored after ${before} that this broker had not read yet, if any, are lost to its subscribers`,
+            `The ${where} was dropped with its count (both keys evicted, flushed or deleted) and started again at ${next}: entries stored after ${before} that this broker had not read yet, if any, are lost to its subscribers`,
           ),
         );
       }

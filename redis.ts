@@ -26,12 +26,13 @@
  *   `commandTimeout` for a Redis that stopped answering.
  * - Entries written by others that it cannot decode (not JSON, missing or
  *   mistyped fields) are skipped and reported through `onError`, once each.
- * - Each entry carries its number in the stream (a `seq` field), so a reader
- *   that fell behind by more than the stream keeps, and finds entries
- *   trimmed before it read them, reports the gap through `onError` (once,
- *   naming the stream and the ids around it) instead of skipping it
- *   silently; so does a reader that finds its stream dropped and started
- *   again.
+ * - Each entry carries its number in the stream (a `seq` field, counted at
+ *   key `prefix + "~seq:" + name`, which outlives a deleted stream), so a
+ *   reader that fell behind by more than the stream keeps, and finds entries
+ *   trimmed (or deleted) before it read them, reports the gap through
+ *   `onError` (once, naming the stream and the ids around it) instead of
+ *   skipping it silently; so does a reader that finds its stream dropped
+ *   with its count (evicted, flushed) and started again.
  *
  * It needs one Redis server (5.0 or later; the one primary of a replicated
  * setup): Redis Cluster is not supported, as one `XREAD` spans every stream.
@@ -73,6 +74,7 @@ import { type Connection, RedisLink } from "./_redis_link.ts";
 import { RedisReader, type Stream, type Subscriber } from "./_redis_reader.ts";
 import {
   APPEND,
+  countKey,
   decodeEntry,
   eventId,
   type RawEntry,
@@ -119,7 +121,8 @@ export interface RedisBrokerOptions {
   client?: RedisClientTemplate;
   /**
    * Prefix of the Redis keys: the stream of channel `name` is at
-   * `prefix + name`. Each broker also keeps one tiny stream of its own at
+   * `prefix + name`, and the count that numbers its entries (a short
+   * string) at `prefix + "~seq:" + name`. Each broker also keeps one tiny stream of its own at
    * `prefix + "~wake:" + <random id>` (removed by `close()`, and expiring an
    * hour after its last use otherwise) to re-issue its blocking read when its
    * process starts reading a new stream.
@@ -365,8 +368,9 @@ export class RedisBroker implements SSEBroker {
       const id = await this.#link.send(writer, [
         "EVAL",
         APPEND,
-        "1",
+        "2",
         key,
+        countKey(this.#prefix, name),
         String(Math.max(replay, MIN_KEPT)),
         topic,
         json,

@@ -365,9 +365,10 @@ redisTest(
         assert.ok(next > at, `${id} out of order or twice`);
         if (next > at + 1) {
           assert.match(id, /^\d+-0\./, `lost before ${id}`);
+          // As entries deleted with the stream, or with its count as well.
           assert.ok(
             errors.some((error) =>
-              error.message.includes(`was dropped`) &&
+              error.message.includes(`before ${id} `) ||
               error.message.includes(`started again at ${id}:`)
             ),
             `the loss before ${id} is reported: ${errors.join("\n")}`,
@@ -551,41 +552,88 @@ async function withReader(
 /** `publish` as another instance runs it, for {@linkcode runWhileHeld}. */
 function publishCommand(count: number, data: string): [number, ...string[]] {
   const entry = ["", JSON.stringify({ data })];
-  return [count, "EVAL", APPEND, "1", "sse:s", "100", ...entry, "0"];
+  const keys = ["2", "sse:s", "sse:~seq:s"];
+  return [count, "EVAL", APPEND, ...keys, "100", ...entry, "0"];
+}
+
+/**
+ * Publishes "first", then runs `commands` while the process is held back,
+ * then publishes "last": the data received from "first" on, with any "old"
+ * (published before the drop the commands hold) left out but counted.
+ */
+async function heldDrop(
+  { redis, broker, received }: {
+    redis: RedisServer;
+    broker: RedisBroker;
+    received: Collector;
+  },
+  ...commands: [number, ...string[]][]
+): Promise<{ data: unknown[]; ids: string[]; old: number }> {
+  const had = received.entries.length;
+  const [first] = [await broker.publish("s", message("first"), KEEP)];
+  await received.untilId(first!);
+  runWhileHeld(redis, ...commands);
+  const last = await broker.publish("s", message("last"), KEEP);
+  await received.untilId(last);
+  const entries = received.entries.slice(had);
+  const old = entries.filter((entry) => entry.message.data === "old").length;
+  const kept = entries.filter((entry) => entry.message.data !== "old");
+  return {
+    data: kept.map((entry) => entry.message.data),
+    ids: kept.map((entry) => entry.id),
+    old,
+  };
 }
 
 redisTest(
-  "RedisBroker reports a stream dropped and started again while its reader was behind, once, naming it and where it read up to",
+  "RedisBroker reports the entries of a stream deleted while its reader was behind, and a stream dropped with its count, once, naming where it read up to",
   () =>
-    withReader(async ({ redis, broker, received, errors }) => {
-      const [first] = [await broker.publish("s", message("first"), KEEP)];
-      await received.untilId(first!);
+    withReader(async (context) => {
+      const { raw, broker, received, errors } = context;
+      const expected = ["first", "new", "new", "new", "last"];
       // Held back while the stream gets entries, is deleted (an operator's
-      // DEL, an eviction, FLUSHALL) and starts again.
-      runWhileHeld(
-        redis,
+      // DEL, an eviction) and starts again: its count outlives it, so the
+      // loss is known exactly. Before: nothing reported.
+      const deleted = await heldDrop(
+        context,
         publishCommand(3, "old"),
         [1, "DEL", "sse:s"],
         publishCommand(3, "new"),
       );
-      const last = await broker.publish("s", message("last"), KEEP);
-      await received.untilId(last);
-      const data = received.entries.map((entry) => entry.message.data);
-      // A blocking read already in flight got the first "old" one; the rest
-      // of them went with the key. Before: nothing reported.
-      assert.ok(data.filter((item) => item === "old").length <= 1, `${data}`);
-      assert.deepEqual(data.filter((item) => item !== "old"), [
-        "first",
-        "new",
-        "new",
-        "new",
-        "last",
-      ]);
-      const restart = data.indexOf("new");
+      // A blocking read already in flight got the first "old" one.
+      assert.ok(deleted.old <= 1, `${deleted.old} old`);
+      assert.deepEqual(deleted.data, expected);
       assert.equal(errors.length, 1, errors.join("\n"));
-      assert.equal(
+      const lost = 3 - deleted.old;
+      assert.match(
         errors[0]!.message,
-        `The stream "s" (key "sse:s") was dropped (its key deleted, evicted or flushed) and started again at ${
+        new RegExp(
+          `^Entries after \\S+ and before ${
+            deleted.ids[1]!.replace(".", "\\.")
+          } of stream "s" \\(key "sse:s"\\) were trimmed or deleted before this broker read them: ${lost} entr(y|ies) \\(seq ${
+            2 + deleted.old
+          } to 4\\)`,
+        ),
+      );
+      // Deleted once read: nothing lost, nothing reported.
+      await raw.send(["DEL", "sse:s"]);
+      const again = await broker.publish("s", message("again"), KEEP);
+      await received.untilId(again);
+      assert.equal(errors.length, 1, errors.join("\n"));
+      // Both keys gone (FLUSHALL, an eviction of both): what was lost is not
+      // known, only where.
+      const flushed = await heldDrop(
+        context,
+        publishCommand(3, "old"),
+        [1, "FLUSHALL"],
+        publishCommand(3, "new"),
+      );
+      assert.deepEqual(flushed.data, expected);
+      assert.equal(errors.length, 2, errors.join("\n"));
+      const restart = received.ids.indexOf(flushed.ids[1]!);
+      assert.equal(
+        errors[1]!.message,
+        `The stream "s" (key "sse:s") was dropped with its count (both keys evicted, flushed or deleted) and started again at ${
           received.ids[restart]
         }: entries stored after ${
           received.ids[restart - 1]
@@ -624,7 +672,25 @@ redisTest(
         received.entries.map((entry) => entry.message.data),
         ["1", "2", "3", "4", "5", "6", "7"],
       );
-      const kept = await broker.history("s", { after: ids[0]!, limit: 10 });
+      // The count lost alone (an eviction took that key only): numbering
+      // goes on from the newest entry's, or starts again after one without.
+      await raw.send(["DEL", "sse:~seq:s"]);
+      ids.push(await broker.publish("s", message("8"), KEEP));
+      await older("9");
+      await raw.send(["DEL", "sse:~seq:s"]);
+      ids.push(await broker.publish("s", message("10"), KEEP));
+      ids.push(await broker.publish("s", message("11"), KEEP));
+      await received.untilId(ids.at(-1)!);
+      assert.deepEqual(received.ids, ids);
+      const stored = await raw.send(["XRANGE", "sse:s", "-", "+"]) as [
+        string,
+        string[],
+      ][];
+      assert.deepEqual(
+        stored.map(([, fields]) => fields[0] === "seq" ? fields[1] : "-"),
+        ["1", "-", "-", "2", "3", "-", "4", "5", "-", "1", "2"],
+      );
+      const kept = await broker.history("s", { after: ids[0]!, limit: 20 });
       assert.deepEqual(kept?.map((entry) => entry.id), ids.slice(1));
       assert.deepEqual(errors, []);
     }),

@@ -109,7 +109,8 @@ testBrokerContract({
     const entry = ["", JSON.stringify({ data: "behind" })];
     runWhileHeld(servers.get(fixture)!, [
       count,
-      ...["EVAL", APPEND, "1", `sse:${name}`, "100", ...entry, "0"],
+      ...["EVAL", APPEND, "2", `sse:${name}`, `sse:~seq:${name}`, "100"],
+      ...[...entry, "0"],
     ]);
   },
   async restart(fixture) {
