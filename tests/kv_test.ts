@@ -1139,7 +1139,7 @@ Deno.test("DenoKvBroker refuses invalid options, naming them", async () => {
  */
 const fixtureKv = new WeakMap<
   BrokerFixture,
-  { kv: Deno.Kv; others: TempKv[] }
+  { kv: Deno.Kv; others: TempKv[]; path: string }
 >();
 
 testBrokerContract({
@@ -1171,7 +1171,7 @@ testBrokerContract({
         }
       },
     };
-    fixtureKv.set(fixture, { kv, others });
+    fixtureKv.set(fixture, { kv, others, path: db.path });
     return fixture;
   },
   async poison(fixture, name) {
@@ -1192,6 +1192,32 @@ testBrokerContract({
     // expired: nothing.
     const { kv } = fixtureKv.get(fixture)!;
     for (const key of await keys(kv, ["sse", name])) await kv.delete(key);
+  },
+  fallBehind(fixture, name, count) {
+    // Another process publishes (and trims) on the file while this one is
+    // held back: it sees them by its poll, or the next watch.
+    const code = `
+      const { DenoKvBroker } = await import(${
+      JSON.stringify(new URL("../kv.ts", import.meta.url).href)
+    });
+      const kv = await Deno.openKv(${
+      JSON.stringify(fixtureKv.get(fixture)!.path)
+    });
+      const broker = new DenoKvBroker({ kv, trimDelay: 0 });
+      for (let i = 0; i < ${count}; i++) {
+        await broker.publish(${
+      JSON.stringify(name)
+    }, { topic: "", message: { data: "behind" } }, { replay: 1 });
+      }
+      await broker.close();
+      kv.close();`;
+    const { success, stderr } = new Deno.Command(Deno.execPath(), {
+      args: ["eval", "--unstable-kv", code],
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+    }).outputSync();
+    if (!success) throw new Error(new TextDecoder().decode(stderr));
   },
   async restart(fixture) {
     // The database is lost, and the app starts on a brand-new one (a new
