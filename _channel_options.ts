@@ -106,6 +106,12 @@ export interface SSEChannelOptions<C = undefined> {
    * their default error handlers, Deno and Node print one line for the cut
    * (`[SSEChannel: cut a connection …]`), Bun prints nothing.
    *
+   * It also bounds each read of the broker's history: one that has not
+   * answered within `drainTimeout` counts as failed (reported), so a
+   * resuming `connect` answers with `resumed: false`, and a client
+   * catching up is ended (`"broker-error"`) and reconnects, instead of
+   * waiting for a broker that stopped answering without a word.
+   *
    * `Infinity` means never: a client that stops reading is never dropped
    * as slow, and a stream the channel ended is never cut, except by
    * `close()`, which still cuts what is left after 1 000 ms. What such a

@@ -41,7 +41,12 @@
 
 import type { SSEMessage } from "./encoder.ts";
 import { describe } from "./_json.ts";
-import { startInterval, type Timer } from "./_timer.ts";
+import {
+  startInterval,
+  startTimeout,
+  type Timer,
+  timerDelay,
+} from "./_timer.ts";
 import { cutReason, KEEP_ALIVE_FRAME, OPENING_FRAME } from "./_http.ts";
 import { errorMessage, isBrokerId, type SSEBrokerEntry } from "./_broker.ts";
 import type {
@@ -113,6 +118,8 @@ export class Fanout<C> {
   #drain: DrainJudge<C>;
   /** How long `close()` waits for a stream's end to be taken. */
   #grace: number;
+  /** The history reads in flight that a timer bounds: each one's give-up. */
+  #reads = new Set<(error: Error) => void>();
   #closed = false;
   #events: ClientEvents<C> = {
     pull: (client) => this.#pulled(client),
@@ -137,7 +144,7 @@ export class Fanout<C> {
     this.#host = {
       shared: this.#sharedIds,
       maxBacklog: settings.maxBacklog,
-      history: (after) => historyPage(settings.broker, settings.name, after),
+      history: (after) => this.#history(after),
       frame: (client, entry) => this.#frameOf(client, entry),
       write: (client, frames, first, last) =>
         this.#writeRun(client, frames, first, last),
@@ -299,6 +306,9 @@ export class Fanout<C> {
    */
   close(): Promise<void> {
     this.#closed = true;
+    // Their timers go now; whoever waits for them is released below.
+    const closed = new Error("The event channel is closed");
+    for (const giveUp of this.#reads) giveUp(closed);
     for (const client of this.clients) this.end(client, "channel-closed");
     return this.#drain.close(this.#grace);
   }
@@ -366,6 +376,39 @@ export class Fanout<C> {
         );
       }
     }
+  }
+
+  /**
+   * The next page of history after `after` (see `historyPage`), or a
+   * rejection once `drainTimeout` has passed without one: a broker that
+   * stopped answering ends a catch-up (the client reconnects) and answers
+   * a resume `resumed: false`, as a failed read does, instead of holding
+   * the client without a word. Its timer is cleared as soon as it is
+   * settled, and by `close()`.
+   */
+  #history(after: string): Promise<SSEBrokerEntry[] | null> {
+    const { broker, name, drainTimeout } = this.#settings;
+    const read = historyPage(broker, name, after);
+    if (timerDelay(drainTimeout) === undefined) return read;
+    return new Promise((resolve, reject) => {
+      const giveUp = (error: Error): void => {
+        clearTimeout(timer);
+        this.#reads.delete(giveUp);
+        reject(error);
+      };
+      const timer = startTimeout(() =>
+        giveUp(
+          new Error(
+            `history did not answer within ${drainTimeout} ms (drainTimeout)`,
+          ),
+        ), drainTimeout);
+      this.#reads.add(giveUp);
+      read.then((page) => {
+        clearTimeout(timer);
+        this.#reads.delete(giveUp);
+        resolve(page);
+      }, giveUp);
+    });
   }
 
   /** Fan-out of one entry from the shared subscription. */

@@ -11,6 +11,7 @@ import {
   type SSEBroker,
   type SSEBrokerEntry,
   SSEChannel,
+  type SSEChannelOptions,
 } from "../server.ts";
 import { Client, serve, test } from "./_channel.ts";
 
@@ -49,6 +50,33 @@ class FaultyBroker implements SSEBroker {
   }
 }
 
+/**
+ * A channel on a FaultyBroker over a real server, with `count` messages
+ * ("0", "1", …) published, and what its onError was told.
+ */
+async function faultyChannel(
+  count: number,
+  options: SSEChannelOptions = {},
+): Promise<{
+  broker: FaultyBroker;
+  errors: string[];
+  channel: SSEChannel;
+  server: ReturnType<typeof serve>;
+  first: string;
+}> {
+  const broker = new FaultyBroker();
+  const errors: string[] = [];
+  const channel = new SSEChannel({
+    ...options,
+    broker,
+    onError: (error) => errors.push(error.message),
+  });
+  const server = serve((request) => channel.connect(request));
+  const first = await channel.publish({ data: "0" });
+  for (let i = 1; i < count; i++) await channel.publish({ data: String(i) });
+  return { broker, errors, channel, server, first };
+}
+
 /** What a broker's history may do instead of answering a page. */
 const FAULTS: [string, () => unknown][] = [
   ["throws", () => {
@@ -64,15 +92,7 @@ const FAULTS: [string, () => unknown][] = [
 
 for (const [what, fault] of FAULTS) {
   test(`SSEChannel ends a catch-up, reported, when the broker's history ${what}`, async () => {
-    const broker = new FaultyBroker();
-    const errors: string[] = [];
-    const channel = new SSEChannel({
-      broker,
-      onError: (error) => errors.push(error.message),
-    });
-    const server = serve((request) => channel.connect(request));
-    const first = await channel.publish({ data: "0" });
-    for (let i = 1; i < 400; i++) await channel.publish({ data: String(i) });
+    const { broker, errors, channel, server, first } = await faultyChannel(400);
     // The page connect reads is whole; the next one fails.
     broker.fault = fault;
     broker.from = 2;
@@ -91,20 +111,13 @@ for (const [what, fault] of FAULTS) {
   });
 
   test(`SSEChannel answers a resume with resumed: false, reported, when the broker's history ${what}`, async () => {
-    const broker = new FaultyBroker();
-    const errors: string[] = [];
     const resumed: boolean[] = [];
-    const channel = new SSEChannel({
-      broker,
-      onError: (error) => errors.push(error.message),
+    const { broker, errors, channel, server, first } = await faultyChannel(2, {
       init(_context, _id, options) {
         resumed.push(options.resumed);
         return [{ data: "snapshot" }];
       },
     });
-    const server = serve((request) => channel.connect(request));
-    const first = await channel.publish({ data: "0" });
-    await channel.publish({ data: "1" });
     broker.fault = fault;
     const client = await Client.open(server.url, { "last-event-id": first });
     await channel.publish({ data: "2" });
@@ -121,13 +134,7 @@ for (const [what, fault] of FAULTS) {
 }
 
 test("SSEChannel skips, reported, live entries that are not entries (null, a number, no id), and delivers the next in order", async () => {
-  const broker = new FaultyBroker();
-  const errors: string[] = [];
-  const channel = new SSEChannel({
-    broker,
-    onError: (error) => errors.push(error.message),
-  });
-  const server = serve((request) => channel.connect(request));
+  const { broker, errors, channel, server } = await faultyChannel(1);
   const client = await Client.open(server.url);
   await channel.publish({ data: "a" });
   for (const bad of [null, 5, { id: 7 }, { topic: "", message: {} }]) {
@@ -143,5 +150,58 @@ test("SSEChannel skips, reported, live entries that are not entries (null, a num
   assert.equal(client.ended, false);
   await client.close();
   await channel.close();
+  await server.shutdown();
+});
+
+/** A history that never answers (a broker whose backend froze). */
+const hang = () => new Promise<never>(() => {});
+
+test("SSEChannel ends a catch-up whose history does not answer within drainTimeout, reported, so that the client reconnects", async () => {
+  const { broker, errors, channel, server, first } = await faultyChannel(400, {
+    drainTimeout: 300,
+  });
+  broker.fault = hang;
+  broker.from = 2;
+  const client = await Client.open(server.url, { "last-event-id": first });
+  await client.closed();
+  assert.equal(client.data.length, 100);
+  assert.equal(channel.size, 0);
+  assert.equal(channel.metrics().disconnects["broker-error"], 1);
+  assert.match(errors.join("\n"), /did not answer within 300 ms/);
+  await channel.close();
+  await server.shutdown();
+});
+
+test("SSEChannel answers a resume whose history does not answer within drainTimeout with resumed: false, reported", async () => {
+  const { broker, errors, channel, server, first } = await faultyChannel(2, {
+    drainTimeout: 300,
+    init: (_context, _id, { resumed }) => [{ data: `resumed: ${resumed}` }],
+  });
+  broker.fault = hang;
+  const client = await Client.open(server.url, { "last-event-id": first });
+  await client.take(1);
+  assert.deepEqual(client.data, ["resumed: false"]);
+  assert.match(errors.join("\n"), /did not answer within 300 ms/);
+  await client.close();
+  await channel.close();
+  await server.shutdown();
+});
+
+test("SSEChannel's close() during histories that never answer leaves no timer, and answers the resuming connect 503", async () => {
+  const { broker, channel, server, first } = await faultyChannel(400, {
+    drainTimeout: 60_000,
+  });
+  broker.fault = hang;
+  broker.from = 2;
+  // One in its catch-up, one in connect, both waiting for the history.
+  const paging = await Client.open(server.url, { "last-event-id": first });
+  await paging.take(100);
+  const connecting = fetch(server.url, { headers: { "last-event-id": first } });
+  while (broker.calls < 3) await new Promise((r) => setTimeout(r, 5));
+  await channel.close();
+  assert.equal((await connecting).status, 503);
+  await (await connecting).body?.cancel();
+  await paging.closed();
+  assert.equal(paging.data.length, 100);
   await server.shutdown();
 });
