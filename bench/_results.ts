@@ -74,6 +74,8 @@ export interface StepResult {
   loadBefore: string;
   loadAfter: string;
   seconds: number;
+  /** The commit it ran at, when it differs from other steps'. */
+  commit?: string;
   ok: boolean;
   /** What it printed: JSON for parser and client, markdown for the rest. */
   stdout: string;
@@ -190,11 +192,14 @@ const INTRO: Record<string, string> = {
     "N clients reconnect at once, each missing K events; the server's peak RSS and the time until every client has caught up, against the same events delivered live, and against a hand-written floor on `Deno.serve` (the frames encoded once, in shared 32 KiB chunks, each response stream pulling the next); then resume and floor again with V8's young generation held to 1 MiB semi-spaces.",
 };
 
-function section(step: StepResult): string[] {
+function section(step: StepResult, commit: string | undefined): string[] {
+  const at = step.commit !== undefined && step.commit !== commit
+    ? ` at commit ${step.commit}`
+    : "";
   const lines = [
     `### ${step.title}`,
     "",
-    `\`${step.command}\`: load average ${step.loadBefore} before, ${step.loadAfter} after, ${
+    `\`${step.command}\`${at}: load average ${step.loadBefore} before, ${step.loadAfter} after, ${
       step.seconds.toFixed(0)
     } s.`,
     "",
@@ -250,7 +255,9 @@ export function renderResults(results: BenchResults): string {
     }`,
     "",
   ];
-  for (const step of results.steps) lines.push(...section(step), "");
+  for (const step of results.steps) {
+    lines.push(...section(step, results.commit), "");
+  }
   lines.push(README_END, "");
   return lines.join("\n");
 }

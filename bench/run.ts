@@ -207,7 +207,11 @@ function clock(): string {
   return new Date().toISOString().slice(11, 19);
 }
 
-async function runStep(step: Step, quick: boolean): Promise<StepResult> {
+async function runStep(
+  step: Step,
+  quick: boolean,
+  commit: string,
+): Promise<StepResult> {
   const args = [
     "run",
     "-A",
@@ -239,6 +243,7 @@ async function runStep(step: Step, quick: boolean): Promise<StepResult> {
     loadBefore,
     loadAfter,
     seconds,
+    commit,
     ok: output.success,
     stdout,
   };
@@ -312,10 +317,14 @@ async function main(): Promise<void> {
   const before = only === undefined ? undefined : await previous();
   const steps: StepResult[] = [];
   for (const step of STEPS) {
-    if (chosen.includes(step)) steps.push(await runStep(step, quick));
+    if (chosen.includes(step)) steps.push(await runStep(step, quick, measured));
     else {
       const kept = before?.steps.find((s) => s.key === step.key);
-      if (kept !== undefined) steps.push(kept);
+      // Kept from an earlier run: at that run's commit.
+      if (kept !== undefined) {
+        const commit = kept.commit ?? before?.commit;
+        steps.push(commit === undefined ? kept : { ...kept, commit });
+      }
     }
   }
   const results: BenchResults = {
