@@ -20,7 +20,7 @@ import {
   notAllowed,
   unavailable,
 } from "./_http.ts";
-import type { SSEBrokerSubscription } from "./_broker.ts";
+import { errorMessage, type SSEBrokerSubscription } from "./_broker.ts";
 import {
   type ChannelSettings,
   channelSettings,
@@ -32,7 +32,7 @@ import { type Client, OPEN } from "./_client.ts";
 import { Connection, ignore, STOPPED } from "./_connecting.ts";
 import { isResponse } from "./_response.ts";
 import { encodeAll } from "./_frames.ts";
-import { Fanout } from "./_fanout.ts";
+import { Fanout, subscriptionOf } from "./_fanout.ts";
 import {
   finalFrame,
   listClients,
@@ -158,7 +158,10 @@ import type { Resume } from "./_resume.ts";
 export class SSEChannel<C = undefined> {
   #settings: ChannelSettings<C>;
   #fanout: Fanout<C>;
+  /** The shared subscription, while subscribing or subscribed. */
   #shared: Promise<SSEBrokerSubscription> | undefined;
+  /** The shared subscription, once subscribed. */
+  #subscription: SSEBrokerSubscription | undefined;
   #closed = false;
   /** The connections inside `connect`. */
   #connections = new Set<Connection<C>>();
@@ -733,30 +736,54 @@ export class SSEChannel<C = undefined> {
     for (const connection of this.#connections) connection.wake?.();
     // Streams ended before, still in their grace, are cut too.
     await this.#fanout.close();
-    const shared = this.#shared;
+    // A subscribe still in progress is released when it answers (see
+    // #subscribeShared), not waited for: a broker that stopped answering
+    // cannot hold close().
+    const subscription = this.#subscription;
     this.#shared = undefined;
-    if (shared !== undefined) {
-      try {
-        (await shared).unsubscribe();
-      } catch {
-        // It never subscribed: nothing to release.
-      }
-    }
+    this.#subscription = undefined;
+    if (subscription !== undefined) this.#unsubscribe(subscription);
     if (this.#settings.ownsBroker) await this.#settings.broker.close();
   }
 
-  /** Subscribes the channel to its stream once, for all its clients. */
+  /**
+   * Subscribes the channel to its stream once, for all its clients. A
+   * subscribe that fails or has not answered within `drainTimeout` fails
+   * the connections waiting for it, and the next connection subscribes
+   * again; one that answers after that, or after `close()`, is released at
+   * once, and delivers nothing meanwhile.
+   */
   #subscribeShared(): Promise<SSEBrokerSubscription> {
     if (this.#shared === undefined) {
       const { broker, name } = this.#settings;
       const fanout = this.#fanout;
-      const shared = broker.subscribe(name, (entry) => fanout.deliver(entry));
+      const current = () => this.#shared === shared && !this.#closed;
+      const subscribing = subscriptionOf(broker, name, (entry) => {
+        if (current()) fanout.deliver(entry);
+      });
+      const shared = fanout.bound(subscribing, "subscribe");
       this.#shared = shared;
-      // A failed subscribe is retried by the next connection.
+      subscribing.then((subscription) => {
+        if (current()) this.#subscription = subscription;
+        else this.#unsubscribe(subscription);
+      }, ignore);
       shared.catch(() => {
         if (this.#shared === shared) this.#shared = undefined;
       });
     }
     return this.#shared;
+  }
+
+  /** Releases a subscription; what its `unsubscribe` throws is reported. */
+  #unsubscribe(subscription: SSEBrokerSubscription): void {
+    try {
+      subscription.unsubscribe();
+    } catch (error) {
+      this.#settings.report(
+        new Error(`unsubscribe threw: ${errorMessage(error)}`, {
+          cause: error,
+        }),
+      );
+    }
   }
 }

@@ -110,7 +110,10 @@ export interface SSEChannelOptions<C = undefined> {
    * answered within `drainTimeout` counts as failed (reported), so a
    * resuming `connect` answers with `resumed: false`, and a client
    * catching up is ended (`"broker-error"`) and reconnects, instead of
-   * waiting for a broker that stopped answering without a word.
+   * waiting for a broker that stopped answering without a word. The
+   * channel's broker subscription too: a `subscribe` without an answer by
+   * then fails the connections waiting for it, as a failed one does, and
+   * the next connection subscribes again.
    *
    * `Infinity` means never: a client that stops reading is never dropped
    * as slow, and a stream the channel ended is never cut, except by

@@ -48,7 +48,13 @@ import {
   timerDelay,
 } from "./_timer.ts";
 import { cutReason, KEEP_ALIVE_FRAME, OPENING_FRAME } from "./_http.ts";
-import { errorMessage, isBrokerId, type SSEBrokerEntry } from "./_broker.ts";
+import {
+  errorMessage,
+  isBrokerId,
+  type SSEBroker,
+  type SSEBrokerEntry,
+  type SSEBrokerSubscription,
+} from "./_broker.ts";
 import type {
   ChannelSettings,
   SSEDisconnectReason,
@@ -78,6 +84,38 @@ const KEEP_ALIVE_BYTES = encoder.encode(KEEP_ALIVE_FRAME);
 const OPENING_BYTES = encoder.encode(OPENING_FRAME);
 /** The most milliseconds `close()` waits for a stream's end to be taken. */
 export const CLOSE_GRACE = 1000;
+
+/**
+ * The broker's subscription to a stream, as the contract says it is: an
+ * object with an `unsubscribe` method. A broker that throws instead of
+ * rejecting, or resolves to anything else, gives a rejection, so that the
+ * connection fails as on a failed subscribe and the next one subscribes
+ * again (a subscription the channel could never release is refused).
+ *
+ * @param broker The channel's broker.
+ * @param name The channel's stream.
+ * @param deliver Called with each live entry.
+ * @returns The subscription.
+ * @throws {TypeError} When the broker resolved to something else.
+ */
+export async function subscriptionOf(
+  broker: SSEBroker,
+  name: string,
+  deliver: (entry: SSEBrokerEntry) => void,
+): Promise<SSEBrokerSubscription> {
+  const subscription: unknown = await broker.subscribe(name, deliver);
+  if (
+    typeof (subscription as { unsubscribe?: unknown } | null)?.unsubscribe !==
+      "function"
+  ) {
+    throw new TypeError(
+      `Invalid subscription: the broker's subscribe resolved to ${
+        describe(subscription)
+      }, expected an object with an unsubscribe method`,
+    );
+  }
+  return subscription as SSEBrokerSubscription;
+}
 
 /**
  * A channel's clients, from `connect` accepting one to its end, and the
@@ -118,7 +156,7 @@ export class Fanout<C> {
   #drain: DrainJudge<C>;
   /** How long `close()` waits for a stream's end to be taken. */
   #grace: number;
-  /** The history reads in flight that a timer bounds: each one's give-up. */
+  /** The broker calls in flight that a timer bounds: each one's give-up. */
   #reads = new Set<(error: Error) => void>();
   #closed = false;
   #events: ClientEvents<C> = {
@@ -379,17 +417,28 @@ export class Fanout<C> {
   }
 
   /**
-   * The next page of history after `after` (see `historyPage`), or a
-   * rejection once `drainTimeout` has passed without one: a broker that
-   * stopped answering ends a catch-up (the client reconnects) and answers
-   * a resume `resumed: false`, as a failed read does, instead of holding
-   * the client without a word. Its timer is cleared as soon as it is
-   * settled, and by `close()`.
+   * The next page of history after `after` (see `historyPage`), bounded
+   * (see `bound`).
    */
   #history(after: string): Promise<SSEBrokerEntry[] | null> {
-    const { broker, name, drainTimeout } = this.#settings;
-    const read = historyPage(broker, name, after);
-    if (timerDelay(drainTimeout) === undefined) return read;
+    const { broker, name } = this.#settings;
+    return this.bound(historyPage(broker, name, after), "history");
+  }
+
+  /**
+   * What a broker call resolves to, or a rejection once `drainTimeout` has
+   * passed without an answer: a broker that stopped answering fails the
+   * connect or the catch-up waiting for it, as a failed call does, instead
+   * of holding the client without a word. Its timer is cleared as soon as
+   * it is settled, and by `close()` (which rejects it).
+   *
+   * @param call The broker's promise.
+   * @param what The call, for the error: "history", "subscribe".
+   * @returns What `call` resolves to, within `drainTimeout`.
+   */
+  bound<T>(call: Promise<T>, what: string): Promise<T> {
+    const { drainTimeout } = this.#settings;
+    if (timerDelay(drainTimeout) === undefined) return call;
     return new Promise((resolve, reject) => {
       const giveUp = (error: Error): void => {
         clearTimeout(timer);
@@ -399,14 +448,14 @@ export class Fanout<C> {
       const timer = startTimeout(() =>
         giveUp(
           new Error(
-            `history did not answer within ${drainTimeout} ms (drainTimeout)`,
+            `${what} did not answer within ${drainTimeout} ms (drainTimeout)`,
           ),
         ), drainTimeout);
       this.#reads.add(giveUp);
-      read.then((page) => {
+      call.then((value) => {
         clearTimeout(timer);
         this.#reads.delete(giveUp);
-        resolve(page);
+        resolve(value);
       }, giveUp);
     });
   }

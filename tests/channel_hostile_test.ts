@@ -10,10 +10,11 @@ import {
   MemoryBroker,
   type SSEBroker,
   type SSEBrokerEntry,
+  type SSEBrokerSubscription,
   SSEChannel,
   type SSEChannelOptions,
 } from "../server.ts";
-import { Client, serve, test } from "./_channel.ts";
+import { Client, serve, test, within } from "./_channel.ts";
 
 /**
  * A MemoryBroker whose `history` does `fault` instead, from its `from`-th
@@ -31,9 +32,32 @@ class FaultyBroker implements SSEBroker {
     return this.inner.publish(...args);
   }
 
-  subscribe(...args: Parameters<SSEBroker["subscribe"]>) {
+  /** What `subscribe` does instead, on its first call. */
+  subscribeFault: (() => unknown) | undefined;
+  subscribes = 0;
+  unsubscribes = 0;
+
+  subscribe(
+    ...args: Parameters<SSEBroker["subscribe"]>
+  ): Promise<SSEBrokerSubscription> {
     this.deliver = args[1];
-    return this.inner.subscribe(...args);
+    if (this.subscribes++ === 0 && this.subscribeFault !== undefined) {
+      return this.subscribeFault() as Promise<SSEBrokerSubscription>;
+    }
+    return this.#counted(this.inner.subscribe(...args));
+  }
+
+  /** A subscription whose unsubscribe is counted. */
+  async #counted(
+    subscribing: Promise<SSEBrokerSubscription>,
+  ): Promise<SSEBrokerSubscription> {
+    const subscription = await subscribing;
+    return {
+      unsubscribe: () => {
+        this.unsubscribes++;
+        subscription.unsubscribe();
+      },
+    };
   }
 
   history(
@@ -203,5 +227,63 @@ test("SSEChannel's close() during histories that never answer leaves no timer, a
   await (await connecting).body?.cancel();
   await paging.closed();
   assert.equal(paging.data.length, 100);
+  await server.shutdown();
+});
+
+test("SSEChannel's close() completes while the broker's subscribe never answers, and answers the waiting connect 503", async () => {
+  const { broker, channel, server } = await faultyChannel(1, {
+    drainTimeout: 60_000,
+  });
+  broker.subscribeFault = hang;
+  const connecting = fetch(server.url);
+  while (broker.subscribes < 1) await new Promise((r) => setTimeout(r, 5));
+  await within(channel.close(), 2000, "close()");
+  const response = await connecting;
+  assert.equal(response.status, 503);
+  await response.body?.cancel();
+  await server.shutdown();
+});
+
+test("SSEChannel refuses a broker subscription without unsubscribe, reported, and subscribes again for the next connection", async () => {
+  const { broker, channel, server } = await faultyChannel(1);
+  broker.subscribeFault = () => Promise.resolve({});
+  const refused = await fetch(server.url);
+  assert.equal(refused.status, 500);
+  await refused.body?.cancel();
+  assert.match(String(server.errors[0]), /Invalid subscription/);
+  const client = await Client.open(server.url);
+  await channel.publish({ data: "live" });
+  await client.take(1);
+  assert.deepEqual(client.data, ["live"]);
+  await client.close();
+  await channel.close();
+  assert.equal(broker.unsubscribes, 1);
+  await server.shutdown();
+});
+
+test("SSEChannel fails a connect whose broker subscribe has not answered within drainTimeout, subscribes again for the next, and releases the late subscription", async () => {
+  const { broker, channel, server } = await faultyChannel(1, {
+    drainTimeout: 300,
+  });
+  let answer!: (subscription: SSEBrokerSubscription) => void;
+  broker.subscribeFault = () => new Promise((resolve) => answer = resolve);
+  const refused = await within(fetch(server.url), 5000, "the first answer");
+  assert.equal(refused.status, 500);
+  await refused.body?.cancel();
+  assert.match(
+    String(server.errors[0]),
+    /subscribe did not answer within 300 ms/,
+  );
+  const client = await Client.open(server.url);
+  await channel.publish({ data: "live" });
+  await client.take(1);
+  // The broker answers the first subscribe at last: it is released at once.
+  let late = 0;
+  answer({ unsubscribe: () => late++ });
+  await new Promise((r) => setTimeout(r, 0));
+  assert.equal(late, 1);
+  assert.deepEqual(client.data, ["live"]);
+  await client.close();
+  await channel.close();
   await server.shutdown();
 });
