@@ -757,10 +757,13 @@ export class SSEChannel<C = undefined> {
     if (this.#shared === undefined) {
       const { broker, name } = this.#settings;
       const fanout = this.#fanout;
-      const current = () => this.#shared === shared && !this.#closed;
+      // Given up (failed, or not answered in time) or closed: a broker may
+      // deliver before its subscribe resolves, even synchronously.
+      let givenUp = false;
+      const current = () => !givenUp && !this.#closed;
       const subscribing = subscriptionOf(broker, name, (entry) => {
         if (current()) fanout.deliver(entry);
-      });
+      }, { onGap: () => current() && fanout.gap() });
       const shared = fanout.bound(subscribing, "subscribe");
       this.#shared = shared;
       subscribing.then((subscription) => {
@@ -768,6 +771,7 @@ export class SSEChannel<C = undefined> {
         else this.#unsubscribe(subscription);
       }, ignore);
       shared.catch(() => {
+        givenUp = true;
         if (this.#shared === shared) this.#shared = undefined;
       });
     }

@@ -287,3 +287,19 @@ test("SSEChannel fails a connect whose broker subscribe has not answered within 
   await channel.close();
   await server.shutdown();
 });
+
+test("SSEChannel takes live entries that a broker delivers synchronously inside subscribe, before it resolves", async () => {
+  const { broker, channel, server } = await faultyChannel(1);
+  broker.subscribeFault = () => {
+    broker.deliver!({ id: "0-1", topic: "", message: { data: "early" } });
+    return broker.inner.subscribe("default", broker.deliver!);
+  };
+  const client = await Client.open(server.url);
+  await channel.publish({ data: "live" });
+  await client.take(1);
+  assert.deepEqual(client.data, ["live"]);
+  assert.equal(channel.metrics().received, 2);
+  await client.close();
+  await channel.close();
+  await server.shutdown();
+});
