@@ -19,6 +19,7 @@ import {
   settle,
   type SSEBroker,
   type SSEBrokerEntry,
+  type SSEBrokerSubscribeOptions,
   type SSEBrokerSubscription,
   withoutId,
 } from "./_broker.ts";
@@ -228,15 +229,18 @@ export class BroadcastChannelBroker implements SSEBroker {
    * @param name The stream.
    * @param onEntry Called with each entry; must not throw (a throw goes to
    * `onError`).
+   * @param options `onGap` is checked, and never called: each entry is
+   * delivered as it is posted, so none is lost to a reader behind.
    * @returns The subscription. Rejects with a `TypeError` for bad arguments
    * or once the broker is closed.
    */
   subscribe(
     name: string,
     onEntry: (entry: SSEBrokerEntry) => void,
+    options?: SSEBrokerSubscribeOptions,
   ): Promise<SSEBrokerSubscription> {
     return settle(this.#closed, "subscribe", () => {
-      checkSubscribe(name, onEntry);
+      checkSubscribe(name, onEntry, options);
       const local = this.#stream(name, Date.now());
       const release = local.subscribe(onEntry);
       return new BrokerSubscription(() => {

@@ -68,6 +68,52 @@ export interface SSEBrokerEntry {
   message: SSEMessage;
 }
 
+/**
+ * Entries a live subscription lost: stored in its stream, but gone (trimmed,
+ * deleted, expired) before the broker's reader got to them, as
+ * {@linkcode SSEBrokerSubscribeOptions.onGap} is told.
+ */
+export interface SSEBrokerGap {
+  /**
+   * The id of the newest entry before the gap that the broker knows of: the
+   * last one its reader read (delivered, or skipped as undecodable), or the
+   * stream's newest when the subscription started; `undefined` when it knows
+   * none (the stream was empty, or the broker cannot name it).
+   */
+  after: string | undefined;
+  /**
+   * The id of the first entry after the gap: the next one the subscription
+   * is delivered (unless it cannot be decoded: then it is skipped, and
+   * reported).
+   */
+  before: string;
+  /**
+   * How many entries were lost, when the broker knows; `undefined` when it
+   * does not (for instance a stream dropped whole and started again).
+   */
+  lost: number | undefined;
+}
+
+/** Options of {@linkcode SSEBroker.subscribe}. */
+export interface SSEBrokerSubscribeOptions {
+  /**
+   * Called once per gap, synchronously and before the entries after it are
+   * delivered, when the subscription lost entries: its broker's reader fell
+   * behind by more than the stream keeps (or the store dropped entries it
+   * had not read yet). Only a broker that reads a shared store can lose
+   * entries (`RedisBroker`, `DenoKvBroker`); one that delivers each entry as
+   * it is published (`MemoryBroker`, `BroadcastChannelBroker`) never calls
+   * it. The broker also reports each gap through its own `onError`. Must
+   * not throw (a throw goes to the broker's `onError`). `SSEChannel` ends
+   * every client that follows the live stream (`onDisconnect` reason
+   * `"replay-lost"`), so that each reconnects and resumes from the history,
+   * or gets `resumed: false` when the history lost its position too.
+   *
+   * @default {undefined} (a gap is only reported through `onError`)
+   */
+  onGap?: (gap: SSEBrokerGap) => void;
+}
+
 /** A live subscription to one stream of a broker. */
 export interface SSEBrokerSubscription {
   /** Stops delivery at once and releases what it holds. Idempotent. */
@@ -120,15 +166,21 @@ export interface SSEBroker {
    * Live only: delivers to `onEntry`, in id order and exactly once, every
    * entry whose publish resolves after the returned promise resolved, until
    * `unsubscribe()`. Entries published while `subscribe` is in progress may
-   * or may not be delivered.
+   * or may not be delivered. A broker that reads a shared store may lose
+   * entries when its reader falls behind by more than the stream keeps:
+   * it then tells `options.onGap`, once per gap, before the entries after
+   * it.
    *
    * @param name The stream.
    * @param onEntry Called with each entry, synchronously; must not throw.
-   * @returns The subscription, once live.
+   * @param options `onGap`: told of entries the subscription lost.
+   * @returns The subscription, once live. Rejects with a `TypeError` when
+   * `onEntry`, or `onGap` if given, is not a function.
    */
   subscribe(
     name: string,
     onEntry: (entry: SSEBrokerEntry) => void,
+    options?: SSEBrokerSubscribeOptions,
   ): Promise<SSEBrokerSubscription>;
   /**
    * Up to `limit` kept entries after `after`, oldest first. Calling it again
@@ -281,15 +333,18 @@ export class MemoryBroker implements SSEBroker {
    * @param name The stream.
    * @param onEntry Called with each entry; must not throw (a throw goes to
    * `onError`).
+   * @param options `onGap` is checked, and never called: delivery is
+   * synchronous, so no entry is lost.
    * @returns The subscription. Rejects with a `TypeError` for bad arguments
    * or once the broker is closed.
    */
   subscribe(
     name: string,
     onEntry: (entry: SSEBrokerEntry) => void,
+    options?: SSEBrokerSubscribeOptions,
   ): Promise<SSEBrokerSubscription> {
     return settle(this.#closed, "subscribe", () => {
-      checkSubscribe(name, onEntry);
+      checkSubscribe(name, onEntry, options);
       const now = Date.now();
       this.#streams.sweep(now);
       const stream = this.#streams.open(name, now);
@@ -504,19 +559,40 @@ export function withoutId(message: SSEMessage): SSEMessage {
  *
  * @param name The stream name: a string of well-formed Unicode.
  * @param onEntry A function.
- * @throws {TypeError} For a name or `onEntry` of the wrong type, or a name
- * that is not well-formed Unicode.
+ * @param options `undefined`, or an object whose `onGap`, if given, is a
+ * function.
+ * @returns `onGap`, if given.
+ * @throws {TypeError} For a name, `onEntry`, `options` or `onGap` of the
+ * wrong type, or a name that is not well-formed Unicode.
  */
 export function checkSubscribe(
   name: string,
   onEntry: (entry: SSEBrokerEntry) => void,
-): void {
+  options?: SSEBrokerSubscribeOptions,
+): SSEBrokerSubscribeOptions["onGap"] {
   checkName(name);
   if (typeof onEntry !== "function") {
     throw new TypeError(
       `Invalid onEntry: expected a function, got ${typeof onEntry}`,
     );
   }
+  if (options === undefined) return undefined;
+  if (typeof options !== "object" || options === null) {
+    throw new TypeError(
+      `Invalid subscribe options: expected an object, got ${
+        options === null ? "null" : typeof options
+      }`,
+    );
+  }
+  const { onGap } = options;
+  if (onGap !== undefined && typeof onGap !== "function") {
+    throw new TypeError(
+      `Invalid onGap: expected a function, got ${
+        onGap === null ? "null" : typeof onGap
+      }`,
+    );
+  }
+  return onGap;
 }
 
 /**

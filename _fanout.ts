@@ -53,6 +53,7 @@ import {
   isBrokerId,
   type SSEBroker,
   type SSEBrokerEntry,
+  type SSEBrokerSubscribeOptions,
   type SSEBrokerSubscription,
 } from "./_broker.ts";
 import type {
@@ -95,6 +96,8 @@ export const CLOSE_GRACE = 1000;
  * @param broker The channel's broker.
  * @param name The channel's stream.
  * @param deliver Called with each live entry.
+ * @param options `onGap`: called when the subscription lost entries (see
+ * {@linkcode Fanout.gap}).
  * @returns The subscription.
  * @throws {TypeError} When the broker resolved to something else.
  */
@@ -102,8 +105,9 @@ export async function subscriptionOf(
   broker: SSEBroker,
   name: string,
   deliver: (entry: SSEBrokerEntry) => void,
+  options?: SSEBrokerSubscribeOptions,
 ): Promise<SSEBrokerSubscription> {
-  const subscription: unknown = await broker.subscribe(name, deliver);
+  const subscription: unknown = await broker.subscribe(name, deliver, options);
   if (
     typeof (subscription as { unsubscribe?: unknown } | null)?.unsubscribe !==
       "function"
@@ -330,6 +334,26 @@ export class Fanout<C> {
       this.#waiting = [];
       this.#delivering = false;
     }
+  }
+
+  /**
+   * The shared subscription lost entries (the broker's reader fell behind
+   * by more than the stream keeps). Every client that follows it, and every
+   * catch-up merging its entries, may have needed them: each is ended
+   * (`"replay-lost"`) after what it was sent, and reconnects from its last
+   * id, resumed if the history still holds what follows, else with
+   * `resumed: false`. A catch-up that pages the history finds a hole there
+   * itself (`history` answers `null`).
+   */
+  gap(): void {
+    const lost = new Set(this.#everyone);
+    for (const set of this.#byTopic.values()) {
+      for (const client of set) lost.add(client);
+    }
+    for (const client of this.#resuming) {
+      if (client.resume?.merging) lost.add(client);
+    }
+    for (const client of lost) this.end(client, "replay-lost");
   }
 
   /**

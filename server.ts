@@ -359,6 +359,8 @@ export type {
   MemoryBrokerOptions,
   SSEBroker,
   SSEBrokerEntry,
+  SSEBrokerGap,
+  SSEBrokerSubscribeOptions,
   SSEBrokerSubscription,
 } from "./_broker.ts";
 export { BroadcastChannelBroker } from "./_broadcast_broker.ts";
