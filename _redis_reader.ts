@@ -4,7 +4,11 @@
 // its own, to re-issue the read when a stream joins), fanned out to the
 // local subscribers. Private: never exported from mod.ts or deno.json.
 
-import { errorMessage, type SSEBrokerEntry } from "./_broker.ts";
+import {
+  errorMessage,
+  type SSEBrokerEntry,
+  type SSEBrokerGap,
+} from "./_broker.ts";
 import { Pause } from "./_pause.ts";
 import { backoff, type RedisLink } from "./_redis_link.ts";
 import { entrySeq, eventId, type RawEntry, streamTag } from "./_redis_entry.ts";
@@ -40,6 +44,8 @@ export interface Stream {
 /** One subscription's delivery state. */
 export interface Subscriber {
   readonly onEntry: (entry: SSEBrokerEntry) => void;
+  /** Told of entries lost before the next one delivered, if given. */
+  readonly onGap: ((gap: SSEBrokerGap) => void) | undefined;
   /** The stream's `delivered` count when it joined. */
   readonly from: number;
   active: boolean;
@@ -388,7 +394,8 @@ export class RedisReader {
    * cursor, so entries trimmed before this reader got to them (it fell
    * behind by more than the stream keeps) or deleted, or a stream dropped
    * with its count and started again, show only in the entries' `seq`.
-   * Reported once per gap.
+   * Reported once per gap, and told to each subscriber's `onGap` before
+   * the entry after it is delivered.
    */
   #follow(stream: Stream, [id, fields]: RawEntry): void {
     const seq = entrySeq(fields);
@@ -410,16 +417,49 @@ export class RedisReader {
             }) lost to its subscribers, as it was behind by more than the stream keeps`,
           ),
         );
+        this.#gap(stream, { after: before, before: next, lost });
       } else if (seq === 1) {
         this.#options.report(
           new Error(
             `The ${where} was dropped with its count (both keys evicted, flushed or deleted) and started again at ${next}: entries stored after ${before} that this broker had not read yet, if any, are lost to its subscribers`,
           ),
         );
+        this.#gap(stream, { after: before, before: next, lost: undefined });
       }
     }
     stream.cursor = id;
     stream.seq = seq;
+  }
+
+  /**
+   * Tells every subscriber that the next entry would reach (see `#fanOut`)
+   * that entries before it were lost.
+   */
+  #gap(stream: Stream, gap: SSEBrokerGap): void {
+    const position = stream.delivered + 1;
+    for (const subscriber of stream.subscribers) {
+      const { onGap } = subscriber;
+      if (!subscriber.active || subscriber.from >= position || !onGap) {
+        continue;
+      }
+      this.#call(stream, onGap, gap);
+    }
+  }
+
+  /** Calls a subscriber's callback; what it throws is reported. */
+  #call<T>(stream: Stream, callback: (value: T) => void, value: T): void {
+    try {
+      callback(value);
+    } catch (error) {
+      this.#options.report(
+        new Error(
+          `A subscriber of ${JSON.stringify(stream.name)} threw: ${
+            errorMessage(error)
+          }`,
+          { cause: error },
+        ),
+      );
+    }
   }
 
   /** Reports a key `XREAD` answered with that it was not asked for, once. */
@@ -443,18 +483,7 @@ export class RedisReader {
       // One that joined during this loop (from inside an onEntry) starts
       // with the next entry.
       if (!subscriber.active || subscriber.from >= position) continue;
-      try {
-        subscriber.onEntry(entry);
-      } catch (error) {
-        this.#options.report(
-          new Error(
-            `A subscriber of ${JSON.stringify(stream.name)} threw: ${
-              errorMessage(error)
-            }`,
-            { cause: error },
-          ),
-        );
-      }
+      this.#call(stream, subscriber.onEntry, entry);
     }
   }
 }

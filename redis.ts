@@ -67,6 +67,7 @@ import {
   errorReporter,
   type SSEBroker,
   type SSEBrokerEntry,
+  type SSEBrokerSubscribeOptions,
   type SSEBrokerSubscription,
 } from "./_broker.ts";
 import type { SSEMessage } from "./encoder.ts";
@@ -399,6 +400,10 @@ export class RedisBroker implements SSEBroker {
    * @param name The stream.
    * @param onEntry Called with each entry; must not throw (a throw goes to
    * `onError`).
+   * @param options `onGap`: told, once per gap and before the entry after
+   * it, of entries trimmed or deleted before this process read them (it
+   * fell behind by more than the stream keeps), or of its stream dropped
+   * with its count and started again (`lost` then unknown).
    * @returns The subscription, once the broker knows where the stream ends:
    * every entry stored after that reaches `onEntry`. Rejects with a
    * `TypeError` for bad arguments or once closed, and when Redis cannot be
@@ -407,9 +412,10 @@ export class RedisBroker implements SSEBroker {
   async subscribe(
     name: string,
     onEntry: (entry: SSEBrokerEntry) => void,
+    options?: SSEBrokerSubscribeOptions,
   ): Promise<SSEBrokerSubscription> {
     if (this.#closed) throw new TypeError("Cannot subscribe: broker is closed");
-    checkSubscribe(name, onEntry);
+    const onGap = checkSubscribe(name, onEntry, options);
     try {
       await this.#open();
     } catch (error) {
@@ -422,6 +428,7 @@ export class RedisBroker implements SSEBroker {
     const stream = this.#reader.watch(name);
     const subscriber: Subscriber = {
       onEntry,
+      onGap,
       from: stream.delivered,
       active: true,
     };
