@@ -209,9 +209,10 @@ export class SSEChannel<C = undefined> {
    *   the connections still waiting in `onConnect`, the `topics` hook, the
    *   broker or `init`, and nothing is accepted after it.
    * - A connection ended while it waits (`disconnect`, a `filter` that threw
-   *   for it) is answered at once with its stream, ended as an open
-   *   client's would be for the same reason: 200, never 503, so that the
-   *   client reconnects as after any end.
+   *   for it, the broker's `subscribe` failing: `"broker-error"`, reported)
+   *   is answered at once with its stream, ended as an open client's would
+   *   be for the same reason: 200, never 503, so that the client reconnects
+   *   as after any end.
    *
    * The client is subscribed before the returned promise resolves: a message
    * published after that reaches it. On the wire it gets the retry hint (if
@@ -349,7 +350,24 @@ export class SSEChannel<C = undefined> {
       const shared = await connection.wait(
         this.#closed,
         this.#subscribeShared(),
-      );
+      ).catch((error: unknown) => {
+        // The broker is down, or answered no subscription: a transient
+        // failure. The client gets a stream that ends, as on any end, so
+        // that it reconnects (an EventSource stops for good on any status
+        // but 200), and its next connection subscribes again.
+        if (!this.#closed) {
+          this.#settings.report(
+            new Error(
+              `Ended a connecting client: the broker's subscribe failed: ${
+                errorMessage(error)
+              }`,
+              { cause: error },
+            ),
+          );
+          fanout.end(client, "broker-error");
+        }
+        return STOPPED;
+      });
       if (shared === STOPPED || this.#stops(connection)) {
         return this.#stopped(connection);
       }

@@ -112,8 +112,9 @@ export interface SSEChannelOptions<C = undefined> {
    * catching up is ended (`"broker-error"`) and reconnects, instead of
    * waiting for a broker that stopped answering without a word. The
    * channel's broker subscription too: a `subscribe` without an answer by
-   * then fails the connections waiting for it, as a failed one does, and
-   * the next connection subscribes again.
+   * then ends the streams of the connections waiting for it
+   * (`"broker-error"`), as a failed one does, and the next connection
+   * subscribes again.
    *
    * `Infinity` means never: a client that stops reading is never dropped
    * as slow, and a stream the channel ended is never cut, except by
@@ -291,7 +292,10 @@ export interface SSEChannelOptions<C = undefined> {
  *   the replay window; its stream was ended rather than skip them, and its
  *   next reconnect gets `resumed: false`.
  * - `"broker-error"`: while it was catching up, the broker's `history`
- *   failed; its stream was ended so that it reconnects and resumes.
+ *   failed; or as it connected, the broker's `subscribe` failed (or did
+ *   not answer within `drainTimeout`). Its stream was ended so that it
+ *   reconnects (and resumes), rather than answered with an error status,
+ *   on which an `EventSource` stops for good.
  * - `"connect-failed"`: `connect` did not answer with its stream (`init` or
  *   the broker failed, or the channel closed meanwhile).
  */

@@ -14,7 +14,8 @@ import {
   SSEChannel,
   type SSEChannelOptions,
 } from "../server.ts";
-import { Client, serve, test, within } from "./_channel.ts";
+import { EventSource } from "../event_source.ts";
+import { Client, Counter, serve, test, WAIT_MS, within } from "./_channel.ts";
 
 /**
  * A MemoryBroker whose `history` does `fault` instead, from its `from`-th
@@ -244,13 +245,14 @@ test("SSEChannel's close() completes while the broker's subscribe never answers,
   await server.shutdown();
 });
 
-test("SSEChannel refuses a broker subscription without unsubscribe, reported, and subscribes again for the next connection", async () => {
-  const { broker, channel, server } = await faultyChannel(1);
+test("SSEChannel refuses a broker subscription without unsubscribe, reported, ends that stream, and subscribes again for the next connection", async () => {
+  const { broker, errors, channel, server } = await faultyChannel(1);
   broker.subscribeFault = () => Promise.resolve({});
-  const refused = await fetch(server.url);
-  assert.equal(refused.status, 500);
-  await refused.body?.cancel();
-  assert.match(String(server.errors[0]), /Invalid subscription/);
+  const refused = await Client.open(server.url);
+  await refused.closed();
+  assert.deepEqual(refused.data, []);
+  assert.match(errors.join("\n"), /subscribe failed: Invalid subscription/);
+  assert.deepEqual(server.errors, []);
   const client = await Client.open(server.url);
   await channel.publish({ data: "live" });
   await client.take(1);
@@ -261,19 +263,16 @@ test("SSEChannel refuses a broker subscription without unsubscribe, reported, an
   await server.shutdown();
 });
 
-test("SSEChannel fails a connect whose broker subscribe has not answered within drainTimeout, subscribes again for the next, and releases the late subscription", async () => {
-  const { broker, channel, server } = await faultyChannel(1, {
+test("SSEChannel ends the stream of a connect whose broker subscribe has not answered within drainTimeout, reported, subscribes again for the next, and releases the late subscription", async () => {
+  const { broker, errors, channel, server } = await faultyChannel(1, {
     drainTimeout: 300,
   });
   let answer!: (subscription: SSEBrokerSubscription) => void;
   broker.subscribeFault = () => new Promise((resolve) => answer = resolve);
-  const refused = await within(fetch(server.url), 5000, "the first answer");
-  assert.equal(refused.status, 500);
-  await refused.body?.cancel();
-  assert.match(
-    String(server.errors[0]),
-    /subscribe did not answer within 300 ms/,
-  );
+  const refused = await Client.open(server.url);
+  await refused.closed();
+  assert.match(errors.join("\n"), /subscribe did not answer within 300 ms/);
+  assert.deepEqual(server.errors, []);
   const client = await Client.open(server.url);
   await channel.publish({ data: "live" });
   await client.take(1);
@@ -302,4 +301,30 @@ test("SSEChannel takes live entries that a broker delivers synchronously inside 
   await client.close();
   await channel.close();
   await server.shutdown();
+});
+
+test("SSEChannel answers a connection while the broker's subscribe fails with a stream that ends, so that an EventSource reconnects and gets live events", async () => {
+  const { broker, errors, channel, server } = await faultyChannel(1, {
+    retry: 50,
+  });
+  broker.subscribeFault = () => Promise.reject(new Error("broker down"));
+  const source = new EventSource(server.url);
+  const opened = new Counter();
+  source.onopen = opened.hit;
+  const received = Promise.withResolvers<string>();
+  source.onmessage = (event) => received.resolve(event.data);
+  try {
+    // The first attempt found the broker down; the second subscribes.
+    await opened.reach(2, "a reconnection");
+    await channel.publish({ data: "live" });
+    assert.equal(await within(received.promise, WAIT_MS, "a message"), "live");
+    assert.equal(source.readyState, EventSource.OPEN);
+    assert.match(errors.join("\n"), /subscribe failed: broker down/);
+    assert.equal(channel.metrics().disconnects["broker-error"], 1);
+    assert.deepEqual(server.errors, []);
+  } finally {
+    source.close();
+    await channel.close();
+    await server.shutdown();
+  }
 });
