@@ -5,9 +5,10 @@
 // delivered, up to that head, delivered in order. The broker's poll feeds it
 // heads too. Private: never exported from mod.ts or deno.json.
 
-import type { SSEBrokerEntry } from "./_broker.ts";
+import type { SSEBrokerEntry, SSEBrokerGap } from "./_broker.ts";
 import { errorMessage } from "./_broker.ts";
 import {
+  entryId,
   type Head,
   parseHead,
   type RawEntry,
@@ -25,6 +26,8 @@ export const PAGE = 200;
 /** One subscription's delivery state. */
 export interface Subscriber {
   onEntry: (entry: SSEBrokerEntry) => void;
+  /** Told of entries lost before the next one delivered, if given. */
+  onGap: ((gap: SSEBrokerGap) => void) | undefined;
   /** Its reader's `delivered` when it joined: it gets the entries after. */
   from: number;
   active: boolean;
@@ -68,6 +71,8 @@ export class StreamReader {
   cursor: Cursor | undefined = undefined;
   /** Entries delivered so far. */
   delivered = 0;
+  /** The id of the last entry read, if any. */
+  #lastId: string | undefined = undefined;
   /** Whether it was stopped: no more delivery. */
   retired = false;
   /**
@@ -253,6 +258,7 @@ export class StreamReader {
     });
     for await (const raw of entries) {
       if (this.retired) return;
+      const id = entryId(raw.versionstamp, raw.seq, raw.inc);
       if (raw.seq > expected) {
         this.#host.report(
           new Error(
@@ -261,7 +267,13 @@ export class StreamReader {
             } were trimmed or expired before this broker read them`,
           ),
         );
+        this.#gap({
+          after: this.#lastId,
+          before: id,
+          lost: raw.seq - expected,
+        });
       }
+      this.#lastId = id;
       cursor.seq = raw.seq;
       expected = raw.seq + 1;
       const entry = this.#host.decode(this.name, raw);
@@ -280,13 +292,33 @@ export class StreamReader {
       // One that joined during this loop (from inside an onEntry) starts
       // with the next entry.
       if (!subscriber.active || subscriber.from >= position) continue;
-      try {
-        subscriber.onEntry(entry);
-      } catch (error) {
-        this.#host.report(
-          new Error(`onEntry threw: ${errorMessage(error)}`, { cause: error }),
-        );
+      this.#call("onEntry", subscriber.onEntry, entry);
+    }
+  }
+
+  /**
+   * Tells every subscriber that the next entry would reach (see `#deliver`)
+   * that entries before it were lost.
+   */
+  #gap(gap: SSEBrokerGap): void {
+    const position = this.delivered + 1;
+    for (const subscriber of this.subscribers) {
+      const { onGap } = subscriber;
+      if (!subscriber.active || subscriber.from >= position || !onGap) {
+        continue;
       }
+      this.#call("onGap", onGap, gap);
+    }
+  }
+
+  /** Calls a subscriber's callback; what it throws is reported. */
+  #call<T>(what: string, callback: (value: T) => void, value: T): void {
+    try {
+      callback(value);
+    } catch (error) {
+      this.#host.report(
+        new Error(`${what} threw: ${errorMessage(error)}`, { cause: error }),
+      );
     }
   }
 }

@@ -78,6 +78,7 @@ import {
   errorReporter,
   type SSEBroker,
   type SSEBrokerEntry,
+  type SSEBrokerSubscribeOptions,
   type SSEBrokerSubscription,
 } from "./_broker.ts";
 import type { SSEMessage } from "./encoder.ts";
@@ -357,6 +358,10 @@ export class DenoKvBroker implements SSEBroker {
    * @param name The stream.
    * @param onEntry Called with each entry, synchronously; must not throw (a
    * throw is reported through `onError`).
+   * @param options `onGap`: told, once per gap and before the entry after
+   * it, of entries trimmed or expired before this process read them (it
+   * fell behind by more than the stream keeps); `after` is `undefined`
+   * when this process has read no entry of the stream yet.
    * @returns The subscription, once the stream's head is read. Rejects when
    * the database cannot be read.
    * @throws {TypeError} When an argument is invalid or the broker is closed
@@ -365,12 +370,18 @@ export class DenoKvBroker implements SSEBroker {
   async subscribe(
     name: string,
     onEntry: (entry: SSEBrokerEntry) => void,
+    options?: SSEBrokerSubscribeOptions,
   ): Promise<SSEBrokerSubscription> {
     if (this.#closed) throw new TypeError("Cannot subscribe: broker is closed");
-    checkSubscribe(name, onEntry);
+    const onGap = checkSubscribe(name, onEntry, options);
     const reader = this.#reader(name);
     // Nothing is delivered to it until its starting point is known.
-    const subscriber: Subscriber = { onEntry, from: Infinity, active: true };
+    const subscriber: Subscriber = {
+      onEntry,
+      onGap,
+      from: Infinity,
+      active: true,
+    };
     reader.subscribers.add(subscriber);
     const release = () => this.#release(reader, subscriber);
     try {

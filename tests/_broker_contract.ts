@@ -15,6 +15,7 @@ import FakeTimers from "@sinonjs/fake-timers";
 import type {
   SSEBroker,
   SSEBrokerEntry,
+  SSEBrokerGap,
   SSEBrokerSubscription,
 } from "../_broker.ts";
 import type { SSEMessage } from "../encoder.ts";
@@ -340,13 +341,17 @@ export function testBrokerContract(options: BrokerContractOptions): void {
   );
 
   test(
-    "reports entries trimmed before its live reader read them, once per gap, naming the stream and the range",
+    "reports entries trimmed before its live reader read them, once per gap, naming the stream and the range, and tells onGap before the entry after it",
     async (fixture) => {
       // Before (RedisBroker): XREAD returned what was left, 104 of 502
       // delivered and nothing reported.
       const { broker, peer, errors } = fixture;
       const received = new Collector();
-      const subscription = await broker.subscribe("s", received.onEntry);
+      // Each gap, with how many entries had been delivered when it came.
+      const gaps: { gap: SSEBrokerGap; at: number }[] = [];
+      const subscription = await broker.subscribe("s", received.onEntry, {
+        onGap: (gap) => gaps.push({ gap, at: received.entries.length }),
+      });
       const count = 500;
       for (let round = 1; round <= 2; round++) {
         const [start] = await publishAll(peer, "s", [`start ${round}`]);
@@ -371,6 +376,21 @@ export function testBrokerContract(options: BrokerContractOptions): void {
           "a range",
         );
         assert.doesNotMatch(report, /\n/, "one line");
+        // onGap: once per gap, between the entries that bracket it.
+        assert.equal(gaps.length, round, JSON.stringify(gaps));
+        const { gap, at } = gaps.at(-1)!;
+        assert.ok(at > 0 && at < received.entries.length);
+        const previous = received.entries[at - 1]!.id;
+        if (gap.after !== undefined) assert.equal(gap.after, previous);
+        assert.equal(gap.before, received.entries[at]!.id);
+        assert.equal(received.entries[at]!.message.data, "behind");
+        assert.ok(
+          at - 1 >= received.ids.indexOf(start!),
+          "after this round's start",
+        );
+        if (gap.lost !== undefined) {
+          assert.equal(gap.lost, count - burst.length);
+        }
       }
       assert.equal(new Set(received.ids).size, received.ids.length);
       subscription.unsubscribe();
@@ -805,6 +825,23 @@ export function testBrokerContract(options: BrokerContractOptions): void {
       broker.subscribe("s", "no" as unknown as () => void),
       /Invalid onEntry/,
     );
+    for (const onGap of ["no", null, 1]) {
+      await assert.rejects(
+        broker.subscribe("s", () => {}, {
+          onGap: onGap as unknown as () => void,
+        }),
+        { name: "TypeError", message: /Invalid onGap/ },
+        String(onGap),
+      );
+    }
+    await assert.rejects(
+      broker.subscribe("s", () => {}, 5 as unknown as { onGap?: () => void }),
+      { name: "TypeError", message: /Invalid subscribe options/ },
+    );
+    // Two arguments, or an options object without onGap, still subscribe.
+    for (const options of [undefined, {}]) {
+      (await broker.subscribe("s", () => {}, options)).unsubscribe();
+    }
     await assert.rejects(
       broker.history("s", { after: 1 as unknown as string, limit: 1 }),
       { name: "TypeError", message: /Invalid after/ },
