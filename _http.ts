@@ -69,9 +69,19 @@ const DROPPED = new Set([
  *
  * @param init The user's headers, if any.
  * @returns A new `Headers`.
+ * @throws {TypeError} When `init` is not headers (`Invalid headers: …`).
  */
 export function sseHeaders(init?: HeadersInit): Headers {
-  const headers = new Headers(init);
+  let headers: Headers;
+  try {
+    headers = new Headers(init);
+  } catch (error) {
+    // The runtime's words name no option ("Failed to construct 'Headers'").
+    throw new TypeError(
+      `Invalid headers: ${error instanceof Error ? error.message : error}`,
+      { cause: error },
+    );
+  }
   // RFC 9110 §7.6.1: the fields named in `connection` are hop-by-hop too.
   const named = headers.get("connection");
   if (named !== null) {

@@ -13,6 +13,7 @@ import {
   type SSEBrokerSubscription,
   SSEChannel,
   type SSEChannelOptions,
+  sseResponse,
 } from "../server.ts";
 import { EventSource } from "../event_source.ts";
 import { Client, Counter, serve, test, WAIT_MS, within } from "./_channel.ts";
@@ -327,4 +328,32 @@ test("SSEChannel answers a connection while the broker's subscribe fails with a 
     await channel.close();
     await server.shutdown();
   }
+});
+
+test("SSEChannel and sseResponse name the headers option when it is not headers", async () => {
+  const invalid = [
+    "x-user: ada",
+    { "x-user": "ada\nset-cookie: a" },
+    [["x-user"]],
+  ];
+  for (const headers of invalid) {
+    assert.throws(() => new SSEChannel({ headers: headers as never }), {
+      name: "TypeError",
+      message: /^Invalid headers: /,
+    });
+    assert.throws(
+      () => sseResponse(new ReadableStream(), { headers: headers as never }),
+      { name: "TypeError", message: /^Invalid headers: / },
+    );
+  }
+  // Valid headers still go through, the event-stream ones winning.
+  const response = sseResponse(new ReadableStream(), {
+    headers: { "content-type": "text/plain", "x-user": "ada" },
+  });
+  assert.equal(response.headers.get("x-user"), "ada");
+  assert.equal(
+    response.headers.get("content-type"),
+    "text/event-stream; charset=utf-8",
+  );
+  await response.body?.cancel();
 });
