@@ -19,6 +19,7 @@ import {
   Collector,
   testBrokerContract,
 } from "./_broker_contract.ts";
+import { assertClientsRecoverFromGap, GAP_STREAM } from "./_gap.ts";
 
 // Deno 2.9 leaves the op and resource sanitizers off unless asked.
 const SANITIZED = { sanitizeOps: true, sanitizeResources: true } as const;
@@ -95,6 +96,35 @@ async function keys(kv: Deno.Kv, prefix: Deno.KvKey): Promise<Deno.KvKey[]> {
   const found: Deno.KvKey[] = [];
   for await (const entry of kv.list({ prefix })) found.push(entry.key);
   return found;
+}
+
+/**
+ * Another process publishes `count` entries `{ data: "behind" }` to stream
+ * `name` of the database at `path`, keeping one (`replay: 1`, trimmed at
+ * once), while this one is held back: its readers see them by their poll,
+ * or the next watch, and find the oldest gone.
+ */
+function publishElsewhere(path: string, name: string, count: number): void {
+  const code = `
+    const { DenoKvBroker } = await import(${
+    JSON.stringify(new URL("../kv.ts", import.meta.url).href)
+  });
+    const kv = await Deno.openKv(${JSON.stringify(path)});
+    const broker = new DenoKvBroker({ kv, trimDelay: 0 });
+    for (let i = 0; i < ${count}; i++) {
+      await broker.publish(${
+    JSON.stringify(name)
+  }, { topic: "", message: { data: "behind" } }, { replay: 1 });
+    }
+    await broker.close();
+    kv.close();`;
+  const { success, stderr } = new Deno.Command(Deno.execPath(), {
+    args: ["eval", "--unstable-kv", code],
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+  }).outputSync();
+  if (!success) throw new Error(new TextDecoder().decode(stderr));
 }
 
 function kvTest(
@@ -1142,6 +1172,29 @@ const fixtureKv = new WeakMap<
   { kv: Deno.Kv; others: TempKv[]; path: string }
 >();
 
+kvTest(
+  "SSEChannel on DenoKvBroker ends its live clients when the broker's reader lost entries, and they come back with a snapshot, missing nothing after",
+  async (db) => {
+    // Before: each client got what the other process left (1 of the 500),
+    // its stream never ended, and no snapshot was sent again.
+    const kv = await db.open();
+    const broker = new DenoKvBroker({
+      kv,
+      trimDelay: 0,
+      pollInterval: 100,
+      onError: () => {},
+    });
+    try {
+      await assertClientsRecoverFromGap(
+        broker,
+        (count) => publishElsewhere(db.path, GAP_STREAM, count),
+      );
+    } finally {
+      await broker.close();
+    }
+  },
+);
+
 testBrokerContract({
   name: "DenoKvBroker",
   numRuns: 15,
@@ -1194,30 +1247,7 @@ testBrokerContract({
     for (const key of await keys(kv, ["sse", name])) await kv.delete(key);
   },
   fallBehind(fixture, name, count) {
-    // Another process publishes (and trims) on the file while this one is
-    // held back: it sees them by its poll, or the next watch.
-    const code = `
-      const { DenoKvBroker } = await import(${
-      JSON.stringify(new URL("../kv.ts", import.meta.url).href)
-    });
-      const kv = await Deno.openKv(${
-      JSON.stringify(fixtureKv.get(fixture)!.path)
-    });
-      const broker = new DenoKvBroker({ kv, trimDelay: 0 });
-      for (let i = 0; i < ${count}; i++) {
-        await broker.publish(${
-      JSON.stringify(name)
-    }, { topic: "", message: { data: "behind" } }, { replay: 1 });
-      }
-      await broker.close();
-      kv.close();`;
-    const { success, stderr } = new Deno.Command(Deno.execPath(), {
-      args: ["eval", "--unstable-kv", code],
-      stdin: "null",
-      stdout: "null",
-      stderr: "piped",
-    }).outputSync();
-    if (!success) throw new Error(new TextDecoder().decode(stderr));
+    publishElsewhere(fixtureKv.get(fixture)!.path, name, count);
   },
   async restart(fixture) {
     // The database is lost, and the app starts on a brand-new one (a new

@@ -18,8 +18,7 @@ import {
   startRedis,
 } from "./_redis.ts";
 import { APPEND } from "../_redis_entry.ts";
-import { SSEClient } from "../client.ts";
-import { EventSource } from "../event_source.ts";
+import { assertClientsRecoverFromGap, GAP_STREAM } from "./_gap.ts";
 
 /** What {@linkcode serveChannels} runs. */
 interface Served {
@@ -450,39 +449,6 @@ redisTest(
   },
 );
 
-/** What one client of {@linkcode gapClients} received, in order. */
-interface Received {
-  events: { type: string; data: string; id: string }[];
-  /** Resolves once `done` holds; fails after `ms` with `what`'s figure. */
-  until(done: () => boolean, what: () => string, ms?: number): Promise<void>;
-}
-
-/** Collects events and lets a test wait for a condition on them. */
-function received(): Received & { push(event: Received["events"][0]): void } {
-  const events: Received["events"] = [];
-  let wake = () => {};
-  return {
-    events,
-    push(event) {
-      events.push(event);
-      wake();
-    },
-    async until(done, what, ms = 10_000) {
-      const deadline = performance.now() + ms;
-      while (!done()) {
-        const left = deadline - performance.now();
-        if (left <= 0) throw new Error(what());
-        let timer: ReturnType<typeof setTimeout> | undefined;
-        await new Promise<void>((resolve) => {
-          wake = resolve;
-          timer = setTimeout(resolve, left);
-        });
-        clearTimeout(timer);
-      }
-    },
-  };
-}
-
 redisTest(
   "SSEChannel on RedisBroker ends its live clients when the broker's reader lost entries, and they come back with a snapshot, missing nothing after",
   async () => {
@@ -490,127 +456,30 @@ redisTest(
     // clients kept streaming without the lost entries: each got 102 of the
     // 500, its stream never ended, and no snapshot was sent again.
     await using redis = await startRedis();
-    const brokerErrors: Error[] = [];
+    const errors: Error[] = [];
     const broker = new RedisBroker({
       url: redis.url,
-      onError: (error) => brokerErrors.push(error),
+      onError: (error) => errors.push(error),
     });
-    const inits: { lastEventId: string; resumed: boolean }[] = [];
-    const reasons: SSEDisconnectReason[] = [];
-    const channel = new SSEChannel({
-      name: "gap",
-      broker,
-      replay: 5,
-      retry: 50,
-      keepAlive: 0,
-      init(_, lastEventId, { resumed }) {
-        inits.push({ lastEventId, resumed });
-        return resumed ? [] : [{ event: "snapshot", data: "state" }];
-      },
-      onDisconnect: (_, { reason }) => reasons.push(reason),
-    });
-    const server = Deno.serve(
-      { hostname: "127.0.0.1", port: 0, onListen() {} },
-      (request) => channel.connect(request),
-    );
-    const url = `http://127.0.0.1:${server.addr.port}/`;
-    // Two real clients: SSEClient, and the WHATWG EventSource.
-    const client = new SSEClient(url, { retry: 50 });
-    const viaClient = received();
-    const reading = (async () => {
-      for await (const event of client) viaClient.push(event);
-    })();
-    const source = new EventSource(url);
-    const viaSource = received();
-    for (const type of ["message", "snapshot"]) {
-      source.addEventListener(type, (event) => {
-        const { data, lastEventId } = event as MessageEvent<string>;
-        viaSource.push({ type, data, id: lastEventId });
-      });
-    }
-    const clients = [viaClient, viaSource];
-    const count = 500;
-    const snapshots = (of: Received) =>
-      of.events.filter((event) => event.type === "snapshot").length;
     try {
-      for (const of of clients) {
-        await of.until(() => snapshots(of) === 1, () => "no snapshot");
-      }
-      const start = await channel.publish({ data: "start" });
-      for (const of of clients) {
-        await of.until(
-          () => of.events.some((event) => event.id === start),
-          () => `start not received: ${JSON.stringify(of.events)}`,
-        );
-      }
-      // Another instance publishes 500 while this process is held back: its
-      // reader finds the oldest of them trimmed (MAXLEN ~ 100).
-      runWhileHeld(redis, [
-        count,
-        ...["EVAL", APPEND, "2", "sse:gap", "sse:~seq:gap", "100"],
-        ...["", JSON.stringify({ data: "behind" }), "0"],
-      ]);
-      for (const of of clients) {
-        await of.until(
-          () => snapshots(of) === 2,
-          () =>
-            `no snapshot again: ${
-              of.events.filter((event) => event.data === "behind").length
-            } of ${count} behind, ${
-              snapshots(of)
-            } snapshot(s), ${inits.length} init(s), disconnects ${
-              JSON.stringify(reasons)
-            }`,
-        );
-      }
-      // The reader reported the gap once: entries after A and before B.
-      assert.equal(brokerErrors.length, 1, brokerErrors.join("\n"));
-      const [, a, b] = brokerErrors[0]!.message.match(
-        /^Entries after (\S+) and before (\S+) .* trimmed/,
-      ) ?? [];
-      assert.ok(a !== undefined && b !== undefined, brokerErrors[0]!.message);
-      // Each stream ended at the gap, after A ("start", or the first behind
-      // entries read before the reader was held back), and each client came
-      // back from A, whose successors are gone: resumed false, a snapshot.
-      assert.deepEqual(inits, [
-        { lastEventId: "", resumed: false },
-        { lastEventId: "", resumed: false },
-        { lastEventId: a, resumed: false },
-        { lastEventId: a, resumed: false },
-      ]);
-      assert.deepEqual(reasons, ["replay-lost", "replay-lost"]);
-      for (const of of clients) {
-        const second = of.events.findLastIndex((e) => e.type === "snapshot");
-        assert.equal(of.events[second - 1]?.id, a);
-        assert.ok(!of.events.some((event) => event.id === b));
-      }
-
-      // Nothing published after the reconnection is missed.
-      const after: string[] = [];
-      for (let i = 0; i < 20; i++) {
-        after.push(await channel.publish({ data: `after ${i}` }));
-      }
-      for (const of of clients) {
-        await of.until(
-          () => of.events.at(-1)?.id === after.at(-1),
-          () => `after: ${JSON.stringify(of.events.slice(-3))}`,
-        );
-        const second = of.events.findLastIndex((e) => e.type === "snapshot");
-        const since = of.events.slice(second + 1);
-        // Behind entries the reader delivered after the client joined
-        // again, then every one published since, in order.
-        const ids = since.filter((event) => event.data !== "behind")
-          .map((event) => event.id);
-        assert.deepEqual(ids, after);
-        assert.ok(increasing(since.map((event) => event.id)));
-      }
-      assert.equal(channel.size, 2);
+      await assertClientsRecoverFromGap(broker, (count) =>
+        // Another instance publishes while this process is held back: its
+        // reader finds the oldest of them trimmed (MAXLEN ~ 100).
+        runWhileHeld(redis, [
+          count,
+          ...[
+            "EVAL",
+            APPEND,
+            "2",
+            `sse:${GAP_STREAM}`,
+            `sse:~seq:${GAP_STREAM}`,
+          ],
+          ...["100", "", JSON.stringify({ data: "behind" }), "0"],
+        ]));
+      // Reported once too, as before.
+      assert.equal(errors.length, 1, errors.join("\n"));
+      assert.match(errors[0]!.message, /trimmed/);
     } finally {
-      client.close();
-      source.close();
-      await reading;
-      await channel.close();
-      await server.shutdown();
       await broker.close();
     }
   },
