@@ -289,8 +289,11 @@ export interface SSEChannelOptions<C = undefined> {
  *   what it was sent before.
  * - `"replay-lost"`: while it was catching up (after a reconnect, or after
  *   falling more than `maxBacklog` behind), the entries it still needed left
- *   the replay window; its stream was ended rather than skip them, and its
- *   next reconnect gets `resumed: false`.
+ *   the replay window; or the broker lost entries of the live stream it
+ *   followed (its reader fell behind by more than the stream keeps: the
+ *   broker's `onGap`). Its stream was ended rather than skip them, and its
+ *   next reconnect gets `resumed: false` (unless the history still holds
+ *   what follows its last id).
  * - `"broker-error"`: while it was catching up, the broker's `history`
  *   failed; or as it connected, the broker's `subscribe` failed (or did
  *   not answer within `drainTimeout`). Its stream was ended so that it
