@@ -16,7 +16,16 @@ import {
   sseResponse,
 } from "../server.ts";
 import { EventSource } from "../event_source.ts";
-import { Client, Counter, serve, test, WAIT_MS, within } from "./_channel.ts";
+import { SSEParserStream } from "../parser.ts";
+import {
+  Client,
+  Counter,
+  randomFrom,
+  serve,
+  test,
+  WAIT_MS,
+  within,
+} from "./_channel.ts";
 
 /**
  * A MemoryBroker whose `history` does `fault` instead, from its `from`-th
@@ -356,4 +365,139 @@ test("SSEChannel and sseResponse name the headers option when it is not headers"
     "text/event-stream; charset=utf-8",
   );
   await response.body?.cancel();
+});
+
+test("SSEChannel loses and repeats nothing for a client that reconnects in a tight loop with Last-Event-ID while bursts are published and hooks publish", async () => {
+  const random = randomFrom(7);
+  const echoed = new Set<string>();
+  const broker = new MemoryBroker();
+  // deno-lint-ignore prefer-const
+  let channel: SSEChannel;
+  channel = new SSEChannel({
+    broker,
+    replay: 100_000,
+    filter(_context, message) {
+      // A hook that publishes during fan-outs and catch-ups.
+      const data = String(message.data);
+      if (/^\d+7$/.test(data) && !echoed.has(data)) {
+        echoed.add(data);
+        void channel.publish({ data: `echo ${data}` });
+      }
+      return true;
+    },
+  });
+  const server = serve((request) => channel.connect(request));
+  const start = await channel.publish({ data: "start" });
+  let published = false;
+  const publishing = (async () => {
+    for (let i = 0; i < 3000;) {
+      const burst: Promise<string>[] = [];
+      for (let k = 1 + random(300); k > 0 && i < 3000; k--, i++) {
+        burst.push(channel.publish({ data: String(i) }));
+      }
+      await Promise.all(burst);
+      await new Promise((resolve) => setTimeout(resolve, random(3)));
+    }
+    published = true;
+  })();
+  const got: string[] = [];
+  let last = start;
+  let cycles = 0;
+  for (let idle = false; !(published && idle); cycles++) {
+    const response = await fetch(server.url, {
+      headers: { "last-event-id": last },
+    });
+    const events = response.body!.pipeThrough(new SSEParserStream())
+      .getReader();
+    idle = false;
+    for (let n = random(60); n > 0; n--) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const result = await Promise.race([
+        events.read(),
+        new Promise<null>((resolve) => timer = setTimeout(resolve, 200, null)),
+      ]);
+      clearTimeout(timer);
+      if (result === null) {
+        idle = true;
+        break;
+      }
+      if (result.done) break;
+      got.push(result.value.id);
+      last = result.value.id;
+    }
+    await events.cancel();
+  }
+  await publishing;
+  const stored: string[] = [];
+  for (let after = start;;) {
+    const page = await broker.history("default", { after, limit: 1000 });
+    if (page === null || page.length === 0) break;
+    stored.push(...page.map((entry) => entry.id));
+    after = page.at(-1)!.id;
+  }
+  assert.ok(cycles > 50, `${cycles} connections`);
+  assert.equal(stored.length, 3000 + echoed.size);
+  assert.deepEqual(got, stored);
+  await channel.close();
+  await server.shutdown();
+});
+
+test("SSEChannel is back to nothing after 2 000 connections that leave at every step, with async hooks and per-user topics", async () => {
+  const random = randomFrom(11);
+  const channel = new SSEChannel<string>({
+    async onConnect(request) {
+      await null;
+      return request.headers.get("x-user") ?? "";
+    },
+    topics: (user) => [`user:${user}`, "news"],
+    async init() {
+      await new Promise((resolve) => setTimeout(resolve, random(3)));
+      return [{ data: "snapshot" }];
+    },
+  });
+  const server = serve((request) =>
+    channel.connect(request, { signal: request.signal })
+  );
+  const ticker = setInterval(
+    () => void channel.publish({ data: "tick" }, { topic: "news" }),
+    5,
+  );
+  try {
+    for (let i = 0; i < 2000; i += 20) {
+      await Promise.all(Array.from({ length: 20 }, async (_, k) => {
+        const abort = new AbortController();
+        const step = random(3);
+        const answer = fetch(server.url, {
+          headers: { "x-user": String(i + k) },
+          signal: abort.signal,
+        });
+        if (step === 0) {
+          setTimeout(() => abort.abort(), random(3));
+          await answer.then((r) => r.body?.cancel(), () => {});
+          return;
+        }
+        const reader = (await answer).body!.getReader();
+        if (step === 1) await reader.read();
+        await reader.cancel();
+      }));
+    }
+  } finally {
+    clearInterval(ticker);
+  }
+  const empty = async () => {
+    while (channel.size > 0) {
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+  };
+  await within(empty(), WAIT_MS, "every client released");
+  const metrics = channel.metrics();
+  assert.equal(channel.clients().length, 0);
+  assert.equal(channel.count("news"), 0);
+  assert.deepEqual(metrics.topics, {});
+  assert.equal(metrics.clients, 0);
+  const ended = Object.values(metrics.disconnects).reduce((a, b) => a + b, 0);
+  assert.equal(metrics.connections, ended);
+  assert.equal(metrics.disconnects["client-closed"], ended);
+  await channel.close();
+  await server.shutdown();
 });
