@@ -24,7 +24,12 @@
  *    until `unsubscribe()`. Entries published while `subscribe` is in
  *    progress may or may not be delivered; from the first entry delivered on,
  *    none is skipped. An entry a subscription delivered is in `history` by
- *    then.
+ *    then. The one exception: a broker that reads a shared store, whose
+ *    reader fell behind by more than the stream keeps, loses the entries
+ *    trimmed before it read them; it calls the subscription's `onGap` once
+ *    per gap, before the entry after it, and reports the gap through
+ *    `onError`. `SSEChannel` then ends the clients that followed the live
+ *    stream, so that they resume from `history` or get a snapshot.
  * 5. `history(name, { after, limit })` returns up to `limit` kept entries
  *    after `after`, oldest first: `[]` when `after` is the newest entry, and
  *    `null` when `after` is not a resume point of this stream (not an id this
