@@ -99,7 +99,26 @@ export interface SSEBrokerGap {
   lost: number | undefined;
 }
 
-/** Options of {@linkcode SSEBroker.subscribe}. */
+/**
+ * Options of {@linkcode SSEBroker.subscribe}.
+ *
+ * @example Be told of the entries a subscription lost
+ * ```ts
+ * import { MemoryBroker, type SSEBrokerGap } from "@sse/sse/server";
+ * import assert from "node:assert/strict";
+ *
+ * const broker = new MemoryBroker();
+ * const gaps: SSEBrokerGap[] = [];
+ * const subscription = await broker.subscribe("news", () => {}, {
+ *   onGap: (gap) => gaps.push(gap),
+ * });
+ * await broker.publish("news", { topic: "", message: { data: "a" } }, { replay: 1 });
+ * // MemoryBroker delivers each entry as it is published: it loses none.
+ * assert.deepEqual(gaps, []);
+ * subscription.unsubscribe();
+ * await broker.close();
+ * ```
+ */
 export interface SSEBrokerSubscribeOptions {
   /**
    * Called once per gap, synchronously and before the entries after it are
