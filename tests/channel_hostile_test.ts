@@ -1,10 +1,11 @@
 // Copyright the sse authors. MIT license.
 // SSEChannel against a broker, hooks and clients that do not keep to their
-// contracts: a history that throws, hangs or answers something that is not a
-// page, live entries that are not entries, clients that reconnect in a tight
-// loop. Each scenario runs over a real Deno.serve on 127.0.0.1 with real
-// sockets; nothing may crash the process, lose an event or leave a client
-// counted.
+// contracts: a history or a subscribe that throws, hangs or answers something
+// that is not a page or a subscription, live entries that are not entries, a
+// Redis that is down when clients connect, clients that reconnect in a tight
+// loop or leave at every step. Each scenario runs over a real Deno.serve on
+// 127.0.0.1 with real sockets; nothing may crash the process, lose an event,
+// stop a client for good or leave a client counted.
 import assert from "node:assert/strict";
 import {
   MemoryBroker,
@@ -17,6 +18,8 @@ import {
 } from "../server.ts";
 import { EventSource } from "../event_source.ts";
 import { SSEParserStream } from "../parser.ts";
+import { RedisBroker } from "../redis.ts";
+import { redisTest, startRedis } from "./_redis.ts";
 import {
   Client,
   Counter,
@@ -501,3 +504,51 @@ test("SSEChannel is back to nothing after 2 000 connections that leave at every 
   await channel.close();
   await server.shutdown();
 });
+
+redisTest(
+  "SSEChannel on a RedisBroker keeps an EventSource that connects while Redis is down reconnecting, and it gets live events once Redis is back",
+  async () => {
+    await using redis = await startRedis();
+    await redis.stop();
+    const broker = new RedisBroker({ url: redis.url, onError() {} });
+    const errors: string[] = [];
+    const channel = new SSEChannel({
+      broker,
+      retry: 100,
+      onError: (error) => errors.push(error.message),
+    });
+    const server = serve((request) => channel.connect(request));
+    const source = new EventSource(server.url);
+    const opened = new Counter();
+    source.onopen = opened.hit;
+    const received = Promise.withResolvers<string>();
+    source.onmessage = (event) => received.resolve(event.data);
+    try {
+      // Before: 500, and the EventSource closed for good (readyState 2).
+      await opened.reach(2, "two attempts while Redis is down");
+      assert.notEqual(source.readyState, EventSource.CLOSED);
+      assert.match(
+        errors[0]!,
+        /^Ended a connecting client: the broker's subscribe failed/,
+      );
+      await redis.start();
+      let sent = 0;
+      const publishing = setInterval(() => {
+        channel.publish({ data: `up ${sent++}` }).catch(() => {});
+      }, 50);
+      try {
+        const data = await within(received.promise, WAIT_MS, "a live event");
+        assert.match(data, /^up \d+$/);
+      } finally {
+        clearInterval(publishing);
+      }
+      assert.equal(source.readyState, EventSource.OPEN);
+      assert.deepEqual(server.errors, []);
+    } finally {
+      source.close();
+      await channel.close();
+      await broker.close();
+      await server.shutdown();
+    }
+  },
+);
