@@ -115,6 +115,23 @@ async function faultyChannel(
   return { broker, errors, channel, server, first };
 }
 
+/**
+ * An EventSource on `url`, with its opens counted and its first message's
+ * data.
+ */
+function listen(url: string): {
+  source: EventSource;
+  opened: Counter;
+  received: Promise<string>;
+} {
+  const source = new EventSource(url);
+  const opened = new Counter();
+  source.onopen = opened.hit;
+  const { promise, resolve } = Promise.withResolvers<string>();
+  source.onmessage = (event) => resolve(event.data);
+  return { source, opened, received: promise };
+}
+
 /** What a broker's history may do instead of answering a page. */
 const FAULTS: [string, () => unknown][] = [
   ["throws", () => {
@@ -321,16 +338,12 @@ test("SSEChannel answers a connection while the broker's subscribe fails with a 
     retry: 50,
   });
   broker.subscribeFault = () => Promise.reject(new Error("broker down"));
-  const source = new EventSource(server.url);
-  const opened = new Counter();
-  source.onopen = opened.hit;
-  const received = Promise.withResolvers<string>();
-  source.onmessage = (event) => received.resolve(event.data);
+  const { source, opened, received } = listen(server.url);
   try {
     // The first attempt found the broker down; the second subscribes.
     await opened.reach(2, "a reconnection");
     await channel.publish({ data: "live" });
-    assert.equal(await within(received.promise, WAIT_MS, "a message"), "live");
+    assert.equal(await within(received, WAIT_MS, "a message"), "live");
     assert.equal(source.readyState, EventSource.OPEN);
     assert.match(errors.join("\n"), /subscribe failed: broker down/);
     assert.equal(channel.metrics().disconnects["broker-error"], 1);
@@ -518,11 +531,7 @@ redisTest(
       onError: (error) => errors.push(error.message),
     });
     const server = serve((request) => channel.connect(request));
-    const source = new EventSource(server.url);
-    const opened = new Counter();
-    source.onopen = opened.hit;
-    const received = Promise.withResolvers<string>();
-    source.onmessage = (event) => received.resolve(event.data);
+    const { source, opened, received } = listen(server.url);
     try {
       // Before: 500, and the EventSource closed for good (readyState 2).
       await opened.reach(2, "two attempts while Redis is down");
@@ -537,7 +546,7 @@ redisTest(
         channel.publish({ data: `up ${sent++}` }).catch(() => {});
       }, 50);
       try {
-        const data = await within(received.promise, WAIT_MS, "a live event");
+        const data = await within(received, WAIT_MS, "a live event");
         assert.match(data, /^up \d+$/);
       } finally {
         clearInterval(publishing);
