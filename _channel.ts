@@ -350,22 +350,13 @@ export class SSEChannel<C = undefined> {
       const shared = await connection.wait(
         this.#closed,
         this.#subscribeShared(),
-      ).catch((error: unknown) => {
-        // The broker is down, or answered no subscription: a transient
-        // failure. The client gets a stream that ends, as on any end, so
-        // that it reconnects (an EventSource stops for good on any status
-        // but 200), and its next connection subscribes again.
-        if (!this.#closed) {
-          this.#settings.report(
-            new Error(
-              `Ended a connecting client: the broker's subscribe failed: ${
-                errorMessage(error)
-              }`,
-              { cause: error },
-            ),
-          );
-          fanout.end(client, "broker-error");
-        }
+      ).catch(() => {
+        // The broker is down, or answered no subscription (reported once,
+        // by #subscribeShared): a transient failure. The client gets a
+        // stream that ends, as on any end, so that it reconnects (an
+        // EventSource stops for good on any status but 200), and its next
+        // connection subscribes again.
+        if (!this.#closed) fanout.end(client, "broker-error");
         return STOPPED;
       });
       if (shared === STOPPED || this.#stops(connection)) {
@@ -769,7 +760,7 @@ export class SSEChannel<C = undefined> {
    * subscribe that fails or has not answered within `drainTimeout` fails
    * the connections waiting for it, and the next connection subscribes
    * again; one that answers after that, or after `close()`, is released at
-   * once, and delivers nothing meanwhile.
+   * once, and delivers nothing meanwhile. A failure is reported once.
    */
   #subscribeShared(): Promise<SSEBrokerSubscription> {
     if (this.#shared === undefined) {
@@ -788,9 +779,20 @@ export class SSEChannel<C = undefined> {
         if (current()) this.#subscription = subscription;
         else this.#unsubscribe(subscription);
       }, ignore);
-      shared.catch(() => {
+      shared.catch((error: unknown) => {
         givenUp = true;
         if (this.#shared === shared) this.#shared = undefined;
+        // Once per failed subscribe, however many connections waited.
+        if (!this.#closed) {
+          this.#settings.report(
+            new Error(
+              `Ended the clients connecting: the broker's subscribe failed: ${
+                errorMessage(error)
+              }`,
+              { cause: error },
+            ),
+          );
+        }
       });
     }
     return this.#shared;

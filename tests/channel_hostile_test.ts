@@ -538,7 +538,7 @@ redisTest(
       assert.notEqual(source.readyState, EventSource.CLOSED);
       assert.match(
         errors[0]!,
-        /^Ended a connecting client: the broker's subscribe failed/,
+        /^Ended the clients connecting: the broker's subscribe failed/,
       );
       await redis.start();
       let sent = 0;
@@ -561,3 +561,19 @@ redisTest(
     }
   },
 );
+
+test("SSEChannel reports a failed broker subscribe once, however many connections waited for it, and ends each of their streams", async () => {
+  const { broker, errors, channel, server } = await faultyChannel(1);
+  let fail!: (error: Error) => void;
+  broker.subscribeFault = () => new Promise((_, reject) => fail = reject);
+  const opening = Array.from({ length: 5 }, () => Client.open(server.url));
+  while (channel.size < 5) await new Promise((r) => setTimeout(r, 5));
+  fail(new Error("broker down"));
+  const clients = await Promise.all(opening);
+  await Promise.all(clients.map((client) => client.closed()));
+  assert.equal(channel.metrics().disconnects["broker-error"], 5);
+  assert.equal(errors.length, 1, errors.join("\n"));
+  assert.match(errors[0]!, /subscribe failed: broker down/);
+  await channel.close();
+  await server.shutdown();
+});
