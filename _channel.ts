@@ -10,7 +10,8 @@
 // _fanout.ts; who is connected and the metrics in _presence.ts; the options
 // and the reasons a connection ends in _channel_options.ts; the frames
 // (encoded once, live or replayed) in _frames.ts; a connection while
-// `connect` answers it (what stops it at once) in _connecting.ts.
+// `connect` answers it (what stops it at once) in _connecting.ts; the one
+// broker subscription all clients share in _shared_subscription.ts.
 
 import { encodeSSE, type SSEMessage } from "./encoder.ts";
 import { describe, json } from "./_json.ts";
@@ -20,7 +21,6 @@ import {
   notAllowed,
   unavailable,
 } from "./_http.ts";
-import { errorMessage, type SSEBrokerSubscription } from "./_broker.ts";
 import {
   type ChannelSettings,
   channelSettings,
@@ -32,7 +32,8 @@ import { type Client, OPEN } from "./_client.ts";
 import { Connection, ignore, STOPPED } from "./_connecting.ts";
 import { isResponse } from "./_response.ts";
 import { encodeAll } from "./_frames.ts";
-import { Fanout, subscriptionOf } from "./_fanout.ts";
+import { Fanout } from "./_fanout.ts";
+import { SharedSubscription } from "./_shared_subscription.ts";
 import {
   finalFrame,
   listClients,
@@ -158,10 +159,8 @@ import type { Resume } from "./_resume.ts";
 export class SSEChannel<C = undefined> {
   #settings: ChannelSettings<C>;
   #fanout: Fanout<C>;
-  /** The shared subscription, while subscribing or subscribed. */
-  #shared: Promise<SSEBrokerSubscription> | undefined;
-  /** The shared subscription, once subscribed. */
-  #subscription: SSEBrokerSubscription | undefined;
+  /** The one live broker subscription, for all its clients. */
+  #shared: SharedSubscription<C>;
   #closed = false;
   /** The connections inside `connect`. */
   #connections = new Set<Connection<C>>();
@@ -184,6 +183,7 @@ export class SSEChannel<C = undefined> {
     const settings = channelSettings(options);
     this.#settings = settings;
     this.#fanout = new Fanout(settings);
+    this.#shared = new SharedSubscription(settings, this.#fanout);
     this.#fanout.onRelease = (client) => this.#accepted.get(client)?.wake?.();
   }
 
@@ -349,10 +349,10 @@ export class SSEChannel<C = undefined> {
       // once.
       const shared = await connection.wait(
         this.#closed,
-        this.#subscribeShared(),
+        this.#shared.get(),
       ).catch(() => {
         // The broker is down, or answered no subscription (reported once,
-        // by #subscribeShared): a transient failure. The client gets a
+        // by SharedSubscription): a transient failure. The client gets a
         // stream that ends, as on any end, so that it reconnects (an
         // EventSource stops for good on any status but 200), and its next
         // connection subscribes again.
@@ -742,72 +742,11 @@ export class SSEChannel<C = undefined> {
 
   async #close(): Promise<void> {
     this.#closed = true;
+    // Nothing more is delivered; a subscribe in progress is not waited for.
+    this.#shared.close();
     for (const connection of this.#connections) connection.wake?.();
     // Streams ended before, still in their grace, are cut too.
     await this.#fanout.close();
-    // A subscribe still in progress is released when it answers (see
-    // #subscribeShared), not waited for: a broker that stopped answering
-    // cannot hold close().
-    const subscription = this.#subscription;
-    this.#shared = undefined;
-    this.#subscription = undefined;
-    if (subscription !== undefined) this.#unsubscribe(subscription);
     if (this.#settings.ownsBroker) await this.#settings.broker.close();
-  }
-
-  /**
-   * Subscribes the channel to its stream once, for all its clients. A
-   * subscribe that fails or has not answered within `drainTimeout` fails
-   * the connections waiting for it, and the next connection subscribes
-   * again; one that answers after that, or after `close()`, is released at
-   * once, and delivers nothing meanwhile. A failure is reported once.
-   */
-  #subscribeShared(): Promise<SSEBrokerSubscription> {
-    if (this.#shared === undefined) {
-      const { broker, name } = this.#settings;
-      const fanout = this.#fanout;
-      // Given up (failed, or not answered in time) or closed: a broker may
-      // deliver before its subscribe resolves, even synchronously.
-      let givenUp = false;
-      const current = () => !givenUp && !this.#closed;
-      const subscribing = subscriptionOf(broker, name, (entry) => {
-        if (current()) fanout.deliver(entry);
-      }, { onGap: () => current() && fanout.gap() });
-      const shared = fanout.bound(subscribing, "subscribe");
-      this.#shared = shared;
-      subscribing.then((subscription) => {
-        if (current()) this.#subscription = subscription;
-        else this.#unsubscribe(subscription);
-      }, ignore);
-      shared.catch((error: unknown) => {
-        givenUp = true;
-        if (this.#shared === shared) this.#shared = undefined;
-        // Once per failed subscribe, however many connections waited.
-        if (!this.#closed) {
-          this.#settings.report(
-            new Error(
-              `Ended the clients connecting: the broker's subscribe failed: ${
-                errorMessage(error)
-              }`,
-              { cause: error },
-            ),
-          );
-        }
-      });
-    }
-    return this.#shared;
-  }
-
-  /** Releases a subscription; what its `unsubscribe` throws is reported. */
-  #unsubscribe(subscription: SSEBrokerSubscription): void {
-    try {
-      subscription.unsubscribe();
-    } catch (error) {
-      this.#settings.report(
-        new Error(`unsubscribe threw: ${errorMessage(error)}`, {
-          cause: error,
-        }),
-      );
-    }
   }
 }
