@@ -3,10 +3,16 @@
 // `.ci/runtimes`), and the library bundled for them: shared by the
 // benchmarks that run the library on every runtime.
 
-const ROOT = new URL("../../", import.meta.url);
-export const RUNTIMES: URL = new URL(".cache/runtimes/", ROOT);
-export const BUN: URL = new URL("node_modules/.bin/bun", RUNTIMES);
-export const NODE: URL = new URL("node_modules/.bin/node", RUNTIMES);
+import {
+  BUN,
+  NODE22 as NODE,
+  ROOT,
+  RUNTIMES,
+} from "../../tests/runtime/_runtimes.ts";
+
+export { BUN, NODE, RUNTIMES };
+/** The library bundled into one ESM file (see the tests' `bundle`). */
+export { bundle as bundleLibrary } from "../../tests/runtime/_runtimes.ts";
 const HONO_NODE_SERVER = new URL(
   "node_modules/@hono/node-server/package.json",
   RUNTIMES,
@@ -51,33 +57,4 @@ export async function ensureRuntimes(): Promise<boolean> {
     return false;
   }
   return await present();
-}
-
-/** server.ts bundled into one ESM file, for Bun and Node. */
-export async function bundleLibrary(
-  dir: string,
-  entry: string,
-  name: string,
-): Promise<string> {
-  const output = `${dir}/${name}`;
-  const { success, stderr } = await new Deno.Command(Deno.execPath(), {
-    args: [
-      "bundle",
-      "--quiet",
-      "--platform",
-      "browser",
-      "--output",
-      output,
-      entry,
-    ],
-    cwd: ROOT,
-    stdout: "null",
-    stderr: "piped",
-  }).output();
-  if (!success) {
-    throw new Error(
-      `deno bundle ${entry} failed: ${new TextDecoder().decode(stderr)}`,
-    );
-  }
-  return output;
 }

@@ -57,6 +57,42 @@ export function assertPresent(needs: URL[]): void {
 
 /**
  * Bundles `entry` (a path from the repository root) into one ESM file named
+ * `name` in `dir`, for the runtimes that cannot read TypeScript; its path.
+ * Also used by the benchmarks that run the library on Bun and Node.
+ *
+ * @throws {Error} When `deno bundle` fails, with what it printed.
+ */
+export async function bundle(
+  dir: string,
+  entry: string,
+  name: string,
+): Promise<string> {
+  const output = `${dir}/${name}`;
+  const { success, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "bundle",
+      "--quiet",
+      "--platform",
+      "browser",
+      "--output",
+      output,
+      entry,
+    ],
+    cwd: ROOT,
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  if (!success) {
+    throw new Error(
+      `deno bundle ${entry} failed:\n${new TextDecoder().decode(stderr)}`,
+    );
+  }
+  return output;
+}
+
+/**
+ * Bundles `entry` (a path from the repository root) into one ESM file named
  * `name` in a temporary folder, for `fn` only.
  */
 export async function withBundle<T>(
@@ -66,28 +102,7 @@ export async function withBundle<T>(
 ): Promise<T> {
   const dir = await Deno.makeTempDir({ prefix: "sse-runtime-" });
   try {
-    const output = `${dir}/${name}`;
-    const { code, stderr } = await new Deno.Command(Deno.execPath(), {
-      args: [
-        "bundle",
-        "--quiet",
-        "--platform",
-        "browser",
-        "--output",
-        output,
-        entry,
-      ],
-      cwd: ROOT,
-      stdin: "null",
-      stdout: "null",
-      stderr: "piped",
-    }).output();
-    assert.equal(
-      code,
-      0,
-      `deno bundle ${entry} failed:\n${new TextDecoder().decode(stderr)}`,
-    );
-    return await fn(output);
+    return await fn(await bundle(dir, entry, name));
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
