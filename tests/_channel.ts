@@ -44,6 +44,22 @@ export async function within<T>(
   }
 }
 
+/** A message of `size` bytes of data that starts with its number. */
+export function numbered(i: number, size: number): { data: string } {
+  return { data: String(i).padStart(8, "0") + "x".repeat(size - 8) };
+}
+
+/** Resolves once `done()` holds, checking every few milliseconds. */
+export async function until(done: () => boolean, what: string): Promise<void> {
+  await within(
+    (async () => {
+      while (!done()) await new Promise((resolve) => setTimeout(resolve, 5));
+    })(),
+    WAIT_MS,
+    what,
+  );
+}
+
 /**
  * Runs a test module as a server process of its own, with `--expose-gc` so
  * that it can measure its memory after a full collection, network access to

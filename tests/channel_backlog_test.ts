@@ -14,15 +14,19 @@ import {
 } from "../server.ts";
 import { SSEClient } from "../client.ts";
 import type { SSEEvent } from "../parser.ts";
-import { Client, RawClient, serve, test, WAIT_MS, within } from "./_channel.ts";
+import {
+  Client,
+  numbered,
+  RawClient,
+  serve,
+  test,
+  until,
+  WAIT_MS,
+  within,
+} from "./_channel.ts";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
-
-/** A message of `size` bytes of data that starts with its number. */
-function numbered(i: number, size: number): { data: string } {
-  return { data: String(i).padStart(8, "0") + "x".repeat(size - 8) };
-}
 
 /** The numbers `numbered` put at the start of each event's data. */
 function numbers(events: SSEEvent[]): number[] {
@@ -31,17 +35,6 @@ function numbers(events: SSEEvent[]): number[] {
 
 function run(from: number, count: number): number[] {
   return Array.from({ length: count }, (_, i) => from + i);
-}
-
-/** Resolves once `done()` holds, checking every few milliseconds. */
-async function until(done: () => boolean, what: string): Promise<void> {
-  await within(
-    (async () => {
-      while (!done()) await new Promise((resolve) => setTimeout(resolve, 5));
-    })(),
-    WAIT_MS,
-    what,
-  );
 }
 
 /** A turn of the event loop with real time. */

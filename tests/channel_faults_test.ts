@@ -17,32 +17,18 @@ import {
   Client,
   Counter,
   Lines,
+  numbered,
   RawClient,
   serve,
   spawnServer,
   test,
+  until,
   WAIT_MS,
   within,
 } from "./_channel.ts";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
-
-/** A message of `size` bytes of data that starts with its number. */
-function numbered(i: number, size: number): { data: string } {
-  return { data: String(i).padStart(8, "0") + "x".repeat(size - 8) };
-}
-
-/** Resolves once `done()` holds, checking every few milliseconds. */
-async function until(done: () => boolean, what: string): Promise<void> {
-  await within(
-    (async () => {
-      while (!done()) await new Promise((resolve) => setTimeout(resolve, 5));
-    })(),
-    WAIT_MS,
-    what,
-  );
-}
 
 /**
  * Serves a channel on a real server, counting the connections `connect`
