@@ -626,6 +626,18 @@ kvTest(
   },
 );
 
+/**
+ * Publishes `publish` to stream "s" (replay 5, trimDelay 60 s) with a broker
+ * of its own, then counts the entries kept: trimming runs after each publish
+ * resolved, and close waits for it.
+ */
+async function keptAfter(kv: Deno.Kv, publish: string[]): Promise<number> {
+  const a = broker(kv, { trimDelay: 60_000 });
+  await publishAll(a, "s", publish, 5);
+  await a.close();
+  return (await keys(kv, ["sse", "s", "entries"])).length;
+}
+
 kvTest(
   "DenoKvBroker keeps entries younger than trimDelay, and trims them once old",
   async (db) => {
@@ -633,13 +645,7 @@ kvTest(
     const clock = FakeTimers.install({ toFake: ["Date"], now: Date.now() });
     try {
       const kv = await db.open();
-      // Trimming runs after each publish resolved; close waits for it.
-      const count = async (publish: string[]) => {
-        const a = broker(kv, { trimDelay: 60_000 });
-        await publishAll(a, "s", publish, 5);
-        await a.close();
-        return (await keys(kv, ["sse", "s", "entries"])).length;
-      };
+      const count = (publish: string[]) => keptAfter(kv, publish);
       assert.equal(await count(range(30)), 30);
       clock.tick(59_000);
       assert.equal(await count(["young"]), 31);
@@ -659,12 +665,7 @@ kvTest(
     const clock = FakeTimers.install({ toFake: ["Date"], now: Date.now() });
     try {
       const kv = await db.open();
-      const count = async (publish: string[]) => {
-        const a = broker(kv, { trimDelay: 60_000 });
-        await publishAll(a, "s", publish, 5);
-        await a.close();
-        return (await keys(kv, ["sse", "s", "entries"])).length;
-      };
+      const count = (publish: string[]) => keptAfter(kv, publish);
       // Written an hour "ahead": by a clock that is then set back, or by an
       // instance whose clock is an hour fast. Their age cannot be known:
       // they go at the next trim (before: not for an hour, the stream
