@@ -129,7 +129,9 @@ test("SSEChannel writes the broker's id alone, never the id a stored message car
     try {
       const first = await channel.publish({ data: "first" });
       const reading = read(server.url, 2);
-      await new Promise((resolve) => setTimeout(resolve, 50));
+      // Connected (the raw client and this one) before the live messages,
+      // so that it gets both.
+      await until(() => channel.size === 2, "the reading client");
       const ids = [
         await channel.publish({ data: "live 1" }),
         await channel.publish({ data: "live 2" }),
