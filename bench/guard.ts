@@ -1,7 +1,8 @@
 // Copyright the sse authors. MIT license.
 // The performance guard that CI runs: short runs of the parser and client
 // benchmarks, ours against the same peers as `deno task bench`, whose ratios
-// must stay within 25 % of the committed baseline (bench/baseline.json).
+// must stay within 25 % of the committed baseline (bench/baseline.json); a
+// ratio below that is measured once more, and fails only if it stays below.
 //
 //   deno run -A bench/guard.ts             measure and compare (CI)
 //   deno run -A bench/guard.ts --update    measure, write the new baseline
@@ -175,15 +176,46 @@ async function update(): Promise<void> {
   console.log("Wrote bench/baseline.json");
 }
 
+/** The names of the baseline's ratios that `ratios` misses or falls below. */
+function failing(baseline: Baseline, ratios: Ratio[]): string[] {
+  return Object.keys(baseline.ratios).filter((name) => {
+    const ratio = ratios.find((r) => r.name === name);
+    return ratio === undefined ||
+      ratio.wall < baseline.ratios[name]! * TOLERANCE;
+  });
+}
+
+/**
+ * Measures, and measures once more when a ratio falls below its floor,
+ * keeping each ratio's better median: a machine busy with something else
+ * for half a minute can pull one ratio under (seen: 78 % of baseline at
+ * load 5 on two cores), while a slower build stays under in both.
+ */
+async function measureTwiceIfNeeded(baseline: Baseline): Promise<Ratio[]> {
+  const first = await measure();
+  const failed = failing(baseline, first);
+  if (failed.length === 0) return first;
+  console.log(
+    `Performance guard: measuring again, below the floor once: ${
+      failed.join("; ")
+    }`,
+  );
+  const second = await measure();
+  return first.map((ratio) => {
+    const again = second.find((r) => r.name === ratio.name);
+    return again !== undefined && again.wall > ratio.wall ? again : ratio;
+  });
+}
+
 async function check(): Promise<boolean> {
   const baseline = JSON.parse(await Deno.readTextFile(BASELINE)) as Baseline;
   const started = performance.now();
   const load = await loadAverage();
-  const ratios = await measure();
+  const ratios = await measureTwiceIfNeeded(baseline);
   console.log(
     `Performance guard: load average ${load} before, ${await loadAverage()} after, ${
       ((performance.now() - started) / 1000).toFixed(0)
-    } s; a ratio fails below ${TOLERANCE} × its baseline`,
+    } s; a ratio fails below ${TOLERANCE} × its baseline in two measurements`,
   );
   let ok = true;
   for (const name of Object.keys(baseline.ratios)) {
