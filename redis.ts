@@ -126,7 +126,8 @@ export interface RedisBrokerOptions {
    * string) at `prefix + "~seq:" + name`. Each broker also keeps one tiny stream of its own at
    * `prefix + "~wake:" + <random id>` (removed by `close()`, and expiring an
    * hour after its last use otherwise) to re-issue its blocking read when its
-   * process starts reading a new stream.
+   * process starts reading a new stream. So stream names beginning with `~`
+   * are refused (a `TypeError`): they would share those keys.
    * @default {"sse:"}
    */
   prefix?: string;
@@ -345,6 +346,7 @@ export class RedisBroker implements SSEBroker {
   ): Promise<string> {
     if (this.#closed) throw new TypeError("Cannot publish: broker is closed");
     const { topic, message, replay } = checkPublish(name, entry, options);
+    checkOwnKeys(name);
     const json = JSON.stringify(message);
     const max = this.#maxEntrySize;
     // UTF-8 takes at most three bytes per UTF-16 unit: count only when that
@@ -416,6 +418,7 @@ export class RedisBroker implements SSEBroker {
   ): Promise<SSEBrokerSubscription> {
     if (this.#closed) throw new TypeError("Cannot subscribe: broker is closed");
     const onGap = checkSubscribe(name, onEntry, options);
+    checkOwnKeys(name);
     try {
       await this.#open();
     } catch (error) {
@@ -478,6 +481,7 @@ export class RedisBroker implements SSEBroker {
       throw new TypeError("Cannot read history: broker is closed");
     }
     const { after, limit } = checkHistory(name, options);
+    checkOwnKeys(name);
     const key = this.#prefix + name;
     const tag = streamTag(key);
     const start = redisIdOf(after, tag);
@@ -592,4 +596,22 @@ export class RedisBroker implements SSEBroker {
       ),
     );
   }
+}
+
+/**
+ * Refuses a stream name beginning with `~`: its key, `prefix + name`, would
+ * be one of the broker's own (`prefix + "~seq:" + name` counts the entries
+ * of stream `name`, `prefix + "~wake:" + id` is a broker's wake stream), so
+ * stream `"~seq:news"` would overwrite the count of stream `"news"`.
+ *
+ * @param name A stream name, already checked to be a string.
+ * @throws {TypeError} When it begins with `~`.
+ */
+function checkOwnKeys(name: string): void {
+  if (!name.startsWith("~")) return;
+  throw new TypeError(
+    `Invalid stream name: ${
+      JSON.stringify(name)
+    } begins with "~", which RedisBroker keeps for its own keys (prefix + "~seq:" + name, prefix + "~wake:" + id)`,
+  );
 }
