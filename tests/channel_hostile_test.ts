@@ -430,7 +430,11 @@ test("SSEChannel loses and repeats nothing for a client that reconnects in a tig
       let timer: ReturnType<typeof setTimeout> | undefined;
       const result = await Promise.race([
         events.read(),
-        new Promise<null>((resolve) => timer = setTimeout(resolve, 200, null)),
+        // Once everything is published, only a long silence ends the loop:
+        // a busy machine can pause a catch-up for more than 200 ms.
+        new Promise<null>((resolve) =>
+          timer = setTimeout(resolve, published ? 1000 : 200, null)
+        ),
       ]);
       clearTimeout(timer);
       if (result === null) {
