@@ -234,7 +234,19 @@ class Server implements RedisServer {
   async start(): Promise<void> {
     if (this.#closed) throw new Error("Cannot start: the server is closed");
     if (this.#process !== undefined) return;
-    this.#process = await spawnRedis(this.port, this.#dir, this.#options);
+    // While it was stopped, another socket (an outgoing connection given it
+    // as its local port) may hold the port for a while: try again for 5 s.
+    for (const deadline = Date.now() + 5_000;;) {
+      try {
+        this.#process = await spawnRedis(this.port, this.#dir, this.#options);
+        return;
+      } catch (error) {
+        if (Date.now() > deadline || !String(error).includes("in use")) {
+          throw error;
+        }
+        await new Promise((resolve) => setTimeout(resolve, 200));
+      }
+    }
   }
 
   async restart(): Promise<void> {
