@@ -26,6 +26,9 @@
 //   GET  /stats             JSON figures, with the channel's metrics()
 //   GET  /metrics           the same for Prometheus (text format)
 //
+// A JSON body holds at most 64 KiB (above: 413, without reading the rest); a
+// session cookie that is not of the form the demo issues is no session.
+//
 // The events, what a new tab's snapshot shows (each room's chat history and
 // the last tick) and the sessions live in the broker and the store it is
 // given: with DenoKvBroker and kvStore on one file, a demo started again on
@@ -60,6 +63,8 @@ const HISTORY = 50;
 const MAX_USER = 32;
 const MAX_TEXT = 500;
 const MAX_PROMPT = 2000;
+// Bytes a JSON request body may hold: far above what any valid one needs.
+const MAX_BODY = 64 * 1024;
 
 /** Options of {@linkcode createDemo}. */
 export interface DemoOptions {
@@ -534,12 +539,22 @@ export async function createDemo(options: DemoOptions): Promise<Demo> {
   return { handler, close };
 }
 
-/** The session id in the request's cookie, if any. */
+// The form of the session ids signIn issues (crypto.randomUUID()).
+const SESSION_ID =
+  /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+/**
+ * The session id in the request's cookie, if it has the form of one the
+ * demo issues: anything else is no session, and never reaches the store (a
+ * Deno KV key holds at most 2 KiB, and a longer one threw).
+ */
 function sessionOf(request: Request): string | undefined {
   const cookie = request.headers.get("cookie") ?? "";
   for (const part of cookie.split(";")) {
     const [name, value] = part.trim().split("=", 2);
-    if (name === SESSION_COOKIE && value) return value;
+    if (name === SESSION_COOKIE && value && SESSION_ID.test(value)) {
+      return value;
+    }
   }
   return undefined;
 }
@@ -614,13 +629,30 @@ async function* tokens(
   yield { event: "done", data: { tokens: count } };
 }
 
+/**
+ * The request's JSON object, or the answer refusing it: 400 for another
+ * content type or anything but a JSON object, 413 for a body above
+ * MAX_BODY bytes, refused from its Content-Length or once that much has
+ * been read (nothing more is buffered).
+ */
 async function readJson(request: Request): Promise<unknown> {
   const type = request.headers.get("content-type") ?? "";
   if (!type.startsWith("application/json")) {
     return badRequest("Invalid body: expected content-type application/json");
   }
+  const tooLarge = () =>
+    Response.json(
+      { error: `Invalid body: expected at most ${MAX_BODY} bytes` },
+      { status: 413 },
+    );
+  if (Number(request.headers.get("content-length")) > MAX_BODY) {
+    await request.body?.cancel().catch(() => {});
+    return tooLarge();
+  }
   try {
-    const body = await request.json();
+    const bytes = await readBody(request);
+    if (bytes === undefined) return tooLarge();
+    const body = JSON.parse(new TextDecoder().decode(bytes));
     if (typeof body !== "object" || body === null || Array.isArray(body)) {
       return badRequest("Invalid body: expected a JSON object");
     }
@@ -628,6 +660,34 @@ async function readJson(request: Request): Promise<unknown> {
   } catch {
     return badRequest("Invalid body: not JSON");
   }
+}
+
+/**
+ * The request's body, or `undefined` (and the rest unread) above MAX_BODY;
+ * rejects when the client breaks it off.
+ */
+async function readBody(request: Request): Promise<Uint8Array | undefined> {
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  if (request.body === null) return new Uint8Array();
+  const reader = request.body.getReader();
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > MAX_BODY) {
+      await reader.cancel().catch(() => {});
+      return undefined;
+    }
+    chunks.push(value);
+  }
+  const bytes = new Uint8Array(size);
+  let offset = 0;
+  for (const chunk of chunks) {
+    bytes.set(chunk, offset);
+    offset += chunk.byteLength;
+  }
+  return bytes;
 }
 
 function badRequest(error: string): Response {

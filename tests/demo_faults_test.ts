@@ -1,0 +1,149 @@
+// Copyright the sse authors. MIT license.
+// The demo app against hostile clients: its handler served by a real
+// Deno.serve on 127.0.0.1, on a Deno KV file as `deno task demo` keeps it
+// (DenoKvBroker and kvStore), driven over real sockets.
+
+import assert from "node:assert/strict";
+import { DenoKvBroker } from "../kv.ts";
+import { createDemo } from "../demo/app.ts";
+import { kvStore } from "../demo/store.ts";
+
+const SANITIZED = { sanitizeOps: true, sanitizeResources: true } as const;
+
+/**
+ * Runs `body` against the demo on a KV file in a temporary directory, with
+ * the errors its handler threw to Deno.serve (each one a 500 and a stack
+ * trace on stderr, as `deno task demo` prints them).
+ */
+async function withKvDemo(
+  body: (url: string, thrown: unknown[]) => Promise<void>,
+): Promise<void> {
+  const dir = await Deno.makeTempDir();
+  const kv = await Deno.openKv(`${dir}/demo.sqlite3`);
+  const broker = new DenoKvBroker({ kv });
+  const demo = await createDemo({ broker, store: kvStore(kv) });
+  const thrown: unknown[] = [];
+  const server = Deno.serve({
+    hostname: "127.0.0.1",
+    port: 0,
+    onListen() {},
+    onError(error) {
+      thrown.push(error);
+      return new Response("Internal Server Error", { status: 500 });
+    },
+  }, demo.handler);
+  try {
+    await body(`http://127.0.0.1:${server.addr.port}/`, thrown);
+  } finally {
+    await demo.close();
+    await server.shutdown();
+    await broker.close();
+    kv.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+Deno.test(
+  "The demo answers a session cookie it never issued as no session, whatever its size",
+  SANITIZED,
+  async () => {
+    await withKvDemo(async (url, thrown) => {
+      // Deno KV refuses keys above 2 KiB: a cookie this long reached
+      // kv.get and each request threw (500, a stack trace on stderr).
+      for (const forged of ["x".repeat(3000), "é".repeat(1500), "forged"]) {
+        const cookie = `sse-demo-session=${encodeURIComponent(forged)}`;
+        const events = await fetch(`${url}events?room=lobby`, {
+          headers: { cookie },
+        });
+        assert.equal(events.status, 401);
+        assert.deepEqual(await events.json(), { error: "Not signed in" });
+        const session = await fetch(`${url}api/session`, {
+          headers: { cookie },
+        });
+        assert.equal(session.status, 200);
+        assert.deepEqual(await session.json(), { user: null });
+        const signOut = await fetch(`${url}api/signout`, {
+          method: "POST",
+          headers: { cookie },
+        });
+        assert.equal(signOut.status, 200);
+        assert.deepEqual(await signOut.json(), { disconnected: 0 });
+        const chat = await fetch(`${url}api/chat`, {
+          method: "POST",
+          headers: { cookie, "content-type": "application/json" },
+          body: JSON.stringify({ room: "lobby", user: "bo", text: "hi" }),
+        });
+        assert.equal(chat.status, 201);
+        await chat.body?.cancel();
+      }
+      assert.deepEqual(thrown.map(String), []);
+    });
+  },
+);
+
+/**
+ * A request body of `total` bytes of JSON (a string that never ends),
+ * streamed in 64 KiB chunks, counting what the server has pulled.
+ */
+function endlessJson(total: number): {
+  body: ReadableStream<Uint8Array>;
+  sent: () => number;
+} {
+  const chunk = new Uint8Array(64 * 1024).fill(0x61); // "a"
+  let sent = 0;
+  const body = new ReadableStream<Uint8Array>({
+    pull(controller) {
+      if (sent === 0) {
+        controller.enqueue(new TextEncoder().encode('{"prompt":"'));
+      }
+      if (sent >= total) return controller.close();
+      sent += chunk.byteLength;
+      controller.enqueue(chunk);
+    },
+  }, { highWaterMark: 0 });
+  return { body, sent: () => sent };
+}
+
+Deno.test(
+  "The demo refuses a JSON body above 64 KiB with 413 without reading it all",
+  SANITIZED,
+  async () => {
+    await withKvDemo(async (url, thrown) => {
+      const total = 256 * 1024 * 1024;
+      for (const path of ["api/signin", "api/chat", "api/complete"]) {
+        // Declared: refused from its Content-Length.
+        const declared = await fetch(`${url}${path}`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ prompt: "a".repeat(100 * 1024) }),
+        });
+        assert.equal(declared.status, 413, path);
+        assert.match((await declared.json()).error, /Invalid body: .*65536/);
+        // Streamed with no length: read up to the limit, then refused.
+        const { body, sent } = endlessJson(total);
+        const streamed = await fetch(`${url}${path}`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body,
+        }).catch((error: unknown) => error);
+        if (streamed instanceof Response) {
+          assert.equal(streamed.status, 413, path);
+          await streamed.body?.cancel();
+        }
+        // Before, the demo read all 256 MiB into memory; socket buffers
+        // hold a few MiB at most.
+        assert.ok(sent() < 32 * 1024 * 1024, `${path}: ${sent()} bytes read`);
+        await body.cancel().catch(() => {});
+      }
+      // A body within the limit still works.
+      const small = await fetch(`${url}api/signin`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ user: "ann", padding: "a".repeat(60 * 1024) }),
+      });
+      assert.equal(small.status, 201);
+      await small.body?.cancel();
+      assert.deepEqual(thrown.map(String), []);
+    });
+  },
+);
