@@ -110,6 +110,8 @@ interface Context {
 }
 
 const SESSION_COOKIE = "sse-demo-session";
+// Browsers reconnect after this many ms (their default is about 3 s).
+const RETRY = 1000;
 // How long what a demo says about who is connected to it holds, in ms: it
 // says it again every third of that.
 const PRESENCE_TTL = 3000;
@@ -157,8 +159,7 @@ export async function createDemo(options: DemoOptions): Promise<Demo> {
     return new SSEChannel<Context>({
       broker,
       replay: 1000,
-      // Browsers reconnect after this many ms (their default is about 3 s).
-      retry: 1000,
+      retry: RETRY,
       async onConnect(request) {
         const room = new URL(request.url).searchParams.get("room") ?? "lobby";
         if (!ROOMS.includes(room)) {
@@ -337,6 +338,30 @@ export async function createDemo(options: DemoOptions): Promise<Demo> {
     return sseResponse(tokens(prompt, tokenDelay), { signal: shutdown.signal });
   }
 
+  /**
+   * The event stream, from the channel open now. A closed channel answers
+   * the connections still in progress 503, which EventSource takes as final
+   * (the tab would stay closed until reloaded): one that a restart closed is
+   * connected again to the new channel, and one that the demo's own close
+   * (Ctrl+C) closed gets a stream that ends at once, so that the browser
+   * reconnects, to this demo started again on its store.
+   */
+  async function events(request: Request): Promise<Response> {
+    for (;;) {
+      const used = channel;
+      const response = await used.connect(request);
+      if (response.status !== 503 || (used === channel && !closed)) {
+        return response;
+      }
+      await response.body?.cancel();
+      if (closed) {
+        return sseResponse(ReadableStream.from<SSEMessage>([]), {
+          retry: RETRY,
+        });
+      }
+    }
+  }
+
   async function restart(): Promise<Response> {
     // Swap first, so that reconnecting browsers reach the new channel, then
     // end every stream of the old one.
@@ -477,7 +502,7 @@ export async function createDemo(options: DemoOptions): Promise<Demo> {
           },
         });
       case "GET /events":
-        return await channel.connect(request);
+        return await events(request);
       case "POST /api/signin":
         return await signIn(request);
       case "POST /api/signout":

@@ -5,8 +5,10 @@
 
 import assert from "node:assert/strict";
 import { DenoKvBroker } from "../kv.ts";
+import { MemoryBroker } from "../server.ts";
 import { createDemo } from "../demo/app.ts";
-import { kvStore } from "../demo/store.ts";
+import { type DemoStore, kvStore, memoryStore } from "../demo/store.ts";
+import { until } from "./_channel.ts";
 
 const SANITIZED = { sanitizeOps: true, sanitizeResources: true } as const;
 
@@ -147,3 +149,110 @@ Deno.test(
     });
   },
 );
+
+/**
+ * A store whose session lookups wait until `open()`: connections to the
+ * event stream held inside `onConnect`, as a slow store holds them.
+ */
+function gatedStore(): {
+  store: DemoStore;
+  waiting: () => number;
+  open: () => void;
+} {
+  const inner = memoryStore();
+  let waiting = 0;
+  let open!: () => void;
+  const gate = new Promise<void>((resolve) => open = resolve);
+  const store: DemoStore = {
+    ...inner,
+    async session(id) {
+      waiting++;
+      await gate;
+      return inner.session(id);
+    },
+  };
+  return { store, waiting: () => waiting, open };
+}
+
+/** Signs in through the demo: the session's cookie, as a header. */
+async function signIn(url: string): Promise<{ cookie: string }> {
+  const response = await fetch(`${url}api/signin`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ user: "ann" }),
+  });
+  assert.equal(response.status, 201);
+  await response.body?.cancel();
+  return { cookie: response.headers.get("set-cookie")!.split(";")[0]! };
+}
+
+for (const how of ["restarted", "closed"] as const) {
+  Deno.test(
+    `The demo never answers 503, final for EventSource, to a tab connecting while the channel is ${how}`,
+    SANITIZED,
+    async () => {
+      const gated = gatedStore();
+      const broker = new MemoryBroker();
+      const demo = await createDemo({ broker, store: gated.store });
+      const server = Deno.serve(
+        { hostname: "127.0.0.1", port: 0, onListen() {} },
+        demo.handler,
+      );
+      const url = `http://127.0.0.1:${server.addr.port}/`;
+      const open: Response[] = [];
+      try {
+        // Signing in reads no session; every tab then waits in onConnect.
+        const headers = await signIn(url);
+        const tabs = Array.from(
+          { length: 5 },
+          () => fetch(`${url}events?room=lobby`, { headers }),
+        );
+        await until(() => gated.waiting() === 5, "5 tabs in onConnect");
+        if (how === "restarted") {
+          const restarted = await fetch(`${url}api/restart`, {
+            method: "POST",
+          });
+          assert.equal(restarted.status, 200);
+          await restarted.body?.cancel();
+        } else {
+          // As Ctrl+C does, before the server stops.
+          await demo.close();
+        }
+        gated.open();
+        for (const tab of await Promise.all(tabs)) {
+          open.push(tab);
+          // Before, every one: 503, and each tab's EventSource closed for
+          // good (the page showed "closed" until it was reloaded).
+          assert.equal(tab.status, 200);
+          assert.equal(
+            tab.headers.get("content-type"),
+            "text/event-stream; charset=utf-8",
+          );
+        }
+        if (how === "restarted") {
+          // Connected to the new channel: its snapshot comes first.
+          const reader = open[0]!.body!.getReader();
+          const { value } = await reader.read();
+          await reader.cancel();
+          assert.match(
+            new TextDecoder().decode(value),
+            /^retry: 1000\n\nevent: snapshot\n/,
+          );
+        } else {
+          // A stream that ends at once: the browser reconnects.
+          for (const tab of open) {
+            assert.equal(await tab.text(), "retry: 1000\n\n");
+          }
+        }
+      } finally {
+        gated.open();
+        await Promise.all(
+          open.filter((tab) => !tab.bodyUsed).map((tab) => tab.body?.cancel()),
+        );
+        await demo.close();
+        await server.shutdown();
+        await broker.close();
+      }
+    },
+  );
+}
