@@ -66,6 +66,21 @@ const MAX_PROMPT = 2000;
 // Bytes a JSON request body may hold: far above what any valid one needs.
 const MAX_BODY = 64 * 1024;
 
+// The methods of each path (see the table at the top; HEAD with every GET).
+const ALLOW: Readonly<Record<string, string>> = {
+  "/": "GET, HEAD",
+  "/events": "GET, HEAD",
+  "/api/signin": "POST",
+  "/api/signout": "POST",
+  "/api/session": "GET, HEAD",
+  "/api/online": "GET, HEAD",
+  "/api/chat": "POST",
+  "/api/complete": "POST",
+  "/api/restart": "POST",
+  "/stats": "GET, HEAD",
+  "/metrics": "GET, HEAD",
+};
+
 /** Options of {@linkcode createDemo}. */
 export interface DemoOptions {
   /** Ids, history and fan-out of the demo's channel. The caller closes it. */
@@ -492,8 +507,10 @@ export async function createDemo(options: DemoOptions): Promise<Demo> {
 
   async function handler(request: Request): Promise<Response> {
     const { pathname } = new URL(request.url);
-    const route = `${request.method} ${pathname}`;
-    switch (route) {
+    // RFC 9110 §9.3.2: HEAD is GET without the content (which Deno.serve
+    // leaves out; the channel answers HEAD itself).
+    const method = request.method === "HEAD" ? "GET" : request.method;
+    switch (`${method} ${pathname}`) {
       case "GET /":
         return new Response(PAGE, {
           headers: {
@@ -524,21 +541,13 @@ export async function createDemo(options: DemoOptions): Promise<Demo> {
           headers: { "content-type": "text/plain; version=0.0.4" },
         });
     }
-    const known = [
-      "/",
-      "/events",
-      "/api/signin",
-      "/api/signout",
-      "/api/session",
-      "/api/online",
-      "/metrics",
-      "/api/chat",
-      "/api/complete",
-      "/api/restart",
-      "/stats",
-    ];
-    if (known.includes(pathname)) {
-      return new Response("Method not allowed", { status: 405 });
+    const allow = ALLOW[pathname];
+    if (allow !== undefined) {
+      // RFC 9110 §15.5.6: a 405 lists the methods the resource allows.
+      return new Response("Method not allowed", {
+        status: 405,
+        headers: { allow },
+      });
     }
     return new Response("Not found", { status: 404 });
   }

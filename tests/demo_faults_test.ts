@@ -256,3 +256,61 @@ for (const how of ["restarted", "closed"] as const) {
     },
   );
 }
+
+Deno.test(
+  "The demo answers HEAD as GET without a body, and a wrong method with 405 and the methods it allows",
+  SANITIZED,
+  async () => {
+    const broker = new MemoryBroker();
+    const demo = await createDemo({ broker });
+    const server = Deno.serve(
+      { hostname: "127.0.0.1", port: 0, onListen() {} },
+      demo.handler,
+    );
+    const url = `http://127.0.0.1:${server.addr.port}/`;
+    try {
+      const headers = await signIn(url);
+      // RFC 9110 §9.1: a general-purpose server supports GET and HEAD.
+      // Before, HEAD of every route was 405.
+      for (
+        const [path, type] of [
+          ["", "text/html; charset=utf-8"],
+          ["stats", "application/json"],
+          ["metrics", "text/plain; version=0.0.4"],
+          ["api/session", "application/json"],
+          ["api/online?room=lobby", "application/json"],
+          ["events?room=lobby", "text/event-stream; charset=utf-8"],
+        ] as const
+      ) {
+        const head = await fetch(`${url}${path}`, { method: "HEAD", headers });
+        assert.equal(head.status, 200, path);
+        assert.equal(head.headers.get("content-type"), type, path);
+        assert.equal(await head.text(), "", path);
+      }
+      // RFC 9110 §15.5.6: a 405 lists the methods the resource allows.
+      // Before, it had no Allow header.
+      for (
+        const [method, path, allow] of [
+          ["DELETE", "api/chat", "POST"],
+          ["GET", "api/signin", "POST"],
+          ["PUT", "", "GET, HEAD"],
+          ["POST", "stats", "GET, HEAD"],
+        ] as const
+      ) {
+        const wrong = await fetch(`${url}${path}`, { method });
+        assert.equal(wrong.status, 405, `${method} /${path}`);
+        assert.equal(wrong.headers.get("allow"), allow, `${method} /${path}`);
+        await wrong.body?.cancel();
+      }
+      // The event stream's own 405 says so too (the channel answers it).
+      const post = await fetch(`${url}events`, { method: "POST" });
+      assert.equal(post.status, 405);
+      assert.equal(post.headers.get("allow"), "GET, HEAD");
+      await post.body?.cancel();
+    } finally {
+      await demo.close();
+      await server.shutdown();
+      await broker.close();
+    }
+  },
+);
