@@ -92,9 +92,12 @@ export interface SSEChannelOptions<C = undefined> {
    * Milliseconds a client may take nothing at all while more than
    * `maxQueue` waits for it before it is dropped as slow (`onDisconnect`
    * reason `"slow"`): what the channel held for it is released at once,
-   * and its stream is closed. A client that takes anything starts afresh,
-   * however far behind it is. It is checked a few times over that span
-   * (every `drainTimeout / 4`).
+   * and its stream is closed. A client catching up from the history
+   * (a resume, or a client that fell behind) has the rest of it waiting:
+   * it is dropped once it takes nothing for `drainTimeout`, whatever its
+   * stream holds. A client that takes anything starts afresh, however far
+   * behind it is. It is checked a few times over that span (every
+   * `drainTimeout / 4`).
    *
    * A stream the channel ended (a slow client, or `"filter-error"`,
    * `"replay-lost"`, `"broker-error"`) whose client has still not taken its

@@ -111,6 +111,8 @@ export class Client<C> implements UnderlyingDefaultSource<Uint8Array> {
   #flushing = false;
   /** Resolves the promise `pull` returned while the client was parked. */
   #parked: (() => void) | undefined;
+  /** The stream pulled since the last chunk was handed to it. */
+  #asked = false;
   /** Chunks handed to the stream so far. */
   #chunks = 0;
   /**
@@ -157,6 +159,7 @@ export class Client<C> implements UnderlyingDefaultSource<Uint8Array> {
   }
 
   pull(): Promise<void> | undefined {
+    this.#asked = true;
     // The runtime took the last chunk and asks for more: the end.
     if (this.#ending) {
       this.#end();
@@ -244,11 +247,17 @@ export class Client<C> implements UnderlyingDefaultSource<Uint8Array> {
    * the stream's queue is at its bound and the backlog holds more than
    * `slowAt`. (A backlog with an empty queue means the runtime holds the
    * last chunk it took and has not asked for more: the stream pulls only
-   * when a read finds it empty.)
+   * when a read finds it empty.) A catch-up still behind the history is
+   * blocked whenever the runtime has not asked for more since its last
+   * chunk: the rest of the history waits for it, paged only as the stream
+   * pulls, so never in its backlog (else a peer that never reads would hold
+   * its connection for good).
    */
   get blocked(): boolean {
     const slowAt = this.#slowAt;
-    return this.backlogBytes > slowAt || (slowAt === 0 && !this.#room());
+    if (this.backlogBytes > slowAt) return true;
+    if (this.#resume?.behind === true) return !this.#asked;
+    return slowAt === 0 && !this.#room();
   }
 
   /** Whether a frame goes into the stream now: room, and no backlog. */
@@ -280,6 +289,7 @@ export class Client<C> implements UnderlyingDefaultSource<Uint8Array> {
   enqueue(bytes: Uint8Array): void {
     const length = bytes.byteLength;
     this.#chunks++;
+    this.#asked = false;
     this.#bound += length;
     this.controller.enqueue(bytes);
     this.#tally.bytesSent += length;

@@ -222,6 +222,14 @@ export class Resume<C> {
     this.#countAtFetch = countAtFetch;
   }
 
+  /**
+   * Whether history is still to be sent: it pages or merges, rather than
+   * waiting for the shared subscription (or being done).
+   */
+  get behind(): boolean {
+    return !this.#done && this.#phase !== WAIT;
+  }
+
   /** Whether shared entries are to be collected (see {@linkcode collect}). */
   get merging(): boolean {
     return this.#phase === MERGE;

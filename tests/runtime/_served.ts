@@ -27,14 +27,14 @@ function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-async function stats(base: string): Promise<Stats> {
+export async function stats(base: string): Promise<Stats> {
   const response = await fetch(`${base}/stats`);
   assert.equal(response.status, 200);
   return await response.json() as Stats;
 }
 
 /** Polls /stats until `ok` holds; fails naming `what` after `ms`. */
-async function statsUntil(
+export async function statsUntil(
   base: string,
   what: string,
   ok: (stats: Stats) => boolean,
@@ -53,7 +53,11 @@ async function statsUntil(
   }
 }
 
-async function flood(base: string, count: number, size: number) {
+export async function flood(
+  base: string,
+  count: number,
+  size: number,
+): Promise<string[]> {
   const response = await fetch(`${base}/flood?count=${count}&size=${size}`, {
     method: "POST",
   });
@@ -65,7 +69,7 @@ async function flood(base: string, count: number, size: number) {
  * An event stream read with SSEParserStream. The request goes out at once;
  * `headers()` waits for the response head, `next()` for an event.
  */
-class Events {
+export class Events {
   #path: string;
   #abort = new AbortController();
   #response: Promise<Response>;
@@ -155,16 +159,25 @@ function serverHolds(server: number, client: number): boolean | undefined {
 }
 
 /**
- * A raw HTTP/1.1 client that sends a request for `path`, then never reads
- * (not even the response head).
+ * A raw HTTP/1.1 client that sends a request for `path` (with `headers`),
+ * then never reads (not even the response head).
  */
-async function stalledClient(base: string, path: string): Promise<Deno.Conn> {
+export async function stalledClient(
+  base: string,
+  path: string,
+  headers: Record<string, string> = {},
+): Promise<Deno.Conn> {
   const { hostname, port } = new URL(base);
   const conn = await Deno.connect({ hostname, port: Number(port) });
   try {
     await conn.write(
       new TextEncoder().encode(
-        `GET ${path} HTTP/1.1\r\nhost: ${hostname}:${port}\r\naccept: text/event-stream\r\n\r\n`,
+        `GET ${path} HTTP/1.1\r\nhost: ${hostname}:${port}\r\naccept: text/event-stream\r\n${
+          Object.entries(headers).map(([name, value]) =>
+            `${name}: ${value}\r\n`
+          )
+            .join("")
+        }\r\n`,
       ),
     );
     return conn;
