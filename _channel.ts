@@ -166,6 +166,8 @@ export class SSEChannel<C = undefined> {
   #connections = new Set<Connection<C>>();
   /** Those with a client, by client: its end wakes them. */
   #accepted = new Map<Client<C>, Connection<C>>();
+  /** Answered clients whose `signal` is still listened to: its removal. */
+  #signals = new Map<Client<C>, () => void>();
   #closing: Promise<void> | undefined;
 
   /**
@@ -184,7 +186,10 @@ export class SSEChannel<C = undefined> {
     this.#settings = settings;
     this.#fanout = new Fanout(settings);
     this.#shared = new SharedSubscription(settings, this.#fanout);
-    this.#fanout.onRelease = (client) => this.#accepted.get(client)?.wake?.();
+    this.#fanout.onRelease = (client) => {
+      this.#accepted.get(client)?.wake?.();
+      this.#signals.get(client)?.();
+    };
   }
 
   /**
@@ -226,21 +231,24 @@ export class SSEChannel<C = undefined> {
    * without it, its `lastEventIdParam` query parameter (`lastEventID`).
    * A client that goes away once its stream is answered is noticed from the
    * stream's cancel. Before that (a slow `onConnect`, `topics` hook or
-   * `init`), only the request's signal can tell, and the channel does not
-   * read `request.signal` itself: on Deno 2.9, reading it prints a notice
-   * about its legacy behaviour. Pass it as `signal` where it tells that the
-   * client left: Node (`@hono/node-server`), Bun, Cloudflare Workers, and
-   * Deno (which prints that notice once per process unless run with
-   * `--unstable-no-legacy-abort`). The channel stops listening to it as
-   * soon as it answers, so its firing when a response completes (Deno's
-   * legacy behaviour) ends nothing.
+   * `init`), only the request's signal can tell; and on workerd, which
+   * does not cancel the stream of a client that left (its signal fires at
+   * the next write, a keep-alive comment). The channel does not read
+   * `request.signal` itself: on Deno 2.9, reading it prints a notice about
+   * its legacy behaviour. Pass it as `signal` where it tells that the
+   * client left: Node (`@hono/node-server`), Bun, Cloudflare Workers (with
+   * the `enable_request_signal` compatibility flag), and Deno (which prints
+   * that notice once per process unless run with
+   * `--unstable-no-legacy-abort`). The channel listens to it until the
+   * client is released; Deno's legacy firing when a response completes
+   * comes after its stream ended, so it ends nothing.
    *
    * @param options `topics`: the topics this client receives (`""` is the
    * topic of messages published without one). When absent, the channel's
    * `topics` hook decides from the context; without the hook, every topic.
-   * `signal`: aborted when the client leaves before it is answered; the
-   * connection then ends at once, whatever it waits for (a client already
-   * accepted is released, `onDisconnect` reason `"client-closed"`).
+   * `signal`: aborted when the client leaves; the connection then ends at
+   * once, whatever it waits for, and a client already accepted or answered
+   * is released (`onDisconnect` reason `"client-closed"`).
    * @returns The response.
    * @throws {TypeError} When `request` is not a `Request`, `topics` (given,
    * or returned by the `topics` hook) is not an array of strings, or
@@ -275,10 +283,17 @@ export class SSEChannel<C = undefined> {
     try {
       return await this.#answer(request, connection, given, topics);
     } finally {
-      signal?.removeEventListener("abort", leave);
       this.#connections.delete(connection);
-      if (connection.client !== undefined) {
-        this.#accepted.delete(connection.client);
+      const { client } = connection;
+      if (client !== undefined) this.#accepted.delete(client);
+      if (signal !== undefined && client?.state === OPEN) {
+        // Answered: the signal goes on telling until the client is released.
+        this.#signals.set(client, () => {
+          this.#signals.delete(client);
+          signal.removeEventListener("abort", leave);
+        });
+      } else {
+        signal?.removeEventListener("abort", leave);
       }
     }
   }

@@ -42,7 +42,10 @@ export class ChannelObject {
   async fetch(request: Request): Promise<Response> {
     const action = new URL(request.url).pathname.split("/")[3];
     if (request.method === "GET" && action === "events") {
-      return await this.#channel.connect(request);
+      // workerd does not cancel the stream of a client that left: with the
+      // enable_request_signal flag (wrangler.jsonc), this signal tells, at
+      // the next keep-alive comment.
+      return await this.#channel.connect(request, { signal: request.signal });
     }
     if (request.method === "POST" && action === "publish") {
       const id = await this.#channel.publish({ data: await request.text() });

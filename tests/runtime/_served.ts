@@ -33,16 +33,19 @@ export async function stats(base: string): Promise<Stats> {
   return await response.json() as Stats;
 }
 
-/** Polls /stats until `ok` holds; fails naming `what` after `ms`. */
-export async function statsUntil(
-  base: string,
+/**
+ * Polls `get` until what it resolves to satisfies `ok`; fails naming `what`
+ * (and the last value) after `ms`.
+ */
+export async function pollUntil<T>(
+  get: () => Promise<T>,
   what: string,
-  ok: (stats: Stats) => boolean,
+  ok: (value: T) => boolean,
   ms = WAIT,
-): Promise<Stats> {
+): Promise<T> {
   const deadline = Date.now() + ms;
   for (;;) {
-    const current = await stats(base);
+    const current = await get();
     if (ok(current)) return current;
     if (Date.now() > deadline) {
       throw new Error(
@@ -51,6 +54,16 @@ export async function statsUntil(
     }
     await delay(20);
   }
+}
+
+/** Polls /stats until `ok` holds; fails naming `what` after `ms`. */
+export function statsUntil(
+  base: string,
+  what: string,
+  ok: (stats: Stats) => boolean,
+  ms = WAIT,
+): Promise<Stats> {
+  return pollUntil(() => stats(base), what, ok, ms);
 }
 
 export async function flood(

@@ -20,8 +20,10 @@ const { Miniflare } = await import(
 const mf = new Miniflare({
   modules: true,
   script: await readFile(workerPath, "utf8"),
-  // As examples/cloudflare/wrangler.jsonc: no nodejs_compat.
+  // As examples/cloudflare/wrangler.jsonc: no nodejs_compat; a request's
+  // signal fires once its client has left (at the next write).
   compatibilityDate: "2025-09-01",
+  compatibilityFlags: ["enable_request_signal"],
   durableObjects: { CHANNELS: "ChannelObject" },
   host: "127.0.0.1",
   port: 0,
