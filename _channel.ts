@@ -73,8 +73,9 @@ import type { Resume } from "./_resume.ts";
  * - `clients()` and `count(topic)` say who is connected; `disconnect(…)`
  *   ends chosen clients' streams (logout, ban); `metrics()` is a snapshot
  *   of the channel's figures.
- * - `close()` ends every stream, answers the connections still in progress
- *   and later ones 503, and accepts nothing after that.
+ * - `close()` ends every stream, the streams of the connections still in
+ *   progress included (200, so that their clients reconnect, to another
+ *   instance or to a new channel), and answers later connections 503.
  * - `connect` answers GET with the stream, HEAD with its headers alone, and
  *   any other method with 405.
  *
@@ -210,9 +211,13 @@ export class SSEChannel<C = undefined> {
    *   headers) without a body, and subscribes nothing.
    * - Any other method gets 405 with `Allow: GET, HEAD`, before `onConnect`
    *   and before `topics` is looked at.
-   * - Once the channel is closed, 503; `close()` also answers 503 at once to
-   *   the connections still waiting in `onConnect`, the `topics` hook, the
-   *   broker or `init`, and nothing is accepted after it.
+   * - `close()` answers the connections still waiting in `onConnect`, the
+   *   `topics` hook, the broker or `init` at once, as it ends open clients'
+   *   streams: 200 and a stream that ends (after the retry hint), so that
+   *   they reconnect — to another instance, or to the channel that replaces
+   *   this one (a browser's `EventSource` stops for good on any other
+   *   status). Connections that come after `close()` are answered 503 (the
+   *   app routes them elsewhere): nothing is accepted after it.
    * - A connection ended while it waits (`disconnect`, a `filter` that threw
    *   for it, the broker's `subscribe` failing: `"broker-error"`, reported)
    *   is answered at once with its stream, ended as an open client's would
@@ -409,7 +414,7 @@ export class SSEChannel<C = undefined> {
     } catch (error) {
       fanout.release(client, "connect-failed");
       // A broker closed along with the channel is no error of this request.
-      if (this.#closed) return unavailable();
+      if (this.#closed) return this.#closedStream();
       throw error;
     }
     return new Response(stream, { headers: this.#settings.headers });
@@ -426,19 +431,32 @@ export class SSEChannel<C = undefined> {
   }
 
   /**
-   * The answer of a connection that stopped before `connect` answered: 503
-   * when the channel closed; else its stream, which the fan-out ended as it
-   * ends an open client's for the same reason (after the retry hint, and
-   * `disconnect`'s final message if one was given), so that it reconnects
-   * as after any end. `init`'s messages are not sent: a client that
-   * reconnects without having seen them gets them then.
+   * The answer of a connection that stopped before `connect` answered: its
+   * stream, which the fan-out ended as it ends an open client's for the
+   * same reason (after the retry hint, and `disconnect`'s final message if
+   * one was given), so that it reconnects as after any end; when the
+   * channel closed before it had a stream, the retry hint alone. `init`'s
+   * messages are not sent: a client that reconnects without having seen
+   * them gets them then.
    */
+  /** A stream of the retry hint alone (if any), ended: the client reconnects. */
+  #closedStream(): Response {
+    const { retryBytes, headers } = this.#settings;
+    return new Response(retryBytes?.slice() ?? null, { headers });
+  }
+
   #stopped(connection: Connection<C>): Response {
     const fanout = this.#fanout;
     const { client } = connection;
     if (this.#closed) {
-      if (client !== undefined) fanout.end(client, "channel-closed");
-      return unavailable();
+      // Ended as close() ends an open client's stream, so that it
+      // reconnects (to another instance, or to this one's next channel):
+      // on a 503 a browser's EventSource would stop for good.
+      if (client === undefined) return this.#closedStream();
+      fanout.end(client, "channel-closed");
+      return new Response(connection.stream, {
+        headers: this.#settings.headers,
+      });
     }
     let { stream } = connection;
     if (client === undefined && connection.disconnected === undefined) {
@@ -736,9 +754,11 @@ export class SSEChannel<C = undefined> {
 
   /**
    * Closes the channel: every open stream ends (after what was already
-   * queued for it), nothing more is sent, subscriptions and timers are
-   * released, and later connections are answered 503. A broker the channel
-   * created is closed too. Idempotent.
+   * queued for it), and so do those of the connections still in progress
+   * (200 and a stream that ends, so that their clients reconnect); nothing
+   * more is sent, subscriptions and timers are released, and later
+   * connections are answered 503. A broker the channel created is closed
+   * too. Idempotent.
    *
    * A stream whose client has not taken its end within
    * min(`drainTimeout`, 1000 ms) (a peer that never reads) is then cut, so

@@ -388,16 +388,14 @@ export class Fanout<C> {
   ): void {
     if (client.state === CLOSED) return;
     // A client still in onConnect's wake (the broker, init) is answered by
-    // its connect: 503 when the channel closed, else with its stream, ended
-    // as an open client's is (see SSEChannel's #stopped).
-    let ended = client.state === OPEN || reason !== "channel-closed";
+    // its connect with this stream, ended as an open client's is (see
+    // SSEChannel's #stopped).
+    let ended: boolean;
     try {
       if (reason === "slow") client.discard();
       else if (client.state === OPEN) client.flushAll();
-      if (ended) {
-        if (last !== undefined) client.enqueue(last);
-        ended = client.finish();
-      }
+      if (last !== undefined) client.enqueue(last);
+      ended = client.finish();
     } catch {
       // The runtime closed the stream already: the client is gone.
       ended = false;

@@ -354,12 +354,14 @@ export async function createDemo(options: DemoOptions): Promise<Demo> {
   }
 
   /**
-   * The event stream, from the channel open now. A closed channel answers
-   * the connections still in progress 503, which EventSource takes as final
-   * (the tab would stay closed until reloaded): one that a restart closed is
-   * connected again to the new channel, and one that the demo's own close
-   * (Ctrl+C) closed gets a stream that ends at once, so that the browser
-   * reconnects, to this demo started again on its store.
+   * The event stream, from the channel open now. A closed channel ends the
+   * streams of the connections still in progress (they reconnect), but
+   * answers 503, which EventSource takes as final (the tab would stay
+   * closed until reloaded), to a connection that reaches it after its
+   * `close()`: such a connection is taken to the new channel after a
+   * restart, and after the demo's own close (Ctrl+C) gets a stream that
+   * ends at once, so that the browser reconnects, to this demo started
+   * again on its store.
    */
   async function events(request: Request): Promise<Response> {
     for (;;) {

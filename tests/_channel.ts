@@ -44,6 +44,28 @@ export async function within<T>(
   }
 }
 
+/**
+ * Asserts that `response` is what `close()` gives a connection still in
+ * progress: 200 and an event stream that ends (so that its client
+ * reconnects; on a 503 a browser's EventSource stops for good), within
+ * WAIT_MS.
+ *
+ * @returns The stream's text (the retry hint, if the channel has one).
+ */
+export async function assertEndedStream(
+  response: Response,
+  what: string,
+): Promise<string> {
+  const text = await within(response.text(), WAIT_MS, `${what}: its end`);
+  assert.equal(response.status, 200, `${what}: ${text}`);
+  assert.match(
+    response.headers.get("content-type") ?? "",
+    /^text\/event-stream/,
+    what,
+  );
+  return text;
+}
+
 /** A message of `size` bytes of data that starts with its number. */
 export function numbered(i: number, size: number): { data: string } {
   return { data: String(i).padStart(8, "0") + "x".repeat(size - 8) };

@@ -14,6 +14,7 @@ import {
   type SSEMessage,
 } from "../server.ts";
 import {
+  assertEndedStream,
   Client,
   Counter,
   Lines,
@@ -1086,10 +1087,11 @@ test("SSEChannel tells onDisconnect why each connection ended", async () => {
   }
 });
 
-test("SSEChannel close answers 503 at once to connections still in onConnect or init", async () => {
+test("SSEChannel close ends at once the streams of connections still in onConnect or init", async () => {
   const gate = Promise.withResolvers<void>();
   const waiting = new Counter();
   const channel = new SSEChannel<string>({
+    retry: 2000,
     async onConnect(request) {
       const path = new URL(request.url).pathname;
       if (path === "/on-connect") {
@@ -1118,9 +1120,11 @@ test("SSEChannel close answers 503 at once to connections still in onConnect or 
       2000,
       "the answers to the waiting connections",
     );
-    for (const response of responses) {
-      assert.equal(response.status, 503);
-      await response.body?.cancel();
+    // Before: 503, on which a browser's EventSource stops for good. Now
+    // they reconnect, after the channel's retry hint.
+    for (const [i, response] of responses.entries()) {
+      const what = ["/on-connect", "/init"][i]!;
+      assert.equal(await assertEndedStream(response, what), "retry: 2000\n\n");
     }
     assert.equal(channel.size, 0);
   } finally {

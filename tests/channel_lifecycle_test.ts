@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import FakeTimers from "@sinonjs/fake-timers";
 import { chromium } from "playwright-core";
+import { EventSource as OurEventSource } from "../event_source.ts";
 import { CHROMIUM, CHROMIUM_ARGS } from "../demo/screenshot.ts";
 import {
   MemoryBroker,
@@ -16,12 +17,14 @@ import {
   sseResponse,
 } from "../server.ts";
 import {
+  assertEndedStream,
   Client,
   Counter,
   peek,
   RawClient,
   serve,
   test,
+  until,
   WAIT_MS,
   within,
 } from "./_channel.ts";
@@ -233,7 +236,7 @@ test("sseResponse logs an async onError that rejects, and the process carries on
   }
 });
 
-test("SSEChannel.close() answers 503 at once a connection waiting on onConnect, the topics hook or init, a promise or any thenable, and observes its later rejection", async () => {
+test("SSEChannel.close() ends at once the stream of a connection waiting on onConnect, the topics hook or init, a promise or any thenable, and observes its later rejection", async () => {
   for (const kind of ["promise", "thenable"] as const) {
     for (const hook of ["onConnect", "topics", "init"] as const) {
       const what = `${kind} ${hook}`;
@@ -250,8 +253,7 @@ test("SSEChannel.close() answers 503 at once a connection waiting on onConnect, 
         await called.reach(1, `${what} called`);
         await channel.close();
         const response = await within(answer, WAIT_MS, `${what}: the answer`);
-        const text = await response.text();
-        assert.equal(response.status, 503, `${what}: ${text}`);
+        await assertEndedStream(response, what);
         gate.reject(new Error(`${what} failed late`));
         await turn();
         assert.equal(channel.size, 0, what);
@@ -264,7 +266,7 @@ test("SSEChannel.close() answers 503 at once a connection waiting on onConnect, 
 
 // ------------------------------------------------ close() racing connect
 
-test("SSEChannel holds nothing for a connection whose hook resolves just before close(): 503, no client, no timer", async () => {
+test("SSEChannel holds nothing for a connection whose hook resolves just before close(): an ended stream, no client, no timer", async () => {
   const cases = {
     "async onConnect": (gate: Promise<void>) => ({
       onConnect: async () => {
@@ -320,8 +322,7 @@ test("SSEChannel holds nothing for a connection whose hook resolves just before 
       gate.promise.then(() => channel.close());
       gate.resolve();
       const response = await within(answer, WAIT_MS, `${name}: the answer`);
-      const text = await response.text();
-      assert.equal(response.status, 503, `${name}: ${text}`);
+      await assertEndedStream(response, name);
       assert.equal(channel.size, 0, name);
       assert.deepEqual(channel.clients(), [], name);
       assert.equal(channel.count("a"), 0, name);
@@ -334,6 +335,54 @@ test("SSEChannel holds nothing for a connection whose hook resolves just before 
     }
   }
 });
+
+// An instance replaced (a restart, a Deploy eviction) while clients connect.
+for (
+  const [kind, Source] of [
+    ["Deno's EventSource", globalThis.EventSource],
+    ["our EventSource", OurEventSource],
+  ] as const
+) {
+  test(`SSEChannel.close() during a connect lets ${kind} reconnect to the channel that replaces it`, async () => {
+    const signIn = Promise.withResolvers<string>();
+    const signingIn = new Counter();
+    let current = new SSEChannel<string>({
+      retry: 1000,
+      onConnect: () => {
+        signingIn.hit();
+        return signIn.promise;
+      },
+    });
+    const server = serve((request) => current.connect(request));
+    const source = new Source(server.url);
+    try {
+      const message = Promise.withResolvers<string>();
+      source.onmessage = (event) => message.resolve(event.data);
+      await signingIn.reach(1, "the sign-in");
+      const old = current;
+      current = new SSEChannel<string>({ onConnect: () => "u" });
+      await old.close();
+      // Before: 503, and the EventSource closed for good (readyState 2).
+      // Now 200 (an open) and a stream that ends, then, after the retry
+      // hint, a connection to the new channel (a second open).
+      const opened = new Counter();
+      source.onopen = opened.hit;
+      await opened.reach(2, `${kind}: reconnected`);
+      await until(() => current.size === 1, `${kind}: on the new channel`);
+      await current.publish({ data: "after the restart" });
+      assert.equal(
+        await within(message.promise, WAIT_MS, `${kind}: the message`),
+        "after the restart",
+      );
+      assert.equal(source.readyState, 1);
+    } finally {
+      source.close();
+      signIn.resolve("late");
+      await current.close();
+      await server.shutdown();
+    }
+  });
+}
 
 // ------------------------------------------------ disconnect() racing connect
 
