@@ -192,8 +192,9 @@ export interface SSEChannelOptions<C = undefined> {
    * `connect` with a `TypeError`, and so does a throw, with what it threw;
    * no client is created, so `onDisconnect` is not called. A thenable is
    * awaited as a Promise. While it runs, `close()` answers the connection
-   * 503 at once, and `disconnect()` asks about it (with `topics: null`, not
-   * decided yet) and ends it when picked.
+   * at once with a stream that ends (so that it reconnects), and
+   * `disconnect()` asks about it (with `topics: null`, not decided yet) and
+   * ends it when picked.
    *
    * @default {undefined} (`connect`'s `topics`, else every topic)
    */

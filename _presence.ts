@@ -49,7 +49,8 @@ export interface SSEChannelMetrics {
   /**
    * Per topic, the connected clients that asked for it by name (clients
    * that receive every topic are counted in `everyTopic` only). A topic
-   * nobody is connected to is absent.
+   * nobody is connected to is absent: the object has no prototype, so
+   * `topics["constructor"]` is `undefined` too.
    */
   topics: Record<string, number>;
   /** Connections accepted (`connect` got as far as subscribing them). */
@@ -166,7 +167,7 @@ export class Tally {
     return {
       clients,
       everyTopic: this.everyTopic,
-      topics: Object.fromEntries(this.#topics),
+      topics: counts(this.#topics),
       connections: this.connections,
       published: this.published,
       received: this.received,
@@ -178,6 +179,16 @@ export class Tally {
       disconnects: { ...this.#disconnects },
     };
   }
+}
+
+/**
+ * A map's counts as an object without a prototype, so that a name like
+ * `constructor` or `__proto__` is nothing but its own count.
+ */
+function counts(map: Map<string, number>): Record<string, number> {
+  const object = Object.create(null) as Record<string, number>;
+  for (const [name, count] of map) object[name] = count;
+  return object;
 }
 
 /**

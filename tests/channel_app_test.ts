@@ -15,6 +15,7 @@ import {
   Counter,
   serve,
   test,
+  until,
   WAIT_MS,
   within,
 } from "./_channel.ts";
@@ -752,6 +753,33 @@ async function readUntil(
   return { text, cancel: () => reader.cancel() };
 }
 
+/** Counts as `metrics().topics` gives them: an object without a prototype. */
+function counts(entries: Record<string, number>): Record<string, number> {
+  return Object.assign(Object.create(null), entries);
+}
+
+test("SSEChannel's metrics().topics holds nothing but topics: constructor, toString and __proto__ are topics like any other", async () => {
+  const { channel, url, shutdown } = serveUsers({ keepAlive: 0 });
+  try {
+    // Before: metrics().topics.constructor was Object, a function, for a
+    // topic nobody asked for.
+    assert.equal(channel.metrics().topics.constructor, undefined);
+    assert.equal(channel.metrics().topics.toString, undefined);
+    const response = await fetch(
+      `${url}/?token=token-ada&topic=__proto__&topic=constructor`,
+    );
+    await until(() => channel.size === 1, "the client");
+    const { topics } = channel.metrics();
+    // (A computed key: `"__proto__": 1` in a literal sets the prototype.)
+    assert.deepEqual(topics, counts({ ["__proto__"]: 1, constructor: 1 }));
+    assert.deepEqual(Object.keys(topics), ["__proto__", "constructor"]);
+    assert.equal(topics.toString, undefined);
+    await response.body?.cancel();
+  } finally {
+    await shutdown();
+  }
+});
+
 test("SSEChannel counts in metrics() its clients, per-topic counts, messages published, received and delivered, bytes sent, resumes and disconnects by reason", async () => {
   const left = new Counter();
   const { channel, url, shutdown } = serveUsers({
@@ -765,7 +793,7 @@ test("SSEChannel counts in metrics() its clients, per-topic counts, messages pub
   assert.deepEqual(zero, {
     clients: 0,
     everyTopic: 0,
-    topics: {},
+    topics: counts({}),
     connections: 0,
     published: 0,
     received: 0,
@@ -798,7 +826,7 @@ test("SSEChannel counts in metrics() its clients, per-topic counts, messages pub
   let m = channel.metrics();
   assert.equal(m.clients, 2);
   assert.equal(m.everyTopic, 1);
-  assert.deepEqual(m.topics, { news: 1, a: 1 });
+  assert.deepEqual(m.topics, counts({ news: 1, a: 1 }));
   assert.equal(m.connections, 2);
   assert.equal(m.published, 3);
   assert.equal(m.received, 3);
@@ -832,7 +860,7 @@ test("SSEChannel counts in metrics() its clients, per-topic counts, messages pub
   await fallbackRead.cancel();
   m = channel.metrics();
   assert.equal(m.clients, 0);
-  assert.deepEqual(m.topics, {});
+  assert.deepEqual(m.topics, counts({}));
   assert.equal(m.everyTopic, 0);
   assert.equal(m.disconnects["client-closed"], 1);
   assert.equal(m.disconnects.disconnected, 3);
