@@ -28,7 +28,7 @@ import {
   type SSEChannelOptions,
   topicsOf,
 } from "./_channel_options.ts";
-import { type Client, OPEN } from "./_client.ts";
+import { type Client, CLOSED, OPEN } from "./_client.ts";
 import { Connection, ignore, STOPPED } from "./_connecting.ts";
 import { isResponse } from "./_response.ts";
 import { encodeAll } from "./_frames.ts";
@@ -611,7 +611,9 @@ export class SSEChannel<C = undefined> {
    * before any is ended (a Promise it returns is refused, and observed).
    * @param options `message`: sent to each client it ends, last, encoded
    * once.
-   * @returns How many clients it ended.
+   * @returns How many clients it ended as `"disconnected"` (not those that
+   * ended otherwise meanwhile: an `onDisconnect` that calls `close()` ends
+   * the rest as `"channel-closed"`).
    * @throws {TypeError} When `predicate` is not a function or returns
    * anything but a boolean (nobody is ended then), or `message` has an `id`
    * or is refused by `encodeSSE` (and its `RangeError`); what `predicate`
@@ -644,12 +646,21 @@ export class SSEChannel<C = undefined> {
       )[],
       ask,
     );
-    for (const client of ending) fanout.end(client, "disconnected", last);
+    // Counted: those this call ends. An `onDisconnect` that calls close()
+    // ends the rest as "channel-closed", not "disconnected".
+    let ended = 0;
+    for (const client of ending) {
+      if (client.state === CLOSED) continue;
+      fanout.end(client, "disconnected", last);
+      ended++;
+    }
     for (const connection of waiting) {
+      if (this.#stops(connection)) continue;
       connection.disconnected = { last };
       connection.wake?.();
+      ended++;
     }
-    return ending.length + waiting.length;
+    return ended;
   }
 
   /**

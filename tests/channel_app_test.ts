@@ -871,3 +871,31 @@ test("SSEChannel counts in metrics() its clients, per-topic counts, messages pub
   await shutdown();
   assert.equal(channel.metrics().disconnects["channel-closed"], 0);
 });
+
+test("SSEChannel.disconnect counts only the clients it ended when onDisconnect closes the channel", async () => {
+  const reasons: string[] = [];
+  const { channel, url, shutdown } = serveUsers({
+    onDisconnect(_user, { reason }) {
+      reasons.push(reason);
+      // The first one ended closes everything (an admin's "sign out all").
+      if (reasons.length === 1) channel.close();
+    },
+  });
+  try {
+    const clients = await Promise.all(
+      ["token-ada", "token-bo", "token-ada"].map((token) =>
+        Client.open(`${url}/?token=${token}`)
+      ),
+    );
+    // Before: 3, of which 2 had ended as "channel-closed".
+    assert.equal(channel.disconnect(() => true), 1);
+    assert.deepEqual(reasons, [
+      "disconnected",
+      "channel-closed",
+      "channel-closed",
+    ]);
+    await Promise.all(clients.map((client) => client.closed()));
+  } finally {
+    await shutdown();
+  }
+});
