@@ -5,7 +5,8 @@
 // `enable_request_signal` compatibility flag the request's signal fires at
 // the next write, and the channel listens to it as long as the client is
 // connected (tests/runtime/faults_worker.ts, served by
-// tests/runtime/miniflare_serve.mjs).
+// tests/runtime/miniflare_serve.mjs). sseResponse, given the same signal,
+// closes its source then.
 //
 // Node and Miniflare come from `.ci/runtimes`.
 
@@ -31,7 +32,7 @@ async function stats(base: string): Promise<WorkerStats> {
 }
 
 const name =
-  "SSEChannel in a Durable Object notices a client that leaves while its stream is idle, from the request's signal";
+  "SSEChannel in a Durable Object, and a one-off sseResponse, notice a client that leaves while its stream is idle, from the request's signal";
 Deno.test({
   name,
   sanitizeOps: true,
@@ -85,6 +86,21 @@ Deno.test({
           assert.equal(value?.id, id);
           await staying.reader.cancel();
           staying.abort.abort();
+          // A one-off sseResponse given the request's signal: its source,
+          // which yields nothing, is closed once its client left (at the
+          // next keep-alive comment); without the signal it stayed open.
+          const idle = new AbortController();
+          const response = await fetch(`${base}/idle`, {
+            signal: idle.signal,
+          });
+          const reader = response.body!.getReader();
+          await reader.read();
+          await reader.cancel();
+          idle.abort();
+          await statsUntil(
+            "the idle sseResponse source is closed",
+            (s) => s.idleClosed === 1,
+          );
         } finally {
           await server.stop();
         }

@@ -74,7 +74,10 @@ export default {
       return env.CHANNELS.get(env.CHANNELS.idFromName(name)).fetch(request);
     }
     if (url.pathname === "/stream") {
-      return sseResponse(tokens(url.searchParams.get("q") ?? ""));
+      // The signal closes the source once the client has left (see above).
+      return sseResponse(tokens(url.searchParams.get("q") ?? ""), {
+        signal: request.signal,
+      });
     }
     return new Response("Not found", { status: 404 });
   },

@@ -8,14 +8,20 @@
 //   GET  /stats      { size, reasons }: SSEChannel.size, and each
 //                    onDisconnect reason in order
 //   POST /publish    publishes one message; answers { id }
+//   GET  /idle       a one-off sseResponse (keep-alive every second) whose
+//                    source yields nothing; the Worker answers it itself
 
-import { SSEChannel } from "../../server.ts";
+import { SSEChannel, sseResponse } from "../../server.ts";
 
 /** What GET /stats answers. */
 export interface WorkerStats {
   size: number;
   reasons: string[];
+  /** How many /idle sources were cancelled (the Worker's, not the object's). */
+  idleClosed?: number;
 }
+
+let idleClosed = 0;
 
 /** The one channel (every request is routed to one object). */
 export class ChannelObject {
@@ -56,7 +62,22 @@ interface Namespace {
 }
 
 export default {
-  fetch(request: Request, env: { CHANNELS: Namespace }): Promise<Response> {
-    return env.CHANNELS.get(env.CHANNELS.idFromName("one")).fetch(request);
+  async fetch(
+    request: Request,
+    env: { CHANNELS: Namespace },
+  ): Promise<Response> {
+    const path = new URL(request.url).pathname;
+    if (path === "/idle") {
+      const source = new ReadableStream({
+        cancel() {
+          idleClosed++;
+        },
+      });
+      return sseResponse(source, { keepAlive: 1000, signal: request.signal });
+    }
+    const response = await env.CHANNELS.get(env.CHANNELS.idFromName("one"))
+      .fetch(request);
+    if (path !== "/stats") return response;
+    return Response.json({ ...await response.json(), idleClosed });
   },
 };
