@@ -261,3 +261,17 @@ export function renderResults(results: BenchResults): string {
   lines.push(README_END, "");
   return lines.join("\n");
 }
+
+/**
+ * The median of `values`, NaN ones left out (a run that measured nothing);
+ * NaN when none is left.
+ */
+export function median(values: number[]): number {
+  const sorted = values.filter((value) => !Number.isNaN(value))
+    .sort((a, b) => a - b);
+  if (sorted.length === 0) return NaN;
+  const middle = sorted.length >> 1;
+  return sorted.length % 2 === 1
+    ? sorted[middle]!
+    : (sorted[middle - 1]! + sorted[middle]!) / 2;
+}

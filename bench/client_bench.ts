@@ -36,7 +36,7 @@ import { EventSourceParserStream } from "eventsource-parser/stream";
 import { EventSource as NpmEventSource } from "eventsource";
 import { SSEClient } from "../client.ts";
 import { EventSource as OurEventSource } from "../event_source.ts";
-import type { ClientRatio, ClientResult } from "./_results.ts";
+import { type ClientRatio, type ClientResult, median } from "./_results.ts";
 
 function option(name: string, fallback: number): number {
   const at = Deno.args.indexOf(`--${name}`);
@@ -206,14 +206,6 @@ const CONTENDERS: Record<string, { name: string; run: Contender }> = {
 };
 
 // --- main --------------------------------------------------------------------
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const middle = sorted.length >> 1;
-  return sorted.length % 2 === 1
-    ? sorted[middle]!
-    : (sorted[middle - 1]! + sorted[middle]!) / 2;
-}
 
 async function startServer(): Promise<{ url: string; stop(): Promise<void> }> {
   const child = new Deno.Command(Deno.execPath(), {

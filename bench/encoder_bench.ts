@@ -28,6 +28,7 @@
 // output), and the ratio ours/peer of the medians (> 1: ours is faster).
 
 import { encodeSSE, SSEEncoderStream, type SSEMessage } from "../encoder.ts";
+import { median } from "./_results.ts";
 import { SSEStreamingApi } from "hono/streaming";
 
 const quick = Deno.args.includes("--quick");
@@ -194,14 +195,6 @@ async function measure(
     };
   }
   return result;
-}
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2
-    ? sorted[mid]!
-    : (sorted[mid - 1]! + sorted[mid]!) / 2;
 }
 
 const inputs: [string, SSEMessage[]][] = [

@@ -47,6 +47,7 @@
 const ROOT = new URL("../", import.meta.url);
 const FANOUT = new URL("fanout/", import.meta.url);
 import { Child, live } from "./fanout/_child.ts";
+import { median } from "./_results.ts";
 import {
   BUN,
   bundleLibrary,
@@ -440,17 +441,6 @@ async function ensureBetterSse(): Promise<boolean> {
   } catch {
     return false;
   }
-}
-
-function median(values: number[]): number {
-  const sorted = values.filter((value) => !Number.isNaN(value)).sort((a, b) =>
-    a - b
-  );
-  if (sorted.length === 0) return NaN;
-  const middle = sorted.length >> 1;
-  return sorted.length % 2 === 1
-    ? sorted[middle]!
-    : (sorted[middle - 1]! + sorted[middle]!) / 2;
 }
 
 function format(value: number, digits = 1): string {

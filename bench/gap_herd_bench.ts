@@ -41,6 +41,7 @@
 // what it started is stopped on every path, and a frozen server is thawed.
 
 import { Child, live } from "./fanout/_child.ts";
+import { median } from "./_results.ts";
 import { startRedis } from "../tests/_redis.ts";
 import { RedisBroker } from "../redis.ts";
 import type { SSEBroker } from "../_broker.ts";
@@ -456,14 +457,6 @@ async function run(n: number): Promise<Run[]> {
     await other.close();
     await publisher.close();
   }
-}
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const middle = sorted.length >> 1;
-  return sorted.length % 2 === 1
-    ? sorted[middle]!
-    : (sorted[middle - 1]! + sorted[middle]!) / 2;
 }
 
 async function loadavg(): Promise<string> {

@@ -12,7 +12,7 @@
 // off another's, which no number of rounds within it averages out. Takes
 // 15 to 25 s on two shared cores.
 
-import type { ClientResult, ParserRow } from "./_results.ts";
+import { type ClientResult, median, type ParserRow } from "./_results.ts";
 
 const ROOT = new URL("../", import.meta.url);
 const BASELINE = new URL("bench/baseline.json", ROOT);
@@ -108,14 +108,6 @@ async function clientRatios(): Promise<Ratio[]> {
     }
   }
   return ratios;
-}
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const middle = sorted.length >> 1;
-  return sorted.length % 2 === 1
-    ? sorted[middle]!
-    : (sorted[middle - 1]! + sorted[middle]!) / 2;
 }
 
 /** Every ratio, each the median of its PROCESSES measurements. */

@@ -18,7 +18,7 @@
 import process from "node:process";
 import { EventSourceParserStream } from "eventsource-parser/stream";
 import { SSEParserStream } from "../parser.ts";
-import type { ParserRow } from "./_results.ts";
+import { median, type ParserRow } from "./_results.ts";
 
 interface Workload {
   key: string;
@@ -211,14 +211,6 @@ function bareObjects(w: Workload): Contender {
     for await (const _ of readable) n++;
     return n;
   };
-}
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2
-    ? sorted[mid]!
-    : (sorted[mid - 1]! + sorted[mid]!) / 2;
 }
 
 async function expectedDataLength(w: Workload): Promise<number> {
