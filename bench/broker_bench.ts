@@ -38,26 +38,25 @@
 //
 // Bounded: a few seconds per phase, about 3 minutes in all.
 
+import { positive, readArgs } from "./_args.ts";
 import { Child } from "./fanout/_child.ts";
 import { startRedis } from "../tests/_redis.ts";
 import { type Instance, startInstance } from "../tests/_instance.ts";
 
-function option(name: string, fallback: number): number {
-  const at = Deno.args.indexOf(`--${name}`);
-  if (at < 0) return fallback;
-  const value = Number(Deno.args[at + 1]);
-  if (!Number.isSafeInteger(value) || value <= 0) {
-    throw new RangeError(`Invalid --${name}: ${Deno.args[at + 1]}`);
-  }
-  return value;
-}
+const ARGS = readArgs({
+  only: { type: "string" },
+  clients: { type: "string" },
+  events: { type: "string" },
+  size: { type: "string" },
+  rate: { type: "string" },
+  paced: { type: "string" },
+});
 
 /** The setups to run: any of memory, redis, kv. */
 function only(): Set<string> {
-  const at = Deno.args.indexOf("--only");
   const all = ["memory", "redis", "kv"];
-  if (at < 0) return new Set(all);
-  const chosen = (Deno.args[at + 1] ?? "").split(",");
+  if (ARGS.only === undefined) return new Set(all);
+  const chosen = ARGS.only.split(",");
   for (const name of chosen) {
     if (!all.includes(name)) {
       throw new RangeError(`Invalid --only: ${name} is none of ${all}`);
@@ -67,11 +66,11 @@ function only(): Set<string> {
 }
 
 const ONLY = only();
-const CLIENTS = option("clients", 1000);
-const EVENTS = option("events", 1000);
-const SIZE = option("size", 100);
-const PACED_RATE = option("rate", 100);
-const PACED_EVENTS = option("paced", 300);
+const CLIENTS = positive(ARGS.clients, "clients", 1000);
+const EVENTS = positive(ARGS.events, "events", 1000);
+const SIZE = positive(ARGS.size, "size", 100);
+const PACED_RATE = positive(ARGS.rate, "rate", 100);
+const PACED_EVENTS = positive(ARGS.paced, "paced", 300);
 const CLIENTS_TS = new URL("./fanout/clients.ts", import.meta.url).pathname;
 
 interface Phase {

@@ -28,10 +28,11 @@
 // output), and the ratio ours/peer of the medians (> 1: ours is faster).
 
 import { encodeSSE, SSEEncoderStream, type SSEMessage } from "../encoder.ts";
+import { readArgs } from "./_args.ts";
 import { median } from "./_results.ts";
 import { SSEStreamingApi } from "hono/streaming";
 
-const quick = Deno.args.includes("--quick");
+const quick = readArgs({ quick: { type: "boolean" } }).quick === true;
 const N = quick ? 2_000 : 20_000;
 const FRAME_ROUNDS = quick ? 5 : 25;
 const STREAM_ROUNDS = quick ? 3 : 9;

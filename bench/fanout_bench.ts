@@ -46,6 +46,7 @@
 
 const ROOT = new URL("../", import.meta.url);
 const FANOUT = new URL("fanout/", import.meta.url);
+import { positive, readArgs } from "./_args.ts";
 import { Child, live } from "./fanout/_child.ts";
 import { median } from "./_results.ts";
 import {
@@ -133,73 +134,36 @@ function now(): number {
 }
 
 function parseOptions(args: string[]): Options {
-  const options: Options = {
-    sizes: [1000, 10000],
-    events: 10,
-    rate: 2,
-    reps: 3,
-    budget: Infinity,
-    batch: 250,
-    only: undefined,
-    verbose: false,
-    baseline: undefined,
-  };
-  for (let i = 0; i < args.length; i++) {
-    const name = args[i];
-    const value = args[i + 1] ?? "";
-    const count = (label: string) => {
-      const parsed = Number(value);
-      if (!Number.isInteger(parsed) || parsed < 1) {
-        throw new RangeError(`Invalid ${label}: ${value}`);
-      }
-      i++;
-      return parsed;
-    };
-    switch (name) {
-      case "--quick":
-        options.sizes = [100, 1000];
-        break;
-      case "--n":
-        options.sizes = value.split(",").map((part) => {
-          const parsed = Number(part.replaceAll("_", ""));
-          if (!Number.isInteger(parsed) || parsed < 1) {
-            throw new RangeError(`Invalid --n: ${value}`);
-          }
-          return parsed;
-        });
-        i++;
-        break;
-      case "--events":
-        options.events = count("--events");
-        break;
-      case "--rate":
-        options.rate = count("--rate");
-        break;
-      case "--reps":
-        options.reps = count("--reps");
-        break;
-      case "--batch":
-        options.batch = count("--batch");
-        break;
-      case "--budget":
-        options.budget = count("--budget");
-        break;
-      case "--only":
-        options.only = value.toLowerCase().split(",").filter(Boolean);
-        i++;
-        break;
-      case "--verbose":
-        options.verbose = true;
-        break;
-      case "--baseline":
-        options.baseline = value;
-        i++;
-        break;
-      default:
-        throw new TypeError(`Unknown argument: ${name}`);
+  const values = readArgs({
+    quick: { type: "boolean" },
+    n: { type: "string" },
+    events: { type: "string" },
+    rate: { type: "string" },
+    reps: { type: "string" },
+    batch: { type: "string" },
+    budget: { type: "string" },
+    only: { type: "string" },
+    verbose: { type: "boolean" },
+    baseline: { type: "string" },
+  }, args);
+  const sizes = values.n?.split(",").map((part) => {
+    const parsed = Number(part.replaceAll("_", ""));
+    if (!Number.isInteger(parsed) || parsed < 1) {
+      throw new RangeError(`Invalid --n: ${values.n}`);
     }
-  }
-  return options;
+    return parsed;
+  });
+  return {
+    sizes: sizes ?? (values.quick === true ? [100, 1000] : [1000, 10000]),
+    events: positive(values.events, "events", 10),
+    rate: positive(values.rate, "rate", 2),
+    reps: positive(values.reps, "reps", 3),
+    budget: positive(values.budget, "budget", Infinity),
+    batch: positive(values.batch, "batch", 250),
+    only: values.only?.toLowerCase().split(",").filter(Boolean),
+    verbose: values.verbose === true,
+    baseline: values.baseline,
+  };
 }
 
 async function getStats(port: number, collect = true): Promise<Stats> {

@@ -40,6 +40,7 @@
 // Bounded: every wait has a deadline (about 5 s a gap when all is well);
 // what it started is stopped on every path, and a frozen server is thawed.
 
+import { readArgs } from "./_args.ts";
 import { Child, live } from "./fanout/_child.ts";
 import { median } from "./_results.ts";
 import { startRedis } from "../tests/_redis.ts";
@@ -53,28 +54,23 @@ const STREAM = "herd";
 /** The longest wait for the clients to recover, or to get the events after. */
 const WAIT_MS = 60_000;
 
-function args(): Map<string, string> {
-  const map = new Map<string, string>();
-  for (let i = 0; i < Deno.args.length; i++) {
-    const name = Deno.args[i]!;
-    if (!name.startsWith("--")) {
-      throw new TypeError(`Invalid argument: ${name}`);
-    }
-    const value = Deno.args[i + 1];
-    if (value === undefined || value.startsWith("--")) {
-      map.set(name.slice(2), "");
-    } else {
-      map.set(name.slice(2), value);
-      i++;
-    }
-  }
-  return map;
-}
+const ARGS = readArgs({
+  role: { type: "string" },
+  redis: { type: "string" },
+  port: { type: "string" },
+  clients: { type: "string" },
+  retry: { type: "string" },
+  gaps: { type: "string" },
+  behind: { type: "string" },
+  after: { type: "string" },
+  runs: { type: "string" },
+  json: { type: "boolean" },
+});
 
-const ARGS = args();
+type Count = "clients" | "retry" | "gaps" | "behind" | "after" | "runs";
 
-function counts(name: string, fallback: string): number[] {
-  const raw = ARGS.get(name) ?? fallback;
+function counts(name: Count, fallback: string): number[] {
+  const raw = ARGS[name] ?? fallback;
   return raw.split(",").map((text) => {
     const value = Number(text);
     if (!Number.isSafeInteger(value) || value < 0) {
@@ -86,7 +82,7 @@ function counts(name: string, fallback: string): number[] {
   });
 }
 
-function count(name: string, fallback: number): number {
+function count(name: Count, fallback: number): number {
   return counts(name, String(fallback))[0]!;
 }
 
@@ -133,7 +129,7 @@ async function* commands(): AsyncGenerator<string> {
 /** The server: the channel on a RedisBroker, on 127.0.0.1 port 0. */
 async function server(): Promise<void> {
   const { SSEChannel } = await import("../server.ts");
-  const redis = new RedisBroker({ url: ARGS.get("redis")! });
+  const redis = new RedisBroker({ url: ARGS.redis! });
   const gaps: number[] = [];
   // The broker as the channel sees it, noting when a gap is reported.
   const broker: SSEBroker = {
@@ -217,7 +213,7 @@ interface Follower {
 /** The clients: N SSEClients, reporting when each step is reached by all. */
 async function clients(): Promise<void> {
   const { SSEClient } = await import("../client.ts");
-  const url = `http://127.0.0.1:${ARGS.get("port")}/`;
+  const url = `http://127.0.0.1:${ARGS.port}/`;
   const n = count("clients", 1000);
   const followers: Follower[] = [];
   const readers: Promise<void>[] = [];
@@ -465,14 +461,14 @@ async function loadavg(): Promise<string> {
 }
 
 async function main(): Promise<void> {
-  const role = ARGS.get("role");
+  const role = ARGS.role;
   if (role === "server") return await server();
   if (role === "clients") return await clients();
   Deno.addSignalListener("SIGINT", () => {
     for (const child of live) child.stop(0);
     Deno.exit(130);
   });
-  const json = ARGS.has("json");
+  const json = ARGS.json === true;
   const runs = count("runs", 3);
   const loadBefore = await loadavg();
   const results: Run[] = [];

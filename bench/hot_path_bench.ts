@@ -12,6 +12,7 @@
 // median run, with the lowest and highest. Deno runs server.ts itself; Node
 // and Bun its bundle (`deno bundle`), as bench/fanout_bench.ts does.
 
+import { positive, readArgs } from "./_args.ts";
 import {
   BUN,
   bundleLibrary,
@@ -22,20 +23,6 @@ import {
 
 const ROOT = new URL("../", import.meta.url);
 const HOT_PATH = new URL("fanout/hot_path.mjs", import.meta.url).pathname;
-
-function option(name: string, fallback: number): number {
-  const at = Deno.args.indexOf(`--${name}`);
-  if (at < 0) return fallback;
-  const value = Number(Deno.args[at + 1]);
-  if (!Number.isSafeInteger(value) || value < 1) {
-    throw new RangeError(
-      `Invalid --${name}: expected a positive integer, got ${
-        Deno.args[at + 1]
-      }`,
-    );
-  }
-  return value;
-}
 
 interface Variant {
   ns: number;
@@ -64,9 +51,15 @@ async function measure(
   return JSON.parse(text.split("\n").at(-1)!);
 }
 
-const n = option("n", 10_000);
-const rounds = option("rounds", 100);
-const runs = option("runs", 7);
+const ARGS = readArgs({
+  n: { type: "string" },
+  rounds: { type: "string" },
+  runs: { type: "string" },
+});
+const explain = { explain: true };
+const n = positive(ARGS.n, "n", 10_000, explain);
+const rounds = positive(ARGS.rounds, "rounds", 100, explain);
+const runs = positive(ARGS.runs, "runs", 7, explain);
 const settings = [
   "--n",
   String(n),

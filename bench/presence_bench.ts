@@ -23,6 +23,7 @@
 //     entry `clients()` hands out) and the per-topic counts of N + 10
 //     topics, measured apart the same way.
 
+import { positive, readArgs } from "./_args.ts";
 import { SSEChannel } from "../server.ts";
 import { Tally } from "../_presence.ts";
 
@@ -33,29 +34,17 @@ interface Options {
 }
 
 function parseOptions(args: string[]): Options {
-  const options: Options = { n: 10_000, rounds: 200, json: false };
-  for (let i = 0; i < args.length; i++) {
-    const name = args[i];
-    const value = Number(args[i + 1]);
-    switch (name) {
-      case "--n":
-      case "--rounds":
-        if (!Number.isSafeInteger(value) || value < 1) {
-          throw new RangeError(
-            `Invalid ${name}: expected a positive integer, got ${args[i + 1]}`,
-          );
-        }
-        options[name.slice(2) as "n" | "rounds"] = value;
-        i++;
-        break;
-      case "--json":
-        options.json = true;
-        break;
-      default:
-        throw new TypeError(`Unknown option: ${name}`);
-    }
-  }
-  return options;
+  const values = readArgs({
+    n: { type: "string" },
+    rounds: { type: "string" },
+    json: { type: "boolean" },
+  }, args);
+  const explain = { explain: true };
+  return {
+    n: positive(values.n, "n", 10_000, explain),
+    rounds: positive(values.rounds, "rounds", 200, explain),
+    json: values.json === true,
+  };
 }
 
 const gc = (globalThis as { gc?: () => void }).gc;

@@ -5,6 +5,7 @@
 //   deno run -A bench/readme.ts           copy it (bench/run.ts does this)
 //   deno run -A bench/readme.ts --check   fail if the README differs from it
 
+import { readArgs } from "./_args.ts";
 import { README_END, README_START } from "./_results.ts";
 
 const ROOT = new URL("../", import.meta.url);
@@ -69,7 +70,7 @@ export async function updateReadme(): Promise<void> {
 }
 
 if (import.meta.main) {
-  if (Deno.args.includes("--check")) {
+  if (readArgs({ check: { type: "boolean" } }).check === true) {
     if (await generatedReadme() !== await Deno.readTextFile(README)) {
       console.error(
         "README.md's Benchmarks section differs from bench/results.md: run `deno run -A bench/readme.ts`",

@@ -30,39 +30,32 @@
 // The server and the clients run in processes of their own (the clients:
 // raw TCP, counting frames by their blank line).
 
+import { positive, readArgs } from "./_args.ts";
 import { Child, live } from "./fanout/_child.ts";
 
 const SELF = new URL(import.meta.url).pathname;
 const MiB = 1024 * 1024;
 
-function parseArgs(args: string[]): Map<string, string> {
-  const map = new Map<string, string>();
-  for (let i = 0; i < args.length; i++) {
-    const name = args[i]!;
-    if (!name.startsWith("--")) {
-      throw new TypeError(`Invalid argument: ${name}`);
-    }
-    const value = args[i + 1];
-    if (value === undefined || value.startsWith("--")) {
-      map.set(name.slice(2), "");
-    } else {
-      map.set(name.slice(2), value);
-      i++;
-    }
-  }
-  return map;
-}
+const OPTIONS = {
+  role: { type: "string" },
+  mode: { type: "string" },
+  module: { type: "string" },
+  clients: { type: "string" },
+  missed: { type: "string" },
+  size: { type: "string" },
+  port: { type: "string" },
+  start: { type: "string" },
+  only: { type: "string" },
+} as const;
 
-function count(args: Map<string, string>, name: string, fallback: number) {
-  const raw = args.get(name);
-  if (raw === undefined) return fallback;
-  const value = Number(raw);
-  if (!Number.isSafeInteger(value) || value < 1) {
-    throw new RangeError(
-      `Invalid --${name}: expected a positive integer, got ${raw}`,
-    );
-  }
-  return value;
+type Args = ReturnType<typeof readArgs<typeof OPTIONS>>;
+
+function count(
+  args: Args,
+  name: "clients" | "missed" | "size" | "port",
+  fallback: number,
+): number {
+  return positive(args[name], name, fallback, { explain: true });
 }
 
 function print(value: Record<string, unknown>): void {
@@ -82,12 +75,12 @@ async function memory(): Promise<{ rss: number; peak: number }> {
  * The server: a channel on 127.0.0.1, port 0. In resume mode it publishes
  * the events before announcing itself; in live mode when told "publish".
  */
-async function server(args: Map<string, string>): Promise<void> {
-  const module = new URL(args.get("module")!, `file://${Deno.cwd()}/`).href;
+async function server(args: Args): Promise<void> {
+  const module = new URL(args.module!, `file://${Deno.cwd()}/`).href;
   const { SSEChannel } = await import(module);
   const missed = count(args, "missed", 500);
   const size = count(args, "size", 200);
-  const mode = args.get("mode");
+  const mode = args.mode;
   const clients = count(args, "clients", 1000);
   const channel = new SSEChannel({
     keepAlive: 0,
@@ -178,11 +171,11 @@ function handReplay(
  * each chunk the channel enqueues (whole frames) as one HTTP chunk, so the
  * chunked framing (CR LF, size, CR LF) never splits that pair.
  */
-async function clients(args: Map<string, string>): Promise<void> {
+async function clients(args: Args): Promise<void> {
   const port = count(args, "port", 1);
   const n = count(args, "clients", 1000);
   const missed = count(args, "missed", 500);
-  const start = args.get("start") ?? "";
+  const start = args.start ?? "";
   const request = new TextEncoder().encode(
     `GET / HTTP/1.1\r\nhost: 127.0.0.1\r\n` +
       (start === "" ? "" : `last-event-id: ${start}\r\n`) + "\r\n",
@@ -240,10 +233,10 @@ type Mode = "resume" | "live" | "hand";
 
 async function run(
   mode: Mode,
-  args: Map<string, string>,
+  args: Args,
   smallYoung = false,
 ): Promise<Result> {
-  const module = args.get("module") ??
+  const module = args.module ??
     new URL("../server.ts", import.meta.url).pathname;
   const common = [
     "--clients",
@@ -304,8 +297,8 @@ async function run(
 }
 
 async function main(): Promise<void> {
-  const args = parseArgs(Deno.args);
-  const role = args.get("role");
+  const args = readArgs(OPTIONS);
+  const role = args.role;
   if (role === "server") return await server(args);
   if (role === "clients") return await clients(args);
   Deno.addSignalListener("SIGINT", () => {
@@ -325,7 +318,7 @@ async function main(): Promise<void> {
       }`,
   );
   const results: Result[] = [];
-  const only = args.get("only");
+  const only = args.only;
   const runs: [Mode, boolean][] = [
     ["resume", false],
     ["live", false],

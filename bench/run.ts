@@ -15,6 +15,7 @@
 // leaves the README alone; `--render` runs nothing, and writes results.md
 // and the README again from bench/results.json.
 
+import { only as chooseOnly, readArgs } from "./_args.ts";
 import {
   type BenchResults,
   renderResults,
@@ -283,8 +284,13 @@ async function write(results: BenchResults): Promise<void> {
 }
 
 async function main(): Promise<void> {
-  const args = Deno.args;
-  if (args.includes("--render")) {
+  const args = readArgs({
+    render: { type: "boolean" },
+    quick: { type: "boolean" },
+    only: { type: "string" },
+    "no-readme": { type: "boolean" },
+  });
+  if (args.render === true) {
     const results = await previous();
     if (results === undefined) {
       throw new Error("Cannot render: bench/results.json is missing");
@@ -294,18 +300,12 @@ async function main(): Promise<void> {
     console.error("Wrote bench/results.md and the README from results.json");
     return;
   }
-  const quick = args.includes("--quick");
-  const onlyAt = args.indexOf("--only");
-  const only = onlyAt < 0 ? undefined : (args[onlyAt + 1] ?? "").split(",");
-  for (const key of only ?? []) {
-    if (!STEPS.some((step) => step.key === key)) {
-      throw new TypeError(
-        `Invalid --only: unknown benchmark ${JSON.stringify(key)} (one of ${
-          STEPS.map((step) => step.key).join(", ")
-        })`,
-      );
-    }
-  }
+  const quick = args.quick === true;
+  const only = chooseOnly(
+    args.only,
+    STEPS.map((step) => step.key),
+    "benchmark",
+  );
   const chosen = STEPS.filter((step) => only?.includes(step.key) ?? true);
   console.error(
     `Running ${chosen.length} benchmark(s)${
@@ -350,7 +350,7 @@ async function main(): Promise<void> {
       ((performance.now() - started) / 60000).toFixed(1)
     } min)`,
   );
-  if (!args.includes("--no-readme")) {
+  if (args["no-readme"] !== true) {
     await updateReadme();
     console.error("Updated the README's Benchmarks section from it");
   }

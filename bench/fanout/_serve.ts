@@ -52,11 +52,14 @@ function stats(server: FanoutServer, collect = true): MemoryStats {
  * Serves `server` on 127.0.0.1, on the port given as `--port` (0 by default).
  *
  * @param server The server under test.
+ * @param portText The value of the script's `--port`, if any.
  * @returns The running HTTP server.
  */
-export function serveFanout(server: FanoutServer): Deno.HttpServer {
-  const index = Deno.args.indexOf("--port");
-  const port = index === -1 ? 0 : Number(Deno.args[index + 1]);
+export function serveFanout(
+  server: FanoutServer,
+  portText: string | undefined,
+): Deno.HttpServer {
+  const port = portText === undefined ? 0 : Number(portText);
   const before = stats(server);
   return Deno.serve({
     hostname: "127.0.0.1",

@@ -9,12 +9,16 @@
 //     bench/fanout/channel_server.ts [--module /path/to/server.ts]
 
 import type { SSEChannel as Channel } from "../../server.ts";
+import { readArgs } from "../_args.ts";
 import { serveFanout } from "./_serve.ts";
 
-const at = Deno.args.indexOf("--module");
-const module = at === -1
+const args = readArgs({
+  module: { type: "string" },
+  port: { type: "string" },
+});
+const module = args.module === undefined
   ? "../../server.ts"
-  : new URL(Deno.args[at + 1]!, `file://${Deno.cwd()}/`).href;
+  : new URL(args.module, `file://${Deno.cwd()}/`).href;
 const { SSEChannel } = await import(module) as {
   SSEChannel: typeof Channel;
 };
@@ -24,4 +28,4 @@ serveFanout({
   connect: (request) => channel.connect(request),
   publish: (data) => channel.publish({ data }),
   connected: () => channel.size,
-});
+}, args.port);

@@ -24,31 +24,30 @@
 //   {"type":"paused",...}             --pause-at reached; waits for "continue"
 // stdin lines: "stop" (report what arrived so far), "continue", "exit".
 
+import { readArgs } from "../_args.ts";
+
 const decoder = new TextDecoder();
 
 function now(): number {
   return performance.timeOrigin + performance.now();
 }
 
-function parseArgs(args: string[]): Map<string, string> {
-  const map = new Map<string, string>();
-  for (let i = 0; i < args.length; i += 2) {
-    const name = args[i];
-    const value = args[i + 1];
-    if (name === undefined || !name.startsWith("--") || value === undefined) {
-      throw new TypeError(`Invalid argument: ${name} (expected --name value)`);
-    }
-    map.set(name.slice(2), value);
-  }
-  return map;
-}
+const args = readArgs({
+  port: { type: "string" },
+  n: { type: "string" },
+  events: { type: "string" },
+  batch: { type: "string" },
+  path: { type: "string" },
+  "pause-at": { type: "string" },
+  "no-head": { type: "string" },
+  "accept-encoding": { type: "string" },
+});
 
 function positiveInt(
-  map: Map<string, string>,
-  name: string,
+  name: "port" | "n" | "events" | "batch" | "pause-at" | "no-head",
   fallback?: number,
 ): number {
-  const raw = map.get(name);
+  const raw = args[name];
   if (raw === undefined && fallback !== undefined) return fallback;
   const value = Number(raw);
   if (!Number.isInteger(value) || value < 0) {
@@ -57,21 +56,20 @@ function positiveInt(
   return value;
 }
 
-const args = parseArgs(Deno.args);
-const port = positiveInt(args, "port");
-const n = positiveInt(args, "n");
-const events = positiveInt(args, "events");
-const batch = positiveInt(args, "batch", 250);
-const path = args.get("path") ?? "/sse";
+const port = positiveInt("port");
+const n = positiveInt("n");
+const events = positiveInt("events");
+const batch = positiveInt("batch", 250);
+const path = args.path ?? "/sse";
 // Pause once this many connections are open (at a batch boundary), report
 // "paused", and go on at the "continue" command. 0: never pause.
-const pauseAt = positiveInt(args, "pause-at", 0);
+const pauseAt = positiveInt("pause-at", 0);
 // "--no-head 1": count a connection once its request is written, without
 // waiting for a response head (for a server that holds requests unanswered).
-const noHead = positiveInt(args, "no-head", 0) === 1;
+const noHead = positiveInt("no-head", 0) === 1;
 // Sent as `accept-encoding`, to see what a browser's request costs the server.
 // A compressed body is only counted, not parsed.
-const acceptEncoding = args.get("accept-encoding");
+const acceptEncoding = args["accept-encoding"];
 
 // Latencies of measured events, all clients together.
 const latencies = new Float64Array(n * events);

@@ -5,6 +5,7 @@
 //
 //   deno run --allow-net=127.0.0.1 --v8-flags=--expose-gc bench/fanout/handwritten_server.ts
 
+import { readArgs } from "../_args.ts";
 import { serveFanout } from "./_serve.ts";
 
 const encoder = new TextEncoder();
@@ -38,4 +39,4 @@ serveFanout({
   connected() {
     return controllers.size;
   },
-});
+}, readArgs({ port: { type: "string" } }).port);

@@ -4,12 +4,14 @@
 //
 //   deno run -A bench/fanout/memory_probe.ts [--n 10000] [--variants tcp,stream,...]
 //     [--accept-encoding "gzip, deflate, br, zstd"] [--publish 3]
+//     [--deno-flags="--v8-flags=..."] (the server's, with "=" as they start with "-")
 //
 // Every figure is growth per connection, in KiB, between N/10 and N clients
 // (so one-time costs of the first connections are left out): "idle" once the
 // N clients have idled 1 s, "after events" once `--publish` small events have
 // gone to every client. A GC runs before each reading.
 
+import { readArgs } from "../_args.ts";
 import { Child, live } from "./_child.ts";
 
 const FANOUT = new URL("./", import.meta.url);
@@ -29,16 +31,18 @@ const ALL = [
   "channel",
 ];
 
-function option(name: string): string | undefined {
-  const index = Deno.args.indexOf(`--${name}`);
-  return index === -1 ? undefined : Deno.args[index + 1];
-}
-
-const n = Number(option("n") ?? 10000);
-const variants = option("variants")?.split(",") ?? ALL;
-const acceptEncoding = option("accept-encoding");
-const publishes = Number(option("publish") ?? 3);
-const extraFlags = option("deno-flags")?.split(" ").filter(Boolean) ?? [];
+const args = readArgs({
+  n: { type: "string" },
+  variants: { type: "string" },
+  "accept-encoding": { type: "string" },
+  publish: { type: "string" },
+  "deno-flags": { type: "string" },
+});
+const n = Number(args.n ?? 10000);
+const variants = args.variants?.split(",") ?? ALL;
+const acceptEncoding = args["accept-encoding"];
+const publishes = Number(args.publish ?? 3);
+const extraFlags = args["deno-flags"]?.split(" ").filter(Boolean) ?? [];
 
 interface Reading {
   rss: number;

@@ -27,6 +27,7 @@
 // connection holds after it has carried data (write buffers, a compressor
 // when the client sent `accept-encoding`) is counted too.
 
+import { readArgs } from "../_args.ts";
 import { SSEChannel } from "../../server.ts";
 
 const encoder = new TextEncoder();
@@ -37,8 +38,7 @@ const HEADERS = {
 };
 const FIRST = encoder.encode(":\n\n");
 
-const index = Deno.args.indexOf("--variant");
-const variant = index === -1 ? "stream" : Deno.args[index + 1]!;
+const variant = readArgs({ variant: { type: "string" } }).variant ?? "stream";
 // What each connection is held by; `publish` writes to every one of them.
 const held = new Set<unknown>();
 // Per-client objects that some variants keep next to the stream.

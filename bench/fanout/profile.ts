@@ -13,6 +13,7 @@
 // Prints the server's CPU time per event (from its /stats) and the p99 the
 // clients saw; the profile covers the K events only.
 
+import { readArgs } from "../_args.ts";
 import { Child, live } from "./_child.ts";
 
 const FANOUT = new URL("./", import.meta.url);
@@ -20,16 +21,17 @@ const split = Deno.args.indexOf("--");
 if (split < 0) {
   throw new TypeError("Usage: profile.ts [options] -- <server command>");
 }
-const options = Deno.args.slice(0, split);
+const options = readArgs({
+  n: { type: "string" },
+  events: { type: "string" },
+  rate: { type: "string" },
+  out: { type: "string" },
+}, Deno.args.slice(0, split));
 const server = Deno.args.slice(split + 1);
-function option(name: string, fallback: string): string {
-  const at = options.indexOf(`--${name}`);
-  return at < 0 ? fallback : options[at + 1]!;
-}
-const n = Number(option("n", "10000"));
-const events = Number(option("events", "40"));
-const rate = Number(option("rate", "4"));
-const out = option("out", "/tmp/fanout.perf.data");
+const n = Number(options.n ?? "10000");
+const events = Number(options.events ?? "40");
+const rate = Number(options.rate ?? "4");
+const out = options.out ?? "/tmp/fanout.perf.data";
 
 const now = () => performance.timeOrigin + performance.now();
 async function stats(port: number): Promise<Record<string, number>> {
