@@ -36,21 +36,21 @@ import { EventSourceParserStream } from "eventsource-parser/stream";
 import { EventSource as NpmEventSource } from "eventsource";
 import { SSEClient } from "../client.ts";
 import { EventSource as OurEventSource } from "../event_source.ts";
+import { only, positive, readArgs } from "./_args.ts";
 import { type ClientRatio, type ClientResult, median } from "./_results.ts";
 
-function option(name: string, fallback: number): number {
-  const at = Deno.args.indexOf(`--${name}`);
-  if (at < 0) return fallback;
-  const value = Number(Deno.args[at + 1]);
-  if (!Number.isSafeInteger(value) || value <= 0) {
-    throw new RangeError(`Invalid --${name}: ${Deno.args[at + 1]}`);
-  }
-  return value;
-}
+const ARGS = readArgs({
+  rounds: { type: "string" },
+  events: { type: "string" },
+  size: { type: "string" },
+  only: { type: "string" },
+  serve: { type: "boolean" },
+  json: { type: "boolean" },
+});
 
-const ROUNDS = option("rounds", 7);
-const EVENTS = option("events", 100_000);
-const SIZE = option("size", 100);
+const ROUNDS = positive(ARGS.rounds, "rounds", 7);
+const EVENTS = positive(ARGS.events, "events", 100_000);
+const SIZE = positive(ARGS.size, "size", 100);
 const CHUNK_BYTES = 64 * 1024;
 
 // --- server ------------------------------------------------------------------
@@ -239,19 +239,8 @@ async function startServer(): Promise<{ url: string; stop(): Promise<void> }> {
 }
 
 function chosen(): string[] {
-  const at = Deno.args.indexOf("--only");
-  if (at < 0) return Object.keys(CONTENDERS);
-  const keys = (Deno.args[at + 1] ?? "").split(",");
-  for (const key of keys) {
-    if (!(key in CONTENDERS)) {
-      throw new TypeError(
-        `Invalid --only: unknown contender ${JSON.stringify(key)} (one of ${
-          Object.keys(CONTENDERS).join(", ")
-        })`,
-      );
-    }
-  }
-  return keys;
+  const keys = Object.keys(CONTENDERS);
+  return only(ARGS.only, keys, "contender") ?? keys;
 }
 
 async function measure(keys: string[]): Promise<ClientResult> {
@@ -340,10 +329,10 @@ function print(result: ClientResult): void {
 }
 
 if (import.meta.main) {
-  if (Deno.args.includes("--serve")) serve();
+  if (ARGS.serve === true) serve();
   else {
     const result = await measure(chosen());
-    if (Deno.args.includes("--json")) console.log(JSON.stringify(result));
+    if (ARGS.json === true) console.log(JSON.stringify(result));
     else print(result);
   }
 }

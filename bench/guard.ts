@@ -12,6 +12,7 @@
 // off another's, which no number of rounds within it averages out. Takes
 // 15 to 25 s on two shared cores.
 
+import { readArgs } from "./_args.ts";
 import { type ClientResult, median, type ParserRow } from "./_results.ts";
 
 const ROOT = new URL("../", import.meta.url);
@@ -233,6 +234,6 @@ async function check(): Promise<boolean> {
 }
 
 if (import.meta.main) {
-  if (Deno.args.includes("--update")) await update();
+  if (readArgs({ update: { type: "boolean" } }).update === true) await update();
   else if (!(await check())) Deno.exit(1);
 }

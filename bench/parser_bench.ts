@@ -18,6 +18,7 @@
 import process from "node:process";
 import { EventSourceParserStream } from "eventsource-parser/stream";
 import { SSEParserStream } from "../parser.ts";
+import { only, positive, readArgs } from "./_args.ts";
 import { median, type ParserRow } from "./_results.ts";
 
 interface Workload {
@@ -217,19 +218,17 @@ async function expectedDataLength(w: Workload): Promise<number> {
   return await eventsourceParser(w);
 }
 
-function option(name: string, fallback: number): number {
-  const at = Deno.args.indexOf(`--${name}`);
-  if (at < 0) return fallback;
-  const value = Number(Deno.args[at + 1]);
-  if (!(value > 0)) {
-    throw new RangeError(`Invalid --${name}: ${Deno.args[at + 1]}`);
-  }
-  return value;
-}
-
-const rounds = Math.round(option("rounds", 15));
-const scale = option("scale", 1);
-const asJson = Deno.args.includes("--json");
+const ARGS = readArgs({
+  rounds: { type: "string" },
+  scale: { type: "string" },
+  only: { type: "string" },
+  json: { type: "boolean" },
+});
+const rounds = Math.round(
+  positive(ARGS.rounds, "rounds", 15, { integer: false }),
+);
+const scale = positive(ARGS.scale, "scale", 1, { integer: false });
+const asJson = ARGS.json === true;
 const count = (n: number) => Math.max(1, Math.round(n * scale));
 
 const WORKLOADS: Record<string, () => Workload> = {
@@ -267,19 +266,8 @@ const WORKLOADS: Record<string, () => Workload> = {
 };
 
 function chosen(): string[] {
-  const at = Deno.args.indexOf("--only");
-  if (at < 0) return Object.keys(WORKLOADS);
-  const keys = (Deno.args[at + 1] ?? "").split(",");
-  for (const key of keys) {
-    if (!(key in WORKLOADS)) {
-      throw new TypeError(
-        `Invalid --only: unknown workload ${JSON.stringify(key)} (one of ${
-          Object.keys(WORKLOADS).join(", ")
-        })`,
-      );
-    }
-  }
-  return keys;
+  const keys = Object.keys(WORKLOADS);
+  return only(ARGS.only, keys, "workload") ?? keys;
 }
 
 function cpuMs(): number {
@@ -366,7 +354,7 @@ async function isolated(key: string): Promise<ParserRow> {
 // workloads run before it). With --only, the chosen ones share this process,
 // each input built when its turn comes.
 const rows: ParserRow[] = [];
-if (Deno.args.includes("--only")) {
+if (ARGS.only !== undefined) {
   for (const key of chosen()) rows.push(await measure(key));
 } else {
   for (const key of Object.keys(WORKLOADS)) rows.push(await isolated(key));
