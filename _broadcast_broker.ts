@@ -21,7 +21,6 @@ import {
   type SSEBrokerEntry,
   type SSEBrokerSubscribeOptions,
   type SSEBrokerSubscription,
-  withoutId,
 } from "./_broker.ts";
 import type { SSEMessage } from "./encoder.ts";
 import {
@@ -116,9 +115,10 @@ const DEFAULT_PREFIX = "sse:";
  * A stream is listened to from its first `publish` or `subscribe` while it
  * has a subscriber or keeps entries (up to `expireIn` after the last one
  * arrived), so that its history keeps growing while no client is connected;
- * a stream that holds nothing is freed, its `BroadcastChannel` closed. An entry from another Worker that is not a valid entry is
- * skipped and reported to `onError`; messages on the channel that are not
- * this broker's envelopes are ignored.
+ * a stream that holds nothing is freed, its `BroadcastChannel` closed. An entry from another Worker that is not a valid entry (its message
+ * not a plain object, for one) is skipped and reported to `onError`, and of
+ * a valid one only the fields an event is framed from are kept; messages on
+ * the channel that are not this broker's envelopes are ignored.
  *
  * @example One broker per Worker; here two in one Worker
  * ```ts
@@ -293,8 +293,13 @@ export class BroadcastChannelBroker implements SSEBroker {
     if (now > this.#time) {
       this.#time = now;
       this.#seq = 0;
-    } else {
+    } else if (this.#seq < Number.MAX_SAFE_INTEGER) {
       this.#seq++;
+    } else {
+      // The counter is full (an id from another Worker set it): the next
+      // millisecond, so that ids stay unique and exact.
+      this.#time++;
+      this.#seq = 0;
     }
     this.#origin ??= randomId();
     return `${this.#time}-${this.#seq}-${this.#origin}`;
@@ -303,7 +308,14 @@ export class BroadcastChannelBroker implements SSEBroker {
   /** Moves the clock past a received id, so later ids here sort after it. */
   #observe(id: string): void {
     const [time, seq] = id.split("-", 2).map(Number);
-    if (!Number.isSafeInteger(time) || !Number.isSafeInteger(seq)) return;
+    // A time at the largest safe integer would leave no next millisecond
+    // for a full counter: such an id is kept, but not followed.
+    if (
+      !Number.isSafeInteger(time) || time! >= Number.MAX_SAFE_INTEGER ||
+      !Number.isSafeInteger(seq)
+    ) {
+      return;
+    }
     if (time! > this.#time || (time === this.#time && seq! > this.#seq)) {
       this.#time = time!;
       this.#seq = seq!;
@@ -346,6 +358,14 @@ export class BroadcastChannelBroker implements SSEBroker {
     // other code) are none of its business.
     if (sse !== 1) return;
     let problem = entryProblem(entry);
+    // Structured clone keeps a Map, a Date or an array as such: not a
+    // message.
+    if (
+      problem === undefined &&
+      Object.getPrototypeOf(entry!.message) !== Object.prototype
+    ) {
+      problem = "the message is not a plain object";
+    }
     if (problem === undefined && local.has(entry!.id)) {
       problem = "the id was received before";
     }
@@ -368,8 +388,28 @@ export class BroadcastChannelBroker implements SSEBroker {
       return;
     }
     this.#observe(entry!.id);
-    // The event id is the entry's, whatever its message says.
     const { id, topic, message } = entry!;
-    this.#keep(local, { id, topic, message: withoutId(message) }, replay!, now);
+    this.#keep(
+      local,
+      { id, topic, message: messageFields(message) },
+      replay!,
+      now,
+    );
   }
+}
+
+/**
+ * The fields of a message from another Worker that an event is framed
+ * from. Its `id` is left out: the event id is the entry's, whatever its
+ * message says. Any other field is left out too: it would be kept in the
+ * history without counting against `maxHistoryBytes`.
+ */
+function messageFields(message: SSEMessage): SSEMessage {
+  const { data, event, retry, comment } = message;
+  const fields: SSEMessage = {};
+  if (comment !== undefined) fields.comment = comment;
+  if (event !== undefined) fields.event = event;
+  if (retry !== undefined) fields.retry = retry;
+  if (data !== undefined) fields.data = data;
+  return fields;
 }
