@@ -350,13 +350,13 @@ export class BroadcastChannelBroker implements SSEBroker {
 
   /** Keeps an entry from another Worker and delivers it here. */
   #receive(name: string, data: unknown): void {
-    if (typeof data !== "object" || data === null) return;
-    const now = Date.now();
-    const local = this.#stream(name, now);
-    const { sse, entry, replay } = data as Partial<Envelope>;
     // Messages that are not this broker's envelopes (same channel name,
     // other code) are none of its business.
+    if (typeof data !== "object" || data === null) return;
+    const { sse, entry, replay } = data as Partial<Envelope>;
     if (sse !== 1) return;
+    const now = Date.now();
+    const local = this.#stream(name, now);
     let problem = entryProblem(entry);
     // Structured clone keeps a Map, a Date or an array as such: not a
     // message.
@@ -385,6 +385,9 @@ export class BroadcastChannelBroker implements SSEBroker {
           } of stream ${JSON.stringify(local.name)}: ${problem}`,
         ),
       );
+      // The stream may have expired just now: one that holds nothing is
+      // freed, not listened to again.
+      this.#streams.settle(local);
       return;
     }
     this.#observe(entry!.id);

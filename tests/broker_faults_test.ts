@@ -3,6 +3,7 @@
 // BroadcastChannel name that a BroadcastChannelBroker listens to.
 import assert from "node:assert/strict";
 import { BroadcastChannelBroker } from "../_broadcast_broker.ts";
+import FakeTimers from "@sinonjs/fake-timers";
 import { Collector, SANITIZED } from "./_broker_contract.ts";
 
 /** A broker on its own prefix, its errors, and a raw channel of stream "s". */
@@ -99,5 +100,41 @@ Deno.test({
     } finally {
       await close();
     }
+  },
+});
+
+Deno.test({
+  name:
+    "BroadcastChannelBroker frees an expired stream that a message it cannot use reaches, instead of listening again",
+  ...SANITIZED,
+  async fn() {
+    const errors: Error[] = [];
+    const broker = new BroadcastChannelBroker({
+      prefix: "expired:",
+      onError: (error) => errors.push(error),
+    });
+    await publish(broker);
+    const foreign = new BroadcastChannel("expired:s");
+    // A day later (Date only: the test's own timers run on real time), no
+    // subscriber: the stream has expired, and nothing has swept it yet.
+    const clock = FakeTimers.install({
+      toFake: ["Date"],
+      now: Date.now() + 86_400_000,
+    });
+    try {
+      foreign.postMessage("not an envelope");
+      foreign.postMessage({ sse: 1, replay: 1, entry: { id: 5 } });
+      // Messages from one sender arrive in order: once the broken entry is
+      // reported, both were seen.
+      while (errors.length === 0) {
+        await new Promise((resolve) => setTimeout(resolve, 1));
+      }
+    } finally {
+      clock.uninstall();
+      foreign.close();
+    }
+    assert.match(errors[0]!.message, /^Skipped entry with a number id/);
+    // Not closed: a stream that holds nothing has its BroadcastChannel
+    // closed, so no receive is left pending for the op sanitizer to find.
   },
 });
