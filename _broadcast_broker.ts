@@ -74,7 +74,25 @@ interface Envelope {
   sse: 1;
   entry: SSEBrokerEntry;
   replay: number;
+  /** The posting broker's origin id. */
+  from: string;
+  /** Its count of posts, on every stream: 1, 2, 3, … */
+  post: number;
+  /** Its `post` of its previous post on this stream; 0 when it knows none. */
+  previous: number;
 }
+
+/** A stream's channel, and the last posts on it, by this broker and others. */
+interface Link {
+  channel: BroadcastChannel;
+  /** This broker's last `post` on it; 0 for none. */
+  posted: number;
+  /** The last `post` received from each other broker (a few hundred). */
+  heard: Map<string, number>;
+}
+
+/** The most brokers whose last post a stream remembers. */
+const MAX_HEARD = 256;
 
 const DEFAULT_PREFIX = "sse:";
 
@@ -110,7 +128,11 @@ const DEFAULT_PREFIX = "sse:";
  *   restart.
  * - **No acknowledgement.** `publish` resolves once the entry is delivered
  *   here and handed to the runtime; delivery to other Workers is as reliable
- *   as the runtime's `BroadcastChannel`.
+ *   as the runtime's `BroadcastChannel`. Deno's keeps the last 256 messages
+ *   of the process for a Worker too busy to read, and drops older ones: a
+ *   broker that sees it lost entries from another broker (between two that
+ *   arrived) forgets its history of the stream and calls each
+ *   subscription's `onGap` (`lost` unknown), and reports it to `onError`.
  *
  * A stream is listened to from its first `publish` or `subscribe` while it
  * has a subscriber or keeps entries (up to `expireIn` after the last one
@@ -146,8 +168,10 @@ export class BroadcastChannelBroker implements SSEBroker {
   #time = 0;
   #seq = 0;
   #streams: LocalStreams;
+  /** This broker's count of posts. */
+  #posts = 0;
   /** The channel of each stream this broker holds. */
-  #channels = new Map<string, BroadcastChannel>();
+  #channels = new Map<string, Link>();
   #closed = false;
 
   /**
@@ -175,7 +199,7 @@ export class BroadcastChannelBroker implements SSEBroker {
       maxBytes: historyBytes(options.maxHistoryBytes),
       expireIn: expireIn(options.expireIn),
       onFree: (name) => {
-        this.#channels.get(name)?.close();
+        this.#channels.get(name)?.channel.close();
         this.#channels.delete(name);
       },
     });
@@ -209,9 +233,18 @@ export class BroadcastChannelBroker implements SSEBroker {
       };
       // Structured clone: the other Workers get their own copy, and a
       // message that cannot be cloned throws here, before anything happens.
-      const envelope: Envelope = { sse: 1, entry: stored, replay };
+      const link = this.#channels.get(name)!;
+      const envelope: Envelope = {
+        sse: 1,
+        entry: stored,
+        replay,
+        from: this.#origin!,
+        post: this.#posts + 1,
+        previous: link.posted,
+      };
       try {
-        this.#channels.get(name)!.postMessage(envelope);
+        link.channel.postMessage(envelope);
+        link.posted = ++this.#posts;
       } catch (error) {
         // Nothing kept: a stream made for it holds nothing.
         this.#streams.settle(local);
@@ -229,8 +262,9 @@ export class BroadcastChannelBroker implements SSEBroker {
    * @param name The stream.
    * @param onEntry Called with each entry; must not throw (a throw goes to
    * `onError`).
-   * @param options `onGap` is checked, and never called: each entry is
-   * delivered as it is posted, so none is lost to a reader behind.
+   * @param options `onGap`: called when the runtime's `BroadcastChannel`
+   * dropped entries from another Worker before they reached this one (see
+   * the class notes), before the entry after them.
    * @returns The subscription. Rejects with a `TypeError` for bad arguments
    * or once the broker is closed.
    */
@@ -240,9 +274,9 @@ export class BroadcastChannelBroker implements SSEBroker {
     options?: SSEBrokerSubscribeOptions,
   ): Promise<SSEBrokerSubscription> {
     return settle(this.#closed, "subscribe", () => {
-      checkSubscribe(name, onEntry, options);
+      const onGap = checkSubscribe(name, onEntry, options);
       const local = this.#stream(name, Date.now());
-      const release = local.subscribe(onEntry);
+      const release = local.subscribe(onEntry, onGap);
       return new BrokerSubscription(() => {
         release();
         this.#streams.settle(local);
@@ -282,7 +316,7 @@ export class BroadcastChannelBroker implements SSEBroker {
   close(): Promise<void> {
     this.#closed = true;
     this.#streams.close();
-    for (const channel of this.#channels.values()) channel.close();
+    for (const { channel } of this.#channels.values()) channel.close();
     this.#channels.clear();
     return Promise.resolve();
   }
@@ -322,6 +356,39 @@ export class BroadcastChannelBroker implements SSEBroker {
     }
   }
 
+  /**
+   * Tells the stream's subscribers of posts lost on the way from another
+   * broker: a runtime's `BroadcastChannel` may drop what a Worker too busy
+   * to read fell behind on (Deno keeps the last 256 messages of the
+   * process). Only seen between two posts received from the same broker.
+   */
+  #follow(local: LocalStream, envelope: Partial<Envelope>): void {
+    const { from, post, previous, entry } = envelope as Envelope;
+    if (
+      typeof from !== "string" || !Number.isSafeInteger(post) ||
+      !Number.isSafeInteger(previous)
+    ) {
+      return;
+    }
+    const { heard } = this.#channels.get(local.name)!;
+    const last = heard.get(from);
+    // Posts from one broker arrive in order: an older one is not its own.
+    if (last !== undefined && post <= last) return;
+    heard.delete(from);
+    heard.set(from, post);
+    if (heard.size > MAX_HEARD) heard.delete(heard.keys().next().value!);
+    if (last === undefined || previous === 0 || previous === last) return;
+    const before = entry.id;
+    this.#report(
+      new Error(
+        `Lost entries of stream ${
+          JSON.stringify(local.name)
+        } before ${before}: the BroadcastChannel dropped them`,
+      ),
+    );
+    local.gap({ after: undefined, before, lost: undefined });
+  }
+
   /** The stream, listened to on its channel from now on. */
   #stream(name: string, now: number): LocalStream {
     this.#streams.sweep(now);
@@ -331,7 +398,7 @@ export class BroadcastChannelBroker implements SSEBroker {
       channel.onmessage = (event: MessageEvent) => {
         if (!this.#closed) this.#receive(name, event.data);
       };
-      this.#channels.set(name, channel);
+      this.#channels.set(name, { channel, posted: 0, heard: new Map() });
     }
     return local;
   }
@@ -390,6 +457,7 @@ export class BroadcastChannelBroker implements SSEBroker {
       this.#streams.settle(local);
       return;
     }
+    this.#follow(local, data as Partial<Envelope>);
     this.#observe(entry!.id);
     const { id, topic, message } = entry!;
     this.#keep(

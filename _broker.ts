@@ -124,14 +124,14 @@ export interface SSEBrokerSubscribeOptions {
    * Called once per gap, synchronously and before the entries after it are
    * delivered, when the subscription lost entries: its broker's reader fell
    * behind by more than the stream keeps (or the store dropped entries it
-   * had not read yet). Only a broker that reads a shared store can lose
-   * entries (`RedisBroker`, `DenoKvBroker`); one that delivers each entry as
-   * it is published (`MemoryBroker`, `BroadcastChannelBroker`) never calls
-   * it. The broker also reports each gap through its own `onError`. Must
-   * not throw (a throw goes to the broker's `onError`). `SSEChannel` ends
-   * every client that follows the live stream (`onDisconnect` reason
-   * `"replay-lost"`), so that each reconnects and resumes from the history,
-   * or gets `resumed: false` when the history lost its position too.
+   * had not read yet), or the runtime's `BroadcastChannel` dropped entries
+   * from another Worker (`BroadcastChannelBroker`). `MemoryBroker`, which
+   * delivers each entry as it is published, never calls it. The broker
+   * also reports each gap through its own `onError`. Must not throw (a
+   * throw goes to the broker's `onError`). `SSEChannel` ends every client
+   * that follows the live stream (`onDisconnect` reason `"replay-lost"`), so
+   * that each reconnects and resumes from the history, or gets
+   * `resumed: false` when the history lost its position too.
    *
    * @default {undefined} (a gap is only reported through `onError`)
    */

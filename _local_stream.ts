@@ -4,11 +4,16 @@
 // them, which frees a stream that holds nothing and expires one left idle
 // (LocalStreams). Private: never exported from mod.ts or deno.json.
 
-import { errorMessage, type SSEBrokerEntry } from "./_broker.ts";
+import {
+  errorMessage,
+  type SSEBrokerEntry,
+  type SSEBrokerGap,
+} from "./_broker.ts";
 
 /** One subscriber of a {@linkcode LocalStream}. */
 interface Subscriber {
   onEntry: (entry: SSEBrokerEntry) => void;
+  onGap: ((gap: SSEBrokerGap) => void) | undefined;
   /** Only entries at a greater position are delivered to it. */
   after: number;
 }
@@ -149,13 +154,43 @@ export class LocalStream {
   }
 
   /**
+   * Tells every subscriber of entries lost before the next one, and
+   * forgets the history: it no longer holds every entry after its ids.
+   *
+   * @param gap The lost entries.
+   */
+  gap(gap: SSEBrokerGap): void {
+    this.expire();
+    for (const { onGap } of this.#subscribers) {
+      try {
+        onGap?.(gap);
+      } catch (error) {
+        this.#report(
+          new Error(
+            `A subscriber of stream ${
+              JSON.stringify(this.name)
+            } threw on a gap before entry ${gap.before}: ${
+              errorMessage(error)
+            }`,
+            { cause: error },
+          ),
+        );
+      }
+    }
+  }
+
+  /**
    * Delivers every entry added from now on.
    *
    * @param onEntry Called with each entry; a throw is reported.
+   * @param onGap Called by {@linkcode LocalStream.gap}; a throw is reported.
    * @returns Stops delivery at once.
    */
-  subscribe(onEntry: (entry: SSEBrokerEntry) => void): () => void {
-    const subscriber: Subscriber = { onEntry, after: this.#newest };
+  subscribe(
+    onEntry: (entry: SSEBrokerEntry) => void,
+    onGap?: (gap: SSEBrokerGap) => void,
+  ): () => void {
+    const subscriber: Subscriber = { onEntry, onGap, after: this.#newest };
     this.#subscribers.add(subscriber);
     return () => this.#subscribers.delete(subscriber);
   }

@@ -3,6 +3,7 @@
 // BroadcastChannel name that a BroadcastChannelBroker listens to.
 import assert from "node:assert/strict";
 import { BroadcastChannelBroker } from "../_broadcast_broker.ts";
+import type { SSEBrokerGap } from "../_broker.ts";
 import FakeTimers from "@sinonjs/fake-timers";
 import { Collector, SANITIZED } from "./_broker_contract.ts";
 
@@ -136,5 +137,60 @@ Deno.test({
     assert.match(errors[0]!.message, /^Skipped entry with a number id/);
     // Not closed: a stream that holds nothing has its BroadcastChannel
     // closed, so no receive is left pending for the op sanitizer to find.
+  },
+});
+
+Deno.test({
+  name:
+    "BroadcastChannelBroker tells its subscribers of entries the BroadcastChannel dropped while their Worker was busy, and forgets the history before them",
+  ...SANITIZED,
+  async fn() {
+    const worker = new Worker(
+      new URL("./fixtures/broadcast_burst_worker.ts", import.meta.url),
+      { type: "module" },
+    );
+    const errors: Error[] = [];
+    const broker = new BroadcastChannelBroker({
+      prefix: "burst:",
+      onError: (error) => errors.push(error),
+    });
+    const received = new Collector();
+    const gaps: SSEBrokerGap[] = [];
+    const subscription = await broker.subscribe("s", received.onEntry, {
+      onGap: (gap) => gaps.push(gap),
+    });
+    let replies = Promise.withResolvers<string[]>();
+    worker.onmessage = (event) => replies.resolve(event.data.published);
+    try {
+      worker.postMessage({ publish: 1 });
+      const [first] = await replies.promise;
+      await received.untilId(first!);
+      // This thread blocks while the Worker publishes more than the
+      // runtime keeps for a reader behind (Deno: 256 messages).
+      replies = Promise.withResolvers<string[]>();
+      const flag = new Int32Array(new SharedArrayBuffer(4));
+      worker.postMessage({ publish: 2000, flag });
+      assert.equal(Atomics.wait(flag, 0, 0, 30_000), "ok");
+      const burst = await replies.promise;
+      await received.untilId(burst.at(-1)!);
+      const lost = 2001 - received.entries.length;
+      assert.ok(lost > 0, "the runtime dropped nothing: no gap to see");
+      assert.deepEqual(gaps.length, 1);
+      assert.equal(gaps[0]!.before, received.ids[1]);
+      assert.equal(errors.length, 1);
+      assert.match(errors[0]!.message, /^Lost entries of stream "s" before /);
+      // A resume from before the gap would skip the lost entries.
+      assert.equal(
+        await broker.history("s", { after: first!, limit: 1 }),
+        null,
+      );
+      // Entries from one publisher still arrive in order.
+      const order = received.entries.map((entry) => burst.indexOf(entry.id));
+      assert.deepEqual(order, [...order].sort((a, b) => a - b));
+    } finally {
+      subscription.unsubscribe();
+      worker.terminate();
+      await broker.close();
+    }
   },
 });
