@@ -41,7 +41,7 @@
 // what it started is stopped on every path, and a frozen server is thawed.
 
 import { readArgs } from "./_args.ts";
-import { Child, live } from "./fanout/_child.ts";
+import { Child, live, stdinLines } from "./fanout/_child.ts";
 import { median } from "./_results.ts";
 import { startRedis } from "../tests/_redis.ts";
 import { RedisBroker } from "../redis.ts";
@@ -111,21 +111,6 @@ async function usage(): Promise<{ rss: number; peak: number; cpu: number }> {
   return { rss: field("VmRSS"), peak: field("VmHWM"), cpu };
 }
 
-/** Lines from this process's stdin, one at a time. */
-async function* commands(): AsyncGenerator<string> {
-  let pending = "";
-  for await (
-    const text of Deno.stdin.readable.pipeThrough(new TextDecoderStream())
-  ) {
-    pending += text;
-    let newline: number;
-    while ((newline = pending.indexOf("\n")) !== -1) {
-      yield pending.slice(0, newline);
-      pending = pending.slice(newline + 1);
-    }
-  }
-}
-
 /** The server: the channel on a RedisBroker, on 127.0.0.1 port 0. */
 async function server(): Promise<void> {
   const { SSEChannel } = await import("../server.ts");
@@ -172,7 +157,7 @@ async function server(): Promise<void> {
   print({ type: "ready", port: http.addr.port, pid: Deno.pid });
   const gc = (globalThis as { gc?: () => void }).gc;
   let marked = { rss: 0, peak: 0, cpu: 0 };
-  for await (const line of commands()) {
+  for await (const line of stdinLines()) {
     if (line === "mark") {
       gc?.();
       // Resets VmHWM to the current RSS: the peak read later is this span's.
@@ -261,7 +246,7 @@ async function clients(): Promise<void> {
     followers.every((f) => f.snapshots.length === 1)
   );
   print({ type: "connected", ok });
-  for await (const line of commands()) {
+  for await (const line of stdinLines()) {
     const [command, rest] = [line.slice(0, line.indexOf(" ")), line];
     if (command === "start") {
       const [round, id] = rest.slice(6).split(" ") as [string, string];

@@ -31,7 +31,7 @@
 // raw TCP, counting frames by their blank line).
 
 import { positive, readArgs } from "./_args.ts";
-import { Child, live } from "./fanout/_child.ts";
+import { Child, live, stdinLines } from "./fanout/_child.ts";
 
 const SELF = new URL(import.meta.url).pathname;
 const MiB = 1024 * 1024;
@@ -107,24 +107,16 @@ async function server(args: Args): Promise<void> {
     heapPeak = Math.max(heapPeak, Deno.memoryUsage().heapUsed);
   }, 5);
   print({ type: "ready", port: http.addr.port, start, rss: before.rss });
-  const lines = Deno.stdin.readable.pipeThrough(new TextDecoderStream());
-  let pending = "";
-  for await (const text of lines) {
-    pending += text;
-    let newline: number;
-    while ((newline = pending.indexOf("\n")) !== -1) {
-      const line = pending.slice(0, newline);
-      pending = pending.slice(newline + 1);
-      if (line === "publish") {
-        // Every client is subscribed first, so that each gets every event.
-        while (channel.size < clients) {
-          await new Promise((resolve) => setTimeout(resolve, 10));
-        }
-        await publish();
-        print({ type: "published" });
-      } else if (line === "memory") {
-        print({ type: "memory", ...await memory(), heapPeak });
+  for await (const line of stdinLines()) {
+    if (line === "publish") {
+      // Every client is subscribed first, so that each gets every event.
+      while (channel.size < clients) {
+        await new Promise((resolve) => setTimeout(resolve, 10));
       }
+      await publish();
+      print({ type: "published" });
+    } else if (line === "memory") {
+      print({ type: "memory", ...await memory(), heapPeak });
     }
   }
   clearInterval(sampler);
@@ -212,9 +204,8 @@ async function clients(args: Args): Promise<void> {
   print({ type: "connected", ms: performance.now() - began });
   if (start === "") {
     // Live: the events are published now.
-    const lines = Deno.stdin.readable.pipeThrough(new TextDecoderStream());
     print({ type: "waiting" });
-    for await (const _ of lines) break;
+    for await (const _ of stdinLines()) break;
   }
   await Promise.all(connections.map(read));
   print({ type: "caught-up", ms: performance.now() - began });

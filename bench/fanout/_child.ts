@@ -4,6 +4,24 @@
 
 const ROOT = new URL("../../", import.meta.url);
 
+/**
+ * The lines a child reads from its stdin (its parent's commands), trimmed,
+ * one at a time, until the parent closes it.
+ */
+export async function* stdinLines(): AsyncGenerator<string> {
+  let pending = "";
+  for await (
+    const text of Deno.stdin.readable.pipeThrough(new TextDecoderStream())
+  ) {
+    pending += text;
+    let newline: number;
+    while ((newline = pending.indexOf("\n")) !== -1) {
+      yield pending.slice(0, newline).trim();
+      pending = pending.slice(newline + 1);
+    }
+  }
+}
+
 /** Every child still running, so that Ctrl-C can end them too. */
 export const live: Set<Child> = new Set();
 

@@ -25,6 +25,7 @@
 // stdin lines: "stop" (report what arrived so far), "continue", "exit".
 
 import { readArgs } from "../_args.ts";
+import { stdinLines } from "./_child.ts";
 
 const decoder = new TextDecoder();
 
@@ -374,18 +375,10 @@ let resume: (() => void) | undefined;
 let stdinEnded = false;
 const { promise: exited, resolve: exit } = Promise.withResolvers<void>();
 (async () => {
-  const lines = Deno.stdin.readable.pipeThrough(new TextDecoderStream());
-  let pending = "";
-  for await (const text of lines) {
-    pending += text;
-    let newline: number;
-    while ((newline = pending.indexOf("\n")) !== -1) {
-      const command = pending.slice(0, newline).trim();
-      pending = pending.slice(newline + 1);
-      if (command === "stop") report();
-      if (command === "continue") resume?.();
-      if (command === "exit") exit();
-    }
+  for await (const command of stdinLines()) {
+    if (command === "stop") report();
+    if (command === "continue") resume?.();
+    if (command === "exit") exit();
   }
   // The driver closed stdin (or went away): nothing more will come.
   stdinEnded = true;

@@ -28,6 +28,7 @@
 // when the client sent `accept-encoding`) is counted too.
 
 import { readArgs } from "../_args.ts";
+import { stdinLines } from "./_child.ts";
 import { SSEChannel } from "../../server.ts";
 
 const encoder = new TextEncoder();
@@ -246,18 +247,9 @@ if (variant === "tcp") {
 }
 console.log(JSON.stringify({ type: "listening", port, rss: before.rss }));
 
-let pending = "";
-for await (
-  const text of Deno.stdin.readable.pipeThrough(new TextDecoderStream())
-) {
-  pending += text;
-  let newline: number;
-  while ((newline = pending.indexOf("\n")) !== -1) {
-    const command = pending.slice(0, newline).trim();
-    pending = pending.slice(newline + 1);
-    if (command === "stats") console.log(JSON.stringify(stats()));
-    if (command === "publish") publish();
-  }
+for await (const command of stdinLines()) {
+  if (command === "stats") console.log(JSON.stringify(stats()));
+  if (command === "publish") publish();
 }
 for (const timer of timers) clearInterval(timer);
 await channel.close();
