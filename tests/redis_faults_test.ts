@@ -721,20 +721,13 @@ redisTest(
 
 redisTest(
   "RedisBroker refuses a stream name beginning with ~, whose key would be another stream's count",
-  async () => {
-    await using redis = await startRedis();
-    const errors: Error[] = [];
-    const broker = new RedisBroker({
-      url: redis.url,
-      onError: (error) => errors.push(error),
-    });
-    try {
+  () =>
+    withReader(async ({ broker, errors }) => {
       const first = await broker.publish("news", message("a"), KEEP);
       await broker.publish("news", message("b"), KEEP);
-      // Before: stream "~seq:news" lives at key "sse:~seq:news", where the
+      // Before: stream "~seq:news" lived at key "sse:~seq:news", where the
       // publish script counts the entries of "news": publishing to it failed
-      // with Redis's WRONGTYPE, and had it been written first, the count of
-      // "news" would have been a stream.
+      // with Redis's WRONGTYPE.
       const refused = /^Invalid stream name: "~seq:news" begins with "~"/;
       await assert.rejects(
         broker.publish("~seq:news", message("x"), KEEP),
@@ -752,8 +745,5 @@ redisTest(
       const after = await broker.history("news", { after: first, limit: 10 });
       assert.deepEqual(after?.map((e) => e.message.data), ["b", "c"]);
       assert.deepEqual(errors, []);
-    } finally {
-      await broker.close();
-    }
-  },
+    }),
 );
